@@ -1,0 +1,198 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Entry(_message.Message):
+    __slots__ = ("key", "data")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    data: bytes
+    def __init__(self, key: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RangeSpec(_message.Message):
+    __slots__ = ("start", "stop", "limit")
+    START_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    start: str
+    stop: str
+    limit: int
+    def __init__(self, start: _Optional[str] = ..., stop: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class OpStats(_message.Message):
+    __slots__ = ("op", "count", "mean_service_us", "errors")
+    OP_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MEAN_SERVICE_US_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    op: str
+    count: int
+    mean_service_us: float
+    errors: int
+    def __init__(self, op: _Optional[str] = ..., count: _Optional[int] = ..., mean_service_us: _Optional[float] = ..., errors: _Optional[int] = ...) -> None: ...
+
+class Stats(_message.Message):
+    __slots__ = ("ops", "keys", "connections", "uptime_s", "last_op", "role", "height")
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    LAST_OP_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[OpStats]
+    keys: int
+    connections: int
+    uptime_s: float
+    last_op: int
+    role: str
+    height: int
+    def __init__(self, ops: _Optional[_Iterable[_Union[OpStats, _Mapping]]] = ..., keys: _Optional[int] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ..., last_op: _Optional[int] = ..., role: _Optional[str] = ..., height: _Optional[int] = ...) -> None: ...
+
+class Update(_message.Message):
+    __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    IS_PUT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    is_put: bool
+    key: str
+    data: bytes
+    client_id: str
+    request_id: int
+    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[str] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ...) -> None: ...
+
+class ChainHello(_message.Message):
+    __slots__ = ("sender", "config", "address", "last_op")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LAST_OP_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    config: int
+    address: str
+    last_op: int
+    def __init__(self, sender: _Optional[str] = ..., config: _Optional[int] = ..., address: _Optional[str] = ..., last_op: _Optional[int] = ...) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("entries", "clients", "total", "last_op", "done")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LAST_OP_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    clients: _containers.RepeatedCompositeFieldContainer[Update]
+    total: int
+    last_op: int
+    done: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., clients: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., total: _Optional[int] = ..., last_op: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class Message(_message.Message):
+    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry")
+    class Opcode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OP_BAD: _ClassVar[Message.Opcode]
+        OP_SIZE: _ClassVar[Message.Opcode]
+        OP_HEIGHT: _ClassVar[Message.Opcode]
+        OP_DEL: _ClassVar[Message.Opcode]
+        OP_GET: _ClassVar[Message.Opcode]
+        OP_PUT: _ClassVar[Message.Opcode]
+        OP_GETKEYS: _ClassVar[Message.Opcode]
+        OP_GETVALUES: _ClassVar[Message.Opcode]
+        OP_VERIFY: _ClassVar[Message.Opcode]
+        OP_ERROR: _ClassVar[Message.Opcode]
+        OP_STATS: _ClassVar[Message.Opcode]
+        OP_RANGE: _ClassVar[Message.Opcode]
+        OP_CHAIN_HELLO: _ClassVar[Message.Opcode]
+        OP_CHAIN_UPDATE: _ClassVar[Message.Opcode]
+        OP_CHAIN_ACK: _ClassVar[Message.Opcode]
+        OP_CHAIN_JOIN: _ClassVar[Message.Opcode]
+        OP_CHAIN_SNAPSHOT: _ClassVar[Message.Opcode]
+    OP_BAD: Message.Opcode
+    OP_SIZE: Message.Opcode
+    OP_HEIGHT: Message.Opcode
+    OP_DEL: Message.Opcode
+    OP_GET: Message.Opcode
+    OP_PUT: Message.Opcode
+    OP_GETKEYS: Message.Opcode
+    OP_GETVALUES: Message.Opcode
+    OP_VERIFY: Message.Opcode
+    OP_ERROR: Message.Opcode
+    OP_STATS: Message.Opcode
+    OP_RANGE: Message.Opcode
+    OP_CHAIN_HELLO: Message.Opcode
+    OP_CHAIN_UPDATE: Message.Opcode
+    OP_CHAIN_ACK: Message.Opcode
+    OP_CHAIN_JOIN: Message.Opcode
+    OP_CHAIN_SNAPSHOT: Message.Opcode
+    class CType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        CT_BAD: _ClassVar[Message.CType]
+        CT_KEY: _ClassVar[Message.CType]
+        CT_VALUE: _ClassVar[Message.CType]
+        CT_ENTRY: _ClassVar[Message.CType]
+        CT_KEYS: _ClassVar[Message.CType]
+        CT_VALUES: _ClassVar[Message.CType]
+        CT_RESULT: _ClassVar[Message.CType]
+        CT_NONE: _ClassVar[Message.CType]
+        CT_ENTRIES: _ClassVar[Message.CType]
+        CT_STATS: _ClassVar[Message.CType]
+        CT_RANGE: _ClassVar[Message.CType]
+        CT_CHAIN: _ClassVar[Message.CType]
+    CT_BAD: Message.CType
+    CT_KEY: Message.CType
+    CT_VALUE: Message.CType
+    CT_ENTRY: Message.CType
+    CT_KEYS: Message.CType
+    CT_VALUES: Message.CType
+    CT_RESULT: Message.CType
+    CT_NONE: Message.CType
+    CT_ENTRIES: Message.CType
+    CT_STATS: Message.CType
+    CT_RANGE: Message.CType
+    CT_CHAIN: Message.CType
+    OPCODE_FIELD_NUMBER: _ClassVar[int]
+    C_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    OP_N_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    opcode: Message.Opcode
+    c_type: Message.CType
+    result: int
+    entry: Entry
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    error: str
+    found: bool
+    op_n: int
+    range: RangeSpec
+    stats: Stats
+    client_id: str
+    request_id: int
+    hello: ChainHello
+    updates: _containers.RepeatedCompositeFieldContainer[Update]
+    snapshot: SnapshotChunk
+    retry: bool
+    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ...) -> None: ...
