@@ -56,20 +56,22 @@ class Stats(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[OpStats, _Mapping]]] = ..., keys: _Optional[int] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ..., last_op: _Optional[int] = ..., role: _Optional[str] = ..., height: _Optional[int] = ...) -> None: ...
 
 class Update(_message.Message):
-    __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id")
+    __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id", "found")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     IS_PUT_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
     seq: int
     is_put: bool
     key: str
     data: bytes
     client_id: str
     request_id: int
-    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[str] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ...) -> None: ...
+    found: bool
+    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[str] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., found: _Optional[bool] = ...) -> None: ...
 
 class ChainHello(_message.Message):
     __slots__ = ("sender", "config", "address", "last_op")
@@ -98,7 +100,7 @@ class SnapshotChunk(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., clients: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., total: _Optional[int] = ..., last_op: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry")
+    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops")
     class Opcode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_BAD: _ClassVar[Message.Opcode]
@@ -178,6 +180,7 @@ class Message(_message.Message):
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
     opcode: Message.Opcode
     c_type: Message.CType
     result: int
@@ -195,4 +198,5 @@ class Message(_message.Message):
     updates: _containers.RepeatedCompositeFieldContainer[Update]
     snapshot: SnapshotChunk
     retry: bool
-    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ...) -> None: ...
+    hops: int
+    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ...) -> None: ...

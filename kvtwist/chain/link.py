@@ -1,0 +1,106 @@
+"""One replication link between neighbours of the chain.
+
+The same TCP connection carries updates downstream and acknowledgements
+upstream, so a link is FIFO both ways.  Which end connected does not matter:
+a joining node dials its predecessor, every other predecessor dials its
+successor.  Updates and acknowledgements queued in one reactor turn leave as
+one frame.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
+
+from kvtwist import wire
+from kvtwist.proto.kvtwist_pb2 import ChainHello, SnapshotChunk, Update
+from kvtwist.wire import FramedProtocol, Message
+
+
+class Side(enum.Enum):
+    """What the far end is to us."""
+
+    SUCCESSOR = "successor"  # we send updates, it acknowledges
+    PREDECESSOR = "predecessor"  # it sends updates, we acknowledge
+
+
+class Link:
+    """Chain state of one connection: the peer's name, side, and outgoing batches."""
+
+    def __init__(self, conn: FramedProtocol, side: Side, reactor: Any, peer: str = "") -> None:
+        self.conn = conn
+        self.side = side
+        self.reactor = reactor
+        self.peer = peer  # znode name, or "join:<address>" for a joiner
+        self.ready = False  # hello exchanged
+        self.closed = False
+        self.joining = False  # a state transfer runs on this link
+        self._updates: list[Update] = []
+        self._ack = 0
+        self._flush: IDelayedCall | None = None
+        conn.link = self  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"<Link {self.side.value} {self.peer or '?'} ready={self.ready}>"
+
+    def send(self, msg: Message) -> None:
+        if not self.closed:
+            self._flush_now()
+            self.conn.sendMessage(msg)
+
+    def hello(self, sender: str, config: int, address: str = "", last_op: int = 0) -> None:
+        hello = ChainHello(sender=sender, config=config, address=address, last_op=last_op)
+        self.send(Message(opcode=wire.OP_CHAIN_HELLO, c_type=wire.CT_CHAIN, hello=hello))
+
+    def snapshot(self, chunk: SnapshotChunk) -> None:
+        self.send(Message(opcode=wire.OP_CHAIN_SNAPSHOT, c_type=wire.CT_CHAIN, snapshot=chunk))
+
+    def queue_update(self, u: Update) -> None:
+        self._updates.append(u)
+        self._schedule()
+
+    def queue_ack(self, seq: int) -> None:
+        if seq > self._ack:
+            self._ack = seq
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush is None and not self.closed:
+            self._flush = self.reactor.callLater(0, self._flush_now)
+
+    def _flush_now(self) -> None:
+        if self._flush is not None:
+            if self._flush.active():
+                self._flush.cancel()
+            self._flush = None
+        if self.closed:
+            return
+        if self._updates:
+            updates, self._updates = self._updates, []
+            self.conn.sendMessage(
+                Message(opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN, updates=updates)
+            )
+        if self._ack:
+            ack, self._ack = self._ack, 0
+            self.conn.sendMessage(
+                Message(opcode=wire.OP_CHAIN_ACK, c_type=wire.CT_CHAIN, op_n=ack)
+            )
+
+    def refuse(self, reason: str, retry: bool = True) -> None:
+        """Tell the peer why, then close."""
+        if not self.closed:
+            self.conn.sendMessage(wire.error_reply(reason, retry))
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._flush_now()
+        self.closed = True
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
+        if self.conn.transport is not None:
+            self.conn.transport.loseConnection()

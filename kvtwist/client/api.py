@@ -1,0 +1,190 @@
+"""The client library: an asynchronous API returning Deferreds.
+
+``Client`` holds the request logic (building requests, reading replies,
+numbering writes so that a retried write is applied once); subclasses only
+decide where a request goes: ``DirectClient`` to one node, ``ChainClient``
+(kvtwist.client.chain) to the head or the tail of a chain.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IReactorTCP
+
+from kvtwist import wire
+from kvtwist.client.protocol import ClientProtocol, ConnectionFailed, KVError, check
+from kvtwist.wire import Message
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """A committed write: its op number, and for DEL whether the key was there."""
+
+    op_n: int
+    found: bool | None = None
+
+
+@dataclass(frozen=True)
+class OpStat:
+    op: str
+    count: int
+    mean_service_us: float
+    errors: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    ops: tuple[OpStat, ...]
+    keys: int
+    connections: int
+    uptime_s: float
+    last_op: int
+    role: str
+    height: int
+
+
+def parse_address(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) into a pair; ValueError with a readable reason."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise ValueError(f"address {text!r} needs the form HOST:PORT")
+        host, port = text, str(default_port)
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f"address {text!r} has no host")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"address {text!r} has a bad port {port!r}") from None
+    if not 0 < number < 65536:
+        raise ValueError(f"address {text!r}: port {number} out of range")
+    return host, number
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _op_n(reply: Message) -> int:
+    return int(reply.op_n) if reply.op_n else int(reply.result)
+
+
+class Client:
+    """Request logic shared by every client; ``_send`` routes one request."""
+
+    def __init__(self) -> None:
+        self.client_id = uuid.uuid4().hex
+        self._request_ids = itertools.count(1)
+
+    def _send(self, msg: Message, write: bool) -> Deferred[Message]:
+        raise NotImplementedError
+
+    def _call(self, msg: Message, write: bool = False) -> Deferred[Message]:
+        d = self._send(msg, write)
+        d.addCallback(check)
+        return d
+
+    # writes
+
+    def put(self, key: str, value: bytes | str) -> Deferred[WriteResult]:
+        msg = wire.req_put(key, as_bytes(value), self.client_id, next(self._request_ids))
+        return self._call(msg, write=True).addCallback(lambda r: WriteResult(_op_n(r)))
+
+    def delete(self, key: str) -> Deferred[WriteResult]:
+        msg = wire.req_del(key, self.client_id, next(self._request_ids))
+
+        def done(r: Message) -> WriteResult:
+            return WriteResult(_op_n(r), r.found if r.HasField("found") else None)
+
+        return self._call(msg, write=True).addCallback(done)
+
+    # reads
+
+    def get(self, key: str) -> Deferred[bytes | None]:
+        return self._call(wire.req_get(key)).addCallback(
+            lambda r: bytes(r.values[0]) if r.values else None
+        )
+
+    def size(self) -> Deferred[int]:
+        return self._call(wire.req_size()).addCallback(lambda r: int(r.result))
+
+    def height(self) -> Deferred[int]:
+        return self._call(wire.req_height()).addCallback(lambda r: int(r.result))
+
+    def keys(self) -> Deferred[list[str]]:
+        return self._call(wire.req_getkeys()).addCallback(lambda r: list(r.keys))
+
+    def values(self) -> Deferred[list[bytes]]:
+        return self._call(wire.req_getvalues()).addCallback(lambda r: [bytes(v) for v in r.values])
+
+    def verify(self, op_n: int) -> Deferred[bool]:
+        return self._call(wire.req_verify(op_n)).addCallback(lambda r: r.result == 1)
+
+    def range(
+        self, start: str | None = None, stop: str | None = None, limit: int = 0
+    ) -> Deferred[list[tuple[str, bytes]]]:
+        return self._call(wire.req_range(start, stop, limit)).addCallback(
+            lambda r: [(k, bytes(v)) for k, v in zip(r.keys, r.values, strict=True)]
+        )
+
+    def stats(self) -> Deferred[Stats]:
+        def done(r: Message) -> Stats:
+            s = r.stats
+            ops = tuple(OpStat(o.op, o.count, o.mean_service_us, o.errors) for o in s.ops)
+            return Stats(
+                ops, s.keys, s.connections, s.uptime_s, s.last_op, s.role, s.height
+            )
+
+        return self._call(wire.req_stats()).addCallback(done)
+
+    def raw(self, msg: Message) -> Deferred[Message]:
+        """Send any message and return the reply unchecked (ERROR replies included)."""
+        return self._send(msg, msg.opcode in wire.WRITE_OPS)
+
+    def close(self) -> Deferred[None]:
+        raise NotImplementedError
+
+
+class DirectClient(Client):
+    """A client of one node over one pipelined connection."""
+
+    def __init__(self, protocol: ClientProtocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+
+    @classmethod
+    def connect(
+        cls, reactor: IReactorTCP, host: str, port: int, timeout: float = 10.0
+    ) -> Deferred[DirectClient]:
+        ep = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        d: Deferred[Any] = connectProtocol(ep, ClientProtocol())
+
+        def failed(f: Any) -> Any:
+            raise ConnectionFailed(f"cannot connect to {host}:{port}: {f.getErrorMessage()}")
+
+        return d.addCallbacks(cls, failed)
+
+    def _send(self, msg: Message, write: bool) -> Deferred[Message]:
+        return self.protocol.request(msg)
+
+    def close(self) -> Deferred[None]:
+        return self.protocol.close()
+
+
+__all__ = [
+    "Client",
+    "ConnectionFailed",
+    "DirectClient",
+    "KVError",
+    "OpStat",
+    "Stats",
+    "WriteResult",
+    "parse_address",
+]

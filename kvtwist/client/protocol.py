@@ -1,0 +1,119 @@
+"""The client end of a connection: pipelined requests matched to replies in order.
+
+Used by the client library, by the shell, and by nodes that forward a client's
+request to the head or the tail.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from kvtwist import wire
+from kvtwist.wire import FramedProtocol, FrameTooLarge, Message
+
+#: Replies can be much larger than requests (GETKEYS of a big store).
+CLIENT_MAX_FRAME = 1024 * 1024 * 1024
+
+
+class KVError(Exception):
+    """The server answered ERROR; ``retry`` says whether trying again may help."""
+
+    def __init__(self, reason: str, retry: bool = False) -> None:
+        super().__init__(reason or "server replied ERROR without a reason")
+        self.reason = reason
+        self.retry = retry
+
+
+class ConnectionFailed(Exception):
+    """The connection failed or closed before the reply arrived."""
+
+
+class ClientProtocol(FramedProtocol):
+    """Sends requests as they come and fires their Deferreds as replies arrive.
+
+    The server answers a connection's requests in order, so a FIFO of pending
+    Deferreds is all the matching needed.
+    """
+
+    max_frame = CLIENT_MAX_FRAME
+
+    def __init__(self) -> None:
+        self._pending: deque[Deferred[Message]] = deque()
+        self.connected_d: Deferred[ClientProtocol] = Deferred()
+        self.closed_d: Deferred[None] = Deferred()
+        self._lost: Failure | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.connected_d.callback(self)
+
+    def request(self, msg: Message) -> Deferred[Message]:
+        """Send ``msg``; the Deferred fires with the reply (ERROR replies included)."""
+        if self._lost is not None or self.transport is None:
+            return defer.fail(ConnectionFailed("not connected"))
+        d: Deferred[Message] = Deferred()
+        self._pending.append(d)
+        self.sendMessage(msg)
+        return d
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def messageReceived(self, msg: Message) -> None:
+        if not self._pending:
+            self.log.warn("{peer}: unsolicited reply dropped", peer=self.peerName())
+            return
+        self._pending.popleft().callback(msg)
+
+    def frameTooLarge(self, exc: FrameTooLarge) -> None:
+        self._fail_all(ConnectionFailed(f"reply too large: {exc}"))
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def badFrame(self, payload: bytes, exc: Exception) -> None:
+        if self._pending:
+            self._pending.popleft().errback(KVError(f"undecodable reply: {exc}"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, deque()
+        for d in pending:
+            d.errback(exc)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self._lost = reason
+        if reason.check(ConnectionDone, ConnectionLost):
+            why = "connection closed by the server"
+        else:
+            why = f"connection lost: {reason.getErrorMessage()}"
+        self._fail_all(ConnectionFailed(why))
+        if not self.closed_d.called:
+            self.closed_d.callback(None)
+
+    def close(self) -> Deferred[None]:
+        if self.transport is not None and self._lost is None:
+            self.transport.loseConnection()
+        return self.closed_d
+
+
+class ClientFactory(Factory):
+    protocol = ClientProtocol
+
+    def buildProtocol(self, addr: Any) -> ClientProtocol:
+        p = ClientProtocol()
+        p.factory = self
+        return p
+
+
+def check(reply: Message) -> Message:
+    """Raise KVError for an ERROR reply, else return it."""
+    if reply.opcode == wire.OP_ERROR:
+        raise KVError(reply.error, reply.retry)
+    return reply

@@ -1,0 +1,405 @@
+"""The client-facing Protocol and Factory, and request dispatch.
+
+A connection may pipeline: each request gets a slot in a FIFO as it arrives,
+the slot is filled when its answer is ready (tree work runs on threads, writes
+wait for commitment), and answers leave in request order.  Every answer is a
+frame: validation failures, unreachable peers and internal errors all become
+ERROR replies with a reason; nothing a client sends can take the node down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kvtwist import wire
+from kvtwist.chain.link import Link
+from kvtwist.chain.replica import NotHere, ReadView, Replica, Unavailable
+from kvtwist.client.protocol import ClientProtocol
+from kvtwist.proto.kvtwist_pb2 import OpStats
+from kvtwist.proto.kvtwist_pb2 import Stats as StatsMsg
+from kvtwist.tree import AVLTree
+from kvtwist.wire import FramedProtocol, Message
+
+log = Logger(namespace="kvtwist.server")
+
+DEFAULT_MAX_KEY = 64 * 1024
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_RANGE_LIMIT = 10_000
+MAX_HOPS = 2
+BIG_READS = frozenset({wire.OP_GETKEYS, wire.OP_GETVALUES, wire.OP_RANGE})
+
+
+class BadRequest(Exception):
+    """The request is malformed; the reason goes back to the client."""
+
+
+@dataclass
+class Limits:
+    max_frame: int = wire.DEFAULT_MAX_FRAME
+    max_key: int = DEFAULT_MAX_KEY
+    max_value: int = wire.DEFAULT_MAX_FRAME
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    range_limit: int = DEFAULT_RANGE_LIMIT
+
+
+@dataclass
+class OpCounter:
+    count: int = 0
+    errors: int = 0
+    total_s: float = 0.0
+
+
+@dataclass
+class Metrics:
+    started: float = field(default_factory=time.monotonic)
+    ops: dict[str, OpCounter] = field(default_factory=dict)
+
+    def record(self, op: str, seconds: float, error: bool) -> None:
+        c = self.ops.get(op)
+        if c is None:
+            c = self.ops[op] = OpCounter()
+        c.count += 1
+        c.total_s += seconds
+        if error:
+            c.errors += 1
+
+
+class NodeProtocol(FramedProtocol):
+    """One client connection (or, after a chain hello, a replication link)."""
+
+    factory: NodeFactory
+
+    def __init__(self) -> None:
+        self.link: Link | None = None
+        self._slots: deque[list[Any]] = deque()  # [frame or None]
+        self._writes = 0  # started and not yet answered
+        self._reads = 0
+        self._held: deque[tuple[Message, list[Any]]] = deque()  # not started yet
+        self._closing = False
+
+    def connectionMade(self) -> None:
+        self.max_frame = self.factory.limits.max_frame
+        super().connectionMade()
+        f = self.factory
+        if len(f.connections) >= f.limits.max_connections:
+            log.warn(
+                "{peer}: refused, {n} connections already open (limit)",
+                peer=self.peerName(),
+                n=len(f.connections),
+            )
+            self.sendMessage(
+                wire.error_reply(
+                    f"too many connections (limit {f.limits.max_connections})", retry=True
+                )
+            )
+            self._closing = True
+            assert self.transport is not None
+            self.transport.loseConnection()
+            return
+        f.connections.add(self)
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.factory.connections.discard(self)
+        self._closing = True
+        if self.link is not None:
+            self.factory.replica.link_lost(self.link)
+
+    def messageReceived(self, msg: Message) -> None:
+        if self.link is not None:
+            self.factory.replica.chain_message(self.link, msg)
+            return
+        if msg.opcode in wire.CHAIN_OPS:
+            self.factory.replica.incoming(self, msg)
+            return
+        slot: list[Any] = [None]
+        self._slots.append(slot)
+        self._held.append((msg, slot))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start held requests in order; a read waits for the writes sent before it.
+
+        Consecutive writes go out together (the writer keeps their order) and
+        consecutive reads run in parallel, but a read never overtakes an earlier
+        write of its connection, nor a write an earlier read.
+        """
+        held = self._held
+        while held:
+            msg, slot = held[0]
+            if msg.opcode in wire.WRITE_OPS:
+                if self._reads:
+                    return
+                held.popleft()
+                self._writes += 1
+                self.factory.handle(msg, self.peerName).addCallback(self._done, slot, True)
+            else:
+                if self._writes:
+                    return
+                held.popleft()
+                self._reads += 1
+                self.factory.handle(msg, self.peerName).addCallback(self._done, slot, False)
+
+    def _done(self, data: bytes, slot: list[Any], write: bool) -> None:
+        if write:
+            self._writes -= 1
+        else:
+            self._reads -= 1
+        slot[0] = data
+        self._flush()
+        self._pump()
+
+    def badFrame(self, payload: bytes, exc: Exception) -> None:
+        log.warn(
+            "{peer}: undecodable frame of {n} bytes: {e}", peer=self.peerName(), n=len(payload), e=exc
+        )
+        self.factory.metrics.record("BAD", 0.0, True)
+        slot = [wire.frame(wire.error_reply(f"undecodable message ({len(payload)} bytes)"))]
+        self._slots.append(slot)
+        self._flush()
+
+    def _flush(self) -> None:
+        slots = self._slots
+        out = []
+        while slots and slots[0][0] is not None:
+            out.append(slots.popleft()[0])
+        if out and self.transport is not None and not self._closing:
+            self.transport.writeSequence(out)
+
+
+class Forwarder:
+    """Connections to other members, for requests that belong there."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._conns: dict[tuple[str, int], Deferred[ClientProtocol]] = {}
+
+    def send(self, target: tuple[str, int], msg: Message) -> Deferred[Message]:
+        d = self._conns.get(target)
+        if d is None:
+            ep = TCP4ClientEndpoint(self.reactor, target[0], target[1], timeout=5)
+            proto = ClientProtocol()
+            d = connectProtocol(ep, proto)
+            proto.closed_d.addBoth(lambda _: self._conns.pop(target, None))
+            d.addErrback(self._forget, target)
+            self._conns[target] = d
+        result: Deferred[Message] = Deferred()
+
+        def fire(p: Any) -> Any:
+            if isinstance(p, Failure):
+                result.errback(p)
+            else:
+                p.request(msg).chainDeferred(result)
+            return p
+
+        d.addBoth(fire)
+        return result
+
+    def _forget(self, f: Failure, target: tuple[str, int]) -> Failure:
+        self._conns.pop(target, None)
+        return f
+
+    def close(self) -> None:
+        for d in list(self._conns.values()):
+            d.addCallback(lambda p: p.close())
+        self._conns.clear()
+
+
+class NodeFactory(Factory):
+    """Validates requests, sends each where it belongs, and keeps the counters."""
+
+    protocol = NodeProtocol
+
+    def __init__(self, reactor: Any, replica: Replica, limits: Limits | None = None) -> None:
+        self.reactor = reactor
+        self.replica = replica
+        self.store = replica.store
+        self.limits = limits or Limits()
+        self.connections: set[NodeProtocol] = set()
+        self.metrics = Metrics()
+        self.forwarder = Forwarder(reactor)
+
+    def handle(self, msg: Message, peer: Callable[[], str]) -> Deferred[bytes]:
+        """Answer one request with a complete reply frame; never fails."""
+        start = time.perf_counter()
+        name = wire.op_name(msg.opcode)
+        d = defer.maybeDeferred(self._dispatch, msg)
+
+        def failed(f: Failure) -> bytes:
+            if f.check(BadRequest):
+                log.debug("{peer}: bad {op}: {e}", peer=peer(), op=name, e=f.getErrorMessage())
+                return wire.frame(wire.error_reply(f.getErrorMessage()))
+            if f.check(Unavailable):
+                return wire.frame(wire.error_reply(f.getErrorMessage(), retry=True))
+            if f.check(NotHere):
+                return wire.frame(wire.error_reply(f.getErrorMessage(), retry=True))
+            log.failure("{peer}: {op} failed", f, peer=peer(), op=name)
+            return wire.frame(wire.error_reply(f"internal error: {f.getErrorMessage()}"))
+
+        def done(data: bytes) -> bytes:
+            error = data[4:6] == b"\x08\x63"  # opcode field = ERROR
+            self.metrics.record(name, time.perf_counter() - start, error)
+            return data
+
+        return d.addErrback(self._maybe_forward, msg).addErrback(failed).addCallback(done)
+
+    def _maybe_forward(self, f: Failure, msg: Message) -> Any:
+        f.trap(NotHere)
+        exc: NotHere = f.value  # type: ignore[assignment]
+        if exc.target is None or msg.hops >= MAX_HOPS:
+            return f
+        fwd = Message()
+        fwd.CopyFrom(msg)
+        fwd.hops += 1
+
+        def relayed(reply: Message) -> bytes:
+            return wire.frame(reply)
+
+        def unreachable(f2: Failure) -> bytes:
+            return wire.frame(
+                wire.error_reply(
+                    f"the {exc.role} is unreachable: {f2.getErrorMessage()}", retry=True
+                )
+            )
+
+        return self.forwarder.send(exc.target, fwd).addCallbacks(relayed, unreachable)
+
+    # dispatch
+
+    def _dispatch(self, msg: Message) -> Deferred[bytes] | bytes:
+        op = msg.opcode
+        if op == wire.OP_PUT:
+            key = self._key(msg, wire.CT_ENTRY, msg.entry.key if msg.HasField("entry") else None)
+            if not msg.HasField("entry"):
+                raise BadRequest("PUT needs an entry")
+            if len(msg.entry.data) > self.limits.max_value:
+                raise BadRequest(
+                    f"value of {len(msg.entry.data)} bytes exceeds the limit of "
+                    f"{self.limits.max_value}"
+                )
+            return self.replica.write(
+                True, key, msg.entry.data, msg.client_id, msg.request_id
+            ).addCallback(lambda r: wire.frame(wire.result_reply(op, r.op_n)))
+        if op == wire.OP_DEL:
+            key = self._key(msg, wire.CT_KEY, msg.keys[0] if msg.keys else None)
+
+            def deleted(r: Any) -> bytes:
+                reply = wire.result_reply(op, r.op_n)
+                reply.found = r.found
+                return wire.frame(reply)
+
+            return self.replica.write(
+                False, key, b"", msg.client_id, msg.request_id
+            ).addCallback(deleted)
+        if op == wire.OP_STATS:
+            self._ctype(msg, wire.CT_NONE)
+            return wire.frame(self._stats())
+        reader = self._reader(msg)
+        return self.replica.read_view().addCallback(
+            lambda view: self.store.read(lambda: reader(view), big=op in BIG_READS)
+        )
+
+    def _ctype(self, msg: Message, want: int) -> None:
+        if msg.c_type != want:
+            raise BadRequest(
+                f"{wire.op_name(msg.opcode)} needs c_type {wire.Message.CType.Name(want)}"  # type: ignore[arg-type]
+                f", got {msg.c_type}"
+            )
+
+    def _key(self, msg: Message, ctype: int, key: str | None) -> str:
+        self._ctype(msg, ctype)
+        if key is None:
+            raise BadRequest(f"{wire.op_name(msg.opcode)} needs a key")
+        if not key:
+            raise BadRequest("the key is empty")
+        size = len(key.encode("utf-8"))
+        if size > self.limits.max_key:
+            raise BadRequest(f"key of {size} bytes exceeds the limit of {self.limits.max_key}")
+        return key
+
+    def _reader(self, msg: Message) -> Callable[[ReadView], bytes]:
+        """Validate a read here; return the work to do on a reader thread."""
+        op = msg.opcode
+        if op == wire.OP_GET:
+            key = self._key(msg, wire.CT_KEY, msg.keys[0] if msg.keys else None)
+
+            def get(v: ReadView) -> bytes:
+                value = v.tree.get(key)
+                reply = Message(opcode=op + 1, c_type=wire.CT_VALUE)
+                if value is not None:
+                    reply.values.append(value)
+                return wire.frame(reply)
+
+            return get
+        if op in (wire.OP_SIZE, wire.OP_HEIGHT):
+            self._ctype(msg, wire.CT_NONE)
+            if op == wire.OP_SIZE:
+                return lambda v: wire.frame(wire.result_reply(op, len(v.tree)))
+            return lambda v: wire.frame(wire.result_reply(op, v.tree.height()))
+        if op == wire.OP_GETKEYS:
+            self._ctype(msg, wire.CT_NONE)
+            return lambda v: wire.frame(
+                Message(opcode=op + 1, c_type=wire.CT_KEYS, keys=v.tree.keys())
+            )
+        if op == wire.OP_GETVALUES:
+            self._ctype(msg, wire.CT_NONE)
+            return lambda v: wire.frame(
+                Message(opcode=op + 1, c_type=wire.CT_VALUES, values=v.tree.values())
+            )
+        if op == wire.OP_VERIFY:
+            self._ctype(msg, wire.CT_RESULT)
+            n = msg.op_n if msg.op_n else msg.result
+            if n <= 0:
+                raise BadRequest(f"VERIFY needs an op number > 0, got {n}")
+            return lambda v: wire.frame(wire.result_reply(op, 1 if n <= v.seq else 0))
+        if op == wire.OP_RANGE:
+            self._ctype(msg, wire.CT_RANGE)
+            spec = msg.range
+            start = spec.start if spec.HasField("start") else None
+            stop = spec.stop if spec.HasField("stop") else None
+            limit = min(spec.limit or self.limits.range_limit, self.limits.range_limit)
+
+            def scan(v: ReadView) -> bytes:
+                items = v.tree.range(start, stop, limit)
+                return wire.frame(
+                    Message(
+                        opcode=op + 1,
+                        c_type=wire.CT_ENTRIES,
+                        keys=[k for k, _ in items],
+                        values=[d for _, d in items],
+                    )
+                )
+
+            return scan
+        if op == wire.OP_ERROR or op % 10 == 1:
+            raise BadRequest(f"opcode {op} is a reply, not a request")
+        if op == wire.OP_BAD:
+            raise BadRequest("opcode BAD (0) is no request (an empty frame reads as one)")
+        raise BadRequest(f"unknown opcode {op}")
+
+    def _stats(self) -> Message:
+        r = self.replica
+        tree: AVLTree = r.committed_tree
+        stats = StatsMsg(
+            keys=len(tree),
+            height=tree.height(),
+            connections=len(self.connections),
+            uptime_s=time.monotonic() - self.metrics.started,
+            last_op=r.committed_seq,
+            role=r.role,
+        )
+        for name in sorted(self.metrics.ops):
+            c = self.metrics.ops[name]
+            mean = c.total_s / c.count * 1e6 if c.count else 0.0
+            stats.ops.append(OpStats(op=name, count=c.count, mean_service_us=mean, errors=c.errors))
+        return Message(opcode=wire.OP_STATS + 1, c_type=wire.CT_STATS, stats=stats)

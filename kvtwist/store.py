@@ -1,0 +1,221 @@
+"""The tree behind its threads.
+
+Writes are applied in order by a single writer thread; reads run on a pool of
+reader threads against immutable snapshots of the persistent tree, so a read
+never sees a half-applied write and never holds up a write.  Requests are
+handed to the threads in batches, one hop per reactor turn rather than one per
+request, because a thread hop costs more than a small tree operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from kvtwist.tree import AVLTree
+
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    """Where tree work runs: threads in a node, inline in unit tests."""
+
+    def write(self, f: Callable[[], T]) -> Deferred[T]: ...
+
+    def read(self, f: Callable[[], T]) -> Deferred[T]: ...
+
+
+class ThreadRunner:
+    """One writer thread, so writes keep their order, and a pool of reader threads."""
+
+    def __init__(self, reactor: Any, threads: int = 4) -> None:
+        self.reactor = reactor
+        self.writer = ThreadPool(1, 1, name="kvtwist-writer")
+        self.readers = ThreadPool(1, max(1, threads), name="kvtwist-reader")
+        self.writer.start()
+        self.readers.start()
+        reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+
+    def write(self, f: Callable[[], T]) -> Deferred[T]:
+        return deferToThreadPool(self.reactor, self.writer, f)
+
+    def read(self, f: Callable[[], T]) -> Deferred[T]:
+        return deferToThreadPool(self.reactor, self.readers, f)
+
+    def stop(self) -> None:
+        if self.writer.started:
+            self.writer.stop()
+        if self.readers.started:
+            self.readers.stop()
+
+
+class InlineRunner:
+    """Runs tree work synchronously: deterministic unit tests, no threads."""
+
+    def write(self, f: Callable[[], T]) -> Deferred[T]:
+        return defer.maybeDeferred(f)
+
+    def read(self, f: Callable[[], T]) -> Deferred[T]:
+        return defer.maybeDeferred(f)
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One write in the chain-wide order."""
+
+    seq: int
+    is_put: bool
+    key: str
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of one write: whether the key was there, and the state right after."""
+
+    seq: int
+    found: bool
+    tree: AVLTree
+
+
+class OutOfOrder(Exception):
+    """A write arrived whose sequence number does not follow the last applied one."""
+
+
+class Store:
+    """Ordered writes, snapshot reads, op numbers.
+
+    ``last_applied`` is read on the reactor thread but written only by the
+    writer thread; each value it takes is a write that is fully applied.
+    """
+
+    def __init__(self, reactor: Any, runner: Runner) -> None:
+        self.reactor: IReactorTime = reactor
+        self.runner = runner
+        self._tree = AVLTree()
+        self.last_applied = 0
+        self._writes: list[tuple[Write, Deferred[Applied]]] = []
+        self._reads: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+        self._flush_call: IDelayedCall | None = None
+
+    # writes
+
+    def apply(self, w: Write) -> Deferred[Applied]:
+        """Queue ``w``; writes are applied in the order they are queued."""
+        d: Deferred[Applied] = Deferred()
+        self._writes.append((w, d))
+        self._schedule()
+        return d
+
+    def _apply_batch(self, batch: list[Write]) -> list[Applied | Exception]:
+        tree = self._tree
+        out: list[Applied | Exception] = []
+        for w in batch:
+            if w.seq != self.last_applied + 1:
+                out.append(OutOfOrder(f"write {w.seq} after {self.last_applied}"))
+                continue
+            if w.is_put:
+                tree.put(w.key, w.data)
+                found = True
+            else:
+                found = tree.delete(w.key)
+            self.last_applied = w.seq
+            out.append(Applied(w.seq, found, tree.copy()))
+        return out
+
+    # reads
+
+    def snapshot(self) -> AVLTree:
+        """The state after the last applied write, frozen in O(1)."""
+        return self._tree.copy()
+
+    def read(self, f: Callable[[], T], big: bool = False) -> Deferred[T]:
+        """Run ``f`` on a reader thread; small reads share one hop per reactor turn.
+
+        A big read (a listing of the whole store) gets a job of its own so that
+        the small reads behind it are not held up.
+        """
+        if big:
+            return self.runner.read(f)
+        d: Deferred[T] = Deferred()
+        self._reads.append((f, d))
+        self._schedule()
+        return d
+
+    # state transfer
+
+    def load(self, items: Iterable[tuple[str, bytes]], last_applied: int) -> Deferred[None]:
+        """Replace the whole state (a joining node's copy), on the writer thread."""
+
+        def run() -> None:
+            tree = AVLTree()
+            for k, v in items:
+                tree.put(k, v)
+            self._tree = tree
+            self.last_applied = last_applied
+
+        return self.runner.write(run)
+
+    def reset(self) -> Deferred[None]:
+        return self.load((), 0)
+
+    # batching
+
+    def _schedule(self) -> None:
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        writes, self._writes = self._writes, []
+        reads, self._reads = self._reads, []
+        if writes:
+            batch = [w for w, _ in writes]
+            self.runner.write(lambda: self._apply_batch(batch)).addBoth(
+                _deliver, [d for _, d in writes]
+            )
+        if reads:
+            fs = [f for f, _ in reads]
+            self.runner.read(lambda: _run_all(fs)).addBoth(_deliver, [d for _, d in reads])
+
+
+def _run_all(fs: list[Callable[[], Any]]) -> list[Any]:
+    out: list[Any] = []
+    for f in fs:
+        try:
+            out.append(f())
+        except Exception as e:  # one bad read must not fail its neighbours
+            out.append(e)
+    return out
+
+
+def _deliver(results: Any, ds: list[Deferred[Any]]) -> None:
+    if not isinstance(results, list):  # the whole batch failed
+        for d in ds:
+            d.errback(results)
+        return
+    for d, r in zip(ds, results, strict=True):
+        if isinstance(r, Exception):
+            d.errback(r)
+        else:
+            d.callback(r)
+
+
+__all__ = [
+    "Applied",
+    "IReactorCore",
+    "IReactorThreads",
+    "InlineRunner",
+    "OutOfOrder",
+    "Runner",
+    "Store",
+    "ThreadRunner",
+    "Write",
+]

@@ -1,0 +1,145 @@
+"""twistd options and ``makeService`` for ``twistd -n kvnode``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.internet import reactor as global_reactor
+from twisted.logger import Logger
+from twisted.python import usage
+
+from kvtwist import wire
+from kvtwist.chain.replica import Replica
+from kvtwist.server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_KEY, Limits, NodeFactory
+from kvtwist.store import Store, ThreadRunner
+
+log = Logger(namespace="kvtwist.node")
+
+
+def _positive(name: str) -> Any:
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise usage.UsageError(f"--{name} needs an integer, got {text!r}") from None
+        if value <= 0:
+            raise usage.UsageError(f"--{name} must be positive, got {value}")
+        return value
+
+    return convert
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run a kvtwist node. Without --zk it is a standalone node; with --zk it joins "
+        "the chain kept under --zk-root in ZooKeeper."
+    )
+    optParameters = [
+        ["port", "p", 9000, "TCP port for clients and chain links.", _positive("port")],
+        ["interface", "i", "127.0.0.1", "Address to listen on (0.0.0.0 exposes the node)."],
+        ["threads", "t", 4, "Reader threads for tree work.", _positive("threads")],
+        ["max-frame", None, wire.DEFAULT_MAX_FRAME, "Largest request frame in bytes.",
+         _positive("max-frame")],
+        ["max-key", None, DEFAULT_MAX_KEY, "Largest key in bytes (UTF-8).", _positive("max-key")],
+        ["max-value", None, None, "Largest value in bytes (default: --max-frame)."],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "Concurrent client connections.",
+         _positive("max-connections")],
+        ["zk", None, None, "ZooKeeper hosts (host:port[,host:port...]): join a chain."],
+        ["zk-root", None, "/chain", "ZooKeeper path of the chain."],
+        ["zk-session-timeout", None, 10.0, "ZooKeeper session timeout in seconds.", float],
+        ["advertise", None, None, "host:port written into ZooKeeper (default interface:port)."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["max-value"] is None:
+            self["max-value"] = self["max-frame"]
+        else:
+            self["max-value"] = _positive("max-value")(self["max-value"])
+        if self["port"] > 65535:
+            raise usage.UsageError(f"--port {self['port']} is out of range")
+        if self["advertise"] is None:
+            host = self["interface"]
+            if host in ("0.0.0.0", "", "::"):
+                if self["zk"]:
+                    raise usage.UsageError(
+                        "--advertise host:port is needed when listening on all interfaces"
+                    )
+                host = "127.0.0.1"
+            self["advertise"] = f"{host}:{self['port']}"
+        if self["zk"]:
+            from kvtwist.zk import validate_root
+
+            try:
+                self["zk-root"] = validate_root(self["zk-root"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+            if self["zk-session-timeout"] <= 0:
+                raise usage.UsageError("--zk-session-timeout must be positive")
+
+
+class ChainService(service.Service):
+    """Connects to ZooKeeper and joins the chain once the node is listening."""
+
+    def __init__(self, reactor: Any, replica: Replica, zk: Any) -> None:
+        self.reactor = reactor
+        self.replica = replica
+        self.zk = zk
+
+    def startService(self) -> None:
+        super().startService()
+        self.zk.on_state(self.replica.zk_state)
+        self.zk.watch_members(self.replica.set_view)
+        d = self.zk.start()
+        d.addCallback(lambda _: self.replica.join())
+        d.addErrback(self._failed)
+
+    def _failed(self, f: Any) -> None:
+        log.failure("cannot join the chain; stopping", f)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.replica.stop()
+        return self.zk.stop()
+
+
+def build(options: Options, reactor: Any = global_reactor) -> service.MultiService:
+    """Wire the node together; split from makeService so tests can pass a reactor."""
+    top = service.MultiService()
+    runner = ThreadRunner(reactor, options["threads"])
+    store = Store(reactor, runner)
+    zk = None
+    if options["zk"]:
+        from kvtwist.zk import ZooKeeper
+
+        zk = ZooKeeper(
+            reactor, options["zk"], options["zk-root"], options["zk-session-timeout"]
+        )
+    replica = Replica(reactor, store, options["advertise"], zk)
+    limits = Limits(
+        max_frame=options["max-frame"],
+        max_key=options["max-key"],
+        max_value=options["max-value"],
+        max_connections=options["max-connections"],
+    )
+    factory = NodeFactory(reactor, replica, limits)
+    interface = options["interface"].replace(":", "\\:")
+    strports.service(f"tcp:{options['port']}:interface={interface}", factory).setServiceParent(
+        top
+    )
+    if zk is not None:
+        ChainService(reactor, replica, zk).setServiceParent(top)
+    log.info(
+        "kvtwist node on {iface}:{port} ({mode})",
+        iface=options["interface"],
+        port=options["port"],
+        mode=f"chain {options['zk-root']} via {options['zk']}" if zk else "standalone",
+    )
+    return top
+
+
+def makeService(options: Options) -> service.MultiService:
+    return build(options)

@@ -1,0 +1,273 @@
+"""Framing and message helpers shared by the server, the client and chain links.
+
+A frame is a 4-byte big-endian unsigned length followed by one serialized
+``kvtwist.Message``; fields 1-6 of that message are the original C system's,
+so its clients and servers speak to kvtwist unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+from google.protobuf.message import DecodeError
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from kvtwist.proto.kvtwist_pb2 import Entry, Message, RangeSpec
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "DecodeError",
+    "FrameDecoder",
+    "FrameTooLarge",
+    "FramedProtocol",
+    "Message",
+    "decode",
+    "error_reply",
+    "frame",
+]
+
+HEADER = struct.Struct(">I")
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+
+Op = Message.Opcode
+CT = Message.CType
+
+OP_BAD = Message.OP_BAD
+OP_SIZE = Message.OP_SIZE
+OP_HEIGHT = Message.OP_HEIGHT
+OP_DEL = Message.OP_DEL
+OP_GET = Message.OP_GET
+OP_PUT = Message.OP_PUT
+OP_GETKEYS = Message.OP_GETKEYS
+OP_GETVALUES = Message.OP_GETVALUES
+OP_VERIFY = Message.OP_VERIFY
+OP_ERROR = Message.OP_ERROR
+OP_STATS = Message.OP_STATS
+OP_RANGE = Message.OP_RANGE
+OP_CHAIN_HELLO = Message.OP_CHAIN_HELLO
+OP_CHAIN_UPDATE = Message.OP_CHAIN_UPDATE
+OP_CHAIN_ACK = Message.OP_CHAIN_ACK
+OP_CHAIN_JOIN = Message.OP_CHAIN_JOIN
+OP_CHAIN_SNAPSHOT = Message.OP_CHAIN_SNAPSHOT
+
+CT_BAD = Message.CT_BAD
+CT_KEY = Message.CT_KEY
+CT_VALUE = Message.CT_VALUE
+CT_ENTRY = Message.CT_ENTRY
+CT_KEYS = Message.CT_KEYS
+CT_VALUES = Message.CT_VALUES
+CT_RESULT = Message.CT_RESULT
+CT_NONE = Message.CT_NONE
+CT_ENTRIES = Message.CT_ENTRIES
+CT_STATS = Message.CT_STATS
+CT_RANGE = Message.CT_RANGE
+CT_CHAIN = Message.CT_CHAIN
+
+WRITE_OPS = frozenset({OP_PUT, OP_DEL})
+CHAIN_OPS = frozenset(
+    {OP_CHAIN_HELLO, OP_CHAIN_UPDATE, OP_CHAIN_ACK, OP_CHAIN_JOIN, OP_CHAIN_SNAPSHOT}
+)
+
+
+class FrameTooLarge(Exception):
+    """A header announced more bytes than the receiver accepts."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"frame of {length} bytes exceeds the maximum of {limit}")
+        self.length = length
+        self.limit = limit
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame payloads.
+
+    The announced length is checked before anything is buffered for it, so a
+    hostile header cannot make the receiver allocate the size it claims.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Return the frames completed by ``data``; raise FrameTooLarge on a bad header."""
+        buf = self._buf
+        buf += data
+        frames: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        size = HEADER.size
+        while end - pos >= size:
+            (length,) = HEADER.unpack_from(buf, pos)
+            if length > self.max_frame:
+                del buf[:pos]
+                raise FrameTooLarge(length, self.max_frame)
+            stop = pos + size + length
+            if stop > end:
+                break
+            frames.append(bytes(buf[pos + size : stop]))
+            pos = stop
+        if pos:
+            del buf[:pos]
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+
+def frame(msg: Message) -> bytes:
+    """Serialize ``msg`` with its length header."""
+    data = msg.SerializeToString()
+    return HEADER.pack(len(data)) + data
+
+
+def frames(msgs: Iterable[Message]) -> bytes:
+    return b"".join(frame(m) for m in msgs)
+
+
+def decode(payload: bytes) -> Message:
+    """Parse one frame's payload; raises DecodeError on bytes that are no Message."""
+    msg = Message()
+    msg.ParseFromString(payload)
+    return msg
+
+
+def error_reply(reason: str, retry: bool = False) -> Message:
+    """An ERROR reply in the original's shape (c_type NONE) with a readable reason."""
+    return Message(opcode=OP_ERROR, c_type=CT_NONE, error=reason, retry=retry)
+
+
+def result_reply(request_op: int, value: int) -> Message:
+    """A RESULT reply; the 32-bit ``result`` saturates, ``op_n`` carries the full number."""
+    clamped = max(-(2**31), min(2**31 - 1, value))
+    return Message(opcode=request_op + 1, c_type=CT_RESULT, result=clamped, op_n=max(value, 0))
+
+
+# Requests, built in one place for the client library, the shell and chain links.
+
+
+def req_size() -> Message:
+    return Message(opcode=OP_SIZE, c_type=CT_NONE)
+
+
+def req_height() -> Message:
+    return Message(opcode=OP_HEIGHT, c_type=CT_NONE)
+
+
+def req_get(key: str) -> Message:
+    return Message(opcode=OP_GET, c_type=CT_KEY, keys=[key])
+
+
+def req_put(key: str, data: bytes, client_id: str = "", request_id: int = 0) -> Message:
+    return Message(
+        opcode=OP_PUT,
+        c_type=CT_ENTRY,
+        entry=Entry(key=key, data=data),
+        client_id=client_id,
+        request_id=request_id,
+    )
+
+
+def req_del(key: str, client_id: str = "", request_id: int = 0) -> Message:
+    return Message(
+        opcode=OP_DEL, c_type=CT_KEY, keys=[key], client_id=client_id, request_id=request_id
+    )
+
+
+def req_getkeys() -> Message:
+    return Message(opcode=OP_GETKEYS, c_type=CT_NONE)
+
+
+def req_getvalues() -> Message:
+    return Message(opcode=OP_GETVALUES, c_type=CT_NONE)
+
+
+def req_verify(op_n: int) -> Message:
+    clamped = max(-(2**31), min(2**31 - 1, op_n))
+    return Message(opcode=OP_VERIFY, c_type=CT_RESULT, result=clamped, op_n=max(op_n, 0))
+
+
+def req_stats() -> Message:
+    return Message(opcode=OP_STATS, c_type=CT_NONE)
+
+
+def req_range(start: str | None = None, stop: str | None = None, limit: int = 0) -> Message:
+    spec = RangeSpec(limit=limit)
+    if start is not None:
+        spec.start = start
+    if stop is not None:
+        spec.stop = stop
+    return Message(opcode=OP_RANGE, c_type=CT_RANGE, range=spec)
+
+
+def op_name(opcode: int) -> str:
+    """``PUT`` for OP_PUT; the number for opcodes this build does not know."""
+    try:
+        return Message.Opcode.Name(opcode).removeprefix("OP_")  # type: ignore[arg-type]
+    except ValueError:
+        return str(opcode)
+
+
+class FramedProtocol(Protocol):
+    """A Protocol speaking length-framed Messages, for both ends of every link.
+
+    Unlike ``Int32StringReceiver`` it never drops a connection silently: an
+    over-long header is answered with an ERROR frame before the close.
+    """
+
+    max_frame = DEFAULT_MAX_FRAME
+    log = Logger()
+
+    def connectionMade(self) -> None:
+        self._decoder = FrameDecoder(self.max_frame)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            payloads = self._decoder.feed(data)
+        except FrameTooLarge as e:
+            self.frameTooLarge(e)
+            return
+        for payload in payloads:
+            if self.transport is None or getattr(self, "_closing", False):
+                return
+            try:
+                msg = decode(payload)
+            except DecodeError as e:
+                self.badFrame(payload, e)
+                continue
+            self.messageReceived(msg)
+
+    def sendMessage(self, msg: Message) -> None:
+        assert self.transport is not None
+        self.transport.write(frame(msg))
+
+    def frameTooLarge(self, exc: FrameTooLarge) -> None:
+        self.log.warn("{peer}: {reason}; closing", peer=self.peerName(), reason=str(exc))
+        self.sendMessage(error_reply(str(exc)))
+        self._closing = True
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def badFrame(self, payload: bytes, exc: Exception) -> None:
+        """A well-framed payload that is not a Message."""
+        self.log.warn(
+            "{peer}: undecodable frame of {n} bytes: {e}", peer=self.peerName(), n=len(payload), e=exc
+        )
+        self.sendMessage(error_reply(f"undecodable message ({len(payload)} bytes): {exc}"))
+
+    def messageReceived(self, msg: Message) -> None:
+        raise NotImplementedError
+
+    def peerName(self) -> str:
+        if self.transport is None:
+            return "?"
+        try:
+            peer = self.transport.getPeer()
+        except Exception:
+            return "?"
+        host = getattr(peer, "host", None)
+        port = getattr(peer, "port", None)
+        return f"{host}:{port}" if host is not None else str(peer)
