@@ -1,0 +1,33 @@
+#!/bin/sh
+# Set up kvtwist on a Debian machine: system packages it lacks, a virtualenv
+# in .venv, and kvtwist installed there (editable, with the twistd plugin).
+#   sh scripts/setup.sh              node and client
+#   sh scripts/setup.sh --test       also the test tools and ZooKeeper
+set -eu
+cd "$(dirname "$0")/.."
+
+with_test=no
+[ "${1:-}" = "--test" ] && with_test=yes
+
+need=""
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    need="$need python3-venv"
+fi
+if [ "$with_test" = yes ] && { ! command -v java >/dev/null 2>&1 || [ ! -f /usr/share/java/zookeeper.jar ]; }; then
+    need="$need zookeeper"
+fi
+if [ -n "$need" ]; then
+    echo "installing Debian packages:$need"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+extra=""
+[ "$with_test" = yes ] && extra="[test]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".$extra" --config-settings editable_mode=compat

@@ -1,0 +1,216 @@
+"""The node's protocol and dispatch, in memory: StringTransport, no threads, no sleeps."""
+
+from __future__ import annotations
+
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from kvtwist import wire
+from kvtwist.chain.replica import Replica
+from kvtwist.server import Limits, NodeFactory, NodeProtocol
+from kvtwist.store import InlineRunner, Store
+from kvtwist.wire import Message
+
+
+class Harness:
+    """A node with inline tree work and one in-memory connection per ``connect``."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.reactor = MemoryReactorClock()
+        self.store = Store(self.reactor, InlineRunner())
+        self.replica = Replica(self.reactor, self.store)
+        self.factory = NodeFactory(self.reactor, self.replica, limits)
+
+    def connect(self) -> tuple[NodeProtocol, StringTransport]:
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def settle(self) -> None:
+        for _ in range(10):
+            self.reactor.advance(0)
+
+
+class Conn:
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+        self.proto, self.transport = h.connect()
+        self.decoder = wire.FrameDecoder(1 << 30)
+
+    def send_raw(self, data: bytes) -> list[Message]:
+        self.proto.dataReceived(data)
+        self.h.settle()
+        return self.replies()
+
+    def send(self, *msgs: Message) -> list[Message]:
+        return self.send_raw(b"".join(wire.frame(m) for m in msgs))
+
+    def one(self, msg: Message) -> Message:
+        [reply] = self.send(msg)
+        return reply
+
+    def replies(self) -> list[Message]:
+        data = self.transport.value()
+        self.transport.clear()
+        return [wire.decode(p) for p in self.decoder.feed(data)]
+
+
+class RequestTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.h = Harness()
+        self.c = Conn(self.h)
+
+    def test_put_get(self) -> None:
+        """PUT answers RESULT with an op number; GET then returns the value."""
+        r = self.c.one(wire.req_put("k", b"v"))
+        self.assertEqual((r.opcode, r.c_type, r.result, r.op_n), (51, wire.CT_RESULT, 1, 1))
+        r = self.c.one(wire.req_get("k"))
+        self.assertEqual((r.opcode, r.c_type, list(r.values)), (41, wire.CT_VALUE, [b"v"]))
+
+    def test_get_absent(self) -> None:
+        """GET of a missing key is a VALUE reply with no values."""
+        r = self.c.one(wire.req_get("nope"))
+        self.assertEqual((r.opcode, len(r.values)), (41, 0))
+
+    def test_op_numbers_increase(self) -> None:
+        """Every write gets the next op number, deletes of missing keys included."""
+        ops = [self.c.one(m).op_n for m in (
+            wire.req_put("a", b"1"), wire.req_del("zz"), wire.req_put("a", b"2"))]
+        self.assertEqual(ops, [1, 2, 3])
+
+    def test_delete_reports_found(self) -> None:
+        """DEL says whether the key was there."""
+        self.c.one(wire.req_put("a", b"1"))
+        self.assertTrue(self.c.one(wire.req_del("a")).found)
+        self.assertFalse(self.c.one(wire.req_del("a")).found)
+
+    def test_size_height_keys_values(self) -> None:
+        """SIZE, HEIGHT, GETKEYS and GETVALUES reflect the tree in key order."""
+        for k in ["c", "a", "b"]:
+            self.c.one(wire.req_put(k, k.upper().encode()))
+        self.assertEqual(self.c.one(wire.req_size()).result, 3)
+        self.assertEqual(self.c.one(wire.req_height()).result, 2)
+        r = self.c.one(wire.req_getkeys())
+        self.assertEqual((r.opcode, r.c_type, list(r.keys)), (61, wire.CT_KEYS, ["a", "b", "c"]))
+        r = self.c.one(wire.req_getvalues())
+        self.assertEqual((r.c_type, list(r.values)), (wire.CT_VALUES, [b"A", b"B", b"C"]))
+
+    def test_verify(self) -> None:
+        """VERIFY says 1 for an executed op number and 0 for a future one."""
+        op = self.c.one(wire.req_put("a", b"1")).op_n
+        self.assertEqual(self.c.one(wire.req_verify(op)).result, 1)
+        self.assertEqual(self.c.one(wire.req_verify(op + 1)).result, 0)
+
+    def test_range(self) -> None:
+        """RANGE returns keys in [start, stop) in order, at most limit."""
+        for k in "abcdef":
+            self.c.one(wire.req_put(k, k.encode()))
+        r = self.c.one(wire.req_range("b", "e"))
+        self.assertEqual(list(r.keys), ["b", "c", "d"])
+        self.assertEqual(list(r.values), [b"b", b"c", b"d"])
+        self.assertEqual(list(self.c.one(wire.req_range("c", None, 2)).keys), ["c", "d"])
+        self.assertEqual(list(self.c.one(wire.req_range(None, "b")).keys), ["a"])
+
+    def test_stats(self) -> None:
+        """STATS counts operations per opcode and reports keys and connections."""
+        self.c.one(wire.req_put("a", b"1"))
+        self.c.one(wire.req_get("a"))
+        self.c.one(wire.req_get("a"))
+        s = self.c.one(wire.req_stats()).stats
+        counts = {o.op: o.count for o in s.ops}
+        self.assertEqual((counts["PUT"], counts["GET"]), (1, 2))
+        self.assertEqual((s.keys, s.connections, s.role), (1, 1, "standalone"))
+
+    def test_pipelined_order(self) -> None:
+        """Pipelined requests are answered in order, each seeing the writes before it."""
+        replies = self.c.send(
+            wire.req_put("a", b"1"), wire.req_get("a"), wire.req_del("a"), wire.req_get("a"),
+            wire.req_put("a", b"2"), wire.req_get("a"),
+        )
+        self.assertEqual([r.opcode for r in replies], [51, 41, 31, 41, 51, 41])
+        self.assertEqual([list(r.values) for r in replies[1::2]], [[b"1"], [], [b"2"]])
+
+
+class BadInputTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.h = Harness(Limits(max_frame=1000, max_key=16, max_value=100))
+        self.c = Conn(self.h)
+
+    def assertError(self, msg: Message, reason: str) -> None:
+        r = self.c.one(msg)
+        self.assertEqual((r.opcode, r.c_type), (wire.OP_ERROR, wire.CT_NONE))
+        self.assertIn(reason, r.error)
+        # the connection stays usable
+        self.assertEqual(self.c.one(wire.req_size()).opcode, wire.OP_SIZE + 1)
+
+    def test_unknown_opcode(self) -> None:
+        """An unknown opcode gets an ERROR naming it."""
+        self.assertError(Message(opcode=77, c_type=wire.CT_NONE), "unknown opcode 77")
+
+    def test_bad_opcode(self) -> None:
+        """BAD (and an empty frame) gets an ERROR."""
+        self.assertError(Message(), "BAD")
+        r = self.c.send_raw(b"\x00\x00\x00\x00")
+        self.assertEqual(r[0].opcode, wire.OP_ERROR)
+
+    def test_reply_opcode_as_request(self) -> None:
+        """A reply opcode sent as a request is refused."""
+        self.assertError(Message(opcode=41, c_type=wire.CT_VALUE), "is a reply")
+        self.assertError(Message(opcode=wire.OP_ERROR, c_type=wire.CT_NONE), "is a reply")
+
+    def test_wrong_ctype(self) -> None:
+        """A request with the wrong c_type is refused with the expected one."""
+        self.assertError(Message(opcode=wire.OP_GET, c_type=wire.CT_VALUE, keys=["a"]), "CT_KEY")
+        self.assertError(Message(opcode=wire.OP_SIZE, c_type=wire.CT_KEY), "CT_NONE")
+
+    def test_missing_parts(self) -> None:
+        """PUT without entry, GET/DEL without key: ERROR."""
+        self.assertError(Message(opcode=wire.OP_PUT, c_type=wire.CT_ENTRY), "entry")
+        self.assertError(Message(opcode=wire.OP_GET, c_type=wire.CT_KEY), "needs a key")
+        self.assertError(Message(opcode=wire.OP_DEL, c_type=wire.CT_KEY), "needs a key")
+
+    def test_key_limits(self) -> None:
+        """Empty keys and keys over the limit are refused; nothing is stored."""
+        self.assertError(wire.req_put("", b"x"), "empty")
+        self.assertError(wire.req_put("k" * 17, b"x"), "exceeds the limit of 16")
+        self.assertError(wire.req_put("k", b"x" * 101), "exceeds the limit of 100")
+        self.assertEqual(self.c.one(wire.req_size()).result, 0)
+
+    def test_verify_non_positive(self) -> None:
+        """VERIFY of op 0 or below is an ERROR."""
+        self.assertError(wire.req_verify(0), "op number > 0")
+        self.assertError(wire.req_verify(-5), "op number > 0")
+
+    def test_undecodable(self) -> None:
+        """A well-framed payload that is no Message gets an ERROR; the stream goes on."""
+        junk = b"\xff\xff\xff"
+        r = self.c.send_raw(len(junk).to_bytes(4, "big") + junk + wire.frame(wire.req_size()))
+        self.assertEqual([m.opcode for m in r], [wire.OP_ERROR, wire.OP_SIZE + 1])
+        self.assertIn("undecodable", r[0].error)
+
+    def test_oversized_frame(self) -> None:
+        """A header above the maximum frame gets an ERROR, then the connection closes."""
+        r = self.c.send_raw(b"\xff\xff\xff\xff")
+        self.assertEqual(r[0].opcode, wire.OP_ERROR)
+        self.assertIn("exceeds the maximum", r[0].error)
+        self.assertTrue(self.c.transport.disconnecting)
+
+    def test_chain_opcode_from_client(self) -> None:
+        """Chain-internal opcodes from a client are refused, the store untouched."""
+        msg = Message(opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN)
+        msg.updates.add(seq=1, is_put=True, key="evil", data=b"x")
+        r = self.c.send(msg)
+        self.assertEqual(r[0].opcode, wire.OP_ERROR)
+        self.assertEqual(self.c.one(wire.req_size()).result, 0)
+
+    def test_connection_limit(self) -> None:
+        """A connection over the limit gets an ERROR and is closed."""
+        h = Harness(Limits(max_connections=2))
+        Conn(h)
+        Conn(h)
+        third = Conn(h)
+        r = third.replies()
+        self.assertEqual(r[0].opcode, wire.OP_ERROR)
+        self.assertIn("too many connections", r[0].error)
+        self.assertTrue(third.transport.disconnecting)
