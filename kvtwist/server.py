@@ -279,9 +279,10 @@ class NodeFactory(Factory):
     def _dispatch(self, msg: Message) -> Deferred[bytes] | bytes:
         op = msg.opcode
         if op == wire.OP_PUT:
-            key = self._key(msg, wire.CT_ENTRY, msg.entry.key if msg.HasField("entry") else None)
+            self._ctype(msg, wire.CT_ENTRY)
             if not msg.HasField("entry"):
                 raise BadRequest("PUT needs an entry")
+            key = self._key(msg, wire.CT_ENTRY, msg.entry.key)
             if len(msg.entry.data) > self.limits.max_value:
                 raise BadRequest(
                     f"value of {len(msg.entry.data)} bytes exceeds the limit of "
@@ -305,6 +306,9 @@ class NodeFactory(Factory):
             self._ctype(msg, wire.CT_NONE)
             return wire.frame(self._stats())
         reader = self._reader(msg)
+        if msg.local:
+            local = ReadView(self.store.snapshot(), self.replica.applied_seq)
+            return self.store.read(lambda: reader(local), big=op in BIG_READS)
         return self.replica.read_view().addCallback(
             lambda view: self.store.read(lambda: reader(view), big=op in BIG_READS)
         )

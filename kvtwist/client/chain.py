@@ -1,0 +1,132 @@
+"""A client of a whole chain: writes to the head, reads from the tail.
+
+It follows the membership in ZooKeeper and rides through failover: a request
+that meets a closed connection or a retryable ERROR is sent again, to the
+head or tail of the newest configuration, until a deadline.  A retried write
+carries the same client id and request number, so the head answers it with
+the first attempt's op number if that attempt committed, instead of applying
+it twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kvtwist import wire
+from kvtwist.client.api import Client
+from kvtwist.client.protocol import ClientProtocol, ConnectionFailed, KVError
+from kvtwist.wire import Message
+from kvtwist.zk import Membership, ZooKeeper
+
+log = Logger(namespace="kvtwist.client")
+
+DEFAULT_DEADLINE = 10.0
+
+
+class ChainClient(Client):
+    """Routes each request to the member that serves it, retrying across failover."""
+
+    def __init__(self, reactor: Any, zk: ZooKeeper, deadline: float = DEFAULT_DEADLINE) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.zk = zk
+        self.deadline = deadline
+        self.view: Membership | None = None
+        self._conns: dict[tuple[str, int], Deferred[ClientProtocol]] = {}
+        self._own_zk = False
+
+    @classmethod
+    def connect(
+        cls,
+        reactor: Any,
+        hosts: str,
+        root: str = "/chain",
+        deadline: float = DEFAULT_DEADLINE,
+        session_timeout: float = 10.0,
+    ) -> Deferred[ChainClient]:
+        zk = ZooKeeper(reactor, hosts, root, session_timeout)
+        client = cls(reactor, zk, deadline)
+        client._own_zk = True
+
+        def started(_: Any) -> Deferred[ChainClient]:
+            zk.watch_members(client._set_view)
+            return zk.members().addCallback(lambda m: (client._set_view(m), client)[1])
+
+        def failed(f: Failure) -> Failure:
+            raise ConnectionFailed(f"cannot reach ZooKeeper at {hosts}: {f.getErrorMessage()}")
+
+        return zk.start().addCallbacks(started, failed)
+
+    def _set_view(self, view: Membership) -> None:
+        if self.view is None or view.config >= self.view.config:
+            self.view = view
+
+    def _target(self, write: bool) -> tuple[str, int] | None:
+        if self.view is None:
+            return None
+        member = self.view.head() if write else self.view.tail()
+        return member.address if member is not None else None
+
+    def _conn(self, target: tuple[str, int]) -> Deferred[ClientProtocol]:
+        d = self._conns.get(target)
+        if d is None or (d.called and isinstance(d.result, Failure)):
+            proto = ClientProtocol()
+            ep = TCP4ClientEndpoint(self.reactor, target[0], target[1], timeout=3)
+            d = connectProtocol(ep, proto)
+            proto.closed_d.addBoth(lambda _: self._conns.pop(target, None))
+            d.addErrback(lambda f: (self._conns.pop(target, None), f)[1])
+            self._conns[target] = d
+        result: Deferred[ClientProtocol] = Deferred()
+        d.addBoth(lambda r: (result.callback(r) if not isinstance(r, Failure) else
+                             result.errback(r), r)[1])
+        return result
+
+    def _send(self, msg: Message, write: bool) -> Deferred[Message]:
+        give_up = self.reactor.seconds() + self.deadline
+        last_error = ["no chain members in ZooKeeper"]
+        attempt = [0]
+
+        def again(_: Any = None) -> Deferred[Message]:
+            target = self._target(write)
+            if target is None:
+                return retry(ConnectionFailed("no chain members in ZooKeeper"))
+            d = self._conn(target).addCallback(lambda p: p.request(msg))
+            d.addCallbacks(check, retry)
+            return d
+
+        def check(reply: Message) -> Any:
+            if reply.opcode == wire.OP_ERROR and reply.retry:
+                return retry(KVError(reply.error, True))
+            return reply
+
+        def retry(why: Any) -> Any:
+            exc = why.value if isinstance(why, Failure) else why
+            if not isinstance(exc, ConnectionFailed | KVError):
+                return why
+            last_error[0] = str(exc)
+            if self.reactor.seconds() >= give_up:
+                return defer.fail(
+                    KVError(f"gave up after {self.deadline:g}s: {last_error[0]}", retry=True)
+                )
+            attempt[0] += 1
+            delay = min(0.05 * 2 ** min(attempt[0], 4), 0.5)
+            refresh = self.zk.members().addCallbacks(self._set_view, lambda f: None)
+            refresh.addCallback(lambda _: deferLater(self.reactor, delay, lambda: None))
+            return refresh.addCallback(again)
+
+        return again()
+
+    def close(self) -> Deferred[None]:
+        for d in list(self._conns.values()):
+            d.addCallbacks(lambda p: p.close(), lambda f: None)
+        self._conns.clear()
+        if self._own_zk:
+            return self.zk.stop()
+        return defer.succeed(None)

@@ -1,0 +1,695 @@
+"""The ZooKeeper adapter shared by chain nodes and clients.
+
+kazoo is blocking and calls back on its own threads; everything here hands
+Twisted code only Deferreds and reactor-thread callbacks.  The kazoo traps this
+module is built around:
+
+* A connection-state listener runs on kazoo's connection thread and must not
+  block or call ZooKeeper (that deadlocks), so the listener only hops to the
+  reactor with ``callFromThread`` and all work is started from there.
+* Watches are one-shot and can be lost across SUSPENDED -> CONNECTED (kazoo
+  fires and forgets them when the connection drops), so the membership is
+  re-read, and the watch re-armed, after every watch event and every reconnect.
+* Ephemeral nodes die with the session (LOST) and are not recreated for us:
+  whoever registered must register again when ``on_state`` says "lost".
+
+The chain layout: every child of ``root`` named ``node<10 digits>`` is a member
+whose data is its "host:port"; sequence order is chain order (head first).
+Anything that is not a chain member (such as the join lock) lives in a
+*sibling* of the root, never under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, LockTimeout, NoNodeError
+from kazoo.protocol.states import KazooState
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = [
+    "LEASE_FRACTION",
+    "Member",
+    "Membership",
+    "ZooKeeper",
+    "parse_address",
+    "parse_seq",
+    "validate_root",
+]
+
+_log = Logger()
+
+# kazoo logs every connection attempt at INFO; keep it to warnings unless the
+# application configured the "kazoo" logger itself.
+if logging.getLogger("kazoo").level == logging.NOTSET:
+    logging.getLogger("kazoo").setLevel(logging.WARNING)
+
+_T = TypeVar("_T")
+
+MEMBER_PREFIX = "node"
+_MEMBER_RE = re.compile(r"node([0-9]+)\Z")
+_PORT_RE = re.compile(r"[0-9]{1,5}\Z")
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
+_IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?\Z")
+# Characters ZooKeeper refuses in a path (PathUtils.validatePath).
+_BAD_PATH_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\uf8ff\ufff0-\uffff]")
+
+#: The lease lasts this fraction of the session timeout past the send time of
+#: the last acknowledged request; the rest is margin for clock-rate skew between
+#: us and the server and for scheduling delays.
+LEASE_FRACTION = 0.6
+#: Lease probes run this many times per session timeout.
+PROBES_PER_SESSION = 5
+# Re-reading a membership whose children keep vanishing mid-read gives up after
+# this many attempts and returns what it has (a watch event follows anyway).
+_MAX_READ_ATTEMPTS = 5
+# Delay before retrying a failed membership read (e.g. while disconnected).
+_REFRESH_RETRY_DELAY = 0.5
+
+
+# ---------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------
+
+
+def parse_seq(name: str) -> int:
+    """The sequence number of a ``node<digits>`` znode name, or -1.
+
+    ZooKeeper appends a 10-digit counter to sequential nodes; it orders the chain.
+    """
+    match = _MEMBER_RE.match(name)
+    return int(match.group(1)) if match else -1
+
+
+def parse_address(data: bytes | None) -> tuple[str, int] | None:
+    """Parse a member's znode data, ASCII ``host:port``, or return None.
+
+    Member data is written by other processes (possibly C clients, which add a
+    trailing NUL), so junk must never raise: it yields None and the member is
+    shown without an address.  IPv6 hosts must be bracketed, ``[::1]:7000``.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        return None
+    raw = bytes(data)
+    if raw.endswith(b"\x00"):
+        raw = raw[:-1]
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not _PORT_RE.match(port_text):
+        return None
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not _IPV6_RE.match(host) or ":" not in host:
+            return None
+    elif not _HOSTNAME_RE.match(host):
+        return None
+    return host, port
+
+
+def validate_root(path: str) -> str:
+    """Check ``path`` is usable as a chain root and return it unchanged.
+
+    Enforces ZooKeeper's path rules up front so a typo fails with a clear
+    message at startup instead of a BadArgumentsError deep inside kazoo.
+    """
+    if not isinstance(path, str):
+        raise ValueError(f"chain root must be a string, not {type(path).__name__}")
+    if not path:
+        raise ValueError("chain root must not be empty")
+    if not path.startswith("/"):
+        raise ValueError(f"chain root {path!r} must start with '/'")
+    if path == "/":
+        raise ValueError("chain root must not be '/': every child of the root is a member")
+    if path.endswith("/"):
+        raise ValueError(f"chain root {path!r} must not end with '/'")
+    bad = _BAD_PATH_CHARS.search(path)
+    if bad:
+        raise ValueError(f"chain root {path!r} contains a forbidden character {bad.group()!r}")
+    for segment in path[1:].split("/"):
+        if segment == "":
+            raise ValueError(f"chain root {path!r} has an empty segment ('//')")
+        if segment in (".", ".."):
+            raise ValueError(f"chain root {path!r} has a relative segment {segment!r}")
+    if path == "/zookeeper" or path.startswith("/zookeeper/"):
+        raise ValueError(f"chain root {path!r} is inside ZooKeeper's reserved /zookeeper")
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Membership values
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    """One chain member: a ``node<seq>`` child of the root."""
+
+    name: str
+    """The znode name, e.g. ``node0000000003``."""
+    seq: int
+    """The sequence number parsed from the name (-1 if unparsable)."""
+    address: tuple[str, int] | None
+    """The ``(host, port)`` from the znode data; None if the data was junk."""
+
+    @classmethod
+    def from_znode(cls, name: str, data: bytes | None) -> Member:
+        return cls(name=name, seq=parse_seq(name), address=parse_address(data))
+
+
+@dataclass(frozen=True)
+class Membership:
+    """A snapshot of the chain: members in sequence order, head first."""
+
+    config: int
+    """The root's cversion: grows on every child change, so snapshots order."""
+    members: tuple[Member, ...]
+    """Sorted by ``seq``: head first, tail last."""
+
+    def head(self) -> Member | None:
+        return self.members[0] if self.members else None
+
+    def tail(self) -> Member | None:
+        return self.members[-1] if self.members else None
+
+    def index(self, name: str) -> int | None:
+        for i, member in enumerate(self.members):
+            if member.name == name:
+                return i
+        return None
+
+    def get(self, name: str) -> Member | None:
+        i = self.index(name)
+        return None if i is None else self.members[i]
+
+    def predecessor(self, name: str) -> Member | None:
+        """The member before ``name`` (None for the head or a non-member)."""
+        i = self.index(name)
+        return self.members[i - 1] if i is not None and i > 0 else None
+
+    def successor(self, name: str) -> Member | None:
+        """The member after ``name`` (None for the tail or a non-member)."""
+        i = self.index(name)
+        return self.members[i + 1] if i is not None and i + 1 < len(self.members) else None
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __contains__(self, name: object) -> bool:
+        return any(member.name == name for member in self.members)
+
+
+class _Watch:
+    """A watch_members callback and the last Membership it was given."""
+
+    __slots__ = ("callback", "last")
+
+    def __init__(self, callback: Callable[[Membership], None]) -> None:
+        self.callback = callback
+        self.last: Membership | None = None
+
+
+_STATE_NAMES = {
+    KazooState.CONNECTED: "connected",
+    KazooState.SUSPENDED: "suspended",
+    KazooState.LOST: "lost",
+}
+
+
+# ---------------------------------------------------------------------------
+# The adapter
+# ---------------------------------------------------------------------------
+
+
+class ZooKeeper:
+    """kazoo behind Deferreds: chain membership, a join lock and a fencing lease.
+
+    ``reactor`` must provide IReactorTime, IReactorThreads and
+    IReactorFromThreads (any real reactor does).  All callbacks registered here
+    run on the reactor thread; all methods must be called from it.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        hosts: str,
+        root: str = "/chain",
+        session_timeout: float = 10.0,
+    ) -> None:
+        if session_timeout <= 0:
+            raise ValueError(f"session_timeout must be positive, not {session_timeout!r}")
+        self._reactor = reactor
+        self.hosts = hosts
+        self.root = validate_root(root)
+        self.session_timeout = float(session_timeout)
+        self._client = KazooClient(
+            hosts=hosts,
+            timeout=self.session_timeout,
+            # Reconnect forever and quickly: a chain node that gives up on
+            # ZooKeeper is useless, and a slow retry risks session expiry.
+            connection_retry={
+                "max_tries": -1,
+                "delay": 0.05,
+                "backoff": 2,
+                "max_delay": max(0.1, min(1.0, self.session_timeout / 4)),
+            },
+        )
+        self._negotiated_timeout: float | None = None
+        self._install_negotiation_hook()
+        self._client.add_listener(self._kazoo_listener)
+
+        self._started = False
+        self._stopped = False
+        self._state = "lost"
+        self._state_callbacks: list[Callable[[str], None]] = []
+        self._watches: list[_Watch] = []
+        self._membership: Membership | None = None
+        self._refreshing = False
+        self._refresh_again = False
+        self._retry_call: Any = None
+        # (session id, monotonic send time of the last acknowledged probe)
+        self._lease: tuple[int, float] | None = None
+        self._probe_in_flight = False
+        self._lease_timer: Any = None
+        self._pending_locks: set[Any] = set()
+
+    # -- plumbing -----------------------------------------------------------
+
+    @property
+    def client(self) -> KazooClient:
+        """The underlying KazooClient (blocking: use it only through call())."""
+        return self._client
+
+    @property
+    def state(self) -> str:
+        """The last state delivered on the reactor: connected/suspended/lost."""
+        return self._state
+
+    @property
+    def membership(self) -> Membership | None:
+        """The last Membership read by the watch, if any."""
+        return self._membership
+
+    def call(self, f: Callable[..., _T], *args: Any, **kw: Any) -> Deferred[_T]:
+        """Run a blocking (kazoo) call in the reactor's thread pool."""
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args, **kw)
+
+    def start(self, timeout: float = 15.0) -> Deferred[None]:
+        """Connect (in a thread: kazoo's start blocks) and create the root.
+
+        Fails with kazoo's timeout error if no server answers within ``timeout``.
+        """
+        if self._started:
+            raise RuntimeError("ZooKeeper adapter already started")
+        self._started = True
+        self._lease_tick()
+        d = self.call(self._start_in_thread, timeout)
+
+        def failed(failure: Failure) -> Failure:
+            self._stop_lease_timer()
+            return failure
+
+        d.addErrback(failed)
+        return d
+
+    def _start_in_thread(self, timeout: float) -> None:
+        self._client.start(timeout=timeout)
+        try:
+            self._client.ensure_path(self.root)
+        except BaseException:
+            self._client.stop()
+            self._client.close()
+            raise
+
+    def stop(self) -> Deferred[None]:
+        """Close the session cleanly, so our ephemeral nodes vanish at once.
+
+        No state callbacks are delivered after stop() (the closing "lost" is
+        ours, not news); pending lock acquisitions fail.
+        """
+        if self._stopped:
+            return succeed(None)
+        self._stopped = True
+        self._stop_lease_timer()
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        for lock in list(self._pending_locks):
+            lock.cancel()
+        return self.call(self._stop_in_thread)
+
+    def _stop_in_thread(self) -> None:
+        self._client.remove_listener(self._kazoo_listener)
+        self._client.stop()
+        self._client.close()
+
+    # -- connection state ----------------------------------------------------
+
+    def _kazoo_listener(self, state: str) -> None:
+        # On kazoo's connection thread: never block, never call ZooKeeper here.
+        name = _STATE_NAMES.get(state)
+        if name is not None:
+            self._reactor.callFromThread(self._state_changed, name)
+
+    def _state_changed(self, name: str) -> None:
+        if self._stopped or name == self._state:
+            return
+        self._state = name
+        if name == "connected":
+            # Renew the lease straight away and re-arm watches that the
+            # disconnection may have dropped.
+            self._probe()
+            self._schedule_refresh()
+        for callback in list(self._state_callbacks):
+            try:
+                callback(name)
+            except Exception:
+                _log.failure("ZooKeeper state callback {callback!r} failed", callback=callback)
+
+    def on_state(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback("connected" | "suspended" | "lost")`` on the reactor.
+
+        "lost" means the session expired: our ephemeral nodes (registration,
+        locks) are gone and must be recreated by the caller once "connected"
+        follows (kazoo reconnects with a new session by itself).
+        """
+        self._state_callbacks.append(callback)
+
+    # -- membership ------------------------------------------------------------
+
+    def members(self) -> Deferred[Membership]:
+        """Read the current Membership once (no watch)."""
+        return self.call(self._read_membership, None)
+
+    def _read_membership(self, watch: Callable[[Any], None] | None) -> Membership:
+        """Blocking: children + cversion, then every member's data, consistently.
+
+        If a child vanishes between the listing and its data read, the listing
+        is stale, so it is re-read (a bounded number of times); if it keeps
+        changing we return the latest partial view, and the watch (if any)
+        delivers the settled one.
+        """
+        client = self._client
+        for attempt in range(_MAX_READ_ATTEMPTS):
+            children, stat = client.get_children(self.root, watch=watch, include_data=True)
+            names = [name for name in children if _MEMBER_RE.match(name)]
+            pending = [(name, client.get_async(f"{self.root}/{name}")) for name in names]
+            members: list[Member] = []
+            vanished = False
+            for name, result in pending:
+                try:
+                    data, _stat = result.get()
+                except NoNodeError:
+                    vanished = True
+                    continue
+                members.append(Member.from_znode(name, data))
+            if not vanished or attempt == _MAX_READ_ATTEMPTS - 1:
+                members.sort(key=lambda m: (m.seq, m.name))
+                return Membership(config=stat.cversion, members=tuple(members))
+        raise AssertionError("unreachable")
+
+    def _read_membership_watched(self) -> Membership:
+        """Blocking: read with a child watch; if the root is gone, watch for it."""
+        try:
+            return self._read_membership(self._on_watch_event)
+        except NoNodeError:
+            if self._client.exists(self.root, watch=self._on_watch_event) is None:
+                return Membership(config=-1, members=())
+            return self._read_membership(self._on_watch_event)
+
+    def _on_watch_event(self, event: Any) -> None:
+        # On kazoo's event thread: hop to the reactor and do the work there.
+        self._reactor.callFromThread(self._schedule_refresh)
+
+    def watch_members(self, callback: Callable[[Membership], None]) -> None:
+        """Call ``callback(membership)`` on the reactor whenever it changes.
+
+        The first call (soon, never from inside watch_members) delivers the
+        current membership.  The child watch is re-armed on every read and the
+        membership re-read after every watch event and every reconnect, so no
+        change is missed even though ZooKeeper watches are one-shot.  A
+        snapshot equal to the one this callback last got is skipped, and so is
+        one older (lower config) than the last one delivered: after a session
+        loss kazoo may reach a server that lags the one we read before.  A
+        deleted root is reported as ``Membership(config=-1, members=())``.
+        """
+        self._watches.append(_Watch(callback))
+        self._schedule_refresh()  # never calls back synchronously
+
+    def _schedule_refresh(self) -> None:
+        if self._stopped or not self._started or not self._watches:
+            return
+        if self._refreshing:
+            self._refresh_again = True
+            return
+        self._refreshing = True
+        self._refresh_again = False
+        d = self.call(self._read_membership_watched)
+        d.addCallbacks(self._deliver, self._refresh_failed)
+        d.addBoth(self._refresh_done)
+
+    def _deliver(self, membership: Membership) -> None:
+        if self._stopped:
+            return
+        last = self._membership
+        if last is not None and 0 <= membership.config < last.config:
+            return  # never go back in time (see watch_members)
+        self._membership = membership
+        for watch in list(self._watches):
+            if watch.last == membership:
+                continue
+            watch.last = membership
+            try:
+                watch.callback(membership)
+            except Exception:
+                _log.failure("membership callback {callback!r} failed", callback=watch.callback)
+
+    def _refresh_failed(self, failure: Failure) -> None:
+        if self._stopped:
+            return
+        if not failure.check(KazooException):
+            _log.failure("reading the chain membership failed", failure)
+        # Usually a connection loss: the "connected" event re-reads as well,
+        # but retrying covers any failure that no state change will follow.
+        if self._retry_call is None or not self._retry_call.active():
+            self._retry_call = self._reactor.callLater(_REFRESH_RETRY_DELAY, self._schedule_refresh)
+
+    def _refresh_done(self, _: object) -> None:
+        self._refreshing = False
+        if self._refresh_again:
+            self._schedule_refresh()
+
+    # -- registration -----------------------------------------------------------
+
+    def register(self, address: str) -> Deferred[str]:
+        """Join the chain as an ephemeral sequential member; fires with its name.
+
+        The node is tied to our session: after "lost" it is gone and the caller
+        must register again (it will get a new, later, sequence number: tail).
+        """
+        data = address.encode("ascii")
+        if parse_address(data) is None:
+            raise ValueError(f"not a host:port address: {address!r}")
+        d = self.call(
+            self._client.create,
+            f"{self.root}/{MEMBER_PREFIX}",
+            data,
+            ephemeral=True,
+            sequence=True,
+        )
+        return d.addCallback(lambda path: path.rsplit("/", 1)[1])
+
+    def unregister(self, name: str) -> Deferred[None]:
+        """Leave the chain by deleting our member node (already gone is fine)."""
+        if not name or "/" in name:
+            raise ValueError(f"not a member name: {name!r}")
+        return self.call(self._delete_quietly, f"{self.root}/{name}")
+
+    def _delete_quietly(self, path: str) -> None:
+        try:
+            self._client.delete(path)
+        except NoNodeError:
+            pass
+
+    # -- lock --------------------------------------------------------------------
+
+    def lock_path(self, path_suffix: str = "join") -> str:
+        """Where lock(path_suffix) lives: a sibling of the root, never a child
+        (every child of the root is read as a chain member)."""
+        if not path_suffix or "/" in path_suffix:
+            raise ValueError(f"lock suffix must be a non-empty name without '/': {path_suffix!r}")
+        return validate_root(f"{self.root}-{path_suffix}")
+
+    def lock(
+        self, path_suffix: str = "join", timeout: float | None = None
+    ) -> Deferred[Callable[[], Deferred[None]]]:
+        """Take kazoo's Lock at ``{root}-{path_suffix}``; fires with a release().
+
+        Waiting happens on a dedicated thread, not the reactor's pool, so long
+        waits cannot starve other blocking calls.  Fails with kazoo's
+        LockTimeout after ``timeout`` seconds; cancelling the Deferred abandons
+        the attempt.  The lock is an ephemeral node: it is lost with the session.
+        """
+        path = self.lock_path(path_suffix)
+        lock = self._client.Lock(path)
+        d: Deferred[Callable[[], Deferred[None]]] = Deferred(lambda _: lock.cancel())
+        self._pending_locks.add(lock)
+        thread = threading.Thread(
+            target=self._acquire_in_thread,
+            args=(lock, timeout, d),
+            name=f"kvtwist-zk-lock {path}",
+            daemon=True,
+        )
+        thread.start()
+        return d
+
+    def _acquire_in_thread(self, lock: Any, timeout: float | None, d: Deferred[Any]) -> None:
+        result: Failure | None
+        try:
+            if not lock.acquire(blocking=True, timeout=timeout):
+                raise LockTimeout(f"lock {lock.path} not acquired within {timeout} s")
+        except BaseException:
+            result = Failure()
+        else:
+            result = None
+        self._reactor.callFromThread(self._lock_done, lock, d, result)
+
+    def _lock_done(self, lock: Any, d: Deferred[Any], failure: Failure | None) -> None:
+        self._pending_locks.discard(lock)
+        if d.called:  # cancelled while we waited
+            if failure is None:
+                self.call(lock.release).addErrback(lambda _: None)
+            return
+        if failure is not None:
+            d.errback(failure)
+        else:
+            released: Deferred[None] | None = None
+
+            def release() -> Deferred[None]:
+                nonlocal released
+                if released is None:
+                    released = self.call(lock.release).addCallback(lambda _: None)
+                    return released
+                return succeed(None)
+
+            d.callback(release)
+
+    # -- fencing lease --------------------------------------------------------------
+
+    def _install_negotiation_hook(self) -> None:
+        """Learn the session timeout the server granted.
+
+        kazoo keeps the negotiated timeout in a local variable only; its
+        connection's ``_connect`` returns ``read_timeout = negotiated * 2/3``
+        (ms) before any request of the session can be sent, so wrapping it
+        records the value in time.  If kazoo's internals differ we fall back to
+        the requested timeout (safe whenever the server grants at least that).
+        """
+        connection = getattr(self._client, "_connection", None)
+        original = getattr(connection, "_connect", None)
+        if connection is None or original is None:
+            return
+
+        def _connect(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            try:
+                self._negotiated_timeout = float(result[0]) * 1.5 / 1000.0
+            except (TypeError, ValueError, IndexError):
+                pass
+            return result
+
+        connection._connect = _connect
+
+    @property
+    def effective_session_timeout(self) -> float:
+        """The smaller of the requested and the negotiated session timeout."""
+        negotiated = self._negotiated_timeout
+        if negotiated is not None and 0 < negotiated < self.session_timeout:
+            return negotiated
+        return self.session_timeout
+
+    @property
+    def lease_expires_at(self) -> float | None:
+        """``time.monotonic()`` at which the lease ends; None without a lease."""
+        lease = self._lease
+        client_id = self._client.client_id
+        if lease is None or client_id is None or client_id[0] != lease[0]:
+            return None
+        return lease[1] + self.effective_session_timeout * LEASE_FRACTION
+
+    def lease_valid(self) -> bool:
+        """True iff we are connected and our session is surely still alive.
+
+        ZooKeeper cannot expire a session earlier than session_timeout after a
+        request it received, and the lease counts from *before* the last
+        acknowledged probe was sent, for only LEASE_FRACTION of the timeout.
+        So while it holds, no other node can have replaced us.  After a pause
+        longer than that (SIGSTOP, swapping) it is expired the moment we
+        resume, before kazoo even notices the session is gone.
+        """
+        expires = self.lease_expires_at
+        return expires is not None and self._client.connected and time.monotonic() < expires
+
+    def _lease_tick(self) -> None:
+        """Probe every effective_session_timeout / PROBES_PER_SESSION seconds.
+
+        A self-rescheduling callLater rather than a LoopingCall, so the period
+        follows the negotiated timeout once the server has granted one.
+        """
+        self._lease_timer = None
+        if self._stopped:
+            return
+        self._probe()
+        self._lease_timer = self._reactor.callLater(
+            self.effective_session_timeout / PROBES_PER_SESSION, self._lease_tick
+        )
+
+    def _stop_lease_timer(self) -> None:
+        if self._lease_timer is not None and self._lease_timer.active():
+            self._lease_timer.cancel()
+        self._lease_timer = None
+
+    def _probe(self) -> None:
+        """Send one cheap round-trip; on success the lease counts from now."""
+        if self._stopped or self._probe_in_flight:
+            return
+        client_id = self._client.client_id
+        if client_id is None:
+            return
+        session_id = client_id[0]
+        sent = time.monotonic()  # before the request leaves: conservative
+        self._probe_in_flight = True
+        d = self.call(self._probe_in_thread, session_id)
+
+        def answered(same_session: bool) -> None:
+            if same_session:
+                lease = self._lease
+                if lease is None or lease[0] != session_id or lease[1] < sent:
+                    self._lease = (session_id, sent)
+
+        def done(result: object) -> None:
+            self._probe_in_flight = False
+
+        d.addCallbacks(answered, lambda _: None)
+        d.addBoth(done)
+
+    def _probe_in_thread(self, session_id: int) -> bool:
+        # Only an answer within the same session counts: a request that was
+        # queued across a session loss may be answered by the new session.
+        self._client.exists(self.root)
+        client_id = self._client.client_id
+        return client_id is not None and client_id[0] == session_id
