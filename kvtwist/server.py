@@ -17,15 +17,14 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist import wire
 from kvtwist.chain.link import Link
 from kvtwist.chain.replica import NotHere, ReadView, Replica, Unavailable
-from kvtwist.client.protocol import ClientProtocol
+from kvtwist.client.protocol import ConnectionPool
 from kvtwist.proto.kvtwist_pb2 import OpStats
 from kvtwist.proto.kvtwist_pb2 import Stats as StatsMsg
 from kvtwist.tree import AVLTree
@@ -109,7 +108,7 @@ class NodeProtocol(FramedProtocol):
             return
         f.connections.add(self)
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections.discard(self)
         self._closing = True
         if self.link is not None:
@@ -161,7 +160,10 @@ class NodeProtocol(FramedProtocol):
 
     def badFrame(self, payload: bytes, exc: Exception) -> None:
         log.warn(
-            "{peer}: undecodable frame of {n} bytes: {e}", peer=self.peerName(), n=len(payload), e=exc
+            "{peer}: undecodable frame of {n} bytes: {e}",
+            peer=self.peerName(),
+            n=len(payload),
+            e=exc,
         )
         self.factory.metrics.record("BAD", 0.0, True)
         slot = [wire.frame(wire.error_reply(f"undecodable message ({len(payload)} bytes)"))]
@@ -177,44 +179,6 @@ class NodeProtocol(FramedProtocol):
             self.transport.writeSequence(out)
 
 
-class Forwarder:
-    """Connections to other members, for requests that belong there."""
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self._conns: dict[tuple[str, int], Deferred[ClientProtocol]] = {}
-
-    def send(self, target: tuple[str, int], msg: Message) -> Deferred[Message]:
-        d = self._conns.get(target)
-        if d is None:
-            ep = TCP4ClientEndpoint(self.reactor, target[0], target[1], timeout=5)
-            proto = ClientProtocol()
-            d = connectProtocol(ep, proto)
-            proto.closed_d.addBoth(lambda _: self._conns.pop(target, None))
-            d.addErrback(self._forget, target)
-            self._conns[target] = d
-        result: Deferred[Message] = Deferred()
-
-        def fire(p: Any) -> Any:
-            if isinstance(p, Failure):
-                result.errback(p)
-            else:
-                p.request(msg).chainDeferred(result)
-            return p
-
-        d.addBoth(fire)
-        return result
-
-    def _forget(self, f: Failure, target: tuple[str, int]) -> Failure:
-        self._conns.pop(target, None)
-        return f
-
-    def close(self) -> None:
-        for d in list(self._conns.values()):
-            d.addCallback(lambda p: p.close())
-        self._conns.clear()
-
-
 class NodeFactory(Factory):
     """Validates requests, sends each where it belongs, and keeps the counters."""
 
@@ -227,7 +191,7 @@ class NodeFactory(Factory):
         self.limits = limits or Limits()
         self.connections: set[NodeProtocol] = set()
         self.metrics = Metrics()
-        self.forwarder = Forwarder(reactor)
+        self.forwarder = ConnectionPool(reactor)
 
     def handle(self, msg: Message, peer: Callable[[], str]) -> Deferred[bytes]:
         """Answer one request with a complete reply frame; never fails."""
@@ -272,7 +236,7 @@ class NodeFactory(Factory):
                 )
             )
 
-        return self.forwarder.send(exc.target, fwd).addCallbacks(relayed, unreachable)
+        return self.forwarder.request(exc.target, fwd).addCallbacks(relayed, unreachable)
 
     # dispatch
 
@@ -299,9 +263,9 @@ class NodeFactory(Factory):
                 reply.found = r.found
                 return wire.frame(reply)
 
-            return self.replica.write(
-                False, key, b"", msg.client_id, msg.request_id
-            ).addCallback(deleted)
+            return self.replica.write(False, key, b"", msg.client_id, msg.request_id).addCallback(
+                deleted
+            )
         if op == wire.OP_STATS:
             self._ctype(msg, wire.CT_NONE)
             return wire.frame(self._stats())

@@ -40,12 +40,22 @@ class Options(usage.Options):
         ["port", "p", 9000, "TCP port for clients and chain links.", _positive("port")],
         ["interface", "i", "127.0.0.1", "Address to listen on (0.0.0.0 exposes the node)."],
         ["threads", "t", 4, "Reader threads for tree work.", _positive("threads")],
-        ["max-frame", None, wire.DEFAULT_MAX_FRAME, "Largest request frame in bytes.",
-         _positive("max-frame")],
+        [
+            "max-frame",
+            None,
+            wire.DEFAULT_MAX_FRAME,
+            "Largest request frame in bytes.",
+            _positive("max-frame"),
+        ],
         ["max-key", None, DEFAULT_MAX_KEY, "Largest key in bytes (UTF-8).", _positive("max-key")],
         ["max-value", None, None, "Largest value in bytes (default: --max-frame)."],
-        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "Concurrent client connections.",
-         _positive("max-connections")],
+        [
+            "max-connections",
+            None,
+            DEFAULT_MAX_CONNECTIONS,
+            "Concurrent client connections.",
+            _positive("max-connections"),
+        ],
         ["zk", None, None, "ZooKeeper hosts (host:port[,host:port...]): join a chain."],
         ["zk-root", None, "/chain", "ZooKeeper path of the chain."],
         ["zk-session-timeout", None, 10.0, "ZooKeeper session timeout in seconds.", float],
@@ -115,9 +125,7 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     if options["zk"]:
         from kvtwist.zk import ZooKeeper
 
-        zk = ZooKeeper(
-            reactor, options["zk"], options["zk-root"], options["zk-session-timeout"]
-        )
+        zk = ZooKeeper(reactor, options["zk"], options["zk-root"], options["zk-session-timeout"])
     replica = Replica(reactor, store, options["advertise"], zk)
     limits = Limits(
         max_frame=options["max-frame"],
@@ -127,9 +135,7 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     )
     factory = NodeFactory(reactor, replica, limits)
     interface = options["interface"].replace(":", "\\:")
-    strports.service(f"tcp:{options['port']}:interface={interface}", factory).setServiceParent(
-        top
-    )
+    strports.service(f"tcp:{options['port']}:interface={interface}", factory).setServiceParent(top)
     if zk is not None:
         ChainService(reactor, replica, zk).setServiceParent(top)
     log.info(

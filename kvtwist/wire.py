@@ -254,7 +254,10 @@ class FramedProtocol(Protocol):
     def badFrame(self, payload: bytes, exc: Exception) -> None:
         """A well-framed payload that is not a Message."""
         self.log.warn(
-            "{peer}: undecodable frame of {n} bytes: {e}", peer=self.peerName(), n=len(payload), e=exc
+            "{peer}: undecodable frame of {n} bytes: {e}",
+            peer=self.peerName(),
+            n=len(payload),
+            e=exc,
         )
         self.sendMessage(error_reply(f"undecodable message ({len(payload)} bytes): {exc}"))
 

@@ -87,8 +87,12 @@ class NodeProcess:
 
     def start(self, wait: bool = True, timeout: float = 20.0) -> NodeProcess:
         self.proc = subprocess.Popen(
-            self.command(), cwd=self.dir, env=env(), stdin=subprocess.DEVNULL,
-            stdout=open(self.dir / "stdout", "wb"), stderr=subprocess.STDOUT,
+            self.command(),
+            cwd=self.dir,
+            env=env(),
+            stdin=subprocess.DEVNULL,
+            stdout=open(self.dir / "stdout", "wb"),
+            stderr=subprocess.STDOUT,
         )
         if wait:
             wait_for(self._listening, timeout, f"node on port {self.port} to listen")
@@ -133,3 +137,56 @@ class NodeProcess:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RawClient:
+    """A blocking client speaking raw frames, for tests that must not run a reactor."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        from kvtwist import wire
+
+        self.wire = wire
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.decoder = wire.FrameDecoder(1 << 30)
+        self.ready: list[bytes] = []
+
+    def call(self, *msgs: object) -> list[object]:
+        self.sock.sendall(b"".join(self.wire.frame(m) for m in msgs))  # type: ignore[arg-type]
+        out = []
+        while len(out) < len(msgs):
+            if not self.ready:
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    raise ConnectionError("closed by the node")
+                self.ready.extend(self.decoder.feed(data))
+                continue
+            out.append(self.wire.decode(self.ready.pop(0)))
+        return out
+
+    def one(self, msg: object) -> object:
+        return self.call(msg)[0]
+
+    def dump(self) -> list[tuple[str, bytes]]:
+        """This node's own copy, whatever its role."""
+        keys = self.wire.req_getkeys()
+        keys.local = True
+        values = self.wire.req_getvalues()
+        values.local = True
+        k, v = self.call(keys, values)
+        return list(zip(k.keys, v.values, strict=True))  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def dump(port: int) -> list[tuple[str, bytes]] | None:
+    try:
+        c = RawClient(port, timeout=5)
+    except OSError:
+        return None
+    try:
+        return c.dump()
+    except OSError:
+        return None
+    finally:
+        c.close()

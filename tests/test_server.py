@@ -75,8 +75,10 @@ class RequestTests(SynchronousTestCase):
 
     def test_op_numbers_increase(self) -> None:
         """Every write gets the next op number, deletes of missing keys included."""
-        ops = [self.c.one(m).op_n for m in (
-            wire.req_put("a", b"1"), wire.req_del("zz"), wire.req_put("a", b"2"))]
+        ops = [
+            self.c.one(m).op_n
+            for m in (wire.req_put("a", b"1"), wire.req_del("zz"), wire.req_put("a", b"2"))
+        ]
         self.assertEqual(ops, [1, 2, 3])
 
     def test_delete_reports_found(self) -> None:
@@ -125,8 +127,12 @@ class RequestTests(SynchronousTestCase):
     def test_pipelined_order(self) -> None:
         """Pipelined requests are answered in order, each seeing the writes before it."""
         replies = self.c.send(
-            wire.req_put("a", b"1"), wire.req_get("a"), wire.req_del("a"), wire.req_get("a"),
-            wire.req_put("a", b"2"), wire.req_get("a"),
+            wire.req_put("a", b"1"),
+            wire.req_get("a"),
+            wire.req_del("a"),
+            wire.req_get("a"),
+            wire.req_put("a", b"2"),
+            wire.req_get("a"),
         )
         self.assertEqual([r.opcode for r in replies], [51, 41, 31, 41, 51, 41])
         self.assertEqual([list(r.values) for r in replies[1::2]], [[b"1"], [], [b"2"]])

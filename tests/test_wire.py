@@ -74,12 +74,30 @@ class CompatibilityTests(SynchronousTestCase):
 
     def test_original_numbers(self) -> None:
         """Opcode and c_type values are the original's."""
-        ops = {"BAD": 0, "SIZE": 10, "HEIGHT": 20, "DEL": 30, "GET": 40, "PUT": 50,
-               "GETKEYS": 60, "GETVALUES": 70, "VERIFY": 80, "ERROR": 99}
+        ops = {
+            "BAD": 0,
+            "SIZE": 10,
+            "HEIGHT": 20,
+            "DEL": 30,
+            "GET": 40,
+            "PUT": 50,
+            "GETKEYS": 60,
+            "GETVALUES": 70,
+            "VERIFY": 80,
+            "ERROR": 99,
+        }
         for name, n in ops.items():
             self.assertEqual(kvtwist_pb2.Message.Opcode.Value("OP_" + name), n)
-        cts = {"BAD": 0, "KEY": 10, "VALUE": 20, "ENTRY": 30, "KEYS": 40, "VALUES": 50,
-               "RESULT": 60, "NONE": 70}
+        cts = {
+            "BAD": 0,
+            "KEY": 10,
+            "VALUE": 20,
+            "ENTRY": 30,
+            "KEYS": 40,
+            "VALUES": 50,
+            "RESULT": 60,
+            "NONE": 70,
+        }
         for name, n in cts.items():
             self.assertEqual(kvtwist_pb2.Message.CType.Value("CT_" + name), n)
 
@@ -109,8 +127,14 @@ class ProtoSyncTests(SynchronousTestCase):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "set.pb"
             subprocess.run(
-                [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}",
-                 f"--descriptor_set_out={out}", "kvtwist.proto"],
+                [
+                    sys.executable,
+                    "-m",
+                    "grpc_tools.protoc",
+                    f"-I{PROTO_DIR}",
+                    f"--descriptor_set_out={out}",
+                    "kvtwist.proto",
+                ],
                 check=True,
             )
             fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())

@@ -84,9 +84,7 @@ class Link:
             )
         if self._ack:
             ack, self._ack = self._ack, 0
-            self.conn.sendMessage(
-                Message(opcode=wire.OP_CHAIN_ACK, c_type=wire.CT_CHAIN, op_n=ack)
-            )
+            self.conn.sendMessage(Message(opcode=wire.OP_CHAIN_ACK, c_type=wire.CT_CHAIN, op_n=ack))
 
     def refuse(self, reason: str, retry: bool = True) -> None:
         """Tell the peer why, then close."""

@@ -32,6 +32,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -106,7 +107,7 @@ class ChainConnection(FramedProtocol):
         if self.link is not None:
             self.link.close()
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.link is not None:
             self.replica.link_lost(self.link)
 
@@ -287,6 +288,8 @@ class Replica:
                 if entry is not None and entry.seq == a.seq:
                     entry.found = a.found
         self._advance()
+        if self.status == "joining":
+            self._join_check()
 
     def _apply_failed(self, f: Failure, epoch: int) -> None:
         if epoch != self._epoch:
@@ -650,7 +653,9 @@ class Replica:
                 return self._switch_to_joiner(link, started)
             link.snapshot(SnapshotChunk(entries=entries, total=total, last_op=seq))
             sent += len(entries)
-            log.info("state transfer to {peer}: {sent}/{total}", peer=address, sent=sent, total=total)
+            log.info(
+                "state transfer to {peer}: {sent}/{total}", peer=address, sent=sent, total=total
+            )
             return self._drained(conn).addCallback(next_chunk)
 
         next_chunk().addErrback(lambda f: log.failure("state transfer failed", f))
@@ -667,8 +672,9 @@ class Replica:
             link.queue_update(u)
         # from here on, nothing commits here before the joiner has it
         self.acked = self.committed_seq
-        link.hello(self.name or "", self.view.config if self.view else 0, self.address,
-                   self.last_received)
+        link.hello(
+            self.name or "", self.view.config if self.view else 0, self.address, self.last_received
+        )
         log.info(
             "state transfer to {peer} sent in {s:.2f}s; {n} writes of backlog",
             peer=link.peer,
@@ -718,8 +724,12 @@ class Replica:
         link = Link(conn, Side.PREDECESSOR, self.reactor, peer=tail.name)
         self.pred = link
         host, port = tail.address
-        log.info("joining: copying state from tail {name} at {host}:{port}", name=tail.name,
-                 host=host, port=port)
+        log.info(
+            "joining: copying state from tail {name} at {host}:{port}",
+            name=tail.name,
+            host=host,
+            port=port,
+        )
 
         def connected(_: Any) -> None:
             conn.sendMessage(
@@ -758,6 +768,8 @@ class Replica:
         link.ready = True
         link.peer = hello.sender
         self._catch_up_to = hello.last_op
+        if self.committed_seq:
+            link.queue_ack(self.committed_seq)
         self._join_check()
 
     def _join_check(self) -> None:
@@ -797,7 +809,9 @@ class Replica:
         d = release() if release else defer.succeed(None)
         epoch = self._epoch
         d.addBoth(lambda _: deferLater(self.reactor, 0.5, lambda: None))
-        d.addCallback(lambda _: self.join() if epoch == self._epoch and not self._stopping else None)
+        d.addCallback(
+            lambda _: self.join() if epoch == self._epoch and not self._stopping else None
+        )
         d.addErrback(lambda f: log.failure("rejoin failed", f))
 
     # fencing

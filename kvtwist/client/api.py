@@ -138,9 +138,7 @@ class Client:
         def done(r: Message) -> Stats:
             s = r.stats
             ops = tuple(OpStat(o.op, o.count, o.mean_service_us, o.errors) for o in s.ops)
-            return Stats(
-                ops, s.keys, s.connections, s.uptime_s, s.last_op, s.role, s.height
-            )
+            return Stats(ops, s.keys, s.connections, s.uptime_s, s.last_op, s.role, s.height)
 
         return self._call(wire.req_stats()).addCallback(done)
 

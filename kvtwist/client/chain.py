@@ -14,14 +14,13 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist import wire
 from kvtwist.client.api import Client
-from kvtwist.client.protocol import ClientProtocol, ConnectionFailed, KVError
+from kvtwist.client.protocol import ConnectionFailed, ConnectionPool, KVError
 from kvtwist.wire import Message
 from kvtwist.zk import Membership, ZooKeeper
 
@@ -39,7 +38,7 @@ class ChainClient(Client):
         self.zk = zk
         self.deadline = deadline
         self.view: Membership | None = None
-        self._conns: dict[tuple[str, int], Deferred[ClientProtocol]] = {}
+        self.pool = ConnectionPool(reactor, timeout=3)
         self._own_zk = False
 
     @classmethod
@@ -74,20 +73,6 @@ class ChainClient(Client):
         member = self.view.head() if write else self.view.tail()
         return member.address if member is not None else None
 
-    def _conn(self, target: tuple[str, int]) -> Deferred[ClientProtocol]:
-        d = self._conns.get(target)
-        if d is None or (d.called and isinstance(d.result, Failure)):
-            proto = ClientProtocol()
-            ep = TCP4ClientEndpoint(self.reactor, target[0], target[1], timeout=3)
-            d = connectProtocol(ep, proto)
-            proto.closed_d.addBoth(lambda _: self._conns.pop(target, None))
-            d.addErrback(lambda f: (self._conns.pop(target, None), f)[1])
-            self._conns[target] = d
-        result: Deferred[ClientProtocol] = Deferred()
-        d.addBoth(lambda r: (result.callback(r) if not isinstance(r, Failure) else
-                             result.errback(r), r)[1])
-        return result
-
     def _send(self, msg: Message, write: bool) -> Deferred[Message]:
         give_up = self.reactor.seconds() + self.deadline
         last_error = ["no chain members in ZooKeeper"]
@@ -97,7 +82,7 @@ class ChainClient(Client):
             target = self._target(write)
             if target is None:
                 return retry(ConnectionFailed("no chain members in ZooKeeper"))
-            d = self._conn(target).addCallback(lambda p: p.request(msg))
+            d = self.pool.request(target, msg)
             d.addCallbacks(check, retry)
             return d
 
@@ -124,9 +109,7 @@ class ChainClient(Client):
         return again()
 
     def close(self) -> Deferred[None]:
-        for d in list(self._conns.values()):
-            d.addCallbacks(lambda p: p.close(), lambda f: None)
-        self._conns.clear()
+        self.pool.close()
         if self._own_zk:
             return self.zk.stop()
         return defer.succeed(None)

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 
 from kvtwist import wire
@@ -87,7 +87,7 @@ class ClientProtocol(FramedProtocol):
         for d in pending:
             d.errback(exc)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = reason
         if reason.check(ConnectionDone, ConnectionLost):
             why = "connection closed by the server"
@@ -117,3 +117,57 @@ def check(reply: Message) -> Message:
     if reply.opcode == wire.OP_ERROR:
         raise KVError(reply.error, reply.retry)
     return reply
+
+
+class ConnectionPool:
+    """One shared connection per address, opened on first use and dropped when it closes.
+
+    Serves the chain client (head and tail connections) and nodes forwarding
+    requests to the head or the tail.
+    """
+
+    def __init__(self, reactor: Any, timeout: float = 5.0) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self._ready: dict[tuple[str, int], ClientProtocol] = {}
+        self._connecting: dict[tuple[str, int], list[Deferred[ClientProtocol]]] = {}
+
+    def get(self, target: tuple[str, int]) -> Deferred[ClientProtocol]:
+        p = self._ready.get(target)
+        if p is not None and p._lost is None and p.transport is not None:
+            return defer.succeed(p)
+        d: Deferred[ClientProtocol] = Deferred()
+        waiters = self._connecting.get(target)
+        if waiters is not None:
+            waiters.append(d)
+            return d
+        self._connecting[target] = [d]
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        proto = ClientProtocol()
+        ep = TCP4ClientEndpoint(self.reactor, target[0], target[1], timeout=self.timeout)
+        connectProtocol(ep, proto).addCallbacks(
+            self._connected, self._failed, callbackArgs=(target,), errbackArgs=(target,)
+        )
+        return d
+
+    def _connected(self, p: ClientProtocol, target: tuple[str, int]) -> None:
+        self._ready[target] = p
+        p.closed_d.addBoth(
+            lambda _: self._ready.pop(target, None) if self._ready.get(target) is p else None
+        )
+        for d in self._connecting.pop(target, []):
+            d.callback(p)
+
+    def _failed(self, f: Failure, target: tuple[str, int]) -> None:
+        exc = ConnectionFailed(f"cannot connect to {target[0]}:{target[1]}: {f.getErrorMessage()}")
+        for d in self._connecting.pop(target, []):
+            d.errback(exc)
+
+    def request(self, target: tuple[str, int], msg: Message) -> Deferred[Message]:
+        return self.get(target).addCallback(lambda p: p.request(msg))
+
+    def close(self) -> None:
+        for p in list(self._ready.values()):
+            p.close()
+        self._ready.clear()

@@ -1,0 +1,222 @@
+"""Chain replication with real ZooKeeper and real ``twistd -n kvnode`` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from kazoo.client import KazooClient
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from kvtwist import wire
+from kvtwist.zk import parse_address
+from tests.nodes import ROOT, NodeProcess, RawClient, dump, env, wait_for
+from tests.zkserver import shared_zookeeper, unique_root, zookeeper_available
+
+SESSION = 2.0  # seconds; short so that failover tests are quick
+
+
+class ChainCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        why = zookeeper_available()
+        if why:
+            raise SkipTest(why)
+        self.zk = shared_zookeeper()
+        self.root = unique_root()
+        self.kazoo = KazooClient(self.zk.hosts)
+        self.kazoo.start(15)
+        self.addCleanup(self.kazoo.stop)
+        self.nodes: list[NodeProcess] = []
+        self.writers: list[subprocess.Popen[bytes]] = []
+        self.writer_logs: list[Path] = []
+
+    def tearDown(self) -> None:
+        for w in self.writers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+        keep = os.environ.get("KVTWIST_KEEP_LOGS")
+        for n in self.nodes:
+            n.stop()
+            if keep:
+                target = Path(keep) / self.id().rsplit(".", 1)[-1] / str(n.port)
+                target.mkdir(parents=True, exist_ok=True)
+                (target / "node.log").write_text(n.log())
+            n.cleanup()
+        if keep:
+            for out in self.writer_logs:
+                target = Path(keep) / self.id().rsplit(".", 1)[-1]
+                target.mkdir(parents=True, exist_ok=True)
+                (target / out.name).write_text(out.read_text())
+
+    def members(self) -> list[tuple[str, tuple[str, int] | None]]:
+        if not self.kazoo.exists(self.root):
+            return []
+        out = []
+        for c in sorted(self.kazoo.get_children(self.root)):
+            try:
+                data, _ = self.kazoo.get(f"{self.root}/{c}")
+            except Exception:
+                continue
+            out.append((c, parse_address(data)))
+        return out
+
+    def member_ports(self) -> list[int]:
+        return [a[1] for _, a in self.members() if a]
+
+    def start_node(self, wait_member: bool = True) -> NodeProcess:
+        n = NodeProcess(
+            args=[
+                "--zk",
+                self.zk.hosts,
+                "--zk-root",
+                self.root,
+                "--zk-session-timeout",
+                str(SESSION),
+            ]
+        ).start()
+        self.nodes.append(n)
+        if wait_member:
+            wait_for(lambda: n.port in self.member_ports(), 30, f"node {n.port} to join")
+        return n
+
+    def chain(self, n: int) -> list[NodeProcess]:
+        return [self.start_node() for _ in range(n)]
+
+    def start_writer(self, prefix: str = "k") -> tuple[subprocess.Popen[bytes], Path]:
+        out = Path(self.mktemp() + f"-writer-{prefix}.log")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.writer_logs.append(out)
+        w = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "writer.py"), self.zk.hosts, self.root, prefix],
+            env=env(),
+            stdout=open(out, "wb"),
+            stderr=subprocess.STDOUT,
+        )
+        self.writers.append(w)
+        return w, out
+
+    def acked(self, out: Path) -> list[tuple[str, int]]:
+        acks = []
+        for line in out.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "ok":
+                acks.append((parts[1], int(parts[2])))
+        return acks
+
+    def wait_acks(self, out: Path, n: int, timeout: float = 30) -> None:
+        wait_for(lambda: len(self.acked(out)) >= n, timeout, f"{n} acknowledged writes")
+
+    def stop_writer(self, w: subprocess.Popen[bytes], out: Path) -> list[tuple[str, int]]:
+        w.send_signal(signal.SIGTERM)
+        w.wait(30)
+        text = out.read_text()
+        self.assertNotIn("error", text, "the client saw an error")
+        self.assertEqual(w.returncode, 0, text[-2000:])
+        return self.acked(out)
+
+    def assert_converged(self, survivors: list[NodeProcess], acks: list[tuple[str, int]]) -> None:
+        """Every survivor ends with the same data, holding every acknowledged write."""
+        ports = [n.port for n in survivors]
+
+        def same() -> list[tuple[str, bytes]] | None:
+            dumps = [dump(p) for p in ports]
+            if any(d is None for d in dumps) or any(d != dumps[0] for d in dumps):
+                return None
+            return dumps[0]
+
+        state = wait_for(same, 30, "survivors to hold identical data")
+        held = dict(state)  # type: ignore[arg-type]
+        missing = [k for k, _ in acks if k not in held]
+        self.assertEqual(missing, [], "acknowledged writes lost")
+        ops = [op for _, op in acks]
+        self.assertEqual(ops, sorted(ops), "op numbers must increase")
+        self.assertEqual(len(set(ops)), len(ops), "op numbers must be unique")
+
+
+class ChainTests(ChainCase):
+    def test_three_node_chain(self) -> None:
+        """Three nodes form a chain in znode order; writes at the head are read at the tail."""
+        a, b, c = self.chain(3)
+        members = self.members()
+        self.assertEqual(
+            [m[1] for m in members],
+            [("127.0.0.1", a.port), ("127.0.0.1", b.port), ("127.0.0.1", c.port)],
+        )
+        self.assertTrue(all(m[0].startswith("node") and len(m[0]) == 14 for m in members))
+        head, mid, tail = RawClient(a.port), RawClient(b.port), RawClient(c.port)
+        r = head.one(wire.req_put("x", b"1"))
+        self.assertEqual(r.opcode, wire.OP_PUT + 1)  # type: ignore[attr-defined]
+        self.assertEqual(list(tail.one(wire.req_get("x")).values), [b"1"])  # type: ignore[attr-defined]
+        # a write sent to the middle is forwarded to the head; a read to the tail
+        r = mid.one(wire.req_put("y", b"2"))
+        self.assertEqual(r.op_n, 2)  # type: ignore[attr-defined]
+        self.assertEqual(list(head.one(wire.req_get("y")).values), [b"2"])  # type: ignore[attr-defined]
+        self.assertEqual(tail.one(wire.req_verify(2)).result, 1)  # type: ignore[attr-defined]
+        roles = {
+            n.port: RawClient(n.port).one(wire.req_stats()).stats.role  # type: ignore[attr-defined]
+            for n in (a, b, c)
+        }
+        self.assertEqual(roles, {a.port: "head", b.port: "middle", c.port: "tail"})
+        for cl in (head, mid, tail):
+            cl.close()
+
+    def _kill_under_load(self, victim: int) -> None:
+        nodes = self.chain(3)
+        w, out = self.start_writer()
+        self.wait_acks(out, 50)
+        nodes[victim].kill()
+        before = len(self.acked(out))
+        self.wait_acks(out, before + 100, timeout=40)
+        acks = self.stop_writer(w, out)
+        survivors = [n for i, n in enumerate(nodes) if i != victim]
+        wait_for(lambda: len(self.members()) == 2, 30, "the dead node to leave")
+        self.assert_converged(survivors, acks)
+
+    def test_kill_head(self) -> None:
+        """SIGKILL of the head under writes: nothing acknowledged is lost, writes go on."""
+        self._kill_under_load(0)
+
+    def test_kill_middle(self) -> None:
+        """SIGKILL of the middle under writes: the Sent list bridges the gap."""
+        self._kill_under_load(1)
+
+    def test_kill_tail(self) -> None:
+        """SIGKILL of the tail under writes: its predecessor takes over as tail."""
+        self._kill_under_load(2)
+
+    def test_join_under_load(self) -> None:
+        """A node joining while writes flow ends identical to the others."""
+        nodes = self.chain(2)
+        w, out = self.start_writer()
+        self.wait_acks(out, 100)
+        nodes.append(self.start_node())
+        before = len(self.acked(out))
+        self.wait_acks(out, before + 100)
+        acks = self.stop_writer(w, out)
+        self.assert_converged(nodes, acks)
+        self.assertEqual(self.member_ports(), [n.port for n in nodes])
+
+    def test_session_expiry_fences_and_rejoins(self) -> None:
+        """A tail paused past its session timeout is fenced, then rejoins with a fresh copy."""
+        nodes = self.chain(3)
+        w, out = self.start_writer()
+        self.wait_acks(out, 30)
+        tail = nodes[2]
+        old = self.members()[2][0]
+        tail.signal(signal.SIGSTOP)
+        wait_for(lambda: tail.port not in self.member_ports(), 30, "the paused tail to expire")
+        before = len(self.acked(out))
+        self.wait_acks(out, before + 50)
+        tail.signal(signal.SIGCONT)
+        wait_for(lambda: tail.port in self.member_ports(), 30, "the tail to rejoin")
+        self.assertNotIn(old, [m[0] for m in self.members()])
+        self.assertEqual(self.member_ports()[-1], tail.port)
+        before = len(self.acked(out))
+        self.wait_acks(out, before + 50)
+        acks = self.stop_writer(w, out)
+        self.assert_converged(nodes, acks)
+        self.assertIn("fenced", tail.log())
