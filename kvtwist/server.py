@@ -182,7 +182,7 @@ class NodeProtocol(FramedProtocol):
 class NodeFactory(Factory):
     """Validates requests, sends each where it belongs, and keeps the counters."""
 
-    protocol = NodeProtocol
+    protocol = NodeProtocol  # type: ignore[assignment]
 
     def __init__(self, reactor: Any, replica: Replica, limits: Limits | None = None) -> None:
         self.reactor = reactor
@@ -303,7 +303,7 @@ class NodeFactory(Factory):
 
             def get(v: ReadView) -> bytes:
                 value = v.tree.get(key)
-                reply = Message(opcode=op + 1, c_type=wire.CT_VALUE)
+                reply = wire.reply(op, c_type=wire.CT_VALUE)
                 if value is not None:
                     reply.values.append(value)
                 return wire.frame(reply)
@@ -316,13 +316,11 @@ class NodeFactory(Factory):
             return lambda v: wire.frame(wire.result_reply(op, v.tree.height()))
         if op == wire.OP_GETKEYS:
             self._ctype(msg, wire.CT_NONE)
-            return lambda v: wire.frame(
-                Message(opcode=op + 1, c_type=wire.CT_KEYS, keys=v.tree.keys())
-            )
+            return lambda v: wire.frame(wire.reply(op, c_type=wire.CT_KEYS, keys=v.tree.keys()))
         if op == wire.OP_GETVALUES:
             self._ctype(msg, wire.CT_NONE)
             return lambda v: wire.frame(
-                Message(opcode=op + 1, c_type=wire.CT_VALUES, values=v.tree.values())
+                wire.reply(op, c_type=wire.CT_VALUES, values=v.tree.values())
             )
         if op == wire.OP_VERIFY:
             self._ctype(msg, wire.CT_RESULT)
@@ -340,8 +338,8 @@ class NodeFactory(Factory):
             def scan(v: ReadView) -> bytes:
                 items = v.tree.range(start, stop, limit)
                 return wire.frame(
-                    Message(
-                        opcode=op + 1,
+                    wire.reply(
+                        op,
                         c_type=wire.CT_ENTRIES,
                         keys=[k for k, _ in items],
                         values=[d for _, d in items],
@@ -370,4 +368,4 @@ class NodeFactory(Factory):
             c = self.metrics.ops[name]
             mean = c.total_s / c.count * 1e6 if c.count else 0.0
             stats.ops.append(OpStats(op=name, count=c.count, mean_service_us=mean, errors=c.errors))
-        return Message(opcode=wire.OP_STATS + 1, c_type=wire.CT_STATS, stats=stats)
+        return wire.reply(wire.OP_STATS, c_type=wire.CT_STATS, stats=stats)

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -97,7 +97,7 @@ class Store:
     """
 
     def __init__(self, reactor: Any, runner: Runner) -> None:
-        self.reactor: IReactorTime = reactor
+        self.reactor: Any = reactor
         self.runner = runner
         self._tree = AVLTree()
         self.last_applied = 0
@@ -210,8 +210,6 @@ def _deliver(results: Any, ds: list[Deferred[Any]]) -> None:
 
 __all__ = [
     "Applied",
-    "IReactorCore",
-    "IReactorThreads",
     "InlineRunner",
     "OutOfOrder",
     "Runner",

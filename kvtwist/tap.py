@@ -135,7 +135,8 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     )
     factory = NodeFactory(reactor, replica, limits)
     interface = options["interface"].replace(":", "\\:")
-    strports.service(f"tcp:{options['port']}:interface={interface}", factory).setServiceParent(top)
+    endpoint = f"tcp:{options['port']}:interface={interface}"
+    strports.service(endpoint, factory).setServiceParent(top)  # type: ignore[arg-type]
     if zk is not None:
         ChainService(reactor, replica, zk).setServiceParent(top)
     log.info(

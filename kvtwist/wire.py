@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from twisted.internet.protocol import Protocol
@@ -140,10 +141,15 @@ def error_reply(reason: str, retry: bool = False) -> Message:
     return Message(opcode=OP_ERROR, c_type=CT_NONE, error=reason, retry=retry)
 
 
+def reply(request_op: int, **fields: Any) -> Message:
+    """A reply to ``request_op``: the original's rule is request opcode + 1."""
+    return Message(opcode=request_op + 1, **fields)  # type: ignore[arg-type]
+
+
 def result_reply(request_op: int, value: int) -> Message:
     """A RESULT reply; the 32-bit ``result`` saturates, ``op_n`` carries the full number."""
     clamped = max(-(2**31), min(2**31 - 1, value))
-    return Message(opcode=request_op + 1, c_type=CT_RESULT, result=clamped, op_n=max(value, 0))
+    return reply(request_op, c_type=CT_RESULT, result=clamped, op_n=max(value, 0))
 
 
 # Requests, built in one place for the client library, the shell and chain links.
@@ -220,6 +226,7 @@ class FramedProtocol(Protocol):
 
     max_frame = DEFAULT_MAX_FRAME
     log = Logger()
+    transport: Any  # an ITransport; typed loosely because zope interfaces defeat mypy
 
     def connectionMade(self) -> None:
         self._decoder = FrameDecoder(self.max_frame)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall
-
 from kvtwist import wire
 from kvtwist.proto.kvtwist_pb2 import ChainHello, SnapshotChunk, Update
 from kvtwist.wire import FramedProtocol, Message
@@ -39,7 +37,7 @@ class Link:
         self.joining = False  # a state transfer runs on this link
         self._updates: list[Update] = []
         self._ack = 0
-        self._flush: IDelayedCall | None = None
+        self._flush: Any = None  # an IDelayedCall
         conn.link = self  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:

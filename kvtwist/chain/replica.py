@@ -151,6 +151,11 @@ class Replica:
         self.status = "standalone" if zk is None else "starting"
         self._stopping = False
         self._epoch = 0  # bumped on every fence, so stale callbacks can tell
+        # joining
+        self._release_lock: Callable[[], Deferred[None]] | None = None
+        self._items: list[tuple[str, bytes]] = []
+        self._loaded: Deferred[None] | None = None
+        self._catch_up_to = -1
 
     # roles
 
@@ -345,7 +350,9 @@ class Replica:
         self._ready_waiters.append(d)
         timeout = self.reactor.callLater(
             READ_WAIT,
-            lambda: d.called or d.errback(Unavailable("timed out waiting to serve reads")),
+            lambda: (
+                None if d.called else d.errback(Unavailable("timed out waiting to serve reads"))
+            ),
         )
 
         def done(r: Any) -> Any:
@@ -717,8 +724,8 @@ class Replica:
             self._join_failed(f.getErrorMessage())
 
     def _transfer_from(self, tail: Any, view: Any, epoch: int) -> Deferred[None]:
-        self._items: list[tuple[str, bytes]] = []
-        self._loaded: Deferred[None] | None = None
+        self._items = []
+        self._loaded = None
         self._catch_up_to = -1
         conn = ChainConnection(self)
         link = Link(conn, Side.PREDECESSOR, self.reactor, peer=tail.name)
@@ -805,7 +812,7 @@ class Replica:
     def _join_failed(self, why: str) -> None:
         log.warn("join failed: {why}; retrying", why=why)
         self._reset_state()
-        release, self._release_lock = getattr(self, "_release_lock", None), None
+        release, self._release_lock = self._release_lock, None
         d = release() if release else defer.succeed(None)
         epoch = self._epoch
         d.addBoth(lambda _: deferLater(self.reactor, 0.5, lambda: None))

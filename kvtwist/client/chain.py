@@ -56,7 +56,12 @@ class ChainClient(Client):
 
         def started(_: Any) -> Deferred[ChainClient]:
             zk.watch_members(client._set_view)
-            return zk.members().addCallback(lambda m: (client._set_view(m), client)[1])
+
+            def first(view: Membership) -> ChainClient:
+                client._set_view(view)
+                return client
+
+            return zk.members().addCallback(first)
 
         def failed(f: Failure) -> Failure:
             raise ConnectionFailed(f"cannot reach ZooKeeper at {hosts}: {f.getErrorMessage()}")
