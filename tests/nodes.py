@@ -152,8 +152,12 @@ class RawClient:
 
     def call(self, *msgs: object) -> list[object]:
         self.sock.sendall(b"".join(self.wire.frame(m) for m in msgs))  # type: ignore[arg-type]
+        return self.read(len(msgs))
+
+    def read(self, n: int) -> list[object]:
+        """The next ``n`` replies."""
         out = []
-        while len(out) < len(msgs):
+        while len(out) < n:
             if not self.ready:
                 data = self.sock.recv(1 << 20)
                 if not data:
