@@ -271,7 +271,7 @@ class NodeFactory(Factory):
             return wire.frame(self._stats())
         reader = self._reader(msg)
         if msg.local:
-            local = ReadView(self.store.snapshot(), self.replica.applied_seq)
+            local = ReadView(self.replica.committed_tree, self.replica.committed_seq)
             return self.store.read(lambda: reader(local), big=op in BIG_READS)
         return self.replica.read_view().addCallback(
             lambda view: self.store.read(lambda: reader(view), big=op in BIG_READS)

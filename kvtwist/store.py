@@ -9,7 +9,7 @@ request, because a thread hop costs more than a small tree operation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -132,10 +132,6 @@ class Store:
 
     # reads
 
-    def snapshot(self) -> AVLTree:
-        """The state after the last applied write, frozen in O(1)."""
-        return self._tree.copy()
-
     def read(self, f: Callable[[], T], big: bool = False) -> Deferred[T]:
         """Run ``f`` on a reader thread; small reads share one hop per reactor turn.
 
@@ -151,19 +147,22 @@ class Store:
 
     # state transfer
 
-    def load(self, items: Iterable[tuple[str, bytes]], last_applied: int) -> Deferred[None]:
-        """Replace the whole state (a joining node's copy), on the writer thread."""
+    def load(self, items: Sequence[tuple[str, bytes]], last_applied: int) -> Deferred[AVLTree]:
+        """Replace the whole state with sorted ``items`` (a joining node's copy).
 
-        def run() -> None:
-            tree = AVLTree()
-            for k, v in items:
-                tree.put(k, v)
+        Runs on the writer thread, in order with the writes queued before and
+        after it; fires with the state as loaded.
+        """
+
+        def run() -> AVLTree:
+            tree = AVLTree.from_sorted(items)
             self._tree = tree
             self.last_applied = last_applied
+            return tree.copy()
 
         return self.runner.write(run)
 
-    def reset(self) -> Deferred[None]:
+    def reset(self) -> Deferred[AVLTree]:
         return self.load((), 0)
 
     # batching

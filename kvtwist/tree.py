@@ -24,7 +24,7 @@ when the size must be exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 __all__ = ["AVLTree", "Node"]
 
@@ -450,6 +450,33 @@ class AVLTree:
         return out
 
     # ---- snapshots and debugging ----------------------------------------
+
+    @classmethod
+    def from_sorted(cls, items: Sequence[tuple[str, bytes]]) -> AVLTree:
+        """Build from strictly ascending items in O(n): how a joining node loads its copy.
+
+        Splitting at the middle gives a complete-as-possible tree, so heights
+        differ by at most one everywhere and the result is a valid AVL tree.
+        """
+
+        def build(lo: int, hi: int) -> Node | None:
+            if lo >= hi:
+                return None
+            mid = (lo + hi) // 2
+            left = build(lo, mid)
+            right = build(mid + 1, hi)
+            lh = left.height if left is not None else 0
+            rh = right.height if right is not None else 0
+            k, v = items[mid]
+            return Node(k, v, left, right, (lh if lh > rh else rh) + 1)
+
+        for i in range(1, len(items)):
+            if not items[i - 1][0] < items[i][0]:
+                raise ValueError(f"items not strictly ascending at {items[i][0]!r}")
+        t = cls()
+        t._root = build(0, len(items))
+        t._size = len(items)
+        return t
 
     def copy(self) -> AVLTree:
         """O(1) snapshot: shares every node, which is safe because nodes never change."""

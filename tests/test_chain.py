@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,8 +88,9 @@ class ChainCase(SynchronousTestCase):
         return [self.start_node() for _ in range(n)]
 
     def start_writer(self, prefix: str = "k") -> tuple[subprocess.Popen[bytes], Path]:
-        out = Path(self.mktemp() + f"-writer-{prefix}.log")
-        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="kvwriter-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        out = tmp / f"writer-{prefix}.log"
         self.writer_logs.append(out)
         w = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "writer.py"), self.zk.hosts, self.root, prefix],

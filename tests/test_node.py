@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 
-
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -16,17 +15,11 @@ from tests.nodes import TWISTD, NodeProcess, RawClient, env
 
 
 class NodeCase(TestCase):
-    """One node per test class; each test talks to it with the async client library."""
+    """A node per test; each test talks to it with the async client library."""
 
-    node: NodeProcess
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.node = NodeProcess().start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.node.cleanup()
+    def setUp(self) -> None:
+        self.node = NodeProcess().start()
+        self.addCleanup(self.node.cleanup)
 
     @defer.inlineCallbacks
     def client(self):  # type: ignore[no-untyped-def]

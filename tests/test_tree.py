@@ -511,3 +511,29 @@ class TreeScanTests(SynchronousTestCase):
     def test_range_half_open(self) -> None:
         """range includes start and excludes stop."""
         self.assertEqual(self.t.range("k010", "k016"), self.pairs(["k010", "k012", "k014"]))
+
+
+class FromSortedTests(SynchronousTestCase):
+    def test_builds_valid_tree(self) -> None:
+        """from_sorted gives a valid AVL tree with the same items, for every size up to 300."""
+        for n in range(300):
+            items = [(f"k{i:04d}", str(i).encode()) for i in range(n)]
+            t = AVLTree.from_sorted(items)
+            t.check()
+            self.assertEqual(t.items(), items)
+            self.assertEqual(len(t), n)
+
+    def test_rejects_unsorted(self) -> None:
+        """Unsorted or duplicate keys are refused rather than building a broken tree."""
+        with self.assertRaises(ValueError):
+            AVLTree.from_sorted([("b", b""), ("a", b"")])
+        with self.assertRaises(ValueError):
+            AVLTree.from_sorted([("a", b""), ("a", b"")])
+
+    def test_updatable_afterwards(self) -> None:
+        """A tree built from sorted items takes puts and deletes like any other."""
+        t = AVLTree.from_sorted([(f"k{i:03d}", b"") for i in range(100)])
+        t.put("k0505", b"x")
+        t.delete("k000")
+        t.check()
+        self.assertEqual(len(t), 100)

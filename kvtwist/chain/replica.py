@@ -154,7 +154,8 @@ class Replica:
         # joining
         self._release_lock: Callable[[], Deferred[None]] | None = None
         self._items: list[tuple[str, bytes]] = []
-        self._loaded: Deferred[None] | None = None
+        self._loaded: Deferred[AVLTree] | None = None
+        self._loaded_seq = -1
         self._catch_up_to = -1
 
     # roles
@@ -762,12 +763,19 @@ class Replica:
             for row in chunk.clients:
                 self._remember(row.client_id, row.request_id, row.seq, row.found)
             self.last_received = self.applied_seq = self.committed_seq = chunk.last_op
+            self._loaded_seq = chunk.last_op
             self.next_seq = chunk.last_op + 1
+            epoch = self._epoch
             self._loaded = self.store.load(items, chunk.last_op)
-            self._loaded.addCallback(lambda _: self._set_committed_from_store())
+            self._loaded.addCallback(self._snapshot_loaded, epoch)
+            self._loaded.addErrback(self._join_errback, epoch)
 
-    def _set_committed_from_store(self) -> None:
-        self.committed_tree = self.store.snapshot()
+    def _snapshot_loaded(self, tree: AVLTree, epoch: int) -> None:
+        if epoch != self._epoch:
+            return
+        if self.committed_seq == self._loaded_seq:
+            self.committed_tree = tree
+        log.info("joining: state loaded ({n} keys)", n=len(tree))
         self._join_check()
 
     def _join_caught_up_to(self, link: Link, hello: Any) -> None:
