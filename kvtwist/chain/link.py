@@ -35,6 +35,9 @@ class Link:
         self.ready = False  # hello exchanged
         self.closed = False
         self.joining = False  # a state transfer runs on this link
+        # who we are on this link, stamped on every batch of updates
+        self.local_name = ""
+        self.config = 0
         self._updates: list[Update] = []
         self._ack = 0
         self._flush: Any = None  # an IDelayedCall
@@ -77,8 +80,11 @@ class Link:
             return
         if self._updates:
             updates, self._updates = self._updates, []
+            stamp = ChainHello(sender=self.local_name, config=self.config)
             self.conn.sendMessage(
-                Message(opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN, updates=updates)
+                Message(
+                    opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN, updates=updates, hello=stamp
+                )
             )
         if self._ack:
             ack, self._ack = self._ack, 0

@@ -431,7 +431,14 @@ class Replica:
                     self.succ.close()
                     self.succ = None
                 self._connect_successor(succ)
+        if self.succ is not None:
+            self._stamp(self.succ)
         self._wake_readers()
+
+    def _stamp(self, link: Link) -> None:
+        """Who we are and in which configuration, for the updates this link carries."""
+        link.local_name = self.name or ""
+        link.config = self.view.config if self.view is not None else 0
 
     def _connect_successor(self, member: Any) -> None:
         if member.address is None:
@@ -439,6 +446,7 @@ class Replica:
             return
         conn = ChainConnection(self)
         link = Link(conn, Side.SUCCESSOR, self.reactor, peer=member.name)
+        self._stamp(link)
         self.succ = link
         epoch = self._epoch
         host, port = member.address
@@ -504,7 +512,18 @@ class Replica:
                 link.refuse(f"unexpected {wire.op_name(op)} from a successor", retry=False)
             return
         if op == wire.OP_CHAIN_UPDATE:
-            if link is not self.pred:
+            sender = msg.hello.sender
+            pred = self._neighbours()[0]
+            if (
+                link is not self.pred
+                or sender != link.peer
+                or (self.name is not None and (pred is None or pred.name != sender))
+            ):
+                log.warn(
+                    "updates from {sender} (config {config}) refused: not our predecessor",
+                    sender=sender or "?",
+                    config=msg.hello.config,
+                )
                 link.refuse("updates accepted only from the current predecessor")
                 return
             self._updates(link, list(msg.updates))
@@ -625,6 +644,7 @@ class Replica:
     def _serve_join(self, conn: FramedProtocol, msg: Message) -> None:
         address = msg.hello.address
         link = Link(conn, Side.SUCCESSOR, self.reactor, peer=f"join:{address}")
+        self._stamp(link)
         link.joining = True
         if not self.is_tail or self.succ is not None or self._join_backlog is not None:
             link.refuse("not the tail, or a join is already running; retry")
