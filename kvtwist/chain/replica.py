@@ -158,6 +158,11 @@ class Replica:
         self._loaded_seq = -1
         self._catch_up_to = -1
 
+    def connect(self, host: str, port: int, protocol: FramedProtocol) -> Deferred[Any]:
+        """Open a link to a peer; replaced by in-memory wiring in unit tests."""
+        ep = TCP4ClientEndpoint(self.reactor, host, port, timeout=5)
+        return connectProtocol(ep, protocol)
+
     # roles
 
     @property
@@ -450,7 +455,6 @@ class Replica:
         self.succ = link
         epoch = self._epoch
         host, port = member.address
-        ep = TCP4ClientEndpoint(self.reactor, host, port, timeout=5)
 
         def connected(_: Any) -> None:
             if link is self.succ and self.name is not None:
@@ -461,7 +465,7 @@ class Replica:
             log.warn("cannot reach successor {peer}: {e}", peer=member.name, e=f.getErrorMessage())
             self._relink_later(link, epoch)
 
-        connectProtocol(ep, conn).addCallbacks(connected, failed)
+        self.connect(host, port, conn).addCallbacks(connected, failed)
 
     def _relink_later(self, link: Link, epoch: int) -> None:
         def again() -> None:
@@ -768,8 +772,7 @@ class Replica:
                 )
             )
 
-        ep = TCP4ClientEndpoint(self.reactor, host, port, timeout=5)
-        return connectProtocol(ep, conn).addCallback(connected)
+        return self.connect(host, port, conn).addCallback(connected)
 
     def _snapshot_chunk(self, link: Link, chunk: SnapshotChunk) -> None:
         if self.status != "joining" or link is not self.pred:

@@ -1,0 +1,364 @@
+"""The chain state machine in memory: nodes wired by iosim pumps, a clock, no threads.
+
+These cover orderings that real processes make hard to hit: a failure while
+updates are in flight, a retried write after a head failure, a join with
+writes arriving during the state transfer, traffic from a stale predecessor.
+Membership comes from a small in-memory registry standing in for ZooKeeper's
+znode list; the real ZooKeeper is exercised by tests/test_chain.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from kvtwist import wire
+from kvtwist.chain.replica import Replica, Unavailable, WriteResult
+from kvtwist.proto.kvtwist_pb2 import ChainHello, Update
+from kvtwist.server import NodeFactory
+from kvtwist.store import InlineRunner, Store
+from kvtwist.wire import Message
+from kvtwist.zk import Member, Membership
+
+
+class Registry:
+    """The znode list of a chain root: sequence order, config grows on every change."""
+
+    def __init__(self) -> None:
+        self.members: list[Member] = []
+        self.config = 0
+        self.seq = 0
+        self.watchers: list[Callable[[Membership], None]] = []
+
+    def view(self) -> Membership:
+        return Membership(self.config, tuple(self.members))
+
+    def add(self, address: str) -> str:
+        name = f"node{self.seq:010d}"
+        host, port = address.rsplit(":", 1)
+        self.members.append(Member(name, self.seq, (host, int(port))))
+        self.seq += 1
+        self.changed()
+        return name
+
+    def remove(self, name: str) -> None:
+        self.members = [m for m in self.members if m.name != name]
+        self.changed()
+
+    def changed(self) -> None:
+        self.config += 1
+        view = self.view()
+        for w in list(self.watchers):
+            w(view)
+
+
+class MemoryZooKeeper:
+    """What a Replica asks of ZooKeeper, answered from a Registry."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.lease = True
+
+    def members(self) -> defer.Deferred[Membership]:
+        return defer.succeed(self.registry.view())
+
+    def register(self, address: str) -> defer.Deferred[str]:
+        return defer.succeed(self.registry.add(address))
+
+    def lock(self, suffix: str = "join") -> defer.Deferred[Any]:
+        return defer.succeed(lambda: defer.succeed(None))
+
+    def lease_valid(self) -> bool:
+        return self.lease
+
+
+class Node:
+    def __init__(self, net: Net, port: int) -> None:
+        self.net = net
+        self.address = f"10.0.0.1:{port}"
+        self.port = port
+        self.store = Store(net.clock, InlineRunner())
+        self.zk = MemoryZooKeeper(net.registry)
+        self.replica = Replica(net.clock, self.store, self.address, self.zk)
+        self.replica.connect = self._connect  # type: ignore[method-assign]
+        self.factory = NodeFactory(net.clock, self.replica)
+        self.alive = True
+        self.pumps: list[iosim.IOPump] = []
+        net.registry.watchers.append(self._view)
+
+    def _view(self, view: Membership) -> None:
+        if self.alive:
+            self.replica.set_view(view)
+
+    def _connect(self, host: str, port: int, protocol: Any) -> defer.Deferred[Any]:
+        target = self.net.nodes.get(port)
+        if not self.alive or target is None or not target.alive:
+            return defer.fail(ConnectionRefusedError())
+        server = target.factory.buildProtocol(None)
+        pump = iosim.connect(
+            server,
+            iosim.makeFakeServer(server),
+            protocol,
+            iosim.makeFakeClient(protocol),
+            greet=False,
+            clock=self.net.clock,
+        )
+        self.pumps.append(pump)
+        target.pumps.append(pump)
+        self.net.pumps.append(pump)
+        return defer.succeed(protocol)
+
+    @property
+    def name(self) -> str | None:
+        return self.replica.name
+
+    def write(self, key: str, value: bytes | None, client: str = "", req: int = 0) -> Any:
+        return self.replica.write(value is not None, key, value or b"", client, req)
+
+    def state(self) -> list[tuple[str, bytes]]:
+        return self.replica.committed_tree.items()
+
+
+class Net:
+    """A few nodes on one clock, their links pumped until nothing moves."""
+
+    def __init__(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.registry = Registry()
+        self.nodes: dict[int, Node] = {}
+        self.pumps: list[iosim.IOPump] = []
+
+    def add(self) -> Node:
+        port = 9000 + len(self.nodes)
+        node = Node(self, port)
+        self.nodes[port] = node
+        node.replica.join()
+        self.settle()
+        return node
+
+    def settle(self, rounds: int = 200) -> None:
+        for _ in range(rounds):
+            moved = False
+            for p in list(self.pumps):
+                moved = p.pump() or moved
+            self.clock.advance(0)
+            if not moved and not self.clock.getDelayedCalls():
+                return
+            if not moved:
+                # let timers (reconnects, link flushes) run
+                self.clock.advance(0.2)
+
+    def kill(self, node: Node) -> None:
+        """A crash: links drop, the znode goes once the session expires."""
+        node.alive = False
+        node.replica._stopping = True
+        for p in node.pumps:
+            p.serverIO.loseConnection()
+            p.clientIO.loseConnection()
+        name = node.name
+        node.replica.fence("killed")
+        if name is not None:
+            self.registry.remove(name)
+        self.settle()
+
+    def chain(self, n: int) -> list[Node]:
+        return [self.add() for _ in range(n)]
+
+    def order(self) -> list[Node]:
+        by_name = {n.name: n for n in self.nodes.values() if n.alive}
+        return [by_name[m.name] for m in self.registry.members if m.name in by_name]
+
+
+def results(ds: list[defer.Deferred[Any]]) -> list[Any]:
+    """What each Deferred has fired with so far (None if nothing), leaving it intact."""
+    out = []
+    for d in ds:
+        box: list[Any] = []
+
+        def seen(r: Any, box: list[Any] = box) -> Any:
+            box.append(r)
+            return r
+
+        d.addBoth(seen)
+        out.append(box[0] if box else None)
+    return out
+
+
+class ChainMachineTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.net = Net()
+
+    def assertIdentical(self, nodes: list[Node]) -> list[tuple[str, bytes]]:
+        states = [n.state() for n in nodes]
+        for s in states[1:]:
+            self.assertEqual(s, states[0])
+        return states[0]
+
+    def test_roles_and_commit(self) -> None:
+        """Three joiners form head, middle, tail; a write commits on all before it is answered."""
+        a, b, c = self.net.chain(3)
+        self.assertEqual([n.replica.role for n in (a, b, c)], ["head", "middle", "tail"])
+        d = a.write("k", b"v")
+        box: list[Any] = []
+        d.addBoth(box.append)
+        self.assertEqual(box, [], "answered before the tail had it")
+        self.net.settle()
+        self.assertEqual(box, [WriteResult(1, True)])
+        self.assertEqual(self.assertIdentical([a, b, c]), [("k", b"v")])
+
+    def test_only_head_orders_only_tail_reads(self) -> None:
+        """A write at a non-head and a read at a non-tail are redirected, not served."""
+        a, b, c = self.net.chain(3)
+        self.assertIn("not the head", str(self.failureResultOf(b.write("k", b"v")).value))
+        self.assertIn("not the tail", str(self.failureResultOf(a.replica.read_view()).value))
+        self.successResultOf(c.replica.read_view())
+
+    def test_tail_failure_commits_sent_list(self) -> None:
+        """Writes the dead tail never acknowledged commit at the new tail."""
+        a, b, c = self.net.chain(3)
+        # cut the tail off before it can acknowledge anything
+        c.alive = False
+        for p in c.pumps:
+            p.serverIO.loseConnection()
+        ds = [a.write(f"k{i}", b"x") for i in range(5)]
+        self.net.settle()
+        self.assertEqual([r for r in results(ds) if r is not None], [])
+        self.net.kill(c)
+        self.assertEqual([r.op_n for r in results(ds)], [1, 2, 3, 4, 5])
+        self.assertEqual(b.replica.role, "tail")
+        self.assertEqual(len(self.assertIdentical([a, b])), 5)
+
+    def test_middle_failure_resends_suffix(self) -> None:
+        """After the middle dies, the head re-sends what the new successor lacks, once."""
+        a, b, c = self.net.chain(3)
+        self.net.settle()
+        # freeze the middle's link to the tail: writes reach the middle, no further
+        for p in [p for p in c.pumps if p in b.pumps]:
+            self.net.pumps.remove(p)
+        ds = [a.write(f"k{i}", str(i).encode()) for i in range(10)]
+        self.net.settle()
+        self.assertTrue(all(r is None for r in results(ds)))
+        self.net.kill(b)
+        self.assertEqual([r.op_n for r in results(ds)], list(range(1, 11)))
+        state = self.assertIdentical([a, c])
+        self.assertEqual(len(state), 10)
+        self.assertEqual(c.replica.last_received, 10)
+
+    def test_head_failure_continues_numbering(self) -> None:
+        """The new head numbers writes after the last it received."""
+        a, b, c = self.net.chain(3)
+        self.successResultOf(self._write_settled(a, "x", b"1"))
+        self.successResultOf(self._write_settled(a, "y", b"2"))
+        self.net.kill(a)
+        self.assertEqual(b.replica.role, "head")
+        r = self.successResultOf(self._write_settled(b, "z", b"3"))
+        self.assertEqual(r.op_n, 3)
+        self.assertEqual(len(self.assertIdentical([b, c])), 3)
+
+    def test_retried_write_applied_once(self) -> None:
+        """A write retried at the new head after the old head died returns its first op number."""
+        a, b, c = self.net.chain(3)
+        first = a.write("k", b"v", client="cli", req=7)
+        self.net.settle()
+        op = self.successResultOf(first).op_n
+        self.net.kill(a)
+        again = self.successResultOf(self._write_settled(b, "k", b"v", "cli", 7))
+        self.assertEqual(again.op_n, op)
+        self.assertEqual(b.replica.last_received, op, "applied twice")
+        other = self.successResultOf(self._write_settled(b, "k", b"w", "cli", 8))
+        self.assertEqual(other.op_n, op + 1)
+
+    def test_join_during_writes(self) -> None:
+        """Writes that arrive while a joiner copies the state reach it; all end identical."""
+        a, b = self.net.chain(2)
+        for i in range(50):
+            a.write(f"pre{i:03d}", b"x")
+        self.net.settle()
+        port = 9000 + len(self.net.nodes)
+        c = Node(self.net, port)
+        self.net.nodes[port] = c
+        c.replica.join()
+        ds = [a.write(f"during{i:03d}", b"y") for i in range(20)]
+        self.net.settle()
+        self.assertEqual(c.replica.role, "tail")
+        self.assertEqual(b.replica.role, "middle")
+        self.assertTrue(all(isinstance(r, WriteResult) for r in results(ds)))
+        self.assertEqual(len(self.assertIdentical([a, b, c])), 70)
+
+    def test_joiner_serves_no_reads_before_handoff(self) -> None:
+        """Before the old tail hands over, a registered joiner holds reads instead of serving."""
+        (a,) = self.net.chain(1)
+        port = 9000 + len(self.net.nodes)
+        b = Node(self.net, port)
+        self.net.nodes[port] = b
+        b.replica.join()
+        # pump only until the joiner registers, not until the handoff arrives
+        for _ in range(50):
+            for p in list(self.net.pumps):
+                p.pump()
+            self.net.clock.advance(0)
+            if b.name is not None:
+                break
+        self.assertIsNotNone(b.name)
+        self.assertTrue(b.replica._awaiting_handoff)
+        held = b.replica.read_view()
+        self.assertNoResult(held)
+        self.net.settle()
+        self.assertFalse(b.replica._awaiting_handoff)
+        self.successResultOf(held)
+        self.successResultOf(b.replica.read_view())
+
+    def test_updates_from_stranger_refused(self) -> None:
+        """Replication traffic from a node that is not our predecessor is refused."""
+        a, b, c = self.net.chain(3)
+        conn = c.factory.buildProtocol(None)
+        transport = iosim.makeFakeServer(conn)
+        conn.makeConnection(transport)
+        hello = Message(
+            opcode=wire.OP_CHAIN_HELLO,
+            c_type=wire.CT_CHAIN,
+            hello=ChainHello(sender=a.name or "", config=self.net.registry.config),
+        )
+        conn.dataReceived(wire.frame(hello))
+        update = Message(
+            opcode=wire.OP_CHAIN_UPDATE,
+            c_type=wire.CT_CHAIN,
+            hello=ChainHello(sender=a.name or ""),
+            updates=[Update(seq=1, is_put=True, key="evil", data=b"x")],
+        )
+        conn.dataReceived(wire.frame(update))
+        self.net.settle()
+        self.assertEqual(c.state(), [])
+        self.assertEqual(c.replica.last_received, 0)
+        self.assertIn(b"not our predecessor", transport.getOutBuffer())
+
+    def test_fenced_node_refuses(self) -> None:
+        """A fenced node answers client requests with a retryable error."""
+        (a,) = self.net.chain(1)
+        a.replica.fence("test")
+        f = self.failureResultOf(a.write("k", b"v"))
+        self.assertIsInstance(f.value, Unavailable)
+        self.failureResultOf(a.replica.read_view()).trap(Unavailable)
+
+    def test_expired_lease_holds_tail_reads(self) -> None:
+        """A tail whose ZooKeeper lease lapsed does not answer reads from its copy."""
+        (a,) = self.net.chain(1)
+        a.zk.lease = False
+        d = a.replica.read_view()
+        self.assertNoResult(d)
+        a.zk.lease = True
+        self.net.clock.advance(0.1)
+        self.successResultOf(d)
+
+    def _write_settled(
+        self, node: Node, key: str, value: bytes, client: str = "", req: int = 0
+    ) -> defer.Deferred[WriteResult]:
+        d = node.write(key, value, client, req)
+        self.net.settle()
+        return d  # type: ignore[no-any-return]
