@@ -17,9 +17,12 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from kvtwist import wire
 from kvtwist.chain.link import Link
@@ -35,6 +38,7 @@ log = Logger(namespace="kvtwist.server")
 DEFAULT_MAX_KEY = 64 * 1024
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_RANGE_LIMIT = 10_000
+DEFAULT_MAX_PENDING = 1024
 MAX_HOPS = 2
 BIG_READS = frozenset({wire.OP_GETKEYS, wire.OP_GETVALUES, wire.OP_RANGE})
 
@@ -50,6 +54,8 @@ class Limits:
     max_value: int = wire.DEFAULT_MAX_FRAME
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     range_limit: int = DEFAULT_RANGE_LIMIT
+    max_pending: int = DEFAULT_MAX_PENDING
+    idle_timeout: float | None = None
 
 
 @dataclass
@@ -74,8 +80,15 @@ class Metrics:
             c.errors += 1
 
 
-class NodeProtocol(FramedProtocol):
-    """One client connection (or, after a chain hello, a replication link)."""
+@implementer(IPushProducer)
+class NodeProtocol(FramedProtocol, TimeoutMixin):
+    """One client connection (or, after a chain hello, a replication link).
+
+    Memory per connection is bounded: the connection stops reading while its
+    replies back up in the transport (a client that does not read), while too
+    many of its requests are unanswered, and while the chain downstream is
+    congested; it reads again once the cause is gone.
+    """
 
     factory: NodeFactory
 
@@ -86,11 +99,16 @@ class NodeProtocol(FramedProtocol):
         self._reads = 0
         self._held: deque[tuple[Message, list[Any]]] = deque()  # not started yet
         self._closing = False
+        self._pause_reasons: set[str] = set()
 
     def connectionMade(self) -> None:
         self.max_frame = self.factory.limits.max_frame
         super().connectionMade()
         f = self.factory
+        self.transport.registerProducer(self, True)
+        self.callLater = f.reactor.callLater  # type: ignore[method-assign]  # the node clock
+        if f.limits.idle_timeout:
+            self.setTimeout(f.limits.idle_timeout)
         if len(f.connections) >= f.limits.max_connections:
             log.warn(
                 "{peer}: refused, {n} connections already open (limit)",
@@ -107,12 +125,60 @@ class NodeProtocol(FramedProtocol):
             self.transport.loseConnection()
             return
         f.connections.add(self)
+        if f.replica.congested:
+            self.pause("chain")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections.discard(self)
         self._closing = True
+        self.setTimeout(None)
         if self.link is not None:
             self.factory.replica.link_lost(self.link)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def timeoutConnection(self) -> None:
+        if self.link is not None:
+            return  # chain links are watched by ZooKeeper, not by idleness
+        log.info(
+            "{peer}: idle for {s}s; closing",
+            peer=self.peerName(),
+            s=self.factory.limits.idle_timeout,
+        )
+        self.sendMessage(wire.error_reply("idle timeout; closing"))
+        self._closing = True
+        self.transport.loseConnection()
+
+    # flow control
+
+    def pause(self, reason: str) -> None:
+        if not self._pause_reasons and self.transport is not None:
+            self.transport.pauseProducing()
+        self._pause_reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self._pause_reasons:
+            self._pause_reasons.discard(reason)
+            if not self._pause_reasons and self.transport is not None and not self._closing:
+                self.transport.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        """The transport's send buffer is full."""
+        if self.link is not None:
+            self.factory.replica.link_congested(self.link, True)
+        else:
+            self.pause("output")
+
+    def resumeProducing(self) -> None:
+        if self.link is not None:
+            self.factory.replica.link_congested(self.link, False)
+        else:
+            self.resume("output")
+
+    def stopProducing(self) -> None:
+        self._closing = True
 
     def messageReceived(self, msg: Message) -> None:
         if self.link is not None:
@@ -124,6 +190,8 @@ class NodeProtocol(FramedProtocol):
         slot: list[Any] = [None]
         self._slots.append(slot)
         self._held.append((msg, slot))
+        if len(self._slots) >= self.factory.limits.max_pending:
+            self.pause("pending")
         self._pump()
 
     def _pump(self) -> None:
@@ -177,6 +245,8 @@ class NodeProtocol(FramedProtocol):
             out.append(slots.popleft()[0])
         if out and self.transport is not None and not self._closing:
             self.transport.writeSequence(out)
+        if len(slots) < self.factory.limits.max_pending // 2:
+            self.resume("pending")
 
 
 class NodeFactory(Factory):
@@ -192,6 +262,13 @@ class NodeFactory(Factory):
         self.connections: set[NodeProtocol] = set()
         self.metrics = Metrics()
         self.forwarder = ConnectionPool(reactor)
+        replica.on_congestion = self.congestion
+
+    def congestion(self, congested: bool) -> None:
+        """The chain downstream is slow: stop taking requests from clients until it drains."""
+        for conn in list(self.connections):
+            if conn.link is None:
+                (conn.pause if congested else conn.resume)("chain")
 
     def handle(self, msg: Message, peer: Callable[[], str]) -> Deferred[bytes]:
         """Answer one request with a complete reply frame; never fails."""

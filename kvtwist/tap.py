@@ -12,7 +12,13 @@ from twisted.python import usage
 
 from kvtwist import wire
 from kvtwist.chain.replica import Replica
-from kvtwist.server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_KEY, Limits, NodeFactory
+from kvtwist.server import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_KEY,
+    DEFAULT_MAX_PENDING,
+    Limits,
+    NodeFactory,
+)
 from kvtwist.store import Store, ThreadRunner
 
 log = Logger(namespace="kvtwist.node")
@@ -57,6 +63,20 @@ class Options(usage.Options):
             "Concurrent client connections.",
             _positive("max-connections"),
         ],
+        [
+            "max-pending",
+            None,
+            DEFAULT_MAX_PENDING,
+            "Unanswered requests per connection before it stops reading.",
+            _positive("max-pending"),
+        ],
+        [
+            "idle-timeout",
+            None,
+            None,
+            "Close client connections idle this many seconds (off).",
+            float,
+        ],
         ["zk", None, None, "ZooKeeper hosts (host:port[,host:port...]): join a chain."],
         ["zk-root", None, "/chain", "ZooKeeper path of the chain."],
         ["zk-session-timeout", None, 10.0, "ZooKeeper session timeout in seconds.", float],
@@ -68,6 +88,8 @@ class Options(usage.Options):
             self["max-value"] = self["max-frame"]
         else:
             self["max-value"] = _positive("max-value")(self["max-value"])
+        if self["idle-timeout"] is not None and self["idle-timeout"] <= 0:
+            raise usage.UsageError("--idle-timeout must be positive")
         if self["port"] > 65535:
             raise usage.UsageError(f"--port {self['port']} is out of range")
         if self["advertise"] is None:
@@ -140,6 +162,8 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         max_key=options["max-key"],
         max_value=options["max-value"],
         max_connections=options["max-connections"],
+        max_pending=options["max-pending"],
+        idle_timeout=options["idle-timeout"],
     )
     factory = NodeFactory(reactor, replica, limits)
     interface = options["interface"].replace(":", "\\:")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -220,3 +223,72 @@ class BadInputTests(SynchronousTestCase):
         self.assertEqual(r[0].opcode, wire.OP_ERROR)
         self.assertIn("too many connections", r[0].error)
         self.assertTrue(third.transport.disconnecting)
+
+
+class StalledRunner:
+    """Tree work that finishes only when the test says so."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Any, defer.Deferred[Any]]] = []
+
+    def write(self, f: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.waiting.append((f, d))
+        return d
+
+    read = write
+
+    def finish(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for f, d in waiting:
+            d.callback(f())
+
+
+class FlowControlTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.h = Harness(Limits(max_pending=8))
+        self.runner = StalledRunner()
+        self.h.store.runner = self.runner
+
+    def test_pending_requests_pause_reading(self) -> None:
+        """A connection with too many unanswered requests stops reading until they drain."""
+        c = Conn(self.h)
+        c.send(*[wire.req_put(f"k{i}", b"v") for i in range(10)])
+        self.assertEqual(c.transport.producerState, "paused")
+        self.runner.finish()
+        self.h.settle()
+        self.assertEqual(len(c.replies()), 10)
+        self.assertEqual(c.transport.producerState, "producing")
+
+    def test_unread_replies_pause_reading(self) -> None:
+        """When the transport's buffer fills (a client not reading) the node stops reading."""
+        c = Conn(self.h)
+        c.proto.pauseProducing()  # what a full TCP send buffer makes the transport do
+        self.assertEqual(c.transport.producerState, "paused")
+        c.proto.resumeProducing()
+        self.assertEqual(c.transport.producerState, "producing")
+
+    def test_congested_chain_pauses_all_clients(self) -> None:
+        """A congested successor link pauses every client connection, new ones included."""
+        first = Conn(self.h)
+        self.h.replica.congested = True
+        self.h.factory.congestion(True)
+        second = Conn(self.h)
+        self.assertEqual(first.transport.producerState, "paused")
+        self.assertEqual(second.transport.producerState, "paused")
+        self.h.replica.congested = False
+        self.h.factory.congestion(False)
+        self.assertEqual(first.transport.producerState, "producing")
+        self.assertEqual(second.transport.producerState, "producing")
+
+    def test_idle_timeout(self) -> None:
+        """With an idle timeout set, a silent connection gets an ERROR and is closed."""
+        h = Harness(Limits(idle_timeout=30))
+        c = Conn(h)
+        h.reactor.advance(20)
+        c.send(wire.req_size())
+        h.reactor.advance(20)
+        self.assertFalse(c.transport.disconnecting)
+        h.reactor.advance(15)
+        self.assertTrue(c.transport.disconnecting)
+        self.assertIn("idle", c.replies()[-1].error)

@@ -32,10 +32,12 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from kvtwist import wire
 from kvtwist.chain.link import Link, Side
@@ -53,6 +55,8 @@ SNAPSHOT_CHUNK = 20_000
 #: How long a read may wait for this node to become a serving tail.
 READ_WAIT = 5.0
 RECONNECT_DELAY = 0.1
+#: Writes not yet committed beyond which client intake pauses.
+MAX_SENT = 20_000
 
 
 class Unavailable(Exception):
@@ -91,12 +95,28 @@ class _DedupEntry:
         self.found = found
 
 
+@implementer(IPushProducer)
 class ChainConnection(FramedProtocol):
     """An outgoing replication connection; everything it receives goes to the replica."""
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self.link: Link | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        if self.link is not None:
+            self.replica.link_congested(self.link, True)
+
+    def resumeProducing(self) -> None:
+        if self.link is not None:
+            self.replica.link_congested(self.link, False)
+
+    def stopProducing(self) -> None:
+        pass
 
     def messageReceived(self, msg: Message) -> None:
         if self.link is not None:
@@ -151,6 +171,10 @@ class Replica:
         self.status = "standalone" if zk is None else "starting"
         self._stopping = False
         self._epoch = 0  # bumped on every fence, so stale callbacks can tell
+        # flow control: a slow successor slows the intake of client writes
+        self.congested = False
+        self._link_full = False
+        self.on_congestion: Callable[[bool], None] = lambda congested: None
         # joining
         self._release_lock: Callable[[], Deferred[None]] | None = None
         self._items: list[tuple[str, bytes]] = []
@@ -278,6 +302,8 @@ class Replica:
             self.succ.queue_update(u)
         if self._join_backlog is not None:
             self._join_backlog.append(u)
+        if len(self.pending) > MAX_SENT:
+            self._update_congestion()
 
     def _remember(self, client_id: str, request_id: int, seq: int, found: bool | None) -> None:
         key = (client_id, request_id)
@@ -334,6 +360,29 @@ class Replica:
                 d.callback(WriteResult(seq, found))
         if self.pred is not None and self.pred.ready:
             self.pred.queue_ack(target)
+        if self.congested:
+            self._update_congestion()
+
+    def link_congested(self, link: Link, full: bool) -> None:
+        """A link's send buffer filled up or drained."""
+        if link is self.succ:
+            self._link_full = full
+            self._update_congestion()
+
+    def _update_congestion(self) -> None:
+        if self.congested:
+            want = self._link_full or len(self.pending) > MAX_SENT // 2
+        else:
+            want = self._link_full or len(self.pending) > MAX_SENT
+        if want != self.congested:
+            self.congested = want
+            log.info(
+                "chain {state}",
+                state="congested: pausing client intake"
+                if want
+                else "drained: resuming client intake",
+            )
+            self.on_congestion(want)
 
     # reads
 
@@ -480,6 +529,9 @@ class Replica:
     def link_lost(self, link: Link) -> None:
         was_closed = link.closed
         link.closed = True
+        if link is self.succ and self._link_full:
+            self._link_full = False
+            self._update_congestion()
         if link is self.pred:
             self.pred = None
             if self.status == "joining":
