@@ -185,7 +185,20 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             self.factory.replica.chain_message(self.link, msg)
             return
         if msg.opcode in wire.CHAIN_OPS:
-            self.factory.replica.incoming(self, msg)
+            opens_link = msg.opcode in (wire.OP_CHAIN_HELLO, wire.OP_CHAIN_JOIN)
+            if opens_link and not self._slots and not self.factory.replica.standalone:
+                self.factory.replica.incoming(self, msg)
+                return
+            log.warn(
+                "{peer}: chain-internal {op} from a client connection; refused",
+                peer=self.peerName(),
+                op=wire.op_name(msg.opcode),
+            )
+            reason = f"{wire.op_name(msg.opcode)} is chain-internal; refused"
+            if self.factory.replica.standalone:
+                reason += " (a standalone node takes no chain links)"
+            self._slots.append([wire.frame(wire.error_reply(reason))])
+            self._flush()
             return
         slot: list[Any] = [None]
         self._slots.append(slot)

@@ -591,26 +591,12 @@ class Replica:
             link.refuse(f"unexpected {wire.op_name(op)} from a predecessor", retry=False)
 
     def incoming(self, conn: FramedProtocol, msg: Message) -> None:
-        """A chain message on a client connection: the peer opens a link to us."""
-        peer = conn.peerName()
-        if self.standalone:
-            conn.sendMessage(wire.error_reply("a standalone node takes no chain links"))
-            log.warn("{peer}: chain traffic refused (standalone)", peer=peer)
-            return
+        """A HELLO or JOIN on a fresh connection: the peer opens a link to us."""
         if msg.opcode == wire.OP_CHAIN_HELLO:
             link = Link(conn, Side.PREDECESSOR, self.reactor, peer=msg.hello.sender)
             self._predecessor_hello(link, msg)
-        elif msg.opcode == wire.OP_CHAIN_JOIN:
-            self._serve_join(conn, msg)
         else:
-            log.warn(
-                "{peer}: {op} from a connection that is no chain link; refused",
-                peer=peer,
-                op=wire.op_name(msg.opcode),
-            )
-            conn.sendMessage(
-                wire.error_reply(f"{wire.op_name(msg.opcode)} is chain-internal; refused")
-            )
+            self._serve_join(conn, msg)
 
     def _predecessor_hello(self, link: Link, msg: Message) -> None:
         hello = msg.hello
