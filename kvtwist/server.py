@@ -39,6 +39,7 @@ DEFAULT_MAX_KEY = 64 * 1024
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_RANGE_LIMIT = 10_000
 DEFAULT_MAX_PENDING = 1024
+DEFAULT_MAX_INFLIGHT = 64
 MAX_HOPS = 2
 BIG_READS = frozenset({wire.OP_GETKEYS, wire.OP_GETVALUES, wire.OP_RANGE})
 
@@ -55,6 +56,7 @@ class Limits:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     range_limit: int = DEFAULT_RANGE_LIMIT
     max_pending: int = DEFAULT_MAX_PENDING
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
     idle_timeout: float | None = None
 
 
@@ -105,7 +107,6 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self.max_frame = self.factory.limits.max_frame
         super().connectionMade()
         f = self.factory
-        self.transport.registerProducer(self, True)
         self.callLater = f.reactor.callLater  # type: ignore[method-assign]  # the node clock
         if f.limits.idle_timeout:
             self.setTimeout(f.limits.idle_timeout)
@@ -121,10 +122,10 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
                 )
             )
             self._closing = True
-            assert self.transport is not None
-            self.transport.loseConnection()
+            self.disconnect()
             return
         f.connections.add(self)
+        self.transport.registerProducer(self, True)
         if f.replica.congested:
             self.pause("chain")
 
@@ -149,7 +150,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         )
         self.sendMessage(wire.error_reply("idle timeout; closing"))
         self._closing = True
-        self.transport.loseConnection()
+        self.disconnect()
 
     # flow control
 
@@ -163,6 +164,12 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             self._pause_reasons.discard(reason)
             if not self._pause_reasons and self.transport is not None and not self._closing:
                 self.transport.resumeProducing()
+                self.drain()
+            if reason == "output":
+                self._pump()
+
+    def inputPaused(self) -> bool:
+        return bool(self._pause_reasons)
 
     def pauseProducing(self) -> None:
         """The transport's send buffer is full."""
@@ -212,10 +219,13 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
 
         Consecutive writes go out together (the writer keeps their order) and
         consecutive reads run in parallel, but a read never overtakes an earlier
-        write of its connection, nor a write an earlier read.
+        write of its connection, nor a write an earlier read.  At most
+        ``max_inflight`` run at once, and none start while the client is not
+        reading its replies: that bounds the reply bytes a connection can pin.
         """
         held = self._held
-        while held:
+        window = self.factory.limits.max_inflight
+        while held and self._reads + self._writes < window and "output" not in self._pause_reasons:
             msg, slot = held[0]
             if msg.opcode in wire.WRITE_OPS:
                 if self._reads:

@@ -8,6 +8,7 @@ so its clients and servers speak to kvtwist unchanged.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -75,10 +76,11 @@ CHAIN_OPS = frozenset(
 class FrameTooLarge(Exception):
     """A header announced more bytes than the receiver accepts."""
 
-    def __init__(self, length: int, limit: int) -> None:
+    def __init__(self, length: int, limit: int, frames: list[bytes] | None = None) -> None:
         super().__init__(f"frame of {length} bytes exceeds the maximum of {limit}")
         self.length = length
         self.limit = limit
+        self.frames = frames or []  # complete frames that came before the bad header
 
 
 class FrameDecoder:
@@ -104,7 +106,7 @@ class FrameDecoder:
             (length,) = HEADER.unpack_from(buf, pos)
             if length > self.max_frame:
                 del buf[:pos]
-                raise FrameTooLarge(length, self.max_frame)
+                raise FrameTooLarge(length, self.max_frame, frames)
             stop = pos + size + length
             if stop > end:
                 break
@@ -230,33 +232,61 @@ class FramedProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._decoder = FrameDecoder(self.max_frame)
+        self._inbox: deque[bytes] = deque()
+        self._too_large: FrameTooLarge | None = None
 
     def dataReceived(self, data: bytes) -> None:
         try:
-            payloads = self._decoder.feed(data)
+            self._inbox.extend(self._decoder.feed(data))
         except FrameTooLarge as e:
-            self.frameTooLarge(e)
-            return
-        for payload in payloads:
+            self._inbox.extend(e.frames)
+            self._too_large = e
+        self.drain()
+
+    def inputPaused(self) -> bool:
+        """Subclasses say when to leave received frames unprocessed (flow control)."""
+        return False
+
+    def drain(self) -> None:
+        """Process received frames until none are left or input is paused."""
+        inbox = self._inbox
+        while inbox and not self.inputPaused():
             if self.transport is None or getattr(self, "_closing", False):
+                inbox.clear()
                 return
+            payload = inbox.popleft()
             try:
                 msg = decode(payload)
             except DecodeError as e:
                 self.badFrame(payload, e)
                 continue
             self.messageReceived(msg)
+        if not inbox and self._too_large is not None and not getattr(self, "_closing", False):
+            exc, self._too_large = self._too_large, None
+            self.frameTooLarge(exc)
 
     def sendMessage(self, msg: Message) -> None:
         assert self.transport is not None
         self.transport.write(frame(msg))
 
+    def disconnect(self) -> None:
+        """Close after the pending output is written.
+
+        A transport with a registered producer never closes on
+        ``loseConnection`` alone, so the producer is unregistered first.
+        """
+        t = self.transport
+        if t is None:
+            return
+        if getattr(t, "producer", None) is not None:
+            t.unregisterProducer()
+        t.loseConnection()
+
     def frameTooLarge(self, exc: FrameTooLarge) -> None:
         self.log.warn("{peer}: {reason}; closing", peer=self.peerName(), reason=str(exc))
         self.sendMessage(error_reply(str(exc)))
         self._closing = True
-        assert self.transport is not None
-        self.transport.loseConnection()
+        self.disconnect()
 
     def badFrame(self, payload: bytes, exc: Exception) -> None:
         """A well-framed payload that is not a Message."""

@@ -7,6 +7,8 @@ holds exactly the writes the node acknowledged.
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -19,6 +21,7 @@ from tests.test_server import Conn, Harness
 
 OPCODES = [0, 10, 11, 20, 30, 40, 50, 60, 70, 80, 99, 110, 120, 200, 210, 220, 230, 240, 7, 1000]
 CTYPES = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 5]
+FUZZ_EXAMPLES = int(os.environ.get("KVTWIST_FUZZ_EXAMPLES", "300"))
 keys = st.text(alphabet=st.sampled_from("ab\u00e9\U0001f600"), max_size=20)
 
 
@@ -57,7 +60,7 @@ def assert_frames(data: bytes) -> list[Message]:
 
 
 class FuzzTests(SynchronousTestCase):
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(st.one_of(messages(), good_requests()), max_size=30))
     def test_messages_keep_store_consistent(self, msgs: list[Message]) -> None:
         """Any message sequence: one well-formed reply per request, the store equals the model."""
@@ -80,7 +83,7 @@ class FuzzTests(SynchronousTestCase):
         self.assertEqual(h.replica.committed_tree.items(), sorted(model.items()))
         h.replica.committed_tree.check()
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.binary(max_size=400), st.integers(1, 64))
     def test_arbitrary_bytes(self, data: bytes, step: int) -> None:
         """Any byte stream in any chunking: only well-formed frames come back, nothing is stored

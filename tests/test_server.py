@@ -255,10 +255,38 @@ class FlowControlTests(SynchronousTestCase):
         c = Conn(self.h)
         c.send(*[wire.req_put(f"k{i}", b"v") for i in range(10)])
         self.assertEqual(c.transport.producerState, "paused")
-        self.runner.finish()
-        self.h.settle()
-        self.assertEqual(len(c.replies()), 10)
+        self.assertEqual(len(c.proto._slots), 8, "frames beyond the bound were processed")
+        replies = []
+        while self.runner.waiting:
+            self.runner.finish()
+            self.h.settle()
+            replies += c.replies()
+        self.assertEqual([r.op_n for r in replies], list(range(1, 11)))
         self.assertEqual(c.transport.producerState, "producing")
+
+    def test_inflight_window(self) -> None:
+        """No more than max_inflight requests of a connection run at once."""
+        h = Harness(Limits(max_pending=100, max_inflight=4))
+        runner = StalledRunner()
+        h.store.runner = runner
+        c = Conn(h)
+        c.send(*[wire.req_get(f"k{i}") for i in range(10)])
+        self.assertEqual(c.proto._reads, 4)
+        served = 0
+        while runner.waiting:
+            runner.finish()
+            h.settle()
+            served += len(c.replies())
+        self.assertEqual(served, 10)
+
+    def test_no_new_work_while_client_not_reading(self) -> None:
+        """While the transport's buffer is full, held requests are not started."""
+        c = Conn(self.h)
+        c.proto.pauseProducing()
+        c.proto.messageReceived(wire.req_get("a"))
+        self.assertEqual((c.proto._reads, len(c.proto._held)), (0, 1))
+        c.proto.resumeProducing()
+        self.assertEqual((c.proto._reads, len(c.proto._held)), (1, 0))
 
     def test_unread_replies_pause_reading(self) -> None:
         """When the transport's buffer fills (a client not reading) the node stops reading."""

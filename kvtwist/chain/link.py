@@ -104,5 +104,4 @@ class Link:
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
         self._flush = None
-        if self.conn.transport is not None:
-            self.conn.transport.loseConnection()
+        self.conn.disconnect()
