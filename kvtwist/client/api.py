@@ -14,11 +14,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IReactorTCP
+from twisted.python.failure import Failure
 
 from kvtwist import wire
-from kvtwist.client.protocol import ClientProtocol, ConnectionFailed, KVError, check
+from kvtwist.client.protocol import (
+    ClientProtocol,
+    ConnectionFailed,
+    KVError,
+    check,
+    connect_failed,
+    endpoint,
+)
 from kvtwist.wire import Message
 
 
@@ -159,13 +167,13 @@ class DirectClient(Client):
 
     @classmethod
     def connect(
-        cls, reactor: IReactorTCP, host: str, port: int, timeout: float = 10.0
+        cls, reactor: IReactorTCP, host: str, port: int, timeout: float | None = 10.0
     ) -> Deferred[DirectClient]:
-        ep = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        ep = endpoint(reactor, host, port, 30.0 if timeout is None else timeout)
         d: Deferred[Any] = connectProtocol(ep, ClientProtocol())
 
-        def failed(f: Any) -> Any:
-            raise ConnectionFailed(f"cannot connect to {host}:{port}: {f.getErrorMessage()}")
+        def failed(f: Failure) -> Failure:
+            return Failure(connect_failed((host, port), f))
 
         return d.addCallbacks(cls, failed)
 

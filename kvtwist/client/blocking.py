@@ -29,11 +29,10 @@ from typing import Any, TypeVar
 
 from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.python.failure import Failure
 
 from kvtwist.client.api import Client, DirectClient, Stats, WriteResult, parse_address
-from kvtwist.client.protocol import ClientProtocol, ConnectionFailed, KVError
+from kvtwist.client.protocol import ConnectionFailed, KVError
 from kvtwist.wire import Message
 
 T = TypeVar("T")
@@ -93,8 +92,11 @@ def _ensure_running(reactor: Any) -> None:
         if not _exit_hook_installed:
             _exit_hook_installed = True
             _register_exit_hook()
-    if not started.wait(10.0) or not thread.is_alive():
-        raise RuntimeError("the Twisted reactor did not start (was it run and stopped before?)")
+    deadline = 100  # x 0.1 s
+    while not started.wait(0.1):
+        deadline -= 1
+        if deadline <= 0 or not thread.is_alive():
+            raise RuntimeError("the Twisted reactor did not start (was it run and stopped before?)")
 
 
 def _in_reactor_thread(reactor: Any) -> bool:
@@ -126,18 +128,32 @@ def _register_exit_hook() -> None:
 def stop_reactors(timeout: float = 5.0) -> None:
     """Stop every reactor this module started and wait for their threads.
 
-    Called automatically at interpreter exit; tests call it to stop a private
-    reactor.  A stopped reactor cannot be started again.
+    Called automatically at interpreter exit.  A stopped reactor cannot be
+    started again.
     """
     with _lock:
-        entries = list(_threads.values())
-    for reactor, thread in entries:
-        if thread.is_alive():
-            try:
-                reactor.callFromThread(_stop, reactor)
-            except Exception:
-                pass
-    for _reactor, thread in entries:
+        reactors = [reactor for reactor, _thread in _threads.values()]
+    for reactor in reactors:
+        stop_reactor(reactor, timeout)
+
+
+def stop_reactor(reactor: Any = None, timeout: float = 5.0) -> None:
+    """Stop ``reactor`` (default: the global one) if this module started it.
+
+    Tests use it to stop a private reactor; it cannot be started again.
+    """
+    if reactor is None:
+        reactor = _global_reactor()
+    with _lock:
+        entry = _threads.get(id(reactor))
+    if entry is None:
+        return
+    thread = entry[1]
+    if thread.is_alive():
+        try:
+            reactor.callFromThread(_stop, reactor)
+        except Exception:
+            pass
         thread.join(timeout)
 
 
@@ -196,46 +212,6 @@ def _no_reply(seconds: float) -> Exception:
 # ---- direct connections ---------------------------------------------------------
 
 
-def _reason(f: Failure) -> str:
-    """A short reason for a failed connection attempt: ``Connection refused``."""
-    exc = f.value
-    if isinstance(exc, neterror.TimeoutError):
-        return "connection timed out"
-    if isinstance(exc, neterror.ConnectError):
-        if exc.args and exc.args[0]:
-            return str(exc.args[0]).rstrip(".")
-        doc = (exc.__doc__ or type(exc).__name__).strip().splitlines()[0]
-        return doc.rstrip(".")
-    text = f.getErrorMessage()
-    return text.rstrip(".") or type(exc).__name__
-
-
-def connect_direct(
-    reactor: Any, host: str, port: int, timeout: float | None = 10.0
-) -> Deferred[Client]:
-    """Like ``DirectClient.connect`` but failing with a short reason.
-
-    ``cannot connect to 127.0.0.1:9000: Connection refused`` rather than
-    Twisted's ``Connection was refused by other side: 111: ...``; IPv6
-    literals work too.
-    """
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    tcp_timeout = 30.0 if timeout is None else timeout
-    endpoint: Any
-    if ":" in host:
-        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=tcp_timeout)
-    else:
-        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=tcp_timeout)
-    d: Deferred[Any] = connectProtocol(endpoint, ClientProtocol())
-
-    def failed(f: Failure) -> Failure:
-        return Failure(ConnectionFailed(f"cannot connect to {where}: {_reason(f)}"))
-
-    def made(protocol: ClientProtocol) -> Client:
-        return DirectClient(protocol)
-
-    d.addCallbacks(made, failed)
-    return d
 
 
 # ---- the client -----------------------------------------------------------------
@@ -277,8 +253,8 @@ class BlockingClient:
         """
         host, port = parse_address(address)
 
-        def make(r: Any) -> Deferred[Client]:
-            return connect_direct(r, host, port, timeout)
+        def make(r: Any) -> Deferred[Any]:
+            return DirectClient.connect(r, host, port, timeout)
 
         return cls(make, timeout=timeout, reactor=reactor, description=address)
 
@@ -402,6 +378,6 @@ __all__ = [
     "ConnectionFailed",
     "KVError",
     "RequestTimeout",
-    "connect_direct",
+    "stop_reactor",
     "stop_reactors",
 ]

@@ -10,7 +10,9 @@ from collections import deque
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
@@ -57,7 +59,8 @@ class ClientProtocol(FramedProtocol):
     def request(self, msg: Message) -> Deferred[Message]:
         """Send ``msg``; the Deferred fires with the reply (ERROR replies included)."""
         if self._lost is not None or self.transport is None:
-            return defer.fail(ConnectionFailed("not connected"))
+            why = "connection closed" if self._lost is not None else "not connected"
+            return defer.fail(ConnectionFailed(why))
         d: Deferred[Message] = Deferred()
         self._pending.append(d)
         self.sendMessage(msg)
@@ -112,6 +115,29 @@ class ClientFactory(Factory):
         return p
 
 
+def connect_failed(target: tuple[str, int], f: Failure) -> ConnectionFailed:
+    """``cannot connect to 127.0.0.1:9000: Connection refused``: short, for people."""
+    host, port = target
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    exc = f.value
+    if isinstance(exc, neterror.TimeoutError):
+        reason = "connection timed out"
+    elif isinstance(exc, neterror.ConnectError) and exc.args and exc.args[0]:
+        reason = str(exc.args[0]).rstrip(".")
+    elif isinstance(exc, neterror.ConnectError):
+        reason = (exc.__doc__ or type(exc).__name__).strip().splitlines()[0].rstrip(".")
+    else:
+        reason = f.getErrorMessage().rstrip(".") or type(exc).__name__
+    return ConnectionFailed(f"cannot connect to {where}: {reason}")
+
+
+def endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
+    """A TCP client endpoint for an IPv4 or IPv6 literal or a name."""
+    if ":" in host:
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+
+
 def check(reply: Message) -> Message:
     """Raise KVError for an ERROR reply, else return it."""
     if reply.opcode == wire.OP_ERROR:
@@ -142,10 +168,8 @@ class ConnectionPool:
             waiters.append(d)
             return d
         self._connecting[target] = [d]
-        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-
         proto = ClientProtocol()
-        ep = TCP4ClientEndpoint(self.reactor, target[0], target[1], timeout=self.timeout)
+        ep = endpoint(self.reactor, target[0], target[1], self.timeout)
         connectProtocol(ep, proto).addCallbacks(
             self._connected, self._failed, callbackArgs=(target,), errbackArgs=(target,)
         )
@@ -160,7 +184,7 @@ class ConnectionPool:
             d.callback(p)
 
     def _failed(self, f: Failure, target: tuple[str, int]) -> None:
-        exc = ConnectionFailed(f"cannot connect to {target[0]}:{target[1]}: {f.getErrorMessage()}")
+        exc = connect_failed(target, f)
         for d in self._connecting.pop(target, []):
             d.errback(exc)
 

@@ -14,6 +14,8 @@ command (0 ok, 1 failed), 2 for usage errors or an unreachable server.
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import os
 import shlex
 import sys
@@ -379,6 +381,8 @@ class Shell:
         except KeyboardInterrupt:
             self.error("interrupted")
             return FAILED
+        except BrokenPipeError:
+            raise  # the reader of our output went away: main() ends quietly
         except Exception as e:  # a bug, but still one line, never a traceback
             self.error(f"unexpected {type(e).__name__}: {e}")
             return FAILED
@@ -566,8 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _maker(ns: argparse.Namespace) -> tuple[Callable[[], Any], str]:
-    """A function connecting a BlockingClient as the arguments say, and a description."""
+def _maker(ns: argparse.Namespace) -> Callable[[], Any]:
+    """A function connecting a BlockingClient as the arguments say."""
     from kvtwist.client.api import parse_address
     from kvtwist.client.blocking import BlockingClient
 
@@ -578,22 +582,31 @@ def _maker(ns: argparse.Namespace) -> tuple[Callable[[], Any], str]:
             parse_address(address)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        return (lambda: BlockingClient.connect(address, timeout)), address
+        return lambda: BlockingClient.connect(address, timeout)
+    # kazoo reports every failed connection attempt through logging; the shell
+    # reports the outcome itself, as one line.
+    logging.getLogger("kazoo").addHandler(logging.NullHandler())
+    logging.getLogger("kazoo").propagate = False
     try:
-        from kvtwist.client import chain
+        chain = importlib.import_module("kvtwist.client.chain")
     except Exception as e:
         raise UsageError(f"ZooKeeper mode is unavailable: {type(e).__name__}: {e}") from None
     zk_hosts, root = ns.zk, ns.zk_root
 
     def make(reactor: Any) -> Any:
-        return chain.ChainClient.connect(reactor, zk_hosts, root)
+        return chain.ChainClient.connect(reactor, zk_hosts, root, deadline=timeout)
 
     where = f"the chain {root} via ZooKeeper {zk_hosts}"
-    return (lambda: BlockingClient(make, timeout=timeout, description=where)), where
+    return lambda: BlockingClient(make, timeout=timeout, description=where)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script; returns the exit status."""
+    for stream in (sys.stdout, sys.stderr):
+        # A value or key the terminal's encoding cannot show must not crash the shell.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     parser = build_parser()
     try:
         ns = parser.parse_args(argv)
@@ -621,12 +634,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return OK if parsed is None else shell.run(parsed)
 
     try:
-        connect, _where = _maker(ns)
+        connect = _maker(ns)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE
 
     shell = Shell(connect)
+    try:
+        return _session(shell, parsed)
+    except BrokenPipeError:
+        # Like `kvtwist-client ... | head -1`: stop quietly, and keep Python
+        # from complaining when it flushes stdout at exit.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return FAILED
+    finally:
+        shell.close()
+
+
+def _session(shell: Shell, parsed: Parsed | None) -> int:
     try:
         shell.connect()
     except (ConnectionFailed, KVError) as e:
@@ -638,18 +666,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         shell.error(f"cannot connect: {type(e).__name__}: {e}")
         return USAGE
+    if parsed is not None:
+        return shell.run(parsed)
+    if sys.stdin.isatty():
+        return shell.interact()
     try:
-        if parsed is not None:
-            return shell.run(parsed)
-        if sys.stdin.isatty():
-            return shell.interact()
-        try:
-            return shell.run_lines(iter(sys.stdin.buffer.readline, b""))
-        except KeyboardInterrupt:
-            shell.error("interrupted")
-            return 130
-    finally:
-        shell.close()
+        return shell.run_lines(iter(sys.stdin.buffer.readline, b""))
+    except KeyboardInterrupt:
+        shell.error("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

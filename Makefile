@@ -1,0 +1,21 @@
+# Conveniences over the scripts the README documents.
+N ?= 3
+
+.PHONY: setup test node cluster lint
+
+setup:
+	sh scripts/setup.sh
+
+test:
+	sh scripts/test.sh
+
+node: setup
+	.venv/bin/twistd -n kvnode --port 9000
+
+cluster:
+	sh scripts/setup.sh --test
+	.venv/bin/python scripts/cluster.py --nodes $(N)
+
+lint:
+	.venv/bin/ruff check kvtwist tests scripts benchmarks
+	.venv/bin/mypy
