@@ -362,3 +362,30 @@ class ChainMachineTests(SynchronousTestCase):
         d = node.write(key, value, client, req)
         self.net.settle()
         return d  # type: ignore[no-any-return]
+
+    def test_slow_successor_pauses_intake(self) -> None:
+        """A full send buffer toward the successor pauses client connections until it drains."""
+        a, b = self.net.chain(2)
+        client = a.factory.buildProtocol(None)
+        transport = iosim.makeFakeServer(client)
+        client.makeConnection(transport)
+        assert a.replica.succ is not None
+        a.replica.link_congested(a.replica.succ, True)
+        self.assertTrue(a.replica.congested)
+        self.assertTrue(client.inputPaused())
+        a.replica.link_congested(a.replica.succ, False)
+        self.assertFalse(a.replica.congested)
+        self.assertFalse(client.inputPaused())
+
+    def test_ack_from_stranger_refused(self) -> None:
+        """An acknowledgement naming a node other than our successor is refused, commits nothing."""
+        a, b, c = self.net.chain(3)
+        d = a.write("k", b"v")
+        assert a.replica.succ is not None
+        a.replica.chain_message(
+            a.replica.succ,
+            Message(opcode=wire.OP_CHAIN_ACK, c_type=wire.CT_CHAIN, op_n=1,
+                    hello=ChainHello(sender=c.name or "")),
+        )
+        self.assertEqual(a.replica.committed_seq, 0)
+        self.assertNoResult(d)

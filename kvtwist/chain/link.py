@@ -88,7 +88,10 @@ class Link:
             )
         if self._ack:
             ack, self._ack = self._ack, 0
-            self.conn.sendMessage(Message(opcode=wire.OP_CHAIN_ACK, c_type=wire.CT_CHAIN, op_n=ack))
+            stamp = ChainHello(sender=self.local_name, config=self.config)
+            self.conn.sendMessage(
+                Message(opcode=wire.OP_CHAIN_ACK, c_type=wire.CT_CHAIN, op_n=ack, hello=stamp)
+            )
 
     def refuse(self, reason: str, retry: bool = True) -> None:
         """Tell the peer why, then close."""

@@ -485,8 +485,9 @@ class Replica:
                     self.succ.close()
                     self.succ = None
                 self._connect_successor(succ)
-        if self.succ is not None:
-            self._stamp(self.succ)
+        for link in (self.pred, self.succ):
+            if link is not None:
+                self._stamp(link)
         self._wake_readers()
 
     def _stamp(self, link: Link) -> None:
@@ -561,9 +562,15 @@ class Replica:
             if op == wire.OP_CHAIN_HELLO:
                 self._successor_hello(link, msg.hello.last_op)
             elif op == wire.OP_CHAIN_ACK:
-                if link is self.succ:
-                    self.acked = max(self.acked, msg.op_n)
-                    self._advance()
+                if link is not self.succ or (
+                    msg.hello.sender
+                    and not link.peer.startswith("join:")
+                    and msg.hello.sender != link.peer
+                ):
+                    link.refuse("acknowledgements accepted only from the current successor")
+                    return
+                self.acked = max(self.acked, msg.op_n)
+                self._advance()
             else:
                 link.refuse(f"unexpected {wire.op_name(op)} from a successor", retry=False)
             return
@@ -624,6 +631,7 @@ class Replica:
             self.pred.close()
         link.peer = hello.sender
         self.pred = link
+        self._stamp(link)
         link.ready = True
         self._awaiting_handoff = False
         link.hello(self.name, self.view.config, self.address, self.last_received)
