@@ -53,6 +53,8 @@ class ChainCase(SynchronousTestCase):
                 target = Path(keep) / self.id().rsplit(".", 1)[-1]
                 target.mkdir(parents=True, exist_ok=True)
                 (target / out.name).write_text(out.read_text())
+        for out in self.writer_logs:
+            shutil.rmtree(out.parent, ignore_errors=True)
 
     def members(self) -> list[tuple[str, tuple[str, int] | None]]:
         if not self.kazoo.exists(self.root):
@@ -89,9 +91,7 @@ class ChainCase(SynchronousTestCase):
         return [self.start_node() for _ in range(n)]
 
     def start_writer(self, prefix: str = "k") -> tuple[subprocess.Popen[bytes], Path]:
-        tmp = Path(tempfile.mkdtemp(prefix="kvwriter-"))
-        self.addCleanup(shutil.rmtree, tmp, True)
-        out = tmp / f"writer-{prefix}.log"
+        out = Path(tempfile.mkdtemp(prefix="kvwriter-")) / f"writer-{prefix}.log"
         self.writer_logs.append(out)
         w = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "writer.py"), self.zk.hosts, self.root, prefix],

@@ -77,6 +77,13 @@ class MemoryZooKeeper:
     def lease_valid(self) -> bool:
         return self.lease
 
+    def unregister(self, name: str) -> defer.Deferred[None]:
+        if any(m.name == name for m in self.registry.members):
+            self.registry.remove(name)
+        return defer.succeed(None)
+
+    effective_session_timeout = 2.0
+
 
 class Node:
     def __init__(self, net: Net, port: int) -> None:
@@ -162,7 +169,7 @@ class Net:
             p.serverIO.loseConnection()
             p.clientIO.loseConnection()
         name = node.name
-        node.replica.fence("killed")
+        node.replica.fence("killed", voluntary=False)
         if name is not None:
             self.registry.remove(name)
         self.settle()

@@ -181,6 +181,8 @@ class Replica:
         self._loaded: Deferred[AVLTree] | None = None
         self._loaded_seq = -1
         self._catch_up_to = -1
+        self._early_hello: tuple[Link, Message] | None = None
+        self._joiner_limbo: str | None = None
 
     def connect(self, host: str, port: int, protocol: FramedProtocol) -> Deferred[Any]:
         """Open a link to a peer; replaced by in-memory wiring in unit tests."""
@@ -337,6 +339,8 @@ class Replica:
     def _waits_for_successor(self) -> bool:
         if self.succ is not None and self.succ.ready:
             return True
+        if self._joiner_limbo is not None:
+            return True
         return self._neighbours()[1] is not None
 
     def _advance(self) -> None:
@@ -440,10 +444,14 @@ class Replica:
         if self.view is not None and view.config < self.view.config:
             return
         self.view = view
-        if self.name is None or self.fenced:
+        if self.name is None:
+            return
+        if self.status == "registering" and view.index(self.name) is not None:
+            self._become_member()
+        if self.fenced:
             return
         if view.index(self.name) is None:
-            self.fence("our znode is gone from the chain")
+            self._confirm_gone()
             return
         pred, succ = self._neighbours()
         log.info(
@@ -464,6 +472,8 @@ class Replica:
             self.pred.close()
             self.pred = None
         # successor side
+        if succ is not None and self._joiner_limbo == _fmt(succ.address):
+            self._joiner_limbo = None  # the joiner did register: it is our successor now
         if succ is None:
             if self.succ is not None and not self.succ.joining:
                 self.succ.close()
@@ -479,7 +489,7 @@ class Replica:
                 assert self.succ is not None
                 self.succ.peer = succ.name
                 self.succ.joining = False
-                self.succ.hello(self.name, view.config, self.address, self.last_received)
+                self.succ.hello(self.name, view.config, self.address, self.committed_seq)
             else:
                 if self.succ is not None:
                     self.succ.close()
@@ -489,6 +499,37 @@ class Replica:
             if link is not None:
                 self._stamp(link)
         self._wake_readers()
+
+    def _become_member(self) -> None:
+        """Our znode is in a view we hold: from now on we act on our place in the chain."""
+        self.fenced = False
+        self.status = "member"
+        self._awaiting_handoff = self.pred is not None
+        self.next_seq = self.last_received + 1
+        early, self._early_hello = self._early_hello, None
+        if early is not None:
+            self.reactor.callLater(0, self._replay_hello, *early)
+
+    def _replay_hello(self, link: Link, msg: Message) -> None:
+        if not link.closed:
+            self._predecessor_hello(link, msg)
+
+    def _confirm_gone(self) -> None:
+        """A view without our znode: fence only once a fresh read agrees.
+
+        A view read before our registration can arrive after it.
+        """
+        if self.zk is None:
+            return
+        name, epoch = self.name, self._epoch
+
+        def check(view: Any) -> None:
+            if epoch == self._epoch and self.name == name and view.index(name) is None:
+                self.fence("our znode is gone from the chain", voluntary=False)
+            elif epoch == self._epoch:
+                self.set_view(view)
+
+        self.zk.members().addCallbacks(check, lambda f: None)
 
     def _stamp(self, link: Link) -> None:
         """Who we are and in which configuration, for the updates this link carries."""
@@ -509,7 +550,7 @@ class Replica:
         def connected(_: Any) -> None:
             if link is self.succ and self.name is not None:
                 assert self.view is not None
-                link.hello(self.name, self.view.config, self.address)
+                link.hello(self.name, self.view.config, self.address, self.committed_seq)
 
         def failed(f: Failure) -> None:
             log.warn("cannot reach successor {peer}: {e}", peer=member.name, e=f.getErrorMessage())
@@ -535,18 +576,44 @@ class Replica:
             self._update_congestion()
         if link is self.pred:
             self.pred = None
-            if self.status == "joining":
+            if self.status in ("joining", "registering"):
                 self._join_failed("predecessor closed the link during the state transfer")
         elif link is self.succ:
             if link.joining or link.peer.startswith("join:"):
-                log.info("joiner {peer} went away", peer=link.peer)
                 self.succ = None
                 self._join_backlog = None
-                self._advance()
+                if link.ready:
+                    # It had our backlog and may be registering: until its fate is known
+                    # nothing commits here, or it could become tail without our writes.
+                    address = link.peer.removeprefix("join:")
+                    log.info("joiner {a} went away; waiting to learn if it joined", a=address)
+                    self._joiner_limbo = address
+                    wait = 1.5 * self._session_timeout()
+                    self.reactor.callLater(wait, self._end_limbo, address, self._epoch)
+                else:
+                    log.info("joiner {peer} went away during the state transfer", peer=link.peer)
+                    self._advance()
             elif not self._stopping and not self.fenced:
                 if not was_closed:
                     log.info("link to successor {peer} lost; reconnecting", peer=link.peer)
                 self._relink_later(link, self._epoch)
+
+    def _session_timeout(self) -> float:
+        return float(getattr(self.zk, "effective_session_timeout", 10.0))
+
+    def _end_limbo(self, address: str, epoch: int) -> None:
+        """By now a crashed joiner's session has expired: read who is in the chain."""
+        if epoch != self._epoch or self._joiner_limbo != address or self.zk is None:
+            return
+
+        def decide(view: Any) -> None:
+            if self._joiner_limbo != address or epoch != self._epoch:
+                return
+            self._joiner_limbo = None
+            self.set_view(view)
+            self._advance()
+
+        self.zk.members().addCallbacks(decide, lambda f: self._end_limbo(address, epoch))
 
     # chain messages
 
@@ -557,6 +624,8 @@ class Replica:
             link.close()
             if link.side is Side.SUCCESSOR and link is self.succ and not link.joining:
                 self._relink_later(link, self._epoch)
+            elif link is self.pred and not msg.retry and self.status == "member":
+                self.fence(f"predecessor refused us: {msg.error}")
             return
         if link.side is Side.SUCCESSOR:
             if op == wire.OP_CHAIN_HELLO:
@@ -577,10 +646,11 @@ class Replica:
         if op == wire.OP_CHAIN_UPDATE:
             sender = msg.hello.sender
             pred = self._neighbours()[0]
+            member = self.status == "member"
             if (
                 link is not self.pred
                 or sender != link.peer
-                or (self.name is not None and (pred is None or pred.name != sender))
+                or (member and (pred is None or pred.name != sender))
             ):
                 log.warn(
                     "updates from {sender} (config {config}) refused: not our predecessor",
@@ -607,10 +677,13 @@ class Replica:
 
     def _predecessor_hello(self, link: Link, msg: Message) -> None:
         hello = msg.hello
+        if link is self.pred and self.status == "joining":
+            self._join_caught_up_to(link, hello)
+            return
+        if link is self.pred and self.status == "registering":
+            self._early_hello = (link, msg)  # the handoff, ahead of our own view
+            return
         if self.fenced or self.name is None or self.view is None:
-            if link is self.pred and self.status == "joining":
-                self._join_caught_up_to(link, hello)
-                return
             link.refuse(f"not a chain member ({self.status})")
             return
         if hello.config > self.view.config:
@@ -626,6 +699,17 @@ class Replica:
                 pred=pred.name if pred else "none",
             )
             link.refuse(f"{hello.sender} is not our predecessor in config {self.view.config}")
+            return
+        if self.last_received < hello.last_op:
+            # it committed writes we never got: we cannot be its successor
+            log.error(
+                "predecessor {p} committed op {c}, we hold only {n}",
+                p=hello.sender,
+                c=hello.last_op,
+                n=self.last_received,
+            )
+            link.refuse("successor is behind the committed state; it rejoins", retry=False)
+            self.fence("behind the predecessor's committed state")
             return
         if self.pred is not None and self.pred is not link:
             self.pred.close()
@@ -865,19 +949,20 @@ class Replica:
             and self.applied_seq >= self._catch_up_to
         ):
             self._catch_up_to = -1
+            self.status = "registering"
             self._register(self._epoch).addErrback(self._join_errback, self._epoch)
 
     def _register(self, epoch: int) -> Deferred[None]:
+        """Create our znode; we act as a member once a view we read holds it."""
         assert self.zk is not None
+        self.status = "registering"
 
         def registered(name: str) -> Any:
             if epoch != self._epoch:
-                return None
+                # the join was abandoned meanwhile: this znode must not stay a member
+                log.info("dropping {name}, registered by an abandoned join", name=name)
+                return self.zk.unregister(name)
             self.name = name
-            self.fenced = False
-            self.status = "member"
-            self._awaiting_handoff = self.pred is not None
-            self.next_seq = self.last_received + 1
             log.info("joined the chain as {name} at op {n}", name=name, n=self.last_received)
             release, self._release_lock = self._release_lock, None
             d = release() if release else defer.succeed(None)
@@ -888,6 +973,7 @@ class Replica:
 
     def _join_failed(self, why: str) -> None:
         log.warn("join failed: {why}; retrying", why=why)
+        self._leave()
         self._reset_state()
         release, self._release_lock = self._release_lock, None
         d = release() if release else defer.succeed(None)
@@ -898,17 +984,37 @@ class Replica:
         )
         d.addErrback(lambda f: log.failure("rejoin failed", f))
 
+    def _leave(self) -> None:
+        """Delete our znode, so that no one takes us for a member any more."""
+        name, self.name = self.name, None
+        if name is not None and self.zk is not None:
+            self.zk.unregister(name).addErrback(
+                lambda f: log.warn("could not delete {name}: {e}", name=name, e=f.getErrorMessage())
+            )
+
     # fencing
 
-    def fence(self, why: str) -> None:
-        """Stop acting as a member at once; in-flight client writes fail as retryable."""
-        if self.fenced and self.name is None:
+    def fence(self, why: str, voluntary: bool = True) -> None:
+        """Stop acting as a member at once; in-flight client writes fail as retryable.
+
+        A node that fences itself (not through a lost session) deletes its znode
+        and joins again with a fresh copy.
+        """
+        if self.status == "fenced":
             return
         log.warn("fenced: {why}", why=why)
+        rejoin = voluntary and self.zk is not None and not self._stopping
+        if voluntary:
+            self._leave()
         self.fenced = True
         self.status = "fenced"
         self.name = None
         self._reset_state()
+        if rejoin:
+            epoch = self._epoch
+            deferLater(self.reactor, 0.5, lambda: None).addCallback(
+                lambda _: self.join() if epoch == self._epoch and not self._stopping else None
+            ).addErrback(lambda f: log.failure("rejoin failed", f))
 
     def _reset_state(self) -> None:
         self._epoch += 1
@@ -917,6 +1023,12 @@ class Replica:
                 link.close()
         self.pred = self.succ = None
         self._join_backlog = None
+        self._joiner_limbo = None
+        self._early_hello = None
+        self._awaiting_handoff = False
+        self._items = []
+        self._loaded = None
+        self._catch_up_to = -1
         waiting, self._waiting = self._waiting, {}
         for ds in waiting.values():
             for d in ds:
@@ -935,7 +1047,7 @@ class Replica:
     def zk_state(self, state: str) -> None:
         """Session events from ZooKeeper, on the reactor thread."""
         if state == "lost":
-            self.fence("ZooKeeper session lost")
+            self.fence("ZooKeeper session lost", voluntary=False)
         elif state == "connected" and self.fenced and self.status == "fenced":
             if not self._stopping:
                 log.info("ZooKeeper reachable again: rejoining with a fresh copy")

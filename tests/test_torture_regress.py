@@ -1,0 +1,145 @@
+"""Join races kvtwist-torture found, reproduced without randomness (in memory).
+
+Both need orderings ZooKeeper allows but the in-memory registry of
+tests/test_chain_unit.py never produces: a znode exists before its creator has
+the reply, and each node's watch fires at its own time.  ``Controlled`` hands
+out those events one by one.
+
+1. A joiner registers twice: the old tail, seeing the joiner's znode, adopts
+   it and says hello again; the joiner, still "joining" (its register reply
+   not yet in), takes that hello as the end of the backlog and registers again.
+2. A stale read after a join: the joiner, named but with a view that lacks
+   itself, refuses the old tail's next update; the old tail takes that as
+   "joiner went away" and commits alone (its view still says tail), so the
+   client is acknowledged; then the joiner, tail in ZooKeeper, accepts the old
+   tail's hello and serves reads without that write.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from kvtwist.zk import Membership
+from tests.test_chain_unit import Net, Node
+
+
+class Controlled:
+    """ZooKeeper's real freedom: each node's watch, and each reply, arrives when it arrives."""
+
+    def __init__(self, net: Net) -> None:
+        self.net = net
+        self.queued: dict[int, list[Membership]] = {}
+        self.registrations: list[tuple[defer.Deferred[str], str]] = []
+        self.held_members: list[tuple[defer.Deferred[Membership], Node]] = []
+        self.hold_members_of: set[int] = set()
+        reg = net.registry
+
+        def changed() -> None:
+            reg.config += 1
+            view = reg.view()
+            for port in net.nodes:
+                self.queued.setdefault(port, []).append(view)
+
+        reg.changed = changed  # type: ignore[method-assign]
+
+    def control(self, node: Node) -> None:
+        zk = node.zk
+
+        def register(address: str) -> defer.Deferred[str]:
+            name = self.net.registry.add(address)  # the znode exists now...
+            d: defer.Deferred[str] = defer.Deferred()
+            self.registrations.append((d, name))  # ...the reply comes later
+            return d
+
+        def members() -> defer.Deferred[Membership]:
+            if node.port not in self.hold_members_of:
+                return defer.succeed(self.net.registry.view())
+            d: defer.Deferred[Membership] = defer.Deferred()
+            self.held_members.append((d, node))
+            return d
+
+        zk.register = register  # type: ignore[method-assign]
+        zk.members = members  # type: ignore[method-assign]
+
+    def deliver(self, node: Node) -> None:
+        for view in self.queued.pop(node.port, []):
+            node.replica.set_view(view)
+
+    def reply_register(self) -> None:
+        d, name = self.registrations.pop(0)
+        d.callback(name)
+
+    def reply_members(self) -> None:
+        for d, _ in self.held_members:
+            d.callback(self.net.registry.view())
+        self.held_members.clear()
+        self.hold_members_of.clear()
+
+
+def pump(net: Net, rounds: int = 20) -> None:
+    for _ in range(rounds):
+        for p in list(net.pumps):
+            p.pump()
+        net.clock.advance(0)
+
+
+def new_node(net: Net) -> Node:
+    port = 9000 + len(net.nodes)
+    node = Node(net, port)
+    net.nodes[port] = node
+    return node
+
+
+class JoinRaces(SynchronousTestCase):
+    def test_joiner_registers_once(self) -> None:
+        """The old tail's second hello, on seeing the joiner's znode, must not re-register it."""
+        net = Net()
+        (a,) = net.chain(1)
+        zk = Controlled(net)
+        b = new_node(net)
+        zk.control(b)
+        b.replica.join()
+        pump(net)  # state transfer, handoff hello: b creates its znode, the reply is pending
+        self.assertEqual(len(zk.registrations), 1)
+        zk.deliver(a)  # the old tail's watch fires first: it adopts b and says hello again
+        pump(net)
+        while zk.registrations:
+            zk.reply_register()
+        for n in (a, b):
+            zk.deliver(n)
+        pump(net)
+        znodes = [m.name for m in net.registry.members if m.address == ("10.0.0.1", b.port)]
+        self.assertEqual(len(znodes), 1, f"the joiner registered as {znodes}")
+
+    def test_no_stale_read_after_join(self) -> None:
+        """A write acknowledged during a join is visible at the new tail."""
+        net = Net()
+        a, t = net.chain(2)
+        self.successResultOf(_settled(net, a.write("k", b"old")))
+        zk = Controlled(net)
+        j = new_node(net)
+        zk.control(j)
+        j.replica.join()
+        pump(net)  # transfer + handoff: j's znode exists, the register reply is pending
+        zk.hold_members_of.add(j.port)
+        zk.reply_register()  # j knows its name; its next membership read is slow
+        w = a.write("k", b"new")
+        pump(net)  # the update travels a -> t -> j
+        acked = self.successResultOf(w)  # acknowledged to the client
+        for n in (a, t, j):
+            zk.deliver(n)
+        zk.reply_members()
+        net.settle()
+        self.assertEqual(j.replica.role, "tail")
+        view = self.successResultOf(j.replica.read_view())
+        self.assertEqual(
+            view.tree.get("k"), b"new", f"tail serves a stale value after op {acked.op_n}"
+        )
+
+
+def _settled(net: Net, d: Any) -> Any:
+    net.settle()
+    return d
