@@ -42,6 +42,10 @@ def wait(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-de
         time.sleep(0.1)
 
 
+def _joined(log: Path):  # type: ignore[no-untyped-def]
+    return lambda: log.exists() and "joined the chain" in log.read_text()
+
+
 def zk_ok() -> bool:
     try:
         return four_letter_word(ZK_PORT, "ruok", 1.0) == "imok"
@@ -86,8 +90,7 @@ def main() -> None:
         p = subprocess.Popen(node_command(port, args.session_timeout), env=env, cwd=RUN,
                              stdin=subprocess.DEVNULL, start_new_session=True)
         procs.append(p)
-        log = RUN / f"node-{port}.log"
-        wait(lambda: log.exists() and "joined the chain" in log.read_text(), 30, f"node {port}")
+        wait(_joined(RUN / f"node-{port}.log"), 30, f"node {port}")
         print(f"node 127.0.0.1:{port} joined (pid {p.pid}, log run/node-{port}.log)")
     nxt = args.base_port + args.nodes
     print(f"\nchain of {args.nodes} up. Try:\n"

@@ -1,0 +1,534 @@
+"""Real processes for fault-injection campaigns: a private ZooKeeper and kvtwist nodes.
+
+The campaign runner is part of the package, so what it needs to start
+processes lives here and not in the test suite (tests/zkserver.py imports the
+ZooKeeper half from this module).  Debian's ``zookeeper`` package ships the
+server jar and its dependencies in /usr/share/java; we launch
+``QuorumPeerMain`` ourselves on a free loopback port with a throw-away data
+directory, so nothing depends on (or disturbs) the system service.  Nodes are
+``twistd -n kvnode`` processes, which a nemesis can SIGKILL, SIGSTOP and
+SIGCONT like any real crash or stall.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import kvtwist
+
+JAVA_DIR = Path(os.environ.get("KVTWIST_ZK_JAVA_DIR", "/usr/share/java"))
+ZOOKEEPER_JAR = Path(os.environ.get("KVTWIST_ZK_JAR", str(JAVA_DIR / "zookeeper.jar")))
+MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+
+# The server's runtime dependencies (mirrors the Class-Path of Debian's
+# zookeeper.jar manifest, listed explicitly so a stripped manifest still works),
+# plus slf4j-simple so the server logs to stderr, i.e. into our log file, instead
+# of needing the system log4j configuration that writes to /var/log/zookeeper.
+_DEPENDENCY_JARS = (
+    "zookeeper-jute.jar",
+    "slf4j-api.jar",
+    "slf4j-simple.jar",
+    "netty-buffer.jar",
+    "netty-codec.jar",
+    "netty-common.jar",
+    "netty-handler.jar",
+    "netty-resolver.jar",
+    "netty-transport.jar",
+    "netty-transport-native-epoll.jar",
+    "netty-transport-native-unix-common.jar",
+    "commons-cli.jar",
+    "commons-io.jar",
+    "metrics-core.jar",
+    "snappy-java.jar",
+    "jackson-annotations.jar",
+    "jackson-core.jar",
+    "jackson-databind.jar",
+    "findbugs-annotations.jar",
+    "jetty9-client.jar",
+    "jetty9-http.jar",
+    "jetty9-io.jar",
+    "jetty9-security.jar",
+    "jetty9-server.jar",
+    "jetty9-servlet.jar",
+    "jetty9-util.jar",
+    "servlet-api.jar",
+)
+
+TICK_TIME_MS = 200
+
+
+def java_binary() -> str | None:
+    """The java executable to use, honouring $JAVA_HOME, or None if absent."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        candidate = Path(java_home) / "bin" / "java"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("java")
+
+
+def zookeeper_classpath() -> str:
+    """The classpath for the server: the jar plus whichever dependencies exist."""
+    jars = [ZOOKEEPER_JAR] + [JAVA_DIR / name for name in _DEPENDENCY_JARS]
+    return os.pathsep.join(str(jar) for jar in jars if jar.exists())
+
+
+def zookeeper_available() -> str | None:
+    """Return why a private ZooKeeper cannot be started, or None if it can.
+
+    Tests use this as their skip reason, so it names what to install.
+    """
+    if java_binary() is None:
+        return "java not found (apt-get install default-jre-headless zookeeper)"
+    if not ZOOKEEPER_JAR.is_file():
+        return f"{ZOOKEEPER_JAR} not found (apt-get install zookeeper)"
+    if not (JAVA_DIR / "zookeeper-jute.jar").is_file():
+        return f"{JAVA_DIR / 'zookeeper-jute.jar'} not found (apt-get install zookeeper)"
+    return None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def four_letter_word(port: int, word: str, timeout: float = 2.0) -> str:
+    """Send a ZooKeeper four-letter command to 127.0.0.1:port and return the reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(word.encode("ascii"))
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+class ZooKeeperError(RuntimeError):
+    """The private ZooKeeper server failed to start."""
+
+
+class ZooKeeperProcess:
+    """One standalone ZooKeeper server in a temporary directory on 127.0.0.1."""
+
+    def __init__(
+        self,
+        tick_time_ms: int = TICK_TIME_MS,
+        max_session_timeout_ms: int = 60_000,
+    ) -> None:
+        self.tick_time_ms = tick_time_ms
+        self.max_session_timeout_ms = max_session_timeout_ms
+        self.port: int | None = None
+        self.tempdir: Path | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def hosts(self) -> str:
+        """The kazoo connection string, "127.0.0.1:PORT"."""
+        if self.port is None:
+            raise ZooKeeperError("ZooKeeper is not running")
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path | None:
+        return None if self.tempdir is None else self.tempdir / "zookeeper.log"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server log, for error messages."""
+        path = self.log_path
+        if path is None or not path.exists():
+            return "(no log)"
+        text = path.read_text("utf-8", "replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Launch the server and wait until it answers ``ruok`` and ``srvr``.
+
+        The free-port probe is racy (another process may grab the port between
+        our probe and the JVM's bind), so an early exit is retried on a new port.
+        """
+        reason = zookeeper_available()
+        if reason is not None:
+            raise ZooKeeperError(reason)
+        with self._lock:
+            if self.running:
+                return
+            deadline = time.monotonic() + timeout
+            last_error = "no attempt made"
+            for _attempt in range(3):
+                try:
+                    self._launch()
+                    self._wait_ready(deadline)
+                    return
+                except ZooKeeperError as e:
+                    last_error = str(e)
+                    self._kill_and_cleanup()
+                    if time.monotonic() >= deadline:
+                        break
+            raise ZooKeeperError(f"ZooKeeper did not start: {last_error}")
+
+    def _launch(self) -> None:
+        java = java_binary()
+        assert java is not None
+        self.tempdir = Path(tempfile.mkdtemp(prefix="kvtwist-zk-"))
+        data_dir = self.tempdir / "data"
+        data_dir.mkdir()
+        self.port = free_port()
+        cfg = self.tempdir / "zoo.cfg"
+        cfg.write_text(
+            "\n".join(
+                [
+                    f"tickTime={self.tick_time_ms}",
+                    "initLimit=10",
+                    "syncLimit=5",
+                    f"dataDir={data_dir}",
+                    f"clientPort={self.port}",
+                    "clientPortAddress=127.0.0.1",
+                    f"minSessionTimeout={2 * self.tick_time_ms}",
+                    f"maxSessionTimeout={self.max_session_timeout_ms}",
+                    "maxClientCnxns=0",
+                    "admin.enableServer=false",
+                    "4lw.commands.whitelist=*",
+                    "autopurge.purgeInterval=0",
+                    "",
+                ]
+            )
+        )
+        command = [
+            java,
+            "-Xmx256m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.net.preferIPv4Stack=true",
+            "-Dzookeeper.admin.enableServer=false",
+            "-Dzookeeper.jmx.log4j.disable=true",
+            "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+            "-cp",
+            zookeeper_classpath(),
+            MAIN_CLASS,
+            str(cfg),
+        ]
+        assert self.log_path is not None
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.tempdir,
+                start_new_session=True,  # a ^C to the test run must not race our stop()
+            )
+
+    def _wait_ready(self, deadline: float) -> None:
+        assert self.port is not None and self.process is not None
+        delay = 0.02
+        while True:
+            if self.process.poll() is not None:
+                raise ZooKeeperError(
+                    f"java exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if four_letter_word(self.port, "ruok", timeout=1.0) == "imok":
+                    # ruok answers before the server is serving; srvr does not.
+                    if "Zxid" in four_letter_word(self.port, "srvr", timeout=1.0):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() >= deadline:
+                raise ZooKeeperError(f"timed out waiting for ruok/srvr:\n{self.log_tail()}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.2)
+
+    def pause(self) -> None:
+        """SIGSTOP the server (clients see their connections hang, then drop)."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the server, SIGKILL it after ``timeout``; remove its tempdir."""
+        with self._lock:
+            self._kill_and_cleanup(timeout)
+
+    def _kill_and_cleanup(self, timeout: float = 10.0) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGCONT)  # in case it was paused
+                process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                process.wait()
+        tempdir, self.tempdir = self.tempdir, None
+        if tempdir is not None:
+            shutil.rmtree(tempdir, ignore_errors=True)
+        self.port = None
+
+    def __enter__(self) -> ZooKeeperProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------
+# kvtwist nodes
+
+#: The directory holding the ``kvtwist`` package (the source tree when installed
+#: editable), put on the nodes' PYTHONPATH so twistd finds the kvnode plugin.
+PACKAGE_ROOT = Path(kvtwist.__file__).resolve().parent.parent
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+_T = TypeVar("_T")
+
+
+def wait_for(cond: Callable[[], _T], timeout: float = 15.0, what: str = "condition") -> _T:
+    """Poll ``cond`` until it returns something true; TimeoutError on the deadline."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def node_env() -> dict[str, str]:
+    """The environment for node processes: the package importable, the default reactor."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("TWISTED_REACTOR", None)
+    return env
+
+
+class NodeProcess:
+    """One ``twistd -n kvnode`` chain member on 127.0.0.1, logging into ``directory``."""
+
+    def __init__(
+        self,
+        zk_hosts: str,
+        root: str,
+        session_timeout: float,
+        directory: Path,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.zk_hosts = zk_hosts
+        self.root = root
+        self.session_timeout = session_timeout
+        self.port = port or free_port()
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.logfile = self.dir / "node.log"
+        self.extra_args = list(extra_args or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def command(self) -> list[str]:
+        return [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.logfile}",
+            "kvnode",
+            "--port",
+            str(self.port),
+            "--interface",
+            "127.0.0.1",
+            "--zk",
+            self.zk_hosts,
+            "--zk-root",
+            self.root,
+            "--zk-session-timeout",
+            f"{self.session_timeout:g}",
+            *self.extra_args,
+        ]
+
+    def start(self) -> NodeProcess:
+        """Launch the process (it joins the chain by itself); does not wait."""
+        with open(self.dir / "stdout", "ab") as out:
+            self.proc = subprocess.Popen(
+                self.command(),
+                cwd=self.dir,
+                env=node_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a ^C to the runner must not race our cleanup
+            )
+        return self
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        def listening() -> bool:
+            if self.exited is not None:
+                raise RuntimeError(f"node exited with {self.exited}:\n{self.log_tail()}")
+            return port_open(self.port)
+
+        wait_for(listening, timeout, f"node on port {self.port} to listen")
+
+    @property
+    def exited(self) -> int | None:
+        """The exit status once the process has ended, else None."""
+        return None if self.proc is None else self.proc.poll()
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no goodbye to anyone."""
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: a stall (GC pause, swapped out, VM migration) the node cannot notice."""
+        self.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM (after SIGCONT, in case it is paused), SIGKILL on the deadline."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(timeout)
+        return self.proc.returncode
+
+    def log(self) -> str:
+        parts = []
+        for name in ("stdout", "node.log"):
+            p = self.dir / name
+            if p.exists():
+                parts.append(p.read_text(errors="replace"))
+        return "\n".join(parts)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+
+class RawClient:
+    """A blocking client of one node speaking raw frames (no reactor needed).
+
+    The runner uses it to read each node's own copy (``local`` reads, which no
+    chain client may issue) and the tail's final state.
+    """
+
+    def __init__(self, port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+        from kvtwist import wire
+
+        self.wire = wire
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.decoder = wire.FrameDecoder(1 << 30)
+        self.ready: list[bytes] = []
+
+    def call(self, *msgs: Any) -> list[Any]:
+        self.sock.sendall(b"".join(self.wire.frame(m) for m in msgs))
+        out: list[Any] = []
+        while len(out) < len(msgs):
+            if not self.ready:
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    raise ConnectionError("closed by the node")
+                self.ready.extend(self.decoder.feed(data))
+                continue
+            out.append(self.wire.decode(self.ready.pop(0)))
+        return out
+
+    def get(self, key: str) -> bytes | None:
+        """A linearizable read (the node must be the tail); KVError-like RuntimeError on ERROR."""
+        [reply] = self.call(self.wire.req_get(key))
+        if reply.opcode == self.wire.OP_ERROR:
+            raise RuntimeError(f"GET {key!r}: {reply.error}")
+        return bytes(reply.values[0]) if reply.values else None
+
+    def stats(self) -> Any:
+        [reply] = self.call(self.wire.req_stats())
+        return reply.stats
+
+    def dump(self) -> list[tuple[str, bytes]]:
+        """This node's own copy, whatever its role."""
+        keys = self.wire.req_getkeys()
+        keys.local = True
+        values = self.wire.req_getvalues()
+        values.local = True
+        k, v = self.call(keys, values)
+        for reply in (k, v):
+            if reply.opcode == self.wire.OP_ERROR:
+                raise RuntimeError(f"local dump refused: {reply.error}")
+        return list(zip(k.keys, [bytes(x) for x in v.values], strict=True))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def dump(port: int, timeout: float = 5.0) -> list[tuple[str, bytes]] | None:
+    """The local copy of the node on ``port``, or None if it cannot be read now."""
+    try:
+        with RawClient(port, timeout=timeout) as c:
+            return c.dump()
+    except (OSError, RuntimeError, ValueError):
+        return None

@@ -1,0 +1,243 @@
+"""The campaign's clients: one reactor process, many logical clients, one history.
+
+Run by ``kvtwist-torture`` as ``python -m kvtwist.verify.workload ...``.  It is
+a separate process so that the runner's blocking work (starting nodes,
+reading ZooKeeper, signalling) never delays a client's clock readings.  Each
+logical client has its own :class:`ChainClient` (its own view of the chain)
+and issues one operation at a time: a random get, put or delete on a small
+key set, every put writing a value no other put writes.  Every operation
+becomes one JSON line, flushed at once, so a crash of this process loses
+nothing already decided.
+
+Times are ``time.monotonic() - epoch`` with the runner's epoch: the monotonic
+clock is system-wide, so the runner's fault times and these line up.
+
+Outcome rules: success is ``ok``; an ERROR reply that is not retryable comes
+from validation before anything is applied, so it is ``fail``; anything else
+(the client's deadline, our own per-operation timeout, a lost connection,
+an internal error) leaves a write's fate open, so it is ``unknown``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import sys
+import time
+from typing import IO, Any
+
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from kvtwist.client.chain import ChainClient
+from kvtwist.client.protocol import KVError
+from kvtwist.verify.history import Op, dumps
+
+log = Logger(namespace="kvtwist.verify.workload")
+
+
+class Workload:
+    """Logical clients that stop issuing at ``stop_at`` (or on ``stop()``)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        out: IO[str],
+        zk_hosts: str,
+        root: str,
+        clients: int,
+        keys: int,
+        duration: float,
+        seed: int,
+        epoch: float,
+        deadline: float,
+        op_timeout: float,
+        think: float,
+    ) -> None:
+        self.reactor = reactor
+        self.out = out
+        self.zk_hosts = zk_hosts
+        self.root = root
+        self.n_clients = clients
+        self.keys = [f"k{i}" for i in range(keys)]
+        self.duration = duration
+        self.rng = random.Random(seed)
+        self.epoch = epoch
+        self.deadline = deadline
+        self.op_timeout = op_timeout
+        self.think = think
+        self.stopping = False
+        self.stopped: Deferred[None] = Deferred()
+        self.stop_at = 0.0
+        self.in_flight: dict[int, tuple[str, str, str | None, float]] = {}
+        self.counts = {"ok": 0, "fail": 0, "unknown": 0}
+
+    def now(self) -> float:
+        return time.monotonic() - self.epoch
+
+    def record(self, op: Op) -> None:
+        self.counts[op.outcome] += 1
+        self.out.write(dumps(op) + "\n")
+        self.out.flush()
+
+    def stop(self) -> None:
+        """Stop now: operations in flight are recorded as unknown (we will not wait)."""
+        self.stopping = True
+        if not self.stopped.called:
+            self.stopped.callback(None)
+
+    @defer.inlineCallbacks
+    def run(self) -> Any:
+        clients = []
+        for _ in range(self.n_clients):
+            c = yield ChainClient.connect(
+                self.reactor, self.zk_hosts, self.root, deadline=self.deadline
+            )
+            clients.append(c)
+        print("ready", file=sys.stderr, flush=True)
+        self.stop_at = time.monotonic() + self.duration
+        loops = defer.DeferredList(
+            [self.client_loop(i, c) for i, c in enumerate(clients)], consumeErrors=True
+        )
+        yield defer.DeferredList([loops, self.stopped], fireOnOneCallback=True)
+        self.stopping = True
+        self.abandon()
+        for c in clients:
+            try:
+                yield c.close()
+            except Exception:  # closing a session of a dead ZooKeeper: nothing to keep
+                pass
+        return None
+
+    def abandon(self) -> None:
+        """Record whatever is still in flight as unknown (its reply never came)."""
+        for process, (kind, key, value, invoke) in sorted(self.in_flight.items()):
+            print(
+                f"[{self.now():8.3f}] client {process} {kind} {key!r} invoked at {invoke:.3f}:"
+                " still in flight at the end: unknown",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.record(
+                Op(process, kind, key, value if kind == "put" else None, invoke, None, "unknown")  # type: ignore[arg-type]
+            )
+        self.in_flight.clear()
+
+    @defer.inlineCallbacks
+    def client_loop(self, process: int, client: ChainClient) -> Any:
+        rng = random.Random(self.rng.random())
+        n = 0
+        while not self.stopping and time.monotonic() < self.stop_at:
+            r = rng.random()
+            kind = "get" if r < 0.5 else "put" if r < 0.85 else "del"
+            key = rng.choice(self.keys)
+            value = f"c{process}-{n}" if kind == "put" else None
+            n += 1
+            invoke = self.now()
+            self.in_flight[process] = (kind, key, value, invoke)
+            d: Deferred[Any]
+            if kind == "get":
+                d = client.get(key)
+            elif kind == "put":
+                assert value is not None
+                d = client.put(key, value)
+            else:
+                d = client.delete(key)
+            d.addTimeout(self.op_timeout, self.reactor)
+            try:
+                result = yield d
+            except Exception as e:
+                outcome = "fail" if self.definite(e) else "unknown"
+                complete = self.now()
+                print(
+                    f"[{complete:8.3f}] client {process} {kind} {key!r} invoked at {invoke:.3f}:"
+                    f" {outcome}: {type(e).__name__}: {e}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if self.in_flight.pop(process, None) is None:
+                    return None  # abandoned at shutdown: already recorded
+                self.record(
+                    Op(
+                        process,
+                        kind,  # type: ignore[arg-type]
+                        key,
+                        value,
+                        invoke,
+                        complete if outcome == "fail" else None,
+                        outcome,  # type: ignore[arg-type]
+                    )
+                )
+            else:
+                complete = self.now()
+                if self.in_flight.pop(process, None) is None:
+                    return None
+                if kind == "get":
+                    value = None if result is None else result.decode("utf-8", "replace")
+                self.record(Op(process, kind, key, value, invoke, complete, "ok"))  # type: ignore[arg-type]
+            if self.think > 0:
+                yield task.deferLater(self.reactor, rng.uniform(0, 2 * self.think), lambda: None)
+        return None
+
+    @staticmethod
+    def definite(e: Exception) -> bool:
+        """Did the node refuse the request before doing anything?"""
+        return (
+            isinstance(e, KVError)
+            and not e.retry
+            and not e.reason.startswith(("internal error", "undecodable reply"))
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m kvtwist.verify.workload")
+    parser.add_argument("--zk", required=True)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--keys", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epoch", type=float, default=None)
+    parser.add_argument("--deadline", type=float, default=8.0)
+    parser.add_argument("--op-timeout", type=float, default=12.0)
+    parser.add_argument("--think", type=float, default=0.02)
+    args = parser.parse_args(argv)
+    epoch = time.monotonic() if args.epoch is None else args.epoch
+
+    def go(reactor: Any) -> Deferred[Any]:
+        out = open(args.out, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
+        w = Workload(
+            reactor,
+            out,
+            args.zk,
+            args.root,
+            args.clients,
+            args.keys,
+            args.duration,
+            args.seed,
+            epoch,
+            args.deadline,
+            args.op_timeout,
+            args.think,
+        )
+
+        def on_term(*_: object) -> None:
+            reactor.callFromThread(w.stop)
+
+        signal.signal(signal.SIGTERM, on_term)
+
+        def closed(result: Any) -> Any:
+            out.close()
+            return result
+
+        d: Deferred[Any] = w.run()
+        return d.addBoth(closed)
+
+    task.react(go)
+
+
+if __name__ == "__main__":
+    main()
