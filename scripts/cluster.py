@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kvtwist.verify.procs import (  # noqa: E402
+from kvtwist.procs import (  # noqa: E402
     four_letter_word,
     java_binary,
     zookeeper_available,

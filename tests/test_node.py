@@ -163,7 +163,7 @@ class ProcessTests(SynchronousTestCase):
     def test_bad_option(self) -> None:
         """A bad option value is one clear line and a non-zero exit."""
         out = subprocess.run(
-            [*TWISTD, "-n", "--pidfile=", "kvnode", "--port", "notaport"],
+            [TWISTD, "-n", "--pidfile=", "kvnode", "--port", "notaport"],
             env=env(), capture_output=True, text=True, timeout=30,
         )
         self.assertNotEqual(out.returncode, 0)
@@ -172,7 +172,7 @@ class ProcessTests(SynchronousTestCase):
     def test_help_lists_options(self) -> None:
         """``twistd kvnode --help`` documents the node's options."""
         out = subprocess.run(
-            [*TWISTD, "kvnode", "--help"], env=env(), capture_output=True, text=True, timeout=30
+            [TWISTD, "kvnode", "--help"], env=env(), capture_output=True, text=True, timeout=30
         )
         for option in ("--port", "--interface", "--threads", "--max-frame", "--zk",
                        "--zk-root", "--advertise", "--zk-session-timeout"):

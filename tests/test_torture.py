@@ -21,8 +21,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from kvtwist.procs import node_env
 from kvtwist.verify import read_history
-from kvtwist.verify.procs import node_env
 from tests.zkserver import zookeeper_available
 
 SEED = 2

@@ -1,6 +1,6 @@
 """Start a real, private ZooKeeper server for tests (no mocks).
 
-The server class lives in kvtwist.verify.procs (the torture runner uses it
+The server class lives in kvtwist.procs (the torture runner uses it
 too): it launches ``QuorumPeerMain`` on a free loopback port with a throw-away
 data directory, so tests never depend on (or disturb) the system service.
 Starting the JVM costs ~1.5 s, so :func:`shared_zookeeper` starts one server
@@ -16,7 +16,7 @@ import uuid
 
 # The server itself lives in the package (the torture runner starts one too);
 # these names are re-exported so tests keep importing them from here.
-from kvtwist.verify.procs import (
+from kvtwist.procs import (
     _DEPENDENCY_JARS,
     JAVA_DIR,
     MAIN_CLASS,

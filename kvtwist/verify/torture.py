@@ -36,10 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from kvtwist.verify.durability import lost_writes
-from kvtwist.verify.history import Op, read_history
-from kvtwist.verify.linearizability import check
-from kvtwist.verify.procs import (
+from kvtwist.procs import (
     NodeProcess,
     RawClient,
     ZooKeeperProcess,
@@ -47,6 +44,9 @@ from kvtwist.verify.procs import (
     node_env,
     zookeeper_available,
 )
+from kvtwist.verify.durability import lost_writes
+from kvtwist.verify.history import Op, read_history
+from kvtwist.verify.linearizability import check
 from kvtwist.verify.timeline import write_timeline
 
 ROOT = "/torture"
@@ -202,13 +202,13 @@ class Campaign:
     def start_node(self) -> Node:
         assert self.zk is not None
         label = f"n{len(self.nodes) + 1}"
-        proc = NodeProcess(
+        proc = NodeProcess.member(
             self.zk.hosts,
             ROOT,
             self.args.session_timeout,
             self.report_dir / "nodes" / label,
         )
-        proc.start()
+        proc.start(wait=False)
         node = Node(label, proc)
         self.nodes.append(node)
         return node

@@ -1,13 +1,9 @@
-"""Real processes for fault-injection campaigns: a private ZooKeeper and kvtwist nodes.
+"""Real processes on loopback: a private ZooKeeper and ``twistd -n kvnode`` nodes.
 
-The campaign runner is part of the package, so what it needs to start
-processes lives here and not in the test suite (tests/zkserver.py imports the
-ZooKeeper half from this module).  Debian's ``zookeeper`` package ships the
-server jar and its dependencies in /usr/share/java; we launch
-``QuorumPeerMain`` ourselves on a free loopback port with a throw-away data
-directory, so nothing depends on (or disturbs) the system service.  Nodes are
-``twistd -n kvnode`` processes, which a nemesis can SIGKILL, SIGSTOP and
-SIGCONT like any real crash or stall.
+One place for them, used by the integration tests, the fault campaigns
+(kvtwist-torture), the demo cluster and the benchmarks.  Everything binds to
+127.0.0.1 on free ports, waits on conditions with deadlines, and leaves the
+system's own ZooKeeper service alone.
 """
 
 from __future__ import annotations
@@ -344,26 +340,37 @@ def node_env() -> dict[str, str]:
 
 
 class NodeProcess:
-    """One ``twistd -n kvnode`` chain member on 127.0.0.1, logging into ``directory``."""
+    """One ``twistd -n kvnode`` process on 127.0.0.1, logging into its own directory."""
 
     def __init__(
         self,
+        port: int | None = None,
+        args: list[str] | None = None,
+        directory: Path | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.args = list(args or [])
+        self._own_dir = directory is None
+        self.dir = Path(directory) if directory is not None else Path(
+            tempfile.mkdtemp(prefix="kvnode-")
+        )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.logfile = self.dir / "node.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def member(
+        cls,
         zk_hosts: str,
         root: str,
         session_timeout: float,
-        directory: Path,
+        directory: Path | None = None,
         port: int | None = None,
         extra_args: list[str] | None = None,
-    ) -> None:
-        self.zk_hosts = zk_hosts
-        self.root = root
-        self.session_timeout = session_timeout
-        self.port = port or free_port()
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.logfile = self.dir / "node.log"
-        self.extra_args = list(extra_args or [])
-        self.proc: subprocess.Popen[bytes] | None = None
+    ) -> NodeProcess:
+        """A node that joins the chain at ``root``."""
+        args = ["--zk", zk_hosts, "--zk-root", root, "--zk-session-timeout", f"{session_timeout:g}"]
+        return cls(port, args + list(extra_args or []), directory)
 
     @property
     def address(self) -> str:
@@ -384,17 +391,11 @@ class NodeProcess:
             str(self.port),
             "--interface",
             "127.0.0.1",
-            "--zk",
-            self.zk_hosts,
-            "--zk-root",
-            self.root,
-            "--zk-session-timeout",
-            f"{self.session_timeout:g}",
-            *self.extra_args,
+            *self.args,
         ]
 
-    def start(self) -> NodeProcess:
-        """Launch the process (it joins the chain by itself); does not wait."""
+    def start(self, wait: bool = True, timeout: float = 30.0) -> NodeProcess:
+        """Launch the process, by default waiting until it listens."""
         with open(self.dir / "stdout", "ab") as out:
             self.proc = subprocess.Popen(
                 self.command(),
@@ -405,6 +406,8 @@ class NodeProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a ^C to the runner must not race our cleanup
             )
+        if wait:
+            self.wait_listening(timeout)
         return self
 
     def wait_listening(self, timeout: float = 30.0) -> None:
@@ -452,6 +455,12 @@ class NodeProcess:
                 self.proc.wait(timeout)
         return self.proc.returncode
 
+    def cleanup(self) -> None:
+        """Stop, and remove the directory if this object made it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
     def log(self) -> str:
         parts = []
         for name in ("stdout", "node.log"):
@@ -481,8 +490,15 @@ class RawClient:
 
     def call(self, *msgs: Any) -> list[Any]:
         self.sock.sendall(b"".join(self.wire.frame(m) for m in msgs))
+        return self.read(len(msgs))
+
+    def one(self, msg: Any) -> Any:
+        return self.call(msg)[0]
+
+    def read(self, n: int) -> list[Any]:
+        """The next ``n`` replies."""
         out: list[Any] = []
-        while len(out) < len(msgs):
+        while len(out) < n:
             if not self.ready:
                 data = self.sock.recv(1 << 20)
                 if not data:
