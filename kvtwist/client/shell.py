@@ -441,23 +441,24 @@ class Shell:
                 self.error("input is not valid UTF-8")
                 status = FAILED
                 continue
-            parsed = self._parse(line)
-            if parsed is None:
-                continue
-            if isinstance(parsed, int):
-                status = parsed
-                continue
-            if parsed.command.name == "quit":
+            next_status = self._execute(line, status)
+            if next_status is None:
                 break
-            status = self.run(parsed)
+            status = next_status
         return status
 
-    def _parse(self, line: str) -> Parsed | int | None:
+    def _execute(self, line: str, status: int) -> int | None:
+        """Run one input line: the new status, or None for quit."""
         try:
-            return parse_line(line)
+            parsed = parse_line(line)
         except UsageError as e:
             self.error(str(e))
             return FAILED
+        if parsed is None:
+            return status
+        if parsed.command.name == "quit":
+            return None
+        return self.run(parsed)
 
     def interact(self) -> int:
         """The interactive loop: prompt, readline history and completion."""
@@ -481,15 +482,10 @@ class Shell:
                     self.error("input is not valid UTF-8")
                     status = FAILED
                     continue
-                parsed = self._parse(line)
-                if parsed is None:
-                    continue
-                if isinstance(parsed, int):
-                    status = parsed
-                    continue
-                if parsed.command.name == "quit":
+                next_status = self._execute(line, status)
+                if next_status is None:
                     break
-                status = self.run(parsed)
+                status = next_status
         finally:
             _save_history(rl)
         return status
