@@ -147,15 +147,17 @@ class Store:
 
     # state transfer
 
-    def load(self, items: Sequence[tuple[str, bytes]], last_applied: int) -> Deferred[AVLTree]:
-        """Replace the whole state with sorted ``items`` (a joining node's copy).
+    def load(
+        self, keys: Sequence[str], values: Sequence[bytes], last_applied: int
+    ) -> Deferred[AVLTree]:
+        """Replace the whole state with sorted keys and values (a joining node's copy).
 
         Runs on the writer thread, in order with the writes queued before and
         after it; fires with the state as loaded.
         """
 
         def run() -> AVLTree:
-            tree = AVLTree.from_sorted(items)
+            tree = AVLTree.from_sorted(keys, values)
             self._tree = tree
             self.last_applied = last_applied
             return tree.copy()
@@ -163,7 +165,7 @@ class Store:
         return self.runner.write(run)
 
     def reset(self) -> Deferred[AVLTree]:
-        return self.load((), 0)
+        return self.load((), (), 0)
 
     # batching
 

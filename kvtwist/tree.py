@@ -452,12 +452,19 @@ class AVLTree:
     # ---- snapshots and debugging ----------------------------------------
 
     @classmethod
-    def from_sorted(cls, items: Sequence[tuple[str, bytes]]) -> AVLTree:
-        """Build from strictly ascending items in O(n): how a joining node loads its copy.
+    def from_sorted(cls, keys: Sequence[str], values: Sequence[bytes]) -> AVLTree:
+        """Build from strictly ascending keys and their values in O(n): a joiner's copy.
 
         Splitting at the middle gives a complete-as-possible tree, so heights
         differ by at most one everywhere and the result is a valid AVL tree.
+        Two flat sequences rather than pairs: a million short-lived tuples would
+        leave the heap fragmented for the life of the node.
         """
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        for i in range(1, len(keys)):
+            if not keys[i - 1] < keys[i]:
+                raise ValueError(f"keys not strictly ascending at {keys[i]!r}")
 
         def build(lo: int, hi: int) -> Node | None:
             if lo >= hi:
@@ -467,15 +474,11 @@ class AVLTree:
             right = build(mid + 1, hi)
             lh = left.height if left is not None else 0
             rh = right.height if right is not None else 0
-            k, v = items[mid]
-            return Node(k, v, left, right, (lh if lh > rh else rh) + 1)
+            return Node(keys[mid], values[mid], left, right, (lh if lh > rh else rh) + 1)
 
-        for i in range(1, len(items)):
-            if not items[i - 1][0] < items[i][0]:
-                raise ValueError(f"items not strictly ascending at {items[i][0]!r}")
         t = cls()
-        t._root = build(0, len(items))
-        t._size = len(items)
+        t._root = build(0, len(keys))
+        t._size = len(keys)
         return t
 
     def copy(self) -> AVLTree:

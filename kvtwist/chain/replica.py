@@ -177,7 +177,8 @@ class Replica:
         self.on_congestion: Callable[[bool], None] = lambda congested: None
         # joining
         self._release_lock: Callable[[], Deferred[None]] | None = None
-        self._items: list[tuple[str, bytes]] = []
+        self._keys: list[str] = []
+        self._values: list[bytes] = []
         self._loaded: Deferred[AVLTree] | None = None
         self._loaded_seq = -1
         self._catch_up_to = -1
@@ -879,7 +880,7 @@ class Replica:
             self._join_failed(f.getErrorMessage())
 
     def _transfer_from(self, tail: Any, view: Any, epoch: int) -> Deferred[None]:
-        self._items = []
+        self._keys, self._values = [], []
         self._loaded = None
         self._catch_up_to = -1
         conn = ChainConnection(self)
@@ -908,18 +909,21 @@ class Replica:
         if self.status != "joining" or link is not self.pred:
             link.refuse("no state transfer expected", retry=False)
             return
-        self._items.extend((e.key, e.data) for e in chunk.entries)
-        if chunk.entries:
-            log.info("joining: received {n}/{total} keys", n=len(self._items), total=chunk.total)
+        entries = chunk.entries
+        self._keys.extend([e.key for e in entries])
+        self._values.extend([e.data for e in entries])
+        if entries:
+            log.info("joining: received {n}/{total} keys", n=len(self._keys), total=chunk.total)
         if chunk.done:
-            items, self._items = self._items, []
+            keys, values = self._keys, self._values
+            self._keys, self._values = [], []
             for row in chunk.clients:
                 self._remember(row.client_id, row.request_id, row.seq, row.found)
             self.last_received = self.applied_seq = self.committed_seq = chunk.last_op
             self._loaded_seq = chunk.last_op
             self.next_seq = chunk.last_op + 1
             epoch = self._epoch
-            self._loaded = self.store.load(items, chunk.last_op)
+            self._loaded = self.store.load(keys, values, chunk.last_op)
             self._loaded.addCallback(self._snapshot_loaded, epoch)
             self._loaded.addErrback(self._join_errback, epoch)
 
@@ -1026,7 +1030,7 @@ class Replica:
         self._joiner_limbo = None
         self._early_hello = None
         self._awaiting_handoff = False
-        self._items = []
+        self._keys, self._values = [], []
         self._loaded = None
         self._catch_up_to = -1
         waiting, self._waiting = self._waiting, {}
