@@ -70,9 +70,9 @@ class OpCounter:
 @dataclass
 class Metrics:
     started: float = field(default_factory=time.monotonic)
-    ops: dict[str, OpCounter] = field(default_factory=dict)
+    ops: dict[int, OpCounter] = field(default_factory=dict)  # by opcode
 
-    def record(self, op: str, seconds: float, error: bool) -> None:
+    def record(self, op: int, seconds: float, error: bool) -> None:
         c = self.ops.get(op)
         if c is None:
             c = self.ops[op] = OpCounter()
@@ -256,7 +256,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             n=len(payload),
             e=exc,
         )
-        self.factory.metrics.record("BAD", 0.0, True)
+        self.factory.metrics.record(wire.OP_BAD, 0.0, True)
         slot = [wire.frame(wire.error_reply(f"undecodable message ({len(payload)} bytes)"))]
         self._slots.append(slot)
         self._flush()
@@ -296,47 +296,60 @@ class NodeFactory(Factory):
     def handle(self, msg: Message, peer: Callable[[], str]) -> Deferred[bytes]:
         """Answer one request with a complete reply frame; never fails."""
         start = time.perf_counter()
-        name = wire.op_name(msg.opcode)
-        d = defer.maybeDeferred(self._dispatch, msg)
+        try:
+            result = self._dispatch(msg)
+        except Exception:
+            answer = self._failed(Failure(), msg, start, peer)
+            return answer if isinstance(answer, Deferred) else defer.succeed(answer)
+        if isinstance(result, bytes):
+            return defer.succeed(self._answered(result, msg.opcode, start))
+        return result.addCallbacks(
+            self._answered,
+            self._failed,
+            callbackArgs=(msg.opcode, start),
+            errbackArgs=(msg, start, peer),
+        )
 
-        def failed(f: Failure) -> bytes:
-            if f.check(BadRequest):
-                log.debug("{peer}: bad {op}: {e}", peer=peer(), op=name, e=f.getErrorMessage())
-                return wire.frame(wire.error_reply(f.getErrorMessage()))
-            if f.check(Unavailable):
-                return wire.frame(wire.error_reply(f.getErrorMessage(), retry=True))
-            if f.check(NotHere):
-                return wire.frame(wire.error_reply(f.getErrorMessage(), retry=True))
-            log.failure("{peer}: {op} failed", f, peer=peer(), op=name)
-            return wire.frame(wire.error_reply(f"internal error: {f.getErrorMessage()}"))
+    def _answered(self, data: bytes, op: int, start: float) -> bytes:
+        self.metrics.record(op, time.perf_counter() - start, False)
+        return data
 
-        def done(data: bytes) -> bytes:
-            error = data[4:6] == b"\x08\x63"  # opcode field = ERROR
-            self.metrics.record(name, time.perf_counter() - start, error)
-            return data
+    def _failed(
+        self, f: Failure, msg: Message, start: float, peer: Callable[[], str]
+    ) -> bytes | Deferred[bytes]:
+        """An ERROR reply for a failed request, or the answer of the member it belongs to."""
+        op = msg.opcode
+        if f.check(NotHere):
+            forwarded = self._forward(f.value, msg)  # type: ignore[arg-type]
+            if forwarded is not None:
+                return forwarded.addCallback(self._answered, op, start)
+        if f.check(BadRequest):
+            log.debug(
+                "{peer}: bad {op}: {e}", peer=peer(), op=wire.op_name(op), e=f.getErrorMessage()
+            )
+            reply = wire.error_reply(f.getErrorMessage())
+        elif f.check(Unavailable, NotHere):
+            reply = wire.error_reply(f.getErrorMessage(), retry=True)
+        else:
+            log.failure("{peer}: {op} failed", f, peer=peer(), op=wire.op_name(op))
+            reply = wire.error_reply(f"internal error: {f.getErrorMessage()}")
+        self.metrics.record(op, time.perf_counter() - start, True)
+        return wire.frame(reply)
 
-        return d.addErrback(self._maybe_forward, msg).addErrback(failed).addCallback(done)
-
-    def _maybe_forward(self, f: Failure, msg: Message) -> Any:
-        f.trap(NotHere)
-        exc: NotHere = f.value  # type: ignore[assignment]
+    def _forward(self, exc: NotHere, msg: Message) -> Deferred[bytes] | None:
+        """Relay a request to the head or tail; None when it may not travel further."""
         if exc.target is None or msg.hops >= MAX_HOPS:
-            return f
+            return None
         fwd = Message()
         fwd.CopyFrom(msg)
         fwd.hops += 1
 
-        def relayed(reply: Message) -> bytes:
-            return wire.frame(reply)
-
-        def unreachable(f2: Failure) -> bytes:
+        def unreachable(f: Failure) -> bytes:
             return wire.frame(
-                wire.error_reply(
-                    f"the {exc.role} is unreachable: {f2.getErrorMessage()}", retry=True
-                )
+                wire.error_reply(f"the {exc.role} is unreachable: {f.getErrorMessage()}", True)
             )
 
-        return self.forwarder.request(exc.target, fwd).addCallbacks(relayed, unreachable)
+        return self.forwarder.request(exc.target, fwd).addCallbacks(wire.frame, unreachable)
 
     # dispatch
 
@@ -370,12 +383,17 @@ class NodeFactory(Factory):
             self._ctype(msg, wire.CT_NONE)
             return wire.frame(self._stats())
         reader = self._reader(msg)
+        big = op in BIG_READS
+        view: ReadView | None
         if msg.local:
-            local = ReadView(self.replica.committed_tree, self.replica.committed_seq)
-            return self.store.read(lambda: reader(local), big=op in BIG_READS)
-        return self.replica.read_view().addCallback(
-            lambda view: self.store.read(lambda: reader(view), big=op in BIG_READS)
-        )
+            view = ReadView(self.replica.committed_tree, self.replica.committed_seq)
+        else:
+            view = self.replica.serving_view()
+        if view is None:  # this tail is not ready yet: wait for it, bounded
+            return self.replica.read_view().addCallback(
+                lambda v: self.store.read(lambda: reader(v), big=big)
+            )
+        return self.store.read(lambda: reader(view), big=big)
 
     def _ctype(self, msg: Message, want: int) -> None:
         if msg.c_type != want:
@@ -464,8 +482,7 @@ class NodeFactory(Factory):
             last_op=r.committed_seq,
             role=r.role,
         )
-        for name in sorted(self.metrics.ops):
-            c = self.metrics.ops[name]
+        for name, c in sorted((wire.op_name(op), c) for op, c in self.metrics.ops.items()):
             mean = c.total_s / c.count * 1e6 if c.count else 0.0
             stats.ops.append(OpStats(op=name, count=c.count, mean_service_us=mean, errors=c.errors))
         return wire.reply(wire.OP_STATS, c_type=wire.CT_STATS, stats=stats)

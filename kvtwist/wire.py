@@ -211,12 +211,12 @@ def req_range(start: str | None = None, stop: str | None = None, limit: int = 0)
     return Message(opcode=OP_RANGE, c_type=CT_RANGE, range=spec)
 
 
+_OP_NAMES = {number: name.removeprefix("OP_") for name, number in Message.Opcode.items()}
+
+
 def op_name(opcode: int) -> str:
     """``PUT`` for OP_PUT; the number for opcodes this build does not know."""
-    try:
-        return Message.Opcode.Name(opcode).removeprefix("OP_")  # type: ignore[arg-type]
-    except ValueError:
-        return str(opcode)
+    return _OP_NAMES.get(opcode) or str(opcode)
 
 
 class FramedProtocol(Protocol):

@@ -391,6 +391,18 @@ class Replica:
 
     # reads
 
+    def serving_view(self) -> ReadView | None:
+        """The committed state if this node serves reads now; None if it should wait.
+
+        Raises NotHere or Unavailable when the read belongs elsewhere.
+        """
+        self._check_member()
+        if not self.is_tail:
+            raise NotHere("tail", self.tail_address())
+        if self.serving_reads:
+            return ReadView(self.committed_tree, self.committed_seq)
+        return None
+
     def read_view(self, allow_wait: bool = True) -> Deferred[ReadView]:
         """The committed state, when this node is the serving tail."""
         try:
