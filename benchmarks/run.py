@@ -1,0 +1,1120 @@
+"""Run every kvtwist benchmark and write docs/performance.md.
+
+    .venv/bin/python benchmarks/run.py            # the full run (about 10 minutes)
+    .venv/bin/python benchmarks/run.py --quick    # everything small (under ~2 minutes)
+    .venv/bin/python benchmarks/run.py --only node,chain --out /tmp/perf.md
+
+The benchmarks are those of the issue "Benchmarks and the performance floor".
+The machine is shared and noisy, so every figure is set against a reference
+measured in the same run (the trivial reference server, a standalone node, the
+small tree, an empty chain, the session timeout), and throughput comparisons
+alternate the two sides (A B B A) in the full run.  Nodes are real
+``twistd -n kvnode`` processes and ZooKeeper is a private server on a free
+loopback port (``kvtwist.procs``, shared with the tests).
+The raw numbers also go to benchmarks/results.json (--json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from kvtwist import wire  # noqa: E402
+from kvtwist.bench.workload import encode_put, key_name  # noqa: E402
+from kvtwist.procs import (  # noqa: E402
+    NodeProcess,
+    RawClient,
+    ZooKeeperProcess,
+    free_port,
+    port_open,
+    wait_for,
+    zookeeper_available,
+)
+
+PY = sys.executable
+BENCH = [PY, "-m", "kvtwist.bench.cli"]
+ALL = ("tree", "node", "chain", "failover", "join", "memory")
+VALUE_SIZE = 32
+ZK_SHOWN = (
+    "java ... QuorumPeerMain zoo.cfg  # kvtwist.procs.ZooKeeperProcess: private, 127.0.0.1:ZK_PORT,"
+    " tickTime 200 ms"
+)
+FLOORS = {
+    "tree_ratio": 2.5,
+    "node_vs_reference": 0.6,
+    "chain_put": 0.35,
+    "chain_get": 0.8,
+    "failover_margin_s": 1.0,
+    "join_s": 20.0,
+    "memory_per_key": 250.0,
+}
+
+
+@dataclass
+class Settings:
+    quick: bool
+    duration: float
+    warmup: float
+    reps: int  # A B (1) or A B B A (2)
+    keys: int  # key space of the throughput benchmarks
+    tree_sizes: list[int]
+    tree_min_ops: int
+    big: int  # keys for join and memory
+    session: float  # ZooKeeper session timeout for failover
+    processes: int
+
+    @classmethod
+    def make(cls, quick: bool) -> Settings:
+        if quick:
+            return cls(True, 2.0, 0.5, 1, 10_000, [1_000, 10_000, 100_000], 20_000, 100_000, 2.0, 2)
+        return cls(
+            False,
+            8.0,
+            1.0,
+            2,
+            100_000,
+            [1_000, 10_000, 100_000, 1_000_000],
+            200_000,
+            1_000_000,
+            2.0,
+            2,
+        )
+
+
+@dataclass
+class Run:
+    settings: Settings
+    tmp: Path
+    commands: list[str] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    reports: list[dict[str, Any]] = field(default_factory=list)  # every bench report
+    started: float = field(default_factory=time.time)
+
+    def log(self, text: str) -> None:
+        print(f"[{time.time() - self.started:6.1f}s] {text}", flush=True)
+
+    def command(self, argv: list[str], shown: str | None = None) -> None:
+        self.commands.append(shown or " ".join(argv))
+
+
+# ---- helpers --------------------------------------------------------------
+
+
+def _bench_shown(args: list[str]) -> str:
+    return "kvtwist-bench " + " ".join(args)
+
+
+def bench(run: Run, label: str, args: list[str], check: bool = True) -> dict[str, Any]:
+    """Run kvtwist-bench with ``args``; return its JSON report."""
+    out = run.tmp / f"bench-{len(run.reports)}.json"
+    argv = [*BENCH, *args, "--json", str(out), "--progress", "never", "--quiet"]
+    run.command(argv, _bench_shown(args))
+    p = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=_env())
+    if p.returncode not in (0, 3) or not out.exists():
+        raise RuntimeError(f"kvtwist-bench failed ({p.returncode}): {p.stderr[-2000:]}")
+    report: dict[str, Any] = json.loads(out.read_text())
+    report["label"] = label
+    run.reports.append(report)
+    r = report["requests"]
+    run.log(
+        f"  {label}: {report['throughput']:,.0f} req/s  p50 {report['latency_us']['p50']:,.0f} us"
+        f"  p99 {report['latency_us']['p99']:,.0f} us  errors {r['errors']}"
+        f"  unanswered {r['unanswered']}  bench CPU {report['client_cpu_per_process']:.2f}"
+    )
+    if check and (r["errors"] or r["unanswered"]):
+        run.log(f"  !! {label}: errors: {report['error_sample'] or report['connection_errors']}")
+    return report
+
+
+def _env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+class Reference:
+    """benchmarks/reference_server.py in its own process."""
+
+    def __init__(self, run: Run, value_size: int = VALUE_SIZE) -> None:
+        self.port = free_port()
+        argv = [
+            PY,
+            str(ROOT / "benchmarks" / "reference_server.py"),
+            "--port",
+            str(self.port),
+            "--value-size",
+            str(value_size),
+        ]
+        run.command(
+            argv, f"python benchmarks/reference_server.py --port PORT --value-size {value_size}"
+        )
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+        )
+        wait_for(lambda: port_open(self.port), 15, "the reference server")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[list[Any]]:
+    """Stop (and clean up) every node or server put in the list, whatever happens."""
+    procs: list[Any] = []
+    try:
+        yield procs
+    finally:
+        for p in reversed(procs):
+            with contextlib.suppress(Exception):
+                if isinstance(p, NodeProcess):
+                    p.cleanup()
+                else:
+                    p.stop()
+
+
+def start_node(run: Run, procs: list[Any], args: list[str] | None = None) -> NodeProcess:
+    n = NodeProcess(args=args)
+    shown = " ".join(["twistd -n kvnode --port PORT", *(args or [])])
+    run.command(n.command(), shown)
+    n.start(timeout=30)
+    procs.append(n)
+    return n
+
+
+def local_size(port: int) -> int:
+    c = RawClient(port, timeout=30)
+    try:
+        m = wire.req_size()
+        m.local = True
+        return int(c.one(m).op_n)
+    finally:
+        c.close()
+
+
+def preload(run: Run, label: str, where: list[str], keys: int) -> dict[str, Any]:
+    """Write every key once (sequential), pipelined."""
+    return bench(
+        run,
+        label,
+        [
+            *where,
+            "--workload",
+            "put",
+            "--key-dist",
+            "sequential",
+            "--keys",
+            str(keys),
+            "--requests",
+            str(keys),
+            "--connections",
+            "4",
+            "--pipeline",
+            "32",
+            "--value-size",
+            str(VALUE_SIZE),
+            "--processes",
+            "2",
+        ],
+    )
+
+
+def throughput_args(s: Settings, op: str, conns: int, pipeline: int) -> list[str]:
+    return [
+        "--workload",
+        op,
+        "--keys",
+        str(s.keys),
+        "--value-size",
+        str(VALUE_SIZE),
+        "--connections",
+        str(conns),
+        "--pipeline",
+        str(pipeline),
+        "--duration",
+        str(s.duration),
+        "--warmup",
+        str(s.warmup),
+        "--processes",
+        str(min(s.processes, conns)),
+    ]
+
+
+def ab(
+    run: Run,
+    s: Settings,
+    label: str,
+    a: tuple[str, list[str]],
+    b: tuple[str, list[str]],
+    args: list[str],
+) -> dict[str, Any]:
+    """Throughput of A and B with the same settings, A B (quick) or A B B A (full)."""
+    order = [a, b] if s.reps == 1 else [a, b, b, a]
+    got: dict[str, list[dict[str, Any]]] = {a[0]: [], b[0]: []}
+    for name, where in order:
+        got[name].append(bench(run, f"{label} {name}", [*where, *args]))
+
+    def summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
+        tput = sum(r["throughput"] for r in reports) / len(reports)
+        return {
+            "throughput": tput,
+            "runs": [round(r["throughput"], 1) for r in reports],
+            "p50_us": max(r["latency_us"]["p50"] for r in reports),
+            "p99_us": max(r["latency_us"]["p99"] for r in reports),
+            "p999_us": max(r["latency_us"]["p99.9"] for r in reports),
+            "max_us": max(r["latency_us"]["max"] for r in reports),
+            "errors": sum(r["requests"]["errors"] + r["requests"]["unanswered"] for r in reports),
+            "bench_cpu": max(r["client_cpu_per_process"] for r in reports),
+        }
+
+    out: dict[str, Any] = {a[0]: summary(got[a[0]]), b[0]: summary(got[b[0]])}
+    out["ratio"] = (
+        out[b[0]]["throughput"] / out[a[0]]["throughput"] if out[a[0]]["throughput"] else 0.0
+    )
+    return out
+
+
+# ---- 1. tree ---------------------------------------------------------------
+
+
+def bench_tree(run: Run) -> None:
+    s = run.settings
+    run.log("1. tree: cost per op against size")
+    out = run.tmp / "tree.json"
+    sizes = ",".join(str(n) for n in s.tree_sizes)
+    argv = [
+        PY,
+        str(ROOT / "benchmarks" / "tree_bench.py"),
+        "--sizes",
+        sizes,
+        "--min-ops",
+        str(s.tree_min_ops),
+        "--memory",
+        "--json",
+        str(out),
+    ]
+    run.command(
+        argv, f"python benchmarks/tree_bench.py --sizes {sizes} --min-ops {s.tree_min_ops} --memory"
+    )
+    subprocess.run(argv, check=True, cwd=ROOT)
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    small, large = min(s.tree_sizes), max(s.tree_sizes)
+    ratios = {}
+    for order in ("random", "sequential"):
+        a = next(r for r in rows if r["order"] == order and r["n"] == small)
+        b = next(r for r in rows if r["order"] == order and r["n"] == large)
+        for op in ("insert", "get", "replace"):
+            ratios[f"{order} {op}"] = b[f"{op}_ns"] / a[f"{op}_ns"]
+    seq_large = next(r for r in rows if r["order"] == "sequential" and r["n"] == large)
+    run.results["tree"] = {
+        "rows": rows,
+        "ratios": ratios,
+        "small": small,
+        "large": large,
+        "height_seq": seq_large["height"],
+        "avl_bound": seq_large["avl_bound"],
+        "memory": data.get("memory"),
+    }
+
+
+# ---- 2. node vs reference ------------------------------------------------------------
+
+
+SETTINGS_2 = (("pipelined 4x32", 4, 32), ("unpipelined 32x1", 32, 1))
+
+
+def bench_node(run: Run) -> None:
+    s = run.settings
+    run.log("2. standalone node vs the reference server")
+    with processes() as procs:
+        ref = Reference(run)
+        procs.append(ref)
+        node = start_node(run, procs)
+        preload(run, "preload node", ["--target", node.address], s.keys)
+        ceiling = []
+        for nproc in (1, 2):
+            a = throughput_args(s, "get", 4, 32)
+            a[a.index("--processes") + 1] = str(nproc)
+            rep = bench(run, f"bench ceiling {nproc}", ["--target", ref.address, *a])
+            ceiling.append(
+                {
+                    "processes": nproc,
+                    "throughput": rep["throughput"],
+                    "bench_cpu": rep["client_cpu_per_process"],
+                }
+            )
+        run.results["ceiling"] = ceiling
+        res: dict[str, Any] = {}
+        for name, conns, pipe in SETTINGS_2:
+            for op in ("get", "put"):
+                res[f"{op.upper()} {name}"] = ab(
+                    run,
+                    s,
+                    f"{op.upper()} {name}",
+                    ("reference", ["--target", ref.address]),
+                    ("node", ["--target", node.address]),
+                    throughput_args(s, op, conns, pipe),
+                )
+        run.results["node"] = res
+
+
+# ---- 3. chain vs standalone ------------------------------------------------------------
+
+
+def zk_start(run: Run, procs: list[Any]) -> ZooKeeperProcess:
+    why = zookeeper_available()
+    if why:
+        raise RuntimeError(f"ZooKeeper unavailable: {why}")
+    zk = ZooKeeperProcess()
+    run.command([], ZK_SHOWN)
+    zk.start()
+    procs.append(zk)
+    return zk
+
+
+def members(zk: Any, root: str) -> list[tuple[str, int]]:
+    """Member ports in chain order, via an open kazoo client."""
+    from kvtwist.zk import parse_address
+
+    out = []
+    try:
+        names = zk.get_children(root)
+    except Exception:
+        return []
+    for name in sorted(names):
+        if not name.startswith("node"):
+            continue
+        try:
+            data, _ = zk.get(f"{root}/{name}")
+        except Exception:
+            continue
+        a = parse_address(data)
+        if a:
+            out.append(a)
+    return out
+
+
+def kazoo(hosts: str) -> Any:
+    from kazoo.client import KazooClient
+
+    k = KazooClient(hosts=hosts, timeout=10)
+    k.start(15)
+    return k
+
+
+def chain_nodes(
+    run: Run, procs: list[Any], zk: ZooKeeperProcess, kz: Any, root: str, n: int, session: float
+) -> list[NodeProcess]:
+    nodes = []
+    for _ in range(n):
+        node = start_node(
+            run, procs, ["--zk", zk.hosts, "--zk-root", root, "--zk-session-timeout", str(session)]
+        )
+        _wait_member_at(kz, root, node.port, 60)
+        nodes.append(node)
+    return nodes
+
+
+def bench_chain(run: Run) -> None:
+    s = run.settings
+    run.log("3. chain of 3 vs a standalone node")
+    with processes() as procs:
+        zk = zk_start(run, procs)
+        kz = kazoo(zk.hosts)
+        try:
+            root = "/bench-chain"
+            chain_nodes(run, procs, zk, kz, root, 3, 10.0)
+            solo = start_node(run, procs)
+            chain = ["--zk", zk.hosts, "--zk-root", root]
+            preload(run, "preload chain", chain, s.keys)
+            preload(run, "preload standalone", ["--target", solo.address], s.keys)
+            res: dict[str, Any] = {}
+            for name, conns, pipe in SETTINGS_2:
+                for op in ("put", "get"):
+                    res[f"{op.upper()} {name}"] = ab(
+                        run,
+                        s,
+                        f"{op.upper()} {name}",
+                        ("standalone", ["--target", solo.address]),
+                        ("chain", chain),
+                        throughput_args(s, op, conns, pipe),
+                    )
+            run.results["chain"] = res
+        finally:
+            kz.stop()
+            kz.close()
+
+
+# ---- 4. failover ------------------------------------------------------------
+
+
+class Writer(threading.Thread):
+    """Writes one key at a time to the head named in ZooKeeper, retrying on any failure.
+
+    Keeps (sent, acked) monotonic times of every acknowledged write.
+    """
+
+    def __init__(self, kz: Any, root: str) -> None:
+        super().__init__(daemon=True)
+        self.kz = kz
+        self.root = root
+        self.acks: list[tuple[float, float]] = []
+        self.stopping = False
+        self.failures = 0
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        i = 0
+        sock: socket.socket | None = None
+        buf = bytearray()
+        while not self.stopping:
+            try:
+                if sock is None:
+                    ms = members(self.kz, self.root)
+                    if not ms:
+                        raise OSError("no members")
+                    sock = socket.create_connection(ms[0], timeout=1.0)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sock.settimeout(30.0)
+                    buf.clear()
+                frame = encode_put(key_name(i).encode(), b"x" * VALUE_SIZE)
+                sent = time.monotonic()
+                sock.sendall(frame)
+                while True:
+                    if len(buf) >= 4:
+                        n = int.from_bytes(buf[:4], "big")
+                        if len(buf) >= 4 + n:
+                            payload = bytes(buf[4 : 4 + n])
+                            del buf[: 4 + n]
+                            break
+                    data = sock.recv(65536)
+                    if not data:
+                        raise OSError("closed")
+                    buf += data
+                if payload[:2] == b"\x08\x63":
+                    raise OSError(wire.decode(payload).error)
+                with self.lock:
+                    self.acks.append((sent, time.monotonic()))
+                i += 1
+            except OSError:
+                self.failures += 1
+                if sock is not None:
+                    sock.close()
+                    sock = None
+                time.sleep(0.01)
+        if sock is not None:
+            sock.close()
+
+    def first_ack_sent_after(self, t: float) -> tuple[float, float] | None:
+        with self.lock:
+            for sent, acked in self.acks:
+                if sent >= t:
+                    return sent, acked
+        return None
+
+
+def bench_failover(run: Run) -> None:
+    s = run.settings
+    run.log(f"4. failover (session timeout {s.session} s)")
+    res: dict[str, Any] = {"session_timeout_s": s.session}
+    with processes() as procs:
+        zk = zk_start(run, procs)
+        kz = kazoo(zk.hosts)
+        try:
+            for victim in ("head", "tail"):
+                root = f"/bench-failover-{victim}"
+                nodes = chain_nodes(run, procs, zk, kz, root, 3, s.session)
+                w = Writer(kz, root)
+                w.start()
+                acks = w.acks
+                wait_for(lambda: len(acks) >= 200, 30, "writes to flow")  # noqa: B023
+                target = nodes[0] if victim == "head" else nodes[2]
+                t_kill = time.monotonic()
+                target.kill()
+                run.command([], f"kill -KILL <{victim} pid>")
+                gone = None
+                deadline = t_kill + s.session + 30
+                first = None
+                while time.monotonic() < deadline:
+                    if gone is None and ("127.0.0.1", target.port) not in members(kz, root):
+                        gone = time.monotonic() - t_kill
+                    first = w.first_ack_sent_after(t_kill)
+                    if first is not None and gone is not None:
+                        break
+                    time.sleep(0.005)
+                w.stopping = True
+                w.join(35)
+                if first is None:
+                    res[victim] = {"failover_s": None, "znode_gone_s": gone}
+                else:
+                    res[victim] = {
+                        "failover_s": first[1] - t_kill,
+                        "znode_gone_s": gone,
+                        "acks_before": sum(1 for a in w.acks if a[1] < t_kill),
+                        "acks_after": sum(1 for a in w.acks if a[0] >= t_kill),
+                        "retries": w.failures,
+                    }
+                run.log(
+                    f"  kill {victim}: first write acknowledged "
+                    f"{res[victim]['failover_s']} s after SIGKILL "
+                    f"(znode gone after {gone} s)"
+                )
+                for n in nodes:
+                    n.stop()
+        finally:
+            kz.stop()
+            kz.close()
+    run.results["failover"] = res
+
+
+# ---- 5. join, 6. memory ------------------------------------------------------
+
+
+def _wait_member_at(kz: Any, root: str, port: int, timeout: float) -> float:
+    t0 = time.monotonic()
+    wait_for(lambda: ("127.0.0.1", port) in members(kz, root), timeout, f"node {port} to join")
+    return time.monotonic() - t0
+
+
+def bench_join_memory(run: Run, do_join: bool, do_memory: bool) -> None:
+    s = run.settings
+    n = s.big
+    run.log(f"5./6. join and memory with {n:,d} keys")
+    with processes() as procs:
+        zk = zk_start(run, procs)
+        kz = kazoo(zk.hosts)
+        try:
+            # reference: the same node joining an empty chain (start-up + registration)
+            t0 = time.monotonic()
+            empty = start_node(run, procs, ["--zk", zk.hosts, "--zk-root", "/bench-empty"])
+            _wait_member_at(kz, "/bench-empty", empty.port, 60)
+            join_empty = time.monotonic() - t0
+            rss_empty = rss_bytes(empty.proc.pid)  # type: ignore[union-attr]
+            empty.stop()
+            run.log(
+                f"  join of an empty chain: {join_empty:.2f} s; empty node RSS "
+                f"{rss_empty / 2**20:.1f} MiB"
+            )
+            root = "/bench-join"
+            (loaded,) = chain_nodes(run, procs, zk, kz, root, 1, 10.0)
+            rss_before = rss_bytes(loaded.proc.pid)  # type: ignore[union-attr]
+            t0 = time.monotonic()
+            load = preload(run, f"load {n:,d} keys", ["--zk", zk.hosts, "--zk-root", root], n)
+            load_s = time.monotonic() - t0
+            held = local_size(loaded.port)
+            time.sleep(1.0)
+            rss_after = rss_bytes(loaded.proc.pid)  # type: ignore[union-attr]
+            res: dict[str, Any] = {
+                "keys": n,
+                "held": held,
+                "load_s": load_s,
+                "load_throughput": load["throughput"],
+                "join_empty_s": join_empty,
+            }
+            mem = {
+                "keys": held,
+                "rss_empty_node": rss_before,
+                "rss_loaded": rss_after,
+                "per_key": (rss_after - rss_before) / max(1, held),
+                "raw_per_key": 16 + VALUE_SIZE,
+            }
+            mem["overhead_per_key"] = mem["per_key"] - mem["raw_per_key"]
+            run.log(
+                f"  node holding {held:,d} keys: RSS {rss_after / 2**20:.1f} MiB "
+                f"(+{(rss_after - rss_before) / 2**20:.1f}), "
+                f"{mem['overhead_per_key']:.0f} B/key over the raw bytes"
+            )
+            if do_join:
+                t0 = time.monotonic()
+                joiner = start_node(
+                    run,
+                    procs,
+                    ["--zk", zk.hosts, "--zk-root", root, "--zk-session-timeout", "10.0"],
+                )
+                _wait_member_at(kz, root, joiner.port, 600)
+                res["join_s"] = time.monotonic() - t0
+                res["joiner_held"] = local_size(joiner.port)
+                time.sleep(1.0)
+                mem["rss_joiner"] = rss_bytes(joiner.proc.pid)  # type: ignore[union-attr]
+                mem["joiner_per_key"] = (mem["rss_joiner"] - rss_before) / max(1, held)
+                res["transfer_log"] = [
+                    line.split(" ", 2)[-1]
+                    for line in loaded.log().splitlines()
+                    if "state transfer to" in line and "sent in" in line
+                ][-1:]
+                run.log(
+                    f"  join of a chain holding {held:,d} keys: {res['join_s']:.2f} s "
+                    f"(joiner holds {res['joiner_held']:,d})"
+                )
+            if do_join:
+                run.results["join"] = res
+            if do_memory:
+                run.results["memory"] = mem
+        finally:
+            kz.stop()
+            kz.close()
+
+
+# ---- the report ---------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem = f"{int(f.readline().split()[1]) / 2**20:.1f} GiB"
+    from google.protobuf import __version__ as pbv
+    from google.protobuf.internal import api_implementation
+
+    from twisted import __version__ as tv
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", "kvtwist"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "twisted": tv,
+        "protobuf": f"{pbv} ({api_implementation.Type()})",
+        "commit": commit + (" + uncommitted changes" if dirty else ""),
+    }
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**MISSED**")
+
+
+def fmt(x: float | None, spec: str = ",.0f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def render(data: dict[str, Any], notes: str) -> tuple[str, list[tuple[str, bool]]]:
+    """The markdown report from the saved results (see ``--from-json``)."""
+    s = Settings(**data["settings"])
+    r = data["results"]
+    info = data["machine"]
+    started = data["started"]
+    floors: list[tuple[str, bool]] = []
+    L: list[str] = []
+    add = L.append
+    mode = (
+        "quick (`--quick`: small sizes, short runs; not the floors' scale)" if s.quick else "full"
+    )
+    add("# kvtwist performance\n")
+    add(
+        "Written by `benchmarks/run.py` "
+        + ("`--quick`" if s.quick else "(full run)")
+        + f" on {time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(started))}; "
+        f"mode: {mode}. Regenerate with `.venv/bin/python benchmarks/run.py` "
+        "(`--quick` for a small run). Every figure stands next to its floor and the "
+        "reference measured in the same run: the machine is shared, so only ratios "
+        "within one run mean much.\n"
+    )
+    add("## Machine\n")
+    add("| | |\n|---|---|")
+    for k in ("cpu", "cores", "memory", "os", "python", "twisted", "protobuf", "commit"):
+        add(f"| {k} | {info[k]} |")
+    add(f"| load average (1, 5, 15 min) at start | {info['load_start']} |")
+    add(f"| load average at end | {info['load_end']} |")
+    add(f"| run time | {info['elapsed_s']:.0f} s |")
+    add("")
+    add(
+        "Load generator: `kvtwist-bench` with 2 load processes, value size 32 B, "
+        f"{s.keys:,d} keys (uniform), {s.duration:g} s per run after {s.warmup:g} s of "
+        "warm-up, runs alternated "
+        + ("A B" if s.reps == 1 else "A B B A (figures are means)")
+        + ". Nodes are `twistd -n kvnode` processes with default options.\n"
+    )
+
+    summary_at = len(L)
+    add("")
+
+    if "tree" in r:
+        t = r["tree"]
+        add("## 1. Tree: cost per operation against size\n")
+        add(
+            "`kvtwist/tree.py` alone, in one process. *insert*: the inserts taking the tree "
+            "from n/2 to n keys; *get*: lookups of every key; *replace*: puts over existing "
+            "keys. Random: keys inserted and used in shuffled order; sequential: ascending. "
+            "Garbage collection on, as in a node. Nanoseconds per operation.\n"
+        )
+        add("| order | n | insert ns | get ns | replace ns | height | AVL bound |")
+        add("|---|---:|---:|---:|---:|---:|---:|")
+        for row in t["rows"]:
+            add(
+                f"| {row['order']} | {row['n']:,d} | {row['insert_ns']:,.0f} | "
+                f"{row['get_ns']:,.0f} | {row['replace_ns']:,.0f} | {row['height']} | "
+                f"{row['avl_bound']:.1f} |"
+            )
+        add("")
+        add(
+            f"Floor: cost per op at {t['large']:,d} ≤ {FLOORS['tree_ratio']}× the cost at "
+            f"{t['small']:,d} (the reference).\n"
+        )
+        add(f"| operation | ratio {t['large']:,d} / {t['small']:,d} | floor | |")
+        add("|---|---:|---:|---|")
+        for k, v in t["ratios"].items():
+            ok = v <= FLOORS["tree_ratio"]
+            floors.append((f"1. tree {k} at {t['large']:,d} vs {t['small']:,d}: {v:.2f}×", ok))
+            add(f"| {k} | {v:.2f}× | ≤ {FLOORS['tree_ratio']}× | {verdict(ok)} |")
+        ok = t["height_seq"] <= t["avl_bound"]
+        floors.append(
+            (
+                f"1. height at {t['large']:,d} sequential: {t['height_seq']} "
+                f"(bound {t['avl_bound']:.1f})",
+                ok,
+            )
+        )
+        add(
+            f"| height, {t['large']:,d} sequential keys | {t['height_seq']} | ≤ "
+            f"{t['avl_bound']:.1f} | {verdict(ok)} |"
+        )
+        add("")
+
+    def ratio_table(
+        res: dict[str, Any], a: str, b: str, floor_of: Callable[[str], float], tag: str
+    ) -> None:
+        add(
+            f"| workload | {a} req/s | {b} req/s | ratio | floor | | {b} p50 / p99 / p99.9 "
+            f"µs | {a} p50 / p99 µs | bench CPU ({a} / {b}) |"
+        )
+        add("|---|---:|---:|---:|---:|---|---|---|---|")
+        for name, v in res.items():
+            fl = floor_of(name)
+            ok = v["ratio"] >= fl if fl else None
+            if fl:
+                floors.append((f"{tag} {name}: {v['ratio']:.2f}× (floor {fl}×)", bool(ok)))
+            errs = v[a]["errors"] + v[b]["errors"]
+            add(
+                f"| {name} | {v[a]['throughput']:,.0f} | {v[b]['throughput']:,.0f} | "
+                f"{v['ratio']:.2f}× | {'≥ ' + str(fl) + '×' if fl else '—'} | {verdict(ok)} | "
+                f"{v[b]['p50_us']:,.0f} / {v[b]['p99_us']:,.0f} / {v[b]['p999_us']:,.0f} | "
+                f"{v[a]['p50_us']:,.0f} / {v[a]['p99_us']:,.0f} | "
+                f"{v[a]['bench_cpu']:.0%} / {v[b]['bench_cpu']:.0%} |"
+                + (f" ({errs} errors)" if errs else "")
+            )
+        add("")
+
+    if "node" in r:
+        add("## 2. Standalone node vs the reference server\n")
+        add(
+            "The reference (`benchmarks/reference_server.py`) answers every frame with a canned "
+            "reply (asyncio, one process): its throughput is the bench's own ceiling on this "
+            "machine. Same bench settings for both; the node was preloaded with every key. "
+            "*bench CPU* is the busiest load process's share of a core: below 100 % the "
+            "generator was not what limited the run.\n"
+        )
+        ratio_table(r["node"], "reference", "node", lambda _: FLOORS["node_vs_reference"], "2.")
+    if "ceiling" in r:
+        add(
+            "The bench's own ceiling: GET, 4 connections × 32 in flight, against the reference "
+            "server, with one and with two load processes. *bench CPU* is the busiest load "
+            "process's share of a core; while it stays well below 100 % the reference server "
+            "(one process) and not the generator is the limit, so everything the node does "
+            "below this throughput is the node's.\n"
+        )
+        add("| load processes | reference req/s | bench CPU |")
+        add("|---:|---:|---:|")
+        for c in r["ceiling"]:
+            add(f"| {c['processes']} | {c['throughput']:,.0f} | {c['bench_cpu']:.0%} |")
+        add("")
+    if "chain" in r:
+        add("## 3. Chain of 3 vs a standalone node\n")
+        add(
+            "Three chain nodes and one standalone node on the same machine; the bench reads "
+            "the chain's head and tail from ZooKeeper (`--zk`): PUTs go to the head, GETs to "
+            "the tail. Both preloaded with every key.\n"
+        )
+        ratio_table(
+            r["chain"],
+            "standalone",
+            "chain",
+            lambda n: FLOORS["chain_put"] if n.startswith("PUT") else FLOORS["chain_get"],
+            "3. chain/standalone",
+        )
+    if "failover" in r:
+        f = r["failover"]
+        st = f["session_timeout_s"]
+        add("## 4. Failover\n")
+        add(
+            f"A chain of 3 with `--zk-session-timeout {st:g}` (ZooKeeper tickTime 200 ms); one "
+            "client writes one key at a time to the head it reads from ZooKeeper, retrying "
+            "every 10 ms on any failure. Figure: time from SIGKILL to the acknowledgement of "
+            "the first write sent after it. Reference: the session timeout, and when "
+            "ZooKeeper dropped the dead node's znode.\n"
+        )
+        add("| killed | failover s | znode gone after s | session timeout s | floor s | |")
+        add("|---|---:|---:|---:|---:|---|")
+        for victim in ("head", "tail"):
+            v = f.get(victim, {})
+            fo = v.get("failover_s")
+            ok = fo is not None and fo <= st + FLOORS["failover_margin_s"]
+            floors.append(
+                (
+                    f"4. failover after killing the {victim}: "
+                    f"{fmt(fo, '.2f')} s (floor {st + 1:g} s)",
+                    ok,
+                )
+            )
+            add(
+                f"| {victim} | {fmt(fo, '.2f')} | {fmt(v.get('znode_gone_s'), '.2f')} | {st:g} | "
+                f"≤ {st + FLOORS['failover_margin_s']:g} | {verdict(ok)} |"
+            )
+        add("")
+    if "join" in r:
+        j = r["join"]
+        add("## 5. Join\n")
+        add(
+            f"A chain of one node is loaded with {j['keys']:,d} keys (16-byte keys, 32-byte "
+            f"values; sequential PUTs, 4×32 pipelined: {j['load_s']:.1f} s, "
+            f"{j['load_throughput']:,.0f} req/s), then a new node is started. Figure: from "
+            "starting its process to its znode appearing as the tail, state copied. "
+            "Reference: the same for a chain holding nothing (process start-up and "
+            "registration).\n"
+        )
+        ok = j.get("join_s") is not None and j["join_s"] <= FLOORS["join_s"]
+        held = j.get("joiner_held")
+        floors.append(
+            (
+                f"5. join of a chain holding {j['keys']:,d} keys: "
+                f"{fmt(j.get('join_s'), '.1f')} s (floor {FLOORS['join_s']:g} s)",
+                ok,
+            )
+        )
+        add("| | seconds | floor | |")
+        add("|---|---:|---:|---|")
+        add(
+            f"| join, {j['keys']:,d} keys | {fmt(j.get('join_s'), '.2f')} | "
+            f"≤ {FLOORS['join_s']:g} | {verdict(ok)} |"
+        )
+        add(f"| join, empty chain (reference) | {j['join_empty_s']:.2f} | | |")
+        add("")
+        if held is not None:
+            add(
+                f"The joiner held {held:,d} keys afterwards. "
+                + (f"Tail's log: `{j['transfer_log'][0]}`." if j.get("transfer_log") else "")
+            )
+            add("")
+    if "memory" in r:
+        m = r["memory"]
+        add("## 6. Memory\n")
+        tm = r.get("tree", {}).get("memory")
+        add(
+            f"Resident memory (VmRSS) of the loaded node from benchmark 5, minus the same "
+            f"node's RSS before loading, per key, minus the raw {m['raw_per_key']} bytes "
+            "(16-byte key + 32-byte value).\n"
+        )
+        ok = m["overhead_per_key"] <= FLOORS["memory_per_key"]
+        floors.append(
+            (
+                f"6. memory at {m['keys']:,d} keys: {m['overhead_per_key']:.0f} B/key "
+                f"over raw (floor {FLOORS['memory_per_key']:g})",
+                ok,
+            )
+        )
+        add("| | bytes per key | floor | |")
+        add("|---|---:|---:|---|")
+        add(
+            f"| node, {m['keys']:,d} keys written by clients, over raw | "
+            f"{m['overhead_per_key']:,.0f} | ≤ {FLOORS['memory_per_key']:g} | {verdict(ok)} |"
+        )
+        if "joiner_per_key" in m:
+            over = m["joiner_per_key"] - m["raw_per_key"]
+            ok2 = over <= FLOORS["memory_per_key"]
+            floors.append(
+                (
+                    f"6. memory of the joined node at {m['keys']:,d} keys: {over:.0f} B/key "
+                    f"over raw (floor {FLOORS['memory_per_key']:g})",
+                    ok2,
+                )
+            )
+            add(
+                f"| joined node (built from the state transfer), over raw | "
+                f"{over:,.0f} | ≤ {FLOORS['memory_per_key']:g} | {verdict(ok2)} |"
+            )
+        if tm:
+            add(
+                f"| bare AVLTree in one process, {tm['n']:,d} keys, over raw (reference) | "
+                f"{tm['overhead_per_key_bytes']:,.0f} | | |"
+            )
+        add("")
+        add(
+            f"RSS: empty node {m['rss_empty_node'] / 2**20:.1f} MiB, loaded "
+            f"{m['rss_loaded'] / 2**20:.1f} MiB"
+            + (f", joiner {m['rss_joiner'] / 2**20:.1f} MiB" if "rss_joiner" in m else "")
+            + ".\n"
+        )
+
+    errors = [
+        (rep["label"], rep["requests"])
+        for rep in data["runs"]
+        if rep["requests"]["errors"] or rep["requests"]["unanswered"]
+    ]
+    add("## Errors\n")
+    if errors:
+        for label, req in errors:
+            add(f"- {label}: {req['errors']} ERROR replies, {req['unanswered']} unanswered")
+    else:
+        add(f"None: all {len(data['runs'])} bench runs got a non-ERROR reply to every request.")
+    add("")
+    if notes:
+        add(notes.rstrip() + "\n")
+    add("## Commands\n")
+    add(
+        "Ports and pids are chosen at run time (PORT, ZK_PORT: a private ZooKeeper); "
+        "`kvtwist-bench` is `python -m kvtwist.bench.cli`. Each distinct command once, "
+        "in the order first run.\n"
+    )
+    add("```")
+    seen = set()
+    for c in data["commands"]:
+        c = c.replace(str(ROOT) + "/", "")
+        c = re.sub(r"--target 127\.0\.0\.1:\d+", "--target 127.0.0.1:PORT", c)
+        c = re.sub(r"--zk 127\.0\.0\.1:\d+", "--zk 127.0.0.1:ZK_PORT", c)
+        if c not in seen:
+            seen.add(c)
+            add(c)
+    add("```")
+    head = ["## Floors\n", "| | |", "|---|---|"]
+    for text, ok in floors:
+        head.append(f"| {text} | {verdict(ok)} |")
+    head.append("")
+    L[summary_at:summary_at] = head
+    return "\n".join(L) + "\n", floors
+
+
+def run_all(s: Settings, only: list[str]) -> dict[str, Any]:
+    """Run the chosen benchmarks; return everything the report is made from."""
+    with tempfile.TemporaryDirectory(prefix="kvtwist-bench-") as tmp:
+        run = Run(s, Path(tmp))
+        info = machine()
+        info["load_start"] = load_avg()
+        run.log(f"kvtwist benchmarks ({'quick' if s.quick else 'full'}); load {info['load_start']}")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        if "tree" in only:
+            bench_tree(run)
+        if "node" in only:
+            bench_node(run)
+        if "chain" in only:
+            bench_chain(run)
+        if "failover" in only:
+            bench_failover(run)
+        if "join" in only or "memory" in only:
+            bench_join_memory(run, "join" in only, "memory" in only)
+        info["load_end"] = load_avg()
+        info["elapsed_s"] = time.time() - run.started
+        return {
+            "settings": vars(s),
+            "machine": info,
+            "started": run.started,
+            "results": run.results,
+            "commands": run.commands,
+            "runs": [
+                {
+                    "label": r["label"],
+                    "requests": r["requests"],
+                    "throughput": r["throughput"],
+                    "latency_us": r["latency_us"],
+                    "bench_cpu": r["client_cpu_per_process"],
+                }
+                for r in run.reports
+            ],
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="everything small, under ~2 minutes")
+    p.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {ALL}")
+    p.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results.json"))
+    p.add_argument(
+        "--notes",
+        default=str(ROOT / "benchmarks" / "notes.md"),
+        help="analysis appended to the report (kept across runs)",
+    )
+    p.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="re-render the report from a saved results file instead of running",
+    )
+    args = p.parse_args(argv)
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    bad = [x for x in only if x not in ALL]
+    if bad:
+        p.error(f"unknown benchmark(s) {bad}; choose from {ALL}")
+    notes_path = Path(args.notes)
+    notes = notes_path.read_text() if notes_path.exists() else ""
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+    else:
+        data = run_all(Settings.make(args.quick), only)
+    text, floors = render(data, notes)
+    data["floors"] = [{"floor": t, "met": ok} for t, ok in floors]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    if args.json and not args.from_json:
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    for t, ok in floors:
+        print(f"  {'met   ' if ok else 'MISSED'}  {t}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

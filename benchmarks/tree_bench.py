@@ -1,0 +1,163 @@
+"""Benchmark 1: the AVL tree alone — cost per operation against size, and height.
+
+For each size n and key order (random: keys inserted and looked up in a
+shuffled order; sequential: in ascending order) it builds a tree of n keys and
+reports, in nanoseconds per operation:
+
+* ``insert``: the inserts that take the tree from n/2 to n keys;
+* ``get``: lookups of existing keys (in that order), on the full tree;
+* ``replace``: puts over existing keys (path copy, no rebalancing).
+
+Small trees are rebuilt and re-measured until enough operations were timed,
+so every figure averages at least ``--min-ops`` operations.  Also reported:
+the height at n against the AVL bound ``1.4405 * log2(n + 2) - 0.3277``, and
+the resident memory the largest random tree added, per key.
+
+    python benchmarks/tree_bench.py --sizes 1000,10000,100000,1000000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from kvtwist.bench.workload import key_name  # noqa: E402
+from kvtwist.tree import AVLTree  # noqa: E402
+
+VALUE = b"v" * 32
+
+
+def avl_bound(n: int) -> float:
+    """The maximum height of an AVL tree with n nodes (Knuth)."""
+    return 1.4405 * math.log2(n + 2) - 0.3277
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def measure(n: int, order: str, min_ops: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    keys = [key_name(i) for i in range(n)]
+    if order == "random":
+        rng.shuffle(keys)
+    half = n // 2
+    lookups = keys[:]
+    if order == "random":
+        rng.shuffle(lookups)
+    t_ins = t_get = t_rep = 0.0
+    n_ins = n_get = n_rep = 0
+    tree = AVLTree()
+    height = 0
+    gc.collect()
+    while n_ins < min_ops or n_get < min_ops or n_rep < min_ops:
+        tree = AVLTree()
+        put = tree.put
+        for k in keys[:half]:
+            put(k, VALUE)
+        second = keys[half:]
+        t0 = time.perf_counter()
+        for k in second:
+            put(k, VALUE)
+        t_ins += time.perf_counter() - t0
+        n_ins += len(second)
+        get = tree.get
+        t0 = time.perf_counter()
+        for k in lookups:
+            get(k)
+        t_get += time.perf_counter() - t0
+        n_get += len(lookups)
+        value2 = b"w" * 32
+        t0 = time.perf_counter()
+        for k in lookups:
+            put(k, value2)
+        t_rep += time.perf_counter() - t0
+        n_rep += len(lookups)
+        height = tree.height()
+    assert len(tree) == n
+    return {
+        "n": n,
+        "order": order,
+        "insert_ns": t_ins / n_ins * 1e9,
+        "get_ns": t_get / n_get * 1e9,
+        "replace_ns": t_rep / n_rep * 1e9,
+        "ops_timed": {"insert": n_ins, "get": n_get, "replace": n_rep},
+        "height": height,
+        "avl_bound": avl_bound(n),
+        "log2_n": math.log2(n),
+    }
+
+
+def tree_memory(n: int, seed: int) -> dict[str, Any]:
+    """RSS the tree adds per key (random insertion order, 16-byte keys, 32-byte values)."""
+    rng = random.Random(seed)
+    order = list(range(n))
+    rng.shuffle(order)
+    gc.collect()
+    before = rss_bytes()
+    tree = AVLTree()
+    for i in order:
+        tree.put(key_name(i), bytes(bytearray(VALUE)))  # a value object per key, as in a node
+    gc.collect()
+    after = rss_bytes()
+    del order
+    per_key = (after - before) / n
+    return {
+        "n": n,
+        "rss_delta_bytes": after - before,
+        "per_key_bytes": per_key,
+        "raw_bytes_per_key": 16 + 32,
+        "overhead_per_key_bytes": per_key - 48,
+        "height": tree.height(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1000,10000,100000,1000000")
+    p.add_argument("--orders", default="random,sequential")
+    p.add_argument("--min-ops", type=int, default=200_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--memory", action="store_true", help="also measure RSS per key at max size")
+    p.add_argument("--json", help="write results here")
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    for order in args.orders.split(","):
+        for n in sizes:
+            row = measure(n, order, args.min_ops, args.seed)
+            rows.append(row)
+            print(
+                f"{order:10s} n={n:>8d}  insert {row['insert_ns']:7.0f} ns  "
+                f"get {row['get_ns']:7.0f} ns  replace {row['replace_ns']:7.0f} ns  "
+                f"height {row['height']} (AVL bound {row['avl_bound']:.1f})",
+                flush=True,
+            )
+    out: dict[str, Any] = {"rows": rows}
+    if args.memory:
+        out["memory"] = tree_memory(max(sizes), args.seed)
+        m = out["memory"]
+        print(
+            f"tree memory at n={m['n']}: {m['per_key_bytes']:.0f} B/key "
+            f"({m['overhead_per_key_bytes']:.0f} B over the raw 48)",
+            flush=True,
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
