@@ -26,30 +26,17 @@ HEADER = struct.Struct(">I")
 _unpack = HEADER.unpack_from
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _frame(body: bytes) -> bytes:
-    return HEADER.pack(len(body)) + body
-
-
 def canned_replies(value_size: int) -> dict[int, bytes]:
-    """Reply frames by request opcode (byte 2 of a payload starting with 0x08)."""
-    value = b"v" * value_size
-    get = b"\x08\x29\x10\x14" + b"\x32" + _varint(len(value)) + value  # GET+1, CT_VALUE, values
-    replies = {40: _frame(get)}
+    """Reply frames by request opcode, built once with the real message code."""
+    from kvtwist import wire
+
+    replies = {
+        wire.OP_GET: wire.frame(
+            wire.reply(wire.OP_GET, c_type=wire.CT_VALUE, values=[b"v" * value_size])
+        )
+    }
     for op in (10, 20, 30, 50, 60, 70, 80, 110, 120):
-        # opcode+1, c_type RESULT (60), result 1 (zigzag 2), op_n 1
-        replies[op] = _frame(bytes((0x08, op + 1, 0x10, 60, 0x18, 2, 0x48, 1)))
+        replies[op] = wire.frame(wire.result_reply(op, 1))
     return replies
 
 
