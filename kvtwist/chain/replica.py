@@ -262,32 +262,25 @@ class Replica:
             return defer.fail(e)
         if client_id:
             entry = self.dedup.get((client_id, request_id))
-            if entry is not None:
-                return self._result_for(entry.seq)
+            if entry is not None:  # a retry: answer with the first attempt's outcome
+                if entry.seq <= self.committed_seq:
+                    found = entry.found if entry.found is not None else True
+                    return defer.succeed(WriteResult(entry.seq, found))
+                return self._wait_commit(entry.seq)
         seq = self.next_seq
         self.next_seq += 1
         u = Update(
             seq=seq, is_put=is_put, key=key, data=data, client_id=client_id, request_id=request_id
         )
-        d = self._result_for(seq)
+        d = self._wait_commit(seq)
         self._accept(u)
         return d
 
-    def _result_for(self, seq: int) -> Deferred[WriteResult]:
-        if seq <= self.committed_seq:
-            found = self._found_of(seq)
-            return defer.succeed(WriteResult(seq, found))
+    def _wait_commit(self, seq: int) -> Deferred[WriteResult]:
+        """Fires when ``seq`` (not yet committed) commits."""
         d: Deferred[WriteResult] = Deferred()
         self._waiting.setdefault(seq, []).append(d)
         return d
-
-    def _found_of(self, seq: int) -> bool:
-        if seq in self._found:
-            return self._found[seq]
-        for entry in self.dedup.values():
-            if entry.seq == seq and entry.found is not None:
-                return entry.found
-        return True
 
     # the write path shared by head, middle and tail
 
