@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service, strports
@@ -113,30 +114,53 @@ class Options(usage.Options):
 
 
 class ChainService(service.Service):
-    """Connects to ZooKeeper and joins the chain once the node is listening."""
+    """Connects to ZooKeeper and joins the chain once the node is listening.
 
-    def __init__(self, reactor: Any, replica: Replica, zk: Any) -> None:
+    While ZooKeeper cannot be reached the node keeps running, answering
+    clients with a retryable "not serving (starting)" error, and tries again.
+    """
+
+    retry_delay = 2.0
+
+    def __init__(self, reactor: Any, replica: Replica, make_zk: Any) -> None:
         self.reactor = reactor
         self.replica = replica
-        self.zk = zk
+        self.make_zk = make_zk
+        self.zk: Any = None
+        self._retry: Any = None
 
     def startService(self) -> None:
         super().startService()
+        self._connect(self.replica.zk)
+
+    def _connect(self, zk: Any = None) -> None:
+        """Start ``zk``, or a fresh adapter: a failed one cannot be started again."""
+        self._retry = None
+        self.zk = self.replica.zk = zk if zk is not None else self.make_zk()
         self.zk.on_state(self.replica.zk_state)
         self.zk.watch_members(self.replica.set_view)
         d = self.zk.start()
-        d.addCallback(lambda _: self.replica.join())
-        d.addErrback(self._failed)
+        d.addCallbacks(lambda _: self.replica.join(), self._failed)
+        d.addErrback(lambda f: log.failure("joining the chain failed", f))
 
     def _failed(self, f: Any) -> None:
-        log.failure("cannot join the chain; stopping", f)
-        if self.reactor.running:
-            self.reactor.stop()
+        if not self.running:
+            return
+        log.warn(
+            "cannot reach ZooKeeper at {hosts}: {e}; retrying in {s}s",
+            hosts=self.zk.hosts,
+            e=f.getErrorMessage() or f.type.__name__,
+            s=self.retry_delay,
+        )
+        self.zk.stop()
+        self._retry = self.reactor.callLater(self.retry_delay, self._connect)
 
     def stopService(self) -> Any:
         super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         self.replica.stop()
-        return self.zk.stop()
+        return self.zk.stop() if self.zk is not None else None
 
 
 #: Every write allocates a path of tree nodes that the cyclic collector tracks;
@@ -151,11 +175,16 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     top = service.MultiService()
     runner = ThreadRunner(reactor, options["threads"])
     store = Store(reactor, runner)
-    zk = None
+    make_zk: Callable[[], Any] | None = None
     if options["zk"]:
         from kvtwist.zk import ZooKeeper
 
-        zk = ZooKeeper(reactor, options["zk"], options["zk-root"], options["zk-session-timeout"])
+        def make_zk() -> ZooKeeper:
+            return ZooKeeper(
+                reactor, options["zk"], options["zk-root"], options["zk-session-timeout"]
+            )
+
+    zk = make_zk() if make_zk is not None else None
     replica = Replica(reactor, store, options["advertise"], zk)
     limits = Limits(
         max_frame=options["max-frame"],
@@ -169,13 +198,13 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     interface = options["interface"].replace(":", "\\:")
     endpoint = f"tcp:{options['port']}:interface={interface}"
     strports.service(endpoint, factory).setServiceParent(top)  # type: ignore[arg-type]
-    if zk is not None:
-        ChainService(reactor, replica, zk).setServiceParent(top)
+    if make_zk is not None:
+        ChainService(reactor, replica, make_zk).setServiceParent(top)
     log.info(
         "kvtwist node on {iface}:{port} ({mode})",
         iface=options["interface"],
         port=options["port"],
-        mode=f"chain {options['zk-root']} via {options['zk']}" if zk else "standalone",
+        mode=f"chain {options['zk-root']} via {options['zk']}" if zk is not None else "standalone",
     )
     return top
 

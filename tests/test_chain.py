@@ -15,7 +15,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from kvtwist import wire
 from kvtwist.zk import parse_address
-from tests.nodes import ROOT, NodeProcess, RawClient, dump, env, wait_for
+from tests.nodes import ROOT, NodeProcess, RawClient, dump, env, free_port, wait_for
 from tests.zkserver import shared_zookeeper, unique_root, zookeeper_available
 
 SESSION = 2.0  # seconds; short so that failover tests are quick
@@ -223,3 +223,21 @@ class ChainTests(ChainCase):
         acks = self.stop_writer(w, out)
         self.assert_converged(nodes, acks)
         self.assertIn("fenced", tail.log())
+
+
+class ZooKeeperOutageTests(SynchronousTestCase):
+    def test_node_waits_for_zookeeper(self) -> None:
+        """A chain node that cannot reach ZooKeeper stays up, says why, and refuses to serve."""
+        dead = free_port()
+        node = NodeProcess(args=["--zk", f"127.0.0.1:{dead}", "--zk-session-timeout", "2"])
+        node.start()
+        self.addCleanup(node.cleanup)
+        wait_for(lambda: "cannot reach ZooKeeper" in node.log(), 40, "the retry log line")
+        assert node.proc is not None
+        self.assertIsNone(node.proc.poll(), "the node exited")
+        c = RawClient(node.port)
+        self.addCleanup(c.close)
+        reply = c.one(wire.req_size())
+        self.assertEqual(reply.opcode, wire.OP_ERROR)  # type: ignore[attr-defined]
+        self.assertTrue(reply.retry)  # type: ignore[attr-defined]
+        self.assertIn("not serving", reply.error)  # type: ignore[attr-defined]
