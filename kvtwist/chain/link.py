@@ -10,7 +10,12 @@ one frame.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from kvtwist import wire
 from kvtwist.proto.kvtwist_pb2 import ChainHello, SnapshotChunk, Update
@@ -108,3 +113,50 @@ class Link:
             self._flush.cancel()
         self._flush = None
         self.conn.disconnect()
+
+
+class LinkOwner(Protocol):
+    """What a connection hands its link's traffic to: the replica."""
+
+    def chain_message(self, link: Link, msg: Message) -> None: ...
+
+    def link_lost(self, link: Link) -> None: ...
+
+    def link_congested(self, link: Link, full: bool) -> None: ...
+
+
+@implementer(IPushProducer)
+class ChainConnection(FramedProtocol):
+    """An outgoing replication connection; everything it receives goes to the replica."""
+
+    def __init__(self, replica: LinkOwner) -> None:
+        self.replica = replica
+        self.link: Link | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        if self.link is not None:
+            self.replica.link_congested(self.link, True)
+
+    def resumeProducing(self) -> None:
+        if self.link is not None:
+            self.replica.link_congested(self.link, False)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def messageReceived(self, msg: Message) -> None:
+        if self.link is not None:
+            self.replica.chain_message(self.link, msg)
+
+    def badFrame(self, payload: bytes, exc: Exception) -> None:
+        self.log.warn("undecodable frame on chain link {link}: {e}", link=self.link, e=exc)
+        if self.link is not None:
+            self.link.close()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.link is not None:
+            self.replica.link_lost(self.link)

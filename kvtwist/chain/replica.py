@@ -23,25 +23,22 @@ so unit tests drive it with in-memory transports.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from kvtwist import wire
-from kvtwist.chain.link import Link, Side
-from kvtwist.proto.kvtwist_pb2 import Entry, SnapshotChunk, Update
+from kvtwist.chain.link import ChainConnection, Link, Side
+from kvtwist.chain.transfer import SnapshotReceiver, SnapshotSender
+from kvtwist.proto.kvtwist_pb2 import ChainHello, SnapshotChunk, Update
 from kvtwist.store import Applied, Store, Write
 from kvtwist.tree import AVLTree
 from kvtwist.wire import FramedProtocol, Message
@@ -50,8 +47,6 @@ log = Logger(namespace="kvtwist.chain")
 
 #: Retried writes remembered for duplicate suppression, across all clients.
 DEDUP_ENTRIES = 100_000
-#: Entries per state-transfer chunk.
-SNAPSHOT_CHUNK = 20_000
 #: How long a read may wait for this node to become a serving tail.
 READ_WAIT = 5.0
 RECONNECT_DELAY = 0.1
@@ -93,43 +88,6 @@ class _DedupEntry:
     def __init__(self, seq: int, found: bool | None) -> None:
         self.seq = seq
         self.found = found
-
-
-@implementer(IPushProducer)
-class ChainConnection(FramedProtocol):
-    """An outgoing replication connection; everything it receives goes to the replica."""
-
-    def __init__(self, replica: Replica) -> None:
-        self.replica = replica
-        self.link: Link | None = None
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.transport.registerProducer(self, True)
-
-    def pauseProducing(self) -> None:
-        if self.link is not None:
-            self.replica.link_congested(self.link, True)
-
-    def resumeProducing(self) -> None:
-        if self.link is not None:
-            self.replica.link_congested(self.link, False)
-
-    def stopProducing(self) -> None:
-        pass
-
-    def messageReceived(self, msg: Message) -> None:
-        if self.link is not None:
-            self.replica.chain_message(self.link, msg)
-
-    def badFrame(self, payload: bytes, exc: Exception) -> None:
-        log.warn("undecodable frame on chain link {link}: {e}", link=self.link, e=exc)
-        if self.link is not None:
-            self.link.close()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.link is not None:
-            self.replica.link_lost(self.link)
 
 
 class Replica:
@@ -177,8 +135,7 @@ class Replica:
         self.on_congestion: Callable[[bool], None] = lambda congested: None
         # joining
         self._release_lock: Callable[[], Deferred[None]] | None = None
-        self._keys: list[str] = []
-        self._values: list[bytes] = []
+        self._received = SnapshotReceiver()
         self._loaded: Deferred[AVLTree] | None = None
         self._loaded_seq = -1
         self._catch_up_to = -1
@@ -791,48 +748,31 @@ class Replica:
             return
         self.succ = link
         tree, seq = self.committed_tree, self.committed_seq
+        # writes after the snapshot go to the joiner once the snapshot is through
         self._join_backlog = [u for s, u in self.pending.items() if s > seq]
-        log.info(
-            "state transfer to {peer}: {n} keys at op {seq}", peer=address, n=len(tree), seq=seq
-        )
         clients = [
             Update(seq=e.seq, client_id=c, request_id=r, found=bool(e.found))
             for (c, r), e in self.dedup.items()
             if e.seq <= seq
         ]
-        chunks = _chunks(tree)
-        total = len(tree)
-        sent = 0
         epoch = self._epoch
-        started = time.monotonic()
 
-        def next_chunk(_: Any = None) -> Any:
-            nonlocal sent
-            if link is not self.succ or link.closed or epoch != self._epoch:
-                return None
-            return self.store.runner.read(lambda: next(chunks, None)).addCallback(send_chunk)
+        def wanted() -> bool:
+            return link is self.succ and not link.closed and epoch == self._epoch
 
-        def send_chunk(entries: list[Entry] | None) -> Any:
-            nonlocal sent
-            if link is not self.succ or link.closed or epoch != self._epoch:
-                return None
-            if entries is None:
-                link.snapshot(SnapshotChunk(total=total, last_op=seq, done=True, clients=clients))
-                return self._switch_to_joiner(link, started)
-            link.snapshot(SnapshotChunk(entries=entries, total=total, last_op=seq))
-            sent += len(entries)
-            log.info(
-                "state transfer to {peer}: {sent}/{total}", peer=address, sent=sent, total=total
-            )
-            return self._drained(conn).addCallback(next_chunk)
+        SnapshotSender(
+            self.reactor,
+            self.store.runner,
+            link,
+            tree,
+            seq,
+            clients,
+            wanted,
+            lambda: self._switch_to_joiner(link),
+        ).start()
 
-        next_chunk().addErrback(lambda f: log.failure("state transfer failed", f))
-
-    def _drained(self, conn: FramedProtocol) -> Deferred[None]:
-        """Let the transport's buffer empty before producing more (bounded memory)."""
-        return deferLater(self.reactor, 0, lambda: None)
-
-    def _switch_to_joiner(self, link: Link, started: float) -> None:
+    def _switch_to_joiner(self, link: Link) -> None:
+        """The snapshot is through: send the backlog, then treat the joiner as our successor."""
         backlog = self._join_backlog or []
         self._join_backlog = None
         link.ready = True
@@ -843,12 +783,7 @@ class Replica:
         link.hello(
             self.name or "", self.view.config if self.view else 0, self.address, self.last_received
         )
-        log.info(
-            "state transfer to {peer} sent in {s:.2f}s; {n} writes of backlog",
-            peer=link.peer,
-            s=time.monotonic() - started,
-            n=len(backlog),
-        )
+        log.info("{n} writes of backlog sent to {peer}", n=len(backlog), peer=link.peer)
 
     # state transfer, the joining side
 
@@ -885,7 +820,7 @@ class Replica:
             self._join_failed(f.getErrorMessage())
 
     def _transfer_from(self, tail: Any, view: Any, epoch: int) -> Deferred[None]:
-        self._keys, self._values = [], []
+        self._received = SnapshotReceiver()
         self._loaded = None
         self._catch_up_to = -1
         conn = ChainConnection(self)
@@ -904,7 +839,7 @@ class Replica:
                 Message(
                     opcode=wire.OP_CHAIN_JOIN,
                     c_type=wire.CT_CHAIN,
-                    hello=_hello("", view.config, self.address),
+                    hello=ChainHello(config=view.config, address=self.address),
                 )
             )
 
@@ -914,14 +849,10 @@ class Replica:
         if self.status != "joining" or link is not self.pred:
             link.refuse("no state transfer expected", retry=False)
             return
-        entries = chunk.entries
-        self._keys.extend([e.key for e in entries])
-        self._values.extend([e.data for e in entries])
-        if entries:
-            log.info("joining: received {n}/{total} keys", n=len(self._keys), total=chunk.total)
+        self._received.add(chunk)
         if chunk.done:
-            keys, values = self._keys, self._values
-            self._keys, self._values = [], []
+            keys, values = self._received.keys, self._received.values
+            self._received = SnapshotReceiver()
             for row in chunk.clients:
                 self._remember(row.client_id, row.request_id, row.seq, row.found)
             self.last_received = self.applied_seq = self.committed_seq = chunk.last_op
@@ -1035,7 +966,7 @@ class Replica:
         self._joiner_limbo = None
         self._early_hello = None
         self._awaiting_handoff = False
-        self._keys, self._values = [], []
+        self._received = SnapshotReceiver()
         self._loaded = None
         self._catch_up_to = -1
         waiting, self._waiting = self._waiting, {}
@@ -1071,20 +1002,3 @@ class Replica:
 
 def _fmt(address: tuple[str, int] | None) -> str:
     return f"{address[0]}:{address[1]}" if address else ""
-
-
-def _hello(sender: str, config: int, address: str) -> Any:
-    from kvtwist.proto.kvtwist_pb2 import ChainHello
-
-    return ChainHello(sender=sender, config=config, address=address)
-
-
-def _chunks(tree: AVLTree) -> Iterator[list[Entry]]:
-    batch: list[Entry] = []
-    for k, v in tree.iter_items():
-        batch.append(Entry(key=k, data=v))
-        if len(batch) >= SNAPSHOT_CHUNK:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
