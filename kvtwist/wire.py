@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -18,23 +17,8 @@ from twisted.logger import Logger
 
 from kvtwist.proto.kvtwist_pb2 import Entry, Message, RangeSpec
 
-__all__ = [
-    "DEFAULT_MAX_FRAME",
-    "DecodeError",
-    "FrameDecoder",
-    "FrameTooLarge",
-    "FramedProtocol",
-    "Message",
-    "decode",
-    "error_reply",
-    "frame",
-]
-
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
-
-Op = Message.Opcode
-CT = Message.CType
 
 OP_BAD = Message.OP_BAD
 OP_SIZE = Message.OP_SIZE
@@ -125,10 +109,6 @@ def frame(msg: Message) -> bytes:
     """Serialize ``msg`` with its length header."""
     data = msg.SerializeToString()
     return HEADER.pack(len(data)) + data
-
-
-def frames(msgs: Iterable[Message]) -> bytes:
-    return b"".join(frame(m) for m in msgs)
 
 
 def decode(payload: bytes) -> Message:
