@@ -361,17 +361,6 @@ class Shell:
 
     # commands
 
-    def run_line(self, line: str) -> int | None:
-        """Run one input line; its status, or None for a blank/comment line."""
-        try:
-            parsed = parse_line(line)
-        except UsageError as e:
-            self.error(str(e))
-            return FAILED
-        if parsed is None:
-            return None
-        return self.run(parsed)
-
     def run(self, parsed: Parsed) -> int:
         try:
             self.execute(parsed)
@@ -441,14 +430,14 @@ class Shell:
                 self.error("input is not valid UTF-8")
                 status = FAILED
                 continue
-            next_status = self._execute(line, status)
+            next_status = self.run_line(line, status)
             if next_status is None:
                 break
             status = next_status
         return status
 
-    def _execute(self, line: str, status: int) -> int | None:
-        """Run one input line: the new status, or None for quit."""
+    def run_line(self, line: str, status: int = OK) -> int | None:
+        """Run one input line: the new status (``status`` for a blank line), or None for quit."""
         try:
             parsed = parse_line(line)
         except UsageError as e:
@@ -482,7 +471,7 @@ class Shell:
                     self.error("input is not valid UTF-8")
                     status = FAILED
                     continue
-                next_status = self._execute(line, status)
+                next_status = self.run_line(line, status)
                 if next_status is None:
                     break
                 status = next_status
