@@ -14,7 +14,7 @@ from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from kvtwist import wire
@@ -104,15 +104,6 @@ class ClientProtocol(FramedProtocol):
         if self.transport is not None and self._lost is None:
             self.transport.loseConnection()
         return self.closed_d
-
-
-class ClientFactory(Factory):
-    protocol = ClientProtocol
-
-    def buildProtocol(self, addr: Any) -> ClientProtocol:
-        p = ClientProtocol()
-        p.factory = self
-        return p
 
 
 def connect_failed(target: tuple[str, int], f: Failure) -> ConnectionFailed:

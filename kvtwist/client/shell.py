@@ -19,7 +19,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
@@ -422,11 +422,13 @@ class Shell:
 
     def run_lines(self, lines: Iterator[bytes]) -> int:
         """Run commands from byte lines (a pipe or file); the last command's status."""
+        return self._loop(_decoded(raw) for raw in lines)
+
+    def _loop(self, lines: Iterable[str | None]) -> int:
+        """Run lines until quit or the end; None stands for input that was not UTF-8."""
         status = OK
-        for raw in lines:
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
+        for line in lines:
+            if line is None:
                 self.error("input is not valid UTF-8")
                 status = FAILED
                 continue
@@ -452,32 +454,32 @@ class Shell:
     def interact(self) -> int:
         """The interactive loop: prompt, readline history and completion."""
         rl = _setup_readline()
-        status = OK
         try:
-            while True:
-                try:
-                    line = input(PROMPT)
-                except EOFError:
-                    self.say("")
-                    break
-                except KeyboardInterrupt:
-                    self.say("")
-                    continue
-                except UnicodeDecodeError:
-                    self.error("input is not valid UTF-8")
-                    status = FAILED
-                    continue
-                if not _valid_text(line):
-                    self.error("input is not valid UTF-8")
-                    status = FAILED
-                    continue
-                next_status = self.run_line(line, status)
-                if next_status is None:
-                    break
-                status = next_status
+            return self._loop(self._prompted())
         finally:
             _save_history(rl)
-        return status
+
+    def _prompted(self) -> Iterator[str | None]:
+        while True:
+            try:
+                line = input(PROMPT)
+            except EOFError:
+                self.say("")
+                return
+            except KeyboardInterrupt:
+                self.say("")
+                continue
+            except UnicodeDecodeError:
+                yield None
+                continue
+            yield line if _valid_text(line) else None
+
+
+def _decoded(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _valid_text(text: str) -> bool:
