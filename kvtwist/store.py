@@ -9,6 +9,7 @@ request, because a thread hop costs more than a small tree operation.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -74,6 +75,9 @@ class Write:
     is_put: bool
     key: str
     data: bytes = b""
+    epoch: int = 0
+    client_id: str = ""
+    request_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,10 @@ class Applied:
     seq: int
     found: bool
     tree: AVLTree
+
+
+class CannotRewind(Exception):
+    """The store cannot go back to the state at an earlier op."""
 
 
 class OutOfOrder(Exception):
@@ -104,6 +112,9 @@ class Store:
         self._writes: list[tuple[Write, Deferred[Applied]]] = []
         self._reads: list[tuple[Callable[[], Any], Deferred[Any]]] = []
         self._flush_call: IDelayedCall | None = None
+        self._meta: dict[str, Any] = {}
+        self.node_id = uuid.uuid4().hex
+        self.description = "in-memory"
 
     # writes
 
@@ -148,7 +159,12 @@ class Store:
     # state transfer
 
     def load(
-        self, keys: Sequence[str], values: Sequence[bytes], last_applied: int
+        self,
+        keys: Sequence[str],
+        values: Sequence[bytes],
+        last_applied: int,
+        marks: Sequence[tuple[int, int]] = (),
+        clients: Sequence[tuple[str, int, int, bool]] = (),
     ) -> Deferred[AVLTree]:
         """Replace the whole state with sorted keys and values (a joining node's copy).
 
@@ -166,6 +182,46 @@ class Store:
 
     def reset(self) -> Deferred[AVLTree]:
         return self.load((), (), 0)
+
+    def current(self) -> Deferred[tuple[AVLTree, int]]:
+        """The state once every write queued so far is through the writer thread."""
+        self._flush_now()
+
+        def run() -> tuple[AVLTree, int]:
+            return self._tree.copy(), self.last_applied
+
+        return self.runner.write(run)
+
+    def rewind(self, seq: int) -> Deferred[AVLTree]:
+        """Go back to the state at op ``seq`` (dropping writes the chain never committed).
+
+        Only a node with a data directory can: it replays its log up to there.
+        """
+        self._flush_now()
+
+        def run() -> AVLTree:
+            if seq == self.last_applied:
+                return self._tree.copy()
+            raise CannotRewind(
+                f"an in-memory store cannot go back from op {self.last_applied} to {seq}"
+            )
+
+        return self.runner.write(run)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._meta
+
+    def save_meta(self, meta: dict[str, Any]) -> Deferred[None]:
+        self._meta = dict(meta)
+        return defer.succeed(None)
+
+    def _flush_now(self) -> None:
+        call: Any = self._flush_call
+        if call is not None:
+            if call.active():
+                call.cancel()
+            self._flush()
 
     # batching
 

@@ -30,7 +30,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, LockTimeout, NoNodeError
+from kazoo.exceptions import (
+    BadVersionError,
+    KazooException,
+    LockTimeout,
+    NodeExistsError,
+    NoNodeError,
+)
 from kazoo.protocol.states import KazooState
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -504,6 +510,9 @@ class ZooKeeper:
         data = address.encode("ascii")
         if parse_address(data) is None:
             raise ValueError(f"not a host:port address: {address!r}")
+        # The original C servers end the address with a NUL, and the original
+        # client relies on it when it reads a member's data.
+        data += b"\x00"
         d = self.call(
             self._client.create,
             f"{self.root}/{MEMBER_PREFIX}",
@@ -525,14 +534,88 @@ class ZooKeeper:
         except NoNodeError:
             pass
 
+    def remove_member(self, name: str) -> Deferred[None]:
+        """Delete another member's znode (a successor we cannot reach): it then
+        sees itself gone, leaves and joins again."""
+        return self.unregister(name)
+
+    # -- the chain record ------------------------------------------------------
+
+    def sibling_path(self, suffix: str) -> str:
+        """``{root}-{suffix}``: beside the root, never under it (every child of
+        the root is read as a chain member)."""
+        if not suffix or "/" in suffix:
+            raise ValueError(f"suffix must be a non-empty name without '/': {suffix!r}")
+        return validate_root(f"{self.root}-{suffix}")
+
+    def read_record(self) -> Deferred[tuple[bytes | None, int]]:
+        """The persistent chain record: ``(data, version)``, ``(None, -1)`` if absent."""
+        return self.call(self._read_record_in_thread)
+
+    def _read_record_in_thread(self) -> tuple[bytes | None, int]:
+        try:
+            data, stat = self._client.get(self.sibling_path("state"))
+        except NoNodeError:
+            return None, -1
+        return data, stat.version
+
+    def write_record(self, data: bytes, version: int) -> Deferred[bool]:
+        """Compare-and-set the chain record; False when someone changed it first.
+
+        ``version`` -1 creates it.
+        """
+        return self.call(self._write_record_in_thread, data, version)
+
+    def _write_record_in_thread(self, data: bytes, version: int) -> bool:
+        path = self.sibling_path("state")
+        try:
+            if version < 0:
+                self._client.create(path, data, makepath=True)
+            else:
+                self._client.set(path, data, version=version)
+        except (BadVersionError, NodeExistsError, NoNodeError):
+            return False
+        return True
+
+    # -- nodes waiting for the last configuration --------------------------------
+
+    def advertise_waiting(self, node_id: str, data: bytes) -> Deferred[None]:
+        """Say (ephemerally) that this node waits to restart an empty chain, and with what."""
+        return self.call(self._advertise_in_thread, node_id, data)
+
+    def _advertise_in_thread(self, node_id: str, data: bytes) -> None:
+        path = f"{self.sibling_path('waiting')}/{node_id}"
+        try:
+            self._client.create(path, data, ephemeral=True, makepath=True)
+        except NodeExistsError:
+            self._client.set(path, data)
+
+    def withdraw_waiting(self, node_id: str) -> Deferred[None]:
+        return self.call(self._delete_quietly, f"{self.sibling_path('waiting')}/{node_id}")
+
+    def waiting(self) -> Deferred[dict[str, bytes]]:
+        """Every waiting node's advertisement, by node id."""
+        return self.call(self._waiting_in_thread)
+
+    def _waiting_in_thread(self) -> dict[str, bytes]:
+        base = self.sibling_path("waiting")
+        try:
+            names = self._client.get_children(base)
+        except NoNodeError:
+            return {}
+        out: dict[str, bytes] = {}
+        for name in names:
+            try:
+                out[name] = self._client.get(f"{base}/{name}")[0]
+            except NoNodeError:
+                pass
+        return out
+
     # -- lock --------------------------------------------------------------------
 
     def lock_path(self, path_suffix: str = "join") -> str:
-        """Where lock(path_suffix) lives: a sibling of the root, never a child
-        (every child of the root is read as a chain member)."""
-        if not path_suffix or "/" in path_suffix:
-            raise ValueError(f"lock suffix must be a non-empty name without '/': {path_suffix!r}")
-        return validate_root(f"{self.root}-{path_suffix}")
+        """Where lock(path_suffix) lives: a sibling of the root."""
+        return self.sibling_path(path_suffix)
 
     def lock(
         self, path_suffix: str = "join", timeout: float | None = None

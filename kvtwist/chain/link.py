@@ -56,8 +56,12 @@ class Link:
             self._flush_now()
             self.conn.sendMessage(msg)
 
-    def hello(self, sender: str, config: int, address: str = "", last_op: int = 0) -> None:
-        hello = ChainHello(sender=sender, config=config, address=address, last_op=last_op)
+    def hello(
+        self, sender: str, config: int, address: str = "", last_op: int = 0, epoch: int = 0
+    ) -> None:
+        hello = ChainHello(
+            sender=sender, config=config, address=address, last_op=last_op, epoch=epoch
+        )
         self.send(Message(opcode=wire.OP_CHAIN_HELLO, c_type=wire.CT_CHAIN, hello=hello))
 
     def snapshot(self, chunk: SnapshotChunk) -> None:

@@ -11,7 +11,7 @@ handoff) is the replica's business.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -19,7 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from kvtwist.chain.link import Link
-from kvtwist.proto.kvtwist_pb2 import Entry, SnapshotChunk, Update
+from kvtwist.proto.kvtwist_pb2 import Entry, EpochMark, SnapshotChunk, Update
 from kvtwist.store import Runner
 from kvtwist.tree import AVLTree
 
@@ -58,6 +58,7 @@ class SnapshotSender:
         clients: list[Update],
         wanted: Callable[[], bool],
         done: Callable[[], None],
+        marks: Sequence[EpochMark] = (),
     ) -> None:
         self.reactor = reactor
         self.runner = runner
@@ -66,6 +67,7 @@ class SnapshotSender:
         self.clients = clients
         self.wanted = wanted
         self.done = done
+        self.marks = list(marks)
         self.total = len(tree)
         self.sent = 0
         self.started = time.monotonic()
@@ -92,7 +94,13 @@ class SnapshotSender:
             return None
         if entries is None:
             self.link.snapshot(
-                SnapshotChunk(total=self.total, last_op=self.seq, done=True, clients=self.clients)
+                SnapshotChunk(
+                    total=self.total,
+                    last_op=self.seq,
+                    done=True,
+                    clients=self.clients,
+                    marks=self.marks,
+                )
             )
             log.info(
                 "state transfer to {peer} sent in {s:.2f}s",

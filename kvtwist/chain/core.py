@@ -1,0 +1,566 @@
+"""A chain member: ordering, forwarding and commitment of writes (van Renesse &
+Schneider, OSDI 2004).
+
+A standalone node is a chain of one: head and tail at once, with no
+membership service.  The same code path serves both, so the standalone node
+exercises the write path a chain uses.
+
+Vocabulary:
+
+- *received* (``last_received``): the highest op number this node has taken
+  into its order; the head assigns it, the others get it from the predecessor.
+- *applied* (``applied_seq``): logged (on disk, under ``--fsync always``) and
+  put in the tree by the writer thread.  Only then does an update go on to
+  the successor, so a successor's log is always a prefix of its predecessor's.
+- *committed* (``committed_seq``): the tail has it.  The tail commits what it
+  applies; the others commit what their successor acknowledges.  Reads are
+  served at the tail from the committed snapshot, and a client's write is
+  answered by the head once committed.
+- the Sent list (``pending``): received but not committed; resent to a new
+  successor after a failure.
+
+This module holds the write and read paths; membership (views, links, the
+chain record) is in :mod:`kvtwist.chain.membership` and joining in
+:mod:`kvtwist.chain.joining`.  A node's life is the state machine of
+:mod:`kvtwist.chain.lifecycle`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kvtwist.chain.dedup import DedupTable
+from kvtwist.chain.epochs import EpochHistory
+from kvtwist.chain.lifecycle import Lifecycle, State
+from kvtwist.chain.link import Link
+from kvtwist.chain.record import ChainRecord
+from kvtwist.chain.transfer import SnapshotReceiver
+from kvtwist.proto.kvtwist_pb2 import SnapshotChunk, Update
+from kvtwist.store import Applied, Store, Write
+from kvtwist.tree import AVLTree
+from kvtwist.wire import FramedProtocol, Message
+
+log = Logger(namespace="kvtwist.chain")
+
+#: How long a read may wait for this node to become a serving tail.
+READ_WAIT = 5.0
+#: Bytes of uncommitted writes (the Sent list) beyond which client intake pauses.
+MAX_SENT_BYTES = 256 * 1024 * 1024
+#: Committed writes kept in memory so that a node that was away briefly can
+#: catch up by delta instead of copying the whole store.
+RECENT_BYTES = 64 * 1024 * 1024
+UPDATE_OVERHEAD = 64
+
+
+def update_size(u: Update) -> int:
+    return len(u.key) + len(u.data) + len(u.client_id) + UPDATE_OVERHEAD
+
+
+class Unavailable(Exception):
+    """This node cannot serve the request now; a retry (maybe elsewhere) may succeed."""
+
+
+class NotHere(Exception):
+    """The request belongs to another member: ``target`` is its address, if known."""
+
+    def __init__(self, role: str, target: tuple[str, int] | None) -> None:
+        where = f"{target[0]}:{target[1]}" if target else "unknown"
+        super().__init__(f"this node is not the {role}; the {role} is at {where}")
+        self.role = role
+        self.target = target
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    op_n: int
+    found: bool
+
+
+@dataclass(frozen=True)
+class ReadView:
+    """What a read sees: the committed tree and the op number it includes."""
+
+    tree: AVLTree
+    seq: int
+
+
+class ReplicaCore:
+    """One node's write and read paths; membership and joining build on it."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        store: Store,
+        address: str = "",
+        zk: Any = None,
+        link_timeout: float = 3.0,
+    ) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.address = address
+        self.zk = zk
+        self.link_timeout = link_timeout
+        self.life = Lifecycle(standalone=zk is None)
+        self.view: Any = None  # kvtwist.zk.Membership, None when standalone
+        self.name: str | None = None  # our znode name, once registered
+        self.record = ChainRecord()  # the last chain record we read or wrote
+        self.head_epoch: int | None = 0 if zk is None else None  # claimed as head
+
+        self.last_received = 0
+        self.applied_seq = 0
+        self.committed_seq = 0
+        self.committed_tree = AVLTree()
+        self.next_seq = 1
+        self.acked = 0  # highest op our successor acknowledged
+        self.history = EpochHistory()
+
+        self.pending: dict[int, Update] = {}  # the Sent list, by op number
+        self.pending_bytes = 0
+        self.recent: deque[Update] = deque()  # committed, for catch-up by delta
+        self.recent_bytes = 0
+        self._trees: dict[int, AVLTree] = {}  # state after each uncommitted op
+        self._found: dict[int, bool] = {}
+        self._waiting: dict[int, list[Deferred[WriteResult]]] = {}
+        self.dedup = DedupTable()
+
+        self.succ: Link | None = None
+        self.pred: Link | None = None
+        self._ready_waiters: list[Deferred[None]] = []
+        self._claim_waiters: list[Deferred[None]] = []
+        # flow control: a slow successor slows the intake of client writes
+        self.congested = False
+        self._link_full = False
+        self.on_congestion: Callable[[bool], None] = lambda congested: None
+        # membership (kvtwist.chain.membership)
+        self._awaiting_handoff = False
+        self._early_hello: tuple[Link, Message] | None = None
+        self._joiner_limbo: str | None = None
+        self._claiming = False
+        self._fixing = False
+        self._succ_down_since: float | None = None
+        # joining (kvtwist.chain.joining)
+        self._join_backlog: list[Update] | None = None
+        self._release_lock: Callable[[], Deferred[None]] | None = None
+        self._received = SnapshotReceiver()
+        self._loaded: Deferred[AVLTree] | None = None
+        self._loaded_seq = -1
+        self._catch_up_to = -1
+        self._want_full = False
+        self._rejoin_delay = 0.5
+        self._wait_call: Any = None
+
+    def restore(self, tree: AVLTree, last_seq: int, marks: Any, clients: Any) -> None:
+        """Start from a state recovered from disk."""
+        self.last_received = self.applied_seq = self.committed_seq = last_seq
+        self.next_seq = last_seq + 1
+        self.committed_tree = tree
+        self.history = EpochHistory(marks)
+        self.dedup.load(clients)
+
+    def connect(self, host: str, port: int, protocol: FramedProtocol) -> Deferred[Any]:
+        """Open a link to a peer; replaced by in-memory wiring in unit tests."""
+        ep = TCP4ClientEndpoint(self.reactor, host, port, timeout=5)
+        return connectProtocol(ep, protocol)
+
+    # roles
+
+    @property
+    def standalone(self) -> bool:
+        return self.zk is None
+
+    @property
+    def fenced(self) -> bool:
+        return not self.life.serving
+
+    @property
+    def status(self) -> str:
+        return self.life.state.value
+
+    def _neighbours(self) -> tuple[Any, Any]:
+        if self.view is None or self.name is None:
+            return None, None
+        return self.view.predecessor(self.name), self.view.successor(self.name)
+
+    @property
+    def is_head(self) -> bool:
+        if self.standalone:
+            return True
+        return self.life.serving and self.name is not None and self._neighbours()[0] is None
+
+    @property
+    def is_tail(self) -> bool:
+        if self.standalone:
+            return True
+        return self.life.serving and self.name is not None and self._neighbours()[1] is None
+
+    @property
+    def role(self) -> str:
+        if self.standalone:
+            return "standalone"
+        if self.fenced or self.name is None:
+            return self.status
+        head, tail = self.is_head, self.is_tail
+        if head and tail:
+            return "head+tail"
+        return "head" if head else "tail" if tail else "middle"
+
+    def _lease_ok(self) -> bool:
+        return self.zk is None or self.zk.lease_valid()
+
+    @property
+    def serving_reads(self) -> bool:
+        """True when this node may answer reads: the tail, sure of its place."""
+        # An old tail that has handed a joiner the state keeps serving reads from
+        # what the joiner acknowledged until its view shows the joiner as tail;
+        # the joiner serves none before the old tail's handoff, so the two never
+        # answer reads at the same time.
+        return self.is_tail and not self._awaiting_handoff and self._lease_ok()
+
+    def head_address(self) -> tuple[str, int] | None:
+        head = self.view.head() if self.view is not None else None
+        return head.address if head is not None else None
+
+    def tail_address(self) -> tuple[str, int] | None:
+        tail = self.view.tail() if self.view is not None else None
+        return tail.address if tail is not None else None
+
+    def _check_member(self) -> None:
+        if self.fenced:
+            raise Unavailable(f"node is not serving ({self.life.describe()})")
+
+    # client writes
+
+    def write(
+        self, is_put: bool, key: str, data: bytes = b"", client_id: str = "", request_id: int = 0
+    ) -> Deferred[WriteResult]:
+        """Order, apply and commit one client write; fires once committed."""
+        try:
+            self._check_member()
+            if not self.is_head:
+                raise NotHere("head", self.head_address())
+        except Exception as e:
+            return defer.fail(e)
+        if self.head_epoch is None:
+            # a new head records its epoch before it numbers anything
+            d: Deferred[None] = Deferred()
+            self._claim_waiters.append(d)
+            return d.addCallback(lambda _: self.write(is_put, key, data, client_id, request_id))
+        if client_id:
+            entry = self.dedup.get(client_id, request_id)
+            if entry is not None:  # a retry: answer with the first attempt's outcome
+                if entry.seq <= self.committed_seq:
+                    found = entry.found if entry.found is not None else True
+                    return defer.succeed(WriteResult(entry.seq, found))
+                return self._wait_commit(entry.seq)
+        seq = self.next_seq
+        self.next_seq += 1
+        u = Update(
+            seq=seq,
+            epoch=self.head_epoch,
+            is_put=is_put,
+            key=key,
+            data=data,
+            client_id=client_id,
+            request_id=request_id,
+        )
+        wait = self._wait_commit(seq)
+        self._accept(u)
+        return wait
+
+    def _wait_commit(self, seq: int) -> Deferred[WriteResult]:
+        """Fires when ``seq`` (not yet committed) commits."""
+        d: Deferred[WriteResult] = Deferred()
+        self._waiting.setdefault(seq, []).append(d)
+        return d
+
+    def _release_claim_waiters(self, failure: Exception | None = None) -> None:
+        waiters, self._claim_waiters = self._claim_waiters, []
+        for d in waiters:
+            if failure is None:
+                d.callback(None)
+            else:
+                d.errback(failure)
+
+    # the write path shared by head, middle and tail
+
+    def _accept(self, u: Update) -> None:
+        self.last_received = u.seq
+        self.history.note(u.seq, u.epoch)
+        self.pending[u.seq] = u
+        self.pending_bytes += update_size(u)
+        if u.client_id:
+            self.dedup.remember(u.client_id, u.request_id, u.seq, None)
+        gen = self.life.generation
+        w = Write(u.seq, u.is_put, u.key, u.data, u.epoch, u.client_id, u.request_id)
+        self.store.apply(w).addCallbacks(
+            lambda a: self._applied(a, gen), lambda f: self._apply_failed(f, gen)
+        )
+        if self.pending_bytes > MAX_SENT_BYTES:
+            self._update_congestion()
+
+    def _applied(self, a: Applied, gen: int) -> None:
+        if gen != self.life.generation:
+            return
+        self.applied_seq = a.seq
+        u = self.pending.get(a.seq)
+        if u is not None:
+            self._trees[a.seq] = a.tree
+            self._found[a.seq] = a.found
+            if u.client_id:
+                self.dedup.applied(u.client_id, u.request_id, a.seq, a.found)
+            # on disk now: only from here may it go down the chain
+            if self.succ is not None and self.succ.ready:
+                self.succ.queue_update(u)
+            self._backlog_applied(u)
+        self._advance()
+        self._join_applied()
+
+    def _apply_failed(self, f: Failure, gen: int) -> None:
+        if gen != self.life.generation:
+            return
+        why = f.getErrorMessage() or repr(f.value)
+        log.error("writing to disk failed: {why}", why=why)
+        if self.standalone:
+            # nothing after the failed write was applied: take those op numbers back
+            self._drop_uncommitted(Unavailable(f"write not stored: {why}; retry"))
+            self.life.generation += 1
+            self.last_received = self.applied_seq
+            self.next_seq = self.applied_seq + 1
+            self.history.truncate(self.applied_seq)
+            self.dedup.forget_after(self.applied_seq)
+        else:
+            self.fence(f"store failure: {why}")
+
+    def _waits_for_successor(self) -> bool:
+        if self.succ is not None and self.succ.ready:
+            return True
+        if self._joiner_limbo is not None:
+            return True
+        return self._neighbours()[1] is not None
+
+    def _advance(self) -> None:
+        """Commit as far as the successor's acknowledgements (or, at the tail, our own) allow."""
+        target = self.applied_seq
+        if self._waits_for_successor():
+            target = min(target, self.acked)
+        if target <= self.committed_seq:
+            return
+        if not self._record_allows_commit():
+            return
+        tree = self._trees.get(target)
+        if tree is None:  # applied but its snapshot was dropped: only on a reset
+            return
+        old = self.committed_seq
+        self.committed_seq = target
+        self.committed_tree = tree
+        for seq in range(old + 1, target + 1):
+            u = self.pending.pop(seq, None)
+            if u is not None:
+                size = update_size(u)
+                self.pending_bytes -= size
+                self.recent.append(u)
+                self.recent_bytes += size
+            self._trees.pop(seq, None)
+            found = self._found.pop(seq, True)
+            for d in self._waiting.pop(seq, ()):
+                d.callback(WriteResult(seq, found))
+        while self.recent_bytes > RECENT_BYTES and self.recent:
+            self.recent_bytes -= update_size(self.recent.popleft())
+        if self.pred is not None and self.pred.ready:
+            self.pred.queue_ack(target)
+        if self.congested:
+            self._update_congestion()
+
+    def link_congested(self, link: Link, full: bool) -> None:
+        """A link's send buffer filled up or drained."""
+        if link is self.succ:
+            self._link_full = full
+            self._update_congestion()
+
+    def _update_congestion(self) -> None:
+        if self.congested:
+            want = self._link_full or self.pending_bytes > MAX_SENT_BYTES // 2
+        else:
+            want = self._link_full or self.pending_bytes > MAX_SENT_BYTES
+        if want != self.congested:
+            self.congested = want
+            log.info(
+                "chain {state}",
+                state="congested: pausing client intake"
+                if want
+                else "drained: resuming client intake",
+            )
+            self.on_congestion(want)
+
+    def _drop_uncommitted(self, why: Exception) -> None:
+        """Fail every write waiting for commitment and forget the Sent list."""
+        waiting, self._waiting = self._waiting, {}
+        for ds in waiting.values():
+            for d in ds:
+                d.errback(why)
+        self.pending.clear()
+        self.pending_bytes = 0
+        self._trees.clear()
+        self._found.clear()
+        if self.congested:
+            self._update_congestion()
+
+    # reads
+
+    def serving_view(self) -> ReadView | None:
+        """The committed state if this node serves reads now; None if it should wait.
+
+        Raises NotHere or Unavailable when the read belongs elsewhere.
+        """
+        self._check_member()
+        if not self.is_tail:
+            raise NotHere("tail", self.tail_address())
+        if self.serving_reads:
+            return ReadView(self.committed_tree, self.committed_seq)
+        return None
+
+    def read_view(self, allow_wait: bool = True) -> Deferred[ReadView]:
+        """The committed state, when this node is the serving tail."""
+        try:
+            self._check_member()
+            if not self.is_tail:
+                raise NotHere("tail", self.tail_address())
+        except Exception as e:
+            return defer.fail(e)
+        if self.serving_reads:
+            return defer.succeed(ReadView(self.committed_tree, self.committed_seq))
+        if not allow_wait:
+            return defer.fail(Unavailable("tail is not ready to serve reads"))
+        return self._wait_ready().addCallback(lambda _: self.read_view(allow_wait=False))
+
+    def _wait_ready(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._ready_waiters.append(d)
+        timeout = self.reactor.callLater(
+            READ_WAIT,
+            lambda: (
+                None if d.called else d.errback(Unavailable("timed out waiting to serve reads"))
+            ),
+        )
+        poll = self.reactor.callLater(0.05, self._poll_ready)
+
+        def done(r: Any) -> Any:
+            for call in (timeout, poll):
+                if call.active():
+                    call.cancel()
+            return r
+
+        return d.addBoth(done)
+
+    def _poll_ready(self) -> None:
+        """Readiness also depends on the lease, which changes with time: look again."""
+        if self.serving_reads or self.fenced or not self.is_tail:
+            self._wake_readers()
+        elif self._ready_waiters:
+            self.reactor.callLater(0.05, self._poll_ready)
+
+    def _wake_readers(self) -> None:
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            if not d.called:
+                d.callback(None)
+
+    # leaving
+
+    def fence(self, why: str, voluntary: bool = True) -> None:
+        """Stop acting as a member at once; in-flight client writes fail as retryable.
+
+        The node keeps its data and joins again, catching up from the tail.  A
+        node that fences itself (not through a lost session) deletes its znode
+        first, so that no one takes it for a member any more.
+        """
+        if self.life.is_(State.FENCED, State.STOPPED, State.STANDALONE):
+            return
+        if voluntary:
+            self._leave()
+        self.name = None
+        self.life.to(State.FENCED, why)
+        self._reset_links()
+        self._drop_uncommitted(Unavailable("node left the chain; retry"))
+        self._release_claim_waiters(Unavailable("node left the chain; retry"))
+        self._wake_readers()
+        self._schedule_rejoin()
+
+    def zk_state(self, state: str) -> None:
+        """Session events from ZooKeeper, on the reactor thread."""
+        if state == "lost":
+            self.fence("ZooKeeper session lost", voluntary=False)
+        elif state == "connected" and self.life.is_(State.FENCED):
+            self._schedule_rejoin()
+
+    def stop(self) -> None:
+        if self.life.is_(State.STOPPED):
+            return
+        self.life.to(State.STOPPED, "stopping")
+        self._stop_waiting()
+        for link in (self.pred, self.succ):
+            if link is not None:
+                link.close()
+
+    @property
+    def _stopping(self) -> bool:
+        return self.life.is_(State.STOPPED)
+
+    def storage_description(self) -> str:
+        return str(getattr(self.store, "description", "in-memory"))
+
+    # implemented by the membership and joining layers
+
+    def set_view(self, view: Any) -> None:
+        raise NotImplementedError
+
+    def _record_allows_commit(self) -> bool:
+        raise NotImplementedError
+
+    def _reset_links(self) -> None:
+        raise NotImplementedError
+
+    def _leave(self) -> None:
+        raise NotImplementedError
+
+    def _schedule_rejoin(self) -> None:
+        raise NotImplementedError
+
+    def _backlog_applied(self, u: Update) -> None:
+        raise NotImplementedError
+
+    def _join_applied(self) -> None:
+        raise NotImplementedError
+
+    def _stop_waiting(self) -> None:
+        raise NotImplementedError
+
+    def _serve_join(self, conn: FramedProtocol, msg: Message) -> None:
+        raise NotImplementedError
+
+    def _snapshot_chunk(self, link: Link, chunk: SnapshotChunk) -> None:
+        raise NotImplementedError
+
+    def _join_caught_up_to(self, link: Link, hello: Any) -> None:
+        raise NotImplementedError
+
+    def _joiner_lost(self, link: Link) -> None:
+        raise NotImplementedError
+
+    def _join_failed(self, why: str) -> None:
+        raise NotImplementedError
+
+    def _reset_join(self) -> None:
+        raise NotImplementedError
+
+    def join(self) -> Deferred[None]:
+        raise NotImplementedError

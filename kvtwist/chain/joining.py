@@ -1,0 +1,434 @@
+"""Joining the chain, and serving a joiner: catch-up by delta or by a full copy.
+
+A node joins at the tail.  It holds the join lock, tells the tail what its
+log holds (its last op and epoch history), and the tail answers with one of:
+
+- a *delta*: the op number up to which both logs agree, then every update
+  after it, from the tail's memory of recent commits and its Sent list.  The
+  joiner first drops anything it holds past that point (writes the chain
+  never committed), so no op number ever names two different writes;
+- a *full copy*: a snapshot of the committed state in chunks, when the tail
+  no longer has the updates the joiner lacks.
+
+Either way the writes that arrive meanwhile follow as a backlog, then a hello
+marks its end; the joiner registers its znode once it holds that much, and the
+old tail hands over reads when its view shows the new tail.
+
+An empty chain restarts only from a member of the last configuration in the
+chain record; anyone else waits, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kvtwist import wire
+from kvtwist.chain.epochs import EpochHistory, match_point
+from kvtwist.chain.lifecycle import State
+from kvtwist.chain.link import ChainConnection, Link, Side
+from kvtwist.chain.membership import MembershipReplica
+from kvtwist.chain.record import ChainRecord, may_start
+from kvtwist.chain.transfer import SnapshotReceiver, SnapshotSender
+from kvtwist.proto.kvtwist_pb2 import ChainHello, EpochMark, SnapshotChunk, Update
+from kvtwist.tree import AVLTree
+from kvtwist.wire import FramedProtocol, Message
+
+log = Logger(namespace="kvtwist.chain")
+
+#: How often a node waiting for the last configuration looks again.
+WAIT_POLL = 1.0
+
+
+def marks_of(history: EpochHistory) -> list[EpochMark]:
+    return [EpochMark(first_seq=s, epoch=e) for s, e in history.marks]
+
+
+def history_of(marks: Any) -> EpochHistory:
+    return EpochHistory((m.first_seq, m.epoch) for m in marks)
+
+
+class JoiningReplica(MembershipReplica):
+
+    def _reset_join(self) -> None:
+        self._join_backlog = None
+        self._received = SnapshotReceiver()
+        self._loaded = None
+        self._catch_up_to = -1
+        release, self._release_lock = self._release_lock, None
+        if release is not None:
+            release().addErrback(lambda f: None)
+
+    # the serving side (the tail)
+
+    def _serve_join(self, conn: FramedProtocol, msg: Message) -> None:
+        hello = msg.hello
+        link = Link(conn, Side.SUCCESSOR, self.reactor, peer=f"join:{hello.address}")
+        self._stamp(link)
+        link.joining = True
+        if not self.is_tail or self.succ is not None or self._joiner_limbo is not None:
+            link.refuse("not the tail, or a join is already running; retry")
+            return
+        self.succ = link
+        seq = self.committed_seq
+        theirs = history_of(hello.marks)
+        agreed = match_point(self.history, self.last_received, theirs, hello.last_op)
+        gen = self.life.generation
+        if self._can_send_delta(agreed):
+            log.info(
+                "catch-up of {peer} by delta after op {m} (we hold {n})",
+                peer=link.peer,
+                m=agreed,
+                n=self.last_received,
+            )
+            link.snapshot(SnapshotChunk(done=True, delta=True, last_op=agreed))
+            self._join_backlog = [u for u in self.recent if u.seq > agreed] + [
+                u for s, u in self.pending.items() if agreed < s <= self.applied_seq
+            ]
+            self._switch_to_joiner(link)
+            return
+        # writes after the snapshot go to the joiner once the snapshot is through
+        self._join_backlog = [u for s, u in self.pending.items() if seq < s <= self.applied_seq]
+        clients = [
+            Update(seq=s, client_id=c, request_id=r, found=found)
+            for c, r, s, found in self.dedup.rows(upto=seq)
+        ]
+        history = self.history.copy()
+        history.truncate(seq)
+
+        def wanted() -> bool:
+            return link is self.succ and not link.closed and gen == self.life.generation
+
+        SnapshotSender(
+            self.reactor,
+            self.store.runner,
+            link,
+            self.committed_tree,
+            seq,
+            clients,
+            wanted,
+            lambda: self._switch_to_joiner(link),
+            marks=marks_of(history),
+        ).start()
+
+    def _can_send_delta(self, agreed: int) -> bool:
+        if agreed >= self.committed_seq:
+            return True
+        if not self.recent or self.recent[-1].seq != self.committed_seq:
+            return False
+        return self.recent[0].seq <= agreed + 1
+
+    def _backlog_applied(self, u: Update) -> None:
+        if self._join_backlog is not None:
+            self._join_backlog.append(u)
+
+    def _switch_to_joiner(self, link: Link) -> None:
+        """The joiner has its base: send the backlog, then treat it as our successor."""
+        backlog = self._join_backlog or []
+        self._join_backlog = None
+        link.ready = True
+        for u in backlog:
+            link.queue_update(u)
+        # from here on, nothing commits here before the joiner has it
+        self.acked = self.committed_seq
+        link.hello(
+            self.name or "", self.view.config if self.view else 0, self.address, self.last_received
+        )
+        log.info("{n} writes of backlog sent to {peer}", n=len(backlog), peer=link.peer)
+
+    def _joiner_lost(self, link: Link) -> None:
+        self.succ = None
+        self._join_backlog = None
+        if link.ready:
+            # It had our backlog and may be registering: until its fate is known
+            # nothing commits here, or it could become tail without our writes.
+            address = link.peer.removeprefix("join:")
+            log.info("joiner {a} went away; waiting to learn if it joined", a=address)
+            self._joiner_limbo = address
+            wait = 1.5 * self._session_timeout()
+            self.reactor.callLater(wait, self._end_limbo, address, self.life.generation)
+        else:
+            log.info("joiner {peer} went away during the state transfer", peer=link.peer)
+            self._advance()
+
+    def _end_limbo(self, address: str, gen: int) -> None:
+        """By now a crashed joiner's session has expired: read who is in the chain."""
+        if gen != self.life.generation or self._joiner_limbo != address or self.zk is None:
+            return
+
+        def decide(view: Any) -> None:
+            if self._joiner_limbo != address or gen != self.life.generation:
+                return
+            self._joiner_limbo = None
+            self.set_view(view)
+            self._advance()
+
+        self.zk.members().addCallbacks(decide, lambda f: self._end_limbo(address, gen))
+
+    # the joining side
+
+    def join(self) -> Deferred[None]:
+        """Join the chain: catch up from the tail, then register as the new tail."""
+        assert self.zk is not None
+        gen = self.life.to(State.JOINING, "catching up from the tail")
+        d = self.zk.lock("join").addCallback(lambda release: self._join_locked(release, gen))
+        d.addErrback(self._join_errback, gen)
+        return d
+
+    def _join_locked(self, release: Callable[[], Deferred[None]], gen: int) -> Deferred[None]:
+        self._release_lock = release
+        if gen != self.life.generation:
+            self._reset_join()
+            return defer.succeed(None)
+        # what the writer thread holds is what we have: anything received and
+        # not stored was never acknowledged by us
+        d: Deferred[Any] = self.store.current().addCallback(self._resync, gen)
+        d.addCallback(lambda _: defer.gatherResults([self.zk.members(), self.zk.read_record()]))
+        d.addCallback(self._join_decide, gen)
+        return d
+
+    def _resync(self, state: tuple[AVLTree, int], gen: int) -> None:
+        if gen != self.life.generation:
+            return
+        tree, last = state
+        self.last_received = self.applied_seq = self.committed_seq = last
+        self.next_seq = last + 1
+        self.committed_tree = tree
+        self.history.truncate(last)
+        self.dedup.forget_after(last)
+        self.recent.clear()
+        self.recent_bytes = 0
+
+    def _join_decide(self, found: list[Any], gen: int) -> Any:
+        if gen != self.life.generation:
+            return None
+        view, (data, version) = found
+        self.view = view
+        self.record = ChainRecord.decode(data, version)
+        if view.members:
+            tail = view.tail()
+            if tail.address is None:
+                raise RuntimeError(f"tail {tail.name} has no usable address")
+            return self._transfer_from(tail, view)
+        if may_start(self.record, self.store.meta.get("name"), self.store.node_id):
+            log.info(
+                "the chain is empty; starting it from our copy (op {n})", n=self.last_received
+            )
+            return self._register(gen)
+        self._wait_for_members(gen)
+        return None
+
+    def _join_errback(self, f: Failure, gen: int) -> None:
+        if gen == self.life.generation:
+            self._join_failed(f.getErrorMessage() or repr(f.value))
+
+    def _transfer_from(self, tail: Any, view: Any) -> Deferred[None]:
+        self._received = SnapshotReceiver()
+        self._loaded = None
+        self._catch_up_to = -1
+        conn = ChainConnection(self)
+        link = Link(conn, Side.PREDECESSOR, self.reactor, peer=tail.name)
+        self.pred = link
+        host, port = tail.address
+        full = self._want_full or not self.last_received
+        log.info(
+            "joining: catching up from tail {name} at {host}:{port} (we hold op {n})",
+            name=tail.name,
+            host=host,
+            port=port,
+            n=self.last_received,
+        )
+
+        def connected(_: Any) -> None:
+            hello = ChainHello(
+                config=view.config,
+                address=self.address,
+                last_op=0 if full else self.last_received,
+                marks=[] if full else marks_of(self.history),
+            )
+            conn.sendMessage(Message(opcode=wire.OP_CHAIN_JOIN, c_type=wire.CT_CHAIN, hello=hello))
+
+        return self.connect(host, port, conn).addCallback(connected)
+
+    def _snapshot_chunk(self, link: Link, chunk: SnapshotChunk) -> None:
+        if not self.life.is_(State.JOINING) or link is not self.pred:
+            link.refuse("no state transfer expected", retry=False)
+            return
+        if chunk.delta:
+            self._delta_base(link, chunk.last_op)
+            return
+        self._received.add(chunk)
+        if chunk.done:
+            keys, values = self._received.keys, self._received.values
+            self._received = SnapshotReceiver()
+            self.dedup.clear()
+            rows = [(r.client_id, r.request_id, r.seq, r.found) for r in chunk.clients]
+            self.dedup.load(rows)
+            self.history = history_of(chunk.marks)
+            self._based_at(chunk.last_op)
+            self._loaded = self.store.load(
+                keys, values, chunk.last_op, self.history.marks, list(self.dedup.rows())
+            )
+            self._await_base()
+
+    def _delta_base(self, link: Link, agreed: int) -> None:
+        if agreed > self.last_received:
+            link.refuse("delta past our log", retry=False)
+            self._join_failed("the tail named a delta base past our log")
+            return
+        rewind = agreed < self.last_received
+        if rewind:
+            log.warn(
+                "dropping ops {a}-{b}: the chain never committed them",
+                a=agreed + 1,
+                b=self.last_received,
+            )
+            self._loaded = self.store.rewind(agreed)
+        else:
+            self._loaded = defer.succeed(self.committed_tree)
+        self.history.truncate(agreed)
+        self.dedup.forget_after(agreed)
+        self._based_at(agreed)
+        self._await_base()
+
+    def _based_at(self, seq: int) -> None:
+        self.last_received = self.applied_seq = self.committed_seq = seq
+        self._loaded_seq = seq
+        self.next_seq = seq + 1
+
+    def _await_base(self) -> None:
+        assert self._loaded is not None
+        gen = self.life.generation
+        self._loaded.addCallback(self._snapshot_loaded, gen)
+        self._loaded.addErrback(self._base_failed, gen)
+
+    def _base_failed(self, f: Failure, gen: int) -> None:
+        if gen != self.life.generation:
+            return
+        self._want_full = True  # our own copy cannot go back that far: take a full one
+        self._join_failed(f"preparing our copy failed: {f.getErrorMessage()}")
+
+    def _snapshot_loaded(self, tree: AVLTree, gen: int) -> None:
+        if gen != self.life.generation:
+            return
+        if self.committed_seq == self._loaded_seq:
+            self.committed_tree = tree
+        log.info("joining: state ready ({n} keys at op {s})", n=len(tree), s=self._loaded_seq)
+        self._join_check()
+
+    def _join_caught_up_to(self, link: Link, hello: Any) -> None:
+        """The tail marks the end of the backlog: register once we hold that much."""
+        link.ready = True
+        link.peer = hello.sender
+        self._catch_up_to = hello.last_op
+        if self.committed_seq:
+            link.queue_ack(self.committed_seq)
+        self._join_check()
+
+    def _join_applied(self) -> None:
+        if self.life.is_(State.JOINING):
+            self._join_check()
+
+    def _join_check(self) -> None:
+        if (
+            self.life.is_(State.JOINING)
+            and self._catch_up_to >= 0
+            and self._loaded is not None
+            and self._loaded.called
+            and self.applied_seq >= self._catch_up_to
+        ):
+            self._catch_up_to = -1
+            self._register(self.life.generation).addErrback(
+                self._join_errback, self.life.generation
+            )
+
+    def _register(self, gen: int) -> Deferred[None]:
+        """Create our znode; we act as a member once a view we read holds it."""
+        assert self.zk is not None
+        self.life.to(State.REGISTERING, f"at op {self.last_received}")
+
+        def registered(name: str) -> Any:
+            if gen != self.life.generation:
+                # the join was abandoned meanwhile: this znode must not stay a member
+                log.info("dropping {name}, registered by an abandoned join", name=name)
+                return self.zk.unregister(name)
+            self.name = name
+            self._want_full = False
+            self._rejoin_delay = 0.5
+            log.info("joined the chain as {name} at op {n}", name=name, n=self.last_received)
+            self.store.save_meta({"name": name}).addErrback(
+                lambda f: log.warn("could not record our name: {e}", e=f.getErrorMessage())
+            )
+            release, self._release_lock = self._release_lock, None
+            d = release() if release else defer.succeed(None)
+            d.addCallback(lambda _: self._refresh_view())
+            return d
+
+        return self.zk.register(self.address).addCallback(registered)
+
+    def _join_failed(self, why: str) -> None:
+        if self.life.is_(State.STOPPED, State.FENCED):
+            return
+        log.warn("join failed: {why}; retrying", why=why)
+        self.fence(f"join failed: {why}")
+
+    # waiting for the last configuration
+
+    def _wait_for_members(self, gen: int) -> None:
+        names = self.record.describe()
+        self.life.to(State.WAITING, f"the chain is empty; waiting for a node of {names}")
+        gen = self.life.generation
+        log.warn(
+            "the chain is empty and our copy (op {n}) is not from its last configuration "
+            "({names}); waiting for one of those nodes, or for an operator to run "
+            "'kvtwist-admin force-start'",
+            n=self.last_received,
+            names=names,
+        )
+        self._reset_join()  # releases the join lock
+        info = {
+            "address": self.address,
+            "last_op": self.last_received,
+            "epoch": self.history.epoch_at(self.last_received),
+            "name": self.store.meta.get("name") or "",
+        }
+        self.zk.advertise_waiting(self.store.node_id, json.dumps(info).encode()).addErrback(
+            lambda f: None
+        )
+        self._wait_call = self.reactor.callLater(WAIT_POLL, self._look_again, gen)
+
+    def _look_again(self, gen: int) -> None:
+        self._wait_call = None
+        if gen != self.life.generation:
+            return
+
+        def decide(found: list[Any]) -> None:
+            if gen != self.life.generation:
+                return
+            view, (data, version) = found
+            record = ChainRecord.decode(data, version)
+            if view.members or may_start(record, self.store.meta.get("name"), self.store.node_id):
+                self._stop_waiting()
+                self.join()
+            else:
+                self._wait_call = self.reactor.callLater(WAIT_POLL, self._look_again, gen)
+
+        def failed(f: Failure) -> None:
+            if gen == self.life.generation:
+                self._wait_call = self.reactor.callLater(WAIT_POLL, self._look_again, gen)
+
+        d = defer.gatherResults([self.zk.members(), self.zk.read_record()])
+        d.addCallbacks(decide, failed)
+
+    def _stop_waiting(self) -> None:
+        if self._wait_call is not None and self._wait_call.active():
+            self._wait_call.cancel()
+        self._wait_call = None
+        if self.zk is not None and self.life.is_(State.WAITING, State.STOPPED):
+            self.zk.withdraw_waiting(self.store.node_id).addErrback(lambda f: None)

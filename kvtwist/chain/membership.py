@@ -1,0 +1,506 @@
+"""Views, links and the chain record: how a member finds and keeps its neighbours.
+
+A member acts on its place in the latest view ZooKeeper gave it: it links to
+its successor (the predecessor dials), accepts updates only from its
+predecessor and acknowledgements only from its successor.  Two rules tie the
+chain to the persistent record (kvtwist.chain.record) so that a whole-chain
+restart never starts from a copy that misses a committed write:
+
+- a new head claims a fresh epoch in the record before it numbers a write;
+- a tail commits only while the record lists exactly the members of its view.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kvtwist import wire
+from kvtwist.chain.core import ReplicaCore
+from kvtwist.chain.lifecycle import State
+from kvtwist.chain.link import ChainConnection, Link, Side
+from kvtwist.chain.record import ChainRecord, matches
+from kvtwist.proto.kvtwist_pb2 import Update
+from kvtwist.wire import FramedProtocol, Message
+
+log = Logger(namespace="kvtwist.chain")
+
+RECONNECT_DELAY = 0.1
+#: A successor we cannot link to for this many link timeouts, while ZooKeeper
+#: still lists it, is removed from the chain: it rejoins, and writes go on.
+UNREACHABLE_TIMEOUTS = 2.0
+RECORD_RETRY_DELAY = 0.2
+
+
+def _fmt(address: tuple[str, int] | None) -> str:
+    return f"{address[0]}:{address[1]}" if address else ""
+
+
+class MembershipReplica(ReplicaCore):
+
+    def set_view(self, view: Any) -> None:
+        """A new chain configuration from ZooKeeper."""
+        if self.view is not None and view.config < self.view.config:
+            return
+        self.view = view
+        if self.name is None:
+            return
+        if self.life.is_(State.REGISTERING) and view.index(self.name) is not None:
+            self._become_member()
+        if self.fenced:
+            return
+        if view.index(self.name) is None:
+            self._confirm_gone()
+            return
+        pred, succ = self._neighbours()
+        log.info(
+            "config {config}: {members}; we are {name} ({role})",
+            config=view.config,
+            members=" -> ".join(m.name for m in view.members),
+            name=self.name,
+            role=self.role,
+        )
+        # predecessor side
+        if pred is None:
+            if self.pred is not None:
+                self.pred.close()
+                self.pred = None
+            self._awaiting_handoff = False
+            self.next_seq = max(self.next_seq, self.last_received + 1)
+            if self.head_epoch is None:
+                self._claim_head()
+        elif self.pred is not None and self.pred.peer != pred.name:
+            self.pred.close()
+            self.pred = None
+        # successor side
+        if succ is not None and self._joiner_limbo == _fmt(succ.address):
+            self._joiner_limbo = None  # the joiner did register: it is our successor now
+        if succ is None:
+            self._succ_down_since = None
+            if self.succ is not None and not self.succ.joining:
+                self.succ.close()
+                self.succ = None
+            self._advance()  # tail now: what we applied is committed
+        elif self.succ is None or self.succ.peer != succ.name:
+            adopt = (
+                self.succ is not None
+                and self.succ.peer == f"join:{_fmt(succ.address)}"
+                and self.succ.ready
+            )
+            if adopt:
+                assert self.succ is not None
+                self.succ.peer = succ.name
+                self.succ.joining = False
+                self.succ.hello(self.name, view.config, self.address, self.committed_seq)
+            else:
+                if self.succ is not None:
+                    self.succ.close()
+                    self.succ = None
+                self._succ_down_since = self.reactor.seconds()
+                self._connect_successor(succ)
+        for link in (self.pred, self.succ):
+            if link is not None:
+                self._stamp(link)
+        self._wake_readers()
+
+    def _become_member(self) -> None:
+        """Our znode is in a view we hold: from now on we act on our place in the chain."""
+        self.life.to(State.MEMBER)
+        self._awaiting_handoff = self.pred is not None
+        self.next_seq = self.last_received + 1
+        early, self._early_hello = self._early_hello, None
+        if early is not None:
+            self.reactor.callLater(0, self._replay_hello, *early)
+
+    def _replay_hello(self, link: Link, msg: Message) -> None:
+        if not link.closed:
+            self._predecessor_hello(link, msg)
+
+    def _confirm_gone(self) -> None:
+        """A view without our znode: fence only once a fresh read agrees.
+
+        A view read before our registration can arrive after it.
+        """
+        if self.zk is None:
+            return
+        name, gen = self.name, self.life.generation
+
+        def check(view: Any) -> None:
+            if gen == self.life.generation and self.name == name and view.index(name) is None:
+                self.fence("our znode is gone from the chain", voluntary=False)
+            elif gen == self.life.generation:
+                self.set_view(view)
+
+        self.zk.members().addCallbacks(check, lambda f: None)
+
+    def _refresh_view(self) -> None:
+        if self.zk is not None:
+            self.zk.members().addCallbacks(self.set_view, lambda f: None)
+
+    def _stamp(self, link: Link) -> None:
+        """Who we are and in which configuration, for the updates this link carries."""
+        link.local_name = self.name or ""
+        link.config = self.view.config if self.view is not None else 0
+
+    # the chain record
+
+    def _claim_head(self) -> None:
+        """Take a fresh epoch for the writes we are about to number."""
+        if self._claiming or self.zk is None:
+            return
+        self._claiming = True
+        gen = self.life.generation
+
+        def decide(found: tuple[bytes | None, int]) -> Any:
+            if gen != self.life.generation or not self.is_head:
+                return None
+            record = ChainRecord.decode(*found)
+            if record.config > self.view.config:
+                return self.zk.members().addCallback(self.set_view)
+            epoch = max(record.epoch, self.history.epoch_at(self.last_received)) + 1
+            new = record.with_view(self.view, epoch)
+            return self.zk.write_record(new.encode(), record.version).addCallback(
+                written, new, record.version
+            )
+
+        def written(ok: bool, new: ChainRecord, version: int) -> None:
+            if ok and gen == self.life.generation:
+                self.record = ChainRecord.decode(new.encode(), version + 1)
+                self.head_epoch = new.epoch
+                self.next_seq = self.last_received + 1
+                log.info("head of epoch {e} from op {n}", e=new.epoch, n=self.next_seq)
+                self._release_claim_waiters()
+                self._advance()
+
+        def done(result: Any) -> None:
+            self._claiming = False
+            if isinstance(result, Failure):
+                log.warn("claiming the head failed: {e}", e=result.getErrorMessage())
+            if gen == self.life.generation and self.is_head and self.head_epoch is None:
+                self.reactor.callLater(RECORD_RETRY_DELAY, self._claim_head)
+
+        d = self.zk.read_record().addCallback(decide)
+        d.addBoth(done)
+
+    def _record_allows_commit(self) -> bool:
+        """A tail commits only while the record lists exactly its view's members."""
+        if self.standalone or self._neighbours()[1] is not None or self.name is None:
+            return True
+        if matches(self.record, self.view):
+            return True
+        self._fix_record()
+        return False
+
+    def _fix_record(self) -> None:
+        if self._fixing or self.zk is None:
+            return
+        self._fixing = True
+        gen = self.life.generation
+
+        def decide(found: tuple[bytes | None, int]) -> Any:
+            if gen != self.life.generation or self.view is None:
+                return None
+            record = ChainRecord.decode(*found)
+            if record.config > self.view.config:
+                return self.zk.members().addCallback(self.set_view)
+            if matches(record, self.view):
+                self.record = record
+                return None
+            new = record.with_view(self.view)
+            log.info("recording the chain's members: {m}", m=new.describe())
+
+            def written(ok: bool) -> None:
+                if ok:
+                    self.record = ChainRecord.decode(new.encode(), record.version + 1)
+
+            return self.zk.write_record(new.encode(), record.version).addCallback(written)
+
+        def done(result: Any) -> None:
+            self._fixing = False
+            if isinstance(result, Failure):
+                log.warn("updating the chain record failed: {e}", e=result.getErrorMessage())
+            if gen != self.life.generation:
+                return
+            if isinstance(result, Failure) or not matches(self.record, self.view):
+                self.reactor.callLater(RECORD_RETRY_DELAY, self._advance)
+            else:
+                self._advance()
+
+        self.zk.read_record().addCallback(decide).addBoth(done)
+
+    # the successor link
+
+    def _connect_successor(self, member: Any) -> None:
+        if member.address is None:
+            log.error("successor {name} has no usable address; waiting", name=member.name)
+            return
+        conn = ChainConnection(self)
+        link = Link(conn, Side.SUCCESSOR, self.reactor, peer=member.name)
+        self._stamp(link)
+        self.succ = link
+        gen = self.life.generation
+        host, port = member.address
+
+        def connected(_: Any) -> None:
+            if link is self.succ and self.name is not None:
+                assert self.view is not None
+                link.hello(self.name, self.view.config, self.address, self.committed_seq)
+
+        def failed(f: Failure) -> None:
+            log.warn("cannot reach successor {peer}: {e}", peer=member.name, e=f.getErrorMessage())
+            self._relink_later(link, gen)
+
+        self.connect(host, port, conn).addCallbacks(connected, failed)
+
+    def _relink_later(self, link: Link, gen: int) -> None:
+        def again() -> None:
+            if link is not self.succ or gen != self.life.generation or self.fenced:
+                return
+            self.succ = None
+            _, succ = self._neighbours()
+            if succ is None:
+                return
+            down = self._succ_down_since
+            if down is None:
+                down = self._succ_down_since = self.reactor.seconds()
+            if self.reactor.seconds() - down > UNREACHABLE_TIMEOUTS * self.link_timeout:
+                log.warn(
+                    "successor {name} unreachable for {s:.1f}s: removing it from the chain",
+                    name=succ.name,
+                    s=self.reactor.seconds() - down,
+                )
+                self._succ_down_since = self.reactor.seconds()
+                self.zk.remove_member(succ.name).addErrback(lambda f: None)
+            self._connect_successor(succ)
+
+        self.reactor.callLater(RECONNECT_DELAY, again)
+
+    def link_lost(self, link: Link) -> None:
+        was_closed = link.closed
+        link.closed = True
+        if link is self.succ and self._link_full:
+            self._link_full = False
+            self._update_congestion()
+        if link is self.pred:
+            self.pred = None
+            if self.life.is_(State.JOINING, State.REGISTERING):
+                self._join_failed("predecessor closed the link during the state transfer")
+        elif link is self.succ:
+            if link.joining or link.peer.startswith("join:"):
+                self._joiner_lost(link)
+            elif not self._stopping and not self.fenced:
+                if not was_closed:
+                    log.info("link to successor {peer} lost; reconnecting", peer=link.peer)
+                if self._succ_down_since is None:
+                    self._succ_down_since = self.reactor.seconds()
+                self._relink_later(link, self.life.generation)
+
+    def _session_timeout(self) -> float:
+        return float(getattr(self.zk, "effective_session_timeout", 10.0))
+
+    def _reset_links(self) -> None:
+        for link in (self.pred, self.succ):
+            if link is not None:
+                link.close()
+        self.pred = self.succ = None
+        self.head_epoch = None
+        self._awaiting_handoff = False
+        self._early_hello = None
+        self._joiner_limbo = None
+        self._reset_join()
+
+    def _leave(self) -> None:
+        """Delete our znode, so that no one takes us for a member any more."""
+        name, self.name = self.name, None
+        if name is not None and self.zk is not None:
+            self.zk.unregister(name).addErrback(
+                lambda f: log.warn("could not delete {name}: {e}", name=name, e=f.getErrorMessage())
+            )
+
+    # chain messages
+
+    def chain_message(self, link: Link, msg: Message) -> None:
+        op = msg.opcode
+        if op == wire.OP_ERROR:
+            log.warn("{link} refused: {why}", link=link, why=msg.error)
+            link.close()
+            if link.side is Side.SUCCESSOR and link is self.succ and not link.joining:
+                self._relink_later(link, self.life.generation)
+            elif link is self.pred and not msg.retry and self.life.is_(State.MEMBER):
+                self.fence(f"predecessor refused us: {msg.error}")
+            return
+        if link.side is Side.SUCCESSOR:
+            if op == wire.OP_CHAIN_HELLO:
+                self._successor_hello(link, msg.hello)
+            elif op == wire.OP_CHAIN_ACK:
+                if link is not self.succ or (
+                    not link.peer.startswith("join:") and msg.hello.sender != link.peer
+                ):
+                    link.refuse("acknowledgements accepted only from the current successor")
+                    return
+                self.acked = max(self.acked, min(msg.op_n, self.last_received))
+                self._advance()
+            else:
+                link.refuse(f"unexpected {wire.op_name(op)} from a successor", retry=False)
+            return
+        if op == wire.OP_CHAIN_UPDATE:
+            sender = msg.hello.sender
+            pred = self._neighbours()[0]
+            member = self.life.is_(State.MEMBER)
+            if (
+                link is not self.pred
+                or sender != link.peer
+                or (member and (pred is None or pred.name != sender))
+            ):
+                log.warn(
+                    "updates from {sender} (config {config}) refused: not our predecessor",
+                    sender=sender or "?",
+                    config=msg.hello.config,
+                )
+                link.refuse("updates accepted only from the current predecessor")
+                return
+            self._updates(link, list(msg.updates))
+        elif op == wire.OP_CHAIN_SNAPSHOT:
+            self._snapshot_chunk(link, msg.snapshot)
+        elif op == wire.OP_CHAIN_HELLO:
+            self._predecessor_hello(link, msg)
+        else:
+            link.refuse(f"unexpected {wire.op_name(op)} from a predecessor", retry=False)
+
+    def incoming(self, conn: FramedProtocol, msg: Message) -> None:
+        """A HELLO or JOIN on a fresh connection: the peer opens a link to us."""
+        if msg.opcode == wire.OP_CHAIN_HELLO:
+            link = Link(conn, Side.PREDECESSOR, self.reactor, peer=msg.hello.sender)
+            self._predecessor_hello(link, msg)
+        else:
+            self._serve_join(conn, msg)
+
+    def _predecessor_hello(self, link: Link, msg: Message) -> None:
+        hello = msg.hello
+        if link is self.pred and self.life.is_(State.JOINING):
+            self._join_caught_up_to(link, hello)
+            return
+        if link is self.pred and self.life.is_(State.REGISTERING):
+            self._early_hello = (link, msg)  # the handoff, ahead of our own view
+            return
+        if self.fenced or self.name is None or self.view is None:
+            link.refuse(f"not a chain member ({self.status})")
+            return
+        if hello.config > self.view.config:
+            # our watch has not fired yet: look, then judge the hello again
+            assert self.zk is not None
+            self.zk.members().addCallback(self._view_then_hello, link, msg)
+            return
+        pred, _ = self._neighbours()
+        if pred is None or pred.name != hello.sender:
+            log.warn(
+                "link from {sender} refused: our predecessor is {pred}",
+                sender=hello.sender,
+                pred=pred.name if pred else "none",
+            )
+            link.refuse(f"{hello.sender} is not our predecessor in config {self.view.config}")
+            return
+        if self.last_received < hello.last_op:
+            # it committed writes we never got: we cannot be its successor
+            log.error(
+                "predecessor {p} committed op {c}, we hold only {n}",
+                p=hello.sender,
+                c=hello.last_op,
+                n=self.last_received,
+            )
+            link.refuse("successor is behind the committed state; it rejoins", retry=False)
+            self.fence("behind the predecessor's committed state")
+            return
+        if self.pred is not None and self.pred is not link:
+            self.pred.close()
+        link.peer = hello.sender
+        self.pred = link
+        self._stamp(link)
+        link.ready = True
+        self._awaiting_handoff = False
+        link.hello(
+            self.name,
+            self.view.config,
+            self.address,
+            self.last_received,
+            epoch=self.history.epoch_at(self.last_received),
+        )
+        if self.committed_seq:
+            link.queue_ack(self.committed_seq)
+        self._wake_readers()
+
+    def _view_then_hello(self, view: Any, link: Link, msg: Message) -> None:
+        self.set_view(view)
+        if link.closed:
+            return
+        if msg.hello.config > self.view.config:
+            link.refuse("configuration newer than ours; retry")
+        else:
+            self._predecessor_hello(link, msg)
+
+    def _successor_hello(self, link: Link, hello: Any) -> None:
+        if link is not self.succ:
+            link.close()
+            return
+        last_op = hello.last_op
+        if last_op < self.committed_seq:
+            # everything we committed went through it to the tail: it lost state
+            log.error(
+                "successor {peer} holds op {n}, we committed {c}; refusing it",
+                peer=link.peer,
+                n=last_op,
+                c=self.committed_seq,
+            )
+            link.refuse("successor is behind the committed state; it must rejoin", False)
+            return
+        if last_op > self.last_received or (
+            last_op and self.history.epoch_at(last_op) != hello.epoch
+        ):
+            # its log is no prefix of ours: it holds writes nobody committed
+            log.error(
+                "successor {peer} holds op {n} of epoch {e}, not in our log; refusing it",
+                peer=link.peer,
+                n=last_op,
+                e=hello.epoch,
+            )
+            link.refuse("successor's log diverges from ours; it must rejoin", False)
+            return
+        link.ready = True
+        self._succ_down_since = None
+        resend = [u for seq, u in self.pending.items() if last_op < seq <= self.applied_seq]
+        if resend:
+            log.info("resending {n} writes to {peer}", n=len(resend), peer=link.peer)
+        for u in resend:
+            link.queue_update(u)
+        log.info("linked to successor {peer} (it holds op {n})", peer=link.peer, n=last_op)
+
+    def _updates(self, link: Link, updates: list[Update]) -> None:
+        for u in updates:
+            if u.seq <= self.last_received:
+                continue  # a resend after a reconfiguration: already have it
+            if u.seq != self.last_received + 1:
+                log.error(
+                    "gap from {peer}: op {n} after {last}; relinking",
+                    peer=link.peer,
+                    n=u.seq,
+                    last=self.last_received,
+                )
+                link.refuse("gap in op numbers")
+                return
+            self._accept(u)
+
+    def _schedule_rejoin(self) -> None:
+        """Join again once ZooKeeper is reachable, backing off while attempts fail."""
+        if self.zk is None or not self.life.is_(State.FENCED):
+            return
+        if getattr(self.zk, "state", "connected") != "connected":
+            return  # zk_state("connected") calls again
+        gen = self.life.generation
+        delay = self._rejoin_delay
+        self._rejoin_delay = min(self._rejoin_delay * 2, 10.0)
+        deferLater(self.reactor, delay, lambda: None).addCallback(
+            lambda _: self.join() if gen == self.life.generation else None
+        ).addErrback(lambda f: log.failure("rejoin failed", f))
