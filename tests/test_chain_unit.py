@@ -127,7 +127,8 @@ class Node:
 
     def _connect(self, host: str, port: int, protocol: Any) -> defer.Deferred[Any]:
         target = self.net.nodes.get(port)
-        if not self.alive or target is None or not target.alive:
+        blocked = (self.port, port) in self.net.blocked
+        if not self.alive or target is None or not target.alive or blocked:
             return defer.fail(ConnectionRefusedError())
         server = target.factory.buildProtocol(None)
         pump = iosim.connect(
@@ -162,6 +163,7 @@ class Net:
         self.registry = Registry()
         self.nodes: dict[int, Node] = {}
         self.pumps: list[iosim.IOPump] = []
+        self.blocked: set[tuple[int, int]] = set()  # (from port, to port) refused
 
     def add(self) -> Node:
         port = 9000 + len(self.nodes)

@@ -146,6 +146,7 @@ class ReplicaCore:
         self._joiner_limbo: str | None = None
         self._claiming = False
         self._fixing = False
+        self._record_config = -1  # the view config the record was last confirmed for
         self._succ_down_since: float | None = None
         # joining (kvtwist.chain.joining)
         self._join_backlog: list[Update] | None = None
@@ -155,6 +156,7 @@ class ReplicaCore:
         self._loaded_seq = -1
         self._catch_up_to = -1
         self._want_full = False
+        self.last_catch_up = ""  # "delta" or "full": how the last join caught up
         self._rejoin_delay = 0.5
         self._wait_call: Any = None
 

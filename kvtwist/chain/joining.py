@@ -271,6 +271,7 @@ class JoiningReplica(MembershipReplica):
             rows = [(r.client_id, r.request_id, r.seq, r.found) for r in chunk.clients]
             self.dedup.load(rows)
             self.history = history_of(chunk.marks)
+            self.last_catch_up = "full"
             self._based_at(chunk.last_op)
             self._loaded = self.store.load(
                 keys, values, chunk.last_op, self.history.marks, list(self.dedup.rows())
@@ -282,6 +283,7 @@ class JoiningReplica(MembershipReplica):
             link.refuse("delta past our log", retry=False)
             self._join_failed("the tail named a delta base past our log")
             return
+        self.last_catch_up = "delta"
         rewind = agreed < self.last_received
         if rewind:
             log.warn(

@@ -169,6 +169,7 @@ class MembershipReplica(ReplicaCore):
         def written(ok: bool, new: ChainRecord, version: int) -> None:
             if ok and gen == self.life.generation:
                 self.record = ChainRecord.decode(new.encode(), version + 1)
+                self._record_config = new.config
                 self.head_epoch = new.epoch
                 self.next_seq = self.last_received + 1
                 log.info("head of epoch {e} from op {n}", e=new.epoch, n=self.next_seq)
@@ -189,7 +190,9 @@ class MembershipReplica(ReplicaCore):
         """A tail commits only while the record lists exactly its view's members."""
         if self.standalone or self._neighbours()[1] is not None or self.name is None:
             return True
-        if matches(self.record, self.view):
+        # Confirmed against ZooKeeper for this very view: a cached copy may be
+        # older than a member's own rewrite of it.
+        if self._record_config == self.view.config and matches(self.record, self.view):
             return True
         self._fix_record()
         return False
@@ -206,8 +209,10 @@ class MembershipReplica(ReplicaCore):
             record = ChainRecord.decode(*found)
             if record.config > self.view.config:
                 return self.zk.members().addCallback(self.set_view)
+            config = self.view.config
             if matches(record, self.view):
                 self.record = record
+                self._record_config = config
                 return None
             new = record.with_view(self.view)
             log.info("recording the chain's members: {m}", m=new.describe())
@@ -215,6 +220,7 @@ class MembershipReplica(ReplicaCore):
             def written(ok: bool) -> None:
                 if ok:
                     self.record = ChainRecord.decode(new.encode(), record.version + 1)
+                    self._record_config = config
 
             return self.zk.write_record(new.encode(), record.version).addCallback(written)
 
@@ -224,7 +230,8 @@ class MembershipReplica(ReplicaCore):
                 log.warn("updating the chain record failed: {e}", e=result.getErrorMessage())
             if gen != self.life.generation:
                 return
-            if isinstance(result, Failure) or not matches(self.record, self.view):
+            confirmed = self._record_config == self.view.config
+            if isinstance(result, Failure) or not confirmed:
                 self.reactor.callLater(RECORD_RETRY_DELAY, self._advance)
             else:
                 self._advance()
