@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gc
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.internet.error import CannotListenError
 from twisted.internet import reactor as global_reactor
 from twisted.logger import Logger
 from twisted.python import usage
@@ -20,6 +23,7 @@ from kvtwist.server import (
     Limits,
     NodeFactory,
 )
+from kvtwist.storage import CorruptData, DataDir, DiskError, FsyncPolicy, Recovered
 from kvtwist.store import Store, ThreadRunner
 
 log = Logger(namespace="kvtwist.node")
@@ -82,9 +86,28 @@ class Options(usage.Options):
         ["zk-root", None, "/chain", "ZooKeeper path of the chain."],
         ["zk-session-timeout", None, 10.0, "ZooKeeper session timeout in seconds.", float],
         ["advertise", None, None, "host:port written into ZooKeeper (default interface:port)."],
+        # durability
+        [
+            "data-dir",
+            "d",
+            None,
+            "Directory holding the node's log and snapshots (default ./kvtwist-data/<port>).",
+        ],
+        [
+            "fsync",
+            None,
+            "always",
+            "When the log reaches the disk: always (before a write is passed on or "
+            "acknowledged), interval (every --fsync-interval seconds), never (the OS decides).",
+        ],
+        ["fsync-interval", None, 1.0, "Seconds between fsyncs under --fsync interval.", float],
+    ]
+    optFlags = [
+        ["in-memory", None, "Keep nothing on disk: a restart starts empty."],
     ]
 
     def postOptions(self) -> None:
+        self._check_storage_options()
         if self["max-value"] is None:
             self["max-value"] = self["max-frame"]
         else:
@@ -111,6 +134,19 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
             if self["zk-session-timeout"] <= 0:
                 raise usage.UsageError("--zk-session-timeout must be positive")
+
+
+    def _check_storage_options(self) -> None:
+        if self["fsync"] not in ("always", "interval", "never"):
+            raise usage.UsageError(
+                f"--fsync must be always, interval or never, not {self['fsync']!r}"
+            )
+        if self["fsync-interval"] <= 0:
+            raise usage.UsageError("--fsync-interval must be positive")
+        if self["in-memory"] and self["data-dir"] is not None:
+            raise usage.UsageError("--in-memory and --data-dir exclude each other")
+        if not self["in-memory"] and self["data-dir"] is None:
+            self["data-dir"] = os.path.join("kvtwist-data", str(self["port"]))
 
 
 class ChainService(service.Service):
@@ -173,8 +209,9 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     """Wire the node together; split from makeService so tests can pass a reactor."""
     gc.set_threshold(*GC_THRESHOLDS)
     top = service.MultiService()
+    journal, recovered = open_data_dir(options)
     runner = ThreadRunner(reactor, options["threads"])
-    store = Store(reactor, runner)
+    store = Store(reactor, runner, journal)
     make_zk: Callable[[], Any] | None = None
     if options["zk"]:
         from kvtwist.zk import ZooKeeper
@@ -186,6 +223,12 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
 
     zk = make_zk() if make_zk is not None else None
     replica = Replica(reactor, store, options["advertise"], zk)
+    if recovered is not None:
+        store.restore(recovered)
+        rows = [(r.client_id, r.request_id, r.seq, r.found) for r in recovered.clients]
+        replica.restore(recovered.tree, recovered.last_seq, recovered.epochs, rows)
+    if journal is not None and options["fsync"] == "interval":
+        store.start_sync_timer(options["fsync-interval"])
     limits = Limits(
         max_frame=options["max-frame"],
         max_key=options["max-key"],
@@ -195,9 +238,9 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         idle_timeout=options["idle-timeout"],
     )
     factory = NodeFactory(reactor, replica, limits)
-    interface = options["interface"].replace(":", "\\:")
-    endpoint = f"tcp:{options['port']}:interface={interface}"
-    strports.service(endpoint, factory).setServiceParent(top)  # type: ignore[arg-type]
+    ListeningService(reactor, options["port"], options["interface"], factory).setServiceParent(
+        top
+    )
     if make_zk is not None:
         ChainService(reactor, replica, make_zk).setServiceParent(top)
     log.info(
@@ -207,6 +250,49 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         mode=f"chain {options['zk-root']} via {options['zk']}" if zk is not None else "standalone",
     )
     return top
+
+
+def open_data_dir(options: Options) -> tuple[DataDir | None, Recovered | None]:
+    """Open and recover the data directory; a node that cannot exits with one line."""
+    if options["in-memory"]:
+        log.warn("in-memory: nothing is kept on disk; a restart starts empty")
+        return None, None
+    path = os.path.abspath(options["data-dir"])
+    journal = DataDir(path, fsync=FsyncPolicy(options["fsync"]))
+    started = time.monotonic()
+    try:
+        recovered = journal.open()
+    except (CorruptData, DiskError, OSError) as e:
+        raise SystemExit(f"kvtwist: cannot open data directory {path}: {e}") from None
+    for warning in recovered.warnings:
+        log.warn("recovery: {w}", w=warning)
+    log.info(
+        "data directory {path} (fsync {policy}): {n} keys at op {seq}, recovered in {s:.2f}s",
+        path=path,
+        policy=options["fsync"],
+        n=len(recovered.tree),
+        seq=recovered.last_seq,
+        s=time.monotonic() - started,
+    )
+    return journal, recovered
+
+
+class ListeningService(service.Service):
+    """Holds the client port, bound while the node is built.
+
+    Binding before the reactor runs turns a taken port into one clear line and
+    a non-zero exit, instead of a logged traceback and a node that never listens.
+    """
+
+    def __init__(self, reactor: Any, port: int, interface: str, factory: Any) -> None:
+        try:
+            self.port = reactor.listenTCP(port, factory, interface=interface)
+        except CannotListenError as e:
+            raise SystemExit(f"kvtwist: cannot listen on {interface}:{port}: {e.socketError}") from None
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.port.stopListening()
 
 
 def makeService(options: Options) -> service.MultiService:
