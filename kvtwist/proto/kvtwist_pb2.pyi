@@ -56,7 +56,7 @@ class Stats(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[OpStats, _Mapping]]] = ..., keys: _Optional[int] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ..., last_op: _Optional[int] = ..., role: _Optional[str] = ..., height: _Optional[int] = ...) -> None: ...
 
 class Update(_message.Message):
-    __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id", "found")
+    __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id", "found", "epoch")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     IS_PUT_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class Update(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     seq: int
     is_put: bool
     key: str
@@ -71,7 +72,8 @@ class Update(_message.Message):
     client_id: str
     request_id: int
     found: bool
-    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[str] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., found: _Optional[bool] = ...) -> None: ...
+    epoch: int
+    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[str] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., found: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ChainHello(_message.Message):
     __slots__ = ("sender", "config", "address", "last_op")
