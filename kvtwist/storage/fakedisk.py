@@ -5,6 +5,8 @@ remove) becomes durable at an fsync of its directory.  ``crash()`` throws away
 everything else, as a power cut would.  Directories themselves are durable at
 once.  Faults are armed per operation ("write", "fsync", "truncate", "create",
 "rename", "remove", "fsync_dir") and fire on the Nth call from then on.
+``crash_after(n)`` kills the "process" at the nth changing call from then on:
+that call and every later one raise ``Crashed`` until ``crash()``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import os
 import posixpath
 import threading
 from dataclasses import dataclass
+
+
+class Crashed(Exception):
+    """The simulated process died at this disk call; nothing after it happens."""
 
 
 class _Inode:
@@ -45,6 +51,7 @@ class FakeFile:
 
     def write(self, data: bytes) -> None:
         self._check()
+        self.disk._tick()
         fault = self.disk._fault("write", self.path)
         if fault is not None:
             err, partial = fault
@@ -56,6 +63,7 @@ class FakeFile:
 
     def fsync(self) -> None:
         self._check()
+        self.disk._tick()
         self.disk._wait_fsync()
         fault = self.disk._fault("fsync", self.path)
         if fault is not None:
@@ -65,6 +73,7 @@ class FakeFile:
 
     def truncate(self, size: int) -> None:
         self._check()
+        self.disk._tick()
         fault = self.disk._fault("truncate", self.path)
         if fault is not None:
             raise OSError(fault[0], os.strerror(fault[0]), self.path)
@@ -99,6 +108,7 @@ class FakeDisk:
         self.fsync_waiting = threading.Event()
         self.fsyncs = 0
         self.bytes_written = 0
+        self._crash_in: int | None = None
 
     # fault injection
 
@@ -117,6 +127,19 @@ class FakeDisk:
         """
         with self._mutex:
             self._faults.setdefault(op, []).append(_Fault(nth, err, times, partial))
+
+    def crash_after(self, n: int) -> None:
+        """Die at the ``n``th changing call from now (1: the very next one)."""
+        with self._mutex:
+            self._crash_in = n
+
+    def _tick(self) -> None:
+        with self._mutex:
+            if self._crash_in is not None:
+                self._crash_in -= 1
+                if self._crash_in <= 0:
+                    self._crash_in = 0
+                    raise Crashed("simulated crash")
 
     def heal(self) -> None:
         """Disarm every fault."""
@@ -177,6 +200,7 @@ class FakeDisk:
             self._names = names
             self._durable = dict(names)
             self._locks.clear()
+            self._crash_in = None
             self._hold = False
             self._gate.notify_all()
 
@@ -185,6 +209,11 @@ class FakeDisk:
     def contents(self, path: str) -> bytes:
         with self._mutex:
             return bytes(self._names[self._norm(path)].data)
+
+    def synced(self, path: str) -> bytes:
+        """The bytes of ``path`` that a crash now would keep."""
+        with self._mutex:
+            return self._names[self._norm(path)].synced
 
     def put(self, path: str, data: bytes) -> None:
         """Overwrite a file's bytes durably (to plant corruption)."""
@@ -211,6 +240,7 @@ class FakeDisk:
             p = self._norm(path)
             inode = self._names.get(p)
             if inode is None:
+                self._tick()
                 self._raise_if("create", p)
                 self._parent_exists(p)
                 inode = self._names[p] = _Inode()
@@ -219,6 +249,7 @@ class FakeDisk:
     def create(self, path: str) -> FakeFile:
         with self._mutex:
             p = self._norm(path)
+            self._tick()
             self._raise_if("create", p)
             self._parent_exists(p)
             inode = self._names.get(p)
@@ -245,6 +276,7 @@ class FakeDisk:
     def rename(self, src: str, dst: str) -> None:
         with self._mutex:
             s, d = self._norm(src), self._norm(dst)
+            self._tick()
             self._raise_if("rename", s)
             inode = self._get(s)
             self._parent_exists(d)
@@ -254,6 +286,7 @@ class FakeDisk:
     def remove(self, path: str) -> None:
         with self._mutex:
             p = self._norm(path)
+            self._tick()
             self._raise_if("remove", p)
             self._get(p)
             del self._names[p]
@@ -277,6 +310,7 @@ class FakeDisk:
     def fsync_dir(self, path: str) -> None:
         with self._mutex:
             p = self._norm(path)
+            self._tick()
             self._raise_if("fsync_dir", p)
             for n in [n for n in self._durable if posixpath.dirname(n) == p]:
                 del self._durable[n]
@@ -301,4 +335,4 @@ class FakeDisk:
             return FakeLock(self, p)
 
 
-__all__ = ["FakeDisk", "FakeFile"]
+__all__ = ["Crashed", "FakeDisk", "FakeFile"]
