@@ -5,6 +5,10 @@ reader threads against immutable snapshots of the persistent tree, so a read
 never sees a half-applied write and never holds up a write.  Requests are
 handed to the threads in batches, one hop per reactor turn rather than one per
 request, because a thread hop costs more than a small tree operation.
+
+With a journal (a ``kvtwist.storage.DataDir``) a batch is logged before it
+touches the tree: log first, then apply, so a write that is applied is also on
+disk (under the ALWAYS fsync policy) and a write the disk refused is not applied.
 """
 
 from __future__ import annotations
@@ -17,12 +21,21 @@ from typing import Any, Protocol, TypeVar
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from kvtwist.storage import ClientRow, ClientTable, DataDir, DiskError, LogRecord, Recovered
 from kvtwist.tree import AVLTree
 
 T = TypeVar("T")
+
+log = Logger(namespace="kvtwist.store")
+
+#: Log bytes after which a snapshot is taken (with a journal).
+SNAPSHOT_BYTES = 64 * 2**20
 
 
 class Runner(Protocol):
@@ -104,17 +117,29 @@ class Store:
     writer thread; each value it takes is a write that is fully applied.
     """
 
-    def __init__(self, reactor: Any, runner: Runner) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        runner: Runner,
+        journal: DataDir | None = None,
+        snapshot_bytes: int = SNAPSHOT_BYTES,
+        max_clients: int = 100_000,
+    ) -> None:
         self.reactor: Any = reactor
         self.runner = runner
+        self.journal = journal
+        self.snapshot_bytes = snapshot_bytes
         self._tree = AVLTree()
         self.last_applied = 0
+        #: duplicate-suppression rows as of last_applied, for snapshots (writer thread)
+        self._clients = ClientTable(max_clients)
+        self._snapshotting = False
+        self._sync_timer: LoopingCall | None = None
         self._writes: list[tuple[Write, Deferred[Applied]]] = []
         self._reads: list[tuple[Callable[[], Any], Deferred[Any]]] = []
         self._flush_call: IDelayedCall | None = None
         self._meta: dict[str, Any] = {}
-        self.node_id = uuid.uuid4().hex
-        self.description = "in-memory"
+        self._node_id = uuid.uuid4().hex
 
     # writes
 
@@ -125,8 +150,32 @@ class Store:
         self._schedule()
         return d
 
+    def restore(self, recovered: Recovered) -> None:
+        """Start from the state a journal recovered (before any write is queued)."""
+        if self.journal is not None:
+            self._meta = self.journal.get_meta()
+        self._tree = recovered.tree
+        self.last_applied = recovered.last_seq
+        self._clients = ClientTable(self._clients.limit, recovered.clients)
+
     def _apply_batch(self, batch: list[Write]) -> list[Applied | Exception]:
+        if self.journal is not None:
+            records = []
+            nxt = self.last_applied + 1
+            for w in batch:
+                if w.seq == nxt:
+                    records.append(
+                        LogRecord(
+                            w.seq, w.epoch, w.is_put, w.key, w.data, w.client_id, w.request_id
+                        )
+                    )
+                    nxt += 1
+            try:
+                self.journal.append(records)
+            except DiskError as e:
+                return [e for _ in batch]
         tree = self._tree
+        clients = self._clients
         out: list[Applied | Exception] = []
         for w in batch:
             if w.seq != self.last_applied + 1:
@@ -137,9 +186,63 @@ class Store:
                 found = True
             else:
                 found = tree.delete(w.key)
+            if w.client_id:
+                clients.note(w.seq, w.is_put, found, w.client_id, w.request_id)
             self.last_applied = w.seq
             out.append(Applied(w.seq, found, tree.copy()))
         return out
+
+    # durability
+
+    def snapshot(self) -> Deferred[bool]:
+        """Snapshot the journal: cut the log on the writer thread, write on a reader thread.
+
+        Fires with whether a snapshot was installed (False without a journal,
+        while another snapshot runs, or when a truncation made it moot).
+        """
+        journal = self.journal
+        if journal is None or self._snapshotting:
+            return defer.succeed(False)
+        self._snapshotting = True
+
+        def begin() -> tuple[int, AVLTree, list[tuple[int, int]], list[ClientRow]]:
+            seq = journal.begin_snapshot()
+            return seq, self._tree.copy(), list(journal.epochs), self._clients.rows()
+
+        def write(args: tuple[int, AVLTree, list[tuple[int, int]], list[ClientRow]]) -> Any:
+            return self.runner.read(lambda: journal.write_snapshot(*args))
+
+        def done(result: Any) -> Any:
+            self._snapshotting = False
+            return result
+
+        return self.runner.write(begin).addCallback(write).addBoth(done)
+
+    def _maybe_snapshot(self, result: Any) -> Any:
+        journal = self.journal
+        if journal is not None and journal.wal_bytes_since_snapshot >= self.snapshot_bytes:
+            self.snapshot().addErrback(_log_failure, "snapshot failed")
+        return result
+
+    def start_sync_timer(self, seconds: float) -> LoopingCall:
+        """Fsync the journal on the writer thread every ``seconds`` (fsync policy INTERVAL)."""
+        journal = self.journal
+        if journal is None:
+            raise ValueError("no journal to sync")
+
+        def tick() -> None:
+            self.runner.write(journal.sync).addErrback(_log_failure, "journal sync failed")
+
+        call = LoopingCall(tick)
+        call.clock = self.reactor
+        call.start(seconds, now=False)
+        self._sync_timer = call
+        return call
+
+    def stop_sync_timer(self) -> None:
+        if self._sync_timer is not None and self._sync_timer.running:
+            self._sync_timer.stop()
+        self._sync_timer = None
 
     # reads
 
@@ -163,19 +266,24 @@ class Store:
         keys: Sequence[str],
         values: Sequence[bytes],
         last_applied: int,
-        marks: Sequence[tuple[int, int]] = (),
-        clients: Sequence[tuple[str, int, int, bool]] = (),
+        epochs: Sequence[tuple[int, int]] = (),
+        clients: Sequence[ClientRow] = (),
     ) -> Deferred[AVLTree]:
         """Replace the whole state with sorted keys and values (a joining node's copy).
 
         Runs on the writer thread, in order with the writes queued before and
-        after it; fires with the state as loaded.
+        after it; fires with the state as loaded.  With a journal the new state
+        is made durable (and the old log dropped) before it is used.
         """
+        self._flush_now()
 
         def run() -> AVLTree:
             tree = AVLTree.from_sorted(keys, values)
+            if self.journal is not None:
+                self.journal.reset(tree, last_applied, epochs, clients)
             self._tree = tree
             self.last_applied = last_applied
+            self._clients = ClientTable(self._clients.limit, clients)
             return tree.copy()
 
         return self.runner.write(run)
@@ -198,23 +306,45 @@ class Store:
         Only a node with a data directory can: it replays its log up to there.
         """
         self._flush_now()
+        journal = self.journal
 
         def run() -> AVLTree:
             if seq == self.last_applied:
                 return self._tree.copy()
-            raise CannotRewind(
-                f"an in-memory store cannot go back from op {self.last_applied} to {seq}"
-            )
+            if journal is None:
+                raise CannotRewind(
+                    f"an in-memory store cannot go back from op {self.last_applied} to {seq}"
+                )
+            recovered = journal.rewind(seq)
+            self._tree = recovered.tree
+            self.last_applied = recovered.last_seq
+            self._clients = ClientTable(self._clients.limit, recovered.clients)
+            return self._tree.copy()
 
         return self.runner.write(run)
+
+    @property
+    def node_id(self) -> str:
+        """A stable identity: the data directory's, or this process's when in memory."""
+        return self.journal.node_id if self.journal is not None else self._node_id
+
+    @property
+    def description(self) -> str:
+        if self.journal is None:
+            return "in-memory"
+        return f"data dir {self.journal.path} (fsync {self.journal.fsync.value})"
 
     @property
     def meta(self) -> dict[str, Any]:
         return self._meta
 
     def save_meta(self, meta: dict[str, Any]) -> Deferred[None]:
+        """Keep ``meta`` (with the data directory: durably, on the writer thread)."""
         self._meta = dict(meta)
-        return defer.succeed(None)
+        journal = self.journal
+        if journal is None:
+            return defer.succeed(None)
+        return self.runner.write(lambda: journal.set_meta(dict(meta)))
 
     def _flush_now(self) -> None:
         call: Any = self._flush_call
@@ -237,7 +367,7 @@ class Store:
             batch = [w for w, _ in writes]
             self.runner.write(lambda: self._apply_batch(batch)).addBoth(
                 _deliver, [d for _, d in writes]
-            )
+            ).addBoth(self._maybe_snapshot)
         if reads:
             fs = [f for f, _ in reads]
             self.runner.read(lambda: _run_all(fs)).addBoth(_deliver, [d for _, d in reads])
@@ -251,6 +381,10 @@ def _run_all(fs: list[Callable[[], Any]]) -> list[Any]:
         except Exception as e:  # one bad read must not fail its neighbours
             out.append(e)
     return out
+
+
+def _log_failure(f: Failure, what: str) -> None:
+    log.failure(what, f)
 
 
 def _deliver(results: Any, ds: list[Deferred[Any]]) -> None:

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.error import CannotListenError
 from twisted.internet import reactor as global_reactor
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 

@@ -37,6 +37,7 @@ from kvtwist.chain.membership import MembershipReplica
 from kvtwist.chain.record import ChainRecord, may_start
 from kvtwist.chain.transfer import SnapshotReceiver, SnapshotSender
 from kvtwist.proto.kvtwist_pb2 import ChainHello, EpochMark, SnapshotChunk, Update
+from kvtwist.storage import ClientRow
 from kvtwist.tree import AVLTree
 from kvtwist.wire import FramedProtocol, Message
 
@@ -274,7 +275,11 @@ class JoiningReplica(MembershipReplica):
             self.last_catch_up = "full"
             self._based_at(chunk.last_op)
             self._loaded = self.store.load(
-                keys, values, chunk.last_op, self.history.marks, list(self.dedup.rows())
+                keys,
+                values,
+                chunk.last_op,
+                self.history.marks,
+                [ClientRow(*row) for row in self.dedup.rows()],
             )
             self._await_base()
 
