@@ -82,7 +82,11 @@ class LogTests(DiskCase):
         self.assertEqual(r.epochs, [(1, 1), (3, 2)])
         self.assertEqual(
             r.clients,
-            [ClientRow("c1", 7, 1, True), ClientRow("c1", 8, 3, True), ClientRow("c2", 1, 4, False)],
+            [
+                ClientRow("c1", 7, 1, True),
+                ClientRow("c1", 8, 3, True),
+                ClientRow("c2", 1, 4, False),
+            ],
         )
 
     def test_framing(self) -> None:
@@ -321,15 +325,11 @@ class SnapshotTests(DiskCase):
         self.assertEqual(r.epochs, [(1, 1), (22, 3), (24, 1)])
         self.assertEqual(r.clients, clients)
         # retention: snapshots 21 and 23; segments from 22 on
-        self.assertEqual(
-            self.disk.listdir(f"{D}/snap"), [f"{21:020d}.snap", f"{23:020d}.snap"]
-        )
-        self.assertEqual(
-            [int(n[:20]) for n in self.disk.listdir(f"{D}/wal")], [22, 24]
-        )
+        self.assertEqual(self.disk.listdir(f"{D}/snap"), [f"{21:020d}.snap", f"{23:020d}.snap"])
+        self.assertEqual([int(n[:20]) for n in self.disk.listdir(f"{D}/wal")], [22, 24])
 
     def test_corrupt_newest_snapshot_falls_back(self) -> None:
-        """A bad newest snapshot is skipped with a warning when the older one and the log reach it."""
+        """A bad newest snapshot is skipped (warning) if the older one plus the log reach it."""
         dd, _ = self.open()
         recs = puts(1, 5)
         dd.append(recs)
@@ -417,7 +417,12 @@ class TruncateTests(DiskCase):
         dd, _ = self.open()
         dd.append(puts(1, 3))
         seq = dd.begin_snapshot()
-        dd.write_snapshot(seq, AVLTree.from_sorted(["k0001", "k0002", "k0003"], [b"v1", b"v2", b"v3"]), [(1, 1)], [])
+        dd.write_snapshot(
+            seq,
+            AVLTree.from_sorted(["k0001", "k0002", "k0003"], [b"v1", b"v2", b"v3"]),
+            [(1, 1)],
+            [],
+        )
         dd.append(puts(4, 3))
         dd.truncate_after(3)
         _, r = self.reopen(dd)
@@ -645,7 +650,9 @@ class CrashModelTests(SynchronousTestCase):
                         low = high
                 elif op == "snapshot":
                     seq = dd.begin_snapshot()
-                    tree = AVLTree.from_sorted(sorted(history[seq]), [history[seq][k] for k in sorted(history[seq])])
+                    tree = AVLTree.from_sorted(
+                        sorted(history[seq]), [history[seq][k] for k in sorted(history[seq])]
+                    )
                     dd.write_snapshot(seq, tree, dd.epochs, [])
                     snap_seq = seq
                 else:
@@ -718,7 +725,9 @@ class RealDiskTests(SynchronousTestCase):
         dd.open()
         dd.append(puts(1, 10))
         seq = dd.begin_snapshot()
-        tree = AVLTree.from_sorted([f"k{s:04d}" for s in range(1, 11)], [f"v{s}".encode() for s in range(1, 11)])
+        tree = AVLTree.from_sorted(
+            [f"k{s:04d}" for s in range(1, 11)], [f"v{s}".encode() for s in range(1, 11)]
+        )
         self.assertTrue(dd.write_snapshot(seq, tree, dd.epochs, []))
         dd.append([delete(11, "k0001")])
         dd.close()
@@ -803,7 +812,9 @@ class StoreJournalTests(SynchronousTestCase):
     def test_snapshot_at_threshold(self) -> None:
         """Past snapshot_bytes of log, a snapshot of the applied state is written."""
         self.store.snapshot_bytes = 100
-        self._apply(*[Write(s, True, f"k{s}", b"v" * 20, client_id="c", request_id=s) for s in range(1, 5)])
+        self._apply(
+            *[Write(s, True, f"k{s}", b"v" * 20, client_id="c", request_id=s) for s in range(1, 5)]
+        )
         self.assertIn(f"{4:020d}.snap", self.disk.listdir(f"{D}/snap"))
         self.assertEqual(self.journal.wal_bytes_since_snapshot, 0)
         self.journal.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
@@ -110,8 +111,8 @@ class DataDir:
             raise RuntimeError(f"data directory {self.path} is not open")
         if self._broken is not None:
             raise DiskError(
-                self.path, f"data directory unusable after an earlier failure ({self._broken});"
-                " reopen it:"
+                self.path,
+                f"data directory unusable after an earlier failure ({self._broken}); reopen it:",
             )
 
     def _seg_path(self, first: int) -> str:
@@ -130,7 +131,9 @@ class DataDir:
         try:
             self._dirlock = disk.lock(lock_path)
         except BlockingIOError as e:
-            raise DiskError(lock_path, "data directory in use by another process: cannot lock") from e
+            raise DiskError(
+                lock_path, "data directory in use by another process: cannot lock"
+            ) from e
         except OSError as e:
             raise DiskError(lock_path, "cannot lock", e) from e
         try:
@@ -138,7 +141,7 @@ class DataDir:
                 self._io("cannot create", d, lambda d=d: disk.makedirs(d))  # type: ignore[misc]
             self.node_id = self._load_node_id()
             self._broken = None
-            return self._recover()
+            return self._recover_without_gc()
         except BaseException:
             self.close()
             raise
@@ -161,6 +164,21 @@ class DataDir:
     def _remove(self, path: str) -> None:
         self._io("cannot remove", path, lambda: self.disk.remove(path))
 
+    def _recover_without_gc(self) -> Recovered:
+        """Recover with the cyclic collector paused.
+
+        Rebuilding allocates a node per key and no cycles; left on, the
+        collector rescans the growing tree again and again and takes most of
+        the recovery time.
+        """
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._recover()
+        finally:
+            if was_enabled:
+                gc.enable()
+
     def _recover(self) -> Recovered:
         disk = self.disk
         warnings: list[str] = []
@@ -168,7 +186,9 @@ class DataDir:
             if name.endswith(".tmp"):  # a snapshot that never got its rename
                 self._remove(os.path.join(self.snap_dir, name))
         snaps = sorted(
-            s for s in map(snapfmt.parse_snapshot_name, self._listdir(self.snap_dir)) if s is not None
+            s
+            for s in map(snapfmt.parse_snapshot_name, self._listdir(self.snap_dir))
+            if s is not None
         )
         seg_firsts = sorted(
             s for s in map(wal.parse_segment_name, self._listdir(self.wal_dir)) if s is not None
@@ -252,7 +272,9 @@ class DataDir:
                 start = i
         if segs and segs[start].first > base.seq + 1:
             raise CorruptData(
-                segs[start].path, 0, f"log resumes at {segs[start].first}, snapshot ends at {base.seq}"
+                segs[start].path,
+                0,
+                f"log resumes at {segs[start].first}, snapshot ends at {base.seq}",
             )
         for i, s in enumerate(segs[:start]):
             s.last = segs[i + 1].first - 1  # covered by the snapshot: not read
@@ -263,7 +285,9 @@ class DataDir:
         for i in range(start, len(segs)):
             s = segs[i]
             if s.first != expected:
-                raise CorruptData(s.path, 0, f"segment starts at {s.first}, the log before ends at {expected - 1}")
+                raise CorruptData(
+                    s.path, 0, f"segment starts at {s.first}, the log before ends at {expected - 1}"
+                )
             data = self._io("cannot read", s.path, lambda p=s.path: disk.read(p))  # type: ignore[misc]
             scan = wal.scan_segment(data, s.path, last=i == len(segs) - 1)
             for off, u in scan.records:
@@ -293,9 +317,9 @@ class DataDir:
         newest_bad = max((seq for seq, _, _ in bad), default=0)
         if newest_bad > last_seq:
             raise bad[0][1]
-        for seq, e, _ in bad:
+        for seq, err, _ in bad:
             path = self._snap_path(seq)
-            warnings.append(f"skipped snapshot {path} ({e}); set aside as {path}.corrupt")
+            warnings.append(f"skipped snapshot {path} ({err}); set aside as {path}.corrupt")
             self._io("cannot rename", path, lambda path=path: disk.rename(path, path + ".corrupt"))  # type: ignore[misc]
         if bad:
             self._io("cannot sync", self.snap_dir, lambda: disk.fsync_dir(self.snap_dir))
@@ -306,7 +330,9 @@ class DataDir:
         self.epochs = epochs
         self.wal_bytes_since_snapshot = wal_bytes
         if segs and segs[-1].last == last_seq:
-            self._file = self._io("cannot open", segs[-1].path, lambda: disk.open_append(segs[-1].path))
+            self._file = self._io(
+                "cannot open", segs[-1].path, lambda: disk.open_append(segs[-1].path)
+            )
         else:
             self._new_segment()
         return Recovered(tree, last_seq, list(epochs), clients.rows(), base.seq, warnings)
@@ -427,9 +453,9 @@ class DataDir:
                 raise CannotTruncate(
                     f"cannot drop the log after {seq}: snapshot {self._snapshots[-1]} includes it"
                 )
-            for s in self._pending:
-                if s > seq:
-                    self._pending[s] = False
+            for p in self._pending:
+                if p > seq:
+                    self._pending[p] = False
             try:
                 self._truncate_segments(seq)
             except OSError as e:
@@ -468,7 +494,7 @@ class DataDir:
         """Drop the log after ``seq`` and rebuild the state at ``seq`` from the disk."""
         self.truncate_after(seq)
         with self._lock:
-            return self._recover()
+            return self._recover_without_gc()
 
     def reset(
         self,
@@ -486,15 +512,15 @@ class DataDir:
         epochs = list(epochs)
         log_id = _new_log_id()
         with self._lock:
-            for s in self._pending:
-                self._pending[s] = False
+            for p in self._pending:
+                self._pending[p] = False
             self._install(seq, tree, epochs, clients, log_id)
             try:
                 if self._file is not None:
                     self._file.close()
                     self._file = None
-                for s in reversed(self._segments):
-                    self.disk.remove(s.path)
+                for seg in reversed(self._segments):
+                    self.disk.remove(seg.path)
                 self._segments = []
                 self.disk.fsync_dir(self.wal_dir)
                 for old in self._snapshots:
@@ -623,17 +649,19 @@ class DataDir:
         while n + 1 < len(segs) and segs[n + 1].first <= keep + 1:
             n += 1
         try:
-            for s in old:
-                self.disk.remove(self._snap_path(s))
+            for o in old:
+                self.disk.remove(self._snap_path(o))
             if old:
                 self.disk.fsync_dir(self.snap_dir)
-            for s in segs[:n]:
-                self.disk.remove(s.path)
+            for seg in segs[:n]:
+                self.disk.remove(seg.path)
             del segs[:n]
             if n:
                 self.disk.fsync_dir(self.wal_dir)
         except OSError as e:
-            raise DiskError(self.path, "snapshot installed, but cannot remove old files in", e) from e
+            raise DiskError(
+                self.path, "snapshot installed, but cannot remove old files in", e
+            ) from e
 
     # small metadata
 

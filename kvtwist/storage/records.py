@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from kvtwist.tree import AVLTree
 
 
-class FsyncPolicy(str, enum.Enum):
+class FsyncPolicy(enum.StrEnum):
     """When appended records reach the platter.
 
     ALWAYS: every batch is fsynced before append returns (group commit).

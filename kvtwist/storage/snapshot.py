@@ -122,8 +122,7 @@ def write_snapshot_file(
         count += len(keys)
     ep = list(epochs)
     w.record(
-        struct.pack(">BI", EPOCHS, len(ep))
-        + b"".join(struct.pack(">QQ", s, e) for s, e in ep)
+        struct.pack(">BI", EPOCHS, len(ep)) + b"".join(struct.pack(">QQ", s, e) for s, e in ep)
     )
     for i in range(0, len(clients), 20_000):
         w.record(_clients_body(clients[i : i + 20_000]))

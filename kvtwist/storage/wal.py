@@ -52,7 +52,9 @@ def decode_header(data: bytes, path: str) -> tuple[int, int]:
     if zlib.crc32(data[: HEADER_SIZE - 4]) != crc:
         raise CorruptData(path, 0, "segment header checksum mismatch")
     if version != WAL_VERSION:
-        raise CorruptData(path, 8, f"segment format version {version}, this build reads {WAL_VERSION}")
+        raise CorruptData(
+            path, 8, f"segment format version {version}, this build reads {WAL_VERSION}"
+        )
     return log_id, first_seq
 
 

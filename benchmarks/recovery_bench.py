@@ -1,0 +1,91 @@
+"""Recovery time of a data directory: a snapshot of N keys plus a log after it.
+
+    .venv/bin/python -m benchmarks.recovery_bench [--keys 1000000] [--log 100000]
+
+Builds the directory with 16-byte keys and 32-byte values (the snapshot is
+written at N, then ``--log`` overwrites and inserts are logged after it), then
+times ``DataDir.open()`` and reports disk bytes per key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import shutil
+import tempfile
+import time
+
+from kvtwist.storage import DataDir, FsyncPolicy, LogRecord
+from kvtwist.tree import AVLTree
+
+
+def du(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def build(path: str, n: int, log: int, rng: random.Random) -> None:
+    keys = sorted({f"{rng.getrandbits(64):016x}" for _ in range(n + n // 100)})[:n]
+    values = [rng.randbytes(32) for _ in keys]
+    dd = DataDir(path, fsync=FsyncPolicy.ALWAYS)
+    dd.open()
+    shuffled = list(range(n))
+    rng.shuffle(shuffled)
+    for i in range(0, n, 2000):
+        first = dd.last_seq + 1
+        batch = shuffled[i : i + 2000]
+        dd.append([LogRecord(first + j, 1, True, keys[k], values[k]) for j, k in enumerate(batch)])
+    seq = dd.begin_snapshot()
+    dd.write_snapshot(seq, AVLTree.from_sorted(keys, values), dd.epochs, [])
+    for i in range(0, log, 2000):
+        first = dd.last_seq + 1
+        dd.append(
+            [
+                LogRecord(first + j, 2, True, rng.choice(keys), rng.randbytes(32))
+                for j in range(min(2000, log - i))
+            ]
+        )
+    dd.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keys", type=int, default=1_000_000)
+    ap.add_argument("--log", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--dir", default=None, help="parent directory (default: a temp dir)")
+    args = ap.parse_args()
+    parent = tempfile.mkdtemp(dir=args.dir)
+    path = os.path.join(parent, "data")
+    try:
+        t0 = time.perf_counter()
+        build(path, args.keys, args.log, random.Random(1))
+        print(f"built in {time.perf_counter() - t0:.1f} s")
+        snap = du(os.path.join(path, "snap"))
+        newest = max(os.listdir(os.path.join(path, "snap")))
+        newest_bytes = os.path.getsize(os.path.join(path, "snap", newest))
+        wal = du(os.path.join(path, "wal"))
+        print(
+            f"disk: snapshot {newest_bytes / args.keys:.1f} B/key; whole directory"
+            f" {(snap + wal) / args.keys:.1f} B/key (snapshots {snap} B, log {wal} B,"
+            " which still holds everything since the previous snapshot)"
+        )
+        for _ in range(args.runs):
+            gc.collect()
+            dd = DataDir(path)
+            t0 = time.perf_counter()
+            r = dd.open()
+            dt = time.perf_counter() - t0
+            dd.close()
+            print(
+                f"open(): {dt:.2f} s for {len(r.tree)} keys"
+                f" (snapshot at {r.snapshot_seq}, {r.last_seq - r.snapshot_seq} log records)"
+            )
+            del r
+    finally:
+        shutil.rmtree(parent)
+
+
+if __name__ == "__main__":
+    main()
