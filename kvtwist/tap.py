@@ -238,9 +238,14 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         idle_timeout=options["idle-timeout"],
     )
     factory = NodeFactory(reactor, replica, limits)
-    ListeningService(reactor, options["port"], options["interface"], factory).setServiceParent(
-        top
-    )
+    try:
+        listening = ListeningService(reactor, options["port"], options["interface"], factory)
+    except SystemExit:
+        runner.stop()  # its threads would keep the process from exiting
+        if journal is not None:
+            journal.close()
+        raise
+    listening.setServiceParent(top)
     if make_zk is not None:
         ChainService(reactor, replica, make_zk).setServiceParent(top)
     log.info(
@@ -288,7 +293,8 @@ class ListeningService(service.Service):
         try:
             self.port = reactor.listenTCP(port, factory, interface=interface)
         except CannotListenError as e:
-            raise SystemExit(f"kvtwist: cannot listen on {interface}:{port}: {e.socketError}") from None
+            why = e.socketError
+            raise SystemExit(f"kvtwist: cannot listen on {interface}:{port}: {why}") from None
 
     def stopService(self) -> Any:
         super().stopService()

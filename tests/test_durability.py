@@ -12,6 +12,7 @@ import signal
 import socket
 import time
 
+from kazoo.client import KazooClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from kvtwist import wire
@@ -94,7 +95,7 @@ class StandaloneDurabilityTests(SynchronousTestCase):
         self.assertNotEqual(wait_exit(again), 0)
         out = (n.dir / "stdout").read_text()
         self.assertIn(segment.name, out)
-        self.assertIn("offset", out)
+        self.assertIn("at byte", out)
         self.assertNotIn("Traceback", out)
 
     def test_port_taken_exits_with_one_line(self) -> None:
@@ -143,6 +144,9 @@ class ChainDurabilityTests(ChainCase):
         zk.start()
         self.addCleanup(zk.stop)
         self.zk = zk
+        self.kazoo = KazooClient(zk.hosts)
+        self.kazoo.start(15)
+        self.addCleanup(self.kazoo.stop)
         nodes = self.chain(3)
         w, out = self.start_writer()
         self.wait_acks(out, 30)
