@@ -279,8 +279,12 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         else:
             hello = msg.hello
             if keyed:
-                claimed = hello.sender if op == wire.OP_CHAIN_HELLO else f"join:{hello.address}"
-                if claimed != self.peer_identity or hello.config != self.peer_config:
+                # a joiner dials before it has a configuration of its own: its
+                # handshake binds 0, and only a HELLO's configuration is checked
+                is_hello = op == wire.OP_CHAIN_HELLO
+                claimed = hello.sender if is_hello else f"join:{hello.address}"
+                config_ok = hello.config == self.peer_config or not is_hello
+                if claimed != self.peer_identity or not config_ok:
                     self._refuse_chain(
                         f"{wire.op_name(op)} names {claimed!r} in config {hello.config}; "
                         f"authenticated as {self.peer_identity!r} in config {self.peer_config}"
