@@ -25,7 +25,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist import wire
-from kvtwist.chain.link import Link
+from kvtwist.chain.auth import AuthError, LogLimiter, Responder, auth_message
+from kvtwist.chain.link import MAX_CLIENT_ID, Link, LinkConfig, limits_problem
 from kvtwist.chain.replica import NotHere, ReadView, Replica, Unavailable
 from kvtwist.client.protocol import ConnectionPool
 from kvtwist.proto.kvtwist_pb2 import OpStats
@@ -35,11 +36,16 @@ from kvtwist.wire import FramedProtocol, Message
 
 log = Logger(namespace="kvtwist.server")
 
-DEFAULT_MAX_KEY = 64 * 1024
+DEFAULT_MAX_KEY = wire.DEFAULT_MAX_KEY
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_RANGE_LIMIT = 10_000
 DEFAULT_MAX_PENDING = 1024
 DEFAULT_MAX_INFLIGHT = 64
+DEFAULT_MAX_REPLY = 64 * 1024 * 1024
+#: Connections beyond --max-connections that may still become chain links.
+CHAIN_RESERVE = 16
+#: How long such a connection has to show it is one.
+CHAIN_GRACE = 1.0
 MAX_HOPS = 2
 BIG_READS = frozenset({wire.OP_GETKEYS, wire.OP_GETVALUES, wire.OP_RANGE})
 
@@ -58,6 +64,7 @@ class Limits:
     max_pending: int = DEFAULT_MAX_PENDING
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     idle_timeout: float | None = None
+    max_reply: int = DEFAULT_MAX_REPLY
 
 
 @dataclass
@@ -90,12 +97,23 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
     replies back up in the transport (a client that does not read), while too
     many of its requests are unanswered, and while the chain downstream is
     congested; it reads again once the cause is gone.
+
+    With a cluster key, a connection becomes a chain link only after the
+    challenge-response (OP_CHAIN_AUTH); until then every chain opcode is
+    refused and the connection closed, and nothing reaches the replica.
     """
 
     factory: NodeFactory
 
     def __init__(self) -> None:
         self.link: Link | None = None
+        self.authenticated = False
+        self.peer_identity: str | None = None  # proved by the handshake
+        self.peer_config = 0  # the configuration number the handshake bound
+        self.peer_max_frame = 0  # from the opening HELLO or JOIN
+        self._responder: Responder | None = None
+        self._auth_timer: Any = None
+        self._over_limit: Any = None  # a timer while this connection is beyond the limit
         self._slots: deque[list[Any]] = deque()  # [frame or None]
         self._writes = 0  # started and not yet answered
         self._reads = 0
@@ -111,29 +129,59 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         if f.limits.idle_timeout:
             self.setTimeout(f.limits.idle_timeout)
         if len(f.connections) >= f.limits.max_connections:
-            log.warn(
-                "{peer}: refused, {n} connections already open (limit)",
-                peer=self.peerName(),
-                n=len(f.connections),
-            )
-            self.sendMessage(
-                wire.error_reply(
-                    f"too many connections (limit {f.limits.max_connections})", retry=True
-                )
-            )
-            self._closing = True
-            self.disconnect()
-            return
-        f.connections.add(self)
+            # chain links do not count: a few more may show that they are one
+            if f.replica.standalone or len(f.reserved) >= CHAIN_RESERVE:
+                self._refuse_over_limit()
+                return
+            f.reserved.add(self)
+            self._over_limit = f.reactor.callLater(CHAIN_GRACE, self._refuse_over_limit)
+        else:
+            f.connections.add(self)
         self.transport.registerProducer(self, True)
         if f.replica.congested:
             self.pause("chain")
 
+    @property
+    def link_config(self) -> LinkConfig:
+        return self.factory.link_config
+
+    def _refuse_over_limit(self) -> None:
+        f = self.factory
+        f.reserved.discard(self)
+        self._over_limit = None
+        log.warn(
+            "{peer}: refused, {n} connections already open (limit)",
+            peer=self.peerName(),
+            n=len(f.connections),
+        )
+        self.sendMessage(
+            wire.error_reply(f"too many connections (limit {f.limits.max_connections})", retry=True)
+        )
+        self._closing = True
+        self.disconnect()
+
+    def _become_chain(self) -> None:
+        """This connection carries chain traffic: no client limits apply to it."""
+        f = self.factory
+        f.connections.discard(self)
+        f.reserved.discard(self)
+        if self._over_limit is not None and self._over_limit.active():
+            self._over_limit.cancel()
+        self._over_limit = None
+        self.setTimeout(None)
+        self.max_frame = self._decoder.max_frame = f.link_config.chain_frame
+        self.resume("chain")
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections.discard(self)
+        self.factory.reserved.discard(self)
         self._closing = True
         self.setTimeout(None)
+        for timer in (self._over_limit, self._auth_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
         if self.link is not None:
+            self.link.lost()
             self.factory.replica.link_lost(self.link)
 
     def dataReceived(self, data: bytes) -> None:
@@ -142,7 +190,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
 
     def timeoutConnection(self) -> None:
         if self.link is not None:
-            return  # chain links are watched by ZooKeeper, not by idleness
+            return  # chain links watch themselves (heartbeats and the link timeout)
         log.info(
             "{peer}: idle for {s}s; closing",
             peer=self.peerName(),
@@ -174,12 +222,14 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
     def pauseProducing(self) -> None:
         """The transport's send buffer is full."""
         if self.link is not None:
+            self.link.congested(True)
             self.factory.replica.link_congested(self.link, True)
         else:
             self.pause("output")
 
     def resumeProducing(self) -> None:
         if self.link is not None:
+            self.link.congested(False)
             self.factory.replica.link_congested(self.link, False)
         else:
             self.resume("output")
@@ -188,24 +238,19 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self._closing = True
 
     def messageReceived(self, msg: Message) -> None:
-        if self.link is not None:
-            self.factory.replica.chain_message(self.link, msg)
+        link = self.link
+        if link is not None:
+            if link.received(msg):
+                self.factory.replica.chain_message(link, msg)
             return
-        if msg.opcode in wire.CHAIN_OPS:
-            opens_link = msg.opcode in (wire.OP_CHAIN_HELLO, wire.OP_CHAIN_JOIN)
-            if opens_link and not self._slots and not self.factory.replica.standalone:
-                self.factory.replica.incoming(self, msg)
+        op = msg.opcode
+        if self._over_limit is not None:
+            if op not in (wire.OP_CHAIN_AUTH, wire.OP_CHAIN_HELLO, wire.OP_CHAIN_JOIN):
+                self._refuse_over_limit()
                 return
-            log.warn(
-                "{peer}: chain-internal {op} from a client connection; refused",
-                peer=self.peerName(),
-                op=wire.op_name(msg.opcode),
-            )
-            reason = f"{wire.op_name(msg.opcode)} is chain-internal; refused"
-            if self.factory.replica.standalone:
-                reason += " (a standalone node takes no chain links)"
-            self._slots.append([wire.frame(wire.error_reply(reason))])
-            self._flush()
+            self._become_chain()
+        if op in wire.CHAIN_OPS or self._responder is not None:
+            self._chain_request(msg)
             return
         slot: list[Any] = [None]
         self._slots.append(slot)
@@ -213,6 +258,111 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         if len(self._slots) >= self.factory.limits.max_pending:
             self.pause("pending")
         self._pump()
+
+    # chain links
+
+    def _chain_request(self, msg: Message) -> None:
+        """A chain opcode on a connection that is no link yet."""
+        f = self.factory
+        op = msg.opcode
+        keyed = f.link_config.key is not None
+        if f.replica.standalone or self._slots:
+            self._refuse_in_order(msg)
+        elif op == wire.OP_CHAIN_AUTH:
+            self._authenticate(msg)
+        elif keyed and not self.authenticated:
+            self._refuse_chain(f"{wire.op_name(op)} before authentication")
+        elif op == wire.OP_CHAIN_PING:
+            pass  # authenticated, its HELLO or JOIN not sent yet
+        elif op not in (wire.OP_CHAIN_HELLO, wire.OP_CHAIN_JOIN):
+            self._refuse_in_order(msg)
+        else:
+            hello = msg.hello
+            if keyed:
+                # a joiner dials before it has a configuration of its own: its
+                # handshake binds 0, and only a HELLO's configuration is checked
+                is_hello = op == wire.OP_CHAIN_HELLO
+                claimed = hello.sender if is_hello else f"join:{hello.address}"
+                config_ok = hello.config == self.peer_config or not is_hello
+                if claimed != self.peer_identity or not config_ok:
+                    self._refuse_chain(
+                        f"{wire.op_name(op)} names {claimed!r} in config {hello.config}; "
+                        f"authenticated as {self.peer_identity!r} in config {self.peer_config}"
+                    )
+                    return
+            if op == wire.OP_CHAIN_JOIN:
+                problem = limits_problem(f.link_config, hello)
+                if problem is not None:
+                    log.error("join from {peer} refused: {why}", peer=self.peerName(), why=problem)
+                    self.sendMessage(wire.error_reply(problem, retry=False))
+                    self._closing = True
+                    self.disconnect()
+                    return
+            self.peer_max_frame = hello.max_frame
+            self._become_chain()
+            f.replica.incoming(self, msg)
+
+    def _refuse_in_order(self, msg: Message) -> None:
+        """A chain opcode from a client connection: an ERROR in its place among the replies."""
+        log.warn(
+            "{peer}: chain-internal {op} from a client connection; refused",
+            peer=self.peerName(),
+            op=wire.op_name(msg.opcode),
+        )
+        reason = f"{wire.op_name(msg.opcode)} is chain-internal; refused"
+        if self.factory.replica.standalone:
+            reason += " (a standalone node takes no chain links)"
+        self._slots.append([wire.frame(wire.error_reply(reason))])
+        self._flush()
+
+    def _refuse_chain(self, reason: str) -> None:
+        """Refuse an unauthenticated or failed chain peer: ERROR, a (rate-limited) log, close."""
+        if self._closing:
+            return
+        left_out = self.factory.refusals.allow()
+        if left_out is not None:
+            log.warn(
+                "{peer}: chain link refused: {reason}{more}",
+                peer=self.peerName(),
+                reason=reason,
+                more=f" ({left_out} more refusals not logged)" if left_out else "",
+            )
+        self.sendMessage(wire.error_reply(f"refused: {reason}", retry=False))
+        self._closing = True
+        self.disconnect()
+
+    def _authenticate(self, msg: Message) -> None:
+        """The responder's side of the handshake (see kvtwist.chain.auth)."""
+        f = self.factory
+        key = f.link_config.key
+        if key is None:
+            self._refuse_chain("this node has no cluster key (--cluster-key-file)")
+            return
+        if self.authenticated:
+            self._refuse_chain("already authenticated")
+            return
+        if self._responder is None:
+            self._responder = Responder(key, f.identity())
+            self._auth_timer = f.reactor.callLater(
+                f.link_config.timeout, self._refuse_chain, "authentication timed out"
+            )
+        try:
+            answer = self._responder.receive(msg.auth)
+        except AuthError as e:
+            self._refuse_chain(f"authentication failed: {e}")
+            return
+        self.sendMessage(auth_message(answer))
+        if self._responder.peer is not None:
+            self.authenticated = True
+            self.peer_identity = self._responder.peer
+            self.peer_config = self._responder.config
+            self._responder = None
+            if self._auth_timer.active():
+                self._auth_timer.cancel()
+            self._become_chain()
+            log.debug(
+                "{peer}: authenticated as {who}", peer=self.peerName(), who=self.peer_identity
+            )
 
     def _pump(self) -> None:
         """Start held requests in order; a read waits for the writes sent before it.
@@ -277,15 +427,34 @@ class NodeFactory(Factory):
 
     protocol = NodeProtocol  # type: ignore[assignment]
 
-    def __init__(self, reactor: Any, replica: Replica, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        replica: Replica,
+        limits: Limits | None = None,
+        link_config: LinkConfig | None = None,
+    ) -> None:
         self.reactor = reactor
         self.replica = replica
         self.store = replica.store
         self.limits = limits or Limits()
-        self.connections: set[NodeProtocol] = set()
+        lim = self.limits
+        self.link_config = link_config or LinkConfig(
+            max_frame=lim.max_frame, max_key=lim.max_key, max_value=lim.max_value
+        )
+        # outgoing links (ChainConnection) take theirs from the replica
+        replica.link_config = self.link_config
+        replica.link_timeout = self.link_config.timeout
+        self.connections: set[NodeProtocol] = set()  # client connections
+        self.reserved: set[NodeProtocol] = set()  # beyond the limit, may become chain links
+        self.refusals = LogLimiter(now=reactor.seconds)
         self.metrics = Metrics()
         self.forwarder = ConnectionPool(reactor)
         replica.on_congestion = self.congestion
+
+    def identity(self) -> str:
+        """Who this node is in a chain-link handshake: its znode name, or a joiner's name."""
+        return self.replica.name or f"join:{self.replica.address}"
 
     def congestion(self, congested: bool) -> None:
         """The chain downstream is slow: stop taking requests from clients until it drains."""
@@ -355,6 +524,10 @@ class NodeFactory(Factory):
 
     def _dispatch(self, msg: Message) -> Deferred[bytes] | bytes:
         op = msg.opcode
+        if op in wire.WRITE_OPS and len(msg.client_id) > MAX_CLIENT_ID // 4:
+            size = len(msg.client_id.encode())
+            if size > MAX_CLIENT_ID:
+                raise BadRequest(f"client_id of {size} bytes exceeds the limit of {MAX_CLIENT_ID}")
         if op == wire.OP_PUT:
             self._ctype(msg, wire.CT_ENTRY)
             if not msg.HasField("entry"):
@@ -432,14 +605,25 @@ class NodeFactory(Factory):
             if op == wire.OP_SIZE:
                 return lambda v: wire.frame(wire.result_reply(op, len(v.tree)))
             return lambda v: wire.frame(wire.result_reply(op, v.tree.height()))
+        max_reply = self.limits.max_reply
         if op == wire.OP_GETKEYS:
             self._ctype(msg, wire.CT_NONE)
-            return lambda v: wire.frame(wire.reply(op, c_type=wire.CT_KEYS, keys=v.tree.keys()))
+
+            def getkeys(v: ReadView) -> bytes:
+                keys = v.tree.keys()
+                _bounded(op, map(_text_size, keys), max_reply)
+                return wire.frame(wire.reply(op, c_type=wire.CT_KEYS, keys=keys))
+
+            return getkeys
         if op == wire.OP_GETVALUES:
             self._ctype(msg, wire.CT_NONE)
-            return lambda v: wire.frame(
-                wire.reply(op, c_type=wire.CT_VALUES, values=v.tree.values())
-            )
+
+            def getvalues(v: ReadView) -> bytes:
+                values = v.tree.values()
+                _bounded(op, map(len, values), max_reply)
+                return wire.frame(wire.reply(op, c_type=wire.CT_VALUES, values=values))
+
+            return getvalues
         if op == wire.OP_VERIFY:
             self._ctype(msg, wire.CT_RESULT)
             n = msg.op_n if msg.op_n else msg.result
@@ -455,6 +639,7 @@ class NodeFactory(Factory):
 
             def scan(v: ReadView) -> bytes:
                 items = v.tree.range(start, stop, limit)
+                _bounded(op, (_text_size(k) + len(d) for k, d in items), max_reply)
                 return wire.frame(
                     wire.reply(
                         op,
@@ -486,3 +671,23 @@ class NodeFactory(Factory):
             mean = c.total_s / c.count * 1e6 if c.count else 0.0
             stats.ops.append(OpStats(op=name, count=c.count, mean_service_us=mean, errors=c.errors))
         return wire.reply(wire.OP_STATS, c_type=wire.CT_STATS, stats=stats)
+
+
+#: Bytes a repeated field's element costs beyond its contents (tag, length), at most.
+_ELEMENT_OVERHEAD = 6
+
+
+def _text_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _bounded(op: int, sizes: Any, max_reply: int) -> None:
+    """Refuse a listing whose reply would exceed ``max_reply`` bytes, before building it."""
+    total = 0
+    for n in sizes:
+        total += n + _ELEMENT_OVERHEAD
+        if total > max_reply:
+            raise BadRequest(
+                f"the {wire.op_name(op)} reply would exceed {max_reply} bytes (--max-reply); "
+                "page through the keys with RANGE and a smaller limit"
+            )

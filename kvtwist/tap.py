@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import ipaddress
 import os
 import time
 from collections.abc import Callable
@@ -15,16 +16,20 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from kvtwist import wire
+from kvtwist.chain.auth import KeyFileError, load_key
+from kvtwist.chain.link import DEFAULT_LINK_TIMEOUT, LinkConfig
 from kvtwist.chain.replica import Replica
 from kvtwist.server import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_KEY,
     DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_REPLY,
     Limits,
     NodeFactory,
 )
 from kvtwist.storage import CorruptData, DataDir, DiskError, FsyncPolicy, Recovered
 from kvtwist.store import Store, ThreadRunner
+from kvtwist.watchdog import ReactorWatchdog
 
 log = Logger(namespace="kvtwist.node")
 
@@ -86,6 +91,28 @@ class Options(usage.Options):
         ["zk-root", None, "/chain", "ZooKeeper path of the chain."],
         ["zk-session-timeout", None, 10.0, "ZooKeeper session timeout in seconds.", float],
         ["advertise", None, None, "host:port written into ZooKeeper (default interface:port)."],
+        # chain-link security, liveness and reply bounds
+        [
+            "cluster-key-file",
+            None,
+            None,
+            "Shared secret authenticating chain links (mode 600, at least 16 bytes); "
+            "required unless the node listens on loopback only.",
+        ],
+        [
+            "link-timeout",
+            None,
+            DEFAULT_LINK_TIMEOUT,
+            "Seconds of silence, or of unacknowledged updates, before a chain link is closed.",
+            float,
+        ],
+        [
+            "max-reply",
+            None,
+            DEFAULT_MAX_REPLY,
+            "Largest GETKEYS/GETVALUES/RANGE reply in bytes.",
+            _positive("max-reply"),
+        ],
         # durability
         [
             "data-dir",
@@ -134,6 +161,22 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
             if self["zk-session-timeout"] <= 0:
                 raise usage.UsageError("--zk-session-timeout must be positive")
+        self._check_link_options()
+
+    def _check_link_options(self) -> None:
+        if self["link-timeout"] <= 0:
+            raise usage.UsageError("--link-timeout must be positive")
+        self["cluster-key"] = None
+        if self["cluster-key-file"] is not None:
+            try:
+                self["cluster-key"] = load_key(self["cluster-key-file"])
+            except KeyFileError as e:
+                raise usage.UsageError(str(e)) from None
+        elif self["zk"] and not _loopback(self["interface"]):
+            raise usage.UsageError(
+                f"a chain node listening on {self['interface'] or 'all interfaces'} needs "
+                "--cluster-key-file (only loopback-only chains may run without one)"
+            )
 
 
     def _check_storage_options(self) -> None:
@@ -147,6 +190,15 @@ class Options(usage.Options):
             raise usage.UsageError("--in-memory and --data-dir exclude each other")
         if not self["in-memory"] and self["data-dir"] is None:
             self["data-dir"] = os.path.join("kvtwist-data", str(self["port"]))
+
+
+def _loopback(interface: str) -> bool:
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
 
 
 class ChainService(service.Service):
@@ -199,6 +251,34 @@ class ChainService(service.Service):
         return self.zk.stop() if self.zk is not None else None
 
 
+class WatchdogService(service.Service):
+    """Closes the ZooKeeper session of a node whose reactor stops turning (kvtwist.watchdog)."""
+
+    def __init__(self, reactor: Any, chain: ChainService, session_timeout: float) -> None:
+        self.chain = chain
+        self.watchdog = ReactorWatchdog(reactor, session_timeout / 2, self._drop, self._resume)
+
+    def _drop(self) -> None:
+        zk = self.chain.zk
+        if zk is not None:
+            zk.drop_session()
+
+    def _resume(self) -> None:
+        zk = self.chain.zk
+        if zk is not None and self.running:
+            zk.resume_session().addErrback(
+                lambda f: log.warn("new ZooKeeper session failed: {e}", e=f.getErrorMessage())
+            )
+
+    def startService(self) -> None:
+        super().startService()
+        self.watchdog.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.watchdog.stop()
+
+
 #: Every write allocates a path of tree nodes that the cyclic collector tracks;
 #: with the default thresholds it spends more time scanning a large tree than
 #: the writes take.  Tree nodes form no cycles, so collecting rarely is safe.
@@ -236,8 +316,16 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         max_connections=options["max-connections"],
         max_pending=options["max-pending"],
         idle_timeout=options["idle-timeout"],
+        max_reply=options["max-reply"],
     )
-    factory = NodeFactory(reactor, replica, limits)
+    link_config = LinkConfig(
+        timeout=options["link-timeout"],
+        key=options.get("cluster-key"),
+        max_frame=limits.max_frame,
+        max_key=limits.max_key,
+        max_value=limits.max_value,
+    )
+    factory = NodeFactory(reactor, replica, limits, link_config)
     try:
         listening = ListeningService(reactor, options["port"], options["interface"], factory)
     except SystemExit:
@@ -247,7 +335,9 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         raise
     listening.setServiceParent(top)
     if make_zk is not None:
-        ChainService(reactor, replica, make_zk).setServiceParent(top)
+        chain = ChainService(reactor, replica, make_zk)
+        chain.setServiceParent(top)
+        WatchdogService(reactor, chain, options["zk-session-timeout"]).setServiceParent(top)
     log.info(
         "kvtwist node on {iface}:{port} ({mode})",
         iface=options["interface"],

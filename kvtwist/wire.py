@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -19,6 +20,7 @@ from kvtwist.proto.kvtwist_pb2 import Entry, Message, RangeSpec
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+DEFAULT_MAX_KEY = 64 * 1024
 
 OP_BAD = Message.OP_BAD
 OP_SIZE = Message.OP_SIZE
@@ -37,6 +39,8 @@ OP_CHAIN_UPDATE = Message.OP_CHAIN_UPDATE
 OP_CHAIN_ACK = Message.OP_CHAIN_ACK
 OP_CHAIN_JOIN = Message.OP_CHAIN_JOIN
 OP_CHAIN_SNAPSHOT = Message.OP_CHAIN_SNAPSHOT
+OP_CHAIN_AUTH = Message.OP_CHAIN_AUTH
+OP_CHAIN_PING = Message.OP_CHAIN_PING
 
 CT_BAD = Message.CT_BAD
 CT_KEY = Message.CT_KEY
@@ -53,7 +57,15 @@ CT_CHAIN = Message.CT_CHAIN
 
 WRITE_OPS = frozenset({OP_PUT, OP_DEL})
 CHAIN_OPS = frozenset(
-    {OP_CHAIN_HELLO, OP_CHAIN_UPDATE, OP_CHAIN_ACK, OP_CHAIN_JOIN, OP_CHAIN_SNAPSHOT}
+    {
+        OP_CHAIN_HELLO,
+        OP_CHAIN_UPDATE,
+        OP_CHAIN_ACK,
+        OP_CHAIN_JOIN,
+        OP_CHAIN_SNAPSHOT,
+        OP_CHAIN_AUTH,
+        OP_CHAIN_PING,
+    }
 )
 
 
@@ -209,6 +221,10 @@ class FramedProtocol(Protocol):
     max_frame = DEFAULT_MAX_FRAME
     log = Logger()
     transport: Any  # an ITransport; typed loosely because zope interfaces defeat mypy
+    #: While a handshake owns the connection, received messages go to it and
+    #: ``sendMessage`` holds what others send until ``endHandshake``.
+    handshake: Callable[[Message], None] | None = None
+    _held_out: list[Message] | None = None
 
     def connectionMade(self) -> None:
         self._decoder = FrameDecoder(self.max_frame)
@@ -240,27 +256,52 @@ class FramedProtocol(Protocol):
             except DecodeError as e:
                 self.badFrame(payload, e)
                 continue
-            self.messageReceived(msg)
+            (self.handshake or self.messageReceived)(msg)
         if not inbox and self._too_large is not None and not getattr(self, "_closing", False):
             exc, self._too_large = self._too_large, None
             self.frameTooLarge(exc)
 
     def sendMessage(self, msg: Message) -> None:
+        if self.handshake is not None:
+            if self._held_out is None:
+                self._held_out = []
+            self._held_out.append(msg)
+            return
+        self.writeMessage(msg)
+
+    def writeMessage(self, msg: Message) -> None:
+        """Send now, past a running handshake (the handshake's own messages)."""
         assert self.transport is not None
         self.transport.write(frame(msg))
 
-    def disconnect(self) -> None:
-        """Close after the pending output is written.
+    def beginHandshake(self, handler: Callable[[Message], None]) -> None:
+        self.handshake = handler
+
+    def endHandshake(self, ok: bool) -> None:
+        """Hand the connection back: send what was held if ``ok``, else drop it."""
+        self.handshake = None
+        held, self._held_out = self._held_out or [], None
+        if ok and self.transport is not None:
+            for msg in held:
+                self.writeMessage(msg)
+
+    def disconnect(self, abort: bool = False) -> None:
+        """Close after the pending output is written, or at once if ``abort``.
 
         A transport with a registered producer never closes on
-        ``loseConnection`` alone, so the producer is unregistered first.
+        ``loseConnection`` alone, so the producer is unregistered first.  A
+        peer that stopped reading would keep a graceful close pending for
+        ever: that one is aborted.
         """
         t = self.transport
         if t is None:
             return
         if getattr(t, "producer", None) is not None:
             t.unregisterProducer()
-        t.loseConnection()
+        if abort and hasattr(t, "abortConnection"):
+            t.abortConnection()
+        else:
+            t.loseConnection()
 
     def frameTooLarge(self, exc: FrameTooLarge) -> None:
         self.log.warn("{peer}: {reason}; closing", peer=self.peerName(), reason=str(exc))

@@ -363,6 +363,21 @@ class ZooKeeper:
         self._client.stop()
         self._client.close()
 
+    def drop_session(self) -> None:
+        """Close the session now, from any thread (the reactor watchdog's).
+
+        Our ephemeral znodes go at once, as after a crash; "lost" follows on
+        the reactor once it turns.
+        """
+        if not self._stopped:
+            self._client.stop()
+
+    def resume_session(self) -> Deferred[None]:
+        """Open a new session after drop_session; "connected" follows."""
+        if self._stopped:
+            return succeed(None)
+        return self.call(self._client.start)
+
     # -- connection state ----------------------------------------------------
 
     def _kazoo_listener(self, state: str) -> None:

@@ -109,6 +109,7 @@ class ReplicaCore:
         self.address = address
         self.zk = zk
         self.link_timeout = link_timeout
+        self.link_config: Any = None  # kvtwist.chain.link.LinkConfig, set by the node factory
         self.life = Lifecycle(standalone=zk is None)
         self.view: Any = None  # kvtwist.zk.Membership, None when standalone
         self.name: str | None = None  # our znode name, once registered

@@ -233,7 +233,7 @@ class JoiningReplica(MembershipReplica):
         self._received = SnapshotReceiver()
         self._loaded = None
         self._catch_up_to = -1
-        conn = ChainConnection(self)
+        conn = ChainConnection(self, self.link_config)
         link = Link(conn, Side.PREDECESSOR, self.reactor, peer=tail.name)
         self.pred = link
         host, port = tail.address
@@ -266,10 +266,10 @@ class JoiningReplica(MembershipReplica):
             return
         self._received.add(chunk)
         if chunk.done:
-            keys, values = self._received.keys, self._received.values
-            self._received = SnapshotReceiver()
+            received, self._received = self._received, SnapshotReceiver()
+            keys, values = received.keys, received.values
             self.dedup.clear()
-            rows = [(r.client_id, r.request_id, r.seq, r.found) for r in chunk.clients]
+            rows = [(r.client_id, r.request_id, r.seq, r.found) for r in received.clients]
             self.dedup.load(rows)
             self.history = history_of(chunk.marks)
             self.last_catch_up = "full"

@@ -3,23 +3,88 @@
 The same TCP connection carries updates downstream and acknowledgements
 upstream, so a link is FIFO both ways.  Which end connected does not matter:
 a joining node dials its predecessor, every other predecessor dials its
-successor.  Updates and acknowledgements queued in one reactor turn leave as
-one frame.
+successor.  Updates and acknowledgements queued in one reactor turn leave
+together, in frames no larger than the receiving side accepts.
+
+A link watches itself: it sends heartbeats while idle and closes when the
+peer has been silent, or has left a batch of updates unacknowledged, for the
+link timeout.  The replica then sees ``link_lost`` as for any lost connection.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist import wire
+from kvtwist.chain.auth import authenticate
 from kvtwist.proto.kvtwist_pb2 import ChainHello, SnapshotChunk, Update
 from kvtwist.wire import FramedProtocol, Message
+
+log = Logger(namespace="kvtwist.chain")
+
+DEFAULT_LINK_TIMEOUT = 3.0
+#: Longest client_id a write may carry (it is replicated and kept for dedup).
+MAX_CLIENT_ID = 256
+#: Bytes one update may need beyond its key and value: op numbers, ids, tags.
+UPDATE_OVERHEAD = 256 + MAX_CLIENT_ID
+#: Bytes a chain frame may need beyond its updates or entries: opcode, sender stamp.
+FRAME_OVERHEAD = 4096
+
+
+def largest_update(max_key: int, max_value: int) -> int:
+    """Encoded size of the largest update a node with these client limits can make."""
+    return max_key + max_value + UPDATE_OVERHEAD
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """What every chain link of a node needs to know: its limits, timeout and key."""
+
+    timeout: float = DEFAULT_LINK_TIMEOUT
+    key: bytes | None = None
+    max_frame: int = wire.DEFAULT_MAX_FRAME  # client frames
+    max_key: int = wire.DEFAULT_MAX_KEY
+    max_value: int = wire.DEFAULT_MAX_FRAME
+
+    @property
+    def chain_frame(self) -> int:
+        """The largest frame accepted on a chain link: room for our largest update."""
+        return max(self.max_frame, largest_update(self.max_key, self.max_value) + FRAME_OVERHEAD)
+
+    def stamp(self, hello: ChainHello) -> None:
+        """Announce our limits in a HELLO or JOIN."""
+        hello.max_frame = self.chain_frame
+        hello.max_value = self.max_value
+
+
+def limits_problem(own: LinkConfig, peer: ChainHello) -> str | None:
+    """Why a neighbour announcing ``peer``'s limits cannot take our updates; None if it can.
+
+    A peer that announces nothing (an older build) is not judged.
+    """
+    if not peer.max_frame:
+        return None
+    need = largest_update(own.max_key, own.max_value) + FRAME_OVERHEAD
+    if peer.max_frame < need:
+        return (
+            f"peer accepts chain frames of at most {peer.max_frame} bytes; values of up to "
+            f"{own.max_value} bytes need {need}: give every node the same --max-value"
+        )
+    return None
+
+
+#: A joiner's acknowledgements may take this many link timeouts (it loads its copy first).
+JOINER_ACK_FACTOR = 10
 
 
 class Side(enum.Enum):
@@ -30,7 +95,7 @@ class Side(enum.Enum):
 
 
 class Link:
-    """Chain state of one connection: the peer's name, side, and outgoing batches."""
+    """Chain state of one connection: the peer's name, side, outgoing batches and liveness."""
 
     def __init__(self, conn: FramedProtocol, side: Side, reactor: Any, peer: str = "") -> None:
         self.conn = conn
@@ -43,10 +108,22 @@ class Link:
         # who we are on this link, stamped on every batch of updates
         self.local_name = ""
         self.config = 0
+        self.settings: LinkConfig = getattr(conn, "link_config", None) or LinkConfig()
+        #: the receiving side's frame limit, from its HELLO or JOIN
+        self.peer_max_frame: int = getattr(conn, "peer_max_frame", 0) or wire.DEFAULT_MAX_FRAME
         self._updates: list[Update] = []
         self._ack = 0
         self._flush: Any = None  # an IDelayedCall
+        # liveness
+        self._last_in = self._last_out = reactor.seconds()
+        self._unacked: deque[tuple[int, float]] = deque()  # (last op of a batch, sent at)
+        self._watch: Any = None
+        # backpressure
+        self.write_full = False
+        self._writable: list[Deferred[None]] = []
         conn.link = self  # type: ignore[attr-defined]
+        if conn.transport is not None and conn.handshake is None:
+            self.start_watch()
 
     def __repr__(self) -> str:
         return f"<Link {self.side.value} {self.peer or '?'} ready={self.ready}>"
@@ -54,7 +131,11 @@ class Link:
     def send(self, msg: Message) -> None:
         if not self.closed:
             self._flush_now()
-            self.conn.sendMessage(msg)
+            self._out(msg)
+
+    def _out(self, msg: Message) -> None:
+        self._last_out = self.reactor.seconds()
+        self.conn.sendMessage(msg)
 
     def hello(
         self, sender: str, config: int, address: str = "", last_op: int = 0, epoch: int = 0
@@ -62,6 +143,7 @@ class Link:
         hello = ChainHello(
             sender=sender, config=config, address=address, last_op=last_op, epoch=epoch
         )
+        self.settings.stamp(hello)
         self.send(Message(opcode=wire.OP_CHAIN_HELLO, c_type=wire.CT_CHAIN, hello=hello))
 
     def snapshot(self, chunk: SnapshotChunk) -> None:
@@ -80,6 +162,11 @@ class Link:
         if self._flush is None and not self.closed:
             self._flush = self.reactor.callLater(0, self._flush_now)
 
+    @property
+    def frame_budget(self) -> int:
+        """Bytes of updates or entries one frame to the peer may carry."""
+        return max(1, self.peer_max_frame - FRAME_OVERHEAD)
+
     def _flush_now(self) -> None:
         if self._flush is not None:
             if self._flush.active():
@@ -89,18 +176,121 @@ class Link:
             return
         if self._updates:
             updates, self._updates = self._updates, []
-            stamp = ChainHello(sender=self.local_name, config=self.config)
-            self.conn.sendMessage(
-                Message(
-                    opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN, updates=updates, hello=stamp
-                )
-            )
+            budget = self.frame_budget
+            batch: list[Update] = []
+            size = 0
+            for u in updates:
+                n = u.ByteSize() + 16  # the field's tag and length
+                if batch and size + n > budget:
+                    self._send_updates(batch)
+                    batch, size = [], 0
+                batch.append(u)
+                size += n
+            self._send_updates(batch)
         if self._ack:
             ack, self._ack = self._ack, 0
             stamp = ChainHello(sender=self.local_name, config=self.config)
-            self.conn.sendMessage(
+            self._out(
                 Message(opcode=wire.OP_CHAIN_ACK, c_type=wire.CT_CHAIN, op_n=ack, hello=stamp)
             )
+
+    def _send_updates(self, batch: list[Update]) -> None:
+        stamp = ChainHello(sender=self.local_name, config=self.config)
+        self._out(
+            Message(opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN, updates=batch, hello=stamp)
+        )
+        if self.side is Side.SUCCESSOR:
+            self._unacked.append((batch[-1].seq, self.reactor.seconds()))
+
+    # what arrives
+
+    def received(self, msg: Message) -> bool:
+        """See every message from the peer first; False when it goes no further.
+
+        Heartbeats end here, acknowledgements settle the unacknowledged batches,
+        and a HELLO tells the peer's limits (a successor that cannot take our
+        largest update is refused).
+        """
+        self._last_in = self.reactor.seconds()
+        op = msg.opcode
+        if op == wire.OP_CHAIN_PING:
+            return False
+        if op == wire.OP_CHAIN_ACK and self.side is Side.SUCCESSOR:
+            unacked = self._unacked
+            while unacked and unacked[0][0] <= msg.op_n:
+                unacked.popleft()
+        elif op == wire.OP_CHAIN_HELLO and msg.hello.max_frame:
+            self.peer_max_frame = msg.hello.max_frame
+            problem = (
+                limits_problem(self.settings, msg.hello) if self.side is Side.SUCCESSOR else None
+            )
+            if problem is not None:
+                log.error("refusing to link with {peer}: {why}", peer=self.peer, why=problem)
+                self.refuse(problem, retry=False)
+                return False
+        return True
+
+    # liveness
+
+    def start_watch(self) -> None:
+        """Begin heartbeats and silence checks (once the connection carries chain traffic)."""
+        if self._watch is None and not self.closed:
+            self._last_in = self._last_out = self.reactor.seconds()
+            self._watch = self.reactor.callLater(self.settings.timeout / 4, self._check)
+
+    def _check(self) -> None:
+        self._watch = None
+        if self.closed:
+            return
+        now = self.reactor.seconds()
+        timeout = self.settings.timeout
+        if now - self._last_in >= timeout:
+            log.warn(
+                "nothing from {peer} for {s:.1f}s; closing the link",
+                peer=self.peer or self.conn.peerName(),
+                s=now - self._last_in,
+            )
+            self.close(abort=True)
+            return
+        # a joiner acknowledges only once its copy is loaded (and on disk): it is
+        # judged by its heartbeats, with a longer allowance for acknowledgements
+        ack_timeout = timeout * (JOINER_ACK_FACTOR if self.peer.startswith("join:") else 1)
+        if self._unacked and now - self._unacked[0][1] >= ack_timeout:
+            seq, sent = self._unacked[0]
+            log.warn(
+                "{peer} has not acknowledged op {seq} sent {s:.1f}s ago; closing the link",
+                peer=self.peer,
+                seq=seq,
+                s=now - sent,
+            )
+            self.close(abort=True)
+            return
+        if now - self._last_out >= timeout / 3:
+            self.send(Message(opcode=wire.OP_CHAIN_PING, c_type=wire.CT_CHAIN))
+        self._watch = self.reactor.callLater(timeout / 4, self._check)
+
+    # backpressure
+
+    def congested(self, full: bool) -> None:
+        """The transport's send buffer filled up (or drained)."""
+        self.write_full = full
+        if not full:
+            self._wake_writers()
+
+    def writable(self) -> Deferred[None]:
+        """Fires once the send buffer has room (at once if it has), or the link closed."""
+        if not self.write_full or self.closed or self.conn.transport is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._writable.append(d)
+        return d
+
+    def _wake_writers(self) -> None:
+        waiters, self._writable = self._writable, []
+        for d in waiters:
+            d.callback(None)
+
+    # ending
 
     def refuse(self, reason: str, retry: bool = True) -> None:
         """Tell the peer why, then close."""
@@ -108,7 +298,7 @@ class Link:
             self.conn.sendMessage(wire.error_reply(reason, retry))
         self.close()
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         if self.closed:
             return
         self._flush_now()
@@ -116,7 +306,18 @@ class Link:
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
         self._flush = None
-        self.conn.disconnect()
+        if self._watch is not None and self._watch.active():
+            self._watch.cancel()
+        self._watch = None
+        self._wake_writers()
+        self.conn.disconnect(abort=abort)
+
+    def lost(self) -> None:
+        """The connection is gone: stop watching it and release anyone waiting to write."""
+        if self._watch is not None and self._watch.active():
+            self._watch.cancel()
+        self._watch = None
+        self._wake_writers()
 
 
 class LinkOwner(Protocol):
@@ -131,29 +332,69 @@ class LinkOwner(Protocol):
 
 @implementer(IPushProducer)
 class ChainConnection(FramedProtocol):
-    """An outgoing replication connection; everything it receives goes to the replica."""
+    """An outgoing replication connection; everything it receives goes to the replica.
 
-    def __init__(self, replica: LinkOwner) -> None:
+    With a cluster key it authenticates before anything else leaves: what the
+    replica sends meanwhile (its HELLO or JOIN) is held until the peer has
+    proved the key and is the member the link was opened to.
+    """
+
+    def __init__(self, replica: LinkOwner, config: LinkConfig | None = None) -> None:
         self.replica = replica
+        self.link_config: LinkConfig = (
+            config or getattr(replica, "link_config", None) or LinkConfig()
+        )
+        self.max_frame = self.link_config.chain_frame
         self.link: Link | None = None
+        self.authenticated = False
+        self.peer_identity: str | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.transport.registerProducer(self, True)
+        key = self.link_config.key
+        link = self.link
+        if key is None or link is None:
+            if link is not None:
+                link.start_watch()
+            return
+        identity = link.local_name or f"join:{getattr(self.replica, 'address', '')}"
+        authenticate(
+            self,
+            key,
+            identity,
+            link.config,
+            expect=link.peer or None,
+            clock=link.reactor,
+            timeout=self.link_config.timeout,
+        ).addCallbacks(self._authenticated, lambda _: None)  # it closed the connection
+
+    def _authenticated(self, peer: str) -> None:
+        self.authenticated = True
+        self.peer_identity = peer
+        if self.link is not None:
+            self.link.start_watch()
+
+    def sendMessage(self, msg: Message) -> None:
+        if msg.opcode in (wire.OP_CHAIN_HELLO, wire.OP_CHAIN_JOIN) and not msg.hello.max_frame:
+            self.link_config.stamp(msg.hello)
+        super().sendMessage(msg)
 
     def pauseProducing(self) -> None:
         if self.link is not None:
+            self.link.congested(True)
             self.replica.link_congested(self.link, True)
 
     def resumeProducing(self) -> None:
         if self.link is not None:
+            self.link.congested(False)
             self.replica.link_congested(self.link, False)
 
     def stopProducing(self) -> None:
         pass
 
     def messageReceived(self, msg: Message) -> None:
-        if self.link is not None:
+        if self.link is not None and self.link.received(msg):
             self.replica.chain_message(self.link, msg)
 
     def badFrame(self, payload: bytes, exc: Exception) -> None:
@@ -163,4 +404,5 @@ class ChainConnection(FramedProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.link is not None:
+            self.link.lost()
             self.replica.link_lost(self.link)

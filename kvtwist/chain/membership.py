@@ -244,7 +244,7 @@ class MembershipReplica(ReplicaCore):
         if member.address is None:
             log.error("successor {name} has no usable address; waiting", name=member.name)
             return
-        conn = ChainConnection(self)
+        conn = ChainConnection(self, self.link_config)
         link = Link(conn, Side.SUCCESSOR, self.reactor, peer=member.name)
         self._stamp(link)
         self.succ = link

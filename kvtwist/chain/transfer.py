@@ -25,27 +25,60 @@ from kvtwist.tree import AVLTree
 
 log = Logger(namespace="kvtwist.chain")
 
-#: Entries per chunk: about a megabyte for short keys and values.
-SNAPSHOT_CHUNK = 20_000
+#: Bytes of entries per chunk, unless the receiver's frame limit is smaller.
+SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+#: Bytes an entry or client row costs in a chunk beyond its own contents (tags, lengths).
+ROW_OVERHEAD = 16
 
 
-def chunks(tree: AVLTree, size: int = SNAPSHOT_CHUNK) -> Iterator[list[Entry]]:
-    """The tree's entries in key order, ``size`` at a time."""
+def _entry_size(key: str, value: bytes) -> int:
+    k = len(key) if key.isascii() else len(key.encode())
+    return k + len(value) + ROW_OVERHEAD
+
+
+def chunks(tree: AVLTree, max_bytes: int = SNAPSHOT_CHUNK_BYTES) -> Iterator[list[Entry]]:
+    """The tree's entries in key order, at most ``max_bytes`` of them at a time.
+
+    An entry larger than that goes alone (the link check makes sure the
+    receiver's frame can carry the largest entry there can be).
+    """
     batch: list[Entry] = []
+    size = 0
     for k, v in tree.iter_items():
-        batch.append(Entry(key=k, data=v))
-        if len(batch) >= size:
+        n = _entry_size(k, v)
+        if batch and size + n > max_bytes:
             yield batch
-            batch = []
+            batch, size = [], 0
+        batch.append(Entry(key=k, data=v))
+        size += n
     if batch:
         yield batch
+
+
+def client_batches(rows: list[Update], max_bytes: int) -> list[list[Update]]:
+    """Split duplicate-suppression rows so that no chunk exceeds ``max_bytes``."""
+    out: list[list[Update]] = [[]]
+    size = 0
+    for row in rows:
+        n = row.ByteSize() + ROW_OVERHEAD
+        if out[-1] and size + n > max_bytes:
+            out.append([])
+            size = 0
+        out[-1].append(row)
+        size += n
+    return out
 
 
 class SnapshotSender:
     """Streams ``tree`` (the state at op ``seq``) over ``link``, then calls ``done``.
 
     ``wanted`` is asked before every chunk: the transfer stops quietly once the
-    replica has moved on (the joiner left, the node was fenced).
+    replica has moved on (the joiner left, the node was fenced).  Chunks stay
+    under the joiner's frame limit, and the next one is made only once the
+    link's send buffer has room again, so a joiner that reads slowly (or not
+    at all) holds at most one chunk here beyond the transport's buffer.  The
+    duplicate-suppression rows travel in the last chunks, the final one
+    marked ``done``.
     """
 
     def __init__(
@@ -71,7 +104,8 @@ class SnapshotSender:
         self.total = len(tree)
         self.sent = 0
         self.started = time.monotonic()
-        self._chunks = chunks(tree)
+        self.max_bytes = min(SNAPSHOT_CHUNK_BYTES, link.frame_budget)
+        self._chunks = chunks(tree, self.max_bytes)
 
     def start(self) -> Deferred[Any]:
         log.info(
@@ -87,28 +121,18 @@ class SnapshotSender:
     def _next(self, _: Any = None) -> Deferred[Any]:
         if not self.wanted():
             return succeed(None)
+        return self.link.writable().addCallback(self._produce)
+
+    def _produce(self, _: Any) -> Deferred[Any] | None:
+        if not self.wanted():
+            return None
         return self.runner.read(lambda: next(self._chunks, None)).addCallback(self._send)
 
     def _send(self, entries: list[Entry] | None) -> Any:
         if not self.wanted():
             return None
         if entries is None:
-            self.link.snapshot(
-                SnapshotChunk(
-                    total=self.total,
-                    last_op=self.seq,
-                    done=True,
-                    clients=self.clients,
-                    marks=self.marks,
-                )
-            )
-            log.info(
-                "state transfer to {peer} sent in {s:.2f}s",
-                peer=self.link.peer,
-                s=time.monotonic() - self.started,
-            )
-            self.done()
-            return None
+            return self._send_clients(client_batches(self.clients, self.max_bytes))
         self.link.snapshot(SnapshotChunk(entries=entries, total=self.total, last_op=self.seq))
         self.sent += len(entries)
         log.info(
@@ -120,15 +144,45 @@ class SnapshotSender:
         # let the reactor turn (and the transport write) before the next chunk
         return deferLater(self.reactor, 0, self._next)
 
+    def _send_clients(self, batches: list[list[Update]]) -> Any:
+        if not self.wanted():
+            return None
+        rows = batches.pop(0)
+        last = not batches
+        self.link.snapshot(
+            SnapshotChunk(
+                total=self.total,
+                last_op=self.seq,
+                done=last,
+                clients=rows,
+                marks=self.marks if last else (),
+            )
+        )
+        if not last:
+            return self.link.writable().addCallback(lambda _: self._send_clients(batches))
+        log.info(
+            "state transfer to {peer} sent in {s:.2f}s",
+            peer=self.link.peer,
+            s=time.monotonic() - self.started,
+        )
+        self.done()
+        return None
+
 
 class SnapshotReceiver:
-    """Collects a transferred state as two flat lists, ready for ``AVLTree.from_sorted``."""
+    """Collects a transferred state as two flat lists, ready for ``AVLTree.from_sorted``.
+
+    ``clients`` gathers the duplicate-suppression rows of every chunk: a large
+    table spans several.
+    """
 
     def __init__(self) -> None:
         self.keys: list[str] = []
         self.values: list[bytes] = []
+        self.clients: list[Update] = []
 
     def add(self, chunk: SnapshotChunk) -> None:
+        self.clients.extend(chunk.clients)
         entries = chunk.entries
         if not entries:
             return

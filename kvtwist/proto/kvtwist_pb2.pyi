@@ -84,20 +84,38 @@ class EpochMark(_message.Message):
     def __init__(self, first_seq: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ChainHello(_message.Message):
-    __slots__ = ("sender", "config", "address", "last_op", "epoch", "marks")
+    __slots__ = ("sender", "config", "address", "last_op", "epoch", "marks", "max_frame", "max_value")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LAST_OP_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     MARKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_VALUE_FIELD_NUMBER: _ClassVar[int]
     sender: str
     config: int
     address: str
     last_op: int
     epoch: int
     marks: _containers.RepeatedCompositeFieldContainer[EpochMark]
-    def __init__(self, sender: _Optional[str] = ..., config: _Optional[int] = ..., address: _Optional[str] = ..., last_op: _Optional[int] = ..., epoch: _Optional[int] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ...) -> None: ...
+    max_frame: int
+    max_value: int
+    def __init__(self, sender: _Optional[str] = ..., config: _Optional[int] = ..., address: _Optional[str] = ..., last_op: _Optional[int] = ..., epoch: _Optional[int] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ..., max_frame: _Optional[int] = ..., max_value: _Optional[int] = ...) -> None: ...
+
+class ChainAuth(_message.Message):
+    __slots__ = ("step", "identity", "nonce", "config", "mac")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    identity: str
+    nonce: bytes
+    config: int
+    mac: bytes
+    def __init__(self, step: _Optional[int] = ..., identity: _Optional[str] = ..., nonce: _Optional[bytes] = ..., config: _Optional[int] = ..., mac: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
     __slots__ = ("entries", "clients", "total", "last_op", "done", "delta", "marks")
@@ -118,7 +136,7 @@ class SnapshotChunk(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., clients: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., total: _Optional[int] = ..., last_op: _Optional[int] = ..., done: _Optional[bool] = ..., delta: _Optional[bool] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops", "local")
+    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops", "local", "auth")
     class Opcode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_BAD: _ClassVar[Message.Opcode]
@@ -138,6 +156,8 @@ class Message(_message.Message):
         OP_CHAIN_ACK: _ClassVar[Message.Opcode]
         OP_CHAIN_JOIN: _ClassVar[Message.Opcode]
         OP_CHAIN_SNAPSHOT: _ClassVar[Message.Opcode]
+        OP_CHAIN_AUTH: _ClassVar[Message.Opcode]
+        OP_CHAIN_PING: _ClassVar[Message.Opcode]
     OP_BAD: Message.Opcode
     OP_SIZE: Message.Opcode
     OP_HEIGHT: Message.Opcode
@@ -155,6 +175,8 @@ class Message(_message.Message):
     OP_CHAIN_ACK: Message.Opcode
     OP_CHAIN_JOIN: Message.Opcode
     OP_CHAIN_SNAPSHOT: Message.Opcode
+    OP_CHAIN_AUTH: Message.Opcode
+    OP_CHAIN_PING: Message.Opcode
     class CType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         CT_BAD: _ClassVar[Message.CType]
@@ -200,6 +222,7 @@ class Message(_message.Message):
     RETRY_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     opcode: Message.Opcode
     c_type: Message.CType
     result: int
@@ -219,4 +242,5 @@ class Message(_message.Message):
     retry: bool
     hops: int
     local: bool
-    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ...) -> None: ...
+    auth: ChainAuth
+    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,121 @@
+"""Keyed chain links with real ZooKeeper and real ``twistd -n kvnode`` processes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from kazoo.client import KazooClient
+from twisted.python import usage
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from kvtwist import wire
+from kvtwist.proto.kvtwist_pb2 import ChainHello
+from kvtwist.tap import Options
+from tests.nodes import NodeProcess, RawClient, wait_for
+from tests.zkserver import shared_zookeeper, unique_root, zookeeper_available
+
+SESSION = 2.0
+
+
+def key_file(test: SynchronousTestCase, data: bytes = b"0123456789abcdef0123456789abcdef") -> str:
+    fd, path = tempfile.mkstemp(prefix="cluster-key-")
+    os.write(fd, data)
+    os.close(fd)
+    os.chmod(path, 0o600)
+    test.addCleanup(os.unlink, path)
+    return path
+
+
+class OptionTests(SynchronousTestCase):
+    def test_non_loopback_chain_needs_key(self) -> None:
+        """A chain node on all interfaces without a key is a usage error naming the option."""
+        with self.assertRaises(usage.UsageError) as cm:
+            Options().parseOptions(
+                ["--zk", "127.0.0.1:2181", "--interface", "0.0.0.0", "--advertise", "h:1"]
+            )
+        self.assertIn("--cluster-key-file", str(cm.exception))
+
+    def test_loopback_chain_without_key(self) -> None:
+        """A loopback-only chain node may run without a key (development)."""
+        o = Options()
+        o.parseOptions(["--zk", "127.0.0.1:2181"])
+        self.assertIsNone(o["cluster-key"])
+
+    def test_bad_key_file(self) -> None:
+        """A short or world-readable key file is refused in one line."""
+        path = key_file(self, b"short")
+        with self.assertRaises(usage.UsageError) as cm:
+            Options().parseOptions(["--cluster-key-file", path])
+        self.assertIn("at least 16", str(cm.exception))
+        os.chmod(path, 0o644)
+        with self.assertRaises(usage.UsageError):
+            Options().parseOptions(["--cluster-key-file", path])
+
+    def test_link_options(self) -> None:
+        """--link-timeout and --max-reply are parsed and checked."""
+        o = Options()
+        o.parseOptions(["--link-timeout", "1.5", "--max-reply", "1000"])
+        self.assertEqual((o["link-timeout"], o["max-reply"]), (1.5, 1000))
+        with self.assertRaises(usage.UsageError):
+            Options().parseOptions(["--link-timeout", "0"])
+
+
+class KeyedChainProcessTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        why = zookeeper_available()
+        if why:
+            raise SkipTest(why)
+        self.zk = shared_zookeeper()
+        self.root = unique_root()
+        self.kazoo = KazooClient(self.zk.hosts)
+        self.kazoo.start(15)
+        self.addCleanup(self.kazoo.stop)
+        self.key = key_file(self)
+
+    def node(self) -> NodeProcess:
+        n = NodeProcess.member(
+            self.zk.hosts, self.root, SESSION, extra_args=["--cluster-key-file", self.key]
+        ).start()
+        self.addCleanup(n.cleanup)
+        return n
+
+    def members(self) -> list[str]:
+        return sorted(self.kazoo.get_children(self.root)) if self.kazoo.exists(self.root) else []
+
+    def test_forged_hello_and_update_refused(self) -> None:
+        """A raw socket naming the tail's real predecessor is refused; the chain is unchanged."""
+        head = self.node()
+        wait_for(lambda: len(self.members()) == 1, 30, "the head to register")
+        tail = self.node()
+        wait_for(lambda: len(self.members()) == 2, 30, "the tail to register")
+        pred = self.members()[0]
+        with RawClient(head.port) as c:
+            wait_for(
+                lambda: c.one(wire.req_put("k", b"v")).opcode == wire.OP_PUT + 1,
+                30,
+                "a write to commit",
+            )
+        with RawClient(tail.port) as stranger:
+            hello = ChainHello(sender=pred, config=1 << 40, address=head.address, last_op=0)
+            update = wire.Message(opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN)
+            update.hello.sender = pred
+            update.updates.add(seq=2, is_put=True, key="evil", data=b"x")
+            stranger.sock.sendall(
+                wire.frame(
+                    wire.Message(opcode=wire.OP_CHAIN_HELLO, c_type=wire.CT_CHAIN, hello=hello)
+                )
+                + wire.frame(update)
+            )
+            [r] = stranger.read(1)
+            self.assertEqual(r.opcode, wire.OP_ERROR)
+            self.assertIn("before authentication", r.error)
+            with self.assertRaises(ConnectionError):
+                stranger.read(1)
+        with RawClient(head.port) as c:
+            r = c.one(wire.req_put("k2", b"real"))
+            self.assertEqual(r.op_n, 2)
+        with RawClient(tail.port) as c:
+            self.assertEqual(c.dump(), [("k", b"v"), ("k2", b"real")])
+            self.assertIsNone(c.get("evil"))
+        self.assertIn("chain link refused", tail.log())
