@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 from kazoo.client import KazooClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from kvtwist import wire
 from kvtwist.procs import ZooKeeperProcess
-from tests.nodes import NodeProcess, RawClient, dump, wait_for
+from tests.nodes import TWISTD, NodeProcess, RawClient, dump, wait_for
 from tests.test_chain import SESSION, ChainCase
 from tests.zkserver import zookeeper_available
 
@@ -178,8 +180,22 @@ class ChainDurabilityTests(ChainCase):
         self.nodes.append(old)
         wait_for(lambda: "waiting for a node of" in old.log(), 30, "the old node to wait")
         self.assertEqual(self.member_ports(), [])
+        status = subprocess.run(
+            [
+                str(Path(TWISTD).parent / "kvtwist-admin"),
+                "--zk",
+                self.zk.hosts,
+                "--zk-root",
+                self.root,
+                "status",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        self.assertIn(f"127.0.0.1:{old.port}", status.stdout)
+        self.assertIn("waiting", status.stdout)
         back = restart(a)
         self.nodes.append(back)
         wait_for(lambda: len(self.member_ports()) == 2, 60, "both to form the chain")
         self.assert_converged([back, old], acks)
-

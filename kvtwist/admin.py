@@ -1,0 +1,128 @@
+"""``kvtwist-admin``: look at a chain's record, and restart an empty chain on purpose.
+
+``status`` prints the chain record (epoch, last configuration), the current
+members and the nodes waiting to restart an empty chain.  ``force-start``
+accepts the loss of whatever the last configuration's members held and lets
+one waiting node (the one with the most ops, or the one named) restart the
+chain from its own copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NoNodeError
+
+from kvtwist.chain.record import ChainRecord
+from kvtwist.zk import parse_address, validate_root
+
+
+def _record(zk: KazooClient, root: str) -> ChainRecord:
+    try:
+        data, stat = zk.get(f"{root}-state")
+    except NoNodeError:
+        return ChainRecord()
+    return ChainRecord.decode(data, stat.version)
+
+
+def _waiting(zk: KazooClient, root: str) -> dict[str, dict[str, object]]:
+    base = f"{root}-waiting"
+    out: dict[str, dict[str, object]] = {}
+    try:
+        names = zk.get_children(base)
+    except NoNodeError:
+        return out
+    for name in names:
+        try:
+            out[name] = json.loads(zk.get(f"{base}/{name}")[0])
+        except (NoNodeError, ValueError):
+            continue
+    return out
+
+
+def status(zk: KazooClient, root: str) -> int:
+    record = _record(zk, root)
+    print(f"record      {record.describe() if record.version >= 0 else 'none yet'}")
+    members = []
+    if zk.exists(root):
+        for name in sorted(zk.get_children(root)):
+            try:
+                address = parse_address(zk.get(f"{root}/{name}")[0])
+            except NoNodeError:
+                continue
+            members.append(f"{name} ({address[0]}:{address[1]})" if address else name)
+    print(f"members     {' -> '.join(members) or 'none'}")
+    for node_id, info in sorted(_waiting(zk, root).items()):
+        print(
+            f"waiting     {node_id} at {info.get('address')}: op {info.get('last_op')}, "
+            f"epoch {info.get('epoch')}, last name {info.get('name') or '-'}"
+        )
+    return 0
+
+
+def force_start(zk: KazooClient, root: str, node_id: str | None) -> int:
+    if zk.exists(root) and zk.get_children(root):
+        print("kvtwist-admin: the chain has members; nothing to force", file=sys.stderr)
+        return 1
+    waiting = _waiting(zk, root)
+    if not waiting:
+        print("kvtwist-admin: no node is waiting to restart the chain", file=sys.stderr)
+        return 1
+    if node_id is None:
+
+        def progress(n: str) -> tuple[int, int]:
+            return int(str(waiting[n].get("epoch", 0))), int(str(waiting[n].get("last_op", 0)))
+
+        node_id = max(waiting, key=progress)
+    elif node_id not in waiting:
+        print(f"kvtwist-admin: node {node_id} is not waiting", file=sys.stderr)
+        return 1
+    record = _record(zk, root)
+    new = ChainRecord(record.epoch, record.config, record.members, node_id)
+    try:
+        if record.version < 0:
+            zk.create(f"{root}-state", new.encode(), makepath=True)
+        else:
+            zk.set(f"{root}-state", new.encode(), version=record.version)
+    except BadVersionError:
+        print("kvtwist-admin: the record changed meanwhile; try again", file=sys.stderr)
+        return 1
+    info = waiting[node_id]
+    where, op = info.get("address"), info.get("last_op")
+    print(f"node {node_id} at {where} may restart the chain from op {op}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kvtwist-admin", description=__doc__.split("\n")[0])
+    parser.add_argument("--zk", default="127.0.0.1:2181", help="ZooKeeper hosts")
+    parser.add_argument("--zk-root", default="/chain", help="the chain's znode")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="the chain record, members and waiting nodes")
+    force = sub.add_parser("force-start", help="let a waiting node restart an empty chain")
+    force.add_argument("node_id", nargs="?", help="the node (default: the one with most ops)")
+    args = parser.parse_args(argv)
+    try:
+        root = validate_root(args.zk_root)
+    except ValueError as e:
+        parser.error(str(e))
+    zk = KazooClient(args.zk)
+    try:
+        zk.start(timeout=10)
+    except Exception as e:
+        print(f"kvtwist-admin: cannot reach ZooKeeper at {args.zk}: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "status":
+            return status(zk, root)
+        return force_start(zk, root, args.node_id)
+    finally:
+        zk.stop()
+        zk.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
