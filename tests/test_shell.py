@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from typing import Any
-from unittest import mock
+from unittest import SkipTest, mock
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -36,8 +36,11 @@ from kvtwist.client.shell import (
     parse_line,
     parse_op_n,
     parse_range_args,
+    split_argv,
+    split_words,
+    target,
 )
-from tests.nodes import ROOT, env, free_port
+from tests.nodes import ROOT, NodeProcess, env, free_port
 from tests.test_blocking import private_reactor, start_node
 
 SHELL = [sys.executable, "-m", "kvtwist.client.shell"]
@@ -71,8 +74,16 @@ def lines(data: bytes) -> list[str]:
 class EscapeTests(SynchronousTestCase):
     def test_printable_utf8_unchanged(self) -> None:
         """Printable UTF-8, non-ASCII, spaces and backslashes included, is shown as is."""
-        for text in ["1", "data with spaces", "héllo wörld ✓", "C:\\path", ""]:
+        for text in ["1", "data with spaces", "héllo wörld ✓", ""]:
             self.assertEqual(escape(text.encode()), text)
+
+    def test_backslash_always_doubled(self) -> None:
+        """A literal backslash shows as \\\\, so a value never looks like an escape of another."""
+        self.assertEqual(escape(b"C:\\path"), "C:\\\\path")
+        self.assertEqual(escape("C:\\path"), "C:\\\\path")
+        self.assertEqual(escape(b"\\x00"), "\\\\x00")
+        self.assertEqual(escape(b"\x00"), "\\x00")
+        self.assertNotEqual(escape(b"\\x00"), escape(b"\x00"))
 
     def test_binary_escaped_like_repr_without_quotes(self) -> None:
         """NULs and invalid UTF-8 come out as \\xNN escapes, with no b'' around them."""
@@ -104,7 +115,7 @@ class ParseTests(SynchronousTestCase):
         """shlex quoting gives keys and data with spaces."""
         p = parse_line('put "my key" \'data with spaces\'\n')
         assert p is not None
-        self.assertEqual((p.command.name, p.args), ("put", ["my key", "data with spaces"]))
+        self.assertEqual((p.command.name, p.args), ("put", [b"my key", b"data with spaces"]))
 
     def test_names_are_case_insensitive_with_aliases(self) -> None:
         """PUT, Get and the aliases exit/delete/keys/values resolve to commands."""
@@ -143,7 +154,45 @@ class ParseTests(SynchronousTestCase):
         """An unclosed quote is a usage error, not a traceback."""
         with self.assertRaises(UsageError) as cm:
             parse_line('put a "unterminated')
-        self.assertEqual(str(cm.exception), "cannot parse the line: no closing quotation")
+        self.assertEqual(str(cm.exception), "cannot parse the line: no closing double quote")
+        with self.assertRaises(UsageError) as cm:
+            parse_line("put a 'unterminated")
+        self.assertEqual(str(cm.exception), "cannot parse the line: no closing single quote")
+
+    def test_double_quoted_escapes(self) -> None:
+        """In double quotes \\xHH is any byte and \\n \\r \\t \\\\ \\" their characters."""
+        self.assertEqual(split_words(r'"\x00\xff\n" "\\" "\"" "\t\r" "\xAbz"'),
+                         [b"\x00\xff\n", b"\\", b'"', b"\t\r", b"\xabz"])
+        p = parse_line(r'put k "caf\xe9 \\x41"')
+        assert p is not None
+        self.assertEqual(p.args, [b"k", b"caf\xe9 \\x41"])
+
+    def test_unknown_escape_refused(self) -> None:
+        """An escape the shell does not know is an error, not a silent guess."""
+        for line in [r'put k "C:\path"', r'put k "\x4"', r'put k "\x4g"']:
+            with self.assertRaises(UsageError) as cm:
+                parse_line(line)
+            self.assertIn("unknown escape", str(cm.exception))
+
+    def test_single_quotes_and_bare_backslash(self) -> None:
+        """Single quotes keep backslashes; outside quotes a backslash keeps the next character."""
+        self.assertEqual(split_words(r"'C:\x00' a\ b a\\b"), [b"C:\\x00", b"a b", b"a\\b"])
+        self.assertEqual(split_words("a'b c'\"d e\"f  g"), [b"ab cd ef", b"g"])
+        self.assertEqual(split_words("  "), [])
+        self.assertEqual(split_words("x ''"), [b"x", b""])
+
+    def test_non_ascii_text_is_utf8(self) -> None:
+        """Text typed outside escapes is encoded as UTF-8."""
+        self.assertEqual(split_words("put é '✓'"), [b"put", "é".encode(), "✓".encode()])
+
+    def test_long_argument_in_one_piece(self) -> None:
+        """A 16 MiB argument, bare, quoted or escaped, comes back whole (parsed in linear time)."""
+        big = "v" * (16 * 1024 * 1024)
+        for line in [f"put k {big}", f"put k '{big}'", f'put k "{big}\\x00"']:
+            words = split_words(line)
+            self.assertEqual([len(w) for w in words[:2]], [3, 1])
+            self.assertEqual(words[2][: len(big)], big.encode())
+        self.assertEqual(split_words(f'"{big}\\x00"')[0][-2:], b"v\x00")
 
     def test_range_arguments(self) -> None:
         """range takes optional start, stop, limit; '-' leaves an end (or the limit) open."""
@@ -318,6 +367,105 @@ class ShellPolicyTests(SynchronousTestCase):
         self.assertTrue(err.getvalue().startswith("error: ZooKeeper mode is unavailable: "))
 
 
+class ArgvTests(SynchronousTestCase):
+    def parse(self, *argv: str) -> Any:
+        options, words = split_argv(argv)
+        return target(shell.build_parser().parse_args(options)), words
+
+    def test_default_address(self) -> None:
+        """With no address the shell talks to 127.0.0.1:9000, like redis-cli to its port."""
+        where, words = self.parse()
+        self.assertEqual((where.address, where.zk, words), ("127.0.0.1:9000", None, []))
+
+    def test_host_and_port_options(self) -> None:
+        """-h and -p give the address in parts; each defaults on its own."""
+        self.assertEqual(self.parse("-h", "10.1.2.3", "-p", "9001")[0].address, "10.1.2.3:9001")
+        self.assertEqual(self.parse("-p", "9001")[0].address, "127.0.0.1:9001")
+        self.assertEqual(self.parse("-h", "::1")[0].address, "[::1]:9000")
+
+    def test_command_words_start_after_options_and_address(self) -> None:
+        """The first word that is no option, option value or HOST:PORT starts the command."""
+        self.assertEqual(split_argv(["get", "a"]), ([], ["get", "a"]))
+        self.assertEqual(
+            split_argv(["h:1", "--raw", "get", "-x"]), (["h:1", "--raw"], ["get", "-x"])
+        )
+        self.assertEqual(
+            split_argv(["-p", "1", "put", "k", "a:b"]), (["-p", "1"], ["put", "k", "a:b"])
+        )
+        self.assertEqual(split_argv(["h:1", "h:2"]), (["h:1"], ["h:2"]))
+        self.assertEqual(split_argv(["--timeout=3", "--", "--odd"]), (["--timeout=3"], ["--odd"]))
+
+    def test_where_names_the_chain(self) -> None:
+        """With --zk the prompt names ZooKeeper and the chain's root."""
+        where, _ = self.parse("--zk", "127.0.0.1:2181", "--zk-root", "/mine")
+        self.assertEqual(where.where, "127.0.0.1:2181/mine")
+
+    def test_contradictions_are_usage_errors(self) -> None:
+        """An address with -h/-p, or a node with --zk, is refused."""
+        for argv in [("h:1", "-p", "2"), ("-h", "a", "--zk", "z:1"), ("h:1", "--zk", "z:1")]:
+            self.assertRaises(UsageError, self.parse, *argv)
+
+
+class RawOutputTests(SynchronousTestCase):
+    def make(self, raw: bool) -> Shell:
+        self.bytes_out = io.BytesIO()
+        self.out = io.TextIOWrapper(self.bytes_out, encoding="utf-8", write_through=True)
+        self.err = io.StringIO()
+        sh = Shell(lambda: StoreClient({"k": b"\x00\xff\n", "t": b"(not found)"}), self.out,
+                   self.err, raw=raw)
+        sh.connect()
+        return sh
+
+    def test_raw_get_prints_the_exact_bytes(self) -> None:
+        """--raw get writes the value's bytes, nothing added; a missing key prints nothing, 1."""
+        sh = self.make(raw=True)
+        self.assertEqual(sh.run_line("get k"), 0)
+        self.assertEqual(self.bytes_out.getvalue(), b"\x00\xff\n")
+        self.assertEqual(sh.run_line("get missing"), 1)
+        self.assertEqual(self.bytes_out.getvalue(), b"\x00\xff\n")
+        self.assertEqual(self.err.getvalue(), "")
+
+    def test_raw_listings_have_no_footer(self) -> None:
+        """--raw listings are one unescaped item a line, no '(N keys)' footer."""
+        sh = self.make(raw=True)
+        self.assertEqual(sh.run_line("getkeys"), 0)
+        self.assertEqual(sh.run_line("range"), 0)
+        self.assertEqual(self.bytes_out.getvalue(), b"k\nt\nk\t\x00\xff\n\nt\t(not found)\n")
+
+    def test_missing_key_status_without_raw(self) -> None:
+        """Without --raw a missing key still reads '(not found)' but the status is 1."""
+        sh = self.make(raw=False)
+        self.assertEqual(sh.run_line("get t"), 0)
+        self.assertEqual(sh.run_line("get missing"), 1)
+        self.assertEqual(self.bytes_out.getvalue(), b"(not found)\n(not found)\n")
+
+    def test_non_utf8_key_is_a_usage_error(self) -> None:
+        """A key typed as bytes that are not UTF-8 is refused in one line with status 2."""
+        sh = self.make(raw=False)
+        self.assertEqual(sh.run_line(r'get "\xff"'), 2)
+        self.assertIn("a key must be UTF-8 text", self.err.getvalue())
+
+
+class StoreClient:
+    """A BlockingClient stand-in over a dict."""
+
+    def __init__(self, data: dict[str, bytes]) -> None:
+        self.data = data
+        self.lost = False
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def keys(self) -> list[str]:
+        return sorted(self.data)
+
+    def range(self, start: Any, stop: Any, limit: int) -> list[tuple[str, bytes]]:
+        return sorted(self.data.items())
+
+    def close(self) -> None:
+        pass
+
+
 # ---- the real program against a real node ---------------------------------------
 
 
@@ -432,21 +580,67 @@ range
         get = run_shell(self.addr, "-c", 'get "k 1"')
         self.assertEqual((lines(get.stdout), get.returncode), (["v 1"], 0))
         missing = run_shell(self.addr, "-c", "get nothing")
-        self.assertEqual((lines(missing.stdout), missing.returncode), (["(not found)"], 0))
+        self.assertEqual((lines(missing.stdout), missing.returncode), (["(not found)"], 1))
         bad = run_shell(self.addr, "-c", "verify 0")
         self.assertEqual(bad.stdout, b"")
         self.assertEqual(bad.stderr, b"error: VERIFY needs an op number > 0, got 0\n")
         self.assertEqual(bad.returncode, 1)
 
     def test_c_usage_errors(self) -> None:
-        """-c with an unknown command or a wrong argument count fails with one line, status 1."""
+        """-c or words with an unknown command or a wrong argument count: one line, status 2."""
         unknown = run_shell(self.addr, "-c", "foo")
         self.assertEqual(unknown.stderr, b"error: unknown command 'foo' (try 'help')\n")
-        self.assertEqual(unknown.returncode, 1)
+        self.assertEqual(unknown.returncode, 2)
         extra = run_shell(self.addr, "-c", "put k two words")
         self.assertEqual(len(lines(extra.stderr)), 1)
         self.assertTrue(extra.stderr.startswith(b"error: usage: put <key> <data> (quote"))
-        self.assertEqual(extra.returncode, 1)
+        self.assertEqual(extra.returncode, 2)
+        words = run_shell(self.addr, "put", "k")
+        self.assertEqual(words.stderr, b"error: usage: put <key> <data>\n")
+        self.assertEqual(words.returncode, 2)
+        script = run_shell(self.addr, stdin=b"size\nfoo\n")
+        self.assertEqual((lines(script.stdout), script.returncode), (["0"], 2))
+
+    def test_command_as_words_with_host_and_port(self) -> None:
+        """`-h HOST -p PORT get a` works like HOST:PORT -c 'get a'; words are taken verbatim."""
+        hp = ["-h", "127.0.0.1", "-p", str(self.node.port)]
+        put = run_shell(*hp, "put", "my key", "-1 --raw")
+        self.assertEqual((put.stdout, put.stderr, put.returncode), (b"ok op 1\n", b"", 0))
+        get = run_shell(self.addr, "get", "my key")
+        self.assertEqual((get.stdout, get.returncode), (b"-1 --raw\n", 0))
+        both = run_shell(*hp, "-c", "size", "size")
+        self.assertEqual(both.returncode, 2)
+
+    def test_missing_key_told_from_a_not_found_value(self) -> None:
+        """A missing key exits 1 (--raw: printing nothing); a stored "(not found)" exits 0."""
+        run_shell(self.addr, "put", "trap", "(not found)")
+        stored = run_shell(self.addr, "get", "trap")
+        missing = run_shell(self.addr, "get", "nothing")
+        self.assertEqual((stored.stdout, stored.returncode), (b"(not found)\n", 0))
+        self.assertEqual((missing.stdout, missing.stderr, missing.returncode),
+                         (b"(not found)\n", b"", 1))
+        raw_stored = run_shell(self.addr, "--raw", "get", "trap")
+        raw_missing = run_shell(self.addr, "--raw", "get", "nothing")
+        self.assertEqual((raw_stored.stdout, raw_stored.returncode), (b"(not found)", 0))
+        self.assertEqual((raw_missing.stdout, raw_missing.stderr, raw_missing.returncode),
+                         (b"", b"", 1))
+
+    def test_escapes_round_trip_binary_values(self) -> None:
+        """A value typed with escapes is stored as those bytes and shown with the same escapes."""
+        typed = r'"\x00\xff\n\\\"\t\rA"'
+        put = run_shell(self.addr, stdin=f"put bin {typed}\n".encode())
+        self.assertEqual((put.stderr, put.returncode), (b"", 0))
+        with BlockingClient.connect(self.addr, reactor=private_reactor()) as kv:
+            self.assertEqual(kv.get("bin"), b'\x00\xff\n\\"\t\rA')
+        self.assertEqual(run_shell(self.addr, "get", "bin").stdout, b'\\x00\\xff\\n\\\\"\\t\\rA\n')
+        raw = run_shell(self.addr, "--raw", "getvalues")
+        self.assertEqual(raw.stdout, b'\x00\xff\n\\"\t\rA\n')
+
+    def test_long_line_on_stdin(self) -> None:
+        """A line holding a 16 MiB - 1 KiB value is parsed and stored well within the deadline."""
+        value = b"v" * (16 * 1024 * 1024 - 1024)
+        proc = run_shell(self.addr, stdin=b"put big " + value + b"\nsize\n")
+        self.assertEqual((proc.stdout, proc.stderr, proc.returncode), (b"ok op 1\n1\n", b"", 0))
 
     def test_status_is_the_last_commands(self) -> None:
         """Exit status 1 when the last command fails, 0 when it succeeds after a failure."""
@@ -518,6 +712,24 @@ range
         self.assertEqual(proc.returncode, 0)
 
 
+class StdinArgumentTests(SynchronousTestCase):
+    def test_16_mib_binary_value_through_x(self) -> None:
+        """-x stores stdin's exact bytes (16 MiB, not UTF-8) and --raw get returns them."""
+        limit = 16 * 1024 * 1024
+        node = NodeProcess(args=["--max-frame", str(limit + 4096), "--max-value", str(limit)])
+        node.start()
+        self.addCleanup(node.cleanup)
+        value = bytes(range(256)) * (limit // 256)
+        put = run_shell("-p", str(node.port), "-x", "put", "blob", stdin=value)
+        self.assertEqual((put.stdout, put.stderr, put.returncode), (b"ok op 1\n", b"", 0))
+        got = run_shell("-p", str(node.port), "--raw", "get", "blob")
+        self.assertEqual((len(got.stdout), got.returncode), (limit, 0))
+        self.assertTrue(got.stdout == value)
+        with_c = run_shell(node.address, "-x", "-c", "put 'small one'", stdin=b"\xfe\n")
+        self.assertEqual(with_c.returncode, 0)
+        self.assertEqual(run_shell(node.address, "--raw", "get", "small one").stdout, b"\xfe\n")
+
+
 class StartupTests(SynchronousTestCase):
     def test_unreachable_server(self) -> None:
         """A closed port gives exactly one 'error: cannot connect' line and status 2."""
@@ -530,13 +742,41 @@ class StartupTests(SynchronousTestCase):
 
     def test_usage_errors(self) -> None:
         """Bad command lines are one error line and status 2, never a traceback."""
-        for args in [(), ("no-port",), ("h:1", "--zk", "z:2181"), ("--timeout", "soon", "h:1"),
-                     ("--bogus",), ("h:0",)]:
+        for args in [("no-port",), ("h:1", "--zk", "z:2181"), ("--timeout", "soon", "h:1"),
+                     ("--bogus",), ("h:0",), ("-h", "a", "h:1"), ("-p", "1", "--zk", "z:2181"),
+                     ("-p", "x"), ("-x",), ("-c", "size", "size")]:
             proc = run_shell(*args)
             self.assertEqual(proc.stdout, b"", args)
             self.assertEqual(len(lines(proc.stderr)), 1, (args, proc.stderr))
             self.assertTrue(proc.stderr.startswith(b"error: "), (args, proc.stderr))
             self.assertEqual(proc.returncode, 2, args)
+
+    def test_zk_timeout_is_kept(self) -> None:
+        """--timeout N with an unreachable ZooKeeper gives up after about N s, not N + 5."""
+        started = time.monotonic()
+        proc = run_shell("--zk", f"127.0.0.1:{free_port()}", "--timeout", "2", "get", "a")
+        elapsed = time.monotonic() - started
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn(b"cannot reach ZooKeeper", proc.stderr)
+        # The bound tested is the limit the user set (plus start-up), not a speed.
+        self.assertLess(elapsed, 2 + 3.5)
+
+    def test_wrong_zk_root(self) -> None:
+        """A root with no chain under it is reported as a chain without members."""
+        from tests.zkserver import shared_zookeeper, unique_root, zookeeper_available
+
+        why = zookeeper_available()
+        if why:
+            raise SkipTest(why)
+        zk = shared_zookeeper()
+        root = unique_root()
+        proc = run_shell("--zk", zk.hosts, "--zk-root", root, "--timeout", "1", "get", "a")
+        self.assertEqual(proc.stdout, b"")
+        self.assertEqual(
+            lines(proc.stderr),
+            [f"error: gave up after 1s: the chain at {root} has no members (ZooKeeper {zk.hosts})"],
+        )
+        self.assertEqual(proc.returncode, 1)
 
     def test_unreachable_zookeeper(self) -> None:
         """--zk with no ZooKeeper listening gives one error line and status 2 after the timeout."""
@@ -564,16 +804,17 @@ class InteractiveTests(SynchronousTestCase):
         self.addCleanup(proc.kill)
         self.addCleanup(os.close, master)
         term = Terminal(master)
-        term.expect("kvtwist> ")
+        prompt = f"{node.address}> "
+        term.expect(prompt)
         term.send("put a 1\n")
         term.expect("ok op 1")
-        term.expect("kvtwist> ")
+        term.expect(prompt)
         term.send("hei\t\n")  # completes to "height "
         term.expect("1\r\n")
         term.send("bogus\n")
         term.expect("error: unknown command 'bogus' (try 'help')")
         term.send("quit\n")
-        self.assertEqual(proc.wait(30), 1)  # the last command (bogus) failed
+        self.assertEqual(proc.wait(30), 2)  # the last command (bogus) was a usage error
         with open(os.path.join(home, ".kvtwist_history"), encoding="utf-8") as f:
             history = f.read()
         self.assertIn("put a 1", history)

@@ -26,13 +26,22 @@ from kvtwist.zk import Membership, ZooKeeper
 
 log = Logger(namespace="kvtwist.client")
 
-DEFAULT_DEADLINE = 10.0
+#: Seconds a request keeps retrying by default.  A failover takes about the
+#: failed node's ZooKeeper session timeout (10 s by default) before its znode
+#: goes, then a relink; 30 s outlasts that with room to spare.
+DEFAULT_DEADLINE = 30.0
 
 
 class ChainClient(Client):
-    """Routes each request to the member that serves it, retrying across failover."""
+    """Routes each request to the member that serves it, retrying across failover.
 
-    def __init__(self, reactor: Any, zk: ZooKeeper, deadline: float = DEFAULT_DEADLINE) -> None:
+    ``deadline`` bounds each request, retries and connection attempts included
+    (None: retry for ever).
+    """
+
+    def __init__(
+        self, reactor: Any, zk: ZooKeeper, deadline: float | None = DEFAULT_DEADLINE
+    ) -> None:
         super().__init__()
         self.reactor = reactor
         self.zk = zk
@@ -47,9 +56,10 @@ class ChainClient(Client):
         reactor: Any,
         hosts: str,
         root: str = "/chain",
-        deadline: float = DEFAULT_DEADLINE,
+        deadline: float | None = DEFAULT_DEADLINE,
         session_timeout: float = 10.0,
     ) -> Deferred[ChainClient]:
+        """Connect to ZooKeeper and read the membership, giving up after ``deadline``."""
         zk = ZooKeeper(reactor, hosts, root, session_timeout)
         client = cls(reactor, zk, deadline)
         client._own_zk = True
@@ -66,7 +76,10 @@ class ChainClient(Client):
         def failed(f: Failure) -> Failure:
             raise ConnectionFailed(f"cannot reach ZooKeeper at {hosts}: {f.getErrorMessage()}")
 
-        return zk.start().addCallbacks(started, failed)
+        # kazoo's start blocks a pool thread until it connects or times out, so
+        # its own timeout is what keeps connecting within the deadline.
+        start = zk.start() if deadline is None else zk.start(timeout=deadline)
+        return start.addCallbacks(started, failed)
 
     def _set_view(self, view: Membership) -> None:
         if self.view is None or view.config >= self.view.config:
@@ -78,15 +91,17 @@ class ChainClient(Client):
         member = self.view.head() if write else self.view.tail()
         return member.address if member is not None else None
 
+    def _no_members(self) -> str:
+        return f"the chain at {self.zk.root} has no members (ZooKeeper {self.zk.hosts})"
+
     def _send(self, msg: Message, write: bool) -> Deferred[Message]:
-        give_up = self.reactor.seconds() + self.deadline
-        last_error = ["no chain members in ZooKeeper"]
+        last_error = [self._no_members()]
         attempt = [0]
 
         def again(_: Any = None) -> Deferred[Message]:
             target = self._target(write)
             if target is None:
-                return retry(ConnectionFailed("no chain members in ZooKeeper"))
+                return retry(ConnectionFailed(self._no_members()))
             d = self.pool.request(target, msg)
             d.addCallbacks(check, retry)
             return d
@@ -101,20 +116,30 @@ class ChainClient(Client):
             if not isinstance(exc, ConnectionFailed | KVError):
                 return why
             last_error[0] = str(exc)
-            if self.reactor.seconds() >= give_up:
-                return defer.fail(
-                    KVError(f"gave up after {self.deadline:g}s: {last_error[0]}", retry=True)
-                )
             attempt[0] += 1
             delay = min(0.05 * 2 ** min(attempt[0], 4), 0.5)
-            refresh = self.zk.members().addCallbacks(self._set_view, lambda f: None)
+            refresh = self.zk.members().addCallbacks(self._set_view, _unless_cancelled)
             refresh.addCallback(lambda _: deferLater(self.reactor, delay, lambda: None))
             return refresh.addCallback(again)
 
-        return again()
+        d = again()
+        if self.deadline is None:
+            return d
+
+        def gave_up(_: Any, seconds: float) -> Failure:
+            return Failure(KVError(f"gave up after {seconds:g}s: {last_error[0]}", retry=True))
+
+        # Cancelling on the deadline stops whatever is pending: a connection
+        # attempt, a request in flight, a membership read or the back-off.
+        return d.addTimeout(self.deadline, self.reactor, onTimeoutCancel=gave_up)
 
     def close(self) -> Deferred[None]:
         self.pool.close()
         if self._own_zk:
             return self.zk.stop()
         return defer.succeed(None)
+
+
+def _unless_cancelled(f: Failure) -> Failure | None:
+    """A failed membership refresh is retried later, but a cancellation must go through."""
+    return f if f.check(defer.CancelledError) else None

@@ -1,14 +1,17 @@
 """``kvtwist-client``: an interactive shell and script runner for a kvtwist store.
 
-    kvtwist-client 127.0.0.1:9000                  # interactive (prompt, history)
-    kvtwist-client 127.0.0.1:9000 -c 'get a'       # one command
-    printf 'put a 1\\nget a\\n' | kvtwist-client 127.0.0.1:9000
+    kvtwist-client                                 # interactive, 127.0.0.1:9000
+    kvtwist-client -h 10.0.0.5 -p 9001             # or 10.0.0.5:9001
+    kvtwist-client get a                           # one command (or -c 'get a')
+    kvtwist-client -x put photo < photo.jpg        # last argument from stdin
+    kvtwist-client --raw get photo > copy.jpg      # the value's exact bytes
+    printf 'put a 1\\nget a\\n' | kvtwist-client
     kvtwist-client --zk zk1:2181,zk2:2181 --zk-root /chain
 
 The commands are the original C client's (put, get, del, size, height,
 getkeys, getvalues, verify) plus range and stats.  Every failure is one line
 on stderr starting with ``error: ``; the exit status is that of the last
-command (0 ok, 1 failed), 2 for usage errors or an unreachable server.
+command: 0 ok, 1 failed or (get) no such key, 2 a usage error or no server.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import argparse
 import importlib
 import logging
 import os
-import shlex
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +34,9 @@ HISTORY_FILE = "~/.kvtwist_history"
 HISTORY_LENGTH = 1000
 
 OK, FAILED, USAGE = 0, 1, 2
+
+#: What ``get`` prints for a missing key (the status, 1, tells it from a value).
+NOT_FOUND = "(not found)"
 
 MAX_OP_N = 2**64 - 1  # op_n is a uint64 on the wire
 MAX_LIMIT = 2**32 - 1  # RangeSpec.limit is a uint32
@@ -95,7 +101,7 @@ QUOTE_HINT = "quote a key or data containing spaces, e.g. put \"my key\" \"some 
 @dataclass(frozen=True)
 class Parsed:
     command: Command
-    args: list[str]
+    args: list[bytes]
 
 
 def lookup(name: str) -> Command:
@@ -107,22 +113,109 @@ def lookup(name: str) -> Command:
     return cmd
 
 
-def parse_line(line: str) -> Parsed | None:
-    """One input line into a command and its arguments; None for blank/comment lines.
+def is_command(name: str) -> bool:
+    low = name.lower()
+    return ALIASES.get(low, low) in COMMANDS
 
-    Raises UsageError for bad quoting, unknown commands and wrong argument counts.
+
+_WORD_BREAK = re.compile(r"[\s'\"\\]")  # where an unquoted stretch ends
+_IN_DOUBLE = re.compile(r'["\\]')  # where a double-quoted stretch ends
+_SPACE = re.compile(r"\s+")
+_SIMPLE_ESCAPES = {
+    "n": b"\n", "r": b"\r", "t": b"\t", "a": b"\a", "b": b"\b", "\\": b"\\", '"': b'"',
+}
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def split_words(line: str) -> list[bytes]:
+    """A line into its words, as bytes, in time linear in its length.
+
+    Like a POSIX shell: whitespace separates words; single quotes keep text as
+    is; a backslash outside quotes keeps the next character.  Inside double
+    quotes a backslash starts an escape: ``\\n \\r \\t \\a \\b \\\\ \\"``
+    or ``\\xHH`` (any byte), so binary data can be typed.  Every stretch of
+    text is found with one regex search or str.find, never character by
+    character, so a 16 MiB argument costs a few copies.
     """
-    stripped = line.strip()
-    if not stripped or stripped.startswith("#"):
-        return None
-    try:
-        words = shlex.split(stripped)
-    except ValueError as e:
-        raise UsageError(f"cannot parse the line: {str(e).lower()}") from None
+    words: list[bytes] = []
+    n = len(line)
+    i = 0
+    while True:
+        gap = _SPACE.match(line, i)
+        if gap is not None:
+            i = gap.end()
+        if i >= n:
+            return words
+        pieces: list[bytes] = []
+        while i < n:
+            ch = line[i]
+            if ch.isspace():
+                break
+            if ch == "'":
+                end = line.find("'", i + 1)
+                if end < 0:
+                    raise UsageError("cannot parse the line: no closing single quote")
+                pieces.append(_encode(line[i + 1 : end]))
+                i = end + 1
+            elif ch == '"':
+                i = _double_quoted(line, i + 1, pieces)
+            elif ch == "\\":
+                if i + 1 >= n:
+                    raise UsageError("cannot parse the line: a backslash ends the line")
+                pieces.append(_encode(line[i + 1]))
+                i += 2
+            else:
+                m = _WORD_BREAK.search(line, i)
+                end = n if m is None else m.start()
+                pieces.append(_encode(line[i:end]))
+                i = end
+        words.append(b"".join(pieces))
+
+
+def _encode(text: str) -> bytes:
+    # surrogateescape: a -c argument holding bytes that are not UTF-8 keeps them.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _double_quoted(line: str, i: int, pieces: list[bytes]) -> int:
+    """Append the text of a double-quoted stretch starting at ``i``; the index after it."""
+    n = len(line)
+    while True:
+        m = _IN_DOUBLE.search(line, i)
+        if m is None:
+            raise UsageError("cannot parse the line: no closing double quote")
+        pieces.append(_encode(line[i : m.start()]))
+        i = m.end()
+        if m.group() == '"':
+            return i
+        code = line[i] if i < n else ""
+        simple = _SIMPLE_ESCAPES.get(code)
+        if simple is not None:
+            pieces.append(simple)
+            i += 1
+        elif code == "x" and i + 2 < n and line[i + 1] in _HEX and line[i + 2] in _HEX:
+            pieces.append(bytes([int(line[i + 1 : i + 3], 16)]))
+            i += 3
+        else:
+            raise UsageError(
+                f"cannot parse the line: unknown escape '\\{code}' in double quotes "
+                "(use \\\\ for a backslash, \\xHH for a byte, or single quotes)"
+            )
+
+
+def parse_words(words: Sequence[bytes]) -> Parsed | None:
+    """A command and its arguments; None for no words.
+
+    Raises UsageError for unknown commands and wrong argument counts.
+    """
     if not words:
         return None
-    cmd = lookup(words[0])
-    args = words[1:]
+    try:
+        name = words[0].decode("utf-8")
+    except UnicodeDecodeError:
+        name = words[0].decode("utf-8", "backslashreplace")
+    cmd = lookup(name)
+    args = list(words[1:])
     if not cmd.min_args <= len(args) <= cmd.max_args:
         message = f"usage: {cmd.usage}"
         if cmd.free_text and len(args) > cmd.max_args:
@@ -131,8 +224,28 @@ def parse_line(line: str) -> Parsed | None:
     return Parsed(cmd, args)
 
 
-def parse_op_n(text: str) -> int:
+def parse_line(line: str) -> Parsed | None:
+    """One input line into a command and its arguments; None for blank/comment lines.
+
+    Raises UsageError for bad quoting, unknown commands and wrong argument counts.
+    """
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    return parse_words(split_words(stripped))
+
+
+def as_key(arg: bytes) -> str:
+    """A key argument for the client library, which takes text keys."""
+    try:
+        return arg.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"a key must be UTF-8 text, not {escape(arg)!r}") from None
+
+
+def parse_op_n(arg: bytes | str) -> int:
     """``verify``'s argument: an integer (the server judges whether it is > 0)."""
+    text = arg.decode("utf-8", "backslashreplace") if isinstance(arg, bytes) else arg
     try:
         n = int(text)
     except ValueError:
@@ -142,22 +255,24 @@ def parse_op_n(text: str) -> int:
     return n
 
 
-def parse_range_args(args: Sequence[str]) -> tuple[str | None, str | None, int]:
+def parse_range_args(args: Sequence[bytes | str]) -> tuple[str | None, str | None, int]:
     """``range [start [stop [limit]]]`` into (start, stop, limit); ``-`` is an open end.
 
     A missing or ``-`` limit is 0, which asks for the server's default limit.
     """
     if len(args) > 3:
         raise UsageError(f"usage: {COMMANDS['range'].usage}")
-    start = args[0] if len(args) > 0 and args[0] != "-" else None
-    stop = args[1] if len(args) > 1 and args[1] != "-" else None
+    words = [a.encode("utf-8") if isinstance(a, str) else a for a in args]
+    start = as_key(words[0]) if len(words) > 0 and words[0] != b"-" else None
+    stop = as_key(words[1]) if len(words) > 1 and words[1] != b"-" else None
     limit = 0
-    if len(args) > 2 and args[2] != "-":
+    if len(words) > 2 and words[2] != b"-":
+        text = words[2].decode("utf-8", "backslashreplace")
         try:
-            limit = int(args[2])
+            limit = int(text)
         except ValueError:
             raise UsageError(
-                f"usage: {COMMANDS['range'].usage} (limit must be a number, not {args[2]!r})"
+                f"usage: {COMMANDS['range'].usage} (limit must be a number, not {text!r})"
             ) from None
         if not 0 <= limit <= MAX_LIMIT:
             raise UsageError(f"range limit must be between 0 and {MAX_LIMIT}, not {limit}")
@@ -170,14 +285,16 @@ _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
 def escape(data: bytes | str) -> str:
-    """``data`` as one printable line.
+    """``data`` as one printable, unambiguous line.
 
-    Printable UTF-8 comes out unchanged; anything else is escaped like Python's
-    bytes repr without the quotes (``\\x00``, ``\\n``, ``\\\\``), keeping
-    printable non-ASCII characters readable.
+    Printable UTF-8 without backslashes comes out unchanged; in anything else
+    a backslash doubles and other bytes are escaped like Python's bytes repr
+    without the quotes (``\\x00``, ``\\n``), keeping printable non-ASCII
+    characters readable.  So a single backslash on screen always starts an
+    escape: ``\\x00`` is one NUL byte, ``\\\\x00`` the four characters.
     """
     if isinstance(data, str):
-        if data.isprintable():
+        if data.isprintable() and "\\" not in data:
             return data
         data = data.encode("utf-8", "surrogatepass")
     try:
@@ -185,7 +302,7 @@ def escape(data: bytes | str) -> str:
     except UnicodeDecodeError:
         pass
     else:
-        if text.isprintable():
+        if text.isprintable() and "\\" not in text:
             return text
     out: list[str] = []
     for ch in data.decode("utf-8", "surrogateescape"):
@@ -275,7 +392,9 @@ class Shell:
     """Runs parsed commands against a BlockingClient-like object; prints results.
 
     ``connect`` makes the client (called at most once up front, and again to
-    reconnect after the connection dropped).
+    reconnect after the connection dropped).  ``raw`` prints values as their
+    bytes, unescaped and without list footers; ``where`` names the server in
+    the prompt.
     """
 
     def __init__(
@@ -283,12 +402,22 @@ class Shell:
         connect: Callable[[], Any],
         out: IO[str] | None = None,
         err: IO[str] | None = None,
+        *,
+        raw: bool = False,
+        where: str = "",
     ) -> None:
         self._connect = connect
         self.client: Any = None
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        self.raw = raw
+        self.where = where
+        self.interactive = False
         self._stale = False  # the connection failed; reconnect before the next request
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.where}> " if self.where else PROMPT
 
     # output
 
@@ -296,6 +425,24 @@ class Shell:
         for line in lines:
             self.out.write(line + "\n")
         self.out.flush()
+
+    def say_bytes(self, data: bytes) -> None:
+        """Write ``data`` as it is (--raw output)."""
+        self.out.flush()
+        buffer = getattr(self.out, "buffer", None)
+        if buffer is None:
+            self.out.write(data.decode("utf-8", "surrogateescape"))
+            self.out.flush()
+        else:
+            buffer.write(data)
+            buffer.flush()
+
+    def say_items(self, items: Sequence[bytes | str], word: str, words: str | None = None) -> None:
+        """A listing: escaped with a counted footer, or with --raw one raw item a line."""
+        if self.raw:
+            self.say_bytes(b"".join(_raw(item) + b"\n" for item in items))
+        else:
+            self.say(*listing([escape(item) for item in items], word, words))
 
     def error(self, message: str) -> None:
         self.out.flush()
@@ -363,7 +510,10 @@ class Shell:
 
     def run(self, parsed: Parsed) -> int:
         try:
-            self.execute(parsed)
+            return self.execute(parsed)
+        except UsageError as e:
+            self.error(str(e))
+            return USAGE
         except (ShellError, KVError, ConnectionFailed) as e:
             self.error(str(e) or type(e).__name__)
             return FAILED
@@ -375,35 +525,44 @@ class Shell:
         except Exception as e:  # a bug, but still one line, never a traceback
             self.error(f"unexpected {type(e).__name__}: {e}")
             return FAILED
-        return OK
 
-    def execute(self, parsed: Parsed) -> None:
+    def execute(self, parsed: Parsed) -> int:
+        """Run one command; its status (FAILED, silently, for a missing key)."""
         cmd, args = parsed.command, parsed.args
         name = cmd.name
         if name == "help":
-            self.say(*help_lines(args[0] if args else None))
+            topic = args[0].decode("utf-8", "backslashreplace") if args else None
+            self.say(*help_lines(topic))
         elif name == "quit":
             pass
         elif name == "put":
-            r = self._request(cmd, lambda c: c.put(args[0], args[1].encode("utf-8")))
+            key, value = as_key(args[0]), args[1]
+            r = self._request(cmd, lambda c: c.put(key, value))
             self.say(f"ok op {r.op_n}")
         elif name == "del":
-            r = self._request(cmd, lambda c: c.delete(args[0]))
+            key = as_key(args[0])
+            r = self._request(cmd, lambda c: c.delete(key))
             state = "not found" if r.found is False else "deleted"
             self.say(f"{state} (op {r.op_n})")
         elif name == "get":
-            value = self._request(cmd, lambda c: c.get(args[0]))
-            self.say("(not found)" if value is None else escape(value))
+            key = as_key(args[0])
+            found = self._request(cmd, lambda c: c.get(key))
+            if found is None:
+                if not self.raw:
+                    self.say(NOT_FOUND)
+                return FAILED
+            if self.raw:
+                self.say_bytes(found + b"\n" if self.interactive else found)
+            else:
+                self.say(escape(found))
         elif name == "size":
             self.say(str(self._request(cmd, lambda c: c.size())))
         elif name == "height":
             self.say(str(self._request(cmd, lambda c: c.height())))
         elif name == "getkeys":
-            keys = self._request(cmd, lambda c: c.keys())
-            self.say(*listing([escape(k) for k in keys], "key"))
+            self.say_items(self._request(cmd, lambda c: c.keys()), "key")
         elif name == "getvalues":
-            values = self._request(cmd, lambda c: c.values())
-            self.say(*listing([escape(v) for v in values], "value"))
+            self.say_items(self._request(cmd, lambda c: c.values()), "value")
         elif name == "verify":
             n = parse_op_n(args[0])
             done = self._request(cmd, lambda c: c.verify(n))
@@ -411,12 +570,16 @@ class Shell:
         elif name == "range":
             start, stop, limit = parse_range_args(args)
             items = self._request(cmd, lambda c: c.range(start, stop, limit))
-            lines = [f"{escape(k)}\t{escape(v)}" for k, v in items]
-            self.say(*listing(lines, "entry", "entries"))
+            if self.raw:
+                self.say_items([_raw(k) + b"\t" + v for k, v in items], "entry", "entries")
+            else:
+                lines = [f"{escape(k)}\t{escape(v)}" for k, v in items]
+                self.say(*listing(lines, "entry", "entries"))
         elif name == "stats":
             self.say(*format_stats(self._request(cmd, lambda c: c.stats())))
         else:  # pragma: no cover - every command is handled above
             raise ShellError(f"command {name!r} is not implemented")
+        return OK
 
     # input loops
 
@@ -444,7 +607,7 @@ class Shell:
             parsed = parse_line(line)
         except UsageError as e:
             self.error(str(e))
-            return FAILED
+            return USAGE
         if parsed is None:
             return status
         if parsed.command.name == "quit":
@@ -454,6 +617,7 @@ class Shell:
     def interact(self) -> int:
         """The interactive loop: prompt, readline history and completion."""
         rl = _setup_readline()
+        self.interactive = True
         try:
             return self._loop(self._prompted())
         finally:
@@ -462,7 +626,7 @@ class Shell:
     def _prompted(self) -> Iterator[str | None]:
         while True:
             try:
-                line = input(PROMPT)
+                line = input(self.prompt)
             except EOFError:
                 self.say("")
                 return
@@ -473,6 +637,10 @@ class Shell:
                 yield None
                 continue
             yield line if _valid_text(line) else None
+
+
+def _raw(item: bytes | str) -> bytes:
+    return item.encode("utf-8", "surrogateescape") if isinstance(item, str) else item
 
 
 def _decoded(raw: bytes) -> str | None:
@@ -539,36 +707,128 @@ class _Parser(argparse.ArgumentParser):
         raise _ArgumentError(message)
 
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9000
+NODE_TIMEOUT = 10.0
+
+EXIT_STATUSES = (
+    "exit status: 0 the (last) command succeeded; 1 it failed, or get found no such key "
+    "(with --raw nothing is printed then, so a stored value '(not found)' is told apart); "
+    "2 a usage error or no server to talk to"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="kvtwist-client",
-        description="Talk to a kvtwist node (HOST:PORT) or chain (--zk). "
-        "Interactive on a terminal; otherwise reads one command per line from stdin.",
-        epilog="commands: " + ", ".join(COMMANDS) + " (type 'help' in the shell)",
+        usage="%(prog)s [options] [HOST:PORT] [COMMAND [ARG ...]]",
+        description="Talk to a kvtwist node (default 127.0.0.1:9000) or a chain (--zk). "
+        "With a COMMAND (as words, or -c LINE), run it and exit; otherwise interactive "
+        "on a terminal, or one command per line from stdin. Options go before the command.",
+        epilog="commands: " + ", ".join(COMMANDS) + " (type 'help' in the shell). "
+        + EXIT_STATUSES + ".",
+        add_help=False,
     )
+    p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("address", nargs="?", metavar="HOST:PORT", help="a node to talk to")
+    p.add_argument("-h", "--host", help=f"the node's host (default {DEFAULT_HOST})")
+    p.add_argument("-p", "--port", type=int, help=f"the node's port (default {DEFAULT_PORT})")
     p.add_argument("--zk", metavar="ZKHOSTS", help="ZooKeeper hosts (h1:2181,h2:2181) of a chain")
     p.add_argument("--zk-root", default="/chain", metavar="PATH", help="the chain's znode")
-    p.add_argument("-c", dest="command", metavar="CMD", help="run one command and exit")
+    p.add_argument("-c", dest="command", metavar="LINE", help="run one command line and exit")
     p.add_argument(
-        "--timeout", type=float, default=10.0, metavar="SECONDS",
-        help="connection and request timeout (default 10)",
+        "-x", dest="stdin_arg", action="store_true",
+        help="read the command's last argument from stdin, as bytes (put KEY with -x)",
+    )
+    p.add_argument(
+        "--raw", action="store_true",
+        help="print values as their bytes: get prints exactly the value (no newline added), "
+        "listings one item a line with no footer",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=None, metavar="SECONDS",
+        help="give up on connecting or on a command after this long (default 10 for a node, "
+        "30 for a chain, enough to ride out a failover; 0: no limit)",
     )
     return p
 
 
-def _maker(ns: argparse.Namespace) -> Callable[[], Any]:
-    """A function connecting a BlockingClient as the arguments say."""
+#: Options taking a value, to find where the command's words begin in argv.
+_VALUE_OPTIONS = frozenset({"-h", "--host", "-p", "--port", "--zk", "--zk-root", "-c",
+                            "--timeout"})
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """argv into (options and address, command words).
+
+    The command starts at the first word that is not an option or an option's
+    value and not an address (HOST:PORT has a colon), or at the word after the
+    address; from there on every word, ``-x`` or ``--foo`` alike, is an argument.
+    """
+    i = 0
+    seen_address = False
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return list(argv[:i]), list(argv[i + 1 :])
+        if word.startswith("-") and word != "-":
+            i += 2 if word in _VALUE_OPTIONS else 1
+            continue
+        if seen_address or ":" not in word:
+            return list(argv[:i]), list(argv[i:])
+        seen_address = True
+        i += 1
+    return list(argv), []
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the shell talks to: one node, or a chain through ZooKeeper."""
+
+    address: str | None  # HOST:PORT of a node
+    zk: str | None
+    zk_root: str
+
+    @property
+    def where(self) -> str:
+        return self.address if self.address is not None else f"{self.zk}{self.zk_root}"
+
+
+def target(ns: argparse.Namespace) -> Target:
+    """The node or chain the options name; UsageError if they contradict each other."""
     from kvtwist.client.api import parse_address
+
+    node_given = ns.address is not None or ns.host is not None or ns.port is not None
+    if ns.zk is not None:
+        if node_given:
+            raise UsageError("give either a node (HOST:PORT, -h, -p) or --zk ZKHOSTS, not both")
+        return Target(None, ns.zk, ns.zk_root)
+    if ns.address is not None:
+        if ns.host is not None or ns.port is not None:
+            raise UsageError("give either HOST:PORT or -h/-p, not both")
+        address = ns.address
+    else:
+        host = ns.host if ns.host is not None else DEFAULT_HOST
+        port = ns.port if ns.port is not None else DEFAULT_PORT
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        parse_address(address)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return Target(address, None, ns.zk_root)
+
+
+def _maker(where: Target, seconds: float | None) -> Callable[[], Any]:
+    """A function connecting a BlockingClient to ``where``.
+
+    ``seconds`` bounds connecting and each command (None: the default for a
+    node or a chain; 0: no limit).
+    """
     from kvtwist.client.blocking import BlockingClient
 
-    timeout: float | None = ns.timeout if ns.timeout > 0 else None
-    if ns.zk is None:
-        address: str = ns.address
-        try:
-            parse_address(address)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+    if where.address is not None:
+        address = where.address
+        timeout = NODE_TIMEOUT if seconds is None else seconds or None
         return lambda: BlockingClient.connect(address, timeout)
     # kazoo reports every failed connection attempt through logging; the shell
     # reports the outcome itself, as one line.
@@ -578,13 +838,33 @@ def _maker(ns: argparse.Namespace) -> Callable[[], Any]:
         chain = importlib.import_module("kvtwist.client.chain")
     except Exception as e:
         raise UsageError(f"ZooKeeper mode is unavailable: {type(e).__name__}: {e}") from None
-    zk_hosts, root = ns.zk, ns.zk_root
+    zk_hosts, root = where.zk, where.zk_root
+    deadline = chain.DEFAULT_DEADLINE if seconds is None else seconds or None
 
     def make(reactor: Any) -> Any:
-        return chain.ChainClient.connect(reactor, zk_hosts, root, deadline=timeout)
+        return chain.ChainClient.connect(reactor, zk_hosts, root, deadline=deadline)
 
-    where = f"the chain {root} via ZooKeeper {zk_hosts}"
-    return lambda: BlockingClient(make, timeout=timeout, description=where)
+    description = f"the chain {root} via ZooKeeper {zk_hosts}"
+    # The chain client keeps to its deadline and says what went wrong; the
+    # blocking wrapper's own limit is only a backstop, a little later.
+    backstop = None if deadline is None else deadline + 2.0
+    return lambda: BlockingClient(make, timeout=backstop, description=description)
+
+
+def _command(ns: argparse.Namespace, words: list[str]) -> Parsed | None:
+    """The command given on the command line (words or -c), -x's argument appended."""
+    if ns.command is not None and words:
+        raise UsageError("give the command either as words or with -c, not both")
+    if ns.command is not None:
+        stripped = ns.command.strip()
+        args = [] if stripped.startswith("#") else split_words(stripped)
+    else:
+        args = [os.fsencode(word) for word in words]
+    if ns.stdin_arg:
+        if not args:
+            raise UsageError("-x needs a command (its last argument is read from stdin)")
+        args.append(sys.stdin.buffer.read())
+    return parse_words(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -595,38 +875,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
     parser = build_parser()
+    options, words = split_argv(sys.argv[1:] if argv is None else argv)
     try:
-        ns = parser.parse_args(argv)
+        ns = parser.parse_args(options)
     except _ArgumentError as e:
         print(f"error: {e} (try --help)", file=sys.stderr)
         return USAGE
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
-    if (ns.address is None) == (ns.zk is None):
-        print("error: give either HOST:PORT or --zk ZKHOSTS (try --help)", file=sys.stderr)
-        return USAGE
-
-    parsed: Parsed | None = None
-    if ns.command is not None:
-        if not _valid_text(ns.command):
-            print("error: input is not valid UTF-8", file=sys.stderr)
-            return FAILED
-        try:
-            parsed = parse_line(ns.command)
-        except UsageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return FAILED
-        if parsed is None or not parsed.command.needs_server:
-            shell = Shell(lambda: None)
-            return OK if parsed is None else shell.run(parsed)
-
     try:
-        connect = _maker(ns)
+        where = target(ns)
+        given = ns.command is not None or bool(words) or ns.stdin_arg
+        parsed = _command(ns, words) if given else None
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE
+    if given and (parsed is None or not parsed.command.needs_server):
+        return OK if parsed is None else Shell(lambda: None, raw=ns.raw).run(parsed)
+    try:
+        connect = _maker(where, ns.timeout)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE
 
-    shell = Shell(connect)
+    shell = Shell(connect, raw=ns.raw, where=where.where)
     try:
         return _session(shell, parsed)
     except BrokenPipeError:
