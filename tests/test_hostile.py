@@ -195,6 +195,3 @@ def _try_size(port: int) -> int | None:
             c.close()
     except (OSError, ConnectionError, IndexError):
         return None
-
-
-
