@@ -9,7 +9,9 @@ system's own ZooKeeper service alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -127,9 +129,11 @@ class ZooKeeperProcess:
         self,
         tick_time_ms: int = TICK_TIME_MS,
         max_session_timeout_ms: int = 60_000,
+        port: int | None = None,
     ) -> None:
         self.tick_time_ms = tick_time_ms
         self.max_session_timeout_ms = max_session_timeout_ms
+        self.fixed_port = port  # None: a free port, new on every attempt
         self.port: int | None = None
         self.tempdir: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -185,12 +189,10 @@ class ZooKeeperProcess:
             raise ZooKeeperError(f"ZooKeeper did not start: {last_error}")
 
     def _launch(self) -> None:
-        java = java_binary()
-        assert java is not None
         self.tempdir = Path(tempfile.mkdtemp(prefix="kvtwist-zk-"))
         data_dir = self.tempdir / "data"
         data_dir.mkdir()
-        self.port = free_port()
+        self.port = self.fixed_port or free_port()
         cfg = self.tempdir / "zoo.cfg"
         cfg.write_text(
             "\n".join(
@@ -211,6 +213,13 @@ class ZooKeeperProcess:
                 ]
             )
         )
+        self._exec()
+
+    def _exec(self) -> None:
+        """Run the server on the configuration and data already in ``tempdir``."""
+        java = java_binary()
+        assert java is not None and self.tempdir is not None
+        cfg = self.tempdir / "zoo.cfg"
         command = [
             java,
             "-Xmx256m",
@@ -227,7 +236,7 @@ class ZooKeeperProcess:
             str(cfg),
         ]
         assert self.log_path is not None
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -266,6 +275,42 @@ class ZooKeeperProcess:
         """SIGCONT a paused server."""
         if self.process is not None:
             self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash), keeping its data, port and log for :meth:`restart`."""
+        with self._lock:
+            process = self.process
+            if process is not None and process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                process.wait()
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start the server again on the same data directory and port, after :meth:`kill`.
+
+        What it had written survives (the snapshot and transaction log), so
+        sessions and ephemeral nodes come back until their timeout expires them.
+        """
+        with self._lock:
+            if self.tempdir is None or self.port is None:
+                raise ZooKeeperError("restart() needs a server that was started and killed")
+            if self.running:
+                return
+            deadline = time.monotonic() + timeout
+            while True:
+                self._exec()
+                try:
+                    self._wait_ready(deadline)
+                    return
+                except ZooKeeperError:
+                    # the port may linger for a moment after the crash: try again
+                    process = self.process
+                    if process is not None and process.poll() is None:
+                        process.kill()
+                        process.wait()
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.5)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the server, SIGKILL it after ``timeout``; remove its tempdir."""
@@ -339,6 +384,24 @@ def node_env() -> dict[str, str]:
     return env
 
 
+@functools.cache
+def kvnode_options() -> frozenset[str]:
+    """The long options ``twistd kvnode --help`` lists: what this build of the node takes.
+
+    Campaigns ask it before using an option newer builds have (``--data-dir``,
+    ``--cluster-key-file``), so one runner works against old and new nodes.
+    """
+    run = subprocess.run(
+        [TWISTD, "kvnode", "--help"],
+        env=node_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return frozenset(re.findall(r"--([a-z][a-z0-9-]*)", run.stdout))
+
+
 class NodeProcess:
     """One ``twistd -n kvnode`` process on 127.0.0.1, logging into its own directory."""
 
@@ -351,8 +414,8 @@ class NodeProcess:
         self.port = port or free_port()
         self.args = list(args or [])
         self._own_dir = directory is None
-        self.dir = Path(directory) if directory is not None else Path(
-            tempfile.mkdtemp(prefix="kvnode-")
+        self.dir = (
+            Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="kvnode-"))
         )
         self.dir.mkdir(parents=True, exist_ok=True)
         self.logfile = self.dir / "node.log"

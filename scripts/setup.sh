@@ -13,8 +13,16 @@ need=""
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     need="$need python3-venv"
 fi
-if [ "$with_test" = yes ] && { ! command -v java >/dev/null 2>&1 || [ ! -f /usr/share/java/zookeeper.jar ]; }; then
-    need="$need zookeeper"
+# the private ZooKeeper of the tests needs java, the server jar and its jute jar
+if [ "$with_test" = yes ]; then
+    need_zk=no
+    command -v java >/dev/null 2>&1 || need_zk=yes
+    for jar in zookeeper.jar zookeeper-jute.jar; do
+        [ -f "/usr/share/java/$jar" ] || need_zk=yes
+    done
+    if [ "$need_zk" = yes ]; then
+        need="$need zookeeper"
+    fi
 fi
 if [ -n "$need" ]; then
     echo "installing Debian packages:$need"

@@ -11,6 +11,8 @@ import random
 import socket
 import threading
 import time
+import traceback
+from collections.abc import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -27,6 +29,50 @@ def rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def run_threads(targets: list[Callable[[], None]], timeout: float) -> list[str]:
+    """Run ``targets`` in threads; what went wrong in them: exceptions and hung threads.
+
+    An exception in a thread is otherwise only printed, so a node that stops
+    answering (a timeout, a reset) would still let the test pass.
+    """
+    failures: list[str] = []
+
+    def guarded(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException:
+            failures.append(traceback.format_exc())
+
+    threads = [threading.Thread(target=guarded, args=(t,), daemon=True) for t in targets]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    failures += [f"{t.name} still running after {timeout:g}s" for t in threads if t.is_alive()]
+    return failures
+
+
+class RunThreads(SynchronousTestCase):
+    def test_exception_in_a_thread_is_reported(self) -> None:
+        """A worker that raises (a node that stopped answering) is a failure, not a print."""
+
+        def fails() -> None:
+            raise ConnectionError("closed by the node")
+
+        failures = run_threads([lambda: None, fails], 5)
+        self.assertEqual(len(failures), 1)
+        self.assertIn("ConnectionError: closed by the node", failures[0])
+
+    def test_hung_thread_is_reported(self) -> None:
+        """A worker that never returns is a failure once the deadline passes."""
+        release = threading.Event()
+        self.addCleanup(release.set)
+        failures = run_threads([release.wait], 0.05)
+        self.assertEqual(len(failures), 1)
+        self.assertIn("still running", failures[0])
 
 
 class HostileTests(SynchronousTestCase):
@@ -76,13 +122,9 @@ class HostileTests(SynchronousTestCase):
             finally:
                 c.close()
 
-        threads = [threading.Thread(target=garbage)] + [
-            threading.Thread(target=good, args=(i,)) for i in range(4)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        workers: list[Callable[[], None]] = [garbage]
+        workers += [lambda i=i: good(i) for i in range(4)]  # type: ignore[misc]
+        self.assertEqual(run_threads(workers, 30), [])
         self.assertEqual(errors, [])
         self.alive()
         self.assertLess(rss(self.pid), RSS_BOUND)
@@ -153,6 +195,3 @@ def _try_size(port: int) -> int | None:
             c.close()
     except (OSError, ConnectionError, IndexError):
         return None
-
-
-

@@ -2,7 +2,9 @@
 
 One row per client, one bar per operation from invocation to completion,
 coloured by outcome (an unknown outcome runs to the end: it may take effect
-at any time); faults are vertical lines with labels.  Everything (data,
+at any time); faults are vertical lines with labels, one colour per kind
+(solid for a fault, dashed for its recovery), with a legend of the kinds
+that occurred.  Everything (data,
 drawing code) is inline, so the file opens offline and can be attached to a
 bug report.  A canvas rather than SVG keeps tens of thousands of bars light;
 the mouse wheel zooms, dragging pans, hovering names the operation.
@@ -50,9 +52,7 @@ __SUMMARY__
 <span><i class="sw" style="background:#2e9e44"></i>ok</span>
 <span><i class="sw" style="background:#d62728"></i>fail</span>
 <span><i class="sw" style="background:#ff9f1c"></i>unknown (may take effect any time later)</span>
-<span><i class="sw" style="background:#c00"></i>kill</span>
-<span><i class="sw" style="background:#7b3fb5"></i>pause / resume</span>
-<span><i class="sw" style="background:#888"></i>node start / heal</span>
+__EVENT_LEGEND__
 &nbsp; wheel: zoom &middot; drag: pan &middot; double-click: reset
 </div>
 <div id="wrap"><canvas id="c"></canvas><div id="tip"></div></div>
@@ -62,8 +62,8 @@ __DETAILS__
 const DATA = __DATA__;
 const KINDS = ["get", "put", "del"], OUTCOMES = ["ok", "fail", "unknown"];
 const COLORS = ["#2e9e44", "#d62728", "#ff9f1c"];
-const EVENT_COLORS = {kill: "#c00", pause: "#7b3fb5", resume: "#7b3fb5", start: "#888",
-                      heal: "#888", end: "#000"};
+const EVENT_COLORS = DATA.colors;
+const FAULTS = new Set(DATA.faults);
 const canvas = document.getElementById("c"), tip = document.getElementById("tip");
 const ctx = canvas.getContext("2d");
 const ROW = 14, TOP = 70, LEFT = 70, BOTTOM = 24;
@@ -111,8 +111,8 @@ function draw() {
     if (e.t < view[0] || e.t > view[1]) continue;
     const px = x(e.t);
     ctx.strokeStyle = EVENT_COLORS[e.kind] || "#000";
-    ctx.setLineDash(e.kind === "resume" || e.kind === "start" ? [4, 3] : []);
-    ctx.lineWidth = e.kind === "kill" || e.kind === "pause" ? 2 : 1;
+    ctx.setLineDash(FAULTS.has(e.kind) ? [] : [4, 3]);
+    ctx.lineWidth = FAULTS.has(e.kind) ? 2 : 1;
     ctx.beginPath(); ctx.moveTo(px, 12 + 12 * lane); ctx.lineTo(px, canvas.height - BOTTOM);
     ctx.stroke();
     ctx.fillStyle = EVENT_COLORS[e.kind] || "#000";
@@ -182,6 +182,54 @@ size();
 """
 
 
+#: Colours of the campaign's events: faults solid and thick, recoveries dashed.
+EVENT_COLORS = {
+    "kill": "#c00",
+    "pause": "#7b3fb5",
+    "short-pause": "#b07be0",
+    "zk-pause": "#1f77b4",
+    "zk-restart": "#0b3d91",
+    "partition": "#e377c2",
+    "join-fault": "#8c564b",
+    "crash-restart": "#ff4500",
+    "stranger": "#17becf",
+    "combined": "#000",
+    "exit": "#c00",
+    "resume": "#7b3fb5",
+    "restart": "#ff4500",
+    "heal": "#888",
+    "start": "#888",
+    "stranger-end": "#17becf",
+    "probe": "#2e9e44",
+}
+FAULT_KINDS = frozenset(
+    {
+        "kill",
+        "pause",
+        "short-pause",
+        "zk-pause",
+        "zk-restart",
+        "partition",
+        "join-fault",
+        "crash-restart",
+        "stranger",
+        "combined",
+        "exit",
+    }
+)
+
+
+def _legend(kinds: Iterable[str]) -> str:
+    spans = []
+    for kind in sorted(set(kinds), key=lambda k: (k not in FAULT_KINDS, k)):
+        colour = EVENT_COLORS.get(kind, "#000")
+        style = "" if kind in FAULT_KINDS else ";opacity:0.5"
+        spans.append(
+            f'<span><i class="sw" style="background:{colour}{style}"></i>{html.escape(kind)}</span>'
+        )
+    return "\n".join(spans)
+
+
 def _summary(summary: Mapping[str, Any]) -> str:
     rows = []
     for key, value in summary.items():
@@ -226,6 +274,8 @@ def write_timeline(
             for op in ops
         ],
         "events": event_list,
+        "colors": {e["kind"]: EVENT_COLORS.get(e["kind"], "#000") for e in event_list},
+        "faults": sorted(FAULT_KINDS),
     }
     # "</" must not appear inside the script element
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
@@ -233,6 +283,7 @@ def write_timeline(
     page = (
         _PAGE.replace("__TITLE__", html.escape(title))
         .replace("__SUMMARY__", _summary(summary))
+        .replace("__EVENT_LEGEND__", _legend(e["kind"] for e in event_list))
         .replace("__DETAILS__", extra)
         .replace("__DATA__", payload)
     )

@@ -3,23 +3,28 @@
 It starts a private ZooKeeper and ``--nodes`` kvtwist nodes, runs
 ``--clients`` concurrent clients (kvtwist.verify.workload, a separate
 process) doing random get/put/del with unique values on a few keys, and
-meanwhile a *nemesis* that at random moments SIGKILLs a node, or SIGSTOPs
-one past its ZooKeeper session timeout and then SIGCONTs it, picking head,
-middle and tail in turn, and starts replacement nodes that join.  It never
-faults a node unless two healthy members would remain, so the chain always
-has a survivor holding every acknowledged write.
+meanwhile a *nemesis* (kvtwist.verify.nemesis) injecting the ``--nemesis``
+kinds of fault -- crashes, pauses, ZooKeeper outages, partitions through a
+proxy (kvtwist.verify.proxy), faults in the middle of a join, whole-chain
+crash-restarts, strangers speaking the chain protocol, two faults at once --
+and starting replacement nodes that join.
 
-At the end it heals (resumes everything, tops the chain up to ``--nodes``),
-waits for the chain to settle, reads every key from the tail, and checks:
+At the end it heals (ends every fault, tops the chain up to ``--nodes``),
+then checks:
 
-- the history, final reads included, is linearizable;
+- liveness: a new write is acknowledged and visible at the tail within
+  ``--liveness-timeout`` seconds, else the verdict is "stuck";
+- the history, final reads at the tail included, is linearizable;
 - no acknowledged write that a later acknowledged write did not overwrite
-  is missing from the final state;
-- every member holds an identical copy (each node's own copy, read locally).
+  is missing from the final state (across crash-restarts too);
+- every member holds an identical copy (each node's own copy, read locally);
+- no node exited by itself, and no stranger was taken for a peer.
 
-Results go to ``--report DIR``: ``history.jsonl``, ``report.json``,
-``timeline.html``, and every process's log (``nodes/``, ``zookeeper.log``,
-``workload.log``) for diagnosis.  Exit status 0 only when everything holds.
+Results go to ``--report DIR``: ``history.jsonl``, ``report.json`` (with
+``fault_counts`` by kind and ``unavailable_max_s``, the longest time without
+an acknowledged write), ``timeline.html``, and every process's log
+(``nodes/``, ``zookeeper.log``, ``workload.log``, ``proxy.log``,
+``stranger-*.log``).  Exit status 0 only when everything holds.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import argparse
 import contextlib
 import json
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -36,39 +42,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from kvtwist import wire
 from kvtwist.procs import (
     NodeProcess,
     RawClient,
     ZooKeeperProcess,
     dump,
+    free_port,
+    kvnode_options,
     node_env,
     zookeeper_available,
 )
 from kvtwist.verify.durability import lost_writes
 from kvtwist.verify.history import Op, read_history
 from kvtwist.verify.linearizability import check
+from kvtwist.verify.nemesis import KINDS, PROXY_KINDS, Nemesis, Node, parse_kinds
+from kvtwist.verify.proxy import ProxyControl
 from kvtwist.verify.timeline import write_timeline
+from kvtwist.verify.workload import BIG_MIN, value_text
 
 ROOT = "/torture"
-#: Pauses last this many session timeouts (drawn uniformly), so sessions expire.
-PAUSE_SESSIONS = (1.5, 2.5)
 #: A replacement for a killed node starts this long after the kill (seconds).
 REPLACE_DELAY = (0.5, 2.0)
-ROLES = ("head", "middle", "tail")
-
-
-@dataclass
-class Node:
-    """A node process and what the nemesis did to it."""
-
-    label: str
-    proc: NodeProcess
-    state: str = "running"  # running | paused | dead
-    resume_at: float = 0.0
-
-    @property
-    def port(self) -> int:
-        return self.proc.port
+#: The liveness probe writes this key (not one of the clients' keys).
+PROBE_KEY = "liveness-probe"
+#: With join-fault, the store gets this much filler first, so a state transfer
+#: through the slowed proxy lasts seconds (kvtwist.verify.nemesis.JOIN_RATE).
+FILL_KEYS, FILL_SIZE = 64, 64 * 1024
 
 
 @dataclass
@@ -104,20 +104,24 @@ class Progress:
 class Campaign:
     """One campaign: processes, nemesis, final checks, report."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, kinds: list[str], options: frozenset[str]) -> None:
         self.args = args
+        self.kinds = kinds
+        self.options = options
         self.rng = random.Random(args.seed)
         self.report_dir = Path(args.report)
+        self.session_timeout = float(args.session_timeout)
+        self.keys = int(args.keys)
+        self.seed = int(args.seed)
         self.zk: ZooKeeperProcess | None = None
+        self.proxy: ProxyControl | None = None
         self.kazoo: Any = None
         self.nodes: list[Node] = []
         self.workload: subprocess.Popen[bytes] | None = None
         self.events: list[dict[str, Any]] = []
-        self.faults = 0
-        self.coverage: dict[str, int] = {}
+        self.stranger_results: list[dict[str, Any]] = []
         self.unexpected_exits: list[str] = []
         self.epoch = time.monotonic()
-        self.next_fault = 0.0
         self.replace_at = 0.0
         self.last_event = ""
         self.history_path = self.report_dir / "history.jsonl"
@@ -125,6 +129,8 @@ class Campaign:
         self.tty = sys.stderr.isatty()
         self.last_progress = 0.0
         self.phase = "starting"
+        self.key_file: Path | None = None
+        self.nemesis = Nemesis(self, kinds, args.fault_interval)
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -154,7 +160,7 @@ class Campaign:
         line = (
             f"[{self.phase} {self.now():5.1f}/{self.args.duration:g}s] ops {self.progress.total}"
             f" (ok {c['ok']} fail {c['fail']} unknown {c['unknown']})"
-            f"  faults {self.faults}  chain {chain or '-'}  last: {self.last_event or '-'}"
+            f"  faults {self.nemesis.total}  chain {chain or '-'}  last: {self.last_event or '-'}"
         )
         if self.tty:
             sys.stderr.write("\r\x1b[K" + line[:200])
@@ -163,62 +169,102 @@ class Campaign:
             print(line, file=sys.stderr, flush=True)
 
     def label_of(self, port: int) -> str:
-        for n in self.nodes:
-            if n.port == port:
-                return n.label
-        return f":{port}"
+        node = self.node_of(port)
+        return node.label if node is not None else f":{port}"
 
     def node_of(self, port: int) -> Node | None:
+        """The node advertised at ``port`` (its own port, or its proxy's)."""
         for n in self.nodes:
-            if n.port == port:
+            if n.address_port == port:
                 return n
         return None
 
-    def members(self) -> list[tuple[str, int]]:
-        """The chain in order, head first: (znode name, port)."""
-        from kazoo.exceptions import KazooException, NoNodeError
+    def target_nodes(self) -> int:
+        return int(self.args.nodes)
 
+    def replace_later(self) -> None:
+        self.replace_at = time.monotonic() + self.rng.uniform(*REPLACE_DELAY)
+
+    def members(self) -> list[tuple[str, int]]:
+        """The chain in order, head first: (znode name, advertised port); [] if unknown now.
+
+        Every ZooKeeper call has a short deadline: ZooKeeper may be paused or
+        down, and the nemesis must keep its own clock meanwhile.
+        """
         from kvtwist.zk import parse_address
 
         if self.kazoo is None:
             return []
         try:
-            names = sorted(c for c in self.kazoo.get_children(ROOT) if c.startswith("node"))
-        except (NoNodeError, KazooException):
+            children = self.kazoo.get_children_async(ROOT).get(timeout=1.0)
+            names = sorted(c for c in children if c.startswith("node"))
+            replies = [(name, self.kazoo.get_async(f"{ROOT}/{name}")) for name in names]
+            out = []
+            for name, reply in replies:
+                try:
+                    data, _ = reply.get(timeout=1.0)
+                except Exception:  # vanished meanwhile
+                    continue
+                address = parse_address(data)
+                if address is not None:
+                    out.append((name, address[1]))
+            return out
+        except Exception:  # no connection, no root yet, a timeout: nothing known now
             return []
-        out = []
-        for name in names:
-            try:
-                data, _ = self.kazoo.get(f"{ROOT}/{name}")
-            except (NoNodeError, KazooException):
-                continue
-            address = parse_address(data)
-            if address is not None:
-                out.append((name, address[1]))
-        return out
+
+    def config(self) -> int:
+        """The chain's configuration number (the root's child version), 0 if unknown."""
+        try:
+            stat = self.kazoo.exists_async(ROOT).get(timeout=1.0)
+            return int(stat.cversion) if stat is not None else 0
+        except Exception:
+            return 0
 
     # -- processes -----------------------------------------------------------------
 
     def start_node(self) -> Node:
-        assert self.zk is not None
+        assert self.zk is not None and self.zk.port is not None
         label = f"n{len(self.nodes) + 1}"
+        port = free_port()
+        zk_hosts = self.zk.hosts
+        extra: list[str] = []
+        advertised = 0
+        if self.proxy is not None:
+            advertised = self.proxy.route(label, port)
+            zk_hosts = f"127.0.0.1:{self.proxy.route(f'{label}-zk', self.zk.port)}"
+            extra += ["--advertise", f"127.0.0.1:{advertised}"]
+        directory = self.report_dir / "nodes" / label
+        if "data-dir" in self.options:
+            extra += ["--data-dir", str(directory / "data")]
+        if self.key_file is not None:
+            extra += ["--cluster-key-file", str(self.key_file)]
         proc = NodeProcess.member(
-            self.zk.hosts,
-            ROOT,
-            self.args.session_timeout,
-            self.report_dir / "nodes" / label,
+            zk_hosts, ROOT, self.session_timeout, directory, port=port, extra_args=extra
         )
         proc.start(wait=False)
-        node = Node(label, proc)
+        node = Node(label, proc, advertised=advertised)
         self.nodes.append(node)
+        self.own(node)
         return node
+
+    def own(self, node: Node) -> None:
+        """Tell the proxy which connections this node makes."""
+        if self.proxy is not None and node.proc.pid is not None:
+            self.proxy.owner(node.proc.pid, node.label)
+
+    def restart_node(self, node: Node) -> None:
+        """Start a crashed node again: same port, same data directory, same proxy routes."""
+        if self.proxy is not None and node.proc.pid is not None:
+            self.proxy.owner(node.proc.pid, None)
+        node.proc.start(wait=False)
+        self.own(node)
 
     def start_chain(self) -> None:
         for _ in range(self.args.nodes):
             node = self.start_node()
             node.proc.wait_listening()
             self.wait(
-                lambda n=node: n.port in [p for _, p in self.members()],  # type: ignore[misc]
+                lambda n=node: n.address_port in [p for _, p in self.members()],  # type: ignore[misc]
                 60,
                 f"{node.label} to join",
             )
@@ -230,6 +276,20 @@ class Campaign:
                 raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
             self.check_exits()
             time.sleep(0.1)
+
+    def fill(self) -> None:
+        """Give the store some bulk, so a state transfer lasts long enough to be faulted."""
+        members = self.members()
+        head = self.node_of(members[0][1]) if members else None
+        if head is None:
+            raise RuntimeError("no head to fill the store through")
+        with RawClient(head.port, timeout=30) as c:
+            replies = c.call(
+                *(wire.req_put(f"fill-{i:03d}", bytes([i]) * FILL_SIZE) for i in range(FILL_KEYS))
+            )
+        bad = [r.error for r in replies if r.opcode != wire.OP_PUT + 1]
+        if bad:
+            raise RuntimeError(f"filling the store failed: {bad[0]}")
 
     def start_workload(self) -> None:
         assert self.zk is not None
@@ -261,6 +321,10 @@ class Campaign:
             str(a.op_timeout),
             "--think",
             str(a.think),
+            "--big-values",
+            str(a.big_values),
+            "--max-big-value",
+            str(a.max_big_value),
         ]
         with open(self.report_dir / "workload.log", "wb") as log:
             self.workload = subprocess.Popen(
@@ -287,92 +351,84 @@ class Campaign:
     def check_exits(self) -> None:
         """A node that ends without our signal crashed: a finding in itself."""
         for n in self.nodes:
-            if n.state != "dead" and n.proc.exited is not None:
+            if n.state in ("running", "paused") and n.proc.exited is not None:
                 n.state = "dead"
                 self.unexpected_exits.append(f"{n.label} (port {n.port}) exit {n.proc.exited}")
                 self.event("exit", f"{n.label} EXITED ({n.proc.exited})", node=n.label)
-                self.replace_at = time.monotonic() + self.rng.uniform(*REPLACE_DELAY)
-
-    # -- the nemesis -------------------------------------------------------------------
+                self.replace_later()
 
     def tick(self, inject: bool) -> None:
-        wall = time.monotonic()
         self.check_exits()
-        for n in self.nodes:
-            if n.state == "paused" and wall >= n.resume_at:
-                n.proc.resume()
-                n.state = "running"
-                self.event("resume", f"resume {n.label}", node=n.label)
+        self.nemesis.tick(inject)
         alive = [n for n in self.nodes if n.state != "dead"]
-        if len(alive) < self.args.nodes and wall >= self.replace_at:
+        if len(alive) < self.args.nodes and time.monotonic() >= self.replace_at:
             n = self.start_node()
             self.event("start", f"start {n.label}", node=n.label)
-        if inject and wall >= self.next_fault:
-            if self.inject():
-                mean = self.args.fault_interval
-                self.next_fault = wall + self.rng.uniform(0.5 * mean, 1.5 * mean)
-
-    def inject(self) -> bool:
-        """Fault one healthy member if two healthy members remain; False if none was."""
-        members = self.members()
-        healthy: list[tuple[str, str, Node]] = []
-        for i, (name, port) in enumerate(members):
-            node = self.node_of(port)
-            if any(h[2] is node for h in healthy):
-                return False  # one node under two znodes: the chain is not sound, let it be
-            if node is not None and node.state == "running" and node.proc.exited is None:
-                role = "head" if i == 0 else "tail" if i == len(members) - 1 else "middle"
-                healthy.append((role, name, node))
-        if len(healthy) < 3:
-            return False
-        # every (kind, role) pair in turn, the least used first, ties at random
-        choices = [(kind, role) for kind in ("kill", "pause") for role, _, _ in healthy]
-        low = min(self.coverage.get(f"{k} {r}", 0) for k, r in choices)
-        kind, role = self.rng.choice(
-            [c for c in choices if self.coverage.get(f"{c[0]} {c[1]}", 0) == low]
-        )
-        _, name, node = self.rng.choice([h for h in healthy if h[0] == role])
-        self.coverage[f"{kind} {role}"] = self.coverage.get(f"{kind} {role}", 0) + 1
-        self.faults += 1
-        if kind == "kill":
-            node.proc.kill()
-            node.state = "dead"
-            self.replace_at = time.monotonic() + self.rng.uniform(*REPLACE_DELAY)
-            self.event("kill", f"kill {role} {node.label}", node=node.label, role=role, znode=name)
-        else:
-            node.proc.pause()
-            node.state = "paused"
-            pause = self.args.session_timeout * self.rng.uniform(*PAUSE_SESSIONS)
-            node.resume_at = time.monotonic() + pause
-            self.event(
-                "pause",
-                f"pause {role} {node.label} {pause:.1f}s",
-                node=node.label,
-                role=role,
-                znode=name,
-                seconds=round(pause, 3),
-            )
-        return True
 
     # -- the end -------------------------------------------------------------------------
 
     def heal(self) -> None:
         self.event("heal", "heal")
+        self.nemesis.heal()
         for n in self.nodes:
             if n.state == "paused":
                 n.proc.resume()
                 n.state = "running"
+            elif n.state == "down":
+                self.restart_node(n)
+                n.state = "running"
+        if self.zk is not None and not self.zk.running:
+            self.zk.restart()
         while len([n for n in self.nodes if n.state != "dead"]) < self.args.nodes:
             self.start_node()
+
+    def probe(self) -> tuple[bool, float, str]:
+        """Liveness: a new write acknowledged by the head and then read at the tail.
+
+        Returns (live, seconds taken, the last obstacle seen).
+        """
+        started = time.monotonic()
+        deadline = started + self.args.liveness_timeout
+        value = f"probe-{self.seed}-{secrets.token_hex(4)}".encode()
+        acked, last = False, "no chain in ZooKeeper"
+        while time.monotonic() < deadline:
+            self.check_exits()
+            nodes = [self.node_of(port) for _, port in self.members()]
+            if not nodes or None in nodes:
+                time.sleep(0.2)
+                continue
+            head, tail = nodes[0], nodes[-1]
+            assert head is not None and tail is not None
+            timeout = max(0.5, min(5.0, deadline - time.monotonic()))
+            try:
+                if not acked:
+                    with RawClient(head.port, timeout=timeout) as c:
+                        reply = c.one(wire.req_put(PROBE_KEY, value))
+                    if reply.opcode != wire.OP_PUT + 1:
+                        last = f"head {head.label}: {reply.error}"
+                        time.sleep(0.2)
+                        continue
+                    acked = True
+                with RawClient(tail.port, timeout=timeout) as c:
+                    got = c.get(PROBE_KEY)
+                if got == value:
+                    return True, time.monotonic() - started, ""
+                last = f"tail {tail.label} does not show the acknowledged write yet"
+            except (OSError, RuntimeError) as e:
+                last = f"{type(e).__name__}: {e}"
+            time.sleep(0.2)
+        what = "acknowledged but not visible at the tail" if acked else "never acknowledged"
+        return False, time.monotonic() - started, f"a new write was {what}: {last}"
 
     def settled(self) -> list[tuple[str, bytes]] | None:
         """The common copy once the chain is whole and every member holds the same data."""
         self.check_exits()
-        running = {n.port for n in self.nodes if n.state == "running"}
+        running = {n.address_port for n in self.nodes if n.state == "running"}
         members = [port for _, port in self.members()]
-        if len(members) != self.args.nodes or set(members) != running:
+        if len(members) < self.args.nodes or set(members) != running:
             return None
-        copies = [dump(port) for port in members]
+        nodes = [self.node_of(port) for port in members]
+        copies = [dump(n.port) if n is not None else None for n in nodes]
         first = copies[0]
         if first is None or any(c != first for c in copies):
             return None
@@ -398,25 +454,49 @@ class Campaign:
             key = f"k{i}"
             for _attempt in range(20):
                 members = self.members()
-                if not members:
+                tail = self.node_of(members[-1][1]) if members else None
+                if tail is None:
                     time.sleep(0.5)
                     continue
                 invoke = self.now()
                 try:
-                    with RawClient(members[-1][1], timeout=10) as c:
+                    with RawClient(tail.port, timeout=10) as c:
                         value = c.get(key)
                 except (OSError, RuntimeError):
                     time.sleep(0.5)
                     continue
-                text = None if value is None else value.decode("utf-8", "replace")
+                text = None if value is None else value_text(value)
                 ops.append(Op(-1, "get", key, text, invoke, self.now(), "ok"))
                 break
         return ops
 
     def node_copies(self) -> dict[str, list[tuple[str, bytes]] | None]:
-        return {self.label_of(port): dump(port) for _, port in self.members()}
+        out = {}
+        for _, port in self.members():
+            node = self.node_of(port)
+            out[self.label_of(port)] = dump(node.port) if node is not None else None
+        return out
 
     # -- the whole campaign --------------------------------------------------------------
+
+    def prepare_report_dir(self) -> None:
+        """Remove what an earlier campaign left there (only the files a campaign writes)."""
+        if self.report_dir.exists():
+            names = [
+                "history.jsonl",
+                "report.json",
+                "timeline.html",
+                "workload.log",
+                "proxy.log",
+                "zookeeper.log",
+                "cluster.key",
+            ]
+            paths = [self.report_dir / n for n in names]
+            for path in [*paths, *self.report_dir.glob("stranger-*.log")]:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            shutil.rmtree(self.report_dir / "nodes", ignore_errors=True)
+        self.report_dir.mkdir(parents=True, exist_ok=True)
 
     def run(self) -> int:
         a = self.args
@@ -424,34 +504,39 @@ class Campaign:
         if why:
             self.say(f"kvtwist-torture: cannot start ZooKeeper: {why}")
             return 2
-        if self.report_dir.exists():
-            for name in ("history.jsonl", "report.json", "timeline.html", "workload.log"):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.report_dir / name).unlink()
-            shutil.rmtree(self.report_dir / "nodes", ignore_errors=True)
-        self.report_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_report_dir()
         if a.nodes < 3:
             self.say("warning: the nemesis needs --nodes >= 3 to fault a node and keep two")
         from kazoo.client import KazooClient
 
         try:
-            self.zk = ZooKeeperProcess()
+            self.zk = ZooKeeperProcess(port=free_port())
             self.zk.start()
+            if any(k in PROXY_KINDS for k in self.kinds):
+                self.proxy = ProxyControl(self.report_dir / "proxy.log")
+            if "cluster-key-file" in self.options:
+                self.key_file = self.report_dir / "cluster.key"
+                self.key_file.write_text(secrets.token_hex(32) + "\n")
+                self.key_file.chmod(0o600)
             self.kazoo = KazooClient(self.zk.hosts, timeout=10)
             self.kazoo.start(15)
             self.say(
                 f"kvtwist-torture: seed {a.seed}, {a.nodes} nodes, {a.clients} clients, "
                 f"{a.duration:g}s, session timeout {a.session_timeout:g}s, "
-                f"ZooKeeper at {self.zk.hosts}, report in {self.report_dir}"
+                f"nemesis {','.join(self.kinds) or 'none'}"
+                + (f", big values {a.big_values:g} up to {a.max_big_value}" if a.big_values else "")
+                + f", ZooKeeper at {self.zk.hosts}, report in {self.report_dir}"
             )
             self.phase = "setup"
             self.start_chain()
+            if "join-fault" in self.kinds:
+                self.fill()
             self.start_workload()
             self.phase = "run"
-            self.next_fault = time.monotonic() + self.rng.uniform(0.5, 1.5)
             assert self.workload is not None
             stop_faults = time.monotonic() + a.duration
             give_up = stop_faults + a.op_timeout + 30
+            self.nemesis.next_fault = time.monotonic() + self.rng.uniform(0.5, 1.5)
             while self.workload.poll() is None:
                 wall = time.monotonic()
                 if wall > give_up:
@@ -464,12 +549,15 @@ class Campaign:
                 time.sleep(0.05)
             self.phase = "heal"
             self.heal()
+            live, probe_s, stuck_why = self.probe()
+            self.event("probe", f"liveness probe {'ok' if live else 'STUCK'} in {probe_s:.1f}s")
             is_settled, settle_s = self.wait_settled()
             self.phase = "check"
             self.show_progress(force=True)
             finals = self.final_reads() if is_settled else []
             copies = self.node_copies()
-            return self.finish(is_settled, settle_s, finals, copies)
+            liveness = {"live": live, "seconds": round(probe_s, 2), "why": stuck_why}
+            return self.finish(is_settled, settle_s, finals, copies, liveness)
         except KeyboardInterrupt:
             self.say("interrupted")
             return 130
@@ -490,6 +578,7 @@ class Campaign:
         settle_s: float,
         finals: list[Op],
         copies: dict[str, list[tuple[str, bytes]] | None],
+        liveness: dict[str, Any],
     ) -> int:
         a = self.args
         if self.tty:
@@ -509,20 +598,24 @@ class Campaign:
         readable = [c for c in copies.values() if c is not None]
         identical = (
             is_settled
-            and len(readable) == len(copies) == a.nodes
+            and len(readable) == len(copies) >= a.nodes
             and all(c == readable[0] for c in readable)
         )
         final_state: dict[str, str | None] = {}
         if readable:
             tail_copy = list(copies.values())[-1] or []
-            final_state = {k: v.decode("utf-8", "replace") for k, v in tail_copy}
+            final_state = {k: value_text(v) for k, v in tail_copy}
         lost = lost_writes(client_ops, final_state) if readable else []
         outcomes = {o: sum(1 for op in client_ops if op.outcome == o) for o in ("ok", "fail")}
         outcomes["unknown"] = sum(1 for op in client_ops if op.outcome == "unknown")
         workload_status = None if self.workload is None else self.workload.returncode
         stall, stall_at = longest_stall(client_ops)
+        unavailable, unavailable_at = longest_stall(client_ops, writes_only=True)
+        stranger_accepted = sum(int(r.get("accepted", 0)) for r in self.stranger_results)
+        live = bool(liveness["live"])
         ok = (
-            result.linearizable
+            live
+            and result.linearizable
             and not lost
             and identical
             and is_settled
@@ -530,32 +623,47 @@ class Campaign:
             and not self.unexpected_exits
             and workload_status == 0
             and len(client_ops) > 0
+            and stranger_accepted == 0
         )
+        verdict = result.verdict() if live else f"stuck: {liveness['why']}"
         report: dict[str, Any] = {
             "ok": ok,
+            "verdict": verdict,
+            "live": live,
+            "liveness": liveness,
             "linearizable": result.linearizable,
             "check_decided": result.decided,
             "operations": len(client_ops),
-            "faults": self.faults,
+            "faults": self.nemesis.total,
+            "fault_counts": {k: self.nemesis.counts.get(k, 0) for k in self.kinds},
+            "nemesis": self.kinds,
             "lost_acknowledged_writes": len(lost),
             "nodes_identical": identical,
             "seed": a.seed,
             "settled": is_settled,
             "settle_seconds": round(settle_s, 2),
-            "verdict": result.verdict(),
+            "linearizability": result.verdict(),
             "check_seconds": round(check_s, 3),
             "outcomes": outcomes,
+            "unavailable_max_s": round(unavailable, 3),
+            "unavailable_from": round(unavailable_at, 3),
             "longest_stall_seconds": round(stall, 3),
             "longest_stall_from": round(stall_at, 3),
             "final_reads": len(finals),
             "unexpected_node_exits": self.unexpected_exits,
+            "stranger_accepted": stranger_accepted,
             "workload_exit_status": workload_status,
-            "fault_coverage": dict(sorted(self.coverage.items())),
+            "fault_coverage": dict(sorted(self.nemesis.coverage.items())),
             "nodes": a.nodes,
             "clients": a.clients,
             "keys": a.keys,
+            "big_values": a.big_values,
+            "max_big_value": a.max_big_value,
             "duration": a.duration,
             "session_timeout": a.session_timeout,
+            "node_options": sorted(
+                o for o in ("data-dir", "cluster-key-file") if o in self.options
+            ),
             "nodes_started": len(self.nodes),
             "final_members": list(copies),
             "final_state_from": list(copies)[-1] if copies else None,
@@ -565,31 +673,49 @@ class Campaign:
             report["nonlinearizable"] = {"key": result.bad_key, **result.info}
         if lost:
             report["lost"] = [w.to_dict() for w in lost]
+        if stranger_accepted:
+            report["stranger_heard"] = [
+                t
+                for r in self.stranger_results
+                for t in r["attempts"]
+                if t["verdict"] == "accepted"
+            ]
         if not identical:
             report["copies"] = {
-                label: None if c is None else {k: v.decode("utf-8", "replace") for k, v in c}
+                label: None if c is None else {k: value_text(v)[:80] for k, v in c}
                 for label, c in copies.items()
             }
         (self.report_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         details = ""
+        if not live:
+            details = f"liveness: {verdict}\n"
         if not result.linearizable:
-            details = json.dumps(report["nonlinearizable"], indent=2)
+            details += json.dumps(report["nonlinearizable"], indent=2)
         if lost:
             details += "\nlost acknowledged writes:\n" + json.dumps(report["lost"], indent=2)
+        if stranger_accepted:
+            details += "\nstranger heard:\n" + json.dumps(report["stranger_heard"], indent=2)
         summary = {
             k: report[k]
             for k in (
                 "ok",
+                "live",
                 "linearizable",
                 "operations",
                 "faults",
                 "lost_acknowledged_writes",
                 "nodes_identical",
+                "unavailable_max_s",
                 "seed",
                 "verdict",
             )
         }
-        summary["fault coverage"] = ", ".join(f"{k} x{v}" for k, v in self.coverage.items())
+        summary["faults by kind"] = ", ".join(
+            f"{k} x{v}" for k, v in report["fault_counts"].items()
+        )
+        summary["fault coverage"] = ", ".join(
+            f"{k} x{v}" for k, v in report["fault_coverage"].items()
+        )
         write_timeline(
             self.report_dir / "timeline.html",
             ops,
@@ -600,6 +726,8 @@ class Campaign:
         )
         status = "PASS" if ok else "FAIL"
         problems = []
+        if not live:
+            problems.append(verdict)
         if not result.linearizable:
             problems.append(result.verdict())
         if lost:
@@ -609,13 +737,16 @@ class Campaign:
             problems.append("nodes differ" if is_settled else "the chain did not settle")
         if self.unexpected_exits:
             problems.append(f"nodes exited by themselves: {', '.join(self.unexpected_exits)}")
+        if stranger_accepted:
+            problems.append(f"{stranger_accepted} stranger messages were taken for a peer's")
         if workload_status != 0:
             problems.append(f"the workload exited with {workload_status}")
         self.say(
             f"{status}: seed {a.seed}: {len(client_ops)} operations "
             f"(ok {outcomes['ok']}, fail {outcomes['fail']}, unknown {outcomes['unknown']}), "
-            f"{self.faults} faults, {result.verdict()}; lost acknowledged writes {len(lost)}; "
-            f"nodes identical {identical}; longest stall {stall:.1f}s at {stall_at:.1f}s"
+            f"{self.nemesis.total} faults ({summary['faults by kind']}), {verdict}; "
+            f"lost acknowledged writes {len(lost)}; nodes identical {identical}; "
+            f"longest time without a write {unavailable:.1f}s at {unavailable_at:.1f}s"
             + ("" if ok else "\n  " + "\n  ".join(problems))
             + f"\n  report: {self.report_dir / 'report.json'}"
         )
@@ -630,8 +761,12 @@ class Campaign:
             except subprocess.TimeoutExpired:
                 self.workload.kill()
                 self.workload.wait()
+        with contextlib.suppress(Exception):
+            self.nemesis.heal()
         for n in self.nodes:
             n.proc.stop()
+        if self.proxy is not None:
+            self.proxy.close()
         if self.kazoo is not None:
             with contextlib.suppress(Exception):
                 self.kazoo.stop()
@@ -642,15 +777,18 @@ class Campaign:
             self.zk.stop()
 
 
-def longest_stall(ops: list[Op]) -> tuple[float, float]:
-    """The longest time without any successful operation, and when it began.
+def longest_stall(ops: list[Op], writes_only: bool = False) -> tuple[float, float]:
+    """The longest time without a successful operation (or write), and when it began.
 
     Not a verdict (availability may dip during a fault) but a measure: a chain
     that stays unavailable long after a fault is wedged.
     """
-    times = sorted(op.complete for op in ops if op.outcome == "ok" and op.complete is not None)
     if not ops:
         return 0.0, 0.0
+    done = [op for op in ops if op.outcome == "ok" and op.complete is not None]
+    if writes_only:
+        done = [op for op in done if op.op != "get"]
+    times = sorted(op.complete for op in done if op.complete is not None)
     start = min(op.invoke for op in ops)
     end = max(max(op.invoke for op in ops), times[-1] if times else start)
     best, at, previous = 0.0, start, start
@@ -664,8 +802,8 @@ def longest_stall(ops: list[Op]) -> tuple[float, float]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="kvtwist-torture",
-        description="Run clients against a real chain while a nemesis kills and pauses nodes; "
-        "check linearizability, durability and convergence.",
+        description="Run clients against a real chain while a nemesis injects faults; "
+        "check liveness, linearizability, durability and convergence.",
     )
     p.add_argument("--nodes", type=int, default=3, help="chain length to keep (default 3)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
@@ -673,16 +811,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed for the workload and the nemesis")
     p.add_argument("--report", required=True, help="directory for the report and logs")
     p.add_argument(
+        "--nemesis",
+        default=None,
+        metavar="KIND[,KIND...]",
+        help=f"fault kinds ({', '.join(KINDS)}); default: every kind this node build supports",
+    )
+    p.add_argument(
         "--session-timeout", type=float, default=2.0, help="nodes' ZooKeeper session timeout"
     )
     p.add_argument("--keys", type=int, default=8, help="keys the clients share (default 8)")
     p.add_argument("--fault-interval", type=float, default=3.0, help="mean seconds between faults")
     p.add_argument("--think", type=float, default=0.02, help="mean client pause between ops")
+    p.add_argument(
+        "--big-values",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="share of puts writing 64 KiB up to --max-big-value bytes (default 0)",
+    )
+    p.add_argument(
+        "--max-big-value",
+        type=int,
+        default=1 << 20,
+        metavar="BYTES",
+        help="largest big value (default 1 MiB; the node takes up to its --max-value)",
+    )
     p.add_argument("--deadline", type=float, default=8.0, help="client retry deadline")
     p.add_argument(
         "--op-timeout", type=float, default=12.0, help="give up on an operation (unknown)"
     )
     p.add_argument("--settle-timeout", type=float, default=90.0, help="seconds to converge")
+    p.add_argument(
+        "--liveness-timeout",
+        type=float,
+        default=30.0,
+        help="after healing, a new write must be visible at the tail within this (default 30)",
+    )
     p.add_argument(
         "--check-timeout", type=float, default=600.0, help="linearizability search limit"
     )
@@ -692,12 +856,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name} must be at least 1")
     if args.duration <= 0 or args.session_timeout <= 0:
         p.error("--duration and --session-timeout must be positive")
+    if not 0 <= args.big_values <= 1:
+        p.error("--big-values is a fraction between 0 and 1")
+    if args.max_big_value < BIG_MIN:
+        p.error(f"--max-big-value must be at least {BIG_MIN}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kvtwist-torture``; returns the exit status."""
-    return Campaign(parse_args(argv)).run()
+    args = parse_args(argv)
+    options = kvnode_options()
+    try:
+        kinds = parse_kinds(args.nemesis, options)
+    except ValueError as e:
+        print(f"kvtwist-torture: {e}", file=sys.stderr)
+        return 2
+    return Campaign(args, kinds, options).run()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ nothing already decided.
 Times are ``time.monotonic() - epoch`` with the runner's epoch: the monotonic
 clock is system-wide, so the runner's fault times and these line up.
 
+With ``--big-values FRACTION`` that share of puts writes a value of 64 KiB up
+to ``--max-big-value`` bytes (log-uniform).  Such a value is its unique tag,
+its size and a filler derived from the tag (:func:`big_value`); the history
+records only ``tag#size``, and a read turns the bytes back into that text
+after checking every byte (:func:`value_text`), so a torn or mixed-up big
+value reads as a value nobody wrote and the checker says so.
+
 Outcome rules: success is ``ok``; an ERROR reply that is not retryable comes
 from validation before anything is applied, so it is ``fail``; anything else
 (the client's deadline, our own per-operation timeout, a lost connection,
@@ -21,6 +28,8 @@ an internal error) leaves a write's fate open, so it is ``unknown``.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import math
 import random
 import signal
 import sys
@@ -36,6 +45,29 @@ from kvtwist.client.protocol import KVError
 from kvtwist.verify.history import Op, dumps
 
 log = Logger(namespace="kvtwist.verify.workload")
+
+#: Big values start here; the cap is ``--max-big-value``.
+BIG_MIN = 64 * 1024
+
+
+def big_value(tag: str, size: int) -> bytes:
+    """``size`` bytes that only ``tag`` produces: a header, then a filler from its hash."""
+    head = f"{tag}#{size}|".encode()
+    seed = hashlib.sha256(head).digest()
+    rest = max(0, size - len(head))
+    return head + (seed * (rest // len(seed) + 1))[:rest]
+
+
+def value_text(data: bytes) -> str:
+    """A value as the history records it; a big one is ``tag#size`` once every byte checks."""
+    bar = data.find(b"|", 0, 200)
+    if bar > 0 and b"#" in data[:bar]:
+        head = data[:bar].decode("utf-8", "replace")
+        tag, _, size = head.rpartition("#")
+        if size.isdigit() and big_value(tag, int(size)) == data:
+            return head
+        return f"corrupt big value {head!r} ({len(data)} bytes)"
+    return data.decode("utf-8", "replace")
 
 
 class Workload:
@@ -55,8 +87,12 @@ class Workload:
         deadline: float,
         op_timeout: float,
         think: float,
+        big_values: float = 0.0,
+        max_big_value: int = 1 << 20,
     ) -> None:
         self.reactor = reactor
+        self.big_values = big_values
+        self.max_big_value = max(BIG_MIN, max_big_value)
         self.out = out
         self.zk_hosts = zk_hosts
         self.root = root
@@ -134,6 +170,11 @@ class Workload:
             kind = "get" if r < 0.5 else "put" if r < 0.85 else "del"
             key = rng.choice(self.keys)
             value = f"c{process}-{n}" if kind == "put" else None
+            data: bytes | None = None
+            if value is not None and rng.random() < self.big_values:
+                size = int(math.exp(rng.uniform(math.log(BIG_MIN), math.log(self.max_big_value))))
+                data = big_value(value, size)
+                value = f"{value}#{size}"
             n += 1
             invoke = self.now()
             self.in_flight[process] = (kind, key, value, invoke)
@@ -142,7 +183,7 @@ class Workload:
                 d = client.get(key)
             elif kind == "put":
                 assert value is not None
-                d = client.put(key, value)
+                d = client.put(key, value if data is None else data)
             else:
                 d = client.delete(key)
             d.addTimeout(self.op_timeout, self.reactor)
@@ -175,7 +216,7 @@ class Workload:
                 if self.in_flight.pop(process, None) is None:
                     return None
                 if kind == "get":
-                    value = None if result is None else result.decode("utf-8", "replace")
+                    value = None if result is None else value_text(result)
                 self.record(Op(process, kind, key, value, invoke, complete, "ok"))  # type: ignore[arg-type]
             if self.think > 0:
                 yield task.deferLater(self.reactor, rng.uniform(0, 2 * self.think), lambda: None)
@@ -204,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deadline", type=float, default=8.0)
     parser.add_argument("--op-timeout", type=float, default=12.0)
     parser.add_argument("--think", type=float, default=0.02)
+    parser.add_argument("--big-values", type=float, default=0.0)
+    parser.add_argument("--max-big-value", type=int, default=1 << 20)
     args = parser.parse_args(argv)
     epoch = time.monotonic() if args.epoch is None else args.epoch
 
@@ -222,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
             args.deadline,
             args.op_timeout,
             args.think,
+            args.big_values,
+            args.max_big_value,
         )
 
         def on_term(*_: object) -> None:

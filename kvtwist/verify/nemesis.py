@@ -1,0 +1,603 @@
+"""The nemesis of ``kvtwist-torture``: which faults, on whom, when, and their healing.
+
+Kinds (``--nemesis KIND[,KIND...]``):
+
+- ``kill``: SIGKILL a member (head, middle, tail in turn); a replacement joins.
+- ``pause``: SIGSTOP a member for 1.5-2.5 session timeouts (its session expires).
+- ``short-pause``: SIGSTOP a member for 0.2-0.6 session timeouts: it stays in
+  the chain and must not stall it after SIGCONT.
+- ``zk-pause``: SIGSTOP ZooKeeper for 1.5-3 session timeouts.
+- ``zk-restart``: SIGKILL ZooKeeper, restart it on its data and port 1-4 s later.
+- ``partition``: through the proxy (kvtwist.verify.proxy), either cut one
+  chain link both ways (drop or blackhole) while both ends reach ZooKeeper,
+  or isolate one member from ZooKeeper while its links stay up; healed after
+  1-3 session timeouts.
+- ``join-fault``: start a joiner, slow its state transfer down through the
+  proxy, and in the middle of it kill or pause the joiner or the tail serving it.
+- ``crash-restart``: SIGKILL one member, or every member at once, and restart
+  them on their data directories (needs a node with ``--data-dir``).
+- ``stranger``: a process without the cluster key sends chain opcodes with
+  forged senders to every member (kvtwist.verify.stranger).
+- ``combined``: two member faults at once (e.g. kill the head while the tail
+  is paused), on different members, leaving at least one member untouched.
+
+Caps keep the chain able to recover: a member fault needs three healthy
+members (so two stay healthy); a fault of the whole cluster (ZooKeeper, a
+join, every member, two at once) waits until the chain is whole and nothing
+else is in progress.  Kinds rotate: the next fault is of the least-injected
+kind whose conditions hold now, so each kind comes once the duration allows.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from random import Random
+from typing import Any, Protocol
+
+from kvtwist.procs import NodeProcess, ZooKeeperProcess, node_env
+from kvtwist.verify.proxy import ProxyControl
+
+KINDS = (
+    "kill",
+    "pause",
+    "short-pause",
+    "zk-pause",
+    "zk-restart",
+    "partition",
+    "join-fault",
+    "crash-restart",
+    "stranger",
+    "combined",
+)
+#: Kinds that touch one member; ``combined`` draws two of these.
+MEMBER_KINDS = ("kill", "pause", "short-pause", "partition", "crash-restart")
+#: Kinds that need the proxy in front of every node.
+PROXY_KINDS = ("partition", "join-fault")
+
+PAUSE_SESSIONS = (1.5, 2.5)
+SHORT_PAUSE_SESSIONS = (0.2, 0.6)
+ZK_PAUSE_SESSIONS = (1.5, 3.0)
+ZK_DOWN_SECONDS = (1.0, 4.0)
+PARTITION_SESSIONS = (1.0, 3.0)
+RESTART_DELAY = (0.5, 2.0)
+#: The joiner's state transfer runs at this many bytes a second through the proxy.
+JOIN_RATE = 1 << 20
+#: Give up on seeing a state transfer start after this long.
+JOIN_WAIT = 30.0
+ROLES = ("head", "middle", "tail")
+
+
+def available_kinds(options: frozenset[str]) -> dict[str, str | None]:
+    """Each kind, and why this node build cannot take it (None: it can)."""
+    why: dict[str, str | None] = dict.fromkeys(KINDS)
+    if "data-dir" not in options:
+        why["crash-restart"] = "the node has no --data-dir: a restarted node would start empty"
+    return why
+
+
+def default_kinds(options: frozenset[str]) -> list[str]:
+    """Every kind the build supports; ``stranger`` only once links have a cluster key."""
+    why = available_kinds(options)
+    kinds = [k for k in KINDS if why[k] is None]
+    if "cluster-key-file" not in options:
+        kinds.remove("stranger")
+    return kinds
+
+
+def parse_kinds(text: str | None, options: frozenset[str]) -> list[str]:
+    """``--nemesis`` as a list; ValueError naming what is unknown or unsupported."""
+    if not text:
+        return default_kinds(options)
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    why = available_kinds(options)
+    for k in kinds:
+        if k not in KINDS:
+            raise ValueError(f"unknown nemesis kind {k!r} (kinds: {', '.join(KINDS)})")
+        if why[k] is not None:
+            raise ValueError(f"nemesis kind {k!r} cannot run: {why[k]}")
+    return list(dict.fromkeys(kinds))
+
+
+@dataclass(eq=False)
+class Node:
+    """A node process and what the nemesis did to it."""
+
+    label: str
+    proc: NodeProcess
+    state: str = "running"  # running | paused | dead | down (crashed, to be restarted)
+    advertised: int = 0  # the port in ZooKeeper (its proxy's), if not its own
+
+    @property
+    def port(self) -> int:
+        return self.proc.port
+
+    @property
+    def address_port(self) -> int:
+        return self.advertised or self.proc.port
+
+    @property
+    def zk_route(self) -> str:
+        return f"{self.label}-zk"
+
+
+class World(Protocol):
+    """What the nemesis needs of the campaign."""
+
+    rng: Random
+    nodes: list[Node]
+    zk: ZooKeeperProcess | None
+    proxy: ProxyControl | None
+    report_dir: Path
+    session_timeout: float
+    keys: int
+    seed: int
+    stranger_results: list[dict[str, Any]]
+
+    def members(self) -> list[tuple[str, int]]: ...
+    def node_of(self, port: int) -> Node | None: ...
+    def start_node(self) -> Node: ...
+    def restart_node(self, node: Node) -> None: ...
+    def event(self, kind: str, label: str, **extra: Any) -> None: ...
+    def config(self) -> int: ...
+    def replace_later(self) -> None: ...
+    def target_nodes(self) -> int: ...
+
+
+@dataclass(eq=False)
+class Active:
+    """A fault in progress: whom it holds and how it ends."""
+
+    kind: str
+    targets: list[Node]
+    whole: bool  # holds the whole cluster: nothing else may start meanwhile
+    end_at: float | None = None
+    finish: Callable[[], None] | None = None
+    poll: Callable[[float], bool] | None = None  # True once it is over
+    parts: list[Active] = field(default_factory=list)
+
+
+class Nemesis:
+    """Injects faults of the requested kinds at random moments, and heals them."""
+
+    def __init__(self, world: World, kinds: list[str], interval: float) -> None:
+        self.w = world
+        self.kinds = kinds
+        self.interval = interval
+        self.rng = world.rng
+        self.active: list[Active] = []
+        self.counts: dict[str, int] = {}
+        self.coverage: dict[str, int] = {}
+        self.next_fault = time.monotonic() + self.rng.uniform(0.5, 1.5)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    # -- the loop --------------------------------------------------------------------
+
+    def tick(self, inject: bool) -> None:
+        now = time.monotonic()
+        for a in list(self.active):
+            done = a.poll(now) if a.poll is not None else a.end_at is not None and now >= a.end_at
+            if done:
+                self.end(a)
+        if inject and now >= self.next_fault and self.inject():
+            self.next_fault = now + self.rng.uniform(0.5 * self.interval, 1.5 * self.interval)
+
+    def end(self, a: Active) -> None:
+        if a in self.active:
+            self.active.remove(a)
+        for part in a.parts:
+            if part.finish is not None:
+                part.finish()
+        if a.finish is not None:
+            a.finish()
+
+    def heal(self) -> None:
+        """End every fault now."""
+        for a in list(self.active):
+            self.end(a)
+        if self.w.proxy is not None:
+            self.w.proxy.clear()
+
+    # -- choosing ---------------------------------------------------------------------
+
+    def healthy(self) -> list[tuple[str, str, Node]] | None:
+        """(role, znode, node) of members running untouched; None if the chain is unsound."""
+        members = self.w.members()
+        busy = {id(n) for a in self.active for n in a.targets}
+        out: list[tuple[str, str, Node]] = []
+        seen: set[int] = set()
+        for i, (name, port) in enumerate(members):
+            node = self.w.node_of(port)
+            if node is None:
+                continue
+            if id(node) in seen:
+                return None  # one node under two znodes: let the chain sort itself out
+            seen.add(id(node))
+            if node.state == "running" and node.proc.exited is None and id(node) not in busy:
+                role = "head" if i == 0 else "tail" if i == len(members) - 1 else "middle"
+                out.append((role, name, node))
+        return out
+
+    def whole(self, healthy: list[tuple[str, str, Node]]) -> bool:
+        """The chain is complete, every member healthy, nothing in progress."""
+        alive = [n for n in self.w.nodes if n.state != "dead"]
+        return (
+            not self.active
+            and len(healthy) >= self.w.target_nodes()
+            and len(healthy) == len(alive)
+            and all(n.state == "running" for n in alive)
+        )
+
+    def possible(self, kind: str, healthy: list[tuple[str, str, Node]]) -> bool:
+        if any(a.whole for a in self.active):
+            return False
+        if kind in ("kill", "pause", "short-pause", "partition"):
+            return len(healthy) >= 3
+        if kind == "crash-restart":
+            return len(healthy) >= 3 or self.whole(healthy)
+        if kind == "stranger":
+            return bool(healthy) and not any(a.kind == "stranger" for a in self.active)
+        return self.whole(healthy) and len(healthy) >= 3
+
+    def inject(self) -> bool:
+        """Start one fault if some kind can run now; False if none could."""
+        healthy = self.healthy()
+        if healthy is None:
+            return False
+        ready = [k for k in self.kinds if self.possible(k, healthy)]
+        if not ready:
+            return False
+        low = min(self.counts.get(k, 0) for k in ready)
+        kind = self.rng.choice([k for k in ready if self.counts.get(k, 0) == low])
+        started = getattr(self, "_" + kind.replace("-", "_"))(healthy)
+        if started is None:
+            return False
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.active.append(started)
+        return True
+
+    def pick(self, kind: str, healthy: list[tuple[str, str, Node]], variants: list[str]) -> str:
+        """The least covered variant of ``kind``, ties at random."""
+        low = min(self.coverage.get(f"{kind} {v}", 0) for v in variants)
+        v = self.rng.choice([v for v in variants if self.coverage.get(f"{kind} {v}", 0) == low])
+        self.coverage[f"{kind} {v}"] = self.coverage.get(f"{kind} {v}", 0) + 1
+        return v
+
+    def member(self, kind: str, healthy: list[tuple[str, str, Node]]) -> tuple[str, str, Node]:
+        role = self.pick(kind, healthy, sorted({r for r, _, _ in healthy}, key=ROLES.index))
+        return self.rng.choice([h for h in healthy if h[0] == role])
+
+    def sessions(self, span: tuple[float, float]) -> float:
+        return self.w.session_timeout * self.rng.uniform(*span)
+
+    # -- member faults ----------------------------------------------------------------------
+
+    def _kill(self, healthy: list[tuple[str, str, Node]], tag: str = "") -> Active:
+        role, name, node = self.member("kill", healthy)
+        node.proc.kill()
+        node.state = "dead"
+        self.w.replace_later()
+        self.w.event(
+            "kill", f"{tag}kill {role} {node.label}", node=node.label, role=role, znode=name
+        )
+        return Active("kill", [node], False, end_at=time.monotonic())
+
+    def _pause_for(
+        self,
+        kind: str,
+        span: tuple[float, float],
+        healthy: list[tuple[str, str, Node]],
+        tag: str = "",
+    ) -> Active:
+        role, name, node = self.member(kind, healthy)
+        seconds = self.sessions(span)
+        node.proc.pause()
+        node.state = "paused"
+        self.w.event(
+            kind,
+            f"{tag}{kind} {role} {node.label} {seconds:.1f}s",
+            node=node.label,
+            role=role,
+            znode=name,
+            seconds=round(seconds, 3),
+        )
+
+        def resume() -> None:
+            if node.state == "paused":
+                node.proc.resume()
+                node.state = "running"
+                self.w.event("resume", f"resume {node.label}", node=node.label)
+
+        return Active(kind, [node], False, end_at=time.monotonic() + seconds, finish=resume)
+
+    def _pause(self, healthy: list[tuple[str, str, Node]], tag: str = "") -> Active:
+        return self._pause_for("pause", PAUSE_SESSIONS, healthy, tag)
+
+    def _short_pause(self, healthy: list[tuple[str, str, Node]], tag: str = "") -> Active:
+        return self._pause_for("short-pause", SHORT_PAUSE_SESSIONS, healthy, tag)
+
+    def _partition(self, healthy: list[tuple[str, str, Node]], tag: str = "") -> Active | None:
+        proxy = self.w.proxy
+        assert proxy is not None
+        mode = self.rng.choice(("drop", "blackhole"))
+        seconds = self.sessions(PARTITION_SESSIONS)
+        end_at = time.monotonic() + seconds
+        order = [n for _, _, n in healthy]
+        links = [(a, b) for a, b in zip(order, order[1:], strict=False)]
+        variant = self.pick("partition", healthy, ["link", "zk"] if links and not tag else ["zk"])
+        if variant == "link":
+            a, b = self.rng.choice(links)
+            proxy.rule(a.label, b.label, mode)
+            proxy.rule(b.label, a.label, mode)
+            self.w.event(
+                "partition",
+                f"{tag}cut link {a.label}-{b.label} ({mode}) {seconds:.1f}s",
+                nodes=[a.label, b.label],
+                mode=mode,
+                seconds=round(seconds, 3),
+            )
+
+            def heal_link() -> None:
+                proxy.rule(a.label, b.label, None)
+                proxy.rule(b.label, a.label, None)
+                self.w.event("heal", f"heal link {a.label}-{b.label}")
+
+            return Active("partition", [a, b], False, end_at=end_at, finish=heal_link)
+        role, _, node = self.member("partition zk", healthy)
+        proxy.rule(node.zk_route, "*", mode)
+        self.w.event(
+            "partition",
+            f"{tag}isolate {role} {node.label} from ZooKeeper ({mode}) {seconds:.1f}s",
+            node=node.label,
+            role=role,
+            mode=mode,
+            seconds=round(seconds, 3),
+        )
+
+        def heal_zk() -> None:
+            proxy.rule(node.zk_route, "*", None)
+            self.w.event("heal", f"heal {node.label} to ZooKeeper")
+
+        return Active("partition", [node], False, end_at=end_at, finish=heal_zk)
+
+    def _crash_restart(self, healthy: list[tuple[str, str, Node]], tag: str = "") -> Active:
+        variants = ["one"]
+        if self.whole(healthy) and not tag:
+            variants.append("all")
+        if len(healthy) < 3 and not tag:
+            variants = ["all"]
+        every = self.pick("crash-restart", healthy, variants) == "all"
+        if every:
+            victims = [n for n in self.w.nodes if n.state != "dead"]
+            what = "every member " + ",".join(n.label for n in victims)
+        else:
+            role, _, node = self.member("crash-restart", healthy)
+            victims = [node]
+            what = f"{role} {node.label}"
+        for n in victims:
+            n.proc.kill()
+            n.state = "down"
+        delay = self.rng.uniform(*RESTART_DELAY)
+        self.w.event(
+            "crash-restart",
+            f"{tag}crash {what}, restart in {delay:.1f}s",
+            nodes=[n.label for n in victims],
+            seconds=round(delay, 3),
+        )
+
+        def restart() -> None:
+            for n in victims:
+                if n.state == "down":
+                    self.w.restart_node(n)
+                    n.state = "running"
+            self.w.event("restart", "restart " + ",".join(n.label for n in victims))
+
+        return Active(
+            "crash-restart", victims, every, end_at=time.monotonic() + delay, finish=restart
+        )
+
+    # -- cluster faults ---------------------------------------------------------------------
+
+    def _zk_pause(self, healthy: list[tuple[str, str, Node]]) -> Active:
+        zk = self.w.zk
+        assert zk is not None
+        seconds = self.sessions(ZK_PAUSE_SESSIONS)
+        zk.pause()
+        self.w.event("zk-pause", f"pause ZooKeeper {seconds:.1f}s", seconds=round(seconds, 3))
+
+        def resume() -> None:
+            zk.resume()
+            self.w.event("resume", "resume ZooKeeper")
+
+        return Active("zk-pause", [], True, end_at=time.monotonic() + seconds, finish=resume)
+
+    def _zk_restart(self, healthy: list[tuple[str, str, Node]]) -> Active:
+        zk = self.w.zk
+        assert zk is not None
+        seconds = self.rng.uniform(*ZK_DOWN_SECONDS)
+        zk.kill()
+        self.w.event(
+            "zk-restart", f"kill ZooKeeper, restart in {seconds:.1f}s", seconds=round(seconds, 3)
+        )
+
+        def restart() -> None:
+            zk.restart()
+            self.w.event("restart", "ZooKeeper restarted")
+
+        return Active("zk-restart", [], True, end_at=time.monotonic() + seconds, finish=restart)
+
+    def _stranger(self, healthy: list[tuple[str, str, Node]]) -> Active:
+        members = self.w.members()
+        n = self.counts.get("stranger", 0) + 1
+        log = self.w.report_dir / f"stranger-{n}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "kvtwist.verify.stranger",
+            "--config",
+            str(self.w.config()),
+            "--keys",
+            str(self.w.keys),
+            "--seed",
+            str(self.w.seed * 1000 + n),
+        ]
+        for name, port in members:
+            command += ["--member", f"{name}={port}"]
+        err = open(log, "wb")  # noqa: SIM115 (closed when the process ends)
+        proc = subprocess.Popen(
+            command,
+            env=node_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
+        )
+        self.w.event("stranger", f"stranger #{n} at {len(members)} members")
+
+        def over(now: float) -> bool:
+            return proc.poll() is not None
+
+        def collect() -> None:
+            if proc.poll() is None:
+                proc.kill()
+            out = proc.communicate()[0].decode(errors="replace").strip().splitlines()
+            err.close()
+            try:
+                result = json.loads(out[-1])
+            except (IndexError, ValueError):
+                result = {"attempts": [], "accepted": 0, "error": f"no summary (see {log.name})"}
+            self.w.stranger_results.append(result)
+            self.w.event(
+                "stranger-end",
+                f"stranger #{n}: {result['accepted']} of {len(result['attempts'])} "
+                "attempts accepted",
+            )
+
+        return Active("stranger", [], False, poll=over, finish=collect)
+
+    def _join_fault(self, healthy: list[tuple[str, str, Node]]) -> Active:
+        proxy = self.w.proxy
+        assert proxy is not None
+        tail = healthy[-1][2]
+        variant = self.pick(
+            "join-fault", healthy, ["kill joiner", "pause joiner", "kill tail", "pause tail"]
+        )
+        offset = _size(tail.proc.logfile)
+        joiner = self.w.start_node()
+        proxy.rule(tail.label, joiner.label, "slow", JOIN_RATE)
+        self.w.event("start", f"start {joiner.label} to join (transfer slowed)", node=joiner.label)
+        started = time.monotonic()
+        state: dict[str, Any] = {"due": None, "resume": None, "victim": None}
+        a = Active("join-fault", [joiner, tail], True)
+
+        def log_since() -> str:
+            return _read_from(tail.proc.logfile, offset)
+
+        def poll(now: float) -> bool:
+            if state["resume"] is not None:
+                return bool(now >= state["resume"])
+            if state["due"] is None:
+                if "state transfer to" in log_since():
+                    state["due"] = now + self.rng.uniform(0.2, 1.5)
+                elif now - started > JOIN_WAIT:
+                    self.w.event("join-fault", f"join-fault: no state transfer from {tail.label}")
+                    return True
+                return False
+            if now < state["due"]:
+                return False
+            mid = "sent in" not in log_since()
+            action, who = variant.split()
+            victim = joiner if who == "joiner" else tail
+            state["victim"] = victim
+            proxy.rule(tail.label, joiner.label, None)
+            if action == "kill":
+                victim.proc.kill()
+                victim.state = "dead"
+                self.w.replace_later()
+                state["resume"] = now
+            else:
+                victim.proc.pause()
+                victim.state = "paused"
+                state["resume"] = now + self.sessions(PAUSE_SESSIONS)
+            self.w.event(
+                "join-fault",
+                f"{action} {who} {victim.label} "
+                f"{'during' if mid else 'AFTER'} the state transfer to {joiner.label}",
+                node=victim.label,
+                mid_transfer=mid,
+                variant=variant,
+            )
+            return False
+
+        def finish() -> None:
+            proxy.rule(tail.label, joiner.label, None)
+            victim = state["victim"]
+            if victim is not None and victim.state == "paused":
+                victim.proc.resume()
+                victim.state = "running"
+                self.w.event("resume", f"resume {victim.label}", node=victim.label)
+
+        a.poll, a.finish = poll, finish
+        return a
+
+    def _combined(self, healthy: list[tuple[str, str, Node]]) -> Active | None:
+        choices = [k for k in self.kinds if k in MEMBER_KINDS] or ["kill", "pause"]
+        first = self.rng.choice(choices)
+        second = self.rng.choice(choices)
+        parts: list[Active] = []
+        left = list(healthy)
+        for kind in (first, second):
+            if len(left) < 2:
+                break
+            part = getattr(self, "_" + kind.replace("-", "_"))(left, tag="+")
+            if part is None:
+                continue
+            parts.append(part)
+            left = [h for h in left if h[2] not in part.targets]
+        if not parts:
+            return None
+        self.w.event("combined", "combined: " + " + ".join(p.kind for p in parts))
+        end_at = max(p.end_at or 0.0 for p in parts)
+        # each part ends on its own clock; the combination is over when all are
+        pending = list(parts)
+
+        def poll(now: float) -> bool:
+            for p in list(pending):
+                if p.end_at is not None and now >= p.end_at:
+                    pending.remove(p)
+                    if p.finish is not None:
+                        p.finish()
+            return not pending
+
+        def finish() -> None:
+            for p in pending:
+                if p.finish is not None:
+                    p.finish()
+            pending.clear()
+
+        targets = [n for p in parts for n in p.targets]
+        return Active("combined", targets, True, end_at=end_at, poll=poll, finish=finish)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
