@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from kvtwist import procs
 from tests import zkserver
@@ -47,3 +47,28 @@ class ZooKeeperGate(SynchronousTestCase):
             zkserver.shared_zookeeper()
         self.assertIn("under CI", str(raised.exception))
         self.assertIn("java not found", str(raised.exception))
+
+
+class RestartOnSameData(SynchronousTestCase):
+    def test_kill_and_restart_keep_port_and_data(self) -> None:
+        """A crashed server restarts on its port with what it had written (zk-restart)."""
+        from kazoo.client import KazooClient
+
+        why = zkserver.zookeeper_available()
+        if why:
+            raise SkipTest(why)
+        server = zkserver.ZooKeeperProcess(port=zkserver.free_port())
+        self.addCleanup(server.stop)
+        server.start()
+        port = server.port
+        kazoo = KazooClient(server.hosts, timeout=10)
+        kazoo.start(15)
+        self.addCleanup(kazoo.close)
+        self.addCleanup(kazoo.stop)
+        kazoo.create("/survivor", b"still here")
+        server.kill()
+        self.assertFalse(server.running)
+        server.restart()
+        self.assertEqual(server.port, port)
+        data, _ = kazoo.retry(kazoo.get, "/survivor")
+        self.assertEqual(data, b"still here")

@@ -5,10 +5,10 @@ kvtwist.verify.stranger``.  It knows what anyone who can read ZooKeeper knows
 (the members' znode names, addresses and the configuration number) but not
 the cluster key, and for each member in turn it tries, on fresh connections:
 
-- ``hello+update``: a HELLO claiming to be the member's predecessor, then
-  an UPDATE with a forged sender writing ``stranger-*`` values to the
-  campaign's keys (a value no client wrote: if it is ever read, the
-  linearizability check fails);
+- ``hello+update``: a HELLO claiming to be the member's predecessor and, if
+  the member answers it, UPDATEs numbered right after the op it says it
+  holds, writing ``stranger-*`` values to the campaign's keys (a value no
+  client wrote: if it is ever read, the linearizability check fails);
 - ``update``: the same UPDATE with no HELLO before it;
 - ``ack``: an ACK claiming to come from the member's successor, for an op
   number far ahead (a head that believed it would answer clients too early);
@@ -29,6 +29,7 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kvtwist import wire
@@ -58,8 +59,14 @@ def updates(rng: random.Random, keys: int, start: int, n: int = 4) -> list[Updat
     ]
 
 
-def attempt(port: int, messages: list[Message]) -> tuple[str, str]:
-    """Send ``messages`` on a fresh connection; the verdict and what came back."""
+def attempt(
+    port: int, messages: list[Message], follow: Callable[[Message], list[Message]] | None = None
+) -> tuple[str, str]:
+    """Send ``messages`` on a fresh connection; the verdict and what came back.
+
+    ``follow`` turns a HELLO answered by the member into what to send next
+    (updates numbered right after the op the member says it holds).
+    """
     try:
         sock = socket.create_connection(("127.0.0.1", port), timeout=2)
     except OSError as e:
@@ -80,11 +87,13 @@ def attempt(port: int, messages: list[Message]) -> tuple[str, str]:
                 break
             for payload in decoder.feed(data):
                 msg = wire.decode(payload)
-                seen.append(
-                    f"ERROR {msg.error}"
-                    if msg.opcode == wire.OP_ERROR
-                    else wire.op_name(msg.opcode)
-                )
+                if msg.opcode == wire.OP_ERROR:
+                    seen.append(f"ERROR {msg.error}")
+                    continue
+                seen.append(wire.op_name(msg.opcode))
+                if follow is not None and msg.opcode == wire.OP_CHAIN_HELLO:
+                    sock.sendall(b"".join(wire.frame(m) for m in follow(msg)))
+                    follow = None
     except OSError as e:
         seen.append(f"reset ({e})")
     finally:
@@ -104,17 +113,22 @@ def run(members: list[tuple[str, int]], config: int, keys: int, seed: int) -> di
     for i, (name, port) in enumerate(members):
         pred = names[i - 1] if i > 0 else "node9999999999"
         succ = names[i + 1] if i + 1 < len(names) else "node9999999999"
-        tries = {
-            "hello+update": [
-                forged(wire.OP_CHAIN_HELLO, pred, config),
-                forged(wire.OP_CHAIN_UPDATE, pred, config, updates=updates(rng, keys, far)),
-            ],
-            "update": [forged(wire.OP_CHAIN_UPDATE, pred, config, updates=updates(rng, keys, 1))],
-            "ack": [forged(wire.OP_CHAIN_ACK, succ, config, op_n=far)],
-            "join": [forged(wire.OP_CHAIN_JOIN, "", config)],
+
+        def after_hello(reply: Message, pred: str = pred) -> list[Message]:
+            start = reply.hello.last_op + 1
+            return [forged(wire.OP_CHAIN_UPDATE, pred, config, updates=updates(rng, keys, start))]
+
+        tries: dict[str, tuple[list[Message], Any]] = {
+            "hello+update": ([forged(wire.OP_CHAIN_HELLO, pred, config)], after_hello),
+            "update": (
+                [forged(wire.OP_CHAIN_UPDATE, pred, config, updates=updates(rng, keys, 1))],
+                None,
+            ),
+            "ack": ([forged(wire.OP_CHAIN_ACK, succ, config, op_n=far)], None),
+            "join": ([forged(wire.OP_CHAIN_JOIN, "", config)], None),
         }
-        for what, messages in tries.items():
-            verdict, seen = attempt(port, messages)
+        for what, (messages, follow) in tries.items():
+            verdict, seen = attempt(port, messages, follow)
             results.append(
                 {"member": name, "port": port, "try": what, "verdict": verdict, "seen": seen}
             )

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import random
 import secrets
 import shutil
@@ -509,6 +510,8 @@ class Campaign:
             self.say("warning: the nemesis needs --nodes >= 3 to fault a node and keep two")
         from kazoo.client import KazooClient
 
+        # our own ZooKeeper session reconnects through the ZooKeeper faults: not news
+        logging.getLogger("kazoo").setLevel(logging.CRITICAL)
         try:
             self.zk = ZooKeeperProcess(port=free_port())
             self.zk.start()
