@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
@@ -42,6 +41,7 @@ from kvtwist.chain.dedup import DedupTable
 from kvtwist.chain.epochs import EpochHistory
 from kvtwist.chain.lifecycle import Lifecycle, State
 from kvtwist.chain.link import Link
+from kvtwist.chain.outcomes import NotHere, ReadView, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.transfer import SnapshotReceiver
 from kvtwist.proto.kvtwist_pb2 import SnapshotChunk, Update
@@ -63,34 +63,6 @@ UPDATE_OVERHEAD = 64
 
 def update_size(u: Update) -> int:
     return len(u.key) + len(u.data) + len(u.client_id) + UPDATE_OVERHEAD
-
-
-class Unavailable(Exception):
-    """This node cannot serve the request now; a retry (maybe elsewhere) may succeed."""
-
-
-class NotHere(Exception):
-    """The request belongs to another member: ``target`` is its address, if known."""
-
-    def __init__(self, role: str, target: tuple[str, int] | None) -> None:
-        where = f"{target[0]}:{target[1]}" if target else "unknown"
-        super().__init__(f"this node is not the {role}; the {role} is at {where}")
-        self.role = role
-        self.target = target
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    op_n: int
-    found: bool
-
-
-@dataclass(frozen=True)
-class ReadView:
-    """What a read sees: the committed tree and the op number it includes."""
-
-    tree: AVLTree
-    seq: int
 
 
 class ReplicaCore:
@@ -524,6 +496,12 @@ class ReplicaCore:
     # implemented by the membership and joining layers
 
     def set_view(self, view: Any) -> None:
+        raise NotImplementedError
+
+    def chain_message(self, link: Link, msg: Message) -> None:
+        raise NotImplementedError
+
+    def _replay_hello(self, link: Link, msg: Message) -> None:
         raise NotImplementedError
 
     def _record_allows_commit(self) -> bool:

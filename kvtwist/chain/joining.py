@@ -33,7 +33,7 @@ from kvtwist import wire
 from kvtwist.chain.epochs import EpochHistory, match_point
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
-from kvtwist.chain.membership import MembershipReplica
+from kvtwist.chain.links import LinkedReplica
 from kvtwist.chain.record import ChainRecord, may_start
 from kvtwist.chain.transfer import SnapshotReceiver, SnapshotSender
 from kvtwist.proto.kvtwist_pb2 import ChainHello, EpochMark, SnapshotChunk, Update
@@ -55,7 +55,7 @@ def history_of(marks: Any) -> EpochHistory:
     return EpochHistory((m.first_seq, m.epoch) for m in marks)
 
 
-class JoiningReplica(MembershipReplica):
+class JoiningReplica(LinkedReplica):
 
     def _reset_join(self) -> None:
         self._join_backlog = None

@@ -18,13 +18,10 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvtwist import wire
 from kvtwist.chain.core import ReplicaCore
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.record import ChainRecord, matches
-from kvtwist.proto.kvtwist_pb2 import Update
-from kvtwist.wire import FramedProtocol, Message
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -114,10 +111,6 @@ class MembershipReplica(ReplicaCore):
         early, self._early_hello = self._early_hello, None
         if early is not None:
             self.reactor.callLater(0, self._replay_hello, *early)
-
-    def _replay_hello(self, link: Link, msg: Message) -> None:
-        if not link.closed:
-            self._predecessor_hello(link, msg)
 
     def _confirm_gone(self) -> None:
         """A view without our znode: fence only once a fresh read agrees.
@@ -326,178 +319,6 @@ class MembershipReplica(ReplicaCore):
             self.zk.unregister(name).addErrback(
                 lambda f: log.warn("could not delete {name}: {e}", name=name, e=f.getErrorMessage())
             )
-
-    # chain messages
-
-    def chain_message(self, link: Link, msg: Message) -> None:
-        op = msg.opcode
-        if op == wire.OP_ERROR:
-            log.warn("{link} refused: {why}", link=link, why=msg.error)
-            link.close()
-            if link.side is Side.SUCCESSOR and link is self.succ and not link.joining:
-                self._relink_later(link, self.life.generation)
-            elif link is self.pred and not msg.retry and self.life.is_(State.MEMBER):
-                self.fence(f"predecessor refused us: {msg.error}")
-            return
-        if link.side is Side.SUCCESSOR:
-            if op == wire.OP_CHAIN_HELLO:
-                self._successor_hello(link, msg.hello)
-            elif op == wire.OP_CHAIN_ACK:
-                if link is not self.succ or (
-                    not link.peer.startswith("join:") and msg.hello.sender != link.peer
-                ):
-                    link.refuse("acknowledgements accepted only from the current successor")
-                    return
-                self.acked = max(self.acked, min(msg.op_n, self.last_received))
-                self._advance()
-            else:
-                link.refuse(f"unexpected {wire.op_name(op)} from a successor", retry=False)
-            return
-        if op == wire.OP_CHAIN_UPDATE:
-            sender = msg.hello.sender
-            pred = self._neighbours()[0]
-            member = self.life.is_(State.MEMBER)
-            if (
-                link is not self.pred
-                or sender != link.peer
-                or (member and (pred is None or pred.name != sender))
-            ):
-                log.warn(
-                    "updates from {sender} (config {config}) refused: not our predecessor",
-                    sender=sender or "?",
-                    config=msg.hello.config,
-                )
-                link.refuse("updates accepted only from the current predecessor")
-                return
-            self._updates(link, list(msg.updates))
-        elif op == wire.OP_CHAIN_SNAPSHOT:
-            self._snapshot_chunk(link, msg.snapshot)
-        elif op == wire.OP_CHAIN_HELLO:
-            self._predecessor_hello(link, msg)
-        else:
-            link.refuse(f"unexpected {wire.op_name(op)} from a predecessor", retry=False)
-
-    def incoming(self, conn: FramedProtocol, msg: Message) -> None:
-        """A HELLO or JOIN on a fresh connection: the peer opens a link to us."""
-        if msg.opcode == wire.OP_CHAIN_HELLO:
-            link = Link(conn, Side.PREDECESSOR, self.reactor, peer=msg.hello.sender)
-            self._predecessor_hello(link, msg)
-        else:
-            self._serve_join(conn, msg)
-
-    def _predecessor_hello(self, link: Link, msg: Message) -> None:
-        hello = msg.hello
-        if link is self.pred and self.life.is_(State.JOINING):
-            self._join_caught_up_to(link, hello)
-            return
-        if link is self.pred and self.life.is_(State.REGISTERING):
-            self._early_hello = (link, msg)  # the handoff, ahead of our own view
-            return
-        if self.fenced or self.name is None or self.view is None:
-            link.refuse(f"not a chain member ({self.status})")
-            return
-        if hello.config > self.view.config:
-            # our watch has not fired yet: look, then judge the hello again
-            assert self.zk is not None
-            self.zk.members().addCallback(self._view_then_hello, link, msg)
-            return
-        pred, _ = self._neighbours()
-        if pred is None or pred.name != hello.sender:
-            log.warn(
-                "link from {sender} refused: our predecessor is {pred}",
-                sender=hello.sender,
-                pred=pred.name if pred else "none",
-            )
-            link.refuse(f"{hello.sender} is not our predecessor in config {self.view.config}")
-            return
-        if self.last_received < hello.last_op:
-            # it committed writes we never got: we cannot be its successor
-            log.error(
-                "predecessor {p} committed op {c}, we hold only {n}",
-                p=hello.sender,
-                c=hello.last_op,
-                n=self.last_received,
-            )
-            link.refuse("successor is behind the committed state; it rejoins", retry=False)
-            self.fence("behind the predecessor's committed state")
-            return
-        if self.pred is not None and self.pred is not link:
-            self.pred.close()
-        link.peer = hello.sender
-        self.pred = link
-        self._stamp(link)
-        link.ready = True
-        self._awaiting_handoff = False
-        link.hello(
-            self.name,
-            self.view.config,
-            self.address,
-            self.last_received,
-            epoch=self.history.epoch_at(self.last_received),
-        )
-        if self.committed_seq:
-            link.queue_ack(self.committed_seq)
-        self._wake_readers()
-
-    def _view_then_hello(self, view: Any, link: Link, msg: Message) -> None:
-        self.set_view(view)
-        if link.closed:
-            return
-        if msg.hello.config > self.view.config:
-            link.refuse("configuration newer than ours; retry")
-        else:
-            self._predecessor_hello(link, msg)
-
-    def _successor_hello(self, link: Link, hello: Any) -> None:
-        if link is not self.succ:
-            link.close()
-            return
-        last_op = hello.last_op
-        if last_op < self.committed_seq:
-            # everything we committed went through it to the tail: it lost state
-            log.error(
-                "successor {peer} holds op {n}, we committed {c}; refusing it",
-                peer=link.peer,
-                n=last_op,
-                c=self.committed_seq,
-            )
-            link.refuse("successor is behind the committed state; it must rejoin", False)
-            return
-        if last_op > self.last_received or (
-            last_op and self.history.epoch_at(last_op) != hello.epoch
-        ):
-            # its log is no prefix of ours: it holds writes nobody committed
-            log.error(
-                "successor {peer} holds op {n} of epoch {e}, not in our log; refusing it",
-                peer=link.peer,
-                n=last_op,
-                e=hello.epoch,
-            )
-            link.refuse("successor's log diverges from ours; it must rejoin", False)
-            return
-        link.ready = True
-        self._succ_down_since = None
-        resend = [u for seq, u in self.pending.items() if last_op < seq <= self.applied_seq]
-        if resend:
-            log.info("resending {n} writes to {peer}", n=len(resend), peer=link.peer)
-        for u in resend:
-            link.queue_update(u)
-        log.info("linked to successor {peer} (it holds op {n})", peer=link.peer, n=last_op)
-
-    def _updates(self, link: Link, updates: list[Update]) -> None:
-        for u in updates:
-            if u.seq <= self.last_received:
-                continue  # a resend after a reconfiguration: already have it
-            if u.seq != self.last_received + 1:
-                log.error(
-                    "gap from {peer}: op {n} after {last}; relinking",
-                    peer=link.peer,
-                    n=u.seq,
-                    last=self.last_received,
-                )
-                link.refuse("gap in op numbers")
-                return
-            self._accept(u)
 
     def _schedule_rejoin(self) -> None:
         """Join again once ZooKeeper is reachable, backing off while attempts fail."""

@@ -4,6 +4,8 @@
   head, applying (logged first), forwarding, commitment, the Sent list;
 - :mod:`kvtwist.chain.membership` — views, links to the neighbours, the
   chain record that a whole-chain restart relies on;
+- :mod:`kvtwist.chain.links` — updates, acknowledgements and hellos as they
+  arrive, and the comparison of logs when neighbours link;
 - :mod:`kvtwist.chain.joining` — catching up from the tail (by delta or a
   full copy), serving a joiner, waiting for the last configuration;
 - :mod:`kvtwist.chain.lifecycle` — the states a node goes through.
@@ -14,8 +16,8 @@ membership views, so unit tests drive it with in-memory transports.
 
 from __future__ import annotations
 
-from kvtwist.chain.core import NotHere, ReadView, Unavailable, WriteResult
 from kvtwist.chain.joining import JoiningReplica
+from kvtwist.chain.outcomes import NotHere, ReadView, Unavailable, WriteResult
 
 
 class Replica(JoiningReplica):

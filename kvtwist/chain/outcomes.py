@@ -1,0 +1,35 @@
+"""What a client's request comes to at a chain node: results and refusals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvtwist.tree import AVLTree
+
+
+class Unavailable(Exception):
+    """This node cannot serve the request now; a retry (maybe elsewhere) may succeed."""
+
+
+class NotHere(Exception):
+    """The request belongs to another member: ``target`` is its address, if known."""
+
+    def __init__(self, role: str, target: tuple[str, int] | None) -> None:
+        where = f"{target[0]}:{target[1]}" if target else "unknown"
+        super().__init__(f"this node is not the {role}; the {role} is at {where}")
+        self.role = role
+        self.target = target
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    op_n: int
+    found: bool
+
+
+@dataclass(frozen=True)
+class ReadView:
+    """What a read sees: the committed tree and the op number it includes."""
+
+    tree: AVLTree
+    seq: int
