@@ -117,7 +117,8 @@ class ChainCase(SynchronousTestCase):
         w.send_signal(signal.SIGTERM)
         w.wait(30)
         text = out.read_text()
-        self.assertNotIn("error", text, "the client saw an error")
+        errors = [line for line in text.splitlines() if line.startswith("error ")]
+        self.assertEqual(errors, [], "the client saw an error")
         self.assertEqual(w.returncode, 0, text[-2000:])
         return self.acked(out)
 

@@ -139,16 +139,7 @@ class ChainDurabilityTests(ChainCase):
     def test_zookeeper_pause_loses_nothing(self) -> None:
         """ZooKeeper stopped for 2.5 session timeouts under a writer: sessions expire, the
         chain re-forms from its last members and nothing acknowledged is lost."""
-        why = zookeeper_available()
-        if why:
-            raise SkipTest(why)
-        zk = ZooKeeperProcess()
-        zk.start()
-        self.addCleanup(zk.stop)
-        self.zk = zk
-        self.kazoo = KazooClient(zk.hosts)
-        self.kazoo.start(15)
-        self.addCleanup(self.kazoo.stop)
+        zk = self.private_zookeeper()
         nodes = self.chain(3)
         w, out = self.start_writer()
         self.wait_acks(out, 30)
@@ -162,6 +153,57 @@ class ChainDurabilityTests(ChainCase):
         acks = self.stop_writer(w, out)
         wait_for(lambda: len(self.member_ports()) == 3, 60, "every node to rejoin")
         self.assert_converged(nodes, acks)
+
+    def private_zookeeper(self) -> ZooKeeperProcess:
+        why = zookeeper_available()
+        if why:
+            raise SkipTest(why)
+        zk = ZooKeeperProcess()
+        zk.start()
+        self.addCleanup(zk.stop)
+        self.zk = zk
+        self.kazoo = KazooClient(zk.hosts)
+        self.kazoo.start(15)
+        self.addCleanup(self.kazoo.stop)
+        return zk
+
+    def test_zookeeper_killed_and_restarted_on_its_data(self) -> None:
+        """ZooKeeper killed -9 under a writer and restarted on its data a few seconds
+        later: the chain writes again and nothing acknowledged is lost."""
+        zk = self.private_zookeeper()
+        nodes = self.chain(3)
+        w, out = self.start_writer()
+        self.wait_acks(out, 30)
+        zk.kill()
+        time.sleep(1.5 * SESSION)  # the outage itself
+        zk.restart()
+        count = len(self.acked(out))
+        self.wait_acks(out, count + 20, 60)
+        acks = self.stop_writer(w, out)
+        wait_for(lambda: len(self.member_ports()) == 3, 60, "every node to be a member")
+        self.assert_converged(nodes, acks)
+
+    def test_short_crash_catches_up_by_delta(self) -> None:
+        """A middle node killed and restarted at once rejoins with only what it missed."""
+        a, b, c = self.chain(3)
+        w, out = self.start_writer()
+        self.wait_acks(out, 30)
+        b.signal(signal.SIGKILL)
+        wait_exit(b)
+        count = len(self.acked(out))
+        self.wait_acks(out, count + 20, 30)
+        again = restart(b)
+        self.nodes.append(again)
+        wait_for(
+            lambda: "catch-up" in again.log() or "joining: state ready" in again.log(),
+            60,
+            "the restarted node to catch up",
+        )
+        wait_for(lambda: again.port in self.member_ports(), 60, "the restarted node to rejoin")
+        self.wait_acks(out, len(self.acked(out)) + 10, 30)
+        acks = self.stop_writer(w, out)
+        self.assertTrue(any("by delta" in n.log() for n in (a, c)), "the tail sent a full copy")
+        self.assert_converged([a, again, c], acks)
 
     def test_node_from_an_older_configuration_is_not_the_source(self) -> None:
         """A node removed from the chain, started alone after the others died, waits
