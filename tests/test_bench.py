@@ -220,7 +220,7 @@ class BenchRunTests(SynchronousTestCase):
         c = RawClient(self.node.port)
         try:
             self.assertEqual(c.one(wire.req_size()).op_n, 300)  # type: ignore[attr-defined]
-            got = c.one(wire.req_get(key_name(299)))
+            got = c.one(wire.req_get("bench:" + key_name(299)))
             self.assertEqual(len(got.values[0]), 20)  # type: ignore[attr-defined]
         finally:
             c.close()

@@ -7,6 +7,11 @@ Examples::
     kvtwist-bench --target 127.0.0.1:9000 --workload put --key-dist sequential \\
         --keys 1000000 --requests 1000000 --json load.json
 
+It writes into the store it drives: the put and mixed workloads store up to
+--keys keys named ``bench:k000000000000000`` and so on (``--key-prefix``
+changes ``bench:``), overwriting keys of that name.  Point it at a node or
+chain whose data may change, or pick a prefix no one else uses.
+
 Exit status: 0 when every request got a non-ERROR reply, 1 when the bench
 could not run, 3 when some request got an ERROR reply or none at all.
 
@@ -32,6 +37,7 @@ from kvtwist.bench.loadgen import WorkerSpec, worker_process
 from kvtwist.bench.workload import KEY_DISTS, WORKLOADS
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+DEFAULT_KEY_PREFIX = "bench:"
 REPORT_VERSION = 1
 
 
@@ -84,7 +90,10 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kvtwist-bench",
-        description="Load generator for kvtwist: speaks the wire protocol to a node or a chain.",
+        description="Load generator for kvtwist: speaks the wire protocol to a node or a chain. "
+        "It WRITES into the target: the put and mixed workloads store up to --keys keys "
+        f"named {DEFAULT_KEY_PREFIX}k000000000000000 ... (see --key-prefix), overwriting "
+        "any keys of those names.",
         epilog="Exit status: 0 all replies fine, 1 could not run, 3 ERROR replies or "
         "requests left unanswered.",
     )
@@ -101,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", type=_positive_int, default=10_000, help="key space size (10000)")
     p.add_argument("--value-size", type=_nonneg_int, default=32, help="PUT value bytes (32)")
     p.add_argument("--key-dist", choices=KEY_DISTS, default="uniform", help="key choice")
+    p.add_argument(
+        "--key-prefix", default=DEFAULT_KEY_PREFIX, metavar="TEXT",
+        help=f"put before every key name ({DEFAULT_KEY_PREFIX!r}; '' for none)",
+    )
     p.add_argument("--connections", type=_positive_int, default=4, help="connections (4)")
     p.add_argument(
         "--pipeline", type=_positive_int, default=1, help="requests in flight per connection (1)"
@@ -208,6 +221,7 @@ def make_specs(
                 keys=args.keys,
                 value_size=args.value_size,
                 key_dist=args.key_dist,
+                key_prefix=args.key_prefix,
                 duration=duration,
                 requests=[per_slot[g] for g in slots] if per_slot else None,
                 warmup=args.warmup if not args.requests else 0.0,
@@ -407,7 +421,8 @@ def summary(report: dict[str, Any]) -> str:
     c = report["config"]
     lines = [
         f"{c['workload']} x{c['connections']} conn x{c['pipeline']} pipeline, "
-        f"{report['processes']} process(es), {c['keys']} keys ({c['key_dist']}), "
+        f"{report['processes']} process(es), {c['keys']} keys "
+        f"{c.get('key_prefix', '')}k... ({c['key_dist']}), "
         f"value {c['value_size']} B -> head {report['head']}, tail {report['tail']}",
         f"{r['completed']:,d} replies in {report['elapsed_s']:.2f}s: "
         f"{report['throughput']:,.0f} req/s; errors {r['errors']}, unanswered {r['unanswered']}",

@@ -41,6 +41,7 @@ class WorkerSpec:
     keys: int = 10_000
     value_size: int = 32
     key_dist: str = "uniform"
+    key_prefix: str = ""  # before every key name, so the bench's keys are recognisable
     duration: float | None = 10.0
     requests: list[int] | None = None  # per slot, in --requests mode
     warmup: float = 0.0
@@ -288,6 +289,7 @@ class _Run:
                 start=g,
                 stride=spec.total_slots,
                 zipf=zipf,
+                key_prefix=spec.key_prefix.encode("utf-8"),
             )
             quota = spec.requests[k] if spec.requests is not None else None
             slot = _Slot(self, reqs, quota)

@@ -111,6 +111,7 @@ class Requests:
         start: int = 0,
         stride: int = 1,
         zipf: Zipfian | None = None,
+        key_prefix: bytes = b"",
     ) -> None:
         if workload not in WORKLOADS:
             raise ValueError(f"unknown workload {workload!r}")
@@ -122,6 +123,7 @@ class Requests:
             raise ValueError("read fraction must be in [0, 1]")
         self.workload = workload
         self.keys = keys
+        self.key_prefix = key_prefix
         self.value = bytes((ord("a") + i % 26) for i in range(value_size))
         self.key_dist = key_dist
         self.read_fraction = {"get": 1.0, "put": 0.0}.get(workload, read_fraction)
@@ -148,7 +150,7 @@ class Requests:
         return i
 
     def _make(self) -> tuple[bytes, bool]:
-        key = key_name(self._pick()).encode("ascii")
+        key = self.key_prefix + key_name(self._pick()).encode("ascii")
         rf = self.read_fraction
         if rf >= 1.0 or (rf > 0.0 and self.rng.random() < rf):
             return encode_get(key), False
