@@ -307,6 +307,11 @@ class ZooKeeper:
         return self._state
 
     @property
+    def connected(self) -> bool:
+        """Whether kazoo holds a live connection now (not the last event delivered)."""
+        return not self._stopped and bool(self._client.connected)
+
+    @property
     def membership(self) -> Membership | None:
         """The last Membership read by the watch, if any."""
         return self._membership

@@ -86,6 +86,7 @@ class MemoryZooKeeper:
 
     remove_member = unregister
     state = "connected"
+    connected = True
 
     def read_record(self) -> defer.Deferred[tuple[bytes | None, int]]:
         return defer.succeed(self.registry.record)

@@ -324,9 +324,14 @@ class MembershipReplica(ReplicaCore):
         """Join again once ZooKeeper is reachable, backing off while attempts fail."""
         if self.zk is None or not self.life.is_(State.FENCED):
             return
-        if getattr(self.zk, "state", "connected") != "connected":
-            return  # zk_state("connected") calls again
         gen = self.life.generation
+        if not getattr(self.zk, "connected", True):
+            # "connected" calls again; look now and then too, since session
+            # events from kazoo's threads may arrive out of order
+            self.reactor.callLater(
+                1.0, lambda: self._schedule_rejoin() if gen == self.life.generation else None
+            )
+            return
         delay = self._rejoin_delay
         self._rejoin_delay = min(self._rejoin_delay * 2, 10.0)
         deferLater(self.reactor, delay, lambda: None).addCallback(
