@@ -73,12 +73,14 @@ class ReactorWatchdog:
             if self.tripped or stalled <= self.limit:
                 return False
             self.tripped = True
-        log.error(
-            "reactor stalled for {s:.1f}s: closing the ZooKeeper session so the chain "
-            "goes on without this node",
-            s=stalled,
-        )
-        self.on_stall()
+            log.error(
+                "reactor stalled for {s:.1f}s: closing the ZooKeeper session so the chain "
+                "goes on without this node",
+                s=stalled,
+            )
+            # under the lock: the reactor, turning again, must not reopen the
+            # session before this has closed it
+            self.on_stall()
         return True
 
     def _run(self) -> None:

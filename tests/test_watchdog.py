@@ -54,3 +54,33 @@ class WatchdogTests(SynchronousTestCase):
         self.assertFalse(self.dog.check())
         self.turn(2)
         self.assertEqual(self.events, [])
+
+    def test_resume_waits_for_the_session_to_be_closed(self) -> None:
+        """A reactor that turns again while the session is being closed reopens it only
+        after the close: otherwise the close would win and the node stay out for ever."""
+        import threading
+
+        closing = threading.Event()
+        closed = threading.Event()
+        order: list[str] = []
+
+        def stall() -> None:
+            closing.set()
+            closed.wait(5)
+            order.append("closed")
+
+        dog = ReactorWatchdog(
+            self.reactor, 5.0, stall, lambda: order.append("reopened"), now=lambda: self.t
+        )
+        self.t = 10.0
+        checker = threading.Thread(target=dog.check)
+        checker.start()
+        self.assertTrue(closing.wait(5))
+        stamper = threading.Thread(target=dog.stamp)
+        stamper.start()
+        stamper.join(0.2)
+        self.assertTrue(stamper.is_alive(), "the reactor reopened during the close")
+        closed.set()
+        checker.join(5)
+        stamper.join(5)
+        self.assertEqual(order, ["closed", "reopened"])
