@@ -173,3 +173,46 @@ class ChainDiskTests(SynchronousTestCase):
         self.net.settle()
         self.assertEqual(b.replica.role, "tail")
         self.assertEqual(b.state(), c.state())
+
+
+class ReadHeldRunner(InlineRunner):
+    """Writes run at once; reads (such as producing snapshot chunks) wait for release."""
+
+    def __init__(self) -> None:
+        self.held = HeldRunner()
+
+    def read(self, f: Callable[[], Any]) -> defer.Deferred[Any]:  # type: ignore[override]
+        return self.held.write(f)
+
+
+class BacklogBoundTests(SynchronousTestCase):
+    def test_joiner_backlog_pauses_client_intake(self) -> None:
+        """Writes that pile up for a joiner whose copy is not through count against the
+        memory bound: beyond it client intake pauses, and it resumes once they are sent."""
+        net = Net()
+        (a,) = net.chain(1)
+        for i in range(5):
+            a.write(f"pre{i}", b"x")
+        net.settle()
+        a.replica.recent.clear()  # too old for a delta: the joiner needs a full copy
+        runner = ReadHeldRunner()
+        a.store.runner = runner
+        a.replica.max_unsent_bytes = 2_000
+        j = Node(net, 9100)
+        net.nodes[9100] = j
+        j.replica.join()
+        net.settle(rounds=5)
+        ds = [a.write(f"during{i}", b"v" * 100) for i in range(20)]
+        net.settle(rounds=5)
+        self.assertGreater(a.replica.backlog_bytes, 2_000)
+        self.assertTrue(a.replica.congested, "a stalled joiner's backlog grew without bound")
+        runner.held.release()
+        for _ in range(20):
+            runner.held.release()
+            net.settle(rounds=3)
+        net.settle()
+        self.assertEqual(a.replica.backlog_bytes, 0)
+        self.assertFalse(a.replica.congested)
+        self.assertEqual(j.replica.role, "tail")
+        self.assertEqual(j.state(), a.state())
+        self.assertEqual(len([d for d in ds if d.called]), 20)

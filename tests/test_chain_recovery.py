@@ -221,3 +221,22 @@ class ChainRecoveryTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).op_n, 3)
         self.assertEqual(c.replica.role, "tail", "the removed node did not come back")
         self.assertEqual(len(self.identical([a, b, c])), 3)
+
+    def test_in_memory_old_head_with_an_orphan_write_starts_over(self) -> None:
+        """An in-memory node cannot replay back to the agreed op: it takes a copy from
+        nothing instead, and ends identical without the write nobody else got."""
+        a, b, c = self.net.chain(3)
+        self.write_all(a, 3)
+        for p in [p for p in a.pumps if p in b.pumps]:
+            p.serverIO.loseConnection()
+            p.clientIO.loseConnection()
+        self.net.blocked |= {(a.port, b.port), (b.port, a.port)}
+        orphan = a.write("orphan", b"x")
+        self.net.settle(rounds=5)
+        self.lose_session(a)
+        self.failureResultOf(orphan)
+        self.write_all(b, 1, prefix="new")
+        self.net.settle()
+        self.assertEqual(a.replica.role, "tail")
+        self.assertEqual(a.state(), c.state())
+        self.assertNotIn("orphan", dict(a.state()))

@@ -123,6 +123,8 @@ class ReplicaCore:
         self._succ_down_since: float | None = None
         # joining (kvtwist.chain.joining)
         self._join_backlog: list[Update] | None = None
+        self.backlog_bytes = 0  # of the joiner's backlog, bounded with the Sent list
+        self.max_unsent_bytes = MAX_SENT_BYTES
         self._release_lock: Callable[[], Deferred[None]] | None = None
         self._received = SnapshotReceiver()
         self._loaded: Deferred[AVLTree] | None = None
@@ -279,7 +281,7 @@ class ReplicaCore:
         self.store.apply(w).addCallbacks(
             lambda a: self._applied(a, gen), lambda f: self._apply_failed(f, gen)
         )
-        if self.pending_bytes > MAX_SENT_BYTES:
+        if self.unsent_bytes > self.max_unsent_bytes:
             self._update_congestion()
 
     def _applied(self, a: Applied, gen: int) -> None:
@@ -361,11 +363,16 @@ class ReplicaCore:
             self._link_full = full
             self._update_congestion()
 
+    @property
+    def unsent_bytes(self) -> int:
+        """Writes held in memory for a neighbour: the Sent list and a joiner's backlog."""
+        return self.pending_bytes + self.backlog_bytes
+
     def _update_congestion(self) -> None:
         if self.congested:
-            want = self._link_full or self.pending_bytes > MAX_SENT_BYTES // 2
+            want = self._link_full or self.unsent_bytes > self.max_unsent_bytes // 2
         else:
-            want = self._link_full or self.pending_bytes > MAX_SENT_BYTES
+            want = self._link_full or self.unsent_bytes > self.max_unsent_bytes
         if want != self.congested:
             self.congested = want
             log.info(

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist import wire
+from kvtwist.chain.core import update_size
 from kvtwist.chain.epochs import EpochHistory, match_point
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
@@ -57,8 +58,13 @@ def history_of(marks: Any) -> EpochHistory:
 
 class JoiningReplica(LinkedReplica):
 
+    def _set_backlog(self, backlog: list[Update] | None) -> None:
+        self._join_backlog = backlog
+        self.backlog_bytes = sum(update_size(u) for u in backlog or ())
+        self._update_congestion()
+
     def _reset_join(self) -> None:
-        self._join_backlog = None
+        self._set_backlog(None)
         self._received = SnapshotReceiver()
         self._loaded = None
         self._catch_up_to = -1
@@ -89,13 +95,14 @@ class JoiningReplica(LinkedReplica):
                 n=self.last_received,
             )
             link.snapshot(SnapshotChunk(done=True, delta=True, last_op=agreed))
-            self._join_backlog = [u for u in self.recent if u.seq > agreed] + [
-                u for s, u in self.pending.items() if agreed < s <= self.applied_seq
-            ]
+            self._set_backlog(
+                [u for u in self.recent if u.seq > agreed]
+                + [u for s, u in self.pending.items() if agreed < s <= self.applied_seq]
+            )
             self._switch_to_joiner(link)
             return
         # writes after the snapshot go to the joiner once the snapshot is through
-        self._join_backlog = [u for s, u in self.pending.items() if seq < s <= self.applied_seq]
+        self._set_backlog([u for s, u in self.pending.items() if seq < s <= self.applied_seq])
         clients = [
             Update(seq=s, client_id=c, request_id=r, found=found)
             for c, r, s, found in self.dedup.rows(upto=seq)
@@ -128,11 +135,14 @@ class JoiningReplica(LinkedReplica):
     def _backlog_applied(self, u: Update) -> None:
         if self._join_backlog is not None:
             self._join_backlog.append(u)
+            self.backlog_bytes += update_size(u)
+            if self.unsent_bytes > self.max_unsent_bytes:
+                self._update_congestion()  # a slow joiner slows the intake, not our memory
 
     def _switch_to_joiner(self, link: Link) -> None:
         """The joiner has its base: send the backlog, then treat it as our successor."""
         backlog = self._join_backlog or []
-        self._join_backlog = None
+        self._set_backlog(None)
         link.ready = True
         for u in backlog:
             link.queue_update(u)
@@ -145,7 +155,7 @@ class JoiningReplica(LinkedReplica):
 
     def _joiner_lost(self, link: Link) -> None:
         self.succ = None
-        self._join_backlog = None
+        self._set_backlog(None)
         if link.ready:
             # It had our backlog and may be registering: until its fate is known
             # nothing commits here, or it could become tail without our writes.
@@ -296,7 +306,11 @@ class JoiningReplica(LinkedReplica):
                 a=agreed + 1,
                 b=self.last_received,
             )
-            self._loaded = self.store.rewind(agreed)
+            # back to nothing needs no log; anything else is replayed from ours
+            if agreed == 0:
+                self._loaded = self.store.load((), (), 0)
+            else:
+                self._loaded = self.store.rewind(agreed)
         else:
             self._loaded = defer.succeed(self.committed_tree)
         self.history.truncate(agreed)
