@@ -151,7 +151,16 @@ class Options(usage.Options):
                         "--advertise host:port is needed when listening on all interfaces"
                     )
                 host = "127.0.0.1"
-            self["advertise"] = f"{host}:{self['port']}"
+            # an IPv6 literal goes in brackets, as every address in ZooKeeper does
+            self["advertise"] = (
+                f"[{host}]:{self['port']}" if ":" in host else f"{host}:{self['port']}"
+            )
+        from kvtwist.zk import parse_address
+
+        if parse_address(self["advertise"].encode()) is None:
+            raise usage.UsageError(
+                f"--advertise must be host:port (IPv6 as [addr]:port), not {self['advertise']!r}"
+            )
         if self["zk"]:
             from kvtwist.zk import validate_root
 
@@ -177,7 +186,6 @@ class Options(usage.Options):
                 f"a chain node listening on {self['interface'] or 'all interfaces'} needs "
                 "--cluster-key-file (only loopback-only chains may run without one)"
             )
-
 
     def _check_storage_options(self) -> None:
         if self["fsync"] not in ("always", "interval", "never"):

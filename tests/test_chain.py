@@ -15,7 +15,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from kvtwist import wire
 from kvtwist.zk import parse_address
-from tests.nodes import ROOT, NodeProcess, RawClient, dump, env, free_port, wait_for
+from tests.nodes import ROOT, NodeProcess, RawClient, dump, env, free_port, port_open, wait_for
 from tests.zkserver import shared_zookeeper, unique_root, zookeeper_available
 
 SESSION = 2.0  # seconds; short so that failover tests are quick
@@ -224,6 +224,41 @@ class ChainTests(ChainCase):
         acks = self.stop_writer(w, out)
         self.assert_converged(nodes, acks)
         self.assertIn("fenced", tail.log())
+
+
+class IPv6Tests(ChainCase):
+    def test_chain_on_ipv6_loopback(self) -> None:
+        """Nodes on ::1 register [::1]:port (with the C client's NUL), link over IPv6 and
+        replicate a write from head to tail."""
+        nodes = []
+        for _ in range(2):
+            n = NodeProcess(
+                args=[
+                    "--interface",
+                    "::1",
+                    "--zk",
+                    self.zk.hosts,
+                    "--zk-root",
+                    self.root,
+                    "--zk-session-timeout",
+                    str(SESSION),
+                ]
+            )
+            self.nodes.append(n)
+            n.start(wait=False)
+            wait_for(lambda n=n: port_open(n.port, "::1"), 30, "a node on ::1")
+            nodes.append(n)
+            wait_for(lambda n=n: n.port in self.member_ports(), 30, "the node to join")
+        raw = [
+            self.kazoo.get(f"{self.root}/{c}")[0]
+            for c in sorted(self.kazoo.get_children(self.root))
+        ]
+        self.assertEqual(raw, [f"[::1]:{n.port}".encode() + b"\x00" for n in nodes])
+        with RawClient(nodes[0].port, host="::1") as head:
+            [reply] = head.call(wire.req_put("six", b"over v6"))
+        self.assertEqual(reply.opcode, wire.OP_PUT + 1, reply.error)
+        with RawClient(nodes[1].port, host="::1") as tail:
+            self.assertEqual(tail.get("six"), b"over v6")
 
 
 class ZooKeeperOutageTests(SynchronousTestCase):

@@ -33,7 +33,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -44,6 +44,7 @@ from kvtwist.chain.link import Link
 from kvtwist.chain.outcomes import NotHere, ReadView, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.transfer import SnapshotReceiver
+from kvtwist.client.protocol import endpoint
 from kvtwist.proto.kvtwist_pb2 import SnapshotChunk, Update
 from kvtwist.store import Applied, Store, Write
 from kvtwist.tree import AVLTree
@@ -145,8 +146,7 @@ class ReplicaCore:
 
     def connect(self, host: str, port: int, protocol: FramedProtocol) -> Deferred[Any]:
         """Open a link to a peer; replaced by in-memory wiring in unit tests."""
-        ep = TCP4ClientEndpoint(self.reactor, host, port, timeout=5)
-        return connectProtocol(ep, protocol)
+        return connectProtocol(endpoint(self.reactor, host, port, timeout=5), protocol)
 
     # roles
 
