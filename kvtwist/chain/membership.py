@@ -28,7 +28,7 @@ log = Logger(namespace="kvtwist.chain")
 RECONNECT_DELAY = 0.1
 #: A successor we cannot link to for this many link timeouts, while ZooKeeper
 #: still lists it, is removed from the chain: it rejoins, and writes go on.
-UNREACHABLE_TIMEOUTS = 2.0
+UNREACHABLE_TIMEOUTS = 1.0
 RECORD_RETRY_DELAY = 0.2
 
 
