@@ -220,6 +220,10 @@ class Membership:
         return any(member.name == name for member in self.members)
 
 
+class RegistrationRaced(Exception):
+    """A conditional registration found the chain record changed."""
+
+
 class _Watch:
     """A watch_members callback and the last Membership it was given."""
 
@@ -521,8 +525,13 @@ class ZooKeeper:
 
     # -- registration -----------------------------------------------------------
 
-    def register(self, address: str) -> Deferred[str]:
+    def register(self, address: str, record_version: int | None = None) -> Deferred[str]:
         """Join the chain as an ephemeral sequential member; fires with its name.
+
+        With ``record_version`` the member is created only if the chain record
+        still has that version (one transaction): a tail that gave up on this
+        joiner bumps the record, so a joiner it dropped can never register
+        late, behind writes the tail then committed alone (RegistrationRaced).
 
         The node is tied to our session: after "lost" it is gone and the caller
         must register again (it will get a new, later, sequence number: tail).
@@ -533,14 +542,41 @@ class ZooKeeper:
         # The original C servers end the address with a NUL, and the original
         # client relies on it when it reads a member's data.
         data += b"\x00"
-        d = self.call(
-            self._client.create,
-            f"{self.root}/{MEMBER_PREFIX}",
-            data,
-            ephemeral=True,
-            sequence=True,
-        )
-        return d.addCallback(lambda path: path.rsplit("/", 1)[1])
+        return self.call(self._register_in_thread, data, record_version)
+
+    def _register_in_thread(self, data: bytes, record_version: int | None) -> str:
+        path = f"{self.root}/{MEMBER_PREFIX}"
+        if record_version is None:
+            created = self._client.create(path, data, ephemeral=True, sequence=True)
+        else:
+            t = self._client.transaction()
+            t.check(self.sibling_path("state"), record_version)
+            t.create(path, data, ephemeral=True, sequence=True)
+            check, created = t.commit()
+            if isinstance(check, Exception) or isinstance(created, Exception):
+                raise RegistrationRaced(
+                    "the chain record changed while we caught up (the tail may have "
+                    "given up on us); joining again"
+                )
+        return str(created).rsplit("/", 1)[1]
+
+    def bump_record(self) -> Deferred[int]:
+        """Rewrite the chain record unchanged, so its version moves on: any
+        registration that names the old version now fails.  Fires with the new
+        version (-1 when there is no record: nobody can register against it)."""
+        return self.call(self._bump_in_thread)
+
+    def _bump_in_thread(self) -> int:
+        path = self.sibling_path("state")
+        while True:
+            try:
+                data, stat = self._client.get(path)
+            except NoNodeError:
+                return -1
+            try:
+                return int(self._client.set(path, data, version=stat.version).version)
+            except BadVersionError:
+                continue
 
     def unregister(self, name: str) -> Deferred[None]:
         """Leave the chain by deleting our member node (already gone is fine)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.chain.epochs import EpochHistory, match_point
@@ -240,3 +242,51 @@ class ChainRecoveryTests(SynchronousTestCase):
         self.assertEqual(a.replica.role, "tail")
         self.assertEqual(a.state(), c.state())
         self.assertNotIn("orphan", dict(a.state()))
+
+
+class StalledJoinerTests(SynchronousTestCase):
+    def test_stalled_joiner_is_dropped_and_cannot_register_late(self) -> None:
+        """A joiner that stops after the handoff (SIGSTOP, a cut) is dropped within the link
+        timeout; the tail commits alone at once, and the joiner's late registration fails
+        instead of making it a tail without those writes."""
+        net = Net()
+        a, t = net.chain(2)
+        j = Node(net, 9100)
+        net.nodes[9100] = j
+        # the joiner runs on a clock of its own, so that it can be stopped dead
+        own = MemoryReactorClock()
+        j.replica.reactor = j.store.reactor = j.factory.reactor = own
+        held: list[tuple[defer.Deferred[str], str, int | None]] = []
+        real_register = j.zk.register
+
+        def register(address: str, record_version: int | None = None) -> defer.Deferred[str]:
+            d: defer.Deferred[str] = defer.Deferred()
+            held.append((d, address, record_version))  # the create reaches ZooKeeper later
+            return d
+
+        j.zk.register = register  # type: ignore[method-assign]
+        j.replica.join()
+        for _ in range(30):
+            for p in list(net.pumps):
+                p.pump()
+            net.clock.advance(0)
+            own.advance(0)
+            if held:
+                break
+        self.assertEqual(len(held), 1, "the joiner never got to register")
+        for p in j.pumps:  # the joiner stops: nothing from it any more
+            net.pumps.remove(p)
+        start = net.clock.seconds()
+        w = a.write("while-stalled", b"x")
+        while not w.called and net.clock.seconds() - start < 60:
+            net.settle(rounds=1)
+            net.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(w).op_n, 1)
+        # dropped after the link timeout (3 s), then committed: no session-long wait
+        self.assertLessEqual(net.clock.seconds() - start, 4.5)
+        self.assertIsNone(t.replica._joiner_limbo)
+        # the stalled joiner wakes up: its registration reaches ZooKeeper only now
+        d, address, version = held[0]
+        real_register(address, version).chainDeferred(d)
+        self.assertEqual([m.name for m in net.registry.members], [a.name, t.name])
+        self.assertNotEqual(j.replica.status, "member")

@@ -70,8 +70,17 @@ class MemoryZooKeeper:
     def members(self) -> defer.Deferred[Membership]:
         return defer.succeed(self.registry.view())
 
-    def register(self, address: str) -> defer.Deferred[str]:
+    def register(self, address: str, record_version: int | None = None) -> defer.Deferred[str]:
+        if record_version is not None and record_version != self.registry.record[1]:
+            return defer.fail(RuntimeError("the chain record changed"))
         return defer.succeed(self.registry.add(address))
+
+    def bump_record(self) -> defer.Deferred[int]:
+        data, version = self.registry.record
+        if version < 0:
+            return defer.succeed(-1)
+        self.registry.record = (data, version + 1)
+        return defer.succeed(version + 1)
 
     def lock(self, suffix: str = "join") -> defer.Deferred[Any]:
         return defer.succeed(lambda: defer.succeed(None))
@@ -274,7 +283,7 @@ class ChainMachineTests(SynchronousTestCase):
         for p in [p for p in c.pumps if p in b.pumps]:
             self.net.pumps.remove(p)
         ds = [a.write(f"k{i}", str(i).encode()) for i in range(10)]
-        self.net.settle()
+        self.net.settle(rounds=10)  # less than the link timeout
         self.assertTrue(all(r is None for r in results(ds)))
         self.net.kill(b)
         self.assertEqual([r.op_n for r in results(ds)], list(range(1, 11)))

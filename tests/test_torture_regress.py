@@ -48,7 +48,7 @@ class Controlled:
     def control(self, node: Node) -> None:
         zk = node.zk
 
-        def register(address: str) -> defer.Deferred[str]:
+        def register(address: str, record_version: int | None = None) -> defer.Deferred[str]:
             name = self.net.registry.add(address)  # the znode exists now...
             d: defer.Deferred[str] = defer.Deferred()
             self.registrations.append((d, name))  # ...the reply comes later

@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from kvtwist.chain.dedup import DedupTable
 from kvtwist.chain.epochs import EpochHistory
 from kvtwist.chain.lifecycle import Lifecycle, State
-from kvtwist.chain.link import Link
+from kvtwist.chain.link import Link, Side
 from kvtwist.chain.outcomes import NotHere, ReadView, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.transfer import SnapshotReceiver
@@ -132,6 +132,7 @@ class ReplicaCore:
         self._loaded_seq = -1
         self._catch_up_to = -1
         self._want_full = False
+        self._join_ticket: int | None = None  # the record version we may register against
         self.last_catch_up = ""  # "delta" or "full": how the last join caught up
         self._rejoin_delay = 0.5
         self._wait_call: Any = None
@@ -143,6 +144,11 @@ class ReplicaCore:
         self.committed_tree = tree
         self.history = EpochHistory(marks)
         self.dedup.load(clients)
+
+    def _new_link(self, conn: FramedProtocol, side: Side, peer: str) -> Link:
+        link = Link(conn, side, self.reactor, peer=peer)
+        link.on_dead = self.link_lost
+        return link
 
     def connect(self, host: str, port: int, protocol: FramedProtocol) -> Deferred[Any]:
         """Open a link to a peer; replaced by in-memory wiring in unit tests."""
@@ -503,6 +509,9 @@ class ReplicaCore:
     # implemented by the membership and joining layers
 
     def set_view(self, view: Any) -> None:
+        raise NotImplementedError
+
+    def link_lost(self, link: Link) -> None:
         raise NotImplementedError
 
     def chain_message(self, link: Link, msg: Message) -> None:

@@ -76,7 +76,7 @@ class JoiningReplica(LinkedReplica):
 
     def _serve_join(self, conn: FramedProtocol, msg: Message) -> None:
         hello = msg.hello
-        link = Link(conn, Side.SUCCESSOR, self.reactor, peer=f"join:{hello.address}")
+        link = self._new_link(conn, Side.SUCCESSOR, peer=f"join:{hello.address}")
         self._stamp(link)
         link.joining = True
         if not self.is_tail or self.succ is not None or self._joiner_limbo is not None:
@@ -156,20 +156,40 @@ class JoiningReplica(LinkedReplica):
     def _joiner_lost(self, link: Link) -> None:
         self.succ = None
         self._set_backlog(None)
-        if link.ready:
-            # It had our backlog and may be registering: until its fate is known
-            # nothing commits here, or it could become tail without our writes.
-            address = link.peer.removeprefix("join:")
-            log.info("joiner {a} went away; waiting to learn if it joined", a=address)
-            self._joiner_limbo = address
-            wait = 1.5 * self._session_timeout()
-            self.reactor.callLater(wait, self._end_limbo, address, self.life.generation)
-        else:
+        if not link.ready:
             log.info("joiner {peer} went away during the state transfer", peer=link.peer)
             self._advance()
+            return
+        # It had our backlog and may be registering: until its fate is known
+        # nothing commits here, or it could become tail without our writes.
+        # Bumping the chain record voids the registration it may still attempt
+        # (it registers only against the record version it read); after that
+        # a look at the members settles it.
+        address = link.peer.removeprefix("join:")
+        gen = self.life.generation
+        self._joiner_limbo = address
+        log.info("joiner {a} went away; making sure it cannot register late", a=address)
+
+        def bumped(version: int) -> Any:
+            if version < 0:  # no record to void against: wait out its session instead
+                wait = 1.5 * self._session_timeout()
+                self.reactor.callLater(wait, self._end_limbo, address, gen)
+                return None
+            return self._end_limbo(address, gen)
+
+        def failed(f: Failure) -> None:
+            log.warn("voiding the joiner's registration failed: {e}", e=f.getErrorMessage())
+            if gen == self.life.generation and self._joiner_limbo == address:
+                self.reactor.callLater(0.5, self._joiner_retry, link, gen)
+
+        self.zk.bump_record().addCallbacks(bumped, failed)
+
+    def _joiner_retry(self, link: Link, gen: int) -> None:
+        if gen == self.life.generation and self.succ is None:
+            self._joiner_lost(link)
 
     def _end_limbo(self, address: str, gen: int) -> None:
-        """By now a crashed joiner's session has expired: read who is in the chain."""
+        """The dropped joiner can no longer register: read who is in the chain."""
         if gen != self.life.generation or self._joiner_limbo != address or self.zk is None:
             return
 
@@ -222,6 +242,8 @@ class JoiningReplica(LinkedReplica):
         view, (data, version) = found
         self.view = view
         self.record = ChainRecord.decode(data, version)
+        # we register only against this version: a tail that drops us bumps it
+        self._join_ticket = version if view.members and version >= 0 else None
         if view.members:
             tail = view.tail()
             if tail.address is None:
@@ -244,7 +266,7 @@ class JoiningReplica(LinkedReplica):
         self._loaded = None
         self._catch_up_to = -1
         conn = ChainConnection(self, self.link_config)
-        link = Link(conn, Side.PREDECESSOR, self.reactor, peer=tail.name)
+        link = self._new_link(conn, Side.PREDECESSOR, peer=tail.name)
         self.pred = link
         host, port = tail.address
         full = self._want_full or not self.last_received
@@ -391,7 +413,7 @@ class JoiningReplica(LinkedReplica):
             d.addCallback(lambda _: self._refresh_view())
             return d
 
-        return self.zk.register(self.address).addCallback(registered)
+        return self.zk.register(self.address, self._join_ticket).addCallback(registered)
 
     def _join_failed(self, why: str) -> None:
         if self.life.is_(State.STOPPED, State.FENCED):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -105,6 +106,7 @@ class Link:
         self.ready = False  # hello exchanged
         self.closed = False
         self.joining = False  # a state transfer runs on this link
+        self.on_dead: Callable[[Link], None] | None = None  # called when a timeout kills it
         # who we are on this link, stamped on every batch of updates
         self.local_name = ""
         self.config = 0
@@ -250,7 +252,7 @@ class Link:
                 peer=self.peer or self.conn.peerName(),
                 s=now - self._last_in,
             )
-            self.close(abort=True)
+            self._die()
             return
         # a joiner acknowledges only once its copy is loaded (and on disk): it is
         # judged by its heartbeats, with a longer allowance for acknowledgements
@@ -263,7 +265,7 @@ class Link:
                 seq=seq,
                 s=now - sent,
             )
-            self.close(abort=True)
+            self._die()
             return
         if now - self._last_out >= timeout / 3:
             self.send(Message(opcode=wire.OP_CHAIN_PING, c_type=wire.CT_CHAIN))
@@ -297,6 +299,13 @@ class Link:
         if not self.closed:
             self.conn.sendMessage(wire.error_reply(reason, retry))
         self.close()
+
+    def _die(self) -> None:
+        """Give up on a silent peer: abort, and tell the owner now rather than when
+        (or if) the transport reports the loss."""
+        self.close(abort=True)
+        if self.on_dead is not None:
+            self.on_dead(self)
 
     def close(self, abort: bool = False) -> None:
         if self.closed:

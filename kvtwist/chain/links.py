@@ -80,7 +80,7 @@ class LinkedReplica(MembershipReplica):
             peer = msg.hello.sender
             if getattr(conn, "authenticated", False):
                 peer = conn.peer_identity  # type: ignore[attr-defined]
-            link = Link(conn, Side.PREDECESSOR, self.reactor, peer=peer)
+            link = self._new_link(conn, Side.PREDECESSOR, peer=peer)
             self._predecessor_hello(link, msg)
         else:
             self._serve_join(conn, msg)

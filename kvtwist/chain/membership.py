@@ -238,7 +238,7 @@ class MembershipReplica(ReplicaCore):
             log.error("successor {name} has no usable address; waiting", name=member.name)
             return
         conn = ChainConnection(self, self.link_config)
-        link = Link(conn, Side.SUCCESSOR, self.reactor, peer=member.name)
+        link = self._new_link(conn, Side.SUCCESSOR, peer=member.name)
         self._stamp(link)
         self.succ = link
         gen = self.life.generation
