@@ -34,6 +34,7 @@ OP_VERIFY = Message.OP_VERIFY
 OP_ERROR = Message.OP_ERROR
 OP_STATS = Message.OP_STATS
 OP_RANGE = Message.OP_RANGE
+OP_AUTH = Message.OP_AUTH
 OP_CHAIN_HELLO = Message.OP_CHAIN_HELLO
 OP_CHAIN_UPDATE = Message.OP_CHAIN_UPDATE
 OP_CHAIN_ACK = Message.OP_CHAIN_ACK
@@ -192,6 +193,11 @@ def req_verify(op_n: int) -> Message:
 
 def req_stats() -> Message:
     return Message(opcode=OP_STATS, c_type=CT_NONE)
+
+
+def req_auth(token: bytes) -> Message:
+    """A client's proof that it holds the node's token (``--auth-token-file``)."""
+    return Message(opcode=OP_AUTH, c_type=CT_NONE, token=token)
 
 
 def req_range(start: str | None = None, stop: str | None = None, limit: int = 0) -> Message:

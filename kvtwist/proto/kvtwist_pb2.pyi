@@ -136,7 +136,7 @@ class SnapshotChunk(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., clients: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., total: _Optional[int] = ..., last_op: _Optional[int] = ..., done: _Optional[bool] = ..., delta: _Optional[bool] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops", "local", "auth")
+    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops", "local", "auth", "token")
     class Opcode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_BAD: _ClassVar[Message.Opcode]
@@ -151,6 +151,7 @@ class Message(_message.Message):
         OP_ERROR: _ClassVar[Message.Opcode]
         OP_STATS: _ClassVar[Message.Opcode]
         OP_RANGE: _ClassVar[Message.Opcode]
+        OP_AUTH: _ClassVar[Message.Opcode]
         OP_CHAIN_HELLO: _ClassVar[Message.Opcode]
         OP_CHAIN_UPDATE: _ClassVar[Message.Opcode]
         OP_CHAIN_ACK: _ClassVar[Message.Opcode]
@@ -170,6 +171,7 @@ class Message(_message.Message):
     OP_ERROR: Message.Opcode
     OP_STATS: Message.Opcode
     OP_RANGE: Message.Opcode
+    OP_AUTH: Message.Opcode
     OP_CHAIN_HELLO: Message.Opcode
     OP_CHAIN_UPDATE: Message.Opcode
     OP_CHAIN_ACK: Message.Opcode
@@ -223,6 +225,7 @@ class Message(_message.Message):
     HOPS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     opcode: Message.Opcode
     c_type: Message.CType
     result: int
@@ -243,4 +246,5 @@ class Message(_message.Message):
     hops: int
     local: bool
     auth: ChainAuth
-    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ...) -> None: ...
+    token: bytes
+    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ..., token: _Optional[bytes] = ...) -> None: ...
