@@ -47,31 +47,37 @@ class AuthError(Exception):
 
 
 class KeyFileError(ValueError):
-    """The cluster key file is unusable; the message is one line for the operator."""
+    """A secret file (cluster key, client token) is unusable; one line for the operator."""
 
 
 def load_key(path: str) -> bytes:
-    """Read a cluster key, refusing files that are missing, short or open to others.
+    """Read a cluster key, refusing files that are missing, short or open to others."""
+    return load_secret(path, "cluster key")
+
+
+def load_secret(path: str, what: str) -> bytes:
+    """Read a shared secret, refusing files that are missing, short or open to others.
 
     One trailing newline is dropped, so ``openssl rand -hex 32 > FILE`` works.
+    ``what`` names the secret in the messages ("cluster key", "token").
     """
     try:
         st = os.stat(path)
         with open(path, "rb") as f:
             data = f.read(1 << 16)
     except OSError as e:
-        raise KeyFileError(f"cluster key file {path}: {e.strerror}") from None
+        raise KeyFileError(f"{what} file {path}: {e.strerror}") from None
     if st.st_mode & 0o077:
         raise KeyFileError(
-            f"cluster key file {path} is accessible by others "
+            f"{what} file {path} is accessible by others "
             f"(mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it"
         )
     key = data.removesuffix(b"\n").removesuffix(b"\r")
     if not key:
-        raise KeyFileError(f"cluster key file {path} is empty")
+        raise KeyFileError(f"{what} file {path} is empty")
     if len(key) < MIN_KEY_BYTES:
         raise KeyFileError(
-            f"cluster key file {path} holds {len(key)} bytes; at least {MIN_KEY_BYTES} needed"
+            f"{what} file {path} holds {len(key)} bytes; at least {MIN_KEY_BYTES} needed"
         )
     return key
 
