@@ -26,7 +26,9 @@ from kvtwist.client.protocol import (
     check,
     connect_failed,
     endpoint,
+    ready,
 )
+from kvtwist.tls import ClientTLS
 from kvtwist.wire import Message
 
 
@@ -167,15 +169,37 @@ class DirectClient(Client):
 
     @classmethod
     def connect(
-        cls, reactor: IReactorTCP, host: str, port: int, timeout: float | None = 10.0
+        cls,
+        reactor: IReactorTCP,
+        host: str,
+        port: int,
+        timeout: float | None = 10.0,
+        *,
+        tls: ClientTLS | None = None,
+        token: bytes | None = None,
     ) -> Deferred[DirectClient]:
-        ep = endpoint(reactor, host, port, 30.0 if timeout is None else timeout)
+        """Connect to ``host:port``: over TLS with ``tls``, logged in with ``token``.
+
+        Fails with ConnectionFailed when the node cannot be reached or its
+        certificate is not accepted, KVError when it refuses the token.
+        """
+        ep = endpoint(reactor, host, port, 30.0 if timeout is None else timeout, tls)
         d: Deferred[Any] = connectProtocol(ep, ClientProtocol())
 
         def failed(f: Failure) -> Failure:
+            if f.check(ConnectionFailed, KVError):
+                return f
             return Failure(connect_failed((host, port), f))
 
-        return d.addCallbacks(cls, failed)
+        def secured_failed(f: Failure) -> Failure:
+            if f.check(ConnectionFailed):
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                return Failure(ConnectionFailed(f"cannot connect to {where}: {f.value}"))
+            return f
+
+        d.addErrback(failed)
+        d.addCallback(lambda p: ready(p, tls, token).addErrback(secured_failed))
+        return d.addCallback(cls)
 
     def _send(self, msg: Message, write: bool) -> Deferred[Message]:
         return self.protocol.request(msg)

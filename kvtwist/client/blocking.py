@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 
 from kvtwist.client.api import Client, DirectClient, Stats, WriteResult, parse_address
 from kvtwist.client.protocol import ConnectionFailed, KVError
+from kvtwist.tls import ClientTLS
 from kvtwist.wire import Message
 
 T = TypeVar("T")
@@ -245,16 +246,23 @@ class BlockingClient:
 
     @classmethod
     def connect(
-        cls, address: str, timeout: float | None = 10.0, *, reactor: Any = None
+        cls,
+        address: str,
+        timeout: float | None = 10.0,
+        *,
+        reactor: Any = None,
+        tls: ClientTLS | None = None,
+        token: bytes | None = None,
     ) -> BlockingClient:
         """Connect to one node at ``host:port``; ConnectionFailed if that fails.
 
+        Over TLS with ``tls``, logged in with ``token`` (KVError if refused).
         A malformed address raises ValueError with a readable reason.
         """
         host, port = parse_address(address)
 
         def make(r: Any) -> Deferred[Any]:
-            return DirectClient.connect(r, host, port, timeout)
+            return DirectClient.connect(r, host, port, timeout, tls=tls, token=token)
 
         return cls(make, timeout=timeout, reactor=reactor, description=address)
 

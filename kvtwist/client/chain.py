@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from kvtwist import wire
 from kvtwist.client.api import Client
 from kvtwist.client.protocol import ConnectionFailed, ConnectionPool, KVError
+from kvtwist.tls import ClientTLS
 from kvtwist.wire import Message
 from kvtwist.zk import Membership, ZooKeeper
 
@@ -36,18 +37,25 @@ class ChainClient(Client):
     """Routes each request to the member that serves it, retrying across failover.
 
     ``deadline`` bounds each request, retries and connection attempts included
-    (None: retry for ever).
+    (None: retry for ever).  ``tls`` and ``token`` apply to every member it
+    connects to (see DirectClient.connect).
     """
 
     def __init__(
-        self, reactor: Any, zk: ZooKeeper, deadline: float | None = DEFAULT_DEADLINE
+        self,
+        reactor: Any,
+        zk: ZooKeeper,
+        deadline: float | None = DEFAULT_DEADLINE,
+        *,
+        tls: ClientTLS | None = None,
+        token: bytes | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.zk = zk
         self.deadline = deadline
         self.view: Membership | None = None
-        self.pool = ConnectionPool(reactor, timeout=3)
+        self.pool = ConnectionPool(reactor, timeout=3, tls=tls, token=token)
         self._own_zk = False
 
     @classmethod
@@ -58,10 +66,17 @@ class ChainClient(Client):
         root: str = "/chain",
         deadline: float | None = DEFAULT_DEADLINE,
         session_timeout: float = 10.0,
+        *,
+        tls: ClientTLS | None = None,
+        token: bytes | None = None,
     ) -> Deferred[ChainClient]:
-        """Connect to ZooKeeper and read the membership, giving up after ``deadline``."""
+        """Connect to ZooKeeper and read the membership, giving up after ``deadline``.
+
+        It only reads ZooKeeper, so it needs no ZooKeeper credentials even
+        where nodes protect the chain's znodes (``--zk-auth``).
+        """
         zk = ZooKeeper(reactor, hosts, root, session_timeout)
-        client = cls(reactor, zk, deadline)
+        client = cls(reactor, zk, deadline, tls=tls, token=token)
         client._own_zk = True
 
         def started(_: Any) -> Deferred[ChainClient]:
@@ -115,6 +130,8 @@ class ChainClient(Client):
             exc = why.value if isinstance(why, Failure) else why
             if not isinstance(exc, ConnectionFailed | KVError):
                 return why
+            if isinstance(exc, KVError) and not exc.retry:
+                return why if isinstance(why, Failure) else Failure(exc)  # a refused token
             last_error[0] = str(exc)
             attempt[0] += 1
             delay = min(0.05 * 2 ** min(attempt[0], 4), 0.5)

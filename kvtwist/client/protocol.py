@@ -9,15 +9,24 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from kvtwist import wire
+from kvtwist.tls import ClientTLS, tls_reason
 from kvtwist.wire import FramedProtocol, FrameTooLarge, Message
 
 #: Replies can be much larger than requests (GETKEYS of a big store).
@@ -37,6 +46,7 @@ class ConnectionFailed(Exception):
     """The connection failed or closed before the reply arrived."""
 
 
+@implementer(IHandshakeListener)
 class ClientProtocol(FramedProtocol):
     """Sends requests as they come and fires their Deferreds as replies arrive.
 
@@ -49,12 +59,18 @@ class ClientProtocol(FramedProtocol):
     def __init__(self) -> None:
         self._pending: deque[Deferred[Message]] = deque()
         self.connected_d: Deferred[ClientProtocol] = Deferred()
+        #: over TLS: fires once the node's certificate was accepted, fails if it was not
+        self.secured_d: Deferred[ClientProtocol] = Deferred()
         self.closed_d: Deferred[None] = Deferred()
         self._lost: Failure | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.connected_d.callback(self)
+
+    def handshakeCompleted(self) -> None:
+        if not self.secured_d.called:
+            self.secured_d.callback(self)
 
     def request(self, msg: Message) -> Deferred[Message]:
         """Send ``msg``; the Deferred fires with the reply (ERROR replies included)."""
@@ -92,11 +108,17 @@ class ClientProtocol(FramedProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = reason
-        if reason.check(ConnectionDone, ConnectionLost):
+        if reason.check(SSL.Error):
+            stage = "connection lost" if self.secured_d.called else "TLS handshake failed"
+            why = f"{stage}: {tls_reason(reason.value)}"
+        elif reason.check(ConnectionDone, ConnectionLost):
             why = "connection closed by the server"
         else:
             why = f"connection lost: {reason.getErrorMessage()}"
         self._fail_all(ConnectionFailed(why))
+        if not self.secured_d.called:
+            self.secured_d.errback(ConnectionFailed(why))
+            self.secured_d.addErrback(lambda _: None)  # nobody waits on a plain connection
         if not self.closed_d.called:
             self.closed_d.callback(None)
 
@@ -122,11 +144,40 @@ def connect_failed(target: tuple[str, int], f: Failure) -> ConnectionFailed:
     return ConnectionFailed(f"cannot connect to {where}: {reason}")
 
 
-def endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
-    """A TCP client endpoint for an IPv4 or IPv6 literal or a name."""
+def endpoint(
+    reactor: Any, host: str, port: int, timeout: float, tls: ClientTLS | None = None
+) -> Any:
+    """A TCP client endpoint for an IPv4 or IPv6 literal or a name; over TLS with ``tls``."""
     if ":" in host:
-        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-    return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        ep: Any = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    else:
+        ep = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    return ep if tls is None else wrapClientTLS(tls.creator(host), ep)
+
+
+def ready(
+    proto: ClientProtocol, tls: ClientTLS | None, token: bytes | None
+) -> Deferred[ClientProtocol]:
+    """A fresh connection made usable: TLS handshake done (with ``tls``), then logged in."""
+    secured = proto.secured_d if tls is not None else defer.succeed(proto)
+    return secured.addCallback(login, token)
+
+
+def login(proto: ClientProtocol, token: bytes | None) -> Deferred[ClientProtocol]:
+    """Prove ``token`` on a fresh connection (OP_AUTH); fires with ``proto`` once accepted.
+
+    A refused token fails with KVError (the node closes the connection).
+    """
+    if token is None:
+        return defer.succeed(proto)
+
+    def accepted(reply: Message) -> ClientProtocol:
+        if reply.opcode == wire.OP_ERROR:
+            proto.close()
+            raise KVError(reply.error, reply.retry)
+        return proto
+
+    return proto.request(wire.req_auth(token)).addCallback(accepted)
 
 
 def check(reply: Message) -> Message:
@@ -143,9 +194,17 @@ class ConnectionPool:
     requests to the head or the tail.
     """
 
-    def __init__(self, reactor: Any, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        timeout: float = 5.0,
+        tls: ClientTLS | None = None,
+        token: bytes | None = None,
+    ) -> None:
         self.reactor = reactor
         self.timeout = timeout
+        self.tls = tls
+        self.token = token
         self._ready: dict[tuple[str, int], ClientProtocol] = {}
         self._connecting: dict[tuple[str, int], list[Deferred[ClientProtocol]]] = {}
 
@@ -160,8 +219,11 @@ class ConnectionPool:
             return d
         self._connecting[target] = [d]
         proto = ClientProtocol()
-        ep = endpoint(self.reactor, target[0], target[1], self.timeout)
-        connectProtocol(ep, proto).addCallbacks(
+        ep = endpoint(self.reactor, target[0], target[1], self.timeout, self.tls)
+        connected = connectProtocol(ep, proto)
+        connected.addErrback(lambda f: Failure(connect_failed(target, f)))
+        connected.addCallback(ready, self.tls, self.token)
+        connected.addCallbacks(
             self._connected, self._failed, callbackArgs=(target,), errbackArgs=(target,)
         )
         return d
@@ -175,9 +237,8 @@ class ConnectionPool:
             d.callback(p)
 
     def _failed(self, f: Failure, target: tuple[str, int]) -> None:
-        exc = connect_failed(target, f)
         for d in self._connecting.pop(target, []):
-            d.errback(exc)
+            d.errback(f.value)
 
     def request(self, target: tuple[str, int], msg: Message) -> Deferred[Message]:
         return self.get(target).addCallback(lambda p: p.request(msg))
