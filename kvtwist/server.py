@@ -9,6 +9,7 @@ ERROR replies with a reason; nothing a client sends can take the node down.
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections import deque
 from collections.abc import Callable
@@ -101,6 +102,9 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
     With a cluster key, a connection becomes a chain link only after the
     challenge-response (OP_CHAIN_AUTH); until then every chain opcode is
     refused and the connection closed, and nothing reaches the replica.
+
+    With a client token, every client request is refused until the
+    connection has shown the token (OP_AUTH); a wrong token closes it.
     """
 
     factory: NodeFactory
@@ -120,11 +124,13 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self._held: deque[tuple[Message, list[Any]]] = deque()  # not started yet
         self._closing = False
         self._pause_reasons: set[str] = set()
+        self.logged_in = False  # showed the client token (or none is needed)
 
     def connectionMade(self) -> None:
         self.max_frame = self.factory.limits.max_frame
         super().connectionMade()
         f = self.factory
+        self.logged_in = f.token is None
         self.callLater = f.reactor.callLater  # type: ignore[method-assign]  # the node clock
         if f.limits.idle_timeout:
             self.setTimeout(f.limits.idle_timeout)
@@ -252,12 +258,54 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         if op in wire.CHAIN_OPS or self._responder is not None:
             self._chain_request(msg)
             return
+        if op == wire.OP_AUTH:
+            self._log_in(msg)
+            return
+        if not self.logged_in:
+            self.factory.metrics.record(op, 0.0, True)
+            self._answer(
+                wire.error_reply("authentication required: send the client token (AUTH) first")
+            )
+            return
         slot: list[Any] = [None]
         self._slots.append(slot)
         self._held.append((msg, slot))
         if len(self._slots) >= self.factory.limits.max_pending:
             self.pause("pending")
         self._pump()
+
+    # client token
+
+    def _answer(self, reply: Message) -> None:
+        """A reply decided at once, in its place among the replies."""
+        self._slots.append([wire.frame(reply)])
+        self._flush()
+
+    def _log_in(self, msg: Message) -> None:
+        """OP_AUTH: accept the right token; refuse a wrong one and close (logged, rate-limited).
+
+        A node without a token accepts any, so a client configured with one
+        works against it too.
+        """
+        f = self.factory
+        token = f.token
+        if token is None or hmac.compare_digest(bytes(msg.token), token):
+            self.logged_in = True
+            f.metrics.record(wire.OP_AUTH, 0.0, False)
+            self._answer(wire.reply(wire.OP_AUTH, c_type=wire.CT_NONE))
+            return
+        f.metrics.record(wire.OP_AUTH, 0.0, True)
+        left_out = f.token_refusals.allow()
+        if left_out is not None:
+            log.warn(
+                "{peer}: wrong client token; closing{more}",
+                peer=self.peerName(),
+                more=f" ({left_out} more refusals not logged)" if left_out else "",
+            )
+        self.logged_in = False
+        self._answer(wire.error_reply("authentication failed: wrong token"))
+        self._closing = True
+        self.disconnect()
 
     # chain links
 
@@ -433,6 +481,7 @@ class NodeFactory(Factory):
         replica: Replica,
         limits: Limits | None = None,
         link_config: LinkConfig | None = None,
+        token: bytes | None = None,
     ) -> None:
         self.reactor = reactor
         self.replica = replica
@@ -448,8 +497,12 @@ class NodeFactory(Factory):
         self.connections: set[NodeProtocol] = set()  # client connections
         self.reserved: set[NodeProtocol] = set()  # beyond the limit, may become chain links
         self.refusals = LogLimiter(now=reactor.seconds)
+        self.token = token  # clients must show it first (--auth-token-file)
+        self.token_refusals = LogLimiter(now=reactor.seconds)
         self.metrics = Metrics()
-        self.forwarder = ConnectionPool(reactor)
+        # requests relayed to the head or tail go to the port the links use:
+        # the same TLS, and this node's token (members share it)
+        self.forwarder = ConnectionPool(reactor, tls=replica.link_tls, token=token)
         replica.on_congestion = self.congestion
 
     def identity(self) -> str:
