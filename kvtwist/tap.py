@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from kvtwist import wire
-from kvtwist.chain.auth import KeyFileError, load_key
+from kvtwist.chain.auth import KeyFileError, load_key, load_secret
 from kvtwist.chain.link import DEFAULT_LINK_TIMEOUT, LinkConfig
 from kvtwist.chain.replica import Replica
 from kvtwist.server import (
@@ -99,6 +99,28 @@ class Options(usage.Options):
             "Shared secret authenticating chain links (mode 600, at least 16 bytes); "
             "required unless the node listens on loopback only.",
         ],
+        # client security (all off by default: the original C client speaks plain TCP)
+        [
+            "tls-cert",
+            None,
+            None,
+            "PEM certificate (then any intermediates): with --tls-key the port speaks "
+            "TLS only, chain links included.",
+        ],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        [
+            "auth-token-file",
+            None,
+            None,
+            "Clients must send this token (mode 600, at least 16 bytes) before any request.",
+        ],
+        [
+            "zk-auth",
+            None,
+            None,
+            "USER:PASSWORD: ZooKeeper digest auth; the znodes this node creates can be "
+            "changed only with it (everyone may read them).",
+        ],
         [
             "link-timeout",
             None,
@@ -171,6 +193,34 @@ class Options(usage.Options):
             if self["zk-session-timeout"] <= 0:
                 raise usage.UsageError("--zk-session-timeout must be positive")
         self._check_link_options()
+        self._check_client_security()
+
+    def _check_client_security(self) -> None:
+        """Load what the TLS, token and ZooKeeper options name; one line on any problem."""
+        cert, key = self["tls-cert"], self["tls-key"]
+        self["tls"] = None
+        if (cert is None) != (key is None):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if cert is not None:
+            from kvtwist.tls import TLSConfigError, server_options
+
+            try:
+                self["tls"] = server_options(cert, key)
+            except TLSConfigError as e:
+                raise usage.UsageError(str(e)) from None
+        self["token"] = None
+        if self["auth-token-file"] is not None:
+            try:
+                self["token"] = load_secret(self["auth-token-file"], "token")
+            except KeyFileError as e:
+                raise usage.UsageError(str(e)) from None
+        if self["zk-auth"] is not None:
+            from kvtwist.zk import digest_acl
+
+            try:
+                digest_acl(self["zk-auth"])
+            except ValueError as e:
+                raise usage.UsageError(f"--zk-auth: {e}") from None
 
     def _check_link_options(self) -> None:
         if self["link-timeout"] <= 0:
@@ -306,11 +356,20 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
 
         def make_zk() -> ZooKeeper:
             return ZooKeeper(
-                reactor, options["zk"], options["zk-root"], options["zk-session-timeout"]
+                reactor,
+                options["zk"],
+                options["zk-root"],
+                options["zk-session-timeout"],
+                auth=options.get("zk-auth"),
             )
 
     zk = make_zk() if make_zk is not None else None
     replica = Replica(reactor, store, options["advertise"], zk)
+    tls = options.get("tls")
+    if tls is not None:
+        from kvtwist import tls as tls_module
+
+        replica.link_tls = tls_module.links()  # the peers' port speaks TLS as ours does
     if recovered is not None:
         store.restore(recovered)
         rows = [(r.client_id, r.request_id, r.seq, r.found) for r in recovered.clients]
@@ -333,9 +392,11 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         max_key=limits.max_key,
         max_value=limits.max_value,
     )
-    factory = NodeFactory(reactor, replica, limits, link_config)
+    factory = NodeFactory(reactor, replica, limits, link_config, token=options.get("token"))
     try:
-        listening = ListeningService(reactor, options["port"], options["interface"], factory)
+        listening = ListeningService(
+            reactor, options["port"], options["interface"], factory, tls=tls
+        )
     except SystemExit:
         runner.stop()  # its threads would keep the process from exiting
         if journal is not None:
@@ -346,11 +407,21 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         chain = ChainService(reactor, replica, make_zk)
         chain.setServiceParent(top)
         WatchdogService(reactor, chain, options["zk-session-timeout"]).setServiceParent(top)
+    security = [
+        name
+        for name, on in (
+            ("TLS", tls is not None),
+            ("client token", options.get("token") is not None),
+            ("ZooKeeper ACLs", zk is not None and options.get("zk-auth") is not None),
+        )
+        if on
+    ]
     log.info(
-        "kvtwist node on {iface}:{port} ({mode})",
+        "kvtwist node on {iface}:{port} ({mode}; {security})",
         iface=options["interface"],
         port=options["port"],
         mode=f"chain {options['zk-root']} via {options['zk']}" if zk is not None else "standalone",
+        security=", ".join(security) or "plain TCP, no client token",
     )
     return top
 
@@ -387,9 +458,14 @@ class ListeningService(service.Service):
     a non-zero exit, instead of a logged traceback and a node that never listens.
     """
 
-    def __init__(self, reactor: Any, port: int, interface: str, factory: Any) -> None:
+    def __init__(
+        self, reactor: Any, port: int, interface: str, factory: Any, tls: Any = None
+    ) -> None:
         try:
-            self.port = reactor.listenTCP(port, factory, interface=interface)
+            if tls is None:
+                self.port = reactor.listenTCP(port, factory, interface=interface)
+            else:  # TLS only: a plain client's first bytes fail the handshake
+                self.port = reactor.listenSSL(port, factory, tls, interface=interface)
         except CannotListenError as e:
             why = e.socketError
             raise SystemExit(f"kvtwist: cannot listen on {interface}:{port}: {why}") from None

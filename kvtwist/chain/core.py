@@ -83,6 +83,7 @@ class ReplicaCore:
         self.zk = zk
         self.link_timeout = link_timeout
         self.link_config: Any = None  # kvtwist.chain.link.LinkConfig, set by the node factory
+        self.link_tls: Any = None  # kvtwist.tls.ClientTLS when the port speaks TLS
         self.life = Lifecycle(standalone=zk is None)
         self.view: Any = None  # kvtwist.zk.Membership, None when standalone
         self.name: str | None = None  # our znode name, once registered
@@ -152,7 +153,9 @@ class ReplicaCore:
 
     def connect(self, host: str, port: int, protocol: FramedProtocol) -> Deferred[Any]:
         """Open a link to a peer; replaced by in-memory wiring in unit tests."""
-        return connectProtocol(endpoint(self.reactor, host, port, timeout=5), protocol)
+        return connectProtocol(
+            endpoint(self.reactor, host, port, timeout=5, tls=self.link_tls), protocol
+        )
 
     # roles
 
