@@ -38,6 +38,7 @@ from kazoo.exceptions import (
     NoNodeError,
 )
 from kazoo.protocol.states import KazooState
+from kazoo.security import ACL, Permissions, make_acl, make_digest_acl
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -45,6 +46,7 @@ from twisted.python.failure import Failure
 
 __all__ = [
     "LEASE_FRACTION",
+    "digest_acl",
     "Member",
     "Membership",
     "ZooKeeper",
@@ -126,6 +128,24 @@ def parse_address(data: bytes | None) -> tuple[str, int] | None:
     elif not _HOSTNAME_RE.match(host):
         return None
     return host, port
+
+
+def digest_acl(auth: str) -> list[ACL]:
+    """The ACL for ``USER:PASSWORD``: everything for that digest identity, READ for anyone.
+
+    Reads stay open so that clients without credentials (the original C
+    client, the chain client) still find the head and the tail.
+    """
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("needs the form USER:PASSWORD, both non-empty")
+    return [make_digest_acl(user, password, all=True), make_acl("world", "anyone", read=True)]
+
+
+def open_to_writes(acl: list[ACL]) -> bool:
+    """Whether ``acl`` lets anyone at all (world:anyone) create, delete or write."""
+    changes = Permissions.CREATE | Permissions.DELETE | Permissions.WRITE | Permissions.ADMIN
+    return any(entry.id.scheme == "world" and entry.perms & changes for entry in acl)
 
 
 def validate_root(path: str) -> str:
@@ -260,16 +280,22 @@ class ZooKeeper:
         hosts: str,
         root: str = "/chain",
         session_timeout: float = 10.0,
+        auth: str | None = None,
     ) -> None:
+        """``auth`` (``USER:PASSWORD``): log in with digest auth, and create every
+        znode with :func:`digest_acl`, so only holders of it change the chain."""
         if session_timeout <= 0:
             raise ValueError(f"session_timeout must be positive, not {session_timeout!r}")
         self._reactor = reactor
         self.hosts = hosts
         self.root = validate_root(root)
         self.session_timeout = float(session_timeout)
+        self.protected = auth is not None
         self._client = KazooClient(
             hosts=hosts,
             timeout=self.session_timeout,
+            auth_data=[("digest", auth)] if auth is not None else None,
+            default_acl=digest_acl(auth) if auth is not None else None,
             # Reconnect forever and quickly: a chain node that gives up on
             # ZooKeeper is useless, and a slow retry risks session expiry.
             connection_retry={
@@ -333,19 +359,26 @@ class ZooKeeper:
             raise RuntimeError("ZooKeeper adapter already started")
         self._started = True
         self._lease_tick()
-        d = self.call(self._start_in_thread, timeout)
+        def started(open_root: bool) -> None:
+            if open_root:
+                _log.warn(
+                    "the chain root {root} lets anyone create or delete members (it was "
+                    "created without --zk-auth): set its ACL by hand, see docs/security.md",
+                    root=self.root,
+                )
 
         def failed(failure: Failure) -> Failure:
             self._stop_lease_timer()
             return failure
 
-        d.addErrback(failed)
-        return d
+        return self.call(self._start_in_thread, timeout).addCallbacks(started, failed)
 
-    def _start_in_thread(self, timeout: float) -> None:
+    def _start_in_thread(self, timeout: float) -> bool:
+        """Connect and create the root; whether a protected node found it open to writes."""
         self._client.start(timeout=timeout)
         try:
             self._client.ensure_path(self.root)
+            return self.protected and open_to_writes(self._client.get_acls(self.root)[0])
         except BaseException:
             self._client.stop()
             self._client.close()
