@@ -32,6 +32,7 @@ from kvtwist.chain.replica import NotHere, ReadView, Replica, Unavailable
 from kvtwist.client.protocol import ConnectionPool
 from kvtwist.proto.kvtwist_pb2 import OpStats
 from kvtwist.proto.kvtwist_pb2 import Stats as StatsMsg
+from kvtwist.tls import channel_binding
 from kvtwist.tree import AVLTree
 from kvtwist.wire import FramedProtocol, Message
 
@@ -390,7 +391,8 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             self._refuse_chain("already authenticated")
             return
         if self._responder is None:
-            self._responder = Responder(key, f.identity())
+            # over TLS the proof covers this session: it cannot be relayed
+            self._responder = Responder(key, f.identity(), binding=channel_binding(self.transport))
             self._auth_timer = f.reactor.callLater(
                 f.link_config.timeout, self._refuse_chain, "authentication timed out"
             )

@@ -8,10 +8,11 @@ Every chain link and join begins with four AUTH messages on a fresh connection::
     responder -> initiator   step 4: accepted
 
 where T binds both identities, both nonces and the initiator's configuration
-number.  Fresh random nonces on both sides defeat replay; the role label in
-each MAC and the refusal of a peer that claims our own identity defeat
-reflection.  A peer's identity comes from this exchange, never from a name
-inside a later message.  docs/security.md gives the threat model.
+number, and over TLS the session itself (an RFC 5705 exporter value).  Fresh
+random nonces on both sides defeat replay; the role label in each MAC and the
+refusal of a peer that claims our own identity defeat reflection.  A peer's
+identity comes from this exchange, never from a name inside a later message.
+docs/security.md gives the threat model.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from twisted.python.failure import Failure
 
 from kvtwist import wire
 from kvtwist.proto.kvtwist_pb2 import ChainAuth
+from kvtwist.tls import channel_binding
 from kvtwist.wire import FramedProtocol, Message
 
 log = Logger(namespace="kvtwist.chain")
@@ -86,17 +88,22 @@ def _field(data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
-def _transcript(initiator: str, responder: str, ni: bytes, nr: bytes, config: int) -> bytes:
-    return b"".join(
-        (
-            _field(_DOMAIN),
-            _field(initiator.encode()),
-            _field(responder.encode()),
-            _field(ni),
-            _field(nr),
-            config.to_bytes(8, "big"),
-        )
-    )
+def _transcript(
+    initiator: str, responder: str, ni: bytes, nr: bytes, config: int, binding: bytes = b""
+) -> bytes:
+    """What both MACs cover; over TLS also the session's exporter value (``binding``),
+    so that a handshake relayed by someone terminating TLS in the middle fails."""
+    parts = [
+        _field(_DOMAIN),
+        _field(initiator.encode()),
+        _field(responder.encode()),
+        _field(ni),
+        _field(nr),
+        config.to_bytes(8, "big"),
+    ]
+    if binding:
+        parts.append(_field(binding))
+    return b"".join(parts)
 
 
 def _mac(key: bytes, role: bytes, transcript: bytes) -> bytes:
@@ -118,6 +125,7 @@ class Initiator:
         self.identity = identity
         self.config = config
         self.nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
+        self.binding = b""  # the TLS session's exporter value, once the session is up
         self.peer: str | None = None
         self._transcript: bytes | None = None
         self.done = False
@@ -131,7 +139,9 @@ class Initiator:
             _check_identity(auth.identity, self.identity)
             if len(auth.nonce) != NONCE_BYTES:
                 raise AuthError("bad responder nonce")
-            t = _transcript(self.identity, auth.identity, self.nonce, auth.nonce, self.config)
+            t = _transcript(
+                self.identity, auth.identity, self.nonce, auth.nonce, self.config, self.binding
+            )
             if not hmac.compare_digest(auth.mac, _mac(self.key, b"responder", t)):
                 raise AuthError("responder proof does not match (wrong cluster key?)")
             self._transcript = t
@@ -146,10 +156,13 @@ class Initiator:
 class Responder:
     """The accepting side's state: step 1 in, step 2 out, step 3 in, step 4 out."""
 
-    def __init__(self, key: bytes, identity: str, nonce: bytes | None = None):
+    def __init__(
+        self, key: bytes, identity: str, nonce: bytes | None = None, binding: bytes = b""
+    ):
         self.key = key
         self.identity = identity
         self.nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
+        self.binding = binding  # the TLS session's exporter value (b"" without TLS)
         self.peer: str | None = None  # set once the initiator has proved the key
         self.config = 0
         self._claimed = ""
@@ -161,7 +174,9 @@ class Responder:
             _check_identity(auth.identity, self.identity)
             if len(auth.nonce) != NONCE_BYTES:
                 raise AuthError("bad initiator nonce")
-            t = _transcript(auth.identity, self.identity, auth.nonce, self.nonce, auth.config)
+            t = _transcript(
+                auth.identity, self.identity, auth.nonce, self.nonce, auth.config, self.binding
+            )
             self._transcript = t
             self._claimed = auth.identity
             self.config = auth.config
@@ -225,6 +240,8 @@ def authenticate(
         if msg.opcode != wire.OP_CHAIN_AUTH:
             finish(f"{wire.op_name(msg.opcode)} during authentication")
             return
+        if not state.binding:
+            state.binding = channel_binding(conn.transport)  # the TLS session is up by now
         try:
             answer = state.receive(msg.auth)
         except AuthError as e:
