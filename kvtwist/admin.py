@@ -14,10 +14,10 @@ import json
 import sys
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NoNodeError
+from kazoo.exceptions import BadVersionError, NoAuthError, NoNodeError
 
 from kvtwist.chain.record import ChainRecord
-from kvtwist.zk import parse_address, validate_root
+from kvtwist.zk import digest_acl, parse_address, validate_root
 
 
 def _record(zk: KazooClient, root: str) -> ChainRecord:
@@ -90,6 +90,13 @@ def force_start(zk: KazooClient, root: str, node_id: str | None) -> int:
     except BadVersionError:
         print("kvtwist-admin: the record changed meanwhile; try again", file=sys.stderr)
         return 1
+    except NoAuthError:
+        print(
+            "kvtwist-admin: ZooKeeper refused the change: the chain's znodes are protected, "
+            "give the nodes' --zk-auth USER:PASSWORD",
+            file=sys.stderr,
+        )
+        return 1
     info = waiting[node_id]
     where, op = info.get("address"), info.get("last_op")
     print(f"node {node_id} at {where} may restart the chain from op {op}")
@@ -100,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvtwist-admin", description=__doc__.split("\n")[0])
     parser.add_argument("--zk", default="127.0.0.1:2181", help="ZooKeeper hosts")
     parser.add_argument("--zk-root", default="/chain", help="the chain's znode")
+    parser.add_argument(
+        "--zk-auth",
+        metavar="USER:PASSWORD",
+        help="ZooKeeper digest auth, as the nodes use it (needed by force-start "
+        "when they run with --zk-auth)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="the chain record, members and waiting nodes")
     force = sub.add_parser("force-start", help="let a waiting node restart an empty chain")
@@ -107,9 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         root = validate_root(args.zk_root)
+        acl = digest_acl(args.zk_auth) if args.zk_auth is not None else None
     except ValueError as e:
         parser.error(str(e))
-    zk = KazooClient(args.zk)
+    if acl is None:
+        zk = KazooClient(args.zk)
+    else:
+        zk = KazooClient(args.zk, auth_data=[("digest", args.zk_auth)], default_acl=acl)
     try:
         zk.start(timeout=10)
     except Exception as e:

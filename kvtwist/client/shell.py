@@ -7,6 +7,7 @@
     kvtwist-client --raw get photo > copy.jpg      # the value's exact bytes
     printf 'put a 1\\nget a\\n' | kvtwist-client
     kvtwist-client --zk zk1:2181,zk2:2181 --zk-root /chain
+    kvtwist-client --tls-ca ca.pem --token-file token 10.0.0.5:9000
 
 The commands are the original C client's (put, get, del, size, height,
 getkeys, getvalues, verify) plus range and stats.  Every failure is one line
@@ -746,6 +747,20 @@ def build_parser() -> argparse.ArgumentParser:
         "listings one item a line with no footer",
     )
     p.add_argument(
+        "--tls-ca", metavar="FILE",
+        help="speak TLS and accept only a node certificate signed by a CA in this PEM file "
+        "(and naming the host dialled)",
+    )
+    p.add_argument(
+        "--tls", action="store_true",
+        help="speak TLS, verifying the node against the system's trust store",
+    )
+    p.add_argument(
+        "--token-file", metavar="FILE",
+        help="send the client token in FILE (mode 600) first, for nodes run with "
+        "--auth-token-file",
+    )
+    p.add_argument(
         "--timeout", type=float, default=None, metavar="SECONDS",
         help="give up on connecting or on a command after this long (default 10 for a node, "
         "30 for a chain, enough to ride out a failover; 0: no limit)",
@@ -755,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Options taking a value, to find where the command's words begin in argv.
 _VALUE_OPTIONS = frozenset({"-h", "--host", "-p", "--port", "--zk", "--zk-root", "-c",
-                            "--timeout"})
+                            "--timeout", "--tls-ca", "--token-file"})
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -818,7 +833,37 @@ def target(ns: argparse.Namespace) -> Target:
     return Target(address, None, ns.zk_root)
 
 
-def _maker(where: Target, seconds: float | None) -> Callable[[], Any]:
+@dataclass(frozen=True)
+class Security:
+    """TLS and the client token, as the options ask (both None: plain, no token)."""
+
+    tls: Any = None  # kvtwist.tls.ClientTLS
+    token: bytes | None = None
+
+
+def security(ns: argparse.Namespace) -> Security:
+    """Load the CA and token files the options name; UsageError with one line if unusable."""
+    tls = token = None
+    if ns.tls_ca is not None or ns.tls:
+        from kvtwist.tls import ClientTLS, TLSConfigError
+
+        try:
+            tls = ClientTLS(ns.tls_ca)
+        except TLSConfigError as e:
+            raise UsageError(f"--tls-ca: {e}") from None
+    if ns.token_file is not None:
+        from kvtwist.chain.auth import KeyFileError, load_secret
+
+        try:
+            token = load_secret(ns.token_file, "token")
+        except KeyFileError as e:
+            raise UsageError(str(e)) from None
+    return Security(tls, token)
+
+
+def _maker(
+    where: Target, seconds: float | None, secure: Security = Security()
+) -> Callable[[], Any]:
     """A function connecting a BlockingClient to ``where``.
 
     ``seconds`` bounds connecting and each command (None: the default for a
@@ -826,10 +871,11 @@ def _maker(where: Target, seconds: float | None) -> Callable[[], Any]:
     """
     from kvtwist.client.blocking import BlockingClient
 
+    tls, token = secure.tls, secure.token
     if where.address is not None:
         address = where.address
         timeout = NODE_TIMEOUT if seconds is None else seconds or None
-        return lambda: BlockingClient.connect(address, timeout)
+        return lambda: BlockingClient.connect(address, timeout, tls=tls, token=token)
     # kazoo reports every failed connection attempt through logging; the shell
     # reports the outcome itself, as one line.
     logging.getLogger("kazoo").addHandler(logging.NullHandler())
@@ -842,7 +888,9 @@ def _maker(where: Target, seconds: float | None) -> Callable[[], Any]:
     deadline = chain.DEFAULT_DEADLINE if seconds is None else seconds or None
 
     def make(reactor: Any) -> Any:
-        return chain.ChainClient.connect(reactor, zk_hosts, root, deadline=deadline)
+        return chain.ChainClient.connect(
+            reactor, zk_hosts, root, deadline=deadline, tls=tls, token=token
+        )
 
     description = f"the chain {root} via ZooKeeper {zk_hosts}"
     # The chain client keeps to its deadline and says what went wrong; the
@@ -893,7 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if given and (parsed is None or not parsed.command.needs_server):
         return OK if parsed is None else Shell(lambda: None, raw=ns.raw).run(parsed)
     try:
-        connect = _maker(where, ns.timeout)
+        connect = _maker(where, ns.timeout, security(ns))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE
