@@ -13,7 +13,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
+from service_identity import VerificationError
 from twisted.internet import ssl
 
 __all__ = [
@@ -33,6 +36,10 @@ EXPORTER_LABEL = b"EXPORTER-kvtwist-chain-link"
 EXPORTER_BYTES = 32
 
 
+#: What a failed TLS handshake or certificate check raises.
+TLS_ERRORS = (SSL.Error, VerificationError)
+
+
 class TLSConfigError(ValueError):
     """A certificate, key or CA file is unusable; one line for the operator."""
 
@@ -45,13 +52,17 @@ def _read(path: str, what: str) -> bytes:
         raise TLSConfigError(f"{what} {path}: {e.strerror}") from None
 
 
-def load_certificates(path: str, what: str) -> list[ssl.Certificate]:
-    """Every PEM certificate in ``path``, in order; TLSConfigError when there is none."""
+def _pem_certificates(path: str, what: str) -> list[bytes]:
     blocks = _PEM_CERT.findall(_read(path, what))
     if not blocks:
         raise TLSConfigError(f"{what} {path} holds no PEM certificate")
+    return blocks
+
+
+def load_certificates(path: str, what: str) -> list[ssl.Certificate]:
+    """Every PEM certificate in ``path``, in order; TLSConfigError when there is none."""
     try:
-        return [ssl.Certificate.loadPEM(block) for block in blocks]
+        return [ssl.Certificate.loadPEM(block) for block in _pem_certificates(path, what)]
     except crypto.Error as e:
         raise TLSConfigError(f"{what} {path}: unreadable certificate ({tls_reason(e)})") from None
 
@@ -62,17 +73,21 @@ def server_options(cert_file: str, key_file: str) -> ssl.CertificateOptions:
     Checked now, so a key that does not match the certificate stops the node
     with one line instead of failing every handshake later.
     """
-    certs = load_certificates(cert_file, "--tls-cert")
-    key_pem = _read(key_file, "--tls-key")
+    blocks = _pem_certificates(cert_file, "--tls-cert")
     try:
-        key = ssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
-    except crypto.Error as e:
-        why = tls_reason(e)
-        raise TLSConfigError(f"--tls-key {key_file}: unreadable PEM key ({why})") from None
+        certs = [x509.load_pem_x509_certificate(block) for block in blocks]
+    except ValueError as e:
+        raise TLSConfigError(f"--tls-cert {cert_file}: unreadable certificate ({e})") from None
+    try:
+        key = serialization.load_pem_private_key(_read(key_file, "--tls-key"), password=None)
+    except (ValueError, TypeError) as e:
+        raise TLSConfigError(f"--tls-key {key_file}: unreadable PEM key ({e})") from None
+    # pyOpenSSL takes cryptography's objects (its own X509 and PKey are deprecated);
+    # Twisted's annotations still name the old ones
     options = ssl.CertificateOptions(
-        privateKey=key.original,
-        certificate=certs[0].original,
-        extraCertChain=[c.original for c in certs[1:]],
+        privateKey=key,  # type: ignore[arg-type]
+        certificate=certs[0],  # type: ignore[arg-type]
+        extraCertChain=certs[1:],  # type: ignore[arg-type]
     )
     try:
         options.getContext()
@@ -134,6 +149,8 @@ def tls_reason(e: BaseException | None) -> str:
     """The first OpenSSL reason in an error (``certificate verify failed``), or its text."""
     if e is None:
         return "unknown error"
+    if isinstance(e, VerificationError):
+        return "the certificate does not name the host dialled"
     args = e.args[0] if e.args else None
     if isinstance(args, list) and args and isinstance(args[0], tuple) and len(args[0]) >= 3:
         return str(args[0][2])

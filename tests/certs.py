@@ -32,7 +32,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-class TestCA:
+class LocalCA:
     """A CA whose certificate is written to ``directory/<name>-ca.pem``."""
 
     def __init__(self, directory: Path, name: str = "test") -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred
@@ -26,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist import wire
-from kvtwist.tls import ClientTLS, tls_reason
+from kvtwist.tls import TLS_ERRORS, ClientTLS, tls_reason
 from kvtwist.wire import FramedProtocol, FrameTooLarge, Message
 
 #: Replies can be much larger than requests (GETKEYS of a big store).
@@ -108,7 +107,7 @@ class ClientProtocol(FramedProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = reason
-        if reason.check(SSL.Error):
+        if reason.check(*TLS_ERRORS):
             stage = "connection lost" if self.secured_d.called else "TLS handshake failed"
             why = f"{stage}: {tls_reason(reason.value)}"
         elif reason.check(ConnectionDone, ConnectionLost):
@@ -152,7 +151,14 @@ def endpoint(
         ep: Any = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
     else:
         ep = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    return ep if tls is None else wrapClientTLS(tls.creator(host), ep)
+    if tls is None:
+        return ep
+    try:
+        # TLS batches small writes on a clock: this reactor's, not the global one
+        # (a private reactor would otherwise never flush them)
+        return wrapClientTLS(tls.creator(host), ep, clock=reactor)
+    except TypeError:  # a Twisted whose wrapClientTLS takes no clock
+        return wrapClientTLS(tls.creator(host), ep)
 
 
 def ready(
