@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load generator for kvtwist: speaks the wire protocol to a node or a chain. "
         "It WRITES into the target: the put and mixed workloads store up to --keys keys "
         f"named {DEFAULT_KEY_PREFIX}k000000000000000 ... (see --key-prefix), overwriting "
-        "any keys of those names.",
+        "any keys of those names. It speaks plain TCP without a client token: run the "
+        "target without --tls-cert and --auth-token-file.",
         epilog="Exit status: 0 all replies fine, 1 could not run, 3 ERROR replies or "
         "requests left unanswered.",
     )
