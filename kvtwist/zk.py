@@ -281,9 +281,14 @@ class ZooKeeper:
         root: str = "/chain",
         session_timeout: float = 10.0,
         auth: str | None = None,
+        create_root: bool = True,
     ) -> None:
         """``auth`` (``USER:PASSWORD``): log in with digest auth, and create every
-        znode with :func:`digest_acl`, so only holders of it change the chain."""
+        znode with :func:`digest_acl`, so only holders of it change the chain.
+
+        ``create_root=False`` for readers (the chain client): a root they
+        created would carry no ACL, and a missing root reads as no members.
+        """
         if session_timeout <= 0:
             raise ValueError(f"session_timeout must be positive, not {session_timeout!r}")
         self._reactor = reactor
@@ -291,6 +296,7 @@ class ZooKeeper:
         self.root = validate_root(root)
         self.session_timeout = float(session_timeout)
         self.protected = auth is not None
+        self.create_root = create_root
         self._client = KazooClient(
             hosts=hosts,
             timeout=self.session_timeout,
@@ -376,6 +382,8 @@ class ZooKeeper:
     def _start_in_thread(self, timeout: float) -> bool:
         """Connect and create the root; whether a protected node found it open to writes."""
         self._client.start(timeout=timeout)
+        if not self.create_root:
+            return False
         try:
             self._client.ensure_path(self.root)
             return self.protected and open_to_writes(self._client.get_acls(self.root)[0])
@@ -456,7 +464,15 @@ class ZooKeeper:
 
     def members(self) -> Deferred[Membership]:
         """Read the current Membership once (no watch)."""
-        return self.call(self._read_membership, None)
+        return self.call(self._read_members_once)
+
+    def _read_members_once(self) -> Membership:
+        try:
+            return self._read_membership(None)
+        except NoNodeError:
+            if self.create_root:
+                raise
+            return Membership(config=-1, members=())  # a reader's root nobody made yet
 
     def _read_membership(self, watch: Callable[[Any], None] | None) -> Membership:
         """Blocking: children + cversion, then every member's data, consistently.

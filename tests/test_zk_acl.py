@@ -21,6 +21,7 @@ from twisted.trial import unittest
 
 from kvtwist import admin, wire
 from kvtwist.chain.record import ChainRecord
+from kvtwist.client.chain import ChainClient
 from kvtwist.tap import Options
 from kvtwist.zk import ZooKeeper, digest_acl, open_to_writes, parse_address
 from tests.nodes import NodeProcess, RawClient, wait_for
@@ -137,6 +138,17 @@ class AdapterACLTests(StrangerMixin, unittest.TestCase):
         yield zk.start()
         self.addCleanup(zk.stop)
         self.assertEqual(len(warnings), 1)
+
+    @inlineCallbacks
+    def test_chain_client_creates_nothing(self) -> Generator[Deferred[Any], Any, None]:
+        """The chain client only reads: on a root no node made yet it finds no members and
+        leaves the root to the first node (which gives it the ACL)."""
+        client = yield ChainClient.connect(reactor, self.zk.hosts, self.root, deadline=5)
+        self.addCleanup(client.close)
+        assert client.view is not None
+        self.assertEqual(len(client.view), 0)
+        exists = yield deferToThread(self.stranger.exists, self.root)
+        self.assertIsNone(exists)
 
     @inlineCallbacks
     def test_without_auth_open(self) -> Generator[Deferred[Any], Any, None]:

@@ -72,10 +72,11 @@ class ChainClient(Client):
     ) -> Deferred[ChainClient]:
         """Connect to ZooKeeper and read the membership, giving up after ``deadline``.
 
-        It only reads ZooKeeper, so it needs no ZooKeeper credentials even
-        where nodes protect the chain's znodes (``--zk-auth``).
+        It only reads ZooKeeper (it does not even create the root), so it
+        needs no ZooKeeper credentials where nodes protect the chain's znodes
+        (``--zk-auth``).
         """
-        zk = ZooKeeper(reactor, hosts, root, session_timeout)
+        zk = ZooKeeper(reactor, hosts, root, session_timeout, create_root=False)
         client = cls(reactor, zk, deadline, tls=tls, token=token)
         client._own_zk = True
 
