@@ -21,6 +21,8 @@ from kvtwist.client.api import DirectClient
 from kvtwist.client.blocking import BlockingClient
 from kvtwist.client.chain import ChainClient
 from kvtwist.client.protocol import ConnectionFailed
+from kvtwist.client.shell import UsageError as ShellUsageError
+from kvtwist.client.shell import build_parser, security, split_argv
 from kvtwist.tap import Options
 from tests.certs import LocalCA
 from tests.nodes import ROOT, NodeProcess, RawClient, wait_for
@@ -92,6 +94,30 @@ class OptionTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as cm:
             Options().parseOptions(["--tls-cert", self.node.cert, "--tls-key", missing])
         self.assertIn("missing.pem", str(cm.exception))
+
+
+class ShellOptionTests(SynchronousTestCase):
+    def test_option_values_are_not_commands(self) -> None:
+        """--tls-ca and --token-file take the next word; the command starts after them."""
+        options, words = split_argv(["--tls-ca", "ca.pem", "--token-file", "t", "get", "a"])
+        self.assertEqual(words, ["get", "a"])
+        ns = build_parser().parse_args(options)
+        self.assertEqual((ns.tls_ca, ns.token_file, ns.tls), ("ca.pem", "t", False))
+
+    def test_unusable_ca_file(self) -> None:
+        """A CA file without a certificate is a usage error naming --tls-ca."""
+        path = temp_dir(self) / "empty.pem"
+        path.write_bytes(b"")
+        ns = build_parser().parse_args(["--tls-ca", str(path)])
+        with self.assertRaises(ShellUsageError) as cm:
+            security(ns)
+        self.assertIn("--tls-ca", str(cm.exception))
+        self.assertIn("no PEM certificate", str(cm.exception))
+
+    def test_plain_by_default(self) -> None:
+        """Without the options the shell speaks plain TCP and sends no token."""
+        ns = build_parser().parse_args([])
+        self.assertEqual((security(ns).tls, security(ns).token), (None, None))
 
 
 class BindingStateTests(SynchronousTestCase):
