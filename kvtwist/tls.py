@@ -153,5 +153,12 @@ def tls_reason(e: BaseException | None) -> str:
         return "the certificate does not name the host dialled"
     args = e.args[0] if e.args else None
     if isinstance(args, list) and args and isinstance(args[0], tuple) and len(args[0]) >= 3:
-        return str(args[0][2])
+        reason = str(args[0][2])
+        if reason in _NOT_TLS:
+            reason += " (the node does not seem to speak TLS)"
+        return reason
     return str(e) or type(e).__name__
+
+
+#: What OpenSSL says when the other end answers in plain frames.
+_NOT_TLS = frozenset({"wrong version number", "packet length too long", "record layer failure"})

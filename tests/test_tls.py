@@ -301,6 +301,19 @@ class NodeTLSTests(SynchronousTestCase):
         self.assertIn("certificate verify failed", r.stderr.decode())
 
 
+class PlainNodeTests(SynchronousTestCase):
+    def test_tls_client_against_plain_node(self) -> None:
+        """A TLS client meeting a plain node fails to connect, saying the node is not TLS."""
+        ca = LocalCA(temp_dir(self))
+        node = NodeProcess(args=["--in-memory"]).start()
+        self.addCleanup(node.cleanup)
+        with self.assertRaises(ConnectionFailed) as cm:
+            BlockingClient.connect(
+                node.address, 10, reactor=private_reactor(), tls=tls.ClientTLS(ca.path)
+            )
+        self.assertIn("does not seem to speak TLS", str(cm.exception))
+
+
 class ChainTLSTests(SynchronousTestCase):
     """A chain of two real nodes with TLS, a cluster key and a client token."""
 
