@@ -32,7 +32,7 @@ from kvtwist.chain.replica import NotHere, ReadView, Replica, Unavailable
 from kvtwist.client.protocol import ConnectionPool
 from kvtwist.proto.kvtwist_pb2 import OpStats
 from kvtwist.proto.kvtwist_pb2 import Stats as StatsMsg
-from kvtwist.tls import channel_binding
+from kvtwist.tls import TLS_ERRORS, channel_binding, tls_reason
 from kvtwist.tree import AVLTree
 from kvtwist.wire import FramedProtocol, Message
 
@@ -180,6 +180,15 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self.resume("chain")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(*TLS_ERRORS) and self.link is None and not self.authenticated:
+            left_out = self.factory.tls_refusals.allow()
+            if left_out is not None:
+                log.info(
+                    "{peer}: TLS handshake failed ({why}): a plain client?{more}",
+                    peer=self.peerName(),
+                    why=tls_reason(reason.value),
+                    more=f" ({left_out} more not logged)" if left_out else "",
+                )
         self.factory.connections.discard(self)
         self.factory.reserved.discard(self)
         self._closing = True
@@ -501,6 +510,7 @@ class NodeFactory(Factory):
         self.refusals = LogLimiter(now=reactor.seconds)
         self.token = token  # clients must show it first (--auth-token-file)
         self.token_refusals = LogLimiter(now=reactor.seconds)
+        self.tls_refusals = LogLimiter(now=reactor.seconds)
         self.metrics = Metrics()
         # requests relayed to the head or tail go to the port the links use:
         # the same TLS, and this node's token (members share it)

@@ -273,6 +273,7 @@ class NodeTLSTests(SynchronousTestCase):
         kv = self.client(None)
         with self.assertRaises(ConnectionFailed):
             kv.size()
+        wait_for(lambda: "TLS handshake failed" in self.node.log(), 10, "the refusal logged")
 
     def test_other_ca_refused(self) -> None:
         """A client that trusts another CA (or only the system's) does not connect."""
