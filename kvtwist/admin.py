@@ -1,10 +1,13 @@
-"""``kvtwist-admin``: look at a chain's record, and restart an empty chain on purpose.
+"""``kvtwist-admin``: look at a chain's record, restart an empty chain on purpose,
+copy a store.
 
 ``status`` prints the chain record (epoch, last configuration), the current
 members and the nodes waiting to restart an empty chain.  ``force-start``
 accepts the loss of whatever the last configuration's members held and lets
 one waiting node (the one with the most ops, or the one named) restart the
-chain from its own copy.
+chain from its own copy.  ``copy`` copies every key and value from a running
+node or chain -- kvtwist or the original C system -- into another
+(docs/migrating.md).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoAuthError, NoNodeError
@@ -103,6 +108,74 @@ def force_start(zk: KazooClient, root: str, node_id: str | None) -> int:
     return 0
 
 
+def open_store(spec: str, timeout: float) -> Any:
+    """A blocking client of ``HOST:PORT`` (one node) or ``zk://HOSTS/ROOT`` (a chain)."""
+    from kvtwist.client.blocking import BlockingClient
+    from kvtwist.client.chain import ChainClient
+
+    if spec.startswith("zk://"):
+        hosts, slash, root = spec[len("zk://") :].partition("/")
+        root = validate_root("/" + root if slash else "/chain")
+
+        def make(reactor: Any) -> Any:
+            return ChainClient.connect(reactor, hosts, root, deadline=timeout)
+
+        return BlockingClient(make, timeout=timeout, description=spec)
+    return BlockingClient.connect(spec, timeout=timeout)
+
+
+def copy_keys(src: Any, dst: Any, page: int = 1000) -> tuple[int, int]:
+    """Copy every key; returns (copied, vanished meanwhile).
+
+    GETKEYS then GET per key works against the original C servers too; a store
+    too big for one listing (kvtwist's --max-reply) is read page by page with
+    RANGE instead.
+    """
+    from kvtwist.client.protocol import KVError
+
+    copied = vanished = 0
+    try:
+        keys = src.keys()
+    except KVError as e:
+        if "RANGE" not in e.reason:
+            raise
+        start: str | None = None
+        while True:
+            try:
+                rows = src.range(start, None, page)
+            except KVError as e:
+                if "RANGE" not in e.reason or page == 1:
+                    raise
+                page = max(1, page // 4)  # the page is too big for the reply limit
+                continue
+            for key, value in rows:
+                dst.put(key, value)
+                copied += 1
+            if len(rows) < page:
+                return copied, vanished
+            start = rows[-1][0] + "\x00"
+    for key in keys:
+        value = src.get(key)
+        if value is None:
+            vanished += 1  # deleted since the listing
+            continue
+        dst.put(key, value)
+        copied += 1
+    return copied, vanished
+
+
+def copy(source: str, target: str, timeout: float) -> int:
+    with open_store(source, timeout) as src, open_store(target, timeout) as dst:
+        started = time.monotonic()
+        copied, vanished = copy_keys(src, dst)
+        seconds = time.monotonic() - started
+    print(
+        f"copied {copied} keys from {source} to {target} in {seconds:.1f}s"
+        + (f" ({vanished} deleted at the source meanwhile)" if vanished else "")
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvtwist-admin", description=__doc__.split("\n")[0])
     parser.add_argument("--zk", default="127.0.0.1:2181", help="ZooKeeper hosts")
@@ -117,7 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="the chain record, members and waiting nodes")
     force = sub.add_parser("force-start", help="let a waiting node restart an empty chain")
     force.add_argument("node_id", nargs="?", help="the node (default: the one with most ops)")
+    cp = sub.add_parser("copy", help="copy every key and value from one store into another")
+    cp.add_argument("source", help="HOST:PORT of a node, or zk://HOSTS/ROOT of a chain")
+    cp.add_argument("target", help="HOST:PORT of a node, or zk://HOSTS/ROOT of a chain")
+    cp.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     args = parser.parse_args(argv)
+    if args.command == "copy":
+        from kvtwist.client.protocol import ConnectionFailed, KVError
+
+        try:
+            return copy(args.source, args.target, args.timeout)
+        except (ConnectionFailed, KVError, ValueError) as e:
+            print(f"kvtwist-admin: {e}", file=sys.stderr)
+            return 1
     try:
         root = validate_root(args.zk_root)
         acl = digest_acl(args.zk_auth) if args.zk_auth is not None else None

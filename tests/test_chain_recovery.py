@@ -62,6 +62,9 @@ class RecordTests(SynchronousTestCase):
         """Only a member of the last configuration, or the forced node, restarts an empty chain."""
         r = ChainRecord.decode(ChainRecord().with_view(self.view("node1")).encode(), 0)
         self.assertTrue(may_start(ChainRecord(), None, "id"), "a fresh chain starts anywhere")
+        self.assertFalse(
+            may_start(ChainRecord(), None, "id", config=7), "a used root without a record"
+        )
         self.assertTrue(may_start(r, "node1", "id"))
         self.assertFalse(may_start(r, "node2", "id"))
         self.assertFalse(may_start(r, None, "id"))
@@ -290,3 +293,17 @@ class StalledJoinerTests(SynchronousTestCase):
         real_register(address, version).chainDeferred(d)
         self.assertEqual([m.name for m in net.registry.members], [a.name, t.name])
         self.assertNotEqual(j.replica.status, "member")
+
+    def test_root_used_by_foreign_nodes_is_not_restarted_empty(self) -> None:
+        """A root that has had members but has no chain record (the original C servers
+        used it) is not restarted from an empty copy: the node waits for an operator."""
+        net = Net()
+        net.registry.add("10.0.0.9:9999")  # an original C server came and went
+        net.registry.remove(net.registry.members[0].name)
+        n = Node(net, 9000)
+        net.nodes[9000] = n
+        n.replica.join()
+        net.settle()
+        self.assertEqual(n.replica.status, "waiting")
+        self.assertEqual(net.registry.members, [])
+        self.assertIn("foreign", n.replica.life.why)

@@ -241,3 +241,33 @@ class ChainDurabilityTests(ChainCase):
         self.nodes.append(back)
         wait_for(lambda: len(self.member_ports()) == 2, 60, "both to form the chain")
         self.assert_converged([back, old], acks)
+
+    def test_operator_forces_a_restart_from_an_older_copy(self) -> None:
+        """When no node of the last configuration comes back, ``kvtwist-admin force-start``
+        lets a waiting node restart the chain from its own (older) copy."""
+        a, b = self.chain(2)
+        w, out = self.start_writer()
+        self.wait_acks(out, 10)
+        b.stop()
+        self.wait_acks(out, len(self.acked(out)) + 10)
+        self.stop_writer(w, out)
+        a.signal(signal.SIGKILL)
+        wait_exit(a)  # a, the only member of the last configuration, never comes back
+        wait_for(lambda: self.member_ports() == [], 30, "the chain to empty")
+        old = restart(b)
+        self.nodes.append(old)
+        wait_for(lambda: "waiting for a node of" in old.log(), 30, "the old node to wait")
+        admin = str(Path(TWISTD).parent / "kvtwist-admin")
+        forced = subprocess.run(
+            [admin, "--zk", self.zk.hosts, "--zk-root", self.root, "force-start"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        self.assertEqual(forced.returncode, 0, forced.stderr)
+        self.assertIn(f"127.0.0.1:{old.port}", forced.stdout)
+        wait_for(lambda: self.member_ports() == [old.port], 30, "the forced node to start")
+        with RawClient(old.port) as c:
+            [reply] = c.call(wire.req_put("after", b"forced"))
+        self.assertEqual(reply.opcode, wire.OP_PUT + 1, reply.error)
+

@@ -57,7 +57,6 @@ def history_of(marks: Any) -> EpochHistory:
 
 
 class JoiningReplica(LinkedReplica):
-
     def _set_backlog(self, backlog: list[Update] | None) -> None:
         self._join_backlog = backlog
         self.backlog_bytes = sum(update_size(u) for u in backlog or ())
@@ -249,10 +248,8 @@ class JoiningReplica(LinkedReplica):
             if tail.address is None:
                 raise RuntimeError(f"tail {tail.name} has no usable address")
             return self._transfer_from(tail, view)
-        if may_start(self.record, self.store.meta.get("name"), self.store.node_id):
-            log.info(
-                "the chain is empty; starting it from our copy (op {n})", n=self.last_received
-            )
+        if may_start(self.record, self.store.meta.get("name"), self.store.node_id, view.config):
+            log.info("the chain is empty; starting it from our copy (op {n})", n=self.last_received)
             return self._register(gen)
         self._wait_for_members(gen)
         return None
@@ -424,7 +421,11 @@ class JoiningReplica(LinkedReplica):
     # waiting for the last configuration
 
     def _wait_for_members(self, gen: int) -> None:
-        names = self.record.describe()
+        names = (
+            self.record.describe()
+            if self.record.version >= 0
+            else "a chain that had members but keeps no kvtwist record (older or foreign nodes)"
+        )
         self.life.to(State.WAITING, f"the chain is empty; waiting for a node of {names}")
         gen = self.life.generation
         log.warn(
@@ -456,7 +457,8 @@ class JoiningReplica(LinkedReplica):
                 return
             view, (data, version) = found
             record = ChainRecord.decode(data, version)
-            if view.members or may_start(record, self.store.meta.get("name"), self.store.node_id):
+            last = self.store.meta.get("name")
+            if view.members or may_start(record, last, self.store.node_id, view.config):
                 self._stop_waiting()
                 self.join()
             else:

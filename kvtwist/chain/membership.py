@@ -37,7 +37,6 @@ def _fmt(address: tuple[str, int] | None) -> str:
 
 
 class MembershipReplica(ReplicaCore):
-
     def set_view(self, view: Any) -> None:
         """A new chain configuration from ZooKeeper."""
         if self.view is not None and view.config < self.view.config:

@@ -92,9 +92,16 @@ def matches(record: ChainRecord, view: Any) -> bool:
     return record.version >= 0 and record.names == frozenset(m.name for m in view.members)
 
 
-def may_start(record: ChainRecord, last_name: str | None, node_id: str) -> bool:
-    """May this node start an empty chain from its own copy?"""
-    if record.version < 0 or not record.members and not record.force:
+def may_start(record: ChainRecord, last_name: str | None, node_id: str, config: int = 0) -> bool:
+    """May this node start an empty chain from its own copy?
+
+    ``config`` is the root's child version: a root that has had members but has
+    no record was used by something else (the original C servers, say), whose
+    data this node does not hold, so only an operator may restart it.
+    """
+    if record.version < 0:
+        return config <= 0  # a brand-new chain
+    if not record.members and not record.force:
         return True  # a chain that never committed anything
     if record.force:
         return record.force == node_id

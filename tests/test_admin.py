@@ -1,0 +1,55 @@
+"""``kvtwist-admin copy`` between real nodes and chains (the migration path of
+docs/migrating.md)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from kvtwist import wire
+from tests.nodes import TWISTD, NodeProcess, RawClient, dump, wait_for
+from tests.test_chain import ChainCase
+
+ADMIN = str(Path(TWISTD).parent / "kvtwist-admin")
+
+
+def fill(port: int, n: int) -> None:
+    with RawClient(port) as c:
+        replies = c.call(*[wire.req_put(f"user:{i:04d}:é", f"v{i}".encode()) for i in range(n)])
+    assert all(r.opcode == wire.OP_PUT + 1 for r in replies)
+
+
+class CopyTests(ChainCase):
+    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ADMIN, *args], capture_output=True, text=True, timeout=120)
+
+    def test_copy_node_into_chain(self) -> None:
+        """Every key and value of a standalone node ends up in a chain, on every member."""
+        src = NodeProcess(args=["--in-memory"]).start()
+        self.nodes.append(src)
+        fill(src.port, 300)
+        chain = self.chain(2)
+        done = self.admin("copy", f"127.0.0.1:{src.port}", f"zk://{self.zk.hosts}{self.root}")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("copied 300 keys", done.stdout)
+        expected = dump(src.port)
+        for n in chain:
+            self.assertEqual(wait_for(lambda n=n: dump(n.port), 10, "a copy"), expected)
+
+    def test_copy_pages_a_store_too_big_for_one_listing(self) -> None:
+        """A source whose key listing exceeds its reply limit is read with RANGE pages."""
+        src = NodeProcess(args=["--in-memory", "--max-reply", "2048"]).start()
+        dst = NodeProcess(args=["--in-memory"]).start()
+        self.nodes += [src, dst]
+        fill(src.port, 500)
+        with RawClient(src.port) as c:
+            self.assertEqual(c.one(wire.req_getkeys()).opcode, wire.OP_ERROR)
+        done = self.admin("copy", f"127.0.0.1:{src.port}", f"127.0.0.1:{dst.port}")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(len(dump(dst.port) or []), 500)
+
+    def test_unreachable_source_is_one_line(self) -> None:
+        """A source that cannot be reached is one line on stderr and exit status 1."""
+        done = self.admin("copy", "127.0.0.1:1", "127.0.0.1:2", "--timeout", "3")
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(len(done.stderr.strip().splitlines()), 1, done.stderr)
