@@ -33,10 +33,10 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import connectProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kvtwist.chain.auth import LogLimiter
 from kvtwist.chain.dedup import DedupTable
 from kvtwist.chain.epochs import EpochHistory
 from kvtwist.chain.lifecycle import Lifecycle, State
@@ -44,7 +44,7 @@ from kvtwist.chain.link import Link, Side
 from kvtwist.chain.outcomes import NotHere, ReadView, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.transfer import SnapshotReceiver
-from kvtwist.client.protocol import endpoint
+from kvtwist.client.protocol import connect_quietly, endpoint
 from kvtwist.proto.kvtwist_pb2 import SnapshotChunk, Update
 from kvtwist.store import Applied, Store, Write
 from kvtwist.tree import AVLTree
@@ -123,6 +123,7 @@ class ReplicaCore:
         self._fixing = False
         self._record_config = -1  # the view config the record was last confirmed for
         self._succ_down_since: float | None = None
+        self._unreachable_log = LogLimiter(5.0, lambda: float(self.reactor.seconds()))
         # joining (kvtwist.chain.joining)
         self._join_backlog: list[Update] | None = None
         self.backlog_bytes = 0  # of the joiner's backlog, bounded with the Sent list
@@ -153,7 +154,7 @@ class ReplicaCore:
 
     def connect(self, host: str, port: int, protocol: FramedProtocol) -> Deferred[Any]:
         """Open a link to a peer; replaced by in-memory wiring in unit tests."""
-        return connectProtocol(
+        return connect_quietly(
             endpoint(self.reactor, host, port, timeout=5, tls=self.link_tls), protocol
         )
 

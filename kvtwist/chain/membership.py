@@ -249,7 +249,14 @@ class MembershipReplica(ReplicaCore):
                 link.hello(self.name, self.view.config, self.address, self.committed_seq)
 
         def failed(f: Failure) -> None:
-            log.warn("cannot reach successor {peer}: {e}", peer=member.name, e=f.getErrorMessage())
+            left_out = self._unreachable_log.allow()
+            if left_out is not None:
+                log.warn(
+                    "cannot reach successor {peer}: {e}{more}",
+                    peer=member.name,
+                    e=f.getErrorMessage(),
+                    more=f" ({left_out} more attempts failed)" if left_out else "",
+                )
             self._relink_later(link, gen)
 
         self.connect(host, port, conn).addCallbacks(connected, failed)

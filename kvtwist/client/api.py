@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IReactorTCP
 from twisted.python.failure import Failure
 
@@ -25,6 +24,7 @@ from kvtwist.client.protocol import (
     KVError,
     check,
     connect_failed,
+    connect_quietly,
     endpoint,
     ready,
 )
@@ -184,7 +184,7 @@ class DirectClient(Client):
         certificate is not accepted, KVError when it refuses the token.
         """
         ep = endpoint(reactor, host, port, 30.0 if timeout is None else timeout, tls)
-        d: Deferred[Any] = connectProtocol(ep, ClientProtocol())
+        d: Deferred[Any] = connect_quietly(ep, ClientProtocol())
 
         def failed(f: Failure) -> Failure:
             if f.check(ConnectionFailed, KVError):

@@ -15,12 +15,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
-    connectProtocol,
     wrapClientTLS,
 )
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -143,6 +142,24 @@ def connect_failed(target: tuple[str, int], f: Failure) -> ConnectionFailed:
     return ConnectionFailed(f"cannot connect to {where}: {reason}")
 
 
+class _Quiet(Factory):
+    """A factory for one outgoing connection that does not log "Starting factory"
+    and "Stopping factory" for every (re)connection attempt."""
+
+    noisy = False
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.protocol_instance
+
+
+def connect_quietly(ep: Any, protocol: Any) -> Deferred[Any]:
+    """``connectProtocol``, without two log lines per attempt."""
+    return ep.connect(_Quiet(protocol))
+
+
 def endpoint(
     reactor: Any, host: str, port: int, timeout: float, tls: ClientTLS | None = None
 ) -> Any:
@@ -226,7 +243,7 @@ class ConnectionPool:
         self._connecting[target] = [d]
         proto = ClientProtocol()
         ep = endpoint(self.reactor, target[0], target[1], self.timeout, self.tls)
-        connected = connectProtocol(ep, proto)
+        connected = connect_quietly(ep, proto)
         connected.addErrback(lambda f: Failure(connect_failed(target, f)))
         connected.addCallback(ready, self.tls, self.token)
         connected.addCallbacks(

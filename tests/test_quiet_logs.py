@@ -1,0 +1,30 @@
+"""Reconnection attempts do not fill the node's log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial import unittest
+
+from kvtwist.client.protocol import ClientProtocol, connect_quietly
+from kvtwist.procs import free_port
+
+
+class QuietConnectTests(unittest.TestCase):
+    def test_failed_attempts_log_no_factory_lines(self) -> None:
+        """A refused connection logs neither "Starting factory" nor "Stopping factory"."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        ep = TCP4ClientEndpoint(reactor, "127.0.0.1", free_port(), timeout=5)
+        d = self.assertFailure(connect_quietly(ep, ClientProtocol()), ConnectionRefusedError)
+
+        def check(_: Any) -> None:
+            lines = [formatEvent(e) for e in events]
+            self.assertEqual([x for x in lines if "factory" in x.lower()], [])
+
+        return d.addCallback(check)
