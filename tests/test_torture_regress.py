@@ -143,3 +143,29 @@ class JoinRaces(SynchronousTestCase):
 def _settled(net: Net, d: Any) -> Any:
     net.settle()
     return d
+
+
+class AdoptedJoinerTests(SynchronousTestCase):
+    def test_joiner_acks_before_it_learns_its_name(self) -> None:
+        """The old tail adopts the joiner's link on seeing its znode before the joiner has
+        its registration reply: the joiner's acknowledgements, still unsigned, must not
+        make the old tail refuse the link (found by the fault campaigns)."""
+        net = Net()
+        (a,) = net.chain(1)
+        zk = Controlled(net)
+        b = new_node(net)
+        zk.control(b)
+        b.replica.join()
+        pump(net)
+        self.assertEqual(len(zk.registrations), 1)
+        zk.deliver(a)  # a adopts b's link; b does not know its name yet
+        pump(net)
+        w = a.write("k", b"v")
+        pump(net)
+        self.assertFalse(a.replica.succ is None or a.replica.succ.closed, "a refused b")
+        self.assertEqual(self.successResultOf(w).op_n, 1)
+        zk.reply_register()
+        zk.deliver(b)
+        net.settle()
+        self.assertEqual(b.replica.role, "tail")
+        self.assertEqual(b.state(), a.state())

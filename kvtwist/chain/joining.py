@@ -399,6 +399,9 @@ class JoiningReplica(LinkedReplica):
                 log.info("dropping {name}, registered by an abandoned join", name=name)
                 return self.zk.unregister(name)
             self.name = name
+            for link in (self.pred, self.succ):
+                if link is not None:
+                    self._stamp(link)  # our acknowledgements carry our name from now on
             self._want_full = False
             self._rejoin_delay = 0.5
             log.info("joined the chain as {name} at op {n}", name=name, n=self.last_received)

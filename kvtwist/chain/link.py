@@ -106,6 +106,7 @@ class Link:
         self.ready = False  # hello exchanged
         self.closed = False
         self.joining = False  # a state transfer runs on this link
+        self.joined = False  # it began as a joiner's link, adopted as our successor's
         self.on_dead: Callable[[Link], None] | None = None  # called when a timeout kills it
         # who we are on this link, stamped on every batch of updates
         self.local_name = ""

@@ -38,8 +38,11 @@ class LinkedReplica(MembershipReplica):
             if op == wire.OP_CHAIN_HELLO:
                 self._successor_hello(link, msg.hello)
             elif op == wire.OP_CHAIN_ACK:
+                # a joiner signs with its znode name once it knows it; until its
+                # registration reply arrives it may still send an empty one
+                expected = {link.peer, ""} if link.joined else {link.peer}
                 if link is not self.succ or (
-                    not link.peer.startswith("join:") and msg.hello.sender != link.peer
+                    not link.peer.startswith("join:") and msg.hello.sender not in expected
                 ):
                     link.refuse("acknowledgements accepted only from the current successor")
                     return

@@ -90,6 +90,7 @@ class MembershipReplica(ReplicaCore):
                 assert self.succ is not None
                 self.succ.peer = succ.name
                 self.succ.joining = False
+                self.succ.joined = True
                 self.succ.hello(self.name, view.config, self.address, self.committed_seq)
             else:
                 if self.succ is not None:
