@@ -314,7 +314,9 @@ class WatchdogService(service.Service):
 
     def __init__(self, reactor: Any, chain: ChainService, session_timeout: float) -> None:
         self.chain = chain
-        self.watchdog = ReactorWatchdog(reactor, session_timeout / 2, self._drop, self._resume)
+        # three quarters: a loaded machine may stall a reactor for a second now and
+        # then, and leaving the chain for that costs a rejoin
+        self.watchdog = ReactorWatchdog(reactor, session_timeout * 0.75, self._drop, self._resume)
 
     def _drop(self) -> None:
         zk = self.chain.zk
