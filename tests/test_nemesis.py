@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,7 +23,7 @@ from kvtwist import wire
 from kvtwist.verify import stranger
 from kvtwist.verify.nemesis import KINDS, available_kinds, default_kinds, parse_kinds
 from kvtwist.verify.proxy import CLIENT, Proxy, socket_owner
-from kvtwist.verify.torture import longest_stall
+from kvtwist.verify.torture import longest_stall, storage_and_key_args, write_key
 from kvtwist.verify.workload import BIG_MIN, big_value, value_text
 from tests.test_verify import delete, get, put
 
@@ -214,3 +216,22 @@ class Stranger(SynchronousTestCase):
                 got, _ = stranger.attempt(port, [stranger.forged(wire.OP_CHAIN_JOIN, "", 1)])
                 t.join(5)
             self.assertEqual(got, verdict)
+
+
+class NodeArguments(SynchronousTestCase):
+    def test_own_data_directory_and_key(self) -> None:
+        """Each node gets its own data directory and the key; an old build gets neither."""
+        key = Path(self.mktemp())
+        new = frozenset({"zk", "data-dir", "cluster-key-file"})
+        args = storage_and_key_args(Path("/r/nodes/n2"), new, key)
+        self.assertEqual(args, ["--data-dir", "/r/nodes/n2/data", "--cluster-key-file", str(key)])
+        self.assertEqual(storage_and_key_args(Path("/r/nodes/n2"), frozenset({"zk"}), key), [])
+
+    def test_key_readable_by_owner_only(self) -> None:
+        """The key file is mode 600 and holds 32 random bytes in hex; never overwritten."""
+        self.addCleanup(os.umask, os.umask(0o022))  # a common umask that would leave 644
+        path = write_key(Path(self.mktemp()))
+        self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+        self.assertRegex(path.read_text(), r"^[0-9a-f]{64}\n$")
+        with self.assertRaises(FileExistsError):
+            write_key(path)

@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import random
 import secrets
 import shutil
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -110,7 +112,8 @@ class Campaign:
         self.kinds = kinds
         self.options = options
         self.rng = random.Random(args.seed)
-        self.report_dir = Path(args.report)
+        # absolute: every node runs in its own directory, and its paths must still resolve
+        self.report_dir = Path(args.report).resolve()
         self.session_timeout = float(args.session_timeout)
         self.keys = int(args.keys)
         self.seed = int(args.seed)
@@ -123,6 +126,7 @@ class Campaign:
         self.stranger_results: list[dict[str, Any]] = []
         self.unexpected_exits: list[str] = []
         self.epoch = time.monotonic()
+        self.epoch_wall = time.time()
         self.replace_at = 0.0
         self.last_event = ""
         self.history_path = self.report_dir / "history.jsonl"
@@ -235,10 +239,7 @@ class Campaign:
             zk_hosts = f"127.0.0.1:{self.proxy.route(f'{label}-zk', self.zk.port)}"
             extra += ["--advertise", f"127.0.0.1:{advertised}"]
         directory = self.report_dir / "nodes" / label
-        if "data-dir" in self.options:
-            extra += ["--data-dir", str(directory / "data")]
-        if self.key_file is not None:
-            extra += ["--cluster-key-file", str(self.key_file)]
+        extra += storage_and_key_args(directory, self.options, self.key_file)
         proc = NodeProcess.member(
             zk_hosts, ROOT, self.session_timeout, directory, port=port, extra_args=extra
         )
@@ -296,6 +297,7 @@ class Campaign:
         assert self.zk is not None
         a = self.args
         self.epoch = time.monotonic()
+        self.epoch_wall = time.time()
         command = [
             sys.executable,
             "-m",
@@ -518,9 +520,7 @@ class Campaign:
             if any(k in PROXY_KINDS for k in self.kinds):
                 self.proxy = ProxyControl(self.report_dir / "proxy.log")
             if "cluster-key-file" in self.options:
-                self.key_file = self.report_dir / "cluster.key"
-                self.key_file.write_text(secrets.token_hex(32) + "\n")
-                self.key_file.chmod(0o600)
+                self.key_file = write_key(self.report_dir / "cluster.key")
             self.kazoo = KazooClient(self.zk.hosts, timeout=10)
             self.kazoo.start(15)
             self.say(
@@ -615,6 +615,8 @@ class Campaign:
         stall, stall_at = longest_stall(client_ops)
         unavailable, unavailable_at = longest_stall(client_ops, writes_only=True)
         stranger_accepted = sum(int(r.get("accepted", 0)) for r in self.stranger_results)
+        # a node we left running that the chain does not list never came back
+        outside = [n.label for n in self.nodes if n.state == "running" and n.label not in copies]
         live = bool(liveness["live"])
         ok = (
             live
@@ -669,6 +671,8 @@ class Campaign:
             ),
             "nodes_started": len(self.nodes),
             "final_members": list(copies),
+            "running_outside_chain": outside,
+            "time_zero_utc": datetime.fromtimestamp(self.epoch_wall, UTC).isoformat(),
             "final_state_from": list(copies)[-1] if copies else None,
             "events": self.events,
         }
@@ -738,6 +742,8 @@ class Campaign:
             problems.append(f"{len(lost)} acknowledged writes missing{where}")
         if not identical:
             problems.append("nodes differ" if is_settled else "the chain did not settle")
+        if outside:
+            problems.append(f"running but not in the chain: {', '.join(outside)}")
         if self.unexpected_exits:
             problems.append(f"nodes exited by themselves: {', '.join(self.unexpected_exits)}")
         if stranger_accepted:
@@ -778,6 +784,30 @@ class Campaign:
             with contextlib.suppress(Exception):
                 (self.report_dir / "zookeeper.log").write_text(self.zk.log_tail(100_000))
             self.zk.stop()
+
+
+def storage_and_key_args(
+    directory: Path, options: frozenset[str], key_file: Path | None
+) -> list[str]:
+    """A node's own data directory (kept across its crash-restarts) and the cluster key.
+
+    Only what this node build takes: an older one runs without either.
+    """
+    args: list[str] = []
+    if "data-dir" in options:
+        args += ["--data-dir", str(directory / "data")]
+    if key_file is not None and "cluster-key-file" in options:
+        args += ["--cluster-key-file", str(key_file)]
+    return args
+
+
+def write_key(path: Path) -> Path:
+    """A fresh cluster key, readable by its owner only from the moment the file exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return path
 
 
 def longest_stall(ops: list[Op], writes_only: bool = False) -> tuple[float, float]:
