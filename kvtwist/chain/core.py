@@ -41,7 +41,7 @@ from kvtwist.chain.dedup import DedupTable
 from kvtwist.chain.epochs import EpochHistory
 from kvtwist.chain.lifecycle import Lifecycle, State
 from kvtwist.chain.link import Link, Side
-from kvtwist.chain.outcomes import NotHere, ReadView, Unavailable, WriteResult
+from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.transfer import SnapshotReceiver
 from kvtwist.client.protocol import connect_quietly, endpoint
@@ -52,8 +52,6 @@ from kvtwist.wire import FramedProtocol, Message
 
 log = Logger(namespace="kvtwist.chain")
 
-#: How long a read may wait for this node to become a serving tail.
-READ_WAIT = 5.0
 #: Bytes of uncommitted writes (the Sent list) beyond which client intake pauses.
 MAX_SENT_BYTES = 256 * 1024 * 1024
 #: Committed writes kept in memory so that a node that was away briefly can
@@ -406,66 +404,6 @@ class ReplicaCore:
         if self.congested:
             self._update_congestion()
 
-    # reads
-
-    def serving_view(self) -> ReadView | None:
-        """The committed state if this node serves reads now; None if it should wait.
-
-        Raises NotHere or Unavailable when the read belongs elsewhere.
-        """
-        self._check_member()
-        if not self.is_tail:
-            raise NotHere("tail", self.tail_address())
-        if self.serving_reads:
-            return ReadView(self.committed_tree, self.committed_seq)
-        return None
-
-    def read_view(self, allow_wait: bool = True) -> Deferred[ReadView]:
-        """The committed state, when this node is the serving tail."""
-        try:
-            self._check_member()
-            if not self.is_tail:
-                raise NotHere("tail", self.tail_address())
-        except Exception as e:
-            return defer.fail(e)
-        if self.serving_reads:
-            return defer.succeed(ReadView(self.committed_tree, self.committed_seq))
-        if not allow_wait:
-            return defer.fail(Unavailable("tail is not ready to serve reads"))
-        return self._wait_ready().addCallback(lambda _: self.read_view(allow_wait=False))
-
-    def _wait_ready(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._ready_waiters.append(d)
-        timeout = self.reactor.callLater(
-            READ_WAIT,
-            lambda: (
-                None if d.called else d.errback(Unavailable("timed out waiting to serve reads"))
-            ),
-        )
-        poll = self.reactor.callLater(0.05, self._poll_ready)
-
-        def done(r: Any) -> Any:
-            for call in (timeout, poll):
-                if call.active():
-                    call.cancel()
-            return r
-
-        return d.addBoth(done)
-
-    def _poll_ready(self) -> None:
-        """Readiness also depends on the lease, which changes with time: look again."""
-        if self.serving_reads or self.fenced or not self.is_tail:
-            self._wake_readers()
-        elif self._ready_waiters:
-            self.reactor.callLater(0.05, self._poll_ready)
-
-    def _wake_readers(self) -> None:
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for d in waiters:
-            if not d.called:
-                d.callback(None)
-
     # leaving
 
     def fence(self, why: str, voluntary: bool = True) -> None:
@@ -519,6 +457,9 @@ class ReplicaCore:
         raise NotImplementedError
 
     def chain_message(self, link: Link, msg: Message) -> None:
+        raise NotImplementedError
+
+    def _wake_readers(self) -> None:
         raise NotImplementedError
 
     def _replay_hello(self, link: Link, msg: Message) -> None:

@@ -18,9 +18,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvtwist.chain.core import ReplicaCore
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
+from kvtwist.chain.reads import ReadingReplica
 from kvtwist.chain.record import ChainRecord, matches
 
 log = Logger(namespace="kvtwist.chain")
@@ -36,7 +36,7 @@ def _fmt(address: tuple[str, int] | None) -> str:
     return f"{address[0]}:{address[1]}" if address else ""
 
 
-class MembershipReplica(ReplicaCore):
+class MembershipReplica(ReadingReplica):
     def set_view(self, view: Any) -> None:
         """A new chain configuration from ZooKeeper."""
         if self.view is not None and view.config < self.view.config:

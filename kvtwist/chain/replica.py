@@ -2,6 +2,7 @@
 
 - :mod:`kvtwist.chain.core` — the write and read paths: numbering at the
   head, applying (logged first), forwarding, commitment, the Sent list;
+- :mod:`kvtwist.chain.reads` — reads at the tail, from the committed state;
 - :mod:`kvtwist.chain.membership` — views, links to the neighbours, the
   chain record that a whole-chain restart relies on;
 - :mod:`kvtwist.chain.links` — updates, acknowledgements and hellos as they
