@@ -22,6 +22,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
+from kvtwist.chain.replica import Unavailable
 from kvtwist.zk import Membership
 from tests.test_chain_unit import Net, Node
 
@@ -169,3 +170,41 @@ class AdoptedJoinerTests(SynchronousTestCase):
         net.settle()
         self.assertEqual(b.replica.role, "tail")
         self.assertEqual(b.state(), a.state())
+
+
+class RestartedNodeTests(SynchronousTestCase):
+    def test_restarted_head_clears_its_stale_registration(self) -> None:
+        """A head restarted before its old session expired finds its old znode (its own
+        address) at the head: it removes it, joins behind the tail, and writes go on
+        (found by the campaigns: it forwarded writes to itself, behind themselves)."""
+        net = Net()
+        a, b, c = net.chain(3)
+        self.successResultOf(_settled(net, a.write("k", b"1")))
+        old = a.name
+        a.alive = False  # SIGKILL: links drop, the znode stays until the session expires
+        a.replica.stop()
+        for p in a.pumps:
+            p.serverIO.loseConnection()
+            p.clientIO.loseConnection()
+        net.settle(rounds=5)
+        again = Node(net, a.port)  # the same address
+        net.nodes[a.port] = again
+        write = again.write("x", b"2")  # before it has joined: refused, not forwarded
+        self.assertIsInstance(self.failureResultOf(write).value, Unavailable)
+        again.replica.join()
+        net.settle()
+        self.assertNotIn(old, [m.name for m in net.registry.members])
+        self.assertEqual(again.replica.role, "tail")
+        self.assertEqual(b.replica.role, "head")
+        self.assertEqual(self.successResultOf(_settled(net, b.write("y", b"3"))).op_n, 2)
+        self.assertEqual(again.state(), c.state())
+
+    def test_no_request_is_forwarded_to_this_very_node(self) -> None:
+        """A view naming this node's own address as head makes a write retryable here,
+        never a forward to itself."""
+        net = Net()
+        a, b = net.chain(2)
+        b.replica.own_address = a.replica.own_address  # as if b were a's restarted self
+        f = self.failureResultOf(b.write("k", b"v"))
+        self.assertIsInstance(f.value, Unavailable)
+        self.assertIn("stale registration", str(f.value))

@@ -49,6 +49,7 @@ from kvtwist.proto.kvtwist_pb2 import SnapshotChunk, Update
 from kvtwist.store import Applied, Store, Write
 from kvtwist.tree import AVLTree
 from kvtwist.wire import FramedProtocol, Message
+from kvtwist.zk import parse_address
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -83,6 +84,7 @@ class ReplicaCore:
         self.address = address
         self.zk = zk
         self.link_timeout = link_timeout
+        self.own_address = parse_address(address.encode()) if address else None
         self.link_config: Any = None  # kvtwist.chain.link.LinkConfig, set by the node factory
         self.link_tls: Any = None  # kvtwist.tls.ClientTLS when the port speaks TLS
         self.life = Lifecycle(standalone=zk is None)
@@ -125,6 +127,7 @@ class ReplicaCore:
         self._record_config = -1  # the view config the record was last confirmed for
         self._succ_down_since: float | None = None
         self._unreachable_log = LogLimiter(5.0, lambda: float(self.reactor.seconds()))
+        self._congestion_log = LogLimiter(5.0, lambda: float(self.reactor.seconds()))
         # joining (kvtwist.chain.joining)
         self._join_backlog: list[Update] | None = None
         self.backlog_bytes = 0  # of the joiner's backlog, bounded with the Sent list
@@ -221,6 +224,17 @@ class ReplicaCore:
         tail = self.view.tail() if self.view is not None else None
         return tail.address if tail is not None else None
 
+    def _elsewhere(self, role: str, target: tuple[str, int] | None) -> Exception:
+        """Where a request that is not ours goes; never back to this very node.
+
+        Just after a restart ZooKeeper may still list this node's previous
+        incarnation, at this same address, as head or tail: forwarding there
+        would send the request to ourselves, behind itself.
+        """
+        if target is not None and target == self.own_address:
+            return Unavailable(f"the {role} is a stale registration of this node; retry")
+        return NotHere(role, target)
+
     def _check_member(self) -> None:
         if self.fenced:
             raise Unavailable(f"node is not serving ({self.life.describe()})")
@@ -234,7 +248,7 @@ class ReplicaCore:
         try:
             self._check_member()
             if not self.is_head:
-                raise NotHere("head", self.head_address())
+                raise self._elsewhere("head", self.head_address())
         except Exception as e:
             return defer.fail(e)
         if self.head_epoch is None:
@@ -386,12 +400,15 @@ class ReplicaCore:
             want = self._link_full or self.unsent_bytes > self.max_unsent_bytes
         if want != self.congested:
             self.congested = want
-            log.info(
-                "chain {state}",
-                state="congested: pausing client intake"
-                if want
-                else "drained: resuming client intake",
-            )
+            left_out = self._congestion_log.allow()
+            if left_out is not None:  # a link that fills and drains by turns says so rarely
+                log.info(
+                    "chain {state}{more}",
+                    state="congested: pausing client intake"
+                    if want
+                    else "drained: resuming client intake",
+                    more=f" ({left_out} changes since the last line)" if left_out else "",
+                )
             self.on_congestion(want)
 
     def _drop_uncommitted(self, why: Exception) -> None:

@@ -235,10 +235,19 @@ class JoiningReplica(LinkedReplica):
         self.recent.clear()
         self.recent_bytes = 0
 
-    def _join_decide(self, found: list[Any], gen: int) -> Any:
+    def _join_decide(self, found: list[Any], gen: int, cleaned: bool = False) -> Any:
         if gen != self.life.generation:
             return None
         view, (data, version) = found
+        stale = [m.name for m in view.members if m.address and m.address == self.own_address]
+        if stale and not cleaned:
+            # our previous incarnation, whose session has not expired yet: we
+            # listen on its address now, so it is dead; its znode goes at once
+            # rather than a session timeout later (and we never join from it)
+            log.info("removing {names}: an earlier registration of this node", names=stale)
+            d = defer.gatherResults([self.zk.unregister(name) for name in stale])
+            d.addCallback(lambda _: defer.gatherResults([self.zk.members(), self.zk.read_record()]))
+            return d.addCallback(self._join_decide, gen, True)
         self.view = view
         self.record = ChainRecord.decode(data, version)
         # we register only against this version: a tail that drops us bumps it

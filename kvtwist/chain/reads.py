@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from kvtwist.chain.core import ReplicaCore
-from kvtwist.chain.outcomes import NotHere, ReadView, Unavailable
+from kvtwist.chain.outcomes import ReadView, Unavailable
 
 #: How long a read may wait for this node to become a serving tail.
 READ_WAIT = 5.0
@@ -27,7 +27,7 @@ class ReadingReplica(ReplicaCore):
         """
         self._check_member()
         if not self.is_tail:
-            raise NotHere("tail", self.tail_address())
+            raise self._elsewhere("tail", self.tail_address())
         if self.serving_reads:
             return ReadView(self.committed_tree, self.committed_seq)
         return None
@@ -37,7 +37,7 @@ class ReadingReplica(ReplicaCore):
         try:
             self._check_member()
             if not self.is_tail:
-                raise NotHere("tail", self.tail_address())
+                raise self._elsewhere("tail", self.tail_address())
         except Exception as e:
             return defer.fail(e)
         if self.serving_reads:
