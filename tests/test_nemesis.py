@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvtwist import wire
 from kvtwist.verify import stranger
 from kvtwist.verify.nemesis import KINDS, available_kinds, default_kinds, parse_kinds
-from kvtwist.verify.proxy import CLIENT, Proxy, socket_owner
+from kvtwist.verify.proxy import CLIENT, Proxy, ProxyControl, socket_owner
 from kvtwist.verify.torture import longest_stall, storage_and_key_args, write_key
 from kvtwist.verify.workload import BIG_MIN, big_value, value_text
 from tests.test_verify import delete, get, put
@@ -235,3 +235,16 @@ class NodeArguments(SynchronousTestCase):
         self.assertRegex(path.read_text(), r"^[0-9a-f]{64}\n$")
         with self.assertRaises(FileExistsError):
             write_key(path)
+
+
+class ProxyProcess(SynchronousTestCase):
+    def test_quiet_shutdown_under_a_waiting_campaign(self) -> None:
+        """Stopping the proxy while the campaign's control connection waits logs nothing:
+        its log holds faults only."""
+        log = Path(self.mktemp())
+        control = ProxyControl(log)
+        self.addCleanup(control.close)
+        control.route("n1", 9)
+        control.process.terminate()
+        self.assertEqual(control.process.wait(10), 0)
+        self.assertEqual(log.read_text(), "")
