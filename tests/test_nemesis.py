@@ -22,8 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvtwist import wire
 from kvtwist.verify import stranger
 from kvtwist.verify.nemesis import KINDS, available_kinds, default_kinds, parse_kinds
-from kvtwist.verify.proxy import CLIENT, Proxy, socket_owner
-from kvtwist.verify.torture import longest_stall, storage_and_key_args, write_key
+from kvtwist.verify.proxy import CLIENT, Proxy, ProxyControl, socket_owner
+from kvtwist.verify.torture import OutsideWatch, longest_stall, storage_and_key_args, write_key
 from kvtwist.verify.workload import BIG_MIN, big_value, value_text
 from tests.test_verify import delete, get, put
 
@@ -235,3 +235,36 @@ class NodeArguments(SynchronousTestCase):
         self.assertRegex(path.read_text(), r"^[0-9a-f]{64}\n$")
         with self.assertRaises(FileExistsError):
             write_key(path)
+
+
+class ProxyProcess(SynchronousTestCase):
+    def test_quiet_shutdown_under_a_waiting_campaign(self) -> None:
+        """Stopping the proxy while the campaign's control connection waits logs nothing:
+        its log holds faults only."""
+        log = Path(self.mktemp())
+        control = ProxyControl(log)
+        self.addCleanup(control.close)
+        control.route("n1", 9)
+        control.process.terminate()
+        self.assertEqual(control.process.wait(10), 0)
+        self.assertEqual(log.read_text(), "")
+
+
+class Stranded(SynchronousTestCase):
+    def test_running_outside_the_chain_too_long(self) -> None:
+        """A running node unlisted past the limit is reported once; rejoining, pausing
+        or a reset starts its clock again."""
+        w = OutsideWatch(20.0)
+        self.assertEqual(w.update(0.0, ["n1", "n2", "n3"], {"n1", "n3"}), [])
+        self.assertEqual(w.update(15.0, ["n1", "n2", "n3"], {"n1", "n3"}), [])
+        self.assertEqual(w.update(21.0, ["n1", "n2", "n3"], {"n1", "n3"}), ["n2"])
+        self.assertEqual(w.update(22.0, ["n1", "n3"], {"n1", "n3"}), [])
+        # back in the chain, or paused (not running) for a while: the clock restarts
+        w.update(30.0, ["n4"], set())
+        w.update(40.0, ["n4"], {"n4"})
+        self.assertEqual(w.update(55.0, ["n4"], set()), [])
+        w.update(56.0, [], set())
+        self.assertEqual(w.update(70.0, ["n4"], set()), [])
+        w.reset()
+        self.assertEqual(w.update(95.0, ["n4"], set()), [])
+        self.assertEqual(w.update(115.5, ["n4"], set()), ["n4"])

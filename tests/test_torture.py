@@ -89,6 +89,7 @@ class TortureCampaign(SynchronousTestCase):
         self.assertEqual(result["stranger_accepted"], 0, where)
         self.assertEqual(result["node_options"], ["cluster-key-file", "data-dir"], where)
         self.assertEqual(result["running_outside_chain"], [], where)
+        self.assertEqual(result["stranded_nodes"], [], where)
         self.assertTrue(any("#" in (o.value or "") for o in read_history(report / "history.jsonl")))
         ops = read_history(report / "history.jsonl")
         self.assertEqual(len([o for o in ops if o.process >= 0]), result["operations"])

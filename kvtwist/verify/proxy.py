@@ -262,7 +262,9 @@ class Proxy:
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, ConnectionError):
+        # CancelledError: the proxy is shutting down under a waiting campaign; a handler
+        # ending cancelled would make asyncio log a traceback that reads like a fault
+        with contextlib.suppress(OSError, ConnectionError, asyncio.CancelledError):
             while line := await reader.readline():
                 try:
                     reply = await self.command(json.loads(line))

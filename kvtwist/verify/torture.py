@@ -72,6 +72,38 @@ PROBE_KEY = "liveness-probe"
 #: With join-fault, the store gets this much filler first, so a state transfer
 #: through the slowed proxy lasts seconds (kvtwist.verify.nemesis.JOIN_RATE).
 FILL_KEYS, FILL_SIZE = 64, 64 * 1024
+#: A running, untouched node the chain has not listed for this long (seconds) is stranded:
+#: a rejoin after any fault takes a few seconds, a slowed state transfer about five.
+STRANDED_AFTER = 20.0
+
+
+class OutsideWatch:
+    """Which running nodes have stayed outside the chain for too long.
+
+    Without it a node that never rejoins holds the nemesis back for the rest of
+    the campaign (member faults need three healthy members): it is reported,
+    stopped and replaced instead, so the other kinds keep coming.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.since: dict[str, float] = {}
+
+    def update(self, now: float, running: list[str], members: set[str]) -> list[str]:
+        """The labels outside for longer than the limit (each reported once)."""
+        for label in list(self.since):
+            if label not in running or label in members:
+                del self.since[label]
+        out = []
+        for label in running:
+            if label not in members and now - self.since.setdefault(label, now) > self.limit:
+                out.append(label)
+                del self.since[label]
+        return out
+
+    def reset(self) -> None:
+        """Everyone starts afresh (after a fault of the whole cluster)."""
+        self.since.clear()
 
 
 @dataclass
@@ -125,6 +157,9 @@ class Campaign:
         self.events: list[dict[str, Any]] = []
         self.stranger_results: list[dict[str, Any]] = []
         self.unexpected_exits: list[str] = []
+        self.stranded: list[str] = []
+        self.outside = OutsideWatch(STRANDED_AFTER)
+        self.last_outside_check = 0.0
         self.epoch = time.monotonic()
         self.epoch_wall = time.time()
         self.replace_at = 0.0
@@ -363,10 +398,38 @@ class Campaign:
     def tick(self, inject: bool) -> None:
         self.check_exits()
         self.nemesis.tick(inject)
+        self.check_stranded()
         alive = [n for n in self.nodes if n.state != "dead"]
         if len(alive) < self.args.nodes and time.monotonic() >= self.replace_at:
             n = self.start_node()
             self.event("start", f"start {n.label}", node=n.label)
+
+    def check_stranded(self) -> None:
+        """Stop and replace a running node the chain has left out for too long (a finding)."""
+        wall = time.monotonic()
+        if wall - self.last_outside_check < 1.0:
+            return
+        self.last_outside_check = wall
+        if any(a.whole for a in self.nemesis.active):
+            self.outside.reset()  # ZooKeeper may be down, and everyone rejoins afterwards
+            return
+        members = self.members()
+        if not members:
+            return  # unknown now, or empty for a moment: no verdict
+        listed = {self.label_of(port) for _, port in members}
+        running = [n.label for n in self.nodes if n.state == "running"]
+        for label in self.outside.update(wall, running, listed):
+            node = next(n for n in self.nodes if n.label == label)
+            self.stranded.append(f"{label} (port {node.port}) at {self.now():.1f}s")
+            self.event(
+                "stranded",
+                f"{label} STRANDED: running but outside the chain for {STRANDED_AFTER:g}s; "
+                "stopped, a replacement joins",
+                node=label,
+            )
+            node.proc.stop()
+            node.state = "dead"
+            self.replace_later()
 
     # -- the end -------------------------------------------------------------------------
 
@@ -570,6 +633,7 @@ class Campaign:
             error = {"ok": False, "error": str(e), "phase": self.phase, "seed": a.seed}
             error["events"] = self.events
             error["unexpected_node_exits"] = self.unexpected_exits
+            error["stranded_nodes"] = self.stranded
             (self.report_dir / "report.json").write_text(json.dumps(error, indent=2) + "\n")
             return 2
         finally:
@@ -626,6 +690,7 @@ class Campaign:
             and is_settled
             and len(finals) == a.keys
             and not self.unexpected_exits
+            and not self.stranded
             and workload_status == 0
             and len(client_ops) > 0
             and stranger_accepted == 0
@@ -672,6 +737,7 @@ class Campaign:
             "nodes_started": len(self.nodes),
             "final_members": list(copies),
             "running_outside_chain": outside,
+            "stranded_nodes": self.stranded,
             "time_zero_utc": datetime.fromtimestamp(self.epoch_wall, UTC).isoformat(),
             "final_state_from": list(copies)[-1] if copies else None,
             "events": self.events,
@@ -744,6 +810,8 @@ class Campaign:
             problems.append("nodes differ" if is_settled else "the chain did not settle")
         if outside:
             problems.append(f"running but not in the chain: {', '.join(outside)}")
+        if self.stranded:
+            problems.append(f"nodes that never rejoined (stopped): {', '.join(self.stranded)}")
         if self.unexpected_exits:
             problems.append(f"nodes exited by themselves: {', '.join(self.unexpected_exits)}")
         if stranger_accepted:
