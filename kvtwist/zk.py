@@ -50,6 +50,7 @@ __all__ = [
     "Member",
     "Membership",
     "ZooKeeper",
+    "format_address",
     "parse_address",
     "parse_seq",
     "validate_root",
@@ -146,6 +147,14 @@ def open_to_writes(acl: list[ACL]) -> bool:
     """Whether ``acl`` lets anyone at all (world:anyone) create, delete or write."""
     changes = Permissions.CREATE | Permissions.DELETE | Permissions.WRITE | Permissions.ADMIN
     return any(entry.id.scheme == "world" and entry.perms & changes for entry in acl)
+
+
+def format_address(address: tuple[str, int] | None) -> str:
+    """``host:port`` as members advertise it, an IPv6 host in brackets ('' for None)."""
+    if not address:
+        return ""
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    return f"{host}:{address[1]}"
 
 
 def validate_root(path: str) -> str:

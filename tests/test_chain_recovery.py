@@ -18,7 +18,7 @@ from kvtwist.chain.epochs import EpochHistory, match_point
 from kvtwist.chain.joining import WAIT_POLL
 from kvtwist.chain.lifecycle import BadTransition, Lifecycle, State
 from kvtwist.chain.record import ChainRecord, matches, may_start
-from kvtwist.zk import Member, Membership
+from kvtwist.zk import Member, Membership, format_address, parse_address
 from tests.test_chain_unit import Net, Node, results
 
 
@@ -71,6 +71,14 @@ class RecordTests(SynchronousTestCase):
         forced = ChainRecord.decode(ChainRecord(force="me").encode(), 1)
         self.assertTrue(may_start(forced, None, "me"))
         self.assertFalse(may_start(forced, "node1", "other"))
+
+    def test_addresses_round_trip(self) -> None:
+        """Addresses are written as they are parsed: an IPv6 host in brackets (a joiner on
+        ::1 was not recognised when its znode appeared, and its join failed)."""
+        for address in [("127.0.0.1", 9000), ("::1", 9001), ("node-a", 7)]:
+            text = format_address(address)
+            self.assertEqual(parse_address(text.encode()), address)
+        self.assertEqual(format_address(("::1", 9001)), "[::1]:9001")
 
     def test_matches(self) -> None:
         """The record matches a view with exactly the same members."""

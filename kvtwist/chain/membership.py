@@ -22,6 +22,7 @@ from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.reads import ReadingReplica
 from kvtwist.chain.record import ChainRecord, matches
+from kvtwist.zk import format_address
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -32,8 +33,7 @@ UNREACHABLE_TIMEOUTS = 1.0
 RECORD_RETRY_DELAY = 0.2
 
 
-def _fmt(address: tuple[str, int] | None) -> str:
-    return f"{address[0]}:{address[1]}" if address else ""
+_fmt = format_address
 
 
 class MembershipReplica(ReadingReplica):

@@ -25,6 +25,8 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kvtwist.zk import format_address
+
 
 @dataclass(frozen=True)
 class ChainRecord:
@@ -82,9 +84,7 @@ class ChainRecord:
 
 
 def view_members(view: Any) -> tuple[tuple[str, str], ...]:
-    return tuple(
-        (m.name, f"{m.address[0]}:{m.address[1]}" if m.address else "") for m in view.members
-    )
+    return tuple((m.name, format_address(m.address)) for m in view.members)
 
 
 def matches(record: ChainRecord, view: Any) -> bool:
