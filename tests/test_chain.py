@@ -10,27 +10,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kazoo.client import KazooClient
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist import wire
 from kvtwist.zk import parse_address
 from tests.nodes import ROOT, NodeProcess, RawClient, dump, env, free_port, port_open, wait_for
-from tests.zkserver import shared_zookeeper, unique_root, zookeeper_available
+from tests.zkserver import ZooKeeperCase
 
 SESSION = 2.0  # seconds; short so that failover tests are quick
 
 
-class ChainCase(SynchronousTestCase):
+class ChainCase(ZooKeeperCase):
     def setUp(self) -> None:
-        why = zookeeper_available()
-        if why:
-            raise SkipTest(why)
-        self.zk = shared_zookeeper()
-        self.root = unique_root()
-        self.kazoo = KazooClient(self.zk.hosts)
-        self.kazoo.start(15)
-        self.addCleanup(self.kazoo.stop)
+        super().setUp()
         self.nodes: list[NodeProcess] = []
         self.writers: list[subprocess.Popen[bytes]] = []
         self.writer_logs: list[Path] = []

@@ -9,7 +9,6 @@ copies end identical and the chain goes on writing.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from kvtwist.verify import stranger
 from kvtwist.verify.proxy import ProxyControl
 from tests.nodes import NodeProcess, RawClient, dump, wait_for
 from tests.test_chain import SESSION, ChainCase
+from tests.zkserver import secret_file
 
 
 def local_keys(port: int) -> list[str]:
@@ -31,18 +31,9 @@ def local_keys(port: int) -> list[str]:
         return list(c.one(msg).keys)
 
 
-def key_file() -> str:
-    fd, path = tempfile.mkstemp(prefix="kvtwist-key-")
-    os.write(fd, os.urandom(32))
-    os.close(fd)
-    os.chmod(path, 0o600)
-    return path
-
-
 class LinkFaultTests(ChainCase):
     def keyed_chain(self, n: int) -> list[NodeProcess]:
-        path = key_file()
-        self.addCleanup(os.unlink, path)
+        path = secret_file(self)
         nodes = []
         for _ in range(n):
             node = NodeProcess.member(

@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
-from kazoo.client import KazooClient
 from twisted.python import usage
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist import wire
 from kvtwist.proto.kvtwist_pb2 import ChainHello
 from kvtwist.tap import Options
 from tests.nodes import NodeProcess, RawClient, wait_for
-from tests.zkserver import shared_zookeeper, unique_root, zookeeper_available
+from tests.zkserver import (
+    ZooKeeperCase,
+    secret_file,
+)
 
 SESSION = 2.0
 
 
 def key_file(test: SynchronousTestCase, data: bytes = b"0123456789abcdef0123456789abcdef") -> str:
-    fd, path = tempfile.mkstemp(prefix="cluster-key-")
-    os.write(fd, data)
-    os.close(fd)
-    os.chmod(path, 0o600)
-    test.addCleanup(os.unlink, path)
-    return path
+    return secret_file(test, data)
 
 
 class OptionTests(SynchronousTestCase):
@@ -61,16 +57,9 @@ class OptionTests(SynchronousTestCase):
             Options().parseOptions(["--link-timeout", "0"])
 
 
-class KeyedChainProcessTests(SynchronousTestCase):
+class KeyedChainProcessTests(ZooKeeperCase):
     def setUp(self) -> None:
-        why = zookeeper_available()
-        if why:
-            raise SkipTest(why)
-        self.zk = shared_zookeeper()
-        self.root = unique_root()
-        self.kazoo = KazooClient(self.zk.hosts)
-        self.kazoo.start(15)
-        self.addCleanup(self.kazoo.stop)
+        super().setUp()
         self.key = key_file(self)
 
     def node(self) -> NodeProcess:

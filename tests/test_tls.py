@@ -9,11 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kazoo.client import KazooClient
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.python import usage
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kvtwist import tls, wire
 from kvtwist.chain.auth import AuthError, Initiator, Responder
@@ -28,7 +27,7 @@ from tests.certs import LocalCA
 from tests.nodes import ROOT, NodeProcess, RawClient, wait_for
 from tests.test_blocking import private_reactor
 from tests.test_shell import SHELL, shell_env
-from tests.zkserver import shared_zookeeper, unique_root, zookeeper_available
+from tests.zkserver import ZooKeeperCase
 
 KEY = b"cluster-key-0123456789abcdef"
 TOKEN = b"client-token-0123456789abcdef"
@@ -288,7 +287,11 @@ class NodeTLSTests(SynchronousTestCase):
 
         def shell(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
             return subprocess.run(
-                [*SHELL, *args], input=stdin, capture_output=True, cwd=ROOT, env=shell_env(),
+                [*SHELL, *args],
+                input=stdin,
+                capture_output=True,
+                cwd=ROOT,
+                env=shell_env(),
                 timeout=60,
             )
 
@@ -315,18 +318,11 @@ class PlainNodeTests(SynchronousTestCase):
         self.assertIn("does not seem to speak TLS", str(cm.exception))
 
 
-class ChainTLSTests(SynchronousTestCase):
+class ChainTLSTests(ZooKeeperCase):
     """A chain of two real nodes with TLS, a cluster key and a client token."""
 
     def setUp(self) -> None:
-        why = zookeeper_available()
-        if why:
-            raise SkipTest(why)
-        self.zk = shared_zookeeper()
-        self.root = unique_root()
-        self.kazoo = KazooClient(self.zk.hosts)
-        self.kazoo.start(15)
-        self.addCleanup(self.kazoo.stop)
+        super().setUp()
         self.dir = temp_dir(self)
         self.ca = LocalCA(self.dir)
         self.trust = tls.ClientTLS(self.ca.path)

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import atexit
 import os
+import tempfile
 import threading
 import uuid
 import warnings
+
+from kazoo.client import KazooClient
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from kvtwist import procs
 
@@ -119,9 +123,31 @@ def expire_session(hosts: str, client_id: tuple[int, bytes], timeout: float = 10
     SESSION_EXPIRED when it next talks to the server.  Blocking; call it from a
     thread in Twisted code.
     """
-    from kazoo.client import KazooClient
-
     twin = KazooClient(hosts=hosts, client_id=client_id, timeout=timeout)
     twin.start(timeout=timeout)
     twin.stop()
     twin.close()
+
+
+class ZooKeeperCase(SynchronousTestCase):
+    """A test on the shared ZooKeeper: a fresh chain root and a kazoo client."""
+
+    def setUp(self) -> None:
+        why = zookeeper_available()
+        if why:
+            raise SkipTest(why)
+        self.zk: ZooKeeperProcess = shared_zookeeper()
+        self.root = unique_root()
+        self.kazoo = KazooClient(self.zk.hosts)
+        self.kazoo.start(15)
+        self.addCleanup(self.kazoo.stop)
+
+
+def secret_file(test: SynchronousTestCase, data: bytes | None = None) -> str:
+    """A key or token file, mode 600, removed after the test."""
+    fd, path = tempfile.mkstemp(prefix="kvtwist-secret-")
+    os.write(fd, os.urandom(32) if data is None else data)
+    os.close(fd)
+    os.chmod(path, 0o600)
+    test.addCleanup(os.unlink, path)
+    return path
