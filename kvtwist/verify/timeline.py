@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kvtwist.verify.history import Op
+from kvtwist.verify.nemesis import KINDS
 
 __all__ = ["write_timeline"]
 
@@ -202,21 +203,8 @@ EVENT_COLORS = {
     "stranger-end": "#17becf",
     "probe": "#2e9e44",
 }
-FAULT_KINDS = frozenset(
-    {
-        "kill",
-        "pause",
-        "short-pause",
-        "zk-pause",
-        "zk-restart",
-        "partition",
-        "join-fault",
-        "crash-restart",
-        "stranger",
-        "combined",
-        "exit",
-    }
-)
+#: The nemesis's kinds, and a node that exited by itself.
+FAULT_KINDS = frozenset(KINDS) | {"exit"}
 
 
 def _legend(kinds: Iterable[str]) -> str:
