@@ -315,3 +315,24 @@ class StalledJoinerTests(SynchronousTestCase):
         self.assertEqual(n.replica.status, "waiting")
         self.assertEqual(net.registry.members, [])
         self.assertIn("foreign", n.replica.life.why)
+
+
+class DivergenceTests(SynchronousTestCase):
+    def test_successor_with_a_foreign_log_is_made_to_rejoin(self) -> None:
+        """A successor whose last op carries another epoch than ours holds writes nobody
+        committed: the predecessor refuses the link, and it rejoins and ends identical."""
+        net = Net()
+        a, b = net.chain(2)
+        for i in range(2):
+            a.write(f"k{i}", b"x")
+        net.settle()
+        b.replica.history = EpochHistory([(1, 99)])  # as if another head had numbered them
+        link = a.replica.succ
+        assert link is not None
+        link.close()
+        a.replica.link_lost(link)  # relink: the hellos compare the logs
+        net.settle()
+        self.assertEqual(b.replica.role, "tail")
+        self.assertEqual(b.replica.history.marks, a.replica.history.marks)
+        self.assertEqual(b.state(), a.state())
+        self.assertIn(b.replica.last_catch_up, ("delta", "full"))
