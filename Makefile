@@ -10,7 +10,7 @@ test:
 	sh scripts/test.sh
 
 node: setup
-	.venv/bin/twistd -n kvnode --port 9000
+	.venv/bin/twistd -n --pidfile= kvnode --port 9000
 
 cluster:
 	sh scripts/setup.sh --test
