@@ -35,14 +35,16 @@ def build(path: str, n: int, log: int, rng: random.Random) -> None:
     for i in range(0, n, 2000):
         first = dd.last_seq + 1
         batch = shuffled[i : i + 2000]
-        dd.append([LogRecord(first + j, 1, True, keys[k], values[k]) for j, k in enumerate(batch)])
+        dd.append(
+            [LogRecord(first + j, True, keys[k], values[k], epoch=1) for j, k in enumerate(batch)]
+        )
     seq = dd.begin_snapshot()
     dd.write_snapshot(seq, AVLTree.from_sorted(keys, values), dd.epochs, [])
     for i in range(0, log, 2000):
         first = dd.last_seq + 1
         dd.append(
             [
-                LogRecord(first + j, 2, True, rng.choice(keys), rng.randbytes(32))
+                LogRecord(first + j, True, rng.choice(keys), rng.randbytes(32), epoch=2)
                 for j in range(min(2000, log - i))
             ]
         )

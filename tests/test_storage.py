@@ -35,11 +35,11 @@ SEG1 = f"{D}/wal/{1:020d}.log"
 
 
 def put(seq: int, key: str, data: bytes = b"v", epoch: int = 1, **kw: object) -> LogRecord:
-    return LogRecord(seq, epoch, True, key, data, **kw)  # type: ignore[arg-type]
+    return LogRecord(seq, True, key, data, epoch, **kw)  # type: ignore[arg-type]
 
 
 def delete(seq: int, key: str, epoch: int = 1, **kw: object) -> LogRecord:
-    return LogRecord(seq, epoch, False, key, **kw)  # type: ignore[arg-type]
+    return LogRecord(seq, False, key, epoch=epoch, **kw)  # type: ignore[arg-type]
 
 
 def puts(first: int, n: int, epoch: int = 1) -> list[LogRecord]:

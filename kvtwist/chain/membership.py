@@ -33,9 +33,6 @@ UNREACHABLE_TIMEOUTS = 1.0
 RECORD_RETRY_DELAY = 0.2
 
 
-_fmt = format_address
-
-
 class MembershipReplica(ReadingReplica):
     def set_view(self, view: Any) -> None:
         """A new chain configuration from ZooKeeper."""
@@ -72,7 +69,7 @@ class MembershipReplica(ReadingReplica):
             self.pred.close()
             self.pred = None
         # successor side
-        if succ is not None and self._joiner_limbo == _fmt(succ.address):
+        if succ is not None and self._joiner_limbo == format_address(succ.address):
             self._joiner_limbo = None  # the joiner did register: it is our successor now
         if succ is None:
             self._succ_down_since = None
@@ -83,7 +80,7 @@ class MembershipReplica(ReadingReplica):
         elif self.succ is None or self.succ.peer != succ.name:
             adopt = (
                 self.succ is not None
-                and self.succ.peer == f"join:{_fmt(succ.address)}"
+                and self.succ.peer == f"join:{format_address(succ.address)}"
                 and self.succ.ready
             )
             if adopt:

@@ -30,10 +30,10 @@ class LogRecord:
     """One replicated write as it is logged."""
 
     seq: int
-    epoch: int
     is_put: bool
     key: str
     data: bytes = b""
+    epoch: int = 0
     client_id: str = ""
     request_id: int = 0
 
