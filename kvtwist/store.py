@@ -277,9 +277,6 @@ class Store:
 
         return self.runner.write(run)
 
-    def reset(self) -> Deferred[AVLTree]:
-        return self.load((), (), 0)
-
     def current(self) -> Deferred[tuple[AVLTree, int]]:
         """The state once every write queued so far is through the writer thread."""
         self._flush_now()
