@@ -27,7 +27,9 @@ from zope.interface import implementer
 
 from kvtwist import wire
 from kvtwist.chain.auth import AuthError, LogLimiter, Responder, auth_message
+from kvtwist.chain.core import WriteRequest
 from kvtwist.chain.link import MAX_CLIENT_ID, Link, LinkConfig, limits_problem
+from kvtwist.chain.outcomes import WriteResult
 from kvtwist.chain.replica import NotHere, ReadView, Replica, Unavailable
 from kvtwist.client.protocol import ConnectionPool
 from kvtwist.proto.kvtwist_pb2 import OpStats
@@ -50,6 +52,7 @@ CHAIN_RESERVE = 16
 CHAIN_GRACE = 1.0
 MAX_HOPS = 2
 BIG_READS = frozenset({wire.OP_GETKEYS, wire.OP_GETVALUES, wire.OP_RANGE})
+_GET = frozenset({wire.OP_GET})
 
 
 class BadRequest(Exception):
@@ -82,13 +85,16 @@ class Metrics:
     ops: dict[int, OpCounter] = field(default_factory=dict)  # by opcode
 
     def record(self, op: int, seconds: float, error: bool) -> None:
+        self.record_many(op, seconds, 1, 1 if error else 0)
+
+    def record_many(self, op: int, seconds: float, count: int, errors: int) -> None:
+        """``count`` requests of one kind answered together, each in ``seconds``."""
         c = self.ops.get(op)
         if c is None:
             c = self.ops[op] = OpCounter()
-        c.count += 1
-        c.total_s += seconds
-        if error:
-            c.errors += 1
+        c.count += count
+        c.total_s += seconds * count
+        c.errors += errors
 
 
 @implementer(IPushProducer)
@@ -124,6 +130,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self._reads = 0
         self._held: deque[tuple[Message, list[Any]]] = deque()  # not started yet
         self._closing = False
+        self._draining = False
         self._pause_reasons: set[str] = set()
         self.logged_in = False  # showed the client token (or none is needed)
 
@@ -282,6 +289,16 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self._held.append((msg, slot))
         if len(self._slots) >= self.factory.limits.max_pending:
             self.pause("pending")
+        if not self._draining:
+            self._pump()
+
+    def drain(self) -> None:
+        """Decode everything received, then start it: reads that arrived together share a job."""
+        self._draining = True
+        try:
+            super().drain()
+        finally:
+            self._draining = False
         self._pump()
 
     # client token
@@ -436,15 +453,26 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         window = self.factory.limits.max_inflight
         while held and self._reads + self._writes < window and "output" not in self._pause_reasons:
             msg, slot = held[0]
-            if msg.opcode in wire.WRITE_OPS:
+            op = msg.opcode
+            if op in wire.WRITE_OPS:
                 if self._reads:
                     return
-                held.popleft()
-                self._writes += 1
-                self.factory.handle(msg, self.peerName).addCallback(self._done, slot, True)
+                # consecutive writes: numbered, logged and answered as one batch
+                msgs, slots = self._take_run(wire.WRITE_OPS, window - self._writes)
+                self._writes += len(msgs)
+                self.factory.write_many(msgs, self.peerName).addCallback(
+                    self._done_many, slots, True
+                )
+            elif self._writes:
+                return
+            elif op == wire.OP_GET and not msg.local:
+                # consecutive GETs: one job and one Deferred for all of them
+                msgs, slots = self._take_run(_GET, window - self._reads)
+                self._reads += len(msgs)
+                self.factory.get_many(msgs, self.peerName).addCallback(
+                    self._done_many, slots, False
+                )
             else:
-                if self._writes:
-                    return
                 held.popleft()
                 self._reads += 1
                 self.factory.handle(msg, self.peerName).addCallback(self._done, slot, False)
@@ -455,6 +483,30 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         else:
             self._reads -= 1
         slot[0] = data
+        self._flush()
+        self._pump()
+
+    def _take_run(self, ops: frozenset[int], room: int) -> tuple[list[Message], list[list[Any]]]:
+        """The held requests in front with opcodes in ``ops`` (no local reads), up to ``room``."""
+        held = self._held
+        msgs: list[Message] = []
+        slots: list[list[Any]] = []
+        while held and len(msgs) < room:
+            msg, slot = held[0]
+            if msg.opcode not in ops or msg.local:
+                break
+            held.popleft()
+            msgs.append(msg)
+            slots.append(slot)
+        return msgs, slots
+
+    def _done_many(self, frames: list[bytes], slots: list[list[Any]], write: bool) -> None:
+        if write:
+            self._writes -= len(slots)
+        else:
+            self._reads -= len(slots)
+        for slot, data in zip(slots, frames, strict=True):
+            slot[0] = data
         self._flush()
         self._pump()
 
@@ -544,6 +596,53 @@ class NodeFactory(Factory):
             errbackArgs=(msg, start, peer),
         )
 
+    def get_many(self, msgs: list[Message], peer: Callable[[], str]) -> Deferred[list[bytes]]:
+        """Answer GETs that arrived together with one reader job; never fails.
+
+        Each GET is validated on its own (a bad one gets its ERROR in its
+        place); when this node does not serve reads now, each goes the way of
+        any other request (forwarded to the tail, or waiting for this node).
+        """
+        start = time.perf_counter()
+        try:
+            view = self.replica.serving_view()
+        except Exception:
+            view = None
+        if view is None:
+            return defer.gatherResults([self.handle(m, peer) for m in msgs])
+        keys: list[str | None] = []
+        errors: dict[int, bytes] = {}
+        for i, msg in enumerate(msgs):
+            try:
+                keys.append(self._key(msg, wire.CT_KEY, msg.keys[0] if msg.keys else None))
+            except BadRequest as e:
+                keys.append(None)
+                errors[i] = wire.frame(wire.error_reply(str(e)))
+                log.debug("{peer}: bad GET: {e}", peer=peer(), e=e)
+        tree = view.tree
+        reply = wire.get_reply_frame
+
+        def run() -> list[bytes]:
+            get = tree.get
+            if not errors:
+                return [reply(get(k)) for k in keys]  # type: ignore[arg-type]
+            return [errors[i] if k is None else reply(get(k)) for i, k in enumerate(keys)]
+
+        def answered(frames: list[bytes]) -> list[bytes]:
+            self.metrics.record_many(
+                wire.OP_GET, time.perf_counter() - start, len(frames), len(errors)
+            )
+            return frames
+
+        def failed(f: Failure) -> list[bytes]:
+            log.failure("{peer}: GET failed", f, peer=peer())
+            self.metrics.record_many(wire.OP_GET, time.perf_counter() - start, len(msgs), len(msgs))
+            return [wire.frame(wire.error_reply(f"internal error: {f.getErrorMessage()}"))] * len(
+                msgs
+            )
+
+        return self.store.read(run).addCallbacks(answered, failed)
+
     def _answered(self, data: bytes, op: int, start: float) -> bytes:
         self.metrics.record(op, time.perf_counter() - start, False)
         return data
@@ -587,35 +686,78 @@ class NodeFactory(Factory):
 
     # dispatch
 
-    def _dispatch(self, msg: Message) -> Deferred[bytes] | bytes:
+    def _write_request(self, msg: Message) -> WriteRequest:
+        """Validate a PUT or DEL; raise BadRequest with the reason."""
         op = msg.opcode
-        if op in wire.WRITE_OPS and len(msg.client_id) > MAX_CLIENT_ID // 4:
-            size = len(msg.client_id.encode())
+        client_id = msg.client_id
+        if len(client_id) > MAX_CLIENT_ID // 4:
+            size = len(client_id.encode())
             if size > MAX_CLIENT_ID:
                 raise BadRequest(f"client_id of {size} bytes exceeds the limit of {MAX_CLIENT_ID}")
         if op == wire.OP_PUT:
             self._ctype(msg, wire.CT_ENTRY)
             if not msg.HasField("entry"):
                 raise BadRequest("PUT needs an entry")
-            key = self._key(msg, wire.CT_ENTRY, msg.entry.key)
-            if len(msg.entry.data) > self.limits.max_value:
+            entry = msg.entry
+            key = self._key(msg, wire.CT_ENTRY, entry.key)
+            data = entry.data
+            if len(data) > self.limits.max_value:
                 raise BadRequest(
-                    f"value of {len(msg.entry.data)} bytes exceeds the limit of "
-                    f"{self.limits.max_value}"
+                    f"value of {len(data)} bytes exceeds the limit of {self.limits.max_value}"
                 )
-            return self.replica.write(
-                True, key, msg.entry.data, msg.client_id, msg.request_id
-            ).addCallback(lambda r: wire.frame(wire.result_reply(op, r.op_n)))
-        if op == wire.OP_DEL:
-            key = self._key(msg, wire.CT_KEY, msg.keys[0] if msg.keys else None)
+            return True, key, data, client_id, msg.request_id
+        key = self._key(msg, wire.CT_KEY, msg.keys[0] if msg.keys else None)
+        return False, key, b"", client_id, msg.request_id
 
-            def deleted(r: Any) -> bytes:
-                reply = wire.result_reply(op, r.op_n)
-                reply.found = r.found
-                return wire.frame(reply)
+    def write_many(self, msgs: list[Message], peer: Callable[[], str]) -> Deferred[list[bytes]]:
+        """Answer PUTs and DELs that arrived together: numbered and logged as one batch.
 
-            return self.replica.write(False, key, b"", msg.client_id, msg.request_id).addCallback(
-                deleted
+        A bad one gets its ERROR in its place; at a node that is not the
+        head, each goes the way of any other request (forwarded to the head).
+        """
+        replica = self.replica
+        if replica.fenced or not replica.is_head:
+            return defer.gatherResults([self.handle(m, peer) for m in msgs])
+        start = time.perf_counter()
+        frames: list[Any] = [None] * len(msgs)
+        requests = []
+        index = []
+        for i, msg in enumerate(msgs):
+            try:
+                requests.append(self._write_request(msg))
+            except BadRequest as e:
+                frames[i] = self._failed(Failure(e), msg, start, peer)
+                continue
+            index.append(i)
+
+        def answered(outcomes: list[WriteResult | Exception]) -> Any:
+            metrics = self.metrics
+            elapsed = time.perf_counter() - start
+            for i, o in zip(index, outcomes, strict=True):
+                msg = msgs[i]
+                if isinstance(o, Exception):
+                    frames[i] = self._failed(Failure(o), msg, start, peer)
+                    continue
+                op = msg.opcode
+                found = o.found if op == wire.OP_DEL else None
+                frames[i] = wire.write_reply_frame(op, o.op_n, found)
+                metrics.record(op, elapsed, False)
+            if any(isinstance(f, Deferred) for f in frames):
+                return defer.gatherResults(
+                    [f if isinstance(f, Deferred) else defer.succeed(f) for f in frames]
+                )
+            return frames
+
+        if not requests:
+            return defer.succeed(frames)
+        return replica.write_many(requests).addCallback(answered)
+
+    def _dispatch(self, msg: Message) -> Deferred[bytes] | bytes:
+        op = msg.opcode
+        if op in wire.WRITE_OPS:
+            request = self._write_request(msg)
+            return self.replica.write(*request).addCallback(
+                lambda r: wire.write_reply_frame(op, r.op_n, r.found if op == wire.OP_DEL else None)
             )
         if op == wire.OP_STATS:
             self._ctype(msg, wire.CT_NONE)
@@ -657,14 +799,7 @@ class NodeFactory(Factory):
         if op == wire.OP_GET:
             key = self._key(msg, wire.CT_KEY, msg.keys[0] if msg.keys else None)
 
-            def get(v: ReadView) -> bytes:
-                value = v.tree.get(key)
-                reply = wire.reply(op, c_type=wire.CT_VALUE)
-                if value is not None:
-                    reply.values.append(value)
-                return wire.frame(reply)
-
-            return get
+            return lambda v: wire.get_reply_frame(v.tree.get(key))
         if op in (wire.OP_SIZE, wire.OP_HEIGHT):
             self._ctype(msg, wire.CT_NONE)
             if op == wire.OP_SIZE:

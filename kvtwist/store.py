@@ -127,7 +127,7 @@ class Store:
         self._clients = ClientTable(max_clients)
         self._snapshotting = False
         self._sync_timer: LoopingCall | None = None
-        self._writes: list[tuple[Write, Deferred[Applied]]] = []
+        self._writes: list[tuple[list[Write], Deferred[list[Applied | Exception]]]] = []
         self._reads: list[tuple[Callable[[], Any], Deferred[Any]]] = []
         self._flush_call: IDelayedCall | None = None
         self._meta: dict[str, Any] = {}
@@ -137,8 +137,16 @@ class Store:
 
     def apply(self, w: Write) -> Deferred[Applied]:
         """Queue ``w``; writes are applied in the order they are queued."""
-        d: Deferred[Applied] = Deferred()
-        self._writes.append((w, d))
+        return self.apply_many([w]).addCallback(_only)
+
+    def apply_many(self, writes: list[Write]) -> Deferred[list[Applied | Exception]]:
+        """Queue ``writes``; fires with one outcome each once they are through the writer.
+
+        One Deferred for the lot: a write's own cost is the tree's, not the
+        bookkeeping around it.
+        """
+        d: Deferred[list[Applied | Exception]] = Deferred()
+        self._writes.append((writes, d))
         self._schedule()
         return d
 
@@ -350,9 +358,12 @@ class Store:
         writes, self._writes = self._writes, []
         reads, self._reads = self._reads, []
         if writes:
-            batch = [w for w, _ in writes]
+            if len(writes) == 1:
+                batch = writes[0][0]
+            else:
+                batch = [w for ws, _ in writes for w in ws]
             self.runner.write(lambda: self._apply_batch(batch)).addBoth(
-                _deliver, [d for _, d in writes]
+                _deliver_parts, writes
             ).addBoth(self._maybe_snapshot)
         if reads:
             fs = [f for f, _ in reads]
@@ -371,6 +382,26 @@ def _run_all(fs: list[Callable[[], Any]]) -> list[Any]:
 
 def _log_failure(f: Failure, what: str) -> None:
     log.failure(what, f)
+
+
+def _only(results: list[Applied | Exception]) -> Applied:
+    [r] = results
+    if isinstance(r, Exception):
+        raise r
+    return r
+
+
+def _deliver_parts(results: Any, parts: list[tuple[list[Write], Deferred[Any]]]) -> None:
+    """Hand each caller of ``apply_many`` the outcomes of its own writes."""
+    if not isinstance(results, list):  # the whole batch failed
+        for _, d in parts:
+            d.errback(results)
+        return
+    pos = 0
+    for ws, d in parts:
+        end = pos + len(ws)
+        d.callback(results[pos:end] if pos or end != len(results) else results)
+        pos = end
 
 
 def _deliver(results: Any, ds: list[Deferred[Any]]) -> None:

@@ -376,6 +376,7 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         store.restore(recovered)
         rows = [(r.client_id, r.request_id, r.seq, r.found) for r in recovered.clients]
         replica.restore(recovered.tree, recovered.last_seq, recovered.epochs, rows)
+        gc.freeze()  # the recovered tree lives as long as the node: never scan it again
     if journal is not None and options["fsync"] == "interval":
         store.start_sync_timer(options["fsync-interval"])
     limits = Limits(

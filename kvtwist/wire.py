@@ -141,6 +141,65 @@ def reply(request_op: int, **fields: Any) -> Message:
     return Message(opcode=request_op + 1, **fields)  # type: ignore[arg-type]
 
 
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _BYTE[n]
+    out = []
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
+#: The hot replies are assembled from bytes instead of built as Messages: the
+#: same encoding protobuf gives (tests compare the two), at a fraction of the cost.
+_GET_HIT = _varint(1 << 3) + _varint(OP_GET + 1) + _varint(2 << 3) + _varint(CT_VALUE)
+_GET_MISS = HEADER.pack(len(_GET_HIT)) + _GET_HIT
+_VALUES_TAG = _varint((6 << 3) | 2)
+_RESULT_HEAD: dict[int, bytes] = {
+    op: _varint(1 << 3) + _varint(op + 1) + _varint(2 << 3) + _varint(CT_RESULT)
+    for op in (OP_PUT, OP_DEL)
+}
+_RESULT_TAG = _varint(3 << 3)
+_OP_N_TAG = _varint(9 << 3)
+_FOUND = {None: b"", True: _varint(8 << 3) + b"\x01", False: _varint(8 << 3) + b"\x00"}
+
+
+def get_reply_frame(value: bytes | None) -> bytes:
+    """The framed reply to a GET: the value, or none when the key is missing."""
+    if value is None:
+        return _GET_MISS
+    n = len(value)
+    if n < 0x80:
+        body = b"".join((_GET_HIT, _VALUES_TAG, bytes((n,)), value))
+    else:
+        body = b"".join((_GET_HIT, _VALUES_TAG, _varint(n), value))
+    return HEADER.pack(len(body)) + body
+
+
+def write_reply_frame(request_op: int, op_n: int, found: bool | None = None) -> bytes:
+    """The framed RESULT reply to a PUT or DEL, as ``result_reply`` builds it."""
+    if not op_n:
+        body = _RESULT_HEAD[request_op] + _FOUND[found]
+    else:
+        result = op_n << 1 if op_n <= 2**31 - 1 else (2**31 - 1) << 1
+        body = b"".join(
+            (
+                _RESULT_HEAD[request_op],
+                _RESULT_TAG,
+                _varint(result),
+                _FOUND[found],
+                _OP_N_TAG,
+                _varint(op_n),
+            )
+        )
+    return HEADER.pack(len(body)) + body
+
+
 def result_reply(request_op: int, value: int) -> Message:
     """A RESULT reply; the 32-bit ``result`` saturates, ``op_n`` carries the full number."""
     clamped = max(-(2**31), min(2**31 - 1, value))

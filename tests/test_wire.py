@@ -121,6 +121,30 @@ class CompatibilityTests(SynchronousTestCase):
         self.assertEqual(reply.op_n, 2**40)
 
 
+class AssembledReplyTests(SynchronousTestCase):
+    """The replies built from bytes are exactly what protobuf would serialize."""
+
+    def test_get_reply(self) -> None:
+        """A GET reply, with and without a value, of any length."""
+        for value in (None, b"", b"abc", b"x" * 127, b"x" * 128, b"y" * 70_000):
+            expected = wire.reply(wire.OP_GET, c_type=wire.CT_VALUE)
+            if value is not None:
+                expected.values.append(value)
+            self.assertEqual(wire.get_reply_frame(value), wire.frame(expected), value)
+
+    def test_write_reply(self) -> None:
+        """PUT and DEL replies, op numbers beyond 32 bits and DEL's ``found`` included."""
+        for op, founds in ((wire.OP_PUT, (None,)), (wire.OP_DEL, (True, False))):
+            for n in (0, 1, 127, 128, 2**31 - 1, 2**31, 2**40):
+                for found in founds:
+                    expected = wire.result_reply(op, n)
+                    if found is not None:
+                        expected.found = found
+                    self.assertEqual(
+                        wire.write_reply_frame(op, n, found), wire.frame(expected), (op, n, found)
+                    )
+
+
 class ProtoSyncTests(SynchronousTestCase):
     def test_generated_module_matches_proto(self) -> None:
         """The committed kvtwist_pb2 was generated from the committed .proto."""

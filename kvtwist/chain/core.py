@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.internet import defer
@@ -62,6 +63,21 @@ RECENT_BYTES = 64 * 1024 * 1024
 #: message made at the head measures about 500 B (RSS over 200,000 of them), so
 #: the byte bounds above are bounds on memory, not only on payload.
 UPDATE_OVERHEAD = 512
+
+
+#: A client write: is_put, key, value, client id, request id.
+WriteRequest = tuple[bool, str, bytes, str, int]
+
+
+def _fire(d: Deferred[WriteResult], outcome: WriteResult | Exception) -> None:
+    if isinstance(outcome, Exception):
+        d.errback(outcome)
+    else:
+        d.callback(outcome)
+
+
+def _exception(f: Failure) -> Exception:
+    return f.value  # type: ignore[return-value]
 
 
 def update_size(u: Update) -> int:
@@ -107,7 +123,8 @@ class ReplicaCore:
         self.recent_bytes = 0
         self._trees: dict[int, AVLTree] = {}  # state after each uncommitted op
         self._found: dict[int, bool] = {}
-        self._waiting: dict[int, list[Deferred[WriteResult]]] = {}
+        #: who waits for each uncommitted op: called with its outcome or the failure
+        self._waiting: dict[int, list[Callable[[WriteResult | Exception], None]]] = {}
         self.dedup = DedupTable()
 
         self.succ: Link | None = None
@@ -275,13 +292,63 @@ class ReplicaCore:
             request_id=request_id,
         )
         wait = self._wait_commit(seq)
-        self._accept(u)
+        self._accept([u])
         return wait
+
+    def write_many(self, writes: list[WriteRequest]) -> Deferred[list[WriteResult | Exception]]:
+        """``write`` for requests that arrived together: one outcome each, one Deferred.
+
+        The head numbers and logs them as one batch; anything out of the
+        ordinary (not the head, no epoch yet) takes the one-by-one path.
+        """
+        if self.fenced or not self.is_head or self.head_epoch is None:
+            return defer.gatherResults([self.write(*w).addErrback(_exception) for w in writes])
+        outcomes: list[WriteResult | Exception | None] = [None] * len(writes)
+        done: Deferred[list[WriteResult | Exception]] = Deferred()
+        left = [len(writes)]
+
+        def fill(i: int, outcome: WriteResult | Exception) -> None:
+            outcomes[i] = outcome
+            left[0] -= 1
+            if not left[0]:
+                done.callback(outcomes)  # type: ignore[arg-type]
+
+        updates = []
+        waiting = self._waiting
+        epoch = self.head_epoch
+        for i, (is_put, key, data, client_id, request_id) in enumerate(writes):
+            if client_id:
+                entry = self.dedup.get(client_id, request_id)
+                if entry is not None:  # a retry: answer with the first attempt's outcome
+                    if entry.seq <= self.committed_seq:
+                        found = entry.found if entry.found is not None else True
+                        fill(i, WriteResult(entry.seq, found))
+                    else:
+                        waiting.setdefault(entry.seq, []).append(partial(fill, i))
+                    continue
+                # a retry of a write in this very batch must find it
+                self.dedup.remember(client_id, request_id, self.next_seq, None)
+            seq = self.next_seq
+            self.next_seq += 1
+            updates.append(
+                Update(
+                    seq=seq,
+                    epoch=epoch,
+                    is_put=is_put,
+                    key=key,
+                    data=data,
+                    client_id=client_id,
+                    request_id=request_id,
+                )
+            )
+            waiting[seq] = [partial(fill, i)]
+        self._accept(updates)
+        return done
 
     def _wait_commit(self, seq: int) -> Deferred[WriteResult]:
         """Fires when ``seq`` (not yet committed) commits."""
         d: Deferred[WriteResult] = Deferred()
-        self._waiting.setdefault(seq, []).append(d)
+        self._waiting.setdefault(seq, []).append(partial(_fire, d))
         return d
 
     def _release_claim_waiters(self, failure: Exception | None = None) -> None:
@@ -294,35 +361,50 @@ class ReplicaCore:
 
     # the write path shared by head, middle and tail
 
-    def _accept(self, u: Update) -> None:
-        self.last_received = u.seq
-        self.history.note(u.seq, u.epoch)
-        self.pending[u.seq] = u
-        self.pending_bytes += update_size(u)
-        if u.client_id:
-            self.dedup.remember(u.client_id, u.request_id, u.seq, None)
+    def _accept(self, updates: list[Update]) -> None:
+        """Take the next updates in order: note them, then hand them to the store together."""
+        pending = self.pending
+        writes = []
+        size = 0
+        for u in updates:
+            seq = u.seq
+            self.history.note(seq, u.epoch)
+            pending[seq] = u
+            size += update_size(u)
+            if u.client_id:
+                self.dedup.remember(u.client_id, u.request_id, seq, None)
+            writes.append(Write(seq, u.is_put, u.key, u.data, u.epoch, u.client_id, u.request_id))
+        if not writes:
+            return
+        self.last_received = writes[-1].seq
+        self.pending_bytes += size
         gen = self.life.generation
-        w = Write(u.seq, u.is_put, u.key, u.data, u.epoch, u.client_id, u.request_id)
-        self.store.apply(w).addCallbacks(
-            lambda a: self._applied(a, gen), lambda f: self._apply_failed(f, gen)
+        self.store.apply_many(writes).addCallbacks(
+            self._applied, self._apply_failed, callbackArgs=(gen,), errbackArgs=(gen,)
         )
         if self.unsent_bytes > self.max_unsent_bytes:
             self._update_congestion()
 
-    def _applied(self, a: Applied, gen: int) -> None:
+    def _applied(self, outcomes: list[Applied | Exception], gen: int) -> None:
+        for a in outcomes:
+            if gen != self.life.generation:
+                return
+            if isinstance(a, Exception):
+                self._apply_failed(Failure(a), gen)
+                return
+            self.applied_seq = a.seq
+            u = self.pending.get(a.seq)
+            if u is not None:
+                self._trees[a.seq] = a.tree
+                self._found[a.seq] = a.found
+                if u.client_id:
+                    self.dedup.applied(u.client_id, u.request_id, a.seq, a.found)
+                # on disk now: only from here may it go down the chain
+                if self.succ is not None and self.succ.ready:
+                    self.succ.queue_update(u)
+                self._backlog_applied(u)
         if gen != self.life.generation:
             return
-        self.applied_seq = a.seq
-        u = self.pending.get(a.seq)
-        if u is not None:
-            self._trees[a.seq] = a.tree
-            self._found[a.seq] = a.found
-            if u.client_id:
-                self.dedup.applied(u.client_id, u.request_id, a.seq, a.found)
-            # on disk now: only from here may it go down the chain
-            if self.succ is not None and self.succ.ready:
-                self.succ.queue_update(u)
-            self._backlog_applied(u)
         self._advance()
         self._join_applied()
 
@@ -373,8 +455,8 @@ class ReplicaCore:
                 self.recent_bytes += size
             self._trees.pop(seq, None)
             found = self._found.pop(seq, True)
-            for d in self._waiting.pop(seq, ()):
-                d.callback(WriteResult(seq, found))
+            for wake in self._waiting.pop(seq, ()):
+                wake(WriteResult(seq, found))
         while self.recent_bytes > RECENT_BYTES and self.recent:
             self.recent_bytes -= update_size(self.recent.popleft())
         if self.pred is not None and self.pred.ready:
@@ -414,9 +496,9 @@ class ReplicaCore:
     def _drop_uncommitted(self, why: Exception) -> None:
         """Fail every write waiting for commitment and forget the Sent list."""
         waiting, self._waiting = self._waiting, {}
-        for ds in waiting.values():
-            for d in ds:
-                d.errback(why)
+        for wakes in waiting.values():
+            for wake in wakes:
+                wake(why)
         self.pending.clear()
         self.pending_bytes = 0
         self._trees.clear()

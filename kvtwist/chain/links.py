@@ -188,19 +188,26 @@ class LinkedReplica(MembershipReplica):
         log.info("linked to successor {peer} (it holds op {n})", peer=link.peer, n=last_op)
 
     def _updates(self, link: Link, updates: list[Update]) -> None:
+        last = self.last_received
+        fresh = []
+        gap = None
         for u in updates:
-            if u.seq <= self.last_received:
+            if u.seq <= last:
                 continue  # a resend after a reconfiguration: already have it
-            if u.seq != self.last_received + 1:
-                log.error(
-                    "gap from {peer}: op {n} after {last}; relinking",
-                    peer=link.peer,
-                    n=u.seq,
-                    last=self.last_received,
-                )
-                link.refuse("gap in op numbers")
-                return
-            self._accept(u)
+            if u.seq != last + 1:
+                gap = u.seq
+                break
+            fresh.append(u)
+            last = u.seq
+        self._accept(fresh)
+        if gap is not None:
+            log.error(
+                "gap from {peer}: op {n} after {last}; relinking",
+                peer=link.peer,
+                n=gap,
+                last=last,
+            )
+            link.refuse("gap in op numbers")
 
     def _replay_hello(self, link: Link, msg: Message) -> None:
         if not link.closed:
