@@ -13,19 +13,19 @@ disk (under the ALWAYS fsync policy) and a write the disk refused is not applied
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from kvtwist.storage import ClientRow, ClientTable, DataDir, DiskError, LogRecord, Recovered
 from kvtwist.tree import AVLTree
@@ -47,27 +47,87 @@ class Runner(Protocol):
 
 
 class ThreadRunner:
-    """One writer thread, so writes keep their order, and a pool of reader threads."""
+    """One writer thread, so writes keep their order, and a pool of reader threads.
+
+    Leaner than Twisted's ThreadPool (which a hop through costs about a third
+    more CPU, measured): jobs go to the threads through ``SimpleQueue``s, and
+    jobs that finish while the reactor has not yet collected earlier ones
+    share one wake-up of the reactor.
+    """
 
     def __init__(self, reactor: Any, threads: int = 4) -> None:
         self.reactor = reactor
-        self.writer = ThreadPool(1, 1, name="kvtwist-writer")
-        self.readers = ThreadPool(1, max(1, threads), name="kvtwist-reader")
-        self.writer.start()
-        self.readers.start()
+        self._write_jobs: SimpleQueue[tuple[Callable[[], Any], Deferred[Any]] | None] = (
+            SimpleQueue()
+        )
+        self._read_jobs: SimpleQueue[tuple[Callable[[], Any], Deferred[Any]] | None] = (
+            SimpleQueue()
+        )
+        self._done: list[tuple[Deferred[Any], bool, Any]] = []
+        self._lock = threading.Lock()
+        self._woken = False
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(self._write_jobs,), name="kvtwist-writer", daemon=True
+            )
+        ] + [
+            threading.Thread(
+                target=self._work, args=(self._read_jobs,), name=f"kvtwist-reader-{i}", daemon=True
+            )
+            for i in range(max(1, threads))
+        ]
+        for t in self._threads:
+            t.start()
         reactor.addSystemEventTrigger("during", "shutdown", self.stop)
 
     def write(self, f: Callable[[], T]) -> Deferred[T]:
-        return deferToThreadPool(self.reactor, self.writer, f)
+        d: Deferred[T] = Deferred()
+        self._write_jobs.put((f, d))
+        return d
 
     def read(self, f: Callable[[], T]) -> Deferred[T]:
-        return deferToThreadPool(self.reactor, self.readers, f)
+        d: Deferred[T] = Deferred()
+        self._read_jobs.put((f, d))
+        return d
+
+    def _work(self, jobs: SimpleQueue[tuple[Callable[[], Any], Deferred[Any]] | None]) -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            f, d = job
+            try:
+                outcome = (d, True, f())
+            except BaseException:
+                outcome = (d, False, Failure())
+            del job, f  # nothing of the job outlives it in this thread
+            with self._lock:
+                self._done.append(outcome)
+                if self._woken:
+                    continue
+                self._woken = True
+            self.reactor.callFromThread(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+            self._woken = False
+        for d, ok, result in done:
+            if ok:
+                d.callback(result)
+            else:
+                d.errback(result)
 
     def stop(self) -> None:
-        if self.writer.started:
-            self.writer.stop()
-        if self.readers.started:
-            self.readers.stop()
+        """Let the threads finish the jobs they have (a journal append completes), then end."""
+        if not self._threads:
+            return
+        self._write_jobs.put(None)
+        for _ in self._threads[1:]:
+            self._read_jobs.put(None)
+        for t in self._threads:
+            t.join()
+        self._threads = []
 
 
 class InlineRunner:
