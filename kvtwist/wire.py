@@ -7,6 +7,7 @@ so its clients and servers speak to kvtwist unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -292,6 +293,13 @@ class FramedProtocol(Protocol):
     _held_out: list[Message] | None = None
 
     def connectionMade(self) -> None:
+        # Replies, acknowledgements and heartbeats are small frames that must
+        # leave at once: Nagle's algorithm would hold them for the peer's
+        # delayed ACK (tens of milliseconds on every request-reply turn).
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            with contextlib.suppress(OSError):
+                no_delay(True)
         self._decoder = FrameDecoder(self.max_frame)
         self._inbox: deque[bytes] = deque()
         self._too_large: FrameTooLarge | None = None
