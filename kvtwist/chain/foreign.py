@@ -29,6 +29,11 @@ keeps its data and joins again; the tail commits only once the chain record
 lists exactly the members of its view, so the record never claims that a
 left-out member holds what was committed after it left.  Nothing the
 verdict does can make an acknowledged write depend on the member it judged.
+
+A chain record written before a member was found foreign may list it until
+the next view rewrites the record.  That claims nothing harmful: the record's
+members only say who may restart an empty chain from its own copy, and a
+foreign member's znode name is never a kvtwist node's.
 """
 
 from __future__ import annotations
