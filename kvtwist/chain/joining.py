@@ -16,6 +16,12 @@ old tail hands over reads when its view shows the new tail.
 
 An empty chain restarts only from a member of the last configuration in the
 chain record; anyone else waits, and says so.
+
+A joiner asks the tail whether it speaks kvtwist before it sends JOIN
+(kvtwist.chain.foreign).  A tail that does not is an original server: under a
+root with a kvtwist chain record the joiner deletes its znode and looks again;
+under a root without one the root is not a kvtwist chain's, so the joiner
+leaves the foreign member alone and, with no kvtwist member to join, waits.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from twisted.python.failure import Failure
 from kvtwist import wire
 from kvtwist.chain.core import update_size
 from kvtwist.chain.epochs import EpochHistory, match_point
+from kvtwist.chain.foreign import Verdict
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.links import LinkedReplica
@@ -41,6 +48,7 @@ from kvtwist.proto.kvtwist_pb2 import ChainHello, EpochMark, SnapshotChunk, Upda
 from kvtwist.storage import ClientRow
 from kvtwist.tree import AVLTree
 from kvtwist.wire import FramedProtocol, Message
+from kvtwist.zk import format_address
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -252,16 +260,45 @@ class JoiningReplica(LinkedReplica):
         self.record = ChainRecord.decode(data, version)
         # we register only against this version: a tail that drops us bumps it
         self._join_ticket = version if view.members and version >= 0 else None
-        if view.members:
-            tail = view.tail()
+        members = self._kvtwist_members(view)
+        if members:
+            tail = members[-1]
             if tail.address is None:
                 raise RuntimeError(f"tail {tail.name} has no usable address")
+            if self._examined.get(tail.name) is None:
+                return self._examine(tail).addCallback(self._tail_judged, tail, found, gen)
             return self._transfer_from(tail, view)
         if may_start(self.record, self.store.meta.get("name"), self.store.node_id, view.config):
             log.info("the chain is empty; starting it from our copy (op {n})", n=self.last_received)
             return self._register(gen)
-        self._wait_for_members(gen)
+        self._wait_for_members(gen, [m for m in view.members if m not in members])
         return None
+
+    def _kvtwist_members(self, view: Any) -> list[Any]:
+        """The members of ``view`` not known to be foreign."""
+        return [m for m in view.members if self._examined.get(m.name) is not Verdict.FOREIGN]
+
+    def _tail_judged(
+        self, result: tuple[Verdict, str], tail: Any, found: list[Any], gen: int
+    ) -> Any:
+        if gen != self.life.generation:
+            return None
+        verdict, why = result
+        if verdict is not Verdict.FOREIGN:
+            return self._transfer_from(tail, self.view)
+        if self.record.version < 0:
+            # not a kvtwist chain's root: its members are not ours to remove
+            log.warn(
+                "{name} at {address} does not speak kvtwist's chain protocol ({why}), and this "
+                "root keeps no kvtwist chain record: not joining it, leaving it alone",
+                name=tail.name,
+                address=format_address(tail.address),
+                why=why,
+            )
+            return self._join_decide(found, gen, True)
+        d: Deferred[Any] = self._leave_out(tail, why)
+        d.addCallback(lambda _: defer.gatherResults([self.zk.members(), self.zk.read_record()]))
+        return d.addCallback(self._join_decide, gen, True)
 
     def _join_errback(self, f: Failure, gen: int) -> None:
         if gen == self.life.generation:
@@ -432,12 +469,17 @@ class JoiningReplica(LinkedReplica):
 
     # waiting for the last configuration
 
-    def _wait_for_members(self, gen: int) -> None:
-        names = (
-            self.record.describe()
-            if self.record.version >= 0
-            else "a chain that had members but keeps no kvtwist record (older or foreign nodes)"
-        )
+    def _wait_for_members(self, gen: int, foreign: list[Any] | None = None) -> None:
+        if foreign:
+            who = ", ".join(f"{m.name} ({format_address(m.address)})" for m in foreign)
+            names = (
+                f"a chain whose members do not speak kvtwist ({who}: original servers?), "
+                "see docs/migrating.md"
+            )
+        elif self.record.version >= 0:
+            names = self.record.describe()
+        else:
+            names = "a chain that had members but keeps no kvtwist record (older or foreign nodes)"
         self.life.to(State.WAITING, f"the chain is empty; waiting for a node of {names}")
         gen = self.life.generation
         log.warn(
@@ -470,7 +512,8 @@ class JoiningReplica(LinkedReplica):
             view, (data, version) = found
             record = ChainRecord.decode(data, version)
             last = self.store.meta.get("name")
-            if view.members or may_start(record, last, self.store.node_id, view.config):
+            members = self._kvtwist_members(view)
+            if members or may_start(record, last, self.store.node_id, view.config):
                 self._stop_waiting()
                 self.join()
             else:

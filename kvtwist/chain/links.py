@@ -14,6 +14,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from kvtwist import wire
+from kvtwist.chain.foreign import Verdict
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import Link, Side
 from kvtwist.chain.membership import MembershipReplica
@@ -130,6 +131,7 @@ class LinkedReplica(MembershipReplica):
         self.pred = link
         self._stamp(link)
         link.ready = True
+        self._examined[hello.sender] = Verdict.KVTWIST
         self._awaiting_handoff = False
         link.hello(
             self.name,
@@ -179,6 +181,7 @@ class LinkedReplica(MembershipReplica):
             link.refuse("successor's log diverges from ours; it must rejoin", False)
             return
         link.ready = True
+        self._examined[link.peer] = Verdict.KVTWIST
         self._succ_down_since = None
         resend = [u for seq, u in self.pending.items() if last_op < seq <= self.applied_seq]
         if resend:
