@@ -57,7 +57,8 @@ class Verdict:
     def bound(self) -> str:
         if self.limit is None:
             return "—"
-        return f"{'≤' if self.floor.at_most else '≥'} {self.limit:g}{self.floor.unit}"
+        limit = f"{self.limit:.1f}".removesuffix(".0")
+        return f"{'≤' if self.floor.at_most else '≥'} {limit}{self.floor.unit}"
 
     @property
     def word(self) -> str:

@@ -1011,7 +1011,7 @@ def render(data: dict[str, Any], notes: str) -> tuple[str, list[floors.Verdict]]
         """The floor and verdict columns of a section table row."""
         v = vid.get(fid)
         if v is None:
-            return "— | |"
+            return "— | "
         return f"{v.bound} | {verdict(v.met)}"
 
     add("# kvtwist performance\n")
@@ -1054,11 +1054,19 @@ def render(data: dict[str, Any], notes: str) -> tuple[str, list[floors.Verdict]]
 
     add("## Floors\n")
     if s.quick:
+        smaller = []
+        if "tree" in s.only:
+            smaller.append(f"the tree's largest size is {max(s.tree_sizes):,d} keys")
+        if "join" in s.only or "memory" in s.only:
+            smaller.append(f"join and memory use {s.big:,d} keys")
+        if "durability" in s.only:
+            smaller.append(f"recovery uses {s.big:,d} keys")
         add(
-            f"Quick run: the tree's largest size is {max(s.tree_sizes):,d} keys where the "
-            f"floors are set at 1,000,000; join and memory use {s.big:,d} keys (floors: "
-            f"1,000,000); {s.duration:g} s per bench run, each side once. A figure missed "
-            "here may be met at full size, and the other way round.\n"
+            "Quick run: "
+            + "".join(f"{x}; " for x in smaller)
+            + ("the floors are set at 1,000,000 keys; " if smaller else "")
+            + f"{s.duration:g} s per bench run, each side once. A figure missed here may "
+            "be met in a full run, and the other way round.\n"
         )
     add("\n".join(floors.table(verdicts)))
     add("")
@@ -1105,10 +1113,10 @@ def render(data: dict[str, Any], notes: str) -> tuple[str, list[floors.Verdict]]
                 add(
                     f"| {name if is_ref else ''} | {side} | {x['throughput']:,.0f} | "
                     + ("" if is_ref else f"{v['ratios'][side]:.2f}×")
-                    + f" | {'— |' if is_ref else floor_cells(f'{section}:{name}:{side}')} | "
+                    + f" | {floor_cells('' if is_ref else f'{section}:{name}:{side}')} | "
                     f"{x['p50_us']:,.0f} / {x['p99_us']:,.0f} / {x['p999_us']:,.0f} | "
                     + ("" if is_ref else fmt(p50r, ".2f") + "×")
-                    + f" | {'— |' if is_ref else floor_cells(f'{section}-p50:{name}:{side}')} | "
+                    + f" | {floor_cells('' if is_ref else f'{section}-p50:{name}:{side}')} | "
                     f"{x['bench_cpu']:.0%}{errs} |"
                 )
         add("")
