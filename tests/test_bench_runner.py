@@ -254,3 +254,29 @@ class RedisOutputTests(SynchronousTestCase):
         data = fake_run({"redis": {"installed": False}})
         text, _ = run.render(data, "")
         self.assertIn("not installed", text)
+
+
+class BreakdownTests(SynchronousTestCase):
+    def test_a_missing_piece_is_named_and_the_rest_measured(self) -> None:
+        """A piece whose code is gone becomes a row with its reason; the others still run."""
+        from benchmarks import breakdown
+        from kvtwist import wire
+
+        chosen = [p for p in breakdown.PIECES if p[0] in ("frame parse", "protobuf decode")]
+        self.patch(breakdown, "PIECES", chosen)
+        self.patch(breakdown, "MIN_REQUESTS", 64)
+        self.patch(breakdown, "REPEATS", 1)
+        self.patch(wire, "FrameDecoder", None)
+        logged: list[str] = []
+        data = breakdown.measure_all(100, log=logged.append)
+        parse = [p for p in data["pieces"] if p["name"] == "frame parse"]
+        decode = [p for p in data["pieces"] if p["name"] == "protobuf decode"]
+        self.assertEqual(len(parse), len(breakdown.OPS) * len(breakdown.BATCHES))
+        for p in parse:
+            self.assertIsNone(p["us"])
+            self.assertIn("kvtwist.wire.FrameDecoder.feed", p["error"])
+        for p in decode:
+            self.assertIsNone(p["error"])
+            self.assertGreater(p["us"], 0)
+        self.assertEqual(data["sums"]["GET 1"]["missing"], ["frame parse"])
+        self.assertTrue(any("frame parse" in line for line in logged))
