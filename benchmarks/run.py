@@ -1,7 +1,7 @@
 """Run the kvtwist benchmarks, check the floors, and write the report.
 
     .venv/bin/python benchmarks/run.py --quick    # everything small (a few minutes); a check
-    .venv/bin/python benchmarks/run.py            # the full run (about 20 minutes)
+    .venv/bin/python benchmarks/run.py            # the full run (about half an hour)
     .venv/bin/python benchmarks/run.py --publish  # the full run, and docs/performance.md
     .venv/bin/python benchmarks/run.py --only node,breakdown --quick
 
