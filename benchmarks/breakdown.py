@@ -1,6 +1,6 @@
 """Where one request's time goes: the node's request path timed piece by piece.
 
-Every piece is the project's own code (``kvtwist.wire``, ``NodeFactory.handle``,
+Every piece is the project's own code (``kvtwist.wire``, ``NodeFactory.get_many``/``write_many``,
 ``Store``, ``AVLTree``, ``ThreadRunner``) run in a loop in this process, and
 reported in microseconds per request, timeit-style: the best of several
 repeats, each the mean over many requests.  Each piece is measured with one
@@ -198,11 +198,8 @@ def reply_encoding(w: Workload, op: str, batch: int) -> Callable[[], float]:
 
     def one() -> bytes:
         if op == "GET":
-            reply = wire.reply(wire.OP_GET, c_type=wire.CT_VALUE)
-            reply.values.append(VALUE)
-        else:
-            reply = wire.result_reply(wire.OP_PUT, 12345)
-        return wire.frame(reply)
+            return wire.get_reply_frame(VALUE)
+        return wire.write_reply_frame(wire.OP_PUT, 12345)
 
     def run() -> float:
         t0 = time.perf_counter()
@@ -249,43 +246,48 @@ def _peer() -> str:
     return "127.0.0.1:0"
 
 
+def _batch_entry(node: Node, op: str) -> Callable[[list[Any], Callable[[], str]], Any]:
+    """What the protocol calls for requests that arrived together: get_many or write_many."""
+    f = node.factory
+    return f.get_many if op == "GET" else f.write_many
+
+
 def dispatch(node: Node, op: str, batch: int) -> Callable[[], float]:
-    """``NodeFactory.handle`` for ``batch`` requests, up to their queued tree work."""
-    handle, w = node.factory.handle, node.w
+    """``NodeFactory.get_many`` / ``write_many`` for ``batch`` requests, up to the queued work."""
+    entry, w = _batch_entry(node, op), node.w
 
     def run() -> float:
         msgs = [w.request(op) for _ in range(batch)]
         t0 = time.perf_counter()
-        ds = [handle(m, _peer) for m in msgs]
+        d = entry(msgs, _peer)
         t1 = time.perf_counter()
         node.settle()
-        _check_answered(ds, op)
+        _check_answered(d, batch, op)
         return t1 - t0
 
     return run
 
 
 def completion(node: Node, op: str, batch: int) -> Callable[[], float]:
-    """The reactor turn after ``NodeFactory.handle``: the queued batch run, replies made."""
-    handle, w = node.factory.handle, node.w
+    """The reactor turn after the batch entry point: the queued batch run, replies made."""
+    entry, w = _batch_entry(node, op), node.w
 
     def run() -> float:
-        ds = [handle(w.request(op), _peer) for _ in range(batch)]
+        d = entry([w.request(op) for _ in range(batch)], _peer)
         t0 = time.perf_counter()
         node.settle()
         t1 = time.perf_counter()
-        _check_answered(ds, op)
+        _check_answered(d, batch, op)
         return t1 - t0
 
     return run
 
 
-def _check_answered(ds: list[Any], op: str) -> None:
-    answers: list[bytes] = []
-    for d in ds:
-        d.addCallback(answers.append)
-    if len(answers) != len(ds):
-        raise RuntimeError(f"{len(answers)} of {len(ds)} {op}s answered in one reactor turn")
+def _check_answered(d: Any, batch: int, op: str) -> None:
+    answers: list[list[bytes]] = []
+    d.addCallback(answers.append)
+    if len(answers) != 1 or len(answers[0]) != batch:
+        raise RuntimeError(f"the {batch} {op}s were not answered in one reactor turn")
 
 
 def protocol_path(node: Node, op: str, batch: int) -> Callable[[], float]:
@@ -441,13 +443,13 @@ PIECES: list[tuple[str, str, bool, Callable[[Context, str, int], float]]] = [
     ),
     (
         "dispatch",
-        "kvtwist.server.NodeFactory.handle, up to the queued tree work",
+        "kvtwist.server.NodeFactory.get_many (GET) / write_many (PUT), up to the queued work",
         True,
         timed_piece(lambda c, op, b: dispatch(c.node, op, b)),
     ),
     (
         "completion",
-        "the reactor turn after NodeFactory.handle: the store's batch run inline "
+        "the reactor turn after get_many / write_many: the store's batch run inline "
         "(InlineRunner), tree work, reply encoding, Deferreds fired",
         True,
         timed_piece(lambda c, op, b: completion(c.node, op, b)),
@@ -460,14 +462,14 @@ PIECES: list[tuple[str, str, bool, Callable[[Context, str, int], float]]] = [
     ),
     (
         "of which: reply encoding",
-        "kvtwist.wire.reply (GET) / result_reply (PUT), then kvtwist.wire.frame",
+        "kvtwist.wire.get_reply_frame (GET) / write_reply_frame (PUT)",
         False,
         timed_piece(lambda c, op, b: reply_encoding(c.w, op, b)),
     ),
     (
         "thread hand-off, one hop per batch",
         "kvtwist.store.Store.read (GET) / ThreadRunner.write (PUT) on a ThreadRunner: "
-        "deferToThreadPool there, callFromThread back",
+        "a SimpleQueue to its thread, callFromThread back",
         True,
         lambda c, op, b: c.hop(op, b),
     ),
