@@ -15,7 +15,9 @@ ADMIN = str(Path(TWISTD).parent / "kvtwist-admin")
 
 def fill(port: int, n: int) -> None:
     with RawClient(port) as c:
-        replies = c.call(*[wire.req_put(f"user:{i:04d}:é", f"v{i}".encode()) for i in range(n)])
+        replies = c.call(
+            *[wire.req_put(f"user:{i:04d}:é".encode(), f"v{i}".encode()) for i in range(n)]
+        )
     assert all(r.opcode == wire.OP_PUT + 1 for r in replies)
 
 

@@ -91,13 +91,13 @@ class BlockingClientTests(SynchronousTestCase):
             kv.put(key, key.upper())
         self.assertEqual(kv.size(), 5)
         self.assertEqual(kv.height(), 3)
-        self.assertEqual(kv.keys(), ["a", "b", "c", "d", "e"])
+        self.assertEqual(kv.keys(), [b"a", b"b", b"c", b"d", b"e"])
         self.assertEqual(kv.values(), [b"A", b"B", b"C", b"D", b"E"])
         self.assertEqual(len(kv.range()), 5)
-        self.assertEqual(kv.range("b", "d"), [("b", b"B"), ("c", b"C")])
-        self.assertEqual(kv.range("c"), [("c", b"C"), ("d", b"D"), ("e", b"E")])
-        self.assertEqual(kv.range(None, "b"), [("a", b"A")])
-        self.assertEqual(kv.range("b", None, 2), [("b", b"B"), ("c", b"C")])
+        self.assertEqual(kv.range("b", "d"), [(b"b", b"B"), (b"c", b"C")])
+        self.assertEqual(kv.range("c"), [(b"c", b"C"), (b"d", b"D"), (b"e", b"E")])
+        self.assertEqual(kv.range(None, "b"), [(b"a", b"A")])
+        self.assertEqual(kv.range("b", None, 2), [(b"b", b"B"), (b"c", b"C")])
 
     def test_verify(self) -> None:
         """verify is True for an executed op number and False for a future one."""
