@@ -152,6 +152,14 @@ class ChainTests(ChainCase):
         self.assertEqual(r.op_n, 2)  # type: ignore[attr-defined]
         self.assertEqual(list(head.one(wire.req_get(b"y")).values), [b"2"])  # type: ignore[attr-defined]
         self.assertEqual(tail.one(wire.req_verify(2)).result, 1)  # type: ignore[attr-defined]
+        # a key that is no UTF-8, as the original C client may send it, is replicated
+        r = mid.one(wire.req_put(b"caf\xe9", b"3"))
+        self.assertEqual(r.op_n, 3)  # type: ignore[attr-defined]
+        self.assertEqual(list(tail.one(wire.req_get(b"caf\xe9")).values), [b"3"])  # type: ignore[attr-defined]
+        self.assertEqual(
+            wait_for(lambda: dump(b.port) if len(dump(b.port) or []) == 3 else None, 10, "copy"),
+            [(b"caf\xe9", b"3"), (b"x", b"1"), (b"y", b"2")],
+        )
         roles = {
             n.port: RawClient(n.port).one(wire.req_stats()).stats.role  # type: ignore[attr-defined]
             for n in (a, b, c)
