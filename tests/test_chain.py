@@ -258,7 +258,7 @@ class IPv6Tests(ChainCase):
             [reply] = head.call(wire.req_put(b"six", b"over v6"))
         self.assertEqual(reply.opcode, wire.OP_PUT + 1, reply.error)
         with RawClient(nodes[1].port, host="::1") as tail:
-            self.assertEqual(tail.get("six"), b"over v6")
+            self.assertEqual(tail.get(b"six"), b"over v6")
 
 
 class ZooKeeperOutageTests(SynchronousTestCase):

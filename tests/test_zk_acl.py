@@ -202,7 +202,7 @@ class NodeACLTests(StrangerMixin, unittest.SynchronousTestCase):
             reply = c.one(wire.req_put(b"k", b"v"))
             self.assertEqual(reply.opcode, wire.OP_PUT + 1, reply.error)
         with RawClient(tail.port) as c:
-            self.assertEqual(c.get("k"), b"v")
+            self.assertEqual(c.get(b"k"), b"v")
 
 
 class AdminACLTests(StrangerMixin, unittest.SynchronousTestCase):
