@@ -139,7 +139,7 @@ def copy_keys(src: Any, dst: Any, page: int = 1000) -> tuple[int, int]:
     except KVError as e:
         if "RANGE" not in e.reason:
             raise
-        start: str | None = None
+        start: bytes | None = None
         while True:
             try:
                 rows = src.range(start, None, page)
@@ -153,7 +153,7 @@ def copy_keys(src: Any, dst: Any, page: int = 1000) -> tuple[int, int]:
                 copied += 1
             if len(rows) < page:
                 return copied, vanished
-            start = rows[-1][0] + "\x00"
+            start = rows[-1][0] + b"\x00"  # the next key in bytewise order
     for key in keys:
         value = src.get(key)
         if value is None:

@@ -571,7 +571,7 @@ class RawClient:
             out.append(self.wire.decode(self.ready.pop(0)))
         return out
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: bytes) -> bytes | None:
         """A linearizable read (the node must be the tail); KVError-like RuntimeError on ERROR."""
         [reply] = self.call(self.wire.req_get(key))
         if reply.opcode == self.wire.OP_ERROR:
@@ -582,7 +582,7 @@ class RawClient:
         [reply] = self.call(self.wire.req_stats())
         return reply.stats
 
-    def dump(self) -> list[tuple[str, bytes]]:
+    def dump(self) -> list[tuple[bytes, bytes]]:
         """This node's own copy, whatever its role."""
         keys = self.wire.req_getkeys()
         keys.local = True
@@ -592,7 +592,7 @@ class RawClient:
         for reply in (k, v):
             if reply.opcode == self.wire.OP_ERROR:
                 raise RuntimeError(f"local dump refused: {reply.error}")
-        return list(zip(k.keys, [bytes(x) for x in v.values], strict=True))
+        return list(zip([bytes(x) for x in k.keys], [bytes(x) for x in v.values], strict=True))
 
     def close(self) -> None:
         self.sock.close()
@@ -604,7 +604,7 @@ class RawClient:
         self.close()
 
 
-def dump(port: int, timeout: float = 5.0) -> list[tuple[str, bytes]] | None:
+def dump(port: int, timeout: float = 5.0) -> list[tuple[bytes, bytes]] | None:
     """The local copy of the node on ``port``, or None if it cannot be read now."""
     try:
         with RawClient(port, timeout=timeout) as c:

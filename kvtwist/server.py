@@ -782,13 +782,13 @@ class NodeFactory(Factory):
                 f", got {msg.c_type}"
             )
 
-    def _key(self, msg: Message, ctype: int, key: str | None) -> str:
+    def _key(self, msg: Message, ctype: int, key: bytes | None) -> bytes:
         self._ctype(msg, ctype)
         if key is None:
             raise BadRequest(f"{wire.op_name(msg.opcode)} needs a key")
         if not key:
             raise BadRequest("the key is empty")
-        size = len(key.encode("utf-8"))
+        size = len(key)
         if size > self.limits.max_key:
             raise BadRequest(f"key of {size} bytes exceeds the limit of {self.limits.max_key}")
         return key
@@ -811,7 +811,7 @@ class NodeFactory(Factory):
 
             def getkeys(v: ReadView) -> bytes:
                 keys = v.tree.keys()
-                _bounded(op, map(_text_size, keys), max_reply)
+                _bounded(op, map(len, keys), max_reply)
                 return wire.frame(wire.reply(op, c_type=wire.CT_KEYS, keys=keys))
 
             return getkeys
@@ -839,7 +839,7 @@ class NodeFactory(Factory):
 
             def scan(v: ReadView) -> bytes:
                 items = v.tree.range(start, stop, limit)
-                _bounded(op, (_text_size(k) + len(d) for k, d in items), max_reply)
+                _bounded(op, (len(k) + len(d) for k, d in items), max_reply)
                 return wire.frame(
                     wire.reply(
                         op,
@@ -875,10 +875,6 @@ class NodeFactory(Factory):
 
 #: Bytes a repeated field's element costs beyond its contents (tag, length), at most.
 _ELEMENT_OVERHEAD = 6
-
-
-def _text_size(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
 
 
 def _bounded(op: int, sizes: Any, max_reply: int) -> None:

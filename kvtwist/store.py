@@ -320,7 +320,7 @@ class Store:
 
     def load(
         self,
-        keys: Sequence[str],
+        keys: Sequence[bytes],
         values: Sequence[bytes],
         last_applied: int,
         epochs: Sequence[tuple[int, int]] = (),

@@ -64,7 +64,7 @@ class Options(usage.Options):
             "Largest request frame in bytes.",
             _positive("max-frame"),
         ],
-        ["max-key", None, DEFAULT_MAX_KEY, "Largest key in bytes (UTF-8).", _positive("max-key")],
+        ["max-key", None, DEFAULT_MAX_KEY, "Largest key in bytes.", _positive("max-key")],
         ["max-value", None, None, "Largest value in bytes (default: --max-frame)."],
         [
             "max-connections",

@@ -1,4 +1,6 @@
-"""A persistent (path-copying) AVL tree mapping ``str`` keys to ``bytes`` values.
+"""A persistent (path-copying) AVL tree mapping ``bytes`` keys to ``bytes`` values.
+
+Keys order bytewise (``bytes`` comparison), as the original C server orders them.
 
 Nodes are never mutated once they are reachable from a published root: every
 update builds fresh nodes along the search path and then swaps the tree's root
@@ -34,14 +36,14 @@ class Node:
 
     __slots__ = ("key", "value", "left", "right", "height")
 
-    key: str
+    key: bytes
     value: bytes
     left: Node | None
     right: Node | None
     height: int
 
     def __init__(
-        self, key: str, value: bytes, left: Node | None, right: Node | None, height: int
+        self, key: bytes, value: bytes, left: Node | None, right: Node | None, height: int
     ) -> None:
         self.key = key
         self.value = value
@@ -53,7 +55,7 @@ class Node:
         return f"Node({self.key!r}, h={self.height})"
 
 
-def _balance(key: str, value: bytes, left: Node | None, right: Node | None) -> Node:
+def _balance(key: bytes, value: bytes, left: Node | None, right: Node | None) -> Node:
     """Build a node over two subtrees whose heights differ by at most 2, rotating if needed.
 
     Only ever creates new nodes, so it is safe on subtrees shared with snapshots.
@@ -107,13 +109,13 @@ def _balance(key: str, value: bytes, left: Node | None, right: Node | None) -> N
     return Node(key, value, left, right, (hl if hl > hr else hr) + 1)
 
 
-def _check(node: Node | None, lo: str | None, hi: str | None) -> tuple[int, int]:
+def _check(node: Node | None, lo: bytes | None, hi: bytes | None) -> tuple[int, int]:
     """Validate a subtree whose keys must lie strictly in (lo, hi); return (count, height)."""
     if node is None:
         return 0, 0
     key = node.key
-    if not isinstance(key, str):
-        raise AssertionError(f"key {key!r} is not a str")
+    if not isinstance(key, bytes):
+        raise AssertionError(f"key {key!r} is not bytes")
     if lo is not None and not lo < key:
         raise AssertionError(f"BST order violated: key {key!r} is not > {lo!r}")
     if hi is not None and not key < hi:
@@ -131,7 +133,7 @@ def _check(node: Node | None, lo: str | None, hi: str | None) -> tuple[int, int]
 
 
 class AVLTree:
-    """Ordered str -> bytes map whose versions are cheap, immutable snapshots."""
+    """Ordered bytes -> bytes map whose versions are cheap, immutable snapshots."""
 
     __slots__ = ("_root", "_size")
 
@@ -144,7 +146,7 @@ class AVLTree:
 
     # ---- updates -------------------------------------------------------
 
-    def put(self, key: str, value: bytes) -> bool:
+    def put(self, key: bytes, value: bytes) -> bool:
         """Insert or replace; True if the key was new.
 
         Iterative descent records the path, then a fresh path is built bottom-up
@@ -212,7 +214,7 @@ class AVLTree:
         self._root = new
         return True
 
-    def delete(self, key: str) -> bool:
+    def delete(self, key: bytes) -> bool:
         """Remove key; True if it was present.  A miss allocates nothing."""
         path: list[Node] = []
         push = path.append
@@ -274,7 +276,7 @@ class AVLTree:
 
     # ---- point reads ---------------------------------------------------
 
-    def get(self, key: str, default: bytes | None = None) -> bytes | None:
+    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
         """Look up key; iterative so the hot read path makes no Python calls."""
         node = self._root
         while node is not None:
@@ -288,7 +290,7 @@ class AVLTree:
         return default
 
     def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str):
+        if not isinstance(key, bytes):
             return False
         node = self._root
         while node is not None:
@@ -313,7 +315,7 @@ class AVLTree:
         root = self._root
         return root.height if root is not None else 0
 
-    def first(self) -> tuple[str, bytes] | None:
+    def first(self) -> tuple[bytes, bytes] | None:
         """Smallest (key, value), or None when empty."""
         node = self._root
         if node is None:
@@ -322,7 +324,7 @@ class AVLTree:
             node = node.left
         return node.key, node.value
 
-    def last(self) -> tuple[str, bytes] | None:
+    def last(self) -> tuple[bytes, bytes] | None:
         """Largest (key, value), or None when empty."""
         node = self._root
         if node is None:
@@ -335,12 +337,12 @@ class AVLTree:
     # Each of these reads self._root once, so a concurrent writer cannot make
     # them observe a mix of two versions.
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[bytes]:
         """Keys ascending, lazily, over the version current when iteration starts."""
         for key, _ in self.iter_items():
             yield key
 
-    def iter_items(self, start: str | None = None) -> Iterator[tuple[str, bytes]]:
+    def iter_items(self, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Lazily yield (key, value) ascending from the first key >= start.
 
         Uses an explicit stack (depth <= tree height) rather than recursion, and
@@ -373,9 +375,9 @@ class AVLTree:
     # Full scans use a recursive closure (depth = tree height, ~30 at 10^6 keys):
     # in CPython that is markedly faster than draining a generator.
 
-    def keys(self) -> list[str]:
+    def keys(self) -> list[bytes]:
         """All keys ascending."""
-        out: list[str] = []
+        out: list[bytes] = []
         append = out.append
 
         def walk(n: Node) -> None:
@@ -407,9 +409,9 @@ class AVLTree:
             walk(root)
         return out
 
-    def items(self) -> list[tuple[str, bytes]]:
+    def items(self) -> list[tuple[bytes, bytes]]:
         """All (key, value) pairs in key order."""
-        out: list[tuple[str, bytes]] = []
+        out: list[tuple[bytes, bytes]] = []
         append = out.append
 
         def walk(n: Node) -> None:
@@ -425,14 +427,14 @@ class AVLTree:
         return out
 
     def range(
-        self, start: str | None = None, stop: str | None = None, limit: int | None = None
-    ) -> list[tuple[str, bytes]]:
+        self, start: bytes | None = None, stop: bytes | None = None, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
         """Pairs with start <= key < stop (None = unbounded).
 
         At most ``limit`` pairs when limit is a positive int; None, 0 or a
         negative limit means no limit (0 is protobuf's "unset").
         """
-        out: list[tuple[str, bytes]] = []
+        out: list[tuple[bytes, bytes]] = []
         if start is not None and stop is not None and not start < stop:
             return out
         n = limit if limit is not None and limit > 0 else -1
@@ -452,7 +454,7 @@ class AVLTree:
     # ---- snapshots and debugging ----------------------------------------
 
     @classmethod
-    def from_sorted(cls, keys: Sequence[str], values: Sequence[bytes]) -> AVLTree:
+    def from_sorted(cls, keys: Sequence[bytes], values: Sequence[bytes]) -> AVLTree:
         """Build from strictly ascending keys and their values in O(n): a joiner's copy.
 
         Splitting at the middle gives a complete-as-possible tree, so heights

@@ -218,11 +218,11 @@ def req_height() -> Message:
     return Message(opcode=OP_HEIGHT, c_type=CT_NONE)
 
 
-def req_get(key: str) -> Message:
+def req_get(key: bytes) -> Message:
     return Message(opcode=OP_GET, c_type=CT_KEY, keys=[key])
 
 
-def req_put(key: str, data: bytes, client_id: str = "", request_id: int = 0) -> Message:
+def req_put(key: bytes, data: bytes, client_id: str = "", request_id: int = 0) -> Message:
     return Message(
         opcode=OP_PUT,
         c_type=CT_ENTRY,
@@ -232,7 +232,7 @@ def req_put(key: str, data: bytes, client_id: str = "", request_id: int = 0) -> 
     )
 
 
-def req_del(key: str, client_id: str = "", request_id: int = 0) -> Message:
+def req_del(key: bytes, client_id: str = "", request_id: int = 0) -> Message:
     return Message(
         opcode=OP_DEL, c_type=CT_KEY, keys=[key], client_id=client_id, request_id=request_id
     )
@@ -260,7 +260,7 @@ def req_auth(token: bytes) -> Message:
     return Message(opcode=OP_AUTH, c_type=CT_NONE, token=token)
 
 
-def req_range(start: str | None = None, stop: str | None = None, limit: int = 0) -> Message:
+def req_range(start: bytes | None = None, stop: bytes | None = None, limit: int = 0) -> Message:
     spec = RangeSpec(limit=limit)
     if start is not None:
         spec.start = start

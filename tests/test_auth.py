@@ -174,7 +174,7 @@ def forged_hello() -> Message:
 def forged_update() -> Message:
     msg = Message(opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN)
     msg.hello.sender = "node0000000001"
-    msg.updates.add(seq=1, is_put=True, key="evil", data=b"x")
+    msg.updates.add(seq=1, is_put=True, key=b"evil", data=b"x")
     return msg
 
 
@@ -372,11 +372,11 @@ class KeyedChainTests(SynchronousTestCase):
         net = KeyedNet([KEY])
         a, b, c = net.chain(3)
         self.assertEqual([n.replica.role for n in (a, b, c)], ["head", "middle", "tail"])
-        d = a.write("k", b"v")
+        d = a.write(b"k", b"v")
         net.settle()
         self.assertEqual(self.successResultOf(d).op_n, 1)
         self.assertEqual(a.state(), c.state())
-        self.assertEqual(c.state(), [("k", b"v")])
+        self.assertEqual(c.state(), [(b"k", b"v")])
         conns = [p.serverIO.protocol for p in net.pumps if p.serverIO.protocol.link is not None]
         self.assertTrue(conns and all(getattr(x, "authenticated", False) for x in conns))
 
@@ -384,7 +384,7 @@ class KeyedChainTests(SynchronousTestCase):
         """The issue's scenario: a stranger names the tail's predecessor and sends op 2 'evil'."""
         net = KeyedNet([KEY])
         a, b, c = net.chain(3)
-        self.successResultOf_settled(net, a.write("k", b"v"))
+        self.successResultOf_settled(net, a.write(b"k", b"v"))
         proto = c.factory.buildProtocol(None)
         t = StringTransport()
         proto.makeConnection(t)
@@ -397,10 +397,10 @@ class KeyedChainTests(SynchronousTestCase):
             + wire.frame(forged)
         )
         self.assertEqual(replies(t)[0].opcode, wire.OP_ERROR)
-        d = a.write("k2", b"real")
+        d = a.write(b"k2", b"real")
         net.settle()
         self.assertEqual(self.successResultOf(d).op_n, 2)
-        self.assertEqual(c.state(), [("k", b"v"), ("k2", b"real")])
+        self.assertEqual(c.state(), [(b"k", b"v"), (b"k2", b"real")])
         self.assertEqual(a.state(), c.state())
 
     def successResultOf_settled(self, net: Net, d: Any) -> Any:
@@ -415,6 +415,6 @@ class KeyedChainTests(SynchronousTestCase):
         b = net.add()
         self.assertEqual(a.replica.role, "head+tail")
         self.assertNotEqual(b.replica.status, "member")
-        d = a.write("k", b"v")
+        d = a.write(b"k", b"v")
         net.settle()
         self.assertEqual(self.successResultOf(d).op_n, 1)

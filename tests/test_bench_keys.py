@@ -28,7 +28,7 @@ class KeyPrefixTests(SynchronousTestCase):
         self.node = NodeProcess().start()
         self.addCleanup(self.node.cleanup)
 
-    def keys(self) -> list[str]:
+    def keys(self) -> list[bytes]:
         with BlockingClient.connect(self.node.address, reactor=private_reactor()) as kv:
             return kv.keys()
 
@@ -42,7 +42,7 @@ class KeyPrefixTests(SynchronousTestCase):
     def test_default_prefix_is_bench(self) -> None:
         """Without --key-prefix every key the bench writes starts with 'bench:'."""
         self.put()
-        self.assertEqual(self.keys(), [f"bench:{key_name(i)}" for i in range(20)])
+        self.assertEqual(self.keys(), [f"bench:{key_name(i)}".encode() for i in range(20)])
 
     def test_key_prefix_option(self) -> None:
         """--key-prefix replaces 'bench:' and leaves other keys alone."""
@@ -50,8 +50,8 @@ class KeyPrefixTests(SynchronousTestCase):
             kv.put("user:1", b"alice")
         self.put("--key-prefix", "load/")
         keys = self.keys()
-        self.assertEqual(keys[:20], [f"load/{key_name(i)}" for i in range(20)])
-        self.assertEqual(keys[20:], ["user:1"])
+        self.assertEqual(keys[:20], [f"load/{key_name(i)}".encode() for i in range(20)])
+        self.assertEqual(keys[20:], [b"user:1"])
 
 
 class HelpTests(SynchronousTestCase):

@@ -83,6 +83,21 @@ class BlockingClientTests(SynchronousTestCase):
         self.assertEqual(self.kv.get("bin"), value)
         self.assertEqual(self.kv.values(), [value])
 
+    def test_keys_as_str_or_bytes(self) -> None:
+        """A str key is its UTF-8 bytes; any bytes are a key; listings give keys as bytes."""
+        kv = self.kv
+        kv.put("café", b"text")
+        self.assertEqual(kv.get("café".encode()), b"text")
+        kv.put(b"caf\xe9", b"latin-1")
+        self.assertEqual(kv.get(b"caf\xe9"), b"latin-1")
+        self.assertEqual(kv.get("café"), b"text")  # not the same key
+        self.assertEqual(kv.keys(), ["café".encode(), b"caf\xe9"])
+        self.assertEqual(kv.range(b"caf\xe9"), [(b"caf\xe9", b"latin-1")])
+        self.assertEqual(kv.range("caf", "cag", 1), [("café".encode(), b"text")])
+        self.assertEqual(kv.delete(b"caf\xe9"), WriteResult(3, True))
+        self.assertEqual(kv.delete("café"), WriteResult(4, True))
+        self.assertEqual(kv.keys(), [])
+
     def test_whole_store_reads(self) -> None:
         """size, height, keys, values and range see the same ordered store."""
         kv = self.kv
@@ -91,13 +106,13 @@ class BlockingClientTests(SynchronousTestCase):
             kv.put(key, key.upper())
         self.assertEqual(kv.size(), 5)
         self.assertEqual(kv.height(), 3)
-        self.assertEqual(kv.keys(), ["a", "b", "c", "d", "e"])
+        self.assertEqual(kv.keys(), [b"a", b"b", b"c", b"d", b"e"])
         self.assertEqual(kv.values(), [b"A", b"B", b"C", b"D", b"E"])
         self.assertEqual(len(kv.range()), 5)
-        self.assertEqual(kv.range("b", "d"), [("b", b"B"), ("c", b"C")])
-        self.assertEqual(kv.range("c"), [("c", b"C"), ("d", b"D"), ("e", b"E")])
-        self.assertEqual(kv.range(None, "b"), [("a", b"A")])
-        self.assertEqual(kv.range("b", None, 2), [("b", b"B"), ("c", b"C")])
+        self.assertEqual(kv.range("b", "d"), [(b"b", b"B"), (b"c", b"C")])
+        self.assertEqual(kv.range("c"), [(b"c", b"C"), (b"d", b"D"), (b"e", b"E")])
+        self.assertEqual(kv.range(None, "b"), [(b"a", b"A")])
+        self.assertEqual(kv.range("b", None, 2), [(b"b", b"B"), (b"c", b"C")])
 
     def test_verify(self) -> None:
         """verify is True for an executed op number and False for a future one."""

@@ -118,7 +118,7 @@ class ChainCase(ZooKeeperCase):
         """Every survivor ends with the same data, holding every acknowledged write."""
         ports = [n.port for n in survivors]
 
-        def same() -> list[tuple[str, bytes]] | None:
+        def same() -> list[tuple[bytes, bytes]] | None:
             dumps = [dump(p) for p in ports]
             if any(d is None for d in dumps) or any(d != dumps[0] for d in dumps):
                 return None
@@ -126,7 +126,7 @@ class ChainCase(ZooKeeperCase):
 
         state = wait_for(same, 30, "survivors to hold identical data")
         held = dict(state)  # type: ignore[arg-type]
-        missing = [k for k, _ in acks if k not in held]
+        missing = [k for k, _ in acks if k.encode() not in held]
         self.assertEqual(missing, [], "acknowledged writes lost")
         ops = [op for _, op in acks]
         self.assertEqual(ops, sorted(ops), "op numbers must increase")
@@ -144,14 +144,22 @@ class ChainTests(ChainCase):
         )
         self.assertTrue(all(m[0].startswith("node") and len(m[0]) == 14 for m in members))
         head, mid, tail = RawClient(a.port), RawClient(b.port), RawClient(c.port)
-        r = head.one(wire.req_put("x", b"1"))
+        r = head.one(wire.req_put(b"x", b"1"))
         self.assertEqual(r.opcode, wire.OP_PUT + 1)  # type: ignore[attr-defined]
-        self.assertEqual(list(tail.one(wire.req_get("x")).values), [b"1"])  # type: ignore[attr-defined]
+        self.assertEqual(list(tail.one(wire.req_get(b"x")).values), [b"1"])  # type: ignore[attr-defined]
         # a write sent to the middle is forwarded to the head; a read to the tail
-        r = mid.one(wire.req_put("y", b"2"))
+        r = mid.one(wire.req_put(b"y", b"2"))
         self.assertEqual(r.op_n, 2)  # type: ignore[attr-defined]
-        self.assertEqual(list(head.one(wire.req_get("y")).values), [b"2"])  # type: ignore[attr-defined]
+        self.assertEqual(list(head.one(wire.req_get(b"y")).values), [b"2"])  # type: ignore[attr-defined]
         self.assertEqual(tail.one(wire.req_verify(2)).result, 1)  # type: ignore[attr-defined]
+        # a key that is no UTF-8, as the original C client may send it, is replicated
+        r = mid.one(wire.req_put(b"caf\xe9", b"3"))
+        self.assertEqual(r.op_n, 3)  # type: ignore[attr-defined]
+        self.assertEqual(list(tail.one(wire.req_get(b"caf\xe9")).values), [b"3"])  # type: ignore[attr-defined]
+        self.assertEqual(
+            wait_for(lambda: dump(b.port) if len(dump(b.port) or []) == 3 else None, 10, "copy"),
+            [(b"caf\xe9", b"3"), (b"x", b"1"), (b"y", b"2")],
+        )
         roles = {
             n.port: RawClient(n.port).one(wire.req_stats()).stats.role  # type: ignore[attr-defined]
             for n in (a, b, c)
@@ -247,10 +255,10 @@ class IPv6Tests(ChainCase):
         ]
         self.assertEqual(raw, [f"[::1]:{n.port}".encode() + b"\x00" for n in nodes])
         with RawClient(nodes[0].port, host="::1") as head:
-            [reply] = head.call(wire.req_put("six", b"over v6"))
+            [reply] = head.call(wire.req_put(b"six", b"over v6"))
         self.assertEqual(reply.opcode, wire.OP_PUT + 1, reply.error)
         with RawClient(nodes[1].port, host="::1") as tail:
-            self.assertEqual(tail.get("six"), b"over v6")
+            self.assertEqual(tail.get(b"six"), b"over v6")
 
 
 class ZooKeeperOutageTests(SynchronousTestCase):

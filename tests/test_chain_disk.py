@@ -77,7 +77,7 @@ class ChainDiskTests(SynchronousTestCase):
         self.net = Net()
         self.disk = FakeDisk()
 
-    def settled_write(self, node: Node, key: str, value: bytes) -> Any:
+    def settled_write(self, node: Node, key: bytes, value: bytes) -> Any:
         d = node.write(key, value)
         self.net.settle()
         return self.successResultOf(d)
@@ -87,7 +87,7 @@ class ChainDiskTests(SynchronousTestCase):
         a, b = self.net.chain(2)
         held = HeldRunner()
         a.store.runner = held  # type: ignore[assignment]
-        d = a.write("k", b"v")
+        d = a.write(b"k", b"v")
         self.net.settle(rounds=5)
         self.assertEqual(a.replica.last_received, 1)
         self.assertEqual(b.replica.last_received, 0, "forwarded before it was on disk")
@@ -102,9 +102,9 @@ class ChainDiskTests(SynchronousTestCase):
         that write when it rejoins; the op number it used names the new head's write."""
         a, b, c = durable_chain(self.net, 3, self.disk)
         for i in range(3):
-            self.settled_write(a, f"k{i}", b"x")
+            self.settled_write(a, f"k{i}".encode(), b"x")
         cut(self.net, a, b)
-        orphan = a.write("orphan", b"never committed")
+        orphan = a.write(b"orphan", b"never committed")
         self.net.settle(rounds=5)
         self.assertEqual(a.replica.last_received, 4)
         self.assertNoResult(orphan)
@@ -112,7 +112,7 @@ class ChainDiskTests(SynchronousTestCase):
         self.net.registry.remove(a.name or "")
         a.replica.zk_state("lost")
         self.failureResultOf(orphan).trap(Unavailable)
-        new = b.write("new", b"committed")
+        new = b.write(b"new", b"committed")
         self.net.settle()
         self.assertEqual(self.successResultOf(new).op_n, 4)
         self.assertEqual(a.replica.role, "tail", "the old head did not rejoin")
@@ -120,8 +120,8 @@ class ChainDiskTests(SynchronousTestCase):
         states = [n.state() for n in (a, b, c)]
         self.assertEqual(states[0], states[1])
         self.assertEqual(states[0], states[2])
-        self.assertIn(("new", b"committed"), states[0])
-        self.assertNotIn("orphan", dict(states[0]))
+        self.assertIn((b"new", b"committed"), states[0])
+        self.assertNotIn(b"orphan", dict(states[0]))
         self.assertEqual(a.replica.history.marks, c.replica.history.marks)
         # and its disk agrees: reopened, it holds what the chain holds
         assert a.store.journal is not None
@@ -136,37 +136,37 @@ class ChainDiskTests(SynchronousTestCase):
         store = Store(self.net.clock, InlineRunner(), journal)
         store.restore(journal.open())
         replica = Replica(self.net.clock, store)
-        first = replica.write(True, "a", b"1")
+        first = replica.write(True, b"a", b"1")
         self.net.clock.advance(0)
         self.assertEqual(self.successResultOf(first).op_n, 1)
         self.disk.fail("write", errno.ENOSPC, times=None)
-        full = replica.write(True, "b", b"2")
+        full = replica.write(True, b"b", b"2")
         self.net.clock.advance(0)
         f = self.failureResultOf(full)
         f.trap(Unavailable)
         self.assertIn("No space left", str(f.value))
-        self.assertEqual(replica.committed_tree.items(), [("a", b"1")])
+        self.assertEqual(replica.committed_tree.items(), [(b"a", b"1")])
         self.disk.heal()
-        again = replica.write(True, "c", b"3")
+        again = replica.write(True, b"c", b"3")
         self.net.clock.advance(0)
         self.assertEqual(self.successResultOf(again).op_n, 2)
         journal.close()
         back = DataDir("/standalone", disk=self.disk).open()  # type: ignore[arg-type]
-        self.assertEqual(back.tree.items(), [("a", b"1"), ("c", b"3")])
+        self.assertEqual(back.tree.items(), [(b"a", b"1"), (b"c", b"3")])
 
     def test_member_with_a_failing_disk_leaves_and_the_chain_goes_on(self) -> None:
         """A middle node whose disk fails leaves the chain instead of stalling it."""
         a, b, c = durable_chain(self.net, 3, self.disk)
-        self.settled_write(a, "before", b"1")
+        self.settled_write(a, b"before", b"1")
         self.disk.fail("fsync", errno.EIO, times=None)
         # only b's files fail: give the others a healthy disk of their own
         for n in (a, c):
             n.store.journal = None
-        d = a.write("during", b"2")
+        d = a.write(b"during", b"2")
         self.net.settle()
         self.assertEqual(self.successResultOf(d).op_n, 2)
         self.assertNotIn(b.name, [m.name for m in self.net.registry.members])
-        self.assertIn(("during", b"2"), c.state())
+        self.assertIn((b"during", b"2"), c.state())
         self.assertEqual(b.replica.status, "fenced")
         # the disk recovers: b comes back behind c with what it missed
         self.disk.heal()
@@ -192,7 +192,7 @@ class BacklogBoundTests(SynchronousTestCase):
         net = Net()
         (a,) = net.chain(1)
         for i in range(5):
-            a.write(f"pre{i}", b"x")
+            a.write(f"pre{i}".encode(), b"x")
         net.settle()
         a.replica.recent.clear()  # too old for a delta: the joiner needs a full copy
         runner = ReadHeldRunner()
@@ -202,7 +202,7 @@ class BacklogBoundTests(SynchronousTestCase):
         net.nodes[9100] = j
         j.replica.join()
         net.settle(rounds=5)
-        ds = [a.write(f"during{i}", b"v" * 100) for i in range(20)]
+        ds = [a.write(f"during{i}".encode(), b"v" * 100) for i in range(20)]
         net.settle(rounds=5)
         self.assertGreater(a.replica.backlog_bytes, 2_000)
         self.assertTrue(a.replica.congested, "a stalled joiner's backlog grew without bound")

@@ -110,7 +110,7 @@ class ChainRecoveryTests(SynchronousTestCase):
         self.net = Net()
 
     def write_all(self, node: Node, n: int, prefix: str = "k") -> list[Any]:
-        ds = [node.write(f"{prefix}{i:03d}", f"{prefix}{i}".encode()) for i in range(n)]
+        ds = [node.write(f"{prefix}{i:03d}".encode(), f"{prefix}{i}".encode()) for i in range(n)]
         self.net.settle()
         out = results(ds)
         self.assertTrue(all(r is not None and hasattr(r, "op_n") for r in out), out)
@@ -174,7 +174,7 @@ class ChainRecoveryTests(SynchronousTestCase):
         self.assertEqual(d.replica.status, "waiting")
         self.assertIn(d.store.node_id, self.net.registry.waiting)
         self.assertEqual(self.net.registry.members, [])
-        self.failureResultOf(d.write("k", b"v"))
+        self.failureResultOf(d.write(b"k", b"v"))
         # an operator accepts the loss and lets this node start the chain
         data, version = self.net.registry.record
         forced = ChainRecord.decode(data, version)
@@ -212,7 +212,7 @@ class ChainRecoveryTests(SynchronousTestCase):
             False
         )  # type: ignore[method-assign]
         self.net.kill(b)
-        d = a.write("x", b"1")
+        d = a.write(b"x", b"1")
         self.net.settle(rounds=20)
         self.assertNoResult(d)  # b might have been the restart source without this write
         a.zk.write_record = write_record  # type: ignore[method-assign]
@@ -229,7 +229,7 @@ class ChainRecoveryTests(SynchronousTestCase):
             p.serverIO.loseConnection()
             p.clientIO.loseConnection()
         self.net.blocked.add((b.port, c.port))
-        d = a.write("during", b"cut")
+        d = a.write(b"during", b"cut")
         self.net.settle()
         self.assertEqual(self.successResultOf(d).op_n, 3)
         self.assertEqual(c.replica.role, "tail", "the removed node did not come back")
@@ -244,7 +244,7 @@ class ChainRecoveryTests(SynchronousTestCase):
             p.serverIO.loseConnection()
             p.clientIO.loseConnection()
         self.net.blocked |= {(a.port, b.port), (b.port, a.port)}
-        orphan = a.write("orphan", b"x")
+        orphan = a.write(b"orphan", b"x")
         self.net.settle(rounds=5)
         self.lose_session(a)
         self.failureResultOf(orphan)
@@ -252,7 +252,7 @@ class ChainRecoveryTests(SynchronousTestCase):
         self.net.settle()
         self.assertEqual(a.replica.role, "tail")
         self.assertEqual(a.state(), c.state())
-        self.assertNotIn("orphan", dict(a.state()))
+        self.assertNotIn(b"orphan", dict(a.state()))
 
 
 class StalledJoinerTests(SynchronousTestCase):
@@ -288,7 +288,7 @@ class StalledJoinerTests(SynchronousTestCase):
         for p in j.pumps:  # the joiner stops: nothing from it any more
             net.pumps.remove(p)
         start = net.clock.seconds()
-        w = a.write("while-stalled", b"x")
+        w = a.write(b"while-stalled", b"x")
         while not w.called and net.clock.seconds() - start < 60:
             net.settle(rounds=1)
             net.clock.advance(0.1)
@@ -324,7 +324,7 @@ class DivergenceTests(SynchronousTestCase):
         net = Net()
         a, b = net.chain(2)
         for i in range(2):
-            a.write(f"k{i}", b"x")
+            a.write(f"k{i}".encode(), b"x")
         net.settle()
         b.replica.history = EpochHistory([(1, 99)])  # as if another head had numbered them
         link = a.replica.succ

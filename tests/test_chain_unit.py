@@ -158,10 +158,10 @@ class Node:
     def name(self) -> str | None:
         return self.replica.name
 
-    def write(self, key: str, value: bytes | None, client: str = "", req: int = 0) -> Any:
+    def write(self, key: bytes, value: bytes | None, client: str = "", req: int = 0) -> Any:
         return self.replica.write(value is not None, key, value or b"", client, req)
 
-    def state(self) -> list[tuple[str, bytes]]:
+    def state(self) -> list[tuple[bytes, bytes]]:
         return self.replica.committed_tree.items()
 
 
@@ -235,7 +235,7 @@ class ChainMachineTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.net = Net()
 
-    def assertIdentical(self, nodes: list[Node]) -> list[tuple[str, bytes]]:
+    def assertIdentical(self, nodes: list[Node]) -> list[tuple[bytes, bytes]]:
         states = [n.state() for n in nodes]
         for s in states[1:]:
             self.assertEqual(s, states[0])
@@ -245,18 +245,38 @@ class ChainMachineTests(SynchronousTestCase):
         """Three joiners form head, middle, tail; a write commits on all before it is answered."""
         a, b, c = self.net.chain(3)
         self.assertEqual([n.replica.role for n in (a, b, c)], ["head", "middle", "tail"])
-        d = a.write("k", b"v")
+        d = a.write(b"k", b"v")
         box: list[Any] = []
         d.addBoth(box.append)
         self.assertEqual(box, [], "answered before the tail had it")
         self.net.settle()
         self.assertEqual(box, [WriteResult(1, True)])
-        self.assertEqual(self.assertIdentical([a, b, c]), [("k", b"v")])
+        self.assertEqual(self.assertIdentical([a, b, c]), [(b"k", b"v")])
+
+    def test_non_utf8_keys_replicate_and_transfer(self) -> None:
+        """Keys that are not UTF-8 commit down the chain, are deleted there, and reach a
+        joiner through state transfer, all in bytewise order."""
+        a, b = self.net.chain(2)
+        keys = [b"caf\xe9", b"\xff\x00", "café".encode(), b"k"]
+        ds = [a.write(k, k + b"!", "cli", i) for i, k in enumerate(keys, 1)]
+        ds.append(a.write(b"\x80", None))
+        self.net.settle()
+        self.assertEqual(results(ds)[-1], WriteResult(5, False))
+        gone = a.write(b"\xff\x00", None)
+        self.net.settle()
+        self.assertEqual(self.successResultOf(gone), WriteResult(6, True))
+        again = self._write_settled(a, b"caf\xe9", b"caf\xe9!", "cli", 1)  # a retry
+        self.assertEqual(self.successResultOf(again).op_n, 1)
+        c = self.net.add()
+        self.assertEqual(c.replica.role, "tail")
+        want = sorted((k, k + b"!") for k in keys if k != b"\xff\x00")
+        self.assertEqual(self.assertIdentical([a, b, c]), want)
+        self.assertEqual(c.replica.committed_tree.keys(), ["café".encode(), b"caf\xe9", b"k"])
 
     def test_only_head_orders_only_tail_reads(self) -> None:
         """A write at a non-head and a read at a non-tail are redirected, not served."""
         a, b, c = self.net.chain(3)
-        self.assertIn("not the head", str(self.failureResultOf(b.write("k", b"v")).value))
+        self.assertIn("not the head", str(self.failureResultOf(b.write(b"k", b"v")).value))
         self.assertIn("not the tail", str(self.failureResultOf(a.replica.read_view()).value))
         self.successResultOf(c.replica.read_view())
 
@@ -267,7 +287,7 @@ class ChainMachineTests(SynchronousTestCase):
         c.alive = False
         for p in c.pumps:
             p.serverIO.loseConnection()
-        ds = [a.write(f"k{i}", b"x") for i in range(5)]
+        ds = [a.write(f"k{i}".encode(), b"x") for i in range(5)]
         self.net.settle(rounds=10)  # less than the unreachable-successor timeout
         self.assertEqual([r for r in results(ds) if r is not None], [])
         self.net.kill(c)
@@ -282,7 +302,7 @@ class ChainMachineTests(SynchronousTestCase):
         # freeze the middle's link to the tail: writes reach the middle, no further
         for p in [p for p in c.pumps if p in b.pumps]:
             self.net.pumps.remove(p)
-        ds = [a.write(f"k{i}", str(i).encode()) for i in range(10)]
+        ds = [a.write(f"k{i}".encode(), str(i).encode()) for i in range(10)]
         self.net.settle(rounds=10)  # less than the link timeout
         self.assertTrue(all(r is None for r in results(ds)))
         self.net.kill(b)
@@ -294,38 +314,38 @@ class ChainMachineTests(SynchronousTestCase):
     def test_head_failure_continues_numbering(self) -> None:
         """The new head numbers writes after the last it received."""
         a, b, c = self.net.chain(3)
-        self.successResultOf(self._write_settled(a, "x", b"1"))
-        self.successResultOf(self._write_settled(a, "y", b"2"))
+        self.successResultOf(self._write_settled(a, b"x", b"1"))
+        self.successResultOf(self._write_settled(a, b"y", b"2"))
         self.net.kill(a)
         self.assertEqual(b.replica.role, "head")
-        r = self.successResultOf(self._write_settled(b, "z", b"3"))
+        r = self.successResultOf(self._write_settled(b, b"z", b"3"))
         self.assertEqual(r.op_n, 3)
         self.assertEqual(len(self.assertIdentical([b, c])), 3)
 
     def test_retried_write_applied_once(self) -> None:
         """A write retried at the new head after the old head died returns its first op number."""
         a, b, c = self.net.chain(3)
-        first = a.write("k", b"v", client="cli", req=7)
+        first = a.write(b"k", b"v", client="cli", req=7)
         self.net.settle()
         op = self.successResultOf(first).op_n
         self.net.kill(a)
-        again = self.successResultOf(self._write_settled(b, "k", b"v", "cli", 7))
+        again = self.successResultOf(self._write_settled(b, b"k", b"v", "cli", 7))
         self.assertEqual(again.op_n, op)
         self.assertEqual(b.replica.last_received, op, "applied twice")
-        other = self.successResultOf(self._write_settled(b, "k", b"w", "cli", 8))
+        other = self.successResultOf(self._write_settled(b, b"k", b"w", "cli", 8))
         self.assertEqual(other.op_n, op + 1)
 
     def test_join_during_writes(self) -> None:
         """Writes that arrive while a joiner copies the state reach it; all end identical."""
         a, b = self.net.chain(2)
         for i in range(50):
-            a.write(f"pre{i:03d}", b"x")
+            a.write(f"pre{i:03d}".encode(), b"x")
         self.net.settle()
         port = 9000 + len(self.net.nodes)
         c = Node(self.net, port)
         self.net.nodes[port] = c
         c.replica.join()
-        ds = [a.write(f"during{i:03d}", b"y") for i in range(20)]
+        ds = [a.write(f"during{i:03d}".encode(), b"y") for i in range(20)]
         self.net.settle()
         self.assertEqual(c.replica.role, "tail")
         self.assertEqual(b.replica.role, "middle")
@@ -371,7 +391,7 @@ class ChainMachineTests(SynchronousTestCase):
             opcode=wire.OP_CHAIN_UPDATE,
             c_type=wire.CT_CHAIN,
             hello=ChainHello(sender=a.name or ""),
-            updates=[Update(seq=1, is_put=True, key="evil", data=b"x")],
+            updates=[Update(seq=1, is_put=True, key=b"evil", data=b"x")],
         )
         conn.dataReceived(wire.frame(update))
         self.net.settle()
@@ -383,7 +403,7 @@ class ChainMachineTests(SynchronousTestCase):
         """A fenced node answers client requests with a retryable error."""
         (a,) = self.net.chain(1)
         a.replica.fence("test")
-        f = self.failureResultOf(a.write("k", b"v"))
+        f = self.failureResultOf(a.write(b"k", b"v"))
         self.assertIsInstance(f.value, Unavailable)
         self.failureResultOf(a.replica.read_view()).trap(Unavailable)
 
@@ -398,7 +418,7 @@ class ChainMachineTests(SynchronousTestCase):
         self.successResultOf(d)
 
     def _write_settled(
-        self, node: Node, key: str, value: bytes, client: str = "", req: int = 0
+        self, node: Node, key: bytes, value: bytes, client: str = "", req: int = 0
     ) -> defer.Deferred[WriteResult]:
         d = node.write(key, value, client, req)
         self.net.settle()
@@ -421,7 +441,7 @@ class ChainMachineTests(SynchronousTestCase):
     def test_ack_from_stranger_refused(self) -> None:
         """An acknowledgement naming a node other than our successor is refused, commits nothing."""
         a, b, c = self.net.chain(3)
-        d = a.write("k", b"v")
+        d = a.write(b"k", b"v")
         assert a.replica.succ is not None
         a.replica.chain_message(
             a.replica.succ,

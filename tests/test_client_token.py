@@ -76,9 +76,9 @@ class NodeTokenTests(SynchronousTestCase):
         """Every client request before AUTH is a non-retryable ERROR; nothing is written."""
         c = Node().connect()
         requests = [
-            wire.req_put("k", b"v"),
-            wire.req_get("k"),
-            wire.req_del("k"),
+            wire.req_put(b"k", b"v"),
+            wire.req_get(b"k"),
+            wire.req_del(b"k"),
             wire.req_size(),
             wire.req_getkeys(),
             wire.req_stats(),
@@ -96,7 +96,7 @@ class NodeTokenTests(SynchronousTestCase):
     def test_wrong_token_closes(self) -> None:
         """A wrong token gets an ERROR and the connection closes; requests after it get nothing."""
         c = Node().connect()
-        replies = c.send(wire.req_auth(b"not-the-token-0123456789"), wire.req_put("k", b"v"))
+        replies = c.send(wire.req_auth(b"not-the-token-0123456789"), wire.req_put(b"k", b"v"))
         self.assertEqual(len(replies), 1)
         self.assertEqual(replies[0].opcode, wire.OP_ERROR)
         self.assertIn("authentication failed", replies[0].error)
@@ -114,7 +114,7 @@ class NodeTokenTests(SynchronousTestCase):
     def test_right_token_pipelined(self) -> None:
         """AUTH then requests in one write: each answered in order, the writes applied."""
         c = Node().connect()
-        auth, put, get = c.send(wire.req_auth(TOKEN), wire.req_put("k", b"v"), wire.req_get("k"))
+        auth, put, get = c.send(wire.req_auth(TOKEN), wire.req_put(b"k", b"v"), wire.req_get(b"k"))
         self.assertEqual(auth.opcode, wire.OP_AUTH + 1)
         self.assertEqual((put.opcode, put.op_n), (wire.OP_PUT + 1, 1))
         self.assertEqual(list(get.values), [b"v"])

@@ -33,7 +33,9 @@ def restart(n: NodeProcess) -> NodeProcess:
 
 def put_many(port: int, n: int, prefix: str = "k") -> None:
     with RawClient(port) as c:
-        replies = c.call(*[wire.req_put(f"{prefix}{i:05d}", f"v{i}".encode()) for i in range(n)])
+        replies = c.call(
+            *[wire.req_put(f"{prefix}{i:05d}".encode(), f"v{i}".encode()) for i in range(n)]
+        )
     for r in replies:
         assert r.opcode == wire.OP_PUT + 1, r
 
@@ -268,6 +270,6 @@ class ChainDurabilityTests(ChainCase):
         self.assertIn(f"127.0.0.1:{old.port}", forced.stdout)
         wait_for(lambda: self.member_ports() == [old.port], 30, "the forced node to start")
         with RawClient(old.port) as c:
-            [reply] = c.call(wire.req_put("after", b"forced"))
+            [reply] = c.call(wire.req_put(b"after", b"forced"))
         self.assertEqual(reply.opcode, wire.OP_PUT + 1, reply.error)
 

@@ -103,11 +103,11 @@ class HostileTests(SynchronousTestCase):
 
         def good(n: int) -> None:
             c = RawClient(self.node.port)
-            model: dict[str, bytes] = {}
+            model: dict[bytes, bytes] = {}
             r = random.Random(n)
             try:
                 while time.monotonic() < stop:
-                    k = f"g{n}-{r.randint(0, 20)}"
+                    k = f"g{n}-{r.randint(0, 20)}".encode()
                     if r.random() < 0.5:
                         v = r.randbytes(r.randint(0, 100))
                         rep = c.one(wire.req_put(k, v))
@@ -133,11 +133,11 @@ class HostileTests(SynchronousTestCase):
         """A client pipelining large reads without reading: the node stops reading from it,
         memory stays bounded, other clients are served."""
         c = RawClient(self.node.port)
-        c.one(wire.req_put("big", b"x" * 1_000_000))
+        c.one(wire.req_put(b"big", b"x" * 1_000_000))
         flood = socket.create_connection(("127.0.0.1", self.node.port))
         flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         flood.setblocking(False)
-        request = wire.frame(wire.req_get("big"))
+        request = wire.frame(wire.req_get(b"big"))
         sent = 0
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:

@@ -121,7 +121,7 @@ class LivenessTests(SynchronousTestCase):
     def test_unacknowledged_updates_time_out(self) -> None:
         """A successor that pings but never acknowledges a batch is cut off."""
         w = Wire(timeout=3.0)
-        w.link.queue_update(Update(seq=1, is_put=True, key="k", data=b"v"))
+        w.link.queue_update(Update(seq=1, is_put=True, key=b"k", data=b"v"))
         w.clock.advance(0)
         for _ in range(8):
             w.clock.advance(0.5)
@@ -132,7 +132,7 @@ class LivenessTests(SynchronousTestCase):
         """Batches acknowledged in time leave the link open."""
         w = Wire(timeout=3.0)
         for seq in range(1, 21):
-            w.link.queue_update(Update(seq=seq, is_put=True, key="k", data=b"v"))
+            w.link.queue_update(Update(seq=seq, is_put=True, key=b"k", data=b"v"))
             w.clock.advance(0.5)
             w.receive(ack(seq))
         self.assertFalse(w.link.closed)
@@ -160,7 +160,9 @@ class FrameBoundTests(SynchronousTestCase):
         """Six 6 MB updates queued in one turn leave in frames under the peer's 16 MiB."""
         w = Wire()
         for seq in range(1, 7):
-            w.link.queue_update(Update(seq=seq, is_put=True, key=f"k{seq}", data=b"x" * 6_000_000))
+            w.link.queue_update(
+                Update(seq=seq, is_put=True, key=f"k{seq}".encode(), data=b"x" * 6_000_000)
+            )
         w.clock.advance(0)
         sizes = w.frames()
         self.assertGreater(len(sizes), 1)
@@ -172,7 +174,7 @@ class FrameBoundTests(SynchronousTestCase):
         hello = ChainHello(sender="node0000000002", max_frame=1 * MB, max_value=100_000)
         w.receive(Message(opcode=wire.OP_CHAIN_HELLO, c_type=wire.CT_CHAIN, hello=hello))
         for seq in range(1, 101):
-            w.link.queue_update(Update(seq=seq, is_put=True, key="k", data=b"x" * 90_000))
+            w.link.queue_update(Update(seq=seq, is_put=True, key=b"k", data=b"x" * 90_000))
         w.clock.advance(0)
         msgs = w.sent()
         self.assertTrue(all(m.ByteSize() + 4 <= 1 * MB for m in msgs))
@@ -182,7 +184,8 @@ class FrameBoundTests(SynchronousTestCase):
         """A 20,000-update resend of 1 KiB values goes out in frames under the limit."""
         w = Wire()
         for seq in range(1, 20_001):
-            w.link.queue_update(Update(seq=seq, is_put=True, key=f"{seq}", data=b"x" * 1024))
+            update = Update(seq=seq, is_put=True, key=f"{seq}".encode(), data=b"x" * 1024)
+            w.link.queue_update(update)
         w.clock.advance(0)
         sizes = w.frames()
         self.assertGreater(len(sizes), 1)
@@ -216,7 +219,7 @@ class FrameBoundTests(SynchronousTestCase):
 
 class SnapshotTests(SynchronousTestCase):
     def tree(self, n: int, size: int) -> AVLTree:
-        return AVLTree.from_sorted([f"k{i:06d}" for i in range(n)], [b"v" * size] * n)
+        return AVLTree.from_sorted([f"k{i:06d}".encode() for i in range(n)], [b"v" * size] * n)
 
     def test_chunks_bounded_by_bytes(self) -> None:
         """20,000 entries of 900 B split into chunks of about a megabyte, none lost."""
@@ -305,17 +308,17 @@ class ServerLimitTests(SynchronousTestCase):
     def test_client_id_limit(self) -> None:
         """A write with an over-long client_id is refused with a reason; 256 bytes pass."""
         f, _ = self.node(Limits())
-        r = self.call(f, wire.req_put("k", b"v", client_id="c" * 257, request_id=1))
+        r = self.call(f, wire.req_put(b"k", b"v", client_id="c" * 257, request_id=1))
         self.assertEqual(r[0].opcode, wire.OP_ERROR)
         self.assertIn("client_id", r[0].error)
-        r = self.call(f, wire.req_put("k", b"v", client_id="c" * 256, request_id=1))
+        r = self.call(f, wire.req_put(b"k", b"v", client_id="c" * 256, request_id=1))
         self.assertEqual(r[0].opcode, wire.OP_PUT + 1)
 
     def test_max_reply(self) -> None:
         """GETKEYS, GETVALUES and RANGE beyond --max-reply get an ERROR pointing to RANGE."""
         f, _ = self.node(Limits(max_reply=10_000))
         for i in range(100):
-            self.call(f, wire.req_put(f"key{i:04d}", b"v" * 200))
+            self.call(f, wire.req_put(f"key{i:04d}".encode(), b"v" * 200))
         for req in (wire.req_getvalues(), wire.req_range()):
             [r] = self.call(f, req)
             self.assertEqual(r.opcode, wire.OP_ERROR)

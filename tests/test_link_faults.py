@@ -24,7 +24,7 @@ from tests.test_chain import SESSION, ChainCase
 from tests.zkserver import secret_file
 
 
-def local_keys(port: int) -> list[str]:
+def local_keys(port: int) -> list[bytes]:
     with RawClient(port, timeout=60) as c:
         msg = wire.req_getkeys()
         msg.local = True
@@ -153,6 +153,6 @@ class LinkFaultTests(ChainCase):
         self.assertLess(time.monotonic() - t0, 30)
         # the values together pass --max-reply: list each copy's keys, not its values
         listings = [local_keys(n.port) for n in self.nodes]
-        self.assertEqual(sum(1 for k in listings[-1] if k.startswith("big")), written)
+        self.assertEqual(sum(1 for k in listings[-1] if k.startswith(b"big")), written)
         self.assertEqual(listings[0], listings[1])
         self.assertEqual(listings[1], listings[2])

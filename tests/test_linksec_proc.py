@@ -81,7 +81,7 @@ class KeyedChainProcessTests(ZooKeeperCase):
         pred = self.members()[0]
         with RawClient(head.port) as c:
             wait_for(
-                lambda: c.one(wire.req_put("k", b"v")).opcode == wire.OP_PUT + 1,
+                lambda: c.one(wire.req_put(b"k", b"v")).opcode == wire.OP_PUT + 1,
                 30,
                 "a write to commit",
             )
@@ -89,7 +89,7 @@ class KeyedChainProcessTests(ZooKeeperCase):
             hello = ChainHello(sender=pred, config=1 << 40, address=head.address, last_op=0)
             update = wire.Message(opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN)
             update.hello.sender = pred
-            update.updates.add(seq=2, is_put=True, key="evil", data=b"x")
+            update.updates.add(seq=2, is_put=True, key=b"evil", data=b"x")
             stranger.sock.sendall(
                 wire.frame(
                     wire.Message(opcode=wire.OP_CHAIN_HELLO, c_type=wire.CT_CHAIN, hello=hello)
@@ -102,9 +102,9 @@ class KeyedChainProcessTests(ZooKeeperCase):
             with self.assertRaises(ConnectionError):
                 stranger.read(1)
         with RawClient(head.port) as c:
-            r = c.one(wire.req_put("k2", b"real"))
+            r = c.one(wire.req_put(b"k2", b"real"))
             self.assertEqual(r.op_n, 2)
         with RawClient(tail.port) as c:
-            self.assertEqual(c.dump(), [("k", b"v"), ("k2", b"real")])
-            self.assertIsNone(c.get("evil"))
+            self.assertEqual(c.dump(), [(b"k", b"v"), (b"k2", b"real")])
+            self.assertIsNone(c.get(b"evil"))
         self.assertIn("chain link refused", tail.log())

@@ -66,62 +66,62 @@ class RequestTests(SynchronousTestCase):
 
     def test_put_get(self) -> None:
         """PUT answers RESULT with an op number; GET then returns the value."""
-        r = self.c.one(wire.req_put("k", b"v"))
+        r = self.c.one(wire.req_put(b"k", b"v"))
         self.assertEqual((r.opcode, r.c_type, r.result, r.op_n), (51, wire.CT_RESULT, 1, 1))
-        r = self.c.one(wire.req_get("k"))
+        r = self.c.one(wire.req_get(b"k"))
         self.assertEqual((r.opcode, r.c_type, list(r.values)), (41, wire.CT_VALUE, [b"v"]))
 
     def test_get_absent(self) -> None:
         """GET of a missing key is a VALUE reply with no values."""
-        r = self.c.one(wire.req_get("nope"))
+        r = self.c.one(wire.req_get(b"nope"))
         self.assertEqual((r.opcode, len(r.values)), (41, 0))
 
     def test_op_numbers_increase(self) -> None:
         """Every write gets the next op number, deletes of missing keys included."""
         ops = [
             self.c.one(m).op_n
-            for m in (wire.req_put("a", b"1"), wire.req_del("zz"), wire.req_put("a", b"2"))
+            for m in (wire.req_put(b"a", b"1"), wire.req_del(b"zz"), wire.req_put(b"a", b"2"))
         ]
         self.assertEqual(ops, [1, 2, 3])
 
     def test_delete_reports_found(self) -> None:
         """DEL says whether the key was there."""
-        self.c.one(wire.req_put("a", b"1"))
-        self.assertTrue(self.c.one(wire.req_del("a")).found)
-        self.assertFalse(self.c.one(wire.req_del("a")).found)
+        self.c.one(wire.req_put(b"a", b"1"))
+        self.assertTrue(self.c.one(wire.req_del(b"a")).found)
+        self.assertFalse(self.c.one(wire.req_del(b"a")).found)
 
     def test_size_height_keys_values(self) -> None:
         """SIZE, HEIGHT, GETKEYS and GETVALUES reflect the tree in key order."""
-        for k in ["c", "a", "b"]:
-            self.c.one(wire.req_put(k, k.upper().encode()))
+        for k in [b"c", b"a", b"b"]:
+            self.c.one(wire.req_put(k, k.upper()))
         self.assertEqual(self.c.one(wire.req_size()).result, 3)
         self.assertEqual(self.c.one(wire.req_height()).result, 2)
         r = self.c.one(wire.req_getkeys())
-        self.assertEqual((r.opcode, r.c_type, list(r.keys)), (61, wire.CT_KEYS, ["a", "b", "c"]))
+        self.assertEqual((r.opcode, r.c_type, list(r.keys)), (61, wire.CT_KEYS, [b"a", b"b", b"c"]))
         r = self.c.one(wire.req_getvalues())
         self.assertEqual((r.c_type, list(r.values)), (wire.CT_VALUES, [b"A", b"B", b"C"]))
 
     def test_verify(self) -> None:
         """VERIFY says 1 for an executed op number and 0 for a future one."""
-        op = self.c.one(wire.req_put("a", b"1")).op_n
+        op = self.c.one(wire.req_put(b"a", b"1")).op_n
         self.assertEqual(self.c.one(wire.req_verify(op)).result, 1)
         self.assertEqual(self.c.one(wire.req_verify(op + 1)).result, 0)
 
     def test_range(self) -> None:
         """RANGE returns keys in [start, stop) in order, at most limit."""
-        for k in "abcdef":
-            self.c.one(wire.req_put(k, k.encode()))
-        r = self.c.one(wire.req_range("b", "e"))
-        self.assertEqual(list(r.keys), ["b", "c", "d"])
+        for k in (b"a", b"b", b"c", b"d", b"e", b"f"):
+            self.c.one(wire.req_put(k, k))
+        r = self.c.one(wire.req_range(b"b", b"e"))
+        self.assertEqual(list(r.keys), [b"b", b"c", b"d"])
         self.assertEqual(list(r.values), [b"b", b"c", b"d"])
-        self.assertEqual(list(self.c.one(wire.req_range("c", None, 2)).keys), ["c", "d"])
-        self.assertEqual(list(self.c.one(wire.req_range(None, "b")).keys), ["a"])
+        self.assertEqual(list(self.c.one(wire.req_range(b"c", None, 2)).keys), [b"c", b"d"])
+        self.assertEqual(list(self.c.one(wire.req_range(None, b"b")).keys), [b"a"])
 
     def test_stats(self) -> None:
         """STATS counts operations per opcode and reports keys and connections."""
-        self.c.one(wire.req_put("a", b"1"))
-        self.c.one(wire.req_get("a"))
-        self.c.one(wire.req_get("a"))
+        self.c.one(wire.req_put(b"a", b"1"))
+        self.c.one(wire.req_get(b"a"))
+        self.c.one(wire.req_get(b"a"))
         s = self.c.one(wire.req_stats()).stats
         counts = {o.op: o.count for o in s.ops}
         self.assertEqual((counts["PUT"], counts["GET"]), (1, 2))
@@ -130,15 +130,65 @@ class RequestTests(SynchronousTestCase):
     def test_pipelined_order(self) -> None:
         """Pipelined requests are answered in order, each seeing the writes before it."""
         replies = self.c.send(
-            wire.req_put("a", b"1"),
-            wire.req_get("a"),
-            wire.req_del("a"),
-            wire.req_get("a"),
-            wire.req_put("a", b"2"),
-            wire.req_get("a"),
+            wire.req_put(b"a", b"1"),
+            wire.req_get(b"a"),
+            wire.req_del(b"a"),
+            wire.req_get(b"a"),
+            wire.req_put(b"a", b"2"),
+            wire.req_get(b"a"),
         )
         self.assertEqual([r.opcode for r in replies], [51, 41, 31, 41, 51, 41])
         self.assertEqual([list(r.values) for r in replies[1::2]], [[b"1"], [], [b"2"]])
+
+
+def c_frame(*fields: tuple[int, int | bytes]) -> bytes:
+    """A frame encoded field by field, as the original C client builds it."""
+    out = b""
+    for number, value in fields:
+        if isinstance(value, int):
+            out += bytes([number << 3, value])
+        else:
+            out += bytes([number << 3 | 2, len(value)]) + value
+    return len(out).to_bytes(4, "big") + out
+
+
+class ByteKeyTests(SynchronousTestCase):
+    """Any non-empty byte string is a key, as in the original C server."""
+
+    def setUp(self) -> None:
+        self.h = Harness(Limits(max_key=16))
+        self.c = Conn(self.h)
+
+    def test_non_utf8_key_in_raw_frames(self) -> None:
+        """PUT, GET, GETKEYS and DEL of ``caf\\xe9`` in the C client's own bytes all work."""
+        key = b"caf\xe9"
+        entry = bytes([0x0A, len(key)]) + key + bytes([0x12, 2]) + b"v1"
+        [put] = self.c.send_raw(c_frame((1, wire.OP_PUT), (2, wire.CT_ENTRY), (4, entry)))
+        self.assertEqual((put.opcode, put.error), (wire.OP_PUT + 1, ""))
+        [got] = self.c.send_raw(c_frame((1, wire.OP_GET), (2, wire.CT_KEY), (5, key)))
+        self.assertEqual(list(got.values), [b"v1"])
+        [keys] = self.c.send_raw(c_frame((1, wire.OP_GETKEYS), (2, wire.CT_NONE)))
+        self.assertEqual(list(keys.keys), [key])
+        [gone] = self.c.send_raw(c_frame((1, wire.OP_DEL), (2, wire.CT_KEY), (5, key)))
+        self.assertEqual((gone.opcode, gone.found), (wire.OP_DEL + 1, True))
+        self.assertEqual(list(self.c.one(wire.req_get(key)).values), [])
+
+    def test_keys_in_bytewise_order(self) -> None:
+        """GETKEYS and RANGE order mixed keys bytewise: NUL first, 0xff last."""
+        keys = [b"b", b"\xff", b"a\x00", b"caf\xe9", "café".encode(), b"\x00", b"a", "ü".encode()]
+        self.c.send(*[wire.req_put(k, k) for k in keys])
+        want = sorted(keys)
+        self.assertEqual(want[:3], [b"\x00", b"a", b"a\x00"])
+        self.assertEqual(list(self.c.one(wire.req_getkeys()).keys), want)
+        self.assertEqual(list(self.c.one(wire.req_getvalues()).values), want)
+        scan = self.c.one(wire.req_range(b"c", b"\xff"))
+        self.assertEqual(list(scan.keys), [k for k in want if b"c" <= k < b"\xff"])
+
+    def test_key_limit_counts_bytes(self) -> None:
+        """The key limit is in bytes: 8 two-byte characters fit 16, a 17th byte does not."""
+        self.assertEqual(self.c.one(wire.req_put("é".encode() * 8, b"x")).error, "")
+        r = self.c.one(wire.req_put("é".encode() * 8 + b"\xe9", b"x"))
+        self.assertIn("key of 17 bytes exceeds the limit of 16", r.error)
 
 
 class BadInputTests(SynchronousTestCase):
@@ -170,7 +220,7 @@ class BadInputTests(SynchronousTestCase):
 
     def test_wrong_ctype(self) -> None:
         """A request with the wrong c_type is refused with the expected one."""
-        self.assertError(Message(opcode=wire.OP_GET, c_type=wire.CT_VALUE, keys=["a"]), "CT_KEY")
+        self.assertError(Message(opcode=wire.OP_GET, c_type=wire.CT_VALUE, keys=[b"a"]), "CT_KEY")
         self.assertError(Message(opcode=wire.OP_SIZE, c_type=wire.CT_KEY), "CT_NONE")
 
     def test_missing_parts(self) -> None:
@@ -181,9 +231,9 @@ class BadInputTests(SynchronousTestCase):
 
     def test_key_limits(self) -> None:
         """Empty keys and keys over the limit are refused; nothing is stored."""
-        self.assertError(wire.req_put("", b"x"), "empty")
-        self.assertError(wire.req_put("k" * 17, b"x"), "exceeds the limit of 16")
-        self.assertError(wire.req_put("k", b"x" * 101), "exceeds the limit of 100")
+        self.assertError(wire.req_put(b"", b"x"), "empty")
+        self.assertError(wire.req_put(b"k" * 17, b"x"), "exceeds the limit of 16")
+        self.assertError(wire.req_put(b"k", b"x" * 101), "exceeds the limit of 100")
         self.assertEqual(self.c.one(wire.req_size()).result, 0)
 
     def test_verify_non_positive(self) -> None:
@@ -208,7 +258,7 @@ class BadInputTests(SynchronousTestCase):
     def test_chain_opcode_from_client(self) -> None:
         """Chain-internal opcodes from a client are refused, the store untouched."""
         msg = Message(opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN)
-        msg.updates.add(seq=1, is_put=True, key="evil", data=b"x")
+        msg.updates.add(seq=1, is_put=True, key=b"evil", data=b"x")
         r = self.c.send(msg)
         self.assertEqual(r[0].opcode, wire.OP_ERROR)
         self.assertEqual(self.c.one(wire.req_size()).result, 0)
@@ -253,7 +303,7 @@ class FlowControlTests(SynchronousTestCase):
     def test_pending_requests_pause_reading(self) -> None:
         """A connection with too many unanswered requests stops reading until they drain."""
         c = Conn(self.h)
-        c.send(*[wire.req_put(f"k{i}", b"v") for i in range(10)])
+        c.send(*[wire.req_put(f"k{i}".encode(), b"v") for i in range(10)])
         self.assertEqual(c.transport.producerState, "paused")
         self.assertEqual(len(c.proto._slots), 8, "frames beyond the bound were processed")
         replies = []
@@ -270,7 +320,7 @@ class FlowControlTests(SynchronousTestCase):
         runner = StalledRunner()
         h.store.runner = runner
         c = Conn(h)
-        c.send(*[wire.req_get(f"k{i}") for i in range(10)])
+        c.send(*[wire.req_get(f"k{i}".encode()) for i in range(10)])
         self.assertEqual(c.proto._reads, 4)
         served = 0
         while runner.waiting:
@@ -283,7 +333,7 @@ class FlowControlTests(SynchronousTestCase):
         """While the transport's buffer is full, held requests are not started."""
         c = Conn(self.h)
         c.proto.pauseProducing()
-        c.proto.messageReceived(wire.req_get("a"))
+        c.proto.messageReceived(wire.req_get(b"a"))
         self.assertEqual((c.proto._reads, len(c.proto._held)), (0, 1))
         c.proto.resumeProducing()
         self.assertEqual((c.proto._reads, len(c.proto._held)), (1, 0))

@@ -197,10 +197,11 @@ class ParseTests(SynchronousTestCase):
     def test_range_arguments(self) -> None:
         """range takes optional start, stop, limit; '-' leaves an end (or the limit) open."""
         self.assertEqual(parse_range_args([]), (None, None, 0))
-        self.assertEqual(parse_range_args(["a"]), ("a", None, 0))
-        self.assertEqual(parse_range_args(["-", "m"]), (None, "m", 0))
-        self.assertEqual(parse_range_args(["a", "-", "5"]), ("a", None, 5))
-        self.assertEqual(parse_range_args(["a", "z", "-"]), ("a", "z", 0))
+        self.assertEqual(parse_range_args(["a"]), (b"a", None, 0))
+        self.assertEqual(parse_range_args(["-", "m"]), (None, b"m", 0))
+        self.assertEqual(parse_range_args(["a", "-", "5"]), (b"a", None, 5))
+        self.assertEqual(parse_range_args(["a", "z", "-"]), (b"a", b"z", 0))
+        self.assertEqual(parse_range_args([b"caf\xe9", b"\xff"]), (b"caf\xe9", b"\xff", 0))
 
     def test_bad_range_limit(self) -> None:
         """A limit that is not a non-negative 32-bit number is a usage error."""
@@ -411,8 +412,8 @@ class RawOutputTests(SynchronousTestCase):
         self.bytes_out = io.BytesIO()
         self.out = io.TextIOWrapper(self.bytes_out, encoding="utf-8", write_through=True)
         self.err = io.StringIO()
-        sh = Shell(lambda: StoreClient({"k": b"\x00\xff\n", "t": b"(not found)"}), self.out,
-                   self.err, raw=raw)
+        data = {b"k": b"\x00\xff\n", b"t": b"(not found)", b"caf\xe9": b"latin-1"}
+        sh = Shell(lambda: StoreClient(data), self.out, self.err, raw=raw)
         sh.connect()
         return sh
 
@@ -430,7 +431,10 @@ class RawOutputTests(SynchronousTestCase):
         sh = self.make(raw=True)
         self.assertEqual(sh.run_line("getkeys"), 0)
         self.assertEqual(sh.run_line("range"), 0)
-        self.assertEqual(self.bytes_out.getvalue(), b"k\nt\nk\t\x00\xff\n\nt\t(not found)\n")
+        self.assertEqual(
+            self.bytes_out.getvalue(),
+            b"caf\xe9\nk\nt\ncaf\xe9\tlatin-1\nk\t\x00\xff\n\nt\t(not found)\n",
+        )
 
     def test_missing_key_status_without_raw(self) -> None:
         """Without --raw a missing key still reads '(not found)' but the status is 1."""
@@ -439,27 +443,40 @@ class RawOutputTests(SynchronousTestCase):
         self.assertEqual(sh.run_line("get missing"), 1)
         self.assertEqual(self.bytes_out.getvalue(), b"(not found)\n(not found)\n")
 
-    def test_non_utf8_key_is_a_usage_error(self) -> None:
-        """A key typed as bytes that are not UTF-8 is refused in one line with status 2."""
+    def test_non_utf8_key_typed_with_escapes(self) -> None:
+        """A key typed with escapes in double quotes reaches the client as those bytes."""
         sh = self.make(raw=False)
-        self.assertEqual(sh.run_line(r'get "\xff"'), 2)
-        self.assertIn("a key must be UTF-8 text", self.err.getvalue())
+        self.assertEqual(sh.run_line(r'get "caf\xe9"'), 0)
+        self.assertEqual(sh.run_line(r'get "caf\xc3\xa9"'), 1)  # é in UTF-8: another key
+        self.assertEqual(self.bytes_out.getvalue(), b"latin-1\n(not found)\n")
+        self.assertEqual(self.err.getvalue(), "")
+
+    def test_non_utf8_key_shown_escaped(self) -> None:
+        """Listings show a key that is not UTF-8 with the same escapes as values."""
+        sh = self.make(raw=False)
+        self.assertEqual(sh.run_line("getkeys"), 0)
+        self.assertEqual(sh.run_line("range"), 0)
+        self.assertEqual(
+            self.bytes_out.getvalue().decode().splitlines(),
+            ["caf\\xe9", "k", "t", "(3 keys)",
+             "caf\\xe9\tlatin-1", "k\t\\x00\\xff\\n", "t\t(not found)", "(3 entries)"],
+        )
 
 
 class StoreClient:
     """A BlockingClient stand-in over a dict."""
 
-    def __init__(self, data: dict[str, bytes]) -> None:
+    def __init__(self, data: dict[bytes, bytes]) -> None:
         self.data = data
         self.lost = False
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
 
-    def keys(self) -> list[str]:
+    def keys(self) -> list[bytes]:
         return sorted(self.data)
 
-    def range(self, start: Any, stop: Any, limit: int) -> list[tuple[str, bytes]]:
+    def range(self, start: Any, stop: Any, limit: int) -> list[tuple[bytes, bytes]]:
         return sorted(self.data.items())
 
     def close(self) -> None:
@@ -635,6 +652,21 @@ range
         self.assertEqual(run_shell(self.addr, "get", "bin").stdout, b'\\x00\\xff\\n\\\\"\\t\\rA\n')
         raw = run_shell(self.addr, "--raw", "getvalues")
         self.assertEqual(raw.stdout, b'\x00\xff\n\\"\t\rA\n')
+
+    def test_non_utf8_key_typed_shown_and_raw(self) -> None:
+        """``put "caf\\xe9"`` stores the four bytes; listings escape the key, --raw prints it."""
+        put = run_shell(self.addr, stdin=b'put "caf\\xe9" latin-1\nput caf\xc3\xa9 utf-8\n')
+        self.assertEqual((put.stderr, put.returncode), (b"", 0))
+        with BlockingClient.connect(self.addr, reactor=private_reactor()) as kv:
+            self.assertEqual(kv.get(b"caf\xe9"), b"latin-1")
+            self.assertEqual(kv.get("café"), b"utf-8")
+        listed = run_shell(self.addr, "getkeys").stdout
+        self.assertEqual(listed, "café\ncaf\\xe9\n(2 keys)\n".encode())
+        self.assertEqual(run_shell(self.addr, "--raw", "getkeys").stdout, b"caf\xc3\xa9\ncaf\xe9\n")
+        got = run_shell(self.addr, "-c", r'get "caf\xe9"')
+        self.assertEqual((got.stdout, got.returncode), (b"latin-1\n", 0))
+        deleted = run_shell(self.addr, "-c", r'del "caf\xe9"')
+        self.assertEqual((deleted.stdout[:7], deleted.returncode), (b"deleted", 0))
 
     def test_long_line_on_stdin(self) -> None:
         """A line holding a 16 MiB - 1 KiB value is parsed and stored well within the deadline."""

@@ -34,16 +34,16 @@ D = "/data"
 SEG1 = f"{D}/wal/{1:020d}.log"
 
 
-def put(seq: int, key: str, data: bytes = b"v", epoch: int = 1, **kw: object) -> LogRecord:
+def put(seq: int, key: bytes, data: bytes = b"v", epoch: int = 1, **kw: object) -> LogRecord:
     return LogRecord(seq, True, key, data, epoch, **kw)  # type: ignore[arg-type]
 
 
-def delete(seq: int, key: str, epoch: int = 1, **kw: object) -> LogRecord:
+def delete(seq: int, key: bytes, epoch: int = 1, **kw: object) -> LogRecord:
     return LogRecord(seq, False, key, epoch=epoch, **kw)  # type: ignore[arg-type]
 
 
 def puts(first: int, n: int, epoch: int = 1) -> list[LogRecord]:
-    return [put(s, f"k{s:04d}", f"v{s}".encode(), epoch) for s in range(first, first + n)]
+    return [put(s, f"k{s:04d}".encode(), f"v{s}".encode(), epoch) for s in range(first, first + n)]
 
 
 class DiskCase(SynchronousTestCase):
@@ -72,12 +72,12 @@ class LogTests(DiskCase):
         """Appended batches come back: tree, last seq, epoch boundaries, client rows."""
         dd, r = self.open()
         self.assertEqual((r.last_seq, r.tree.items(), r.warnings), (0, [], []))
-        dd.append([put(1, "a", b"1", client_id="c1", request_id=7), put(2, "b", b"2")])
-        dd.append([delete(3, "a", epoch=2, client_id="c1", request_id=8)])
-        dd.append([delete(4, "zz", epoch=2, client_id="c2", request_id=1)])
+        dd.append([put(1, b"a", b"1", client_id="c1", request_id=7), put(2, b"b", b"2")])
+        dd.append([delete(3, b"a", epoch=2, client_id="c1", request_id=8)])
+        dd.append([delete(4, b"zz", epoch=2, client_id="c2", request_id=1)])
         self.assertEqual((dd.last_seq, dd.epochs), (4, [(1, 1), (3, 2)]))
         _, r = self.reopen(dd)
-        self.assertEqual(r.tree.items(), [("b", b"2")])
+        self.assertEqual(r.tree.items(), [(b"b", b"2")])
         self.assertEqual(r.last_seq, 4)
         self.assertEqual(r.epochs, [(1, 1), (3, 2)])
         self.assertEqual(
@@ -92,7 +92,7 @@ class LogTests(DiskCase):
     def test_framing(self) -> None:
         """A segment is a header, then [u32 length][u32 crc32][Update payload] per record."""
         dd, _ = self.open()
-        dd.append([put(1, "key", b"data", epoch=5, client_id="c", request_id=3)])
+        dd.append([put(1, b"key", b"data", epoch=5, client_id="c", request_id=3)])
         raw = self.disk.contents(SEG1)
         self.assertEqual(raw[:8], b"KVTWAL\r\n")
         length, crc = struct.unpack_from(">II", raw, wal.HEADER_SIZE)
@@ -101,7 +101,7 @@ class LogTests(DiskCase):
         u = Update.FromString(payload)
         self.assertEqual(
             (u.seq, u.epoch, u.is_put, u.key, u.data, u.client_id, u.request_id),
-            (1, 5, True, "key", b"data", "c", 3),
+            (1, 5, True, b"key", b"data", "c", 3),
         )
 
     def test_contiguous_only(self) -> None:
@@ -109,9 +109,9 @@ class LogTests(DiskCase):
         dd, _ = self.open()
         dd.append(puts(1, 2))
         with self.assertRaises(ValueError):
-            dd.append([put(4, "x")])
+            dd.append([put(4, b"x")])
         with self.assertRaises(ValueError):
-            dd.append([put(3, "x"), put(5, "y")])
+            dd.append([put(3, b"x"), put(5, b"y")])
         self.assertEqual(dd.last_seq, 2)
 
     def test_rotation(self) -> None:
@@ -125,7 +125,7 @@ class LogTests(DiskCase):
         self.assertEqual(firsts[0], 1)
         _, r = self.reopen(dd, segment_bytes=200)
         self.assertEqual(r.last_seq, 30)
-        self.assertEqual(r.tree.keys(), [f"k{s:04d}" for s in range(1, 31)])
+        self.assertEqual(r.tree.keys(), [f"k{s:04d}".encode() for s in range(1, 31)])
 
     def test_group_commit(self) -> None:
         """Under ALWAYS a batch of any size costs one fsync."""
@@ -273,7 +273,7 @@ class CorruptionTests(DiskCase):
         dd, _ = self.open()
         dd.append(puts(1, 5))
         seq = dd.begin_snapshot()
-        tree = AVLTree.from_sorted([f"k{s:04d}" for s in range(1, 6)], [b"v"] * 5)
+        tree = AVLTree.from_sorted([f"k{s:04d}".encode() for s in range(1, 6)], [b"v"] * 5)
         dd.write_snapshot(seq, tree, dd.epochs, [])
         dd.begin_snapshot()
         dd.append(puts(6, 5))
@@ -306,22 +306,22 @@ class SnapshotTests(DiskCase):
     def test_snapshot_then_log(self) -> None:
         """A snapshot plus the log after it rebuilds the state; the covered log is dropped."""
         dd, _ = self.open(segment_bytes=150)
-        recs = puts(1, 20) + [delete(21, "k0003", client_id="c", request_id=1)]
+        recs = puts(1, 20) + [delete(21, b"k0003", client_id="c", request_id=1)]
         dd.append(recs)
         seq = dd.begin_snapshot()
         self.assertEqual(seq, 21)
         self.assertEqual(dd.wal_bytes_since_snapshot, 0)
         clients = [ClientRow("c", 1, 21, True)]
         self.assertTrue(dd.write_snapshot(seq, self._state(dd, recs), dd.epochs, clients))
-        more = [put(22, "k0001", b"new", epoch=3), delete(23, "k0002", epoch=3)]
+        more = [put(22, b"k0001", b"new", epoch=3), delete(23, b"k0002", epoch=3)]
         dd.append(more)
         self.assertGreater(dd.wal_bytes_since_snapshot, 0)
         seq = dd.begin_snapshot()
         self.assertTrue(dd.write_snapshot(seq, self._state(dd, recs + more), dd.epochs, clients))
-        dd.append([put(24, "z")])
+        dd.append([put(24, b"z")])
         _, r = self.reopen(dd, segment_bytes=150)
         self.assertEqual(r.snapshot_seq, 23)
-        self.assertEqual(r.tree.items(), self._state(dd, recs + more + [put(24, "z")]).items())
+        self.assertEqual(r.tree.items(), self._state(dd, recs + more + [put(24, b"z")]).items())
         self.assertEqual(r.epochs, [(1, 1), (22, 3), (24, 1)])
         self.assertEqual(r.clients, clients)
         # retention: snapshots 21 and 23; segments from 22 on
@@ -345,13 +345,13 @@ class SnapshotTests(DiskCase):
         self.disk.put(path, bytes(raw))
         _, r = self.reopen(dd)
         self.assertEqual((r.snapshot_seq, r.last_seq), (5, 11))
-        self.assertEqual(r.tree.keys(), [f"k{s:04d}" for s in range(1, 12)])
+        self.assertEqual(r.tree.keys(), [f"k{s:04d}".encode() for s in range(1, 12)])
         self.assertIn(f"skipped snapshot {path}", r.warnings[0])
         self.assertTrue(self.disk.exists(path + ".corrupt"))
 
     def test_large_snapshot_batches(self) -> None:
         """A snapshot bigger than one record's batch splits into several and reads back."""
-        keys = [f"key{i:07d}" for i in range(40_000)]
+        keys = [f"key{i:07d}".encode() for i in range(40_000)]
         values = [b"x" * 32] * len(keys)
         tree = AVLTree.from_sorted(keys, values)
         dd, _ = self.open()
@@ -397,6 +397,77 @@ class SnapshotTests(DiskCase):
         self.assertEqual(self.disk.listdir(f"{D}/snap"), [f"{0:020d}.snap"])
 
 
+class ByteKeyTests(DiskCase):
+    """Keys are any bytes on disk too; snapshots written when keys were text still read."""
+
+    KEYS = [b"\x00", b"a", b"caf\xe9", "café".encode(), "日本".encode(), b"\xff\xfe"]
+
+    def test_non_utf8_keys_round_trip(self) -> None:
+        """Keys that are not UTF-8 survive a snapshot and a log replay, in bytewise order."""
+        tree = AVLTree.from_sorted(sorted(self.KEYS), [k + b"!" for k in sorted(self.KEYS)])
+        dd, _ = self.open()
+        dd.reset(tree, 10, [(1, 1)], [])
+        dd.append([put(11, b"\x80"), delete(12, b"caf\xe9")])
+        at12 = tree.copy()
+        at12.put(b"\x80", b"v")
+        at12.delete(b"caf\xe9")
+        seq = dd.begin_snapshot()
+        self.assertTrue(dd.write_snapshot(seq, at12, dd.epochs, []))
+        dd.append([put(13, b"caf\xe9", b"back")])
+        _, r = self.reopen(dd)
+        want = {k: k + b"!" for k in self.KEYS} | {b"\x80": b"v", b"caf\xe9": b"back"}
+        self.assertEqual(r.tree.items(), sorted(want.items()))
+        r.tree.check()
+        raw = self.disk.contents(f"{D}/snap/{12:020d}.snap")
+        self.assertEqual(struct.unpack_from(">I", raw, 8), (2,))  # the format with byte keys
+
+    def test_reads_text_key_snapshot(self) -> None:
+        """A version 1 snapshot (keys as one UTF-8 string, lengths in code points) recovers.
+
+        Its keys come back as their UTF-8 bytes, so a data directory written
+        before keys were bytes opens unchanged and later writes replay on it.
+        """
+        dd, _ = self.open()
+        dd.reset(AVLTree(), 7, [(1, 3)], [])
+        path = f"{D}/snap/{7:020d}.snap"
+        log_id = struct.unpack_from(">Q", self.disk.contents(path), 12)[0]
+        keys = ["a", "café", "zz", "日本", "\U0001f600"]  # code point order
+        values = [k.encode() * 2 for k in keys]
+        self.disk.put(path, text_key_snapshot(log_id, 7, keys, values, [(1, 3)]))
+        dd.append([put(8, b"caf\xe9", epoch=3)])
+        _, r = self.reopen(dd)
+        want = [(k.encode(), v) for k, v in zip(keys, values, strict=True)]
+        want.insert(2, (b"caf\xe9", b"v"))  # b"caf\xe9" sorts between "café" and "zz"
+        self.assertEqual((r.last_seq, r.epochs, r.warnings), (8, [(1, 3)], []))
+        self.assertEqual(r.tree.items(), want)
+        r.tree.check()
+
+
+def text_key_snapshot(
+    log_id: int, seq: int, keys: list[str], values: list[bytes], epochs: list[tuple[int, int]]
+) -> bytes:
+    """A snapshot file in format version 1, built by hand from its documented layout."""
+
+    def record(body: bytes) -> bytes:
+        return struct.pack(">II", len(body), zlib.crc32(body)) + body
+
+    head = struct.pack(">8sIQQ", b"KVTSNAP\n", 1, log_id, seq)
+    out = head + struct.pack(">I", zlib.crc32(head))
+    kb = "".join(keys).encode()
+    n = len(keys)
+    out += record(
+        struct.pack(">BII", 1, n, len(kb))
+        + struct.pack(f">{n}I", *map(len, keys))  # code points, not bytes
+        + struct.pack(f">{n}I", *map(len, values))
+        + kb
+        + b"".join(values)
+    )
+    out += record(
+        struct.pack(">BI", 2, len(epochs)) + b"".join(struct.pack(">QQ", *e) for e in epochs)
+    )
+    return out + record(struct.pack(">BQIII", 255, n, len(epochs), 0, zlib.crc32(out)))
+
+
 class TruncateTests(DiskCase):
     def test_truncate_after(self) -> None:
         """Records after seq are dropped for good; the log continues from there."""
@@ -406,10 +477,10 @@ class TruncateTests(DiskCase):
         dd.append(puts(8, 3, epoch=3))
         dd.truncate_after(5)
         self.assertEqual((dd.last_seq, dd.epochs), (5, [(1, 1), (4, 2)]))
-        dd.append([put(6, "new", epoch=4)])
+        dd.append([put(6, b"new", epoch=4)])
         _, r = self.reopen(dd, segment_bytes=120)
         self.assertEqual(r.last_seq, 6)
-        self.assertEqual(r.tree.keys(), ["k0001", "k0002", "k0003", "k0004", "k0005", "new"])
+        self.assertEqual(r.tree.keys(), [b"k0001", b"k0002", b"k0003", b"k0004", b"k0005", b"new"])
         self.assertEqual(r.epochs, [(1, 1), (4, 2), (6, 4)])
 
     def test_truncate_at_snapshot(self) -> None:
@@ -419,7 +490,7 @@ class TruncateTests(DiskCase):
         seq = dd.begin_snapshot()
         dd.write_snapshot(
             seq,
-            AVLTree.from_sorted(["k0001", "k0002", "k0003"], [b"v1", b"v2", b"v3"]),
+            AVLTree.from_sorted([b"k0001", b"k0002", b"k0003"], [b"v1", b"v2", b"v3"]),
             [(1, 1)],
             [],
         )
@@ -440,12 +511,12 @@ class TruncateTests(DiskCase):
     def test_rewind(self) -> None:
         """rewind returns the state at seq as rebuilt from the disk."""
         dd, _ = self.open()
-        dd.append([put(1, "a", client_id="c", request_id=1), put(2, "b")])
-        dd.append([delete(3, "a", epoch=2), put(4, "c", epoch=2)])
+        dd.append([put(1, b"a", client_id="c", request_id=1), put(2, b"b")])
+        dd.append([delete(3, b"a", epoch=2), put(4, b"c", epoch=2)])
         r = dd.rewind(2)
-        self.assertEqual((r.last_seq, r.tree.keys(), r.epochs), (2, ["a", "b"], [(1, 1)]))
+        self.assertEqual((r.last_seq, r.tree.keys(), r.epochs), (2, [b"a", b"b"], [(1, 1)]))
         self.assertEqual(r.clients, [ClientRow("c", 1, 1, True)])
-        dd.append([put(3, "d")])
+        dd.append([put(3, b"d")])
         self.assertEqual(dd.last_seq, 3)
 
 
@@ -455,20 +526,20 @@ class ResetTests(DiskCase):
         dd, _ = self.open(segment_bytes=100)
         for s in range(1, 10):
             dd.append(puts(s, 1))
-        tree = AVLTree.from_sorted(["x", "y"], [b"1", b"2"])
+        tree = AVLTree.from_sorted([b"x", b"y"], [b"1", b"2"])
         dd.reset(tree, 500, [(400, 7)], [ClientRow("c", 9, 499, True)])
         self.assertEqual(self.disk.listdir(f"{D}/wal"), [f"{501:020d}.log"])
         self.assertEqual(self.disk.listdir(f"{D}/snap"), [f"{500:020d}.snap"])
-        dd.append([put(501, "z", epoch=7)])
+        dd.append([put(501, b"z", epoch=7)])
         _, r = self.reopen(dd, segment_bytes=100)
         self.assertEqual((r.last_seq, r.snapshot_seq), (501, 500))
-        self.assertEqual(r.tree.items(), [("x", b"1"), ("y", b"2"), ("z", b"v")])
+        self.assertEqual(r.tree.items(), [(b"x", b"1"), (b"y", b"2"), (b"z", b"v")])
         self.assertEqual(r.epochs, [(400, 7)])
         self.assertEqual(r.clients, [ClientRow("c", 9, 499, True)])
 
     def test_crash_anywhere_in_reset(self) -> None:
         """A crash at any step of a reset leaves the old state or the new one, never a mix."""
-        old_keys = [f"k{s:04d}" for s in range(1, 10)]
+        old_keys = [f"k{s:04d}".encode() for s in range(1, 10)]
         n = 1
         outcomes = set()
         while True:
@@ -479,13 +550,13 @@ class ResetTests(DiskCase):
             # the old history's segment named 6 collides with nothing; the new one starts at 6
             self.disk.crash_after(n)
             try:
-                dd.reset(AVLTree.from_sorted(["new"], [b"!"]), 5, [], [])
+                dd.reset(AVLTree.from_sorted([b"new"], [b"!"]), 5, [], [])
                 done = True
             except Crashed:
                 done = False
             _, r = self.reopen(dd, segment_bytes=100)
             state = (r.last_seq, r.tree.keys())
-            self.assertIn(state, [(9, old_keys), (5, ["new"])], f"crash at step {n}")
+            self.assertIn(state, [(9, old_keys), (5, [b"new"])], f"crash at step {n}")
             outcomes.add(state[0])
             if done:
                 break
@@ -527,7 +598,7 @@ class FsyncTests(DiskCase):
         _, r = self.reopen(dd, fsync=FsyncPolicy.NEVER, segment_bytes=100)
         self.assertGreater(r.last_seq, 0)
         self.assertLess(r.last_seq, 11)
-        self.assertEqual(r.tree.keys(), [f"k{s:04d}" for s in range(1, r.last_seq + 1)])
+        self.assertEqual(r.tree.keys(), [f"k{s:04d}".encode() for s in range(1, r.last_seq + 1)])
 
 
 class DiskErrorTests(DiskCase):
@@ -542,11 +613,11 @@ class DiskErrorTests(DiskCase):
         self.assertIn(SEG1, str(e))
         self.assertEqual(dd.last_seq, 2)
         self.assertEqual(len(self.disk.contents(SEG1)), size)
-        dd.append([put(3, "after")])
+        dd.append([put(3, b"after")])
         _, r = self.reopen(dd)
         self.assertEqual((r.last_seq, r.warnings), (3, []))
-        self.assertIn("after", r.tree)
-        self.assertNotIn("k0003", r.tree)
+        self.assertIn(b"after", r.tree)
+        self.assertNotIn(b"k0003", r.tree)
 
     def test_eio_on_fsync(self) -> None:
         """A failed fsync fails the batch; the log is cut back and goes on."""
@@ -556,9 +627,9 @@ class DiskErrorTests(DiskCase):
         e = self.assertRaises(DiskError, dd.append, puts(2, 1))
         self.assertIn("EIO", str(e))
         self.assertEqual(dd.last_seq, 1)
-        dd.append([put(2, "b")])
+        dd.append([put(2, b"b")])
         _, r = self.reopen(dd)
-        self.assertEqual(r.tree.keys(), ["b", "k0001"])
+        self.assertEqual(r.tree.keys(), [b"b", b"k0001"])
 
     def test_failed_cutback_breaks(self) -> None:
         """When the cut back after a failure fails too, every later append fails until reopened."""
@@ -630,7 +701,7 @@ class CrashModelTests(SynchronousTestCase):
                     recs = []
                     for i, (is_put, k, e) in enumerate(args):
                         seq = len(history) - 1 + i + 1
-                        key = f"k{k}"
+                        key = f"k{k}".encode()
                         if is_put:
                             recs.append(put(seq, key, f"{seq}".encode(), epoch=e))
                         else:
@@ -726,16 +797,16 @@ class RealDiskTests(SynchronousTestCase):
         dd.append(puts(1, 10))
         seq = dd.begin_snapshot()
         tree = AVLTree.from_sorted(
-            [f"k{s:04d}" for s in range(1, 11)], [f"v{s}".encode() for s in range(1, 11)]
+            [f"k{s:04d}".encode() for s in range(1, 11)], [f"v{s}".encode() for s in range(1, 11)]
         )
         self.assertTrue(dd.write_snapshot(seq, tree, dd.epochs, []))
-        dd.append([delete(11, "k0001")])
+        dd.append([delete(11, b"k0001")])
         dd.close()
         dd = DataDir(path)
         r = dd.open()
         dd.close()
         self.assertEqual((r.snapshot_seq, r.last_seq, len(r.tree)), (10, 11, 9))
-        self.assertEqual(r.tree.get("k0002"), b"v2")
+        self.assertEqual(r.tree.get(b"k0002"), b"v2")
 
     def test_lock_is_exclusive(self) -> None:
         """flock on LOCK: a second opener of the same directory fails with a clear error."""
@@ -771,49 +842,52 @@ class StoreJournalTests(SynchronousTestCase):
 
     def test_writes_are_logged(self) -> None:
         """Applied writes are in the journal, with epoch and client identity."""
-        out = self._apply(Write(1, True, "a", b"1", epoch=4, client_id="c", request_id=2))
+        out = self._apply(Write(1, True, b"a", b"1", epoch=4, client_id="c", request_id=2))
         self.assertEqual(out[0].seq, 1)
         self.journal.close()
         self.disk.crash()
         j = DataDir(D, disk=self.disk)
         r = j.open()
         j.close()
-        self.assertEqual((r.tree.items(), r.epochs), ([("a", b"1")], [(1, 4)]))
+        self.assertEqual((r.tree.items(), r.epochs), ([(b"a", b"1")], [(1, 4)]))
         self.assertEqual(r.clients, [ClientRow("c", 2, 1, True)])
 
     def test_failed_append_fails_writes(self) -> None:
         """A disk error fails every write of the batch and leaves the tree untouched."""
-        self._apply(Write(1, True, "a", b"1"))
+        self._apply(Write(1, True, b"a", b"1"))
         self.disk.fail("write", errno.ENOSPC)
-        out = self._apply(Write(2, True, "b", b"2"), Write(3, False, "a"))
+        out = self._apply(Write(2, True, b"b", b"2"), Write(3, False, b"a"))
         self.assertEqual(len(out), 2)
         for f in out:
             self.assertIsInstance(f.value, DiskError)
         self.assertEqual(self.store.last_applied, 1)
-        self.assertEqual(self.store._tree.items(), [("a", b"1")])
-        out = self._apply(Write(2, True, "b", b"2"))
-        self.assertEqual(out[0].tree.items(), [("a", b"1"), ("b", b"2")])
+        self.assertEqual(self.store._tree.items(), [(b"a", b"1")])
+        out = self._apply(Write(2, True, b"b", b"2"))
+        self.assertEqual(out[0].tree.items(), [(b"a", b"1"), (b"b", b"2")])
 
     def test_restore_and_load(self) -> None:
         """restore starts from a recovered state; load resets the journal to the new state."""
-        self._apply(Write(1, True, "a", b"1"), Write(2, True, "b", b"2"))
+        self._apply(Write(1, True, b"a", b"1"), Write(2, True, b"b", b"2"))
         r = self.journal.rewind(1)
         self.store.restore(r)
-        self.assertEqual((self.store.last_applied, self.store._tree.keys()), (1, ["a"]))
+        self.assertEqual((self.store.last_applied, self.store._tree.keys()), (1, [b"a"]))
         loaded: list = []
-        self.store.load(["x"], [b"9"], 70, [(60, 2)], [ClientRow("c", 1, 70, True)]).addCallback(
+        self.store.load([b"x"], [b"9"], 70, [(60, 2)], [ClientRow("c", 1, 70, True)]).addCallback(
             loaded.append
         )
-        self.assertEqual(loaded[0].items(), [("x", b"9")])
+        self.assertEqual(loaded[0].items(), [(b"x", b"9")])
         self.assertEqual((self.journal.last_seq, self.journal.epochs), (70, [(60, 2)]))
-        out = self._apply(Write(71, True, "y", b"8", epoch=2))
+        out = self._apply(Write(71, True, b"y", b"8", epoch=2))
         self.assertEqual(out[0].seq, 71)
 
     def test_snapshot_at_threshold(self) -> None:
         """Past snapshot_bytes of log, a snapshot of the applied state is written."""
         self.store.snapshot_bytes = 100
         self._apply(
-            *[Write(s, True, f"k{s}", b"v" * 20, client_id="c", request_id=s) for s in range(1, 5)]
+            *[
+                Write(s, True, f"k{s}".encode(), b"v" * 20, client_id="c", request_id=s)
+                for s in range(1, 5)
+            ]
         )
         self.assertIn(f"{4:020d}.snap", self.disk.listdir(f"{D}/snap"))
         self.assertEqual(self.journal.wal_bytes_since_snapshot, 0)
@@ -826,7 +900,7 @@ class StoreJournalTests(SynchronousTestCase):
     def test_sync_timer(self) -> None:
         """The interval timer fsyncs the journal on schedule."""
         self.journal.fsync = FsyncPolicy.INTERVAL
-        self._apply(Write(1, True, "a", b"1"))
+        self._apply(Write(1, True, b"a", b"1"))
         seg = f"{D}/wal/{1:020d}.log"
         self.assertNotEqual(self.disk.synced(seg), self.disk.contents(seg))
         self.store.start_sync_timer(1.0)

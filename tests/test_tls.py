@@ -258,7 +258,7 @@ class NodeTLSTests(SynchronousTestCase):
         kv = self.client(tls.ClientTLS(self.ca.path))
         self.assertEqual(kv.put("a", b"1").op_n, 1)
         self.assertEqual(kv.get("a"), b"1")
-        self.assertEqual(kv.keys(), ["a"])
+        self.assertEqual(kv.keys(), [b"a"])
 
     def test_plain_client_refused(self) -> None:
         """A plain client gets no answer: its connection is closed."""
@@ -350,7 +350,7 @@ class ChainTLSTests(ZooKeeperCase):
         self.addCleanup(kv.close)
         return kv
 
-    def local_copy(self, node: NodeProcess) -> list[str]:
+    def local_copy(self, node: NodeProcess) -> list[bytes]:
         msg = wire.req_getkeys()
         msg.local = True
         reply = self.direct(node).raw(msg)
@@ -374,7 +374,7 @@ class ChainTLSTests(ZooKeeperCase):
         for i in range(20):
             chain.put(f"k{i:02}", str(i).encode())
         self.assertEqual(chain.get("k07"), b"7")
-        expected = [f"k{i:02}" for i in range(20)]
+        expected = [f"k{i:02}".encode() for i in range(20)]
         self.assertEqual(self.local_copy(tail), expected)
         wait_for(lambda: self.local_copy(head) == expected, 30, "the head to commit")
         # the head is no tail: it forwards the read over TLS with its token

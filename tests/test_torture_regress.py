@@ -119,7 +119,7 @@ class JoinRaces(SynchronousTestCase):
         """A write acknowledged during a join is visible at the new tail."""
         net = Net()
         a, t = net.chain(2)
-        self.successResultOf(_settled(net, a.write("k", b"old")))
+        self.successResultOf(_settled(net, a.write(b"k", b"old")))
         zk = Controlled(net)
         j = new_node(net)
         zk.control(j)
@@ -127,7 +127,7 @@ class JoinRaces(SynchronousTestCase):
         pump(net)  # transfer + handoff: j's znode exists, the register reply is pending
         zk.hold_members_of.add(j.port)
         zk.reply_register()  # j knows its name; its next membership read is slow
-        w = a.write("k", b"new")
+        w = a.write(b"k", b"new")
         pump(net)  # the update travels a -> t -> j
         acked = self.successResultOf(w)  # acknowledged to the client
         for n in (a, t, j):
@@ -137,7 +137,7 @@ class JoinRaces(SynchronousTestCase):
         self.assertEqual(j.replica.role, "tail")
         view = self.successResultOf(j.replica.read_view())
         self.assertEqual(
-            view.tree.get("k"), b"new", f"tail serves a stale value after op {acked.op_n}"
+            view.tree.get(b"k"), b"new", f"tail serves a stale value after op {acked.op_n}".encode()
         )
 
 
@@ -161,7 +161,7 @@ class AdoptedJoinerTests(SynchronousTestCase):
         self.assertEqual(len(zk.registrations), 1)
         zk.deliver(a)  # a adopts b's link; b does not know its name yet
         pump(net)
-        w = a.write("k", b"v")
+        w = a.write(b"k", b"v")
         pump(net)
         self.assertFalse(a.replica.succ is None or a.replica.succ.closed, "a refused b")
         self.assertEqual(self.successResultOf(w).op_n, 1)
@@ -179,7 +179,7 @@ class RestartedNodeTests(SynchronousTestCase):
         (found by the campaigns: it forwarded writes to itself, behind themselves)."""
         net = Net()
         a, b, c = net.chain(3)
-        self.successResultOf(_settled(net, a.write("k", b"1")))
+        self.successResultOf(_settled(net, a.write(b"k", b"1")))
         old = a.name
         a.alive = False  # SIGKILL: links drop, the znode stays until the session expires
         a.replica.stop()
@@ -189,14 +189,14 @@ class RestartedNodeTests(SynchronousTestCase):
         net.settle(rounds=5)
         again = Node(net, a.port)  # the same address
         net.nodes[a.port] = again
-        write = again.write("x", b"2")  # before it has joined: refused, not forwarded
+        write = again.write(b"x", b"2")  # before it has joined: refused, not forwarded
         self.assertIsInstance(self.failureResultOf(write).value, Unavailable)
         again.replica.join()
         net.settle()
         self.assertNotIn(old, [m.name for m in net.registry.members])
         self.assertEqual(again.replica.role, "tail")
         self.assertEqual(b.replica.role, "head")
-        self.assertEqual(self.successResultOf(_settled(net, b.write("y", b"3"))).op_n, 2)
+        self.assertEqual(self.successResultOf(_settled(net, b.write(b"y", b"3"))).op_n, 2)
         self.assertEqual(again.state(), c.state())
 
     def test_no_request_is_forwarded_to_this_very_node(self) -> None:
@@ -205,6 +205,6 @@ class RestartedNodeTests(SynchronousTestCase):
         net = Net()
         a, b = net.chain(2)
         b.replica.own_address = a.replica.own_address  # as if b were a's restarted self
-        f = self.failureResultOf(b.write("k", b"v"))
+        f = self.failureResultOf(b.write(b"k", b"v"))
         self.assertIsInstance(f.value, Unavailable)
         self.assertIn("stale registration", str(f.value))

@@ -22,7 +22,7 @@ PROTO_DIR = Path(kvtwist_pb2.__file__).parent
 class FrameDecoderTests(SynchronousTestCase):
     def test_split_anywhere(self) -> None:
         """Frames cut into one-byte pieces come out whole and in order."""
-        msgs = [wire.req_put("k", b"v" * 10), wire.req_get("k"), wire.req_size()]
+        msgs = [wire.req_put(b"k", b"v" * 10), wire.req_get(b"k"), wire.req_size()]
         stream = b"".join(wire.frame(m) for m in msgs)
         dec = wire.FrameDecoder()
         out: list[bytes] = []
@@ -57,7 +57,11 @@ class FrameDecoderTests(SynchronousTestCase):
 
 class CompatibilityTests(SynchronousTestCase):
     def test_original_fields(self) -> None:
-        """Fields 1-6 keep the original C message's numbers and wire types."""
+        """Fields 1-6 keep the original C message's numbers and wire types.
+
+        The original declares keys ``string``; kvtwist declares them ``bytes``,
+        which is the same on the wire (length-delimited) but takes any bytes.
+        """
         f = {x.number: x for x in kvtwist_pb2.Message.DESCRIPTOR.fields}
         fd = descriptor_pb2.FieldDescriptorProto
         self.assertEqual(f[1].name, "opcode")
@@ -65,12 +69,12 @@ class CompatibilityTests(SynchronousTestCase):
         self.assertEqual(f[2].type, fd.TYPE_ENUM)
         self.assertEqual(f[3].type, fd.TYPE_SINT32)
         self.assertEqual(f[4].type, fd.TYPE_MESSAGE)
-        self.assertEqual(f[5].type, fd.TYPE_STRING)
+        self.assertEqual(f[5].type, fd.TYPE_BYTES)
         self.assertTrue(f[5].is_repeated)
         self.assertEqual(f[6].type, fd.TYPE_BYTES)
         self.assertTrue(f[6].is_repeated)
         entry = {x.number: x for x in kvtwist_pb2.Entry.DESCRIPTOR.fields}
-        self.assertEqual((entry[1].type, entry[2].type), (fd.TYPE_STRING, fd.TYPE_BYTES))
+        self.assertEqual((entry[1].type, entry[2].type), (fd.TYPE_BYTES, fd.TYPE_BYTES))
 
     def test_original_numbers(self) -> None:
         """Opcode and c_type values are the original's."""
@@ -107,7 +111,33 @@ class CompatibilityTests(SynchronousTestCase):
         raw = bytes([0x08, 50, 0x10, 30, 0x22, 7, 0x0A, 2]) + b"ab" + bytes([0x12, 1, 1])
         msg = wire.decode(raw)
         self.assertEqual((msg.opcode, msg.c_type), (wire.OP_PUT, wire.CT_ENTRY))
-        self.assertEqual((msg.entry.key, msg.entry.data), ("ab", b"\x01"))
+        self.assertEqual((msg.entry.key, msg.entry.data), (b"ab", b"\x01"))
+
+    def test_non_utf8_key_from_the_original_client(self) -> None:
+        """A C client's key that is not UTF-8 (``caf\\xe9``) decodes as those bytes.
+
+        With keys declared ``string`` the parser refused such a message.
+        """
+        key = b"caf\xe9"
+        entry = bytes([0x0A, len(key)]) + key + bytes([0x12, 1, 1])
+        raw = bytes([0x08, 50, 0x10, 30, 0x22, len(entry)]) + entry
+        msg = wire.decode(raw)
+        self.assertEqual(msg.entry.key, key)
+        get = bytes([0x08, 40, 0x10, 10, 0x2A, len(key)]) + key
+        self.assertEqual(list(wire.decode(get).keys), [key])
+        self.assertEqual(wire.req_get(key).SerializeToString(), get)
+
+    def test_key_fields_are_bytes(self) -> None:
+        """Every field that carries a key is ``bytes``: entry, keys, range bounds, updates."""
+        fd = descriptor_pb2.FieldDescriptorProto
+        fields = [
+            kvtwist_pb2.Entry.DESCRIPTOR.fields_by_name["key"],
+            kvtwist_pb2.Message.DESCRIPTOR.fields_by_name["keys"],
+            kvtwist_pb2.RangeSpec.DESCRIPTOR.fields_by_name["start"],
+            kvtwist_pb2.RangeSpec.DESCRIPTOR.fields_by_name["stop"],
+            kvtwist_pb2.Update.DESCRIPTOR.fields_by_name["key"],
+        ]
+        self.assertEqual([f.type for f in fields], [fd.TYPE_BYTES] * len(fields))
 
     def test_result_is_zigzag(self) -> None:
         """``result`` is sint32: -1 encodes as zigzag 1, as the original expects."""

@@ -199,10 +199,10 @@ class NodeACLTests(StrangerMixin, unittest.SynchronousTestCase):
             self.assert_protected(path)
         self.assertEqual(self.members(), [first, second])
         with RawClient(head.port) as c:
-            reply = c.one(wire.req_put("k", b"v"))
+            reply = c.one(wire.req_put(b"k", b"v"))
             self.assertEqual(reply.opcode, wire.OP_PUT + 1, reply.error)
         with RawClient(tail.port) as c:
-            self.assertEqual(c.get("k"), b"v")
+            self.assertEqual(c.get(b"k"), b"v")
 
 
 class AdminACLTests(StrangerMixin, unittest.SynchronousTestCase):

@@ -263,7 +263,7 @@ class ReplicaCore:
     # client writes
 
     def write(
-        self, is_put: bool, key: str, data: bytes = b"", client_id: str = "", request_id: int = 0
+        self, is_put: bool, key: bytes, data: bytes = b"", client_id: str = "", request_id: int = 0
     ) -> Deferred[WriteResult]:
         """Order, apply and commit one client write; fires once committed."""
         try:

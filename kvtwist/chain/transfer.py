@@ -31,9 +31,8 @@ SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 ROW_OVERHEAD = 16
 
 
-def _entry_size(key: str, value: bytes) -> int:
-    k = len(key) if key.isascii() else len(key.encode())
-    return k + len(value) + ROW_OVERHEAD
+def _entry_size(key: bytes, value: bytes) -> int:
+    return len(key) + len(value) + ROW_OVERHEAD
 
 
 def chunks(tree: AVLTree, max_bytes: int = SNAPSHOT_CHUNK_BYTES) -> Iterator[list[Entry]]:
@@ -177,7 +176,7 @@ class SnapshotReceiver:
     """
 
     def __init__(self) -> None:
-        self.keys: list[str] = []
+        self.keys: list[bytes] = []
         self.values: list[bytes] = []
         self.clients: list[Update] = []
 

@@ -1,5 +1,10 @@
 """The client library: an asynchronous API returning Deferreds.
 
+Keys are byte strings, as the nodes store them.  Every call takes a key as
+``bytes`` or as ``str`` (sent as its UTF-8 bytes); keys that come back, from
+``keys()`` and ``range()``, are always ``bytes``, since a stored key need not
+be UTF-8.
+
 ``Client`` holds the request logic (building requests, reading replies,
 numbering writes so that a retried write is applied once); subclasses only
 decide where a request goes: ``DirectClient`` to one node, ``ChainClient``
@@ -78,7 +83,11 @@ def parse_address(text: str, default_port: int | None = None) -> tuple[str, int]
     return host, number
 
 
-def as_bytes(value: bytes | str) -> bytes:
+#: A key or value as callers give it: bytes as they are, text as its UTF-8 bytes.
+Data = bytes | str
+
+
+def as_bytes(value: Data) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
@@ -103,12 +112,12 @@ class Client:
 
     # writes
 
-    def put(self, key: str, value: bytes | str) -> Deferred[WriteResult]:
-        msg = wire.req_put(key, as_bytes(value), self.client_id, next(self._request_ids))
+    def put(self, key: Data, value: Data) -> Deferred[WriteResult]:
+        msg = wire.req_put(as_bytes(key), as_bytes(value), self.client_id, next(self._request_ids))
         return self._call(msg, write=True).addCallback(lambda r: WriteResult(_op_n(r)))
 
-    def delete(self, key: str) -> Deferred[WriteResult]:
-        msg = wire.req_del(key, self.client_id, next(self._request_ids))
+    def delete(self, key: Data) -> Deferred[WriteResult]:
+        msg = wire.req_del(as_bytes(key), self.client_id, next(self._request_ids))
 
         def done(r: Message) -> WriteResult:
             return WriteResult(_op_n(r), r.found if r.HasField("found") else None)
@@ -117,8 +126,8 @@ class Client:
 
     # reads
 
-    def get(self, key: str) -> Deferred[bytes | None]:
-        return self._call(wire.req_get(key)).addCallback(
+    def get(self, key: Data) -> Deferred[bytes | None]:
+        return self._call(wire.req_get(as_bytes(key))).addCallback(
             lambda r: bytes(r.values[0]) if r.values else None
         )
 
@@ -128,7 +137,7 @@ class Client:
     def height(self) -> Deferred[int]:
         return self._call(wire.req_height()).addCallback(lambda r: int(r.result))
 
-    def keys(self) -> Deferred[list[str]]:
+    def keys(self) -> Deferred[list[bytes]]:
         return self._call(wire.req_getkeys()).addCallback(lambda r: list(r.keys))
 
     def values(self) -> Deferred[list[bytes]]:
@@ -138,9 +147,15 @@ class Client:
         return self._call(wire.req_verify(op_n)).addCallback(lambda r: r.result == 1)
 
     def range(
-        self, start: str | None = None, stop: str | None = None, limit: int = 0
-    ) -> Deferred[list[tuple[str, bytes]]]:
-        return self._call(wire.req_range(start, stop, limit)).addCallback(
+        self, start: Data | None = None, stop: Data | None = None, limit: int = 0
+    ) -> Deferred[list[tuple[bytes, bytes]]]:
+        """Entries with start <= key < stop in bytewise key order, at most ``limit``."""
+        msg = wire.req_range(
+            None if start is None else as_bytes(start),
+            None if stop is None else as_bytes(stop),
+            limit,
+        )
+        return self._call(msg).addCallback(
             lambda r: [(k, bytes(v)) for k, v in zip(r.keys, r.values, strict=True)]
         )
 
@@ -211,6 +226,7 @@ class DirectClient(Client):
 __all__ = [
     "Client",
     "ConnectionFailed",
+    "Data",
     "DirectClient",
     "KVError",
     "OpStat",

@@ -31,7 +31,7 @@ from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
-from kvtwist.client.api import Client, DirectClient, Stats, WriteResult, parse_address
+from kvtwist.client.api import Client, Data, DirectClient, Stats, WriteResult, parse_address
 from kvtwist.client.protocol import ConnectionFailed, KVError
 from kvtwist.tls import ClientTLS
 from kvtwist.wire import Message
@@ -343,13 +343,13 @@ class BlockingClient:
         client = self.client
         return _call_in_reactor(self._reactor, lambda: f(client), self.timeout)
 
-    def put(self, key: str, value: bytes | str) -> WriteResult:
+    def put(self, key: Data, value: Data) -> WriteResult:
         return self._call(lambda c: c.put(key, value))
 
-    def delete(self, key: str) -> WriteResult:
+    def delete(self, key: Data) -> WriteResult:
         return self._call(lambda c: c.delete(key))
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: Data) -> bytes | None:
         return self._call(lambda c: c.get(key))
 
     def size(self) -> int:
@@ -358,7 +358,7 @@ class BlockingClient:
     def height(self) -> int:
         return self._call(lambda c: c.height())
 
-    def keys(self) -> list[str]:
+    def keys(self) -> list[bytes]:
         return self._call(lambda c: c.keys())
 
     def values(self) -> list[bytes]:
@@ -368,8 +368,8 @@ class BlockingClient:
         return self._call(lambda c: c.verify(op_n))
 
     def range(
-        self, start: str | None = None, stop: str | None = None, limit: int = 0
-    ) -> list[tuple[str, bytes]]:
+        self, start: Data | None = None, stop: Data | None = None, limit: int = 0
+    ) -> list[tuple[bytes, bytes]]:
         return self._call(lambda c: c.range(start, stop, limit))
 
     def stats(self) -> Stats:

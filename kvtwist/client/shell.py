@@ -10,9 +10,12 @@
     kvtwist-client --tls-ca ca.pem --token-file token 10.0.0.5:9000
 
 The commands are the original C client's (put, get, del, size, height,
-getkeys, getvalues, verify) plus range and stats.  Every failure is one line
-on stderr starting with ``error: ``; the exit status is that of the last
-command: 0 ok, 1 failed or (get) no such key, 2 a usage error or no server.
+getkeys, getvalues, verify) plus range and stats.  Keys, like values, are any
+bytes: typed with escapes in double quotes (``get "caf\\xe9"``), shown escaped
+when they are not printable UTF-8, and written as they are with --raw.  Every
+failure is one line on stderr starting with ``error: ``; the exit status is
+that of the last command: 0 ok, 1 failed or (get) no such key, 2 a usage error
+or no server.
 """
 
 from __future__ import annotations
@@ -236,14 +239,6 @@ def parse_line(line: str) -> Parsed | None:
     return parse_words(split_words(stripped))
 
 
-def as_key(arg: bytes) -> str:
-    """A key argument for the client library, which takes text keys."""
-    try:
-        return arg.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"a key must be UTF-8 text, not {escape(arg)!r}") from None
-
-
 def parse_op_n(arg: bytes | str) -> int:
     """``verify``'s argument: an integer (the server judges whether it is > 0)."""
     text = arg.decode("utf-8", "backslashreplace") if isinstance(arg, bytes) else arg
@@ -256,7 +251,7 @@ def parse_op_n(arg: bytes | str) -> int:
     return n
 
 
-def parse_range_args(args: Sequence[bytes | str]) -> tuple[str | None, str | None, int]:
+def parse_range_args(args: Sequence[bytes | str]) -> tuple[bytes | None, bytes | None, int]:
     """``range [start [stop [limit]]]`` into (start, stop, limit); ``-`` is an open end.
 
     A missing or ``-`` limit is 0, which asks for the server's default limit.
@@ -264,8 +259,8 @@ def parse_range_args(args: Sequence[bytes | str]) -> tuple[str | None, str | Non
     if len(args) > 3:
         raise UsageError(f"usage: {COMMANDS['range'].usage}")
     words = [a.encode("utf-8") if isinstance(a, str) else a for a in args]
-    start = as_key(words[0]) if len(words) > 0 and words[0] != b"-" else None
-    stop = as_key(words[1]) if len(words) > 1 and words[1] != b"-" else None
+    start = words[0] if len(words) > 0 and words[0] != b"-" else None
+    stop = words[1] if len(words) > 1 and words[1] != b"-" else None
     limit = 0
     if len(words) > 2 and words[2] != b"-":
         text = words[2].decode("utf-8", "backslashreplace")
@@ -537,16 +532,16 @@ class Shell:
         elif name == "quit":
             pass
         elif name == "put":
-            key, value = as_key(args[0]), args[1]
+            key, value = args
             r = self._request(cmd, lambda c: c.put(key, value))
             self.say(f"ok op {r.op_n}")
         elif name == "del":
-            key = as_key(args[0])
+            key = args[0]
             r = self._request(cmd, lambda c: c.delete(key))
             state = "not found" if r.found is False else "deleted"
             self.say(f"{state} (op {r.op_n})")
         elif name == "get":
-            key = as_key(args[0])
+            key = args[0]
             found = self._request(cmd, lambda c: c.get(key))
             if found is None:
                 if not self.raw:

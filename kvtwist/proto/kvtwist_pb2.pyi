@@ -11,19 +11,19 @@ class Entry(_message.Message):
     __slots__ = ("key", "data")
     KEY_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
-    key: str
+    key: bytes
     data: bytes
-    def __init__(self, key: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, key: _Optional[bytes] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RangeSpec(_message.Message):
     __slots__ = ("start", "stop", "limit")
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
-    start: str
-    stop: str
+    start: bytes
+    stop: bytes
     limit: int
-    def __init__(self, start: _Optional[str] = ..., stop: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    def __init__(self, start: _Optional[bytes] = ..., stop: _Optional[bytes] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class OpStats(_message.Message):
     __slots__ = ("op", "count", "mean_service_us", "errors")
@@ -67,13 +67,13 @@ class Update(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     seq: int
     is_put: bool
-    key: str
+    key: bytes
     data: bytes
     client_id: str
     request_id: int
     found: bool
     epoch: int
-    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[str] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., found: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[bytes] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., found: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class EpochMark(_message.Message):
     __slots__ = ("first_seq", "epoch")
@@ -230,7 +230,7 @@ class Message(_message.Message):
     c_type: Message.CType
     result: int
     entry: Entry
-    keys: _containers.RepeatedScalarFieldContainer[str]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
     values: _containers.RepeatedScalarFieldContainer[bytes]
     error: str
     found: bool
@@ -247,4 +247,4 @@ class Message(_message.Message):
     local: bool
     auth: ChainAuth
     token: bytes
-    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ..., token: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ..., token: _Optional[bytes] = ...) -> None: ...

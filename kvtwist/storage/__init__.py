@@ -38,16 +38,17 @@ and again when ``reset`` installs a transferred state.  Segments carry the log
 id of the snapshot they continue; a segment with another id is left over from
 a replaced history and is removed on open.
 
-Snapshots (format version 1)
+Snapshots (format version 2)
 ============================
 
 Header, 32 bytes: ``"KVTSNAP\\n"``, u32 version, u64 log id, u64 seq, u32 crc32.
 Then checksummed records ``[u32 length][u32 crc32][body]`` whose first body
 byte is a kind: entries in key order (about 1 MiB per record, columnar: the
-key and value lengths, then the keys as one UTF-8 string, then the values),
-then the epoch boundaries, then the client rows, then a trailer holding the
-counts of each and a crc32 of every byte before it, which must end the file.
-See snapshot.py for the exact layout.
+key and value lengths in bytes, then the keys, then the values), then the
+epoch boundaries, then the client rows, then a trailer holding the counts of
+each and a crc32 of every byte before it, which must end the file.  Version 1
+snapshots (keys as text: lengths in code points, keys as one UTF-8 string)
+are still read.  See snapshot.py for the exact layout.
 
 Retention: the newest two snapshots and the log from the older one on.  A
 freshly created directory holds an empty snapshot at 0, so there is always a

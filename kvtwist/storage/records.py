@@ -31,7 +31,7 @@ class LogRecord:
 
     seq: int
     is_put: bool
-    key: str
+    key: bytes
     data: bytes = b""
     epoch: int = 0
     client_id: str = ""

@@ -4,8 +4,8 @@ Layout (all integers big-endian)::
 
     header   "KVTSNAP\\n" | u32 version | u64 log id | u64 seq | u32 crc32(previous 28 bytes)
     records  u32 length | u32 crc32(body) | body, where body[0] is the kind:
-      1 entries  u32 n | u32 key-bytes | n x u32 key length (code points)
-                 | n x u32 value length | keys (UTF-8) | values
+      1 entries  u32 n | u32 key-bytes | n x u32 key length (bytes)
+                 | n x u32 value length | keys | values
       2 epochs   u32 n | n x (u64 first seq, u64 epoch)
       3 clients  u32 n | u32 id-bytes | n x u32 id length | n x u64 request id
                  | n x u64 seq | n x u8 found | client ids (UTF-8)
@@ -13,8 +13,13 @@ Layout (all integers big-endian)::
 
 Entries come in key order, in records of about ``BATCH_BYTES``; then one epochs
 record, then client records, then the trailer, which must end the file.  The
-columnar layout lets a reader cut a million keys out of a few decoded strings
-with slices instead of parsing a million messages.
+columnar layout lets a reader cut a million keys out of a few records with
+slices instead of parsing a million messages.
+
+Version 2 is written.  Version 1, from when keys were text, differs only in the
+entries record: key lengths count code points and the keys are one UTF-8
+string.  It is still read (its keys come back as their UTF-8 bytes), so a data
+directory written before keys were bytes recovers unchanged.
 """
 
 from __future__ import annotations
@@ -30,14 +35,16 @@ from kvtwist.storage.records import ClientRow, CorruptData
 from kvtwist.tree import AVLTree
 
 SNAP_MAGIC = b"KVTSNAP\n"
-SNAP_VERSION = 1
+SNAP_VERSION = 2
+#: Keys as text: lengths in code points, one UTF-8 string (read, never written).
+SNAP_VERSION_TEXT_KEYS = 1
 SNAP_HEADER = struct.Struct(">8sIQQ")
 HEADER_SIZE = SNAP_HEADER.size + 4
 RECORD_HEADER = struct.Struct(">II")
 TRAILER = struct.Struct(">BQIII")
 BATCH_BYTES = 1 << 20
 ENTRIES, EPOCHS, CLIENTS, END = 1, 2, 3, 255
-_ENC = "surrogatepass"  # a key is any str; never fail to write one back
+_ENC = "surrogatepass"  # a client id is any str; never fail to write one back
 
 
 def snapshot_name(seq: int) -> str:
@@ -63,9 +70,9 @@ class _Writer:
         self.raw(RECORD_HEADER.pack(len(body), zlib.crc32(body)) + body)
 
 
-def _entries_body(keys: list[str], values: list[bytes]) -> bytes:
+def _entries_body(keys: list[bytes], values: list[bytes]) -> bytes:
     n = len(keys)
-    kb = "".join(keys).encode("utf-8", _ENC)
+    kb = b"".join(keys)
     return b"".join(
         (
             struct.pack(">BII", ENTRIES, n, len(kb)),
@@ -105,7 +112,7 @@ def write_snapshot_file(
     w = _Writer(f)
     head = SNAP_HEADER.pack(SNAP_MAGIC, SNAP_VERSION, log_id, seq)
     w.raw(head + struct.pack(">I", zlib.crc32(head)))
-    keys: list[str] = []
+    keys: list[bytes] = []
     values: list[bytes] = []
     size = 0
     count = 0
@@ -133,7 +140,7 @@ def write_snapshot_file(
 class Snapshot:
     log_id: int
     seq: int
-    keys: list[str]
+    keys: list[bytes]
     values: list[bytes]
     epochs: list[tuple[int, int]]
     clients: list[ClientRow]
@@ -141,6 +148,12 @@ class Snapshot:
 
 def read_header(data: bytes, path: str) -> tuple[int, int]:
     """(log id, seq) from a snapshot's header; CorruptData if it is not whole and sound."""
+    log_id, seq, _ = _header(data, path)
+    return log_id, seq
+
+
+def _header(data: bytes, path: str) -> tuple[int, int, int]:
+    """(log id, seq, format version), checked."""
     if len(data) < HEADER_SIZE:
         raise CorruptData(path, len(data), f"short snapshot header ({len(data)} bytes)")
     magic, version, log_id, seq = SNAP_HEADER.unpack_from(data)
@@ -149,9 +162,14 @@ def read_header(data: bytes, path: str) -> tuple[int, int]:
     (crc,) = struct.unpack_from(">I", data, HEADER_SIZE - 4)
     if zlib.crc32(data[: HEADER_SIZE - 4]) != crc:
         raise CorruptData(path, 0, "snapshot header checksum mismatch")
-    if version != SNAP_VERSION:
-        raise CorruptData(path, 8, f"snapshot format version {version}, this build reads 1")
-    return log_id, seq
+    if version not in (SNAP_VERSION, SNAP_VERSION_TEXT_KEYS):
+        raise CorruptData(
+            path,
+            8,
+            f"snapshot format version {version}, this build reads "
+            f"{SNAP_VERSION_TEXT_KEYS} and {SNAP_VERSION}",
+        )
+    return log_id, seq, version
 
 
 def _split(s: str | bytes, lengths: tuple[int, ...]) -> list:  # type: ignore[type-arg]
@@ -163,7 +181,8 @@ def _split(s: str | bytes, lengths: tuple[int, ...]) -> list:  # type: ignore[ty
 
 def read_snapshot(data: bytes, path: str) -> Snapshot:
     """Decode and check a whole snapshot file."""
-    log_id, seq = read_header(data, path)
+    log_id, seq, version = _header(data, path)
+    text_keys = version == SNAP_VERSION_TEXT_KEYS
     snap = Snapshot(log_id, seq, [], [], [], [])
     pos = HEADER_SIZE
     n = len(data)
@@ -188,8 +207,11 @@ def read_snapshot(data: bytes, path: str) -> Snapshot:
                 o = 9 + 8 * cnt
                 klens = struct.unpack_from(f">{cnt}I", body, 9)
                 vlens = struct.unpack_from(f">{cnt}I", body, 9 + 4 * cnt)
-                keys = body[o : o + kbytes].decode("utf-8", _ENC)
-                snap.keys += _split(keys, klens)
+                if text_keys:
+                    text = body[o : o + kbytes].decode("utf-8", _ENC)
+                    snap.keys += [k.encode("utf-8", _ENC) for k in _split(text, klens)]
+                else:
+                    snap.keys += _split(body[o : o + kbytes], klens)
                 snap.values += _split(body[o + kbytes :], vlens)
             elif kind == EPOCHS:
                 (cnt,) = struct.unpack_from(">I", body, 1)

@@ -50,7 +50,7 @@ def updates(rng: random.Random, keys: int, start: int, n: int = 4) -> list[Updat
         Update(
             seq=start + i,
             is_put=True,
-            key=f"k{rng.randrange(keys)}",
+            key=f"k{rng.randrange(keys)}".encode(),
             data=f"stranger-{rng.randrange(1 << 30)}".encode(),
             client_id=f"stranger-{rng.randrange(1 << 30)}",
             request_id=1,

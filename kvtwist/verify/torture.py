@@ -62,13 +62,13 @@ from kvtwist.verify.linearizability import check
 from kvtwist.verify.nemesis import KINDS, PROXY_KINDS, Nemesis, Node, parse_kinds
 from kvtwist.verify.proxy import ProxyControl
 from kvtwist.verify.timeline import write_timeline
-from kvtwist.verify.workload import BIG_MIN, value_text
+from kvtwist.verify.workload import BIG_MIN, key_text, value_text
 
 ROOT = "/torture"
 #: A replacement for a killed node starts this long after the kill (seconds).
 REPLACE_DELAY = (0.5, 2.0)
 #: The liveness probe writes this key (not one of the clients' keys).
-PROBE_KEY = "liveness-probe"
+PROBE_KEY = b"liveness-probe"
 #: With join-fault, the store gets this much filler first, so a state transfer
 #: through the slowed proxy lasts seconds (kvtwist.verify.nemesis.JOIN_RATE).
 FILL_KEYS, FILL_SIZE = 64, 64 * 1024
@@ -322,7 +322,10 @@ class Campaign:
             raise RuntimeError("no head to fill the store through")
         with RawClient(head.port, timeout=30) as c:
             replies = c.call(
-                *(wire.req_put(f"fill-{i:03d}", bytes([i]) * FILL_SIZE) for i in range(FILL_KEYS))
+                *(
+                    wire.req_put(f"fill-{i:03d}".encode(), bytes([i]) * FILL_SIZE)
+                    for i in range(FILL_KEYS)
+                )
             )
         bad = [r.error for r in replies if r.opcode != wire.OP_PUT + 1]
         if bad:
@@ -486,7 +489,7 @@ class Campaign:
         what = "acknowledged but not visible at the tail" if acked else "never acknowledged"
         return False, time.monotonic() - started, f"a new write was {what}: {last}"
 
-    def settled(self) -> list[tuple[str, bytes]] | None:
+    def settled(self) -> list[tuple[bytes, bytes]] | None:
         """The common copy once the chain is whole and every member holds the same data."""
         self.check_exits()
         running = {n.address_port for n in self.nodes if n.state == "running"}
@@ -527,7 +530,7 @@ class Campaign:
                 invoke = self.now()
                 try:
                     with RawClient(tail.port, timeout=10) as c:
-                        value = c.get(key)
+                        value = c.get(key.encode())
                 except (OSError, RuntimeError):
                     time.sleep(0.5)
                     continue
@@ -536,7 +539,7 @@ class Campaign:
                 break
         return ops
 
-    def node_copies(self) -> dict[str, list[tuple[str, bytes]] | None]:
+    def node_copies(self) -> dict[str, list[tuple[bytes, bytes]] | None]:
         out = {}
         for _, port in self.members():
             node = self.node_of(port)
@@ -644,7 +647,7 @@ class Campaign:
         is_settled: bool,
         settle_s: float,
         finals: list[Op],
-        copies: dict[str, list[tuple[str, bytes]] | None],
+        copies: dict[str, list[tuple[bytes, bytes]] | None],
         liveness: dict[str, Any],
     ) -> int:
         a = self.args
@@ -671,7 +674,7 @@ class Campaign:
         final_state: dict[str, str | None] = {}
         if readable:
             tail_copy = list(copies.values())[-1] or []
-            final_state = {k: value_text(v) for k, v in tail_copy}
+            final_state = {key_text(k): value_text(v) for k, v in tail_copy}
         lost = lost_writes(client_ops, final_state) if readable else []
         outcomes = {o: sum(1 for op in client_ops if op.outcome == o) for o in ("ok", "fail")}
         outcomes["unknown"] = sum(1 for op in client_ops if op.outcome == "unknown")
@@ -755,7 +758,7 @@ class Campaign:
             ]
         if not identical:
             report["copies"] = {
-                label: None if c is None else {k: value_text(v)[:80] for k, v in c}
+                label: None if c is None else {key_text(k): value_text(v)[:80] for k, v in c}
                 for label, c in copies.items()
             }
         (self.report_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")

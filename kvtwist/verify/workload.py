@@ -58,6 +58,11 @@ def big_value(tag: str, size: int) -> bytes:
     return head + (seed * (rest // len(seed) + 1))[:rest]
 
 
+def key_text(key: bytes) -> str:
+    """A stored key as the history names it (the workload's keys are ASCII text)."""
+    return key.decode("utf-8", "backslashreplace")
+
+
 def value_text(data: bytes) -> str:
     """A value as the history records it; a big one is ``tag#size`` once every byte checks."""
     bar = data.find(b"|", 0, 200)
