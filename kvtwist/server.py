@@ -610,7 +610,7 @@ class NodeFactory(Factory):
             view = None
         if view is None:
             return defer.gatherResults([self.handle(m, peer) for m in msgs])
-        keys: list[str | None] = []
+        keys: list[bytes | None] = []
         errors: dict[int, bytes] = {}
         for i, msg in enumerate(msgs):
             try:

@@ -144,7 +144,7 @@ class MixedChainTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observe)
 
     def write_all(self, node: Node, n: int, prefix: str = "k") -> list[Any]:
-        ds = [node.write(f"{prefix}{i:03d}", b"v") for i in range(n)]
+        ds = [node.write(f"{prefix}{i:03d}".encode(), b"v") for i in range(n)]
         self.net.settle()
         out = results(ds)
         self.assertTrue(all(hasattr(r, "op_n") for r in out), out)
@@ -227,7 +227,7 @@ class MixedChainTests(SynchronousTestCase):
         self.assertIn(foreign.name, n.replica.life.why)
         self.assertEqual(self.names(), [foreign.name])
         self.assertEqual(foreign.server.bad, [])
-        self.failureResultOf(n.write("k", b"v"))
+        self.failureResultOf(n.write(b"k", b"v"))
         self.net.clock.advance(5)
         self.net.settle()
         self.assertEqual(n.replica.status, "waiting")

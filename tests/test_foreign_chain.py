@@ -121,7 +121,7 @@ class MixedChainTests(ChainCase):
 
         wait_for(waiting, 30, "the node to wait")
         with RawClient(n.port) as c:
-            reply = c.one(wire.req_put("k", b"v"))
+            reply = c.one(wire.req_put(b"k", b"v"))
         self.assertEqual(reply.opcode, wire.OP_ERROR)
         self.assertTrue(reply.retry)
         self.assertTrue(foreign.alive, foreign.output())

@@ -399,23 +399,23 @@ class BatchTests(SynchronousTestCase):
 
     def test_pipelined_gets_take_one_hop(self) -> None:
         """Twenty GETs in one read of the socket are answered by one reader job, in order."""
-        self.c.send(*[wire.req_put(f"k{i}", b"v%d" % i) for i in range(20)])
+        self.c.send(*[wire.req_put(b"k%d" % i, b"v%d" % i) for i in range(20)])
         self.runner.reads = 0
-        replies = self.c.send(*[wire.req_get(f"k{i}") for i in range(20)])
+        replies = self.c.send(*[wire.req_get(b"k%d" % i) for i in range(20)])
         self.assertEqual([list(r.values) for r in replies], [[b"v%d" % i] for i in range(20)])
         self.assertEqual(self.runner.reads, 1)
 
     def test_pipelined_puts_take_one_hop(self) -> None:
         """Twenty PUTs in one read are logged and applied by one writer job, numbered in order."""
-        replies = self.c.send(*[wire.req_put(f"k{i}", b"v") for i in range(20)])
+        replies = self.c.send(*[wire.req_put(b"k%d" % i, b"v") for i in range(20)])
         self.assertEqual([r.op_n for r in replies], list(range(1, 21)))
         self.assertEqual(self.runner.writes, 1)
 
     def test_bad_get_in_a_batch(self) -> None:
         """A bad GET among good ones gets its ERROR in its place; its neighbours their values."""
-        self.c.one(wire.req_put("a", b"1"))
+        self.c.one(wire.req_put(b"a", b"1"))
         bad = wire.Message(opcode=wire.OP_GET, c_type=wire.CT_KEY)  # no key
-        replies = self.c.send(wire.req_get("a"), bad, wire.req_get("missing"), wire.req_get("a"))
+        replies = self.c.send(wire.req_get(b"a"), bad, wire.req_get(b"missing"), wire.req_get(b"a"))
         self.assertEqual([r.opcode for r in replies], [41, wire.OP_ERROR, 41, 41])
         self.assertIn("needs a key", replies[1].error)
         self.assertEqual([list(r.values) for r in replies], [[b"1"], [], [], [b"1"]])
@@ -423,7 +423,7 @@ class BatchTests(SynchronousTestCase):
     def test_bad_write_in_a_batch(self) -> None:
         """A bad PUT among good writes is refused alone and takes no op number."""
         bad = wire.Message(opcode=wire.OP_PUT, c_type=wire.CT_ENTRY)  # no entry
-        replies = self.c.send(wire.req_put("a", b"1"), bad, wire.req_del("a"), wire.req_del("a"))
+        replies = self.c.send(wire.req_put(b"a", b"1"), bad, wire.req_del(b"a"), wire.req_del(b"a"))
         self.assertEqual([r.opcode for r in replies], [51, wire.OP_ERROR, 31, 31])
         self.assertEqual([r.op_n for r in (replies[0], replies[2], replies[3])], [1, 2, 3])
         self.assertEqual([replies[2].found, replies[3].found], [True, False])
@@ -431,15 +431,15 @@ class BatchTests(SynchronousTestCase):
 
     def test_retry_within_a_batch(self) -> None:
         """The same client write twice in one batch is applied once; both get its op number."""
-        put = wire.req_put("a", b"1", client_id="c1", request_id=7)
-        replies = self.c.send(put, wire.req_put("b", b"2"), put)
+        put = wire.req_put(b"a", b"1", client_id="c1", request_id=7)
+        replies = self.c.send(put, wire.req_put(b"b", b"2"), put)
         self.assertEqual([r.op_n for r in replies], [1, 2, 1])
         self.assertEqual(self.c.one(wire.req_stats()).stats.last_op, 2)
 
     def test_stats_count_batched_requests(self) -> None:
         """Requests answered as a batch are each counted in STATS, errors included."""
         bad = wire.Message(opcode=wire.OP_GET, c_type=wire.CT_KEY)
-        self.c.send(wire.req_put("a", b"1"), wire.req_put("b", b"1"))
-        self.c.send(wire.req_get("a"), bad, wire.req_get("b"))
+        self.c.send(wire.req_put(b"a", b"1"), wire.req_put(b"b", b"1"))
+        self.c.send(wire.req_get(b"a"), bad, wire.req_get(b"b"))
         ops = {o.op: (o.count, o.errors) for o in self.c.one(wire.req_stats()).stats.ops}
         self.assertEqual((ops["PUT"], ops["GET"]), ((2, 0), (3, 1)))

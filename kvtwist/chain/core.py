@@ -66,7 +66,7 @@ UPDATE_OVERHEAD = 512
 
 
 #: A client write: is_put, key, value, client id, request id.
-WriteRequest = tuple[bool, str, bytes, str, int]
+WriteRequest = tuple[bool, bytes, bytes, str, int]
 
 
 def _fire(d: Deferred[WriteResult], outcome: WriteResult | Exception) -> None:
