@@ -311,6 +311,52 @@ class ChainMachineTests(SynchronousTestCase):
         self.assertEqual(len(state), 10)
         self.assertEqual(c.replica.last_received, 10)
 
+    def test_batch_in_flight_when_middle_dies(self) -> None:
+        """A batch of writes from one connection, stuck past the middle, commits once it dies."""
+        a, b, c = self.net.chain(3)
+        self.net.settle()
+        for p in [p for p in c.pumps if p in b.pumps]:
+            self.net.pumps.remove(p)
+        batch = [(True, b"k%d" % i, b"v%d" % i, "cli", i) for i in range(20)]
+        d = a.replica.write_many(batch)
+        self.net.settle(rounds=10)
+        self.assertNoResult(d)
+        self.net.kill(b)
+        outcomes = self.successResultOf(d)
+        self.assertEqual([o.op_n for o in outcomes], list(range(1, 21)))
+        self.assertEqual(len(self.assertIdentical([a, c])), 20)
+
+    def test_batch_with_retries_of_committed_and_uncommitted_writes(self) -> None:
+        """Retries in a batch, of a committed write and of one in flight, are not applied again."""
+        a, b, c = self.net.chain(3)
+        first = self.successResultOf(self._write_settled(a, b"k", b"v", "cli", 1))
+        pending = a.replica.write_many([(True, b"p", b"1", "cli", 2)])
+        d = a.replica.write_many(
+            [
+                (True, b"k", b"v", "cli", 1),
+                (True, b"p", b"1", "cli", 2),
+                (True, b"n", b"2", "cli", 3),
+            ]
+        )
+        self.net.settle()
+        self.assertEqual([o.op_n for o in self.successResultOf(pending)], [2])
+        self.assertEqual([o.op_n for o in self.successResultOf(d)], [first.op_n, 2, 3])
+        self.assertEqual(c.replica.last_received, 3, "a retry was applied again")
+
+    def test_batch_at_a_fenced_head_fails_every_write(self) -> None:
+        """A head fenced before its batch commits fails each write of it, retryably."""
+        a, b, c = self.net.chain(3)
+        self.net.settle()
+        for p in [p for p in b.pumps if p in a.pumps]:
+            self.net.pumps.remove(p)
+        d = a.replica.write_many([(True, b"k%d" % i, b"v", "", 0) for i in range(5)])
+        self.net.settle(rounds=5)
+        a.replica.fence("lost the session", voluntary=False)
+        outcomes = self.successResultOf(d)
+        self.assertEqual(len(outcomes), 5)
+        for o in outcomes:
+            self.assertIsInstance(o, Unavailable)
+
     def test_head_failure_continues_numbering(self) -> None:
         """The new head numbers writes after the last it received."""
         a, b, c = self.net.chain(3)
@@ -445,8 +491,12 @@ class ChainMachineTests(SynchronousTestCase):
         assert a.replica.succ is not None
         a.replica.chain_message(
             a.replica.succ,
-            Message(opcode=wire.OP_CHAIN_ACK, c_type=wire.CT_CHAIN, op_n=1,
-                    hello=ChainHello(sender=c.name or "")),
+            Message(
+                opcode=wire.OP_CHAIN_ACK,
+                c_type=wire.CT_CHAIN,
+                op_n=1,
+                hello=ChainHello(sender=c.name or ""),
+            ),
         )
         self.assertEqual(a.replica.committed_seq, 0)
         self.assertNoResult(d)

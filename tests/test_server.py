@@ -443,3 +443,9 @@ class BatchTests(SynchronousTestCase):
         self.c.send(wire.req_get(b"a"), bad, wire.req_get(b"b"))
         ops = {o.op: (o.count, o.errors) for o in self.c.one(wire.req_stats()).stats.ops}
         self.assertEqual((ops["PUT"], ops["GET"]), ((2, 0), (3, 1)))
+
+    def test_standalone_keeps_no_recent_commits(self) -> None:
+        """A standalone node has no successor to catch up: committed writes are not kept."""
+        self.c.send(*[wire.req_put(b"k%d" % i, b"v" * 100) for i in range(20)])
+        self.assertEqual((len(self.h.replica.recent), self.h.replica.recent_bytes), (0, 0))
+        self.assertEqual(self.h.replica.pending_bytes, 0)

@@ -450,13 +450,16 @@ class ReplicaCore:
         old = self.committed_seq
         self.committed_seq = target
         self.committed_tree = tree
+        # a standalone node never sends a joiner the writes it missed
+        recent = None if self.standalone else self.recent
         for seq in range(old + 1, target + 1):
             u = self.pending.pop(seq, None)
             if u is not None:
                 size = update_size(u)
                 self.pending_bytes -= size
-                self.recent.append(u)
-                self.recent_bytes += size
+                if recent is not None:
+                    recent.append(u)
+                    self.recent_bytes += size
             self._trees.pop(seq, None)
             found = self._found.pop(seq, True)
             for wake in self._waiting.pop(seq, ()):
