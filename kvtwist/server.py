@@ -52,7 +52,15 @@ CHAIN_RESERVE = 16
 CHAIN_GRACE = 1.0
 MAX_HOPS = 2
 BIG_READS = frozenset({wire.OP_GETKEYS, wire.OP_GETVALUES, wire.OP_RANGE})
-_GET = frozenset({wire.OP_GET})
+
+
+def _is_write(msg: Message) -> bool:
+    return msg.opcode in wire.WRITE_OPS
+
+
+def _is_plain_get(msg: Message) -> bool:
+    """A GET of the committed state (not of this node's own copy): the batched read path."""
+    return msg.opcode == wire.OP_GET and not msg.local
 
 
 class BadRequest(Exception):
@@ -458,16 +466,16 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
                 if self._reads:
                     return
                 # consecutive writes: numbered, logged and answered as one batch
-                msgs, slots = self._take_run(wire.WRITE_OPS, window - self._writes)
+                msgs, slots = self._take_run(_is_write, window - self._writes)
                 self._writes += len(msgs)
                 self.factory.write_many(msgs, self.peerName).addCallback(
                     self._done_many, slots, True
                 )
             elif self._writes:
                 return
-            elif op == wire.OP_GET and not msg.local:
+            elif _is_plain_get(msg):
                 # consecutive GETs: one job and one Deferred for all of them
-                msgs, slots = self._take_run(_GET, window - self._reads)
+                msgs, slots = self._take_run(_is_plain_get, window - self._reads)
                 self._reads += len(msgs)
                 self.factory.get_many(msgs, self.peerName).addCallback(
                     self._done_many, slots, False
@@ -486,14 +494,16 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self._flush()
         self._pump()
 
-    def _take_run(self, ops: frozenset[int], room: int) -> tuple[list[Message], list[list[Any]]]:
-        """The held requests in front with opcodes in ``ops`` (no local reads), up to ``room``."""
+    def _take_run(
+        self, belongs: Callable[[Message], bool], room: int
+    ) -> tuple[list[Message], list[list[Any]]]:
+        """The held requests in front that ``belongs`` accepts, at least one, up to ``room``."""
         held = self._held
         msgs: list[Message] = []
         slots: list[list[Any]] = []
         while held and len(msgs) < room:
             msg, slot = held[0]
-            if msg.opcode not in ops or msg.local:
+            if msgs and not belongs(msg):
                 break
             held.popleft()
             msgs.append(msg)

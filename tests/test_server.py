@@ -449,3 +449,13 @@ class BatchTests(SynchronousTestCase):
         self.c.send(*[wire.req_put(b"k%d" % i, b"v" * 100) for i in range(20)])
         self.assertEqual((len(self.h.replica.recent), self.h.replica.recent_bytes), (0, 0))
         self.assertEqual(self.h.replica.pending_bytes, 0)
+
+    def test_local_flag_on_writes_and_reads(self) -> None:
+        """``local`` on a write means nothing; on a GET it reads this node's own copy, alone."""
+        put = wire.req_put(b"a", b"1")
+        put.local = True
+        get = wire.req_get(b"a")
+        get.local = True
+        replies = self.c.send(put, wire.req_put(b"b", b"2"), get, wire.req_get(b"b"), get)
+        self.assertEqual([r.opcode for r in replies], [51, 51, 41, 41, 41])
+        self.assertEqual([list(r.values) for r in replies[2:]], [[b"1"], [b"2"], [b"1"]])
