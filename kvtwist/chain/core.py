@@ -305,6 +305,8 @@ class ReplicaCore:
         The head numbers and logs them as one batch; anything out of the
         ordinary (not the head, no epoch yet) takes the one-by-one path.
         """
+        if not writes:
+            return defer.succeed([])
         if self.fenced or not self.is_head or self.head_epoch is None:
             return defer.gatherResults([self.write(*w).addErrback(_exception) for w in writes])
         outcomes: list[WriteResult | Exception | None] = [None] * len(writes)
