@@ -1,7 +1,8 @@
-"""Tests for kvtwist.tree: the persistent AVL tree behind the store."""
+"""Tests for kvtwist.tree: the persistent B+tree behind the store."""
 
 from __future__ import annotations
 
+import gc
 import inspect
 import itertools
 import math
@@ -21,7 +22,7 @@ from hypothesis.stateful import (
 )
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvtwist.tree import AVLTree, Node
+from kvtwist.tree import AVLTree, BTree, freeze_collector
 
 # Mostly a tiny alphabet so puts collide and deletes hit; sometimes arbitrary
 # unicode (astral code points included) so code point ordering is exercised.
@@ -33,9 +34,46 @@ limits_st = st.one_of(st.none(), st.integers(min_value=-1, max_value=6))
 bounds_st = st.one_of(st.none(), keys_st)
 
 
-def avl_height_bound(n: int) -> float:
-    """Upper bound on AVL height for n keys (the Fibonacci-tree worst case)."""
-    return 1.44 * math.log2(n + 2)
+class TinyTree(BTree):
+    """Nodes of a few entries, so a few dozen keys already make several levels."""
+
+    LEAF_MAX = 4
+    INNER_MAX = 4
+
+
+class OddTree(BTree):
+    """Other small widths: leaves of at most 3 keys, inner nodes of at most 5 children."""
+
+    LEAF_MAX = 3
+    INNER_MAX = 5
+
+
+def height_bounds(tree: BTree) -> tuple[int, int]:
+    """The least and most height() can be for a tree of this size and depth.
+
+    No binary search over n keys can make fewer than ceil(log2(n + 1))
+    comparisons; no lookup makes more than a full node's worth per level.
+    """
+    n = len(tree)
+    lo = math.ceil(math.log2(n + 1))
+    hi = tree.depth() * (tree.INNER_MAX - 1).bit_length() + tree.LEAF_MAX.bit_length()
+    return lo, hi
+
+
+def depth_bound(tree: BTree) -> float:
+    """Most inner levels a tree of len(tree) keys may have when every node is half full."""
+    n = len(tree)
+    leaves = max(1.0, n / (tree.LEAF_MAX // 2))
+    return 1 + math.log(leaves) / math.log(tree.INNER_MAX // 2)
+
+
+def assert_shape(case: SynchronousTestCase, tree: BTree) -> None:
+    """Invariants, O(log n) depth and a height within its bounds."""
+    tree.check()
+    case.assertLessEqual(tree.depth(), depth_bound(tree))
+    lo, hi = height_bounds(tree)
+    case.assertGreaterEqual(tree.height(), lo)
+    case.assertLessEqual(tree.height(), hi)
 
 
 def model_range(
@@ -52,9 +90,9 @@ def model_range(
     return out
 
 
-def assert_matches(case: SynchronousTestCase, tree: AVLTree, model: dict[str, bytes]) -> None:
+def assert_matches(case: SynchronousTestCase, tree: BTree, model: dict[str, bytes]) -> None:
     """Full-content comparison of a tree against a dict model."""
-    tree.check()
+    assert_shape(case, tree)
     ks = sorted(model)
     case.assertEqual(tree.keys(), ks)
     case.assertEqual(tree.values(), [model[k] for k in ks])
@@ -86,7 +124,21 @@ class TreeModelTests(SynchronousTestCase):
     @given(operations)
     def test_operations_match_model(self, ops: list[tuple[Any, ...]]) -> None:
         """Any sequence of operations behaves like a sorted dict and keeps every invariant."""
-        tree = AVLTree()
+        self.run_model(AVLTree(), ops)
+
+    @settings(max_examples=300, deadline=None)
+    @given(operations)
+    def test_operations_match_model_tiny_nodes(self, ops: list[tuple[Any, ...]]) -> None:
+        """With nodes of four entries the same sequences split and merge nodes on every level."""
+        self.run_model(TinyTree(), ops)
+
+    @settings(max_examples=200, deadline=None)
+    @given(operations)
+    def test_operations_match_model_odd_widths(self, ops: list[tuple[Any, ...]]) -> None:
+        """Odd node widths (leaves of 3, inner nodes of 5) keep the model too."""
+        self.run_model(OddTree(), ops)
+
+    def run_model(self, tree: BTree, ops: list[tuple[Any, ...]]) -> None:
         model: dict[str, bytes] = {}
         for op in ops:
             name = op[0]
@@ -119,11 +171,8 @@ class TreeModelTests(SynchronousTestCase):
                 self.assertEqual(tree.last(), (ks[-1], model[ks[-1]]) if ks else None)
             else:
                 self.assertEqual(tree.items(), sorted(model.items()))
-            tree.check()
-            n = len(model)
-            self.assertEqual(len(tree), n)
-            self.assertLessEqual(tree.height(), avl_height_bound(n))
-            self.assertGreaterEqual(tree.height(), math.ceil(math.log2(n + 1)))
+            assert_shape(self, tree)
+            self.assertEqual(len(tree), len(model))
         assert_matches(self, tree, model)
 
 
@@ -132,9 +181,11 @@ class TreeMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.tree = AVLTree()
+        self.tree: BTree = TinyTree()
         self.model: dict[str, bytes] = {}
-        self.snapshots: list[tuple[AVLTree, dict[str, bytes]]] = []
+        self.snapshots: list[tuple[BTree, dict[str, bytes], list[tuple[str, bytes]]]] = []
+        #: iterations begun at a snapshot, with what they must yield in all
+        self.iters: list[tuple[Any, list[tuple[str, bytes]], list[tuple[str, bytes]]]] = []
 
     @initialize(items=st.dictionaries(keys_st, values_st, max_size=20))
     def load(self, items: dict[str, bytes]) -> None:
@@ -176,7 +227,11 @@ class TreeMachine(RuleBasedStateMachine):
 
     @rule()
     def snapshot(self) -> None:
-        self.snapshots.append((self.tree.copy(), dict(self.model)))
+        # an iteration started now must also finish on this version
+        it = self.tree.iter_items()
+        first = list(itertools.islice(it, 2))
+        self.snapshots.append((self.tree.copy(), dict(self.model), first))
+        self.iters.append((it, first, sorted(self.model.items())))
 
     @invariant()
     def consistent(self) -> None:
@@ -186,12 +241,21 @@ class TreeMachine(RuleBasedStateMachine):
         assert self.tree.values() == [self.model[k] for k in ks]
         n = len(ks)
         assert self.tree.size() == n
-        assert self.tree.height() <= avl_height_bound(n)
+        assert self.tree.depth() <= depth_bound(self.tree)
+        lo, hi = height_bounds(self.tree)
+        assert lo <= self.tree.height() <= hi
+        for snap, old, _ in self.snapshots:
+            assert len(snap) == len(old)
+            assert snap.keys() == sorted(old)
 
     def teardown(self) -> None:
-        for snap, old in self.snapshots:
+        for snap, old, _ in self.snapshots:
             snap.check()
             assert snap.items() == sorted(old.items())
+            for k, v in old.items():
+                assert snap.get(k) == v
+        for it, first, whole in self.iters:
+            assert first + list(it) == whole
 
 
 class TreeStatefulTests(SynchronousTestCase):
@@ -241,10 +305,10 @@ class TreeBasicsTests(SynchronousTestCase):
         self.assertFalse(t.delete("x"))
         for k in "bdf":
             t.put(k, k.encode())
-        root = t._root
+        state = t._state
         for k in ["a", "c", "e", "g", ""]:
             self.assertFalse(t.delete(k))
-        self.assertIs(t._root, root)
+        self.assertIs(t._state, state)
         self.assertEqual(t.keys(), ["b", "d", "f"])
         self.assertTrue(t.delete("d"))
         self.assertFalse(t.delete("d"))
@@ -270,9 +334,9 @@ class TreeBasicsTests(SynchronousTestCase):
         for i in range(100):
             t.put(f"k{i:03d}", b"old")
         snap = t.copy()
-        root = t._root
+        state = t._state
         t.put("k050", b"new")
-        self.assertIsNot(t._root, root)
+        self.assertIsNot(t._state[0], state[0])
         self.assertEqual(snap.get("k050"), b"old")
         self.assertEqual(t.get("k050"), b"new")
 
@@ -294,51 +358,108 @@ class TreeBasicsTests(SynchronousTestCase):
         t.put("1", b"x")
         self.assertNotIn(1, t)
 
-    def test_node_has_no_dict(self) -> None:
-        """Nodes use __slots__ (no per-node __dict__), keeping 10^6 keys affordable."""
+    def test_bytes_keys(self) -> None:
+        """The tree only compares keys, so bytes keys work the same as str keys."""
+        t = TinyTree()
+        model = {bytes([i % 7, i]): bytes([i]) for i in range(0, 200, 3)}
+        for k, v in model.items():
+            self.assertTrue(t.put(k, v))
+        self.assertTrue(t.delete(bytes([0, 0])))
+        del model[bytes([0, 0])]
+        t.check()
+        self.assertEqual(t.items(), sorted(model.items()))
+        self.assertEqual(
+            t.range(b"\x03", b"\x04"),
+            [(k, v) for k, v in sorted(model.items()) if b"\x03" <= k < b"\x04"],
+        )
+        self.assertIn(bytes([3, 3]), t)
+        self.assertNotIn("\x03\x03", t)  # a str never matches a bytes key
+
+    def test_height_small_trees(self) -> None:
+        """height() counts comparisons like a balanced binary tree's height for small stores."""
         t = AVLTree()
-        t.put("a", b"b")
-        self.assertEqual(Node.__slots__, ("key", "value", "left", "right", "height"))
-        self.assertFalse(hasattr(t._root, "__dict__"))
+        expected = {0: 0, 1: 1, 2: 2, 3: 2, 4: 3, 5: 3, 7: 3, 8: 4, 63: 6, 64: 7}
+        for n in range(65):
+            if n in expected:
+                self.assertEqual(t.height(), expected[n], n)
+            t.put(f"k{n:03d}", b"")
+
+    def test_height_counts_every_level(self) -> None:
+        """In a deep tree the height is the costliest path: each level's search depth, summed."""
+
+        def worst(node: Any, depth: int) -> int:
+            seps_or_keys, kids = node
+            here = len(seps_or_keys).bit_length()
+            if depth == 0:
+                return here
+            return here + max(worst(k, depth - 1) for k in kids)
+
+        t = TinyTree()
+        for i in range(300):
+            t.put(f"k{(i * 37) % 300:04d}", b"")
+            root, depth, _ = t._state
+            self.assertEqual(t.height(), worst(root, depth))
+        self.assertGreaterEqual(t.depth(), 4)
+        lo, hi = height_bounds(t)
+        self.assertTrue(lo <= t.height() <= hi, (lo, t.height(), hi))
+
+    def test_freeze_collector(self) -> None:
+        """freeze_collector moves the live heap into the collector's permanent generation."""
+        t = AVLTree.from_sorted([f"k{i:05d}" for i in range(1000)], [b"v"] * 1000)
+        self.addCleanup(gc.unfreeze)
+        freeze_collector()
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertEqual(t.get("k00500"), b"v")
 
 
 class TreeCheckTests(SynchronousTestCase):
     """check() must actually catch each kind of corruption."""
 
+    def broken(self, root: Any, depth: int, size: int) -> BTree:
+        t = TinyTree()
+        t._state = (root, depth, size)
+        return t
+
     def test_check_detects_order(self) -> None:
-        """A left child larger than its parent is reported as a BST order violation."""
-        t = AVLTree()
-        t._root = Node("b", b"", Node("c", b"", None, None, 1), None, 2)
-        t._size = 2
+        """Keys out of order within a leaf are reported."""
+        t = self.broken((["b", "a"], [b"", b""]), 0, 2)
         self.assertRaisesRegex(AssertionError, "order", t.check)
 
     def test_check_detects_duplicate(self) -> None:
-        """Equal keys in parent and child violate strict ordering."""
-        t = AVLTree()
-        t._root = Node("b", b"", None, Node("b", b"", None, None, 1), 2)
-        t._size = 2
+        """Equal keys in one leaf violate strict ordering."""
+        t = self.broken((["b", "b"], [b"", b""]), 0, 2)
         self.assertRaisesRegex(AssertionError, "order", t.check)
 
-    def test_check_detects_imbalance(self) -> None:
-        """A three-node chain is reported as an AVL balance violation."""
-        t = AVLTree()
-        c = Node("c", b"", None, None, 1)
-        t._root = Node("a", b"", None, Node("b", b"", None, c, 2), 3)
-        t._size = 3
-        self.assertRaisesRegex(AssertionError, "balance", t.check)
+    def test_check_detects_separator(self) -> None:
+        """A key on the wrong side of its parent's separator is reported."""
+        left = (["a", "b"], [b"", b""])
+        right = (["c", "d"], [b"", b""])
+        t = self.broken((["b"], [left, right]), 1, 4)
+        self.assertRaisesRegex(AssertionError, "order", t.check)
+        t = self.broken((["c"], [left, right]), 1, 4)
+        t.check()
 
-    def test_check_detects_height(self) -> None:
-        """A wrong stored height is reported."""
-        t = AVLTree()
-        t._root = Node("a", b"", None, None, 2)
-        t._size = 1
-        self.assertRaisesRegex(AssertionError, "height", t.check)
+    def test_check_detects_fill(self) -> None:
+        """An underfull non-root leaf and an overfull leaf are reported."""
+        t = self.broken((["c"], [(["a"], [b""]), (["c", "d"], [b"", b""])]), 1, 3)
+        self.assertRaisesRegex(AssertionError, "fill", t.check)
+        t = self.broken((list("abcde"), [b""] * 5), 0, 5)
+        self.assertRaisesRegex(AssertionError, "fill", t.check)
+
+    def test_check_detects_depth(self) -> None:
+        """Leaves at different depths (or a wrong stored depth) are reported."""
+        leaf = (["a", "b"], [b"", b""])
+        t = self.broken(leaf, 1, 2)
+        self.assertRaisesRegex(AssertionError, "depth", t.check)
+        inner = (["c"], [leaf, (["c", "d"], [b"", b""])])
+        t = self.broken(inner, 0, 4)
+        self.assertRaisesRegex(AssertionError, "depth", t.check)
 
     def test_check_detects_size(self) -> None:
-        """A stored size that disagrees with the node count is reported."""
+        """A stored size that disagrees with the key count is reported."""
         t = AVLTree()
         t.put("a", b"")
-        t._size = 5
+        t._state = (t._state[0], 0, 5)
         self.assertRaisesRegex(AssertionError, "size", t.check)
 
 
@@ -350,7 +471,7 @@ class TreePersistenceTests(SynchronousTestCase):
             t.put(f"k{i:05d}", b"v0")
         before = t.items()
         snap = t.copy()
-        self.assertIs(snap._root, t._root)  # O(1): shares structure
+        self.assertIs(snap._state, t._state)  # O(1): shares structure
         for i in range(0, 2000, 3):
             t.put(f"k{i:05d}", b"v1")
         for i in range(0, 2000, 4):
@@ -417,10 +538,9 @@ class TreePersistenceTests(SynchronousTestCase):
 class TreeBalanceTests(SynchronousTestCase):
     n = 20000
 
-    def _assert_balanced(self, t: AVLTree, n: int) -> None:
-        t.check()
+    def _assert_balanced(self, t: BTree, n: int) -> None:
         self.assertEqual(len(t), n)
-        self.assertLessEqual(t.height(), avl_height_bound(n))
+        assert_shape(self, t)
 
     def test_sorted_inserts(self) -> None:
         """Ascending inserts keep height O(log n) (the old unbalanced tree reached height n)."""
