@@ -2,26 +2,27 @@
 
 Why a B+tree and not a binary tree: in CPython the cost of a lookup in a large
 tree is dominated by pointer chasing (a cache miss per node and per key) and
-by interpreted work per level.  A node here holds up to ``LEAF_MAX`` keys in a
-sorted list searched with ``bisect`` (C speed), so a lookup in 10^6 keys
-walks four or five nodes instead of some twenty-five, and an update copies
-those few nodes' lists instead of allocating a fresh object per level.  It
-also keeps the cyclic collector's work small: a million keys make about
-sixty thousand tracked containers, not a million.
+by interpreted work per level.  Here a lookup in 10^6 keys bisects (at C
+speed) through three inner nodes and ends in one hash probe in a leaf,
+instead of walking some twenty-five binary nodes; an update copies a few
+lists and one small dict instead of allocating a fresh object per level.  It
+also keeps the cyclic collector's work small: a million keys make some fifty
+thousand tracked containers, not a million.
 
-Shape.  Leaves hold ``(keys, values)``: two parallel lists, keys strictly
-ascending.  Inner nodes hold ``(seps, children)`` with
-``len(seps) == len(children) - 1``; every key under ``children[i]`` is at
-least ``seps[i - 1]`` and below ``seps[i]``.  Every leaf is at the same depth,
-and every node but the root is at least half full, so put, get and delete are
-O(log n).  Keys are compared only with ``<`` and ``==``, so any totally
-ordered type works (``str`` or ``bytes``); one tree should hold one type.
+Shape.  A leaf is a ``dict`` (subclass ``_Leaf``) from key to value, plus
+``order``, its keys in ascending order.  An inner node is ``(seps,
+children)`` with ``len(seps) == len(children) - 1``; every key under
+``children[i]`` is at least ``seps[i - 1]`` and below ``seps[i]``.  Every
+leaf is at the same depth, and every node but the root is at least half full,
+so put and delete are O(log n) and get is O(log n) comparisons plus a hash
+probe.  Keys are compared with ``<`` and ``==`` and hashed, so any totally
+ordered hashable type works (``str`` or ``bytes``); one tree should hold one
+type.
 
-Persistence.  Nodes (tuples and the lists in them) are never mutated once a
-published root can reach them: an update copies the lists on its search path,
-shares everything else, and publishes the new version by assigning
-``_state``, one ``(root, depth, size)`` tuple.  That buys what the server
-needs:
+Persistence.  Nodes are never mutated once a published root can reach them:
+an update copies the leaf and the child lists on its search path, shares
+everything else, and publishes the new version by assigning ``_state``, one
+``(root, depth, size)`` tuple.  That buys what the server needs:
 
 * a reader (in any thread) that grabs ``_state`` once can traverse it while a
   writer keeps updating, with no locks and no torn views, and ``len()`` always
@@ -34,12 +35,12 @@ writer thread); readers may use the tree, or a ``copy()`` of it, from any
 thread.  Every read method looks at ``_state`` exactly once.
 
 ``height()``: the original protocol reports the height of a binary search
-tree, and a wide node is a binary search too (``bisect`` over its sorted
-list).  So the height reported is the most key comparisons a lookup makes:
-the sum, along the worst root-to-leaf path, of the depth of each node's
-binary search (``ceil(log2(f + 1))`` over ``f`` keys or separators).  It is
-0 for an empty tree, 1 for one key, and about ``log2(n)`` like a balanced
-binary tree's, and it is O(n / LEAF_MAX) to compute.
+tree.  A node's sorted keys (or separators) read as a balanced binary search
+tree have height ``ceil(log2(f + 1))`` for ``f`` of them, and the children
+hang below it; ``height()`` is the height of the binary tree that makes, the
+most along any root-to-leaf path.  It is 0 for an empty tree, 1 for one key,
+``ceil(log2(n + 1))`` while the tree is a single leaf (up to ``LEAF_MAX``
+keys), and about ``log2(n)`` beyond; it is O(n / LEAF_MAX) to compute.
 
 The module is pure Python and deliberately imports nothing from Twisted.
 
@@ -55,7 +56,7 @@ import gc
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from itertools import islice
-from operator import itemgetter, lt
+from operator import lt
 from typing import Any
 
 __all__ = ["AVLTree", "BTree", "Key", "freeze_collector"]
@@ -64,10 +65,36 @@ __all__ = ["AVLTree", "BTree", "Key", "freeze_collector"]
 #: ==, so changing this alias is all a change of key type needs here.
 Key = str
 
-#: A node: ``(keys, values)`` for a leaf, ``(seps, children)`` inside.
-_Node = tuple[list[Any], list[Any]]
 
-_first = itemgetter(0)
+class _Leaf(dict[Any, bytes]):
+    """A leaf: a dict from key to value, and its keys in order in ``order``.
+
+    A point lookup ends in one hash probe, which touches far less memory than
+    a binary search over key objects scattered about the heap.
+    """
+
+    __slots__ = ("order",)
+
+    order: list[Any]
+
+
+def _leaf(order: list[Any], source: dict[Any, bytes]) -> _Leaf:
+    """A new leaf holding ``order``'s keys with their values from ``source``."""
+    leaf = _Leaf(zip(order, map(source.__getitem__, order), strict=True))
+    leaf.order = order
+    return leaf
+
+
+def _empty_leaf() -> _Leaf:
+    leaf = _Leaf()
+    leaf.order = []
+    return leaf
+
+
+#: An inner node: ``(seps, children)``.
+_Inner = tuple[list[Any], list[Any]]
+#: A node: a leaf or an inner node (which one follows from its depth).
+_Node = Any
 
 
 def freeze_collector() -> None:
@@ -81,15 +108,15 @@ def freeze_collector() -> None:
     gc.freeze()
 
 
-def _cmp_height(node: _Node, depth: int) -> int:
-    """Most comparisons a lookup makes below ``node`` (see the module docstring)."""
-    here = len(node[0]).bit_length()
+def _bin_height(node: _Node, depth: int) -> int:
+    """Height of ``node`` read as a binary search tree (see the module docstring)."""
     if depth == 0:
-        return here
+        return len(node).bit_length()
+    here = len(node[0]).bit_length()
     kids = node[1]
     if depth == 1:
-        return here + max(map(len, map(_first, kids))).bit_length()
-    return here + max(_cmp_height(k, depth - 1) for k in kids)
+        return here + max(map(len, kids)).bit_length()
+    return here + max(_bin_height(k, depth - 1) for k in kids)
 
 
 class BTree:
@@ -107,7 +134,7 @@ class BTree:
     _state: tuple[_Node, int, int]
 
     def __init__(self) -> None:
-        self._state = (([], []), 0, 0)
+        self._state = (_empty_leaf(), 0, 0)
 
     # ---- updates -------------------------------------------------------
 
@@ -119,7 +146,7 @@ class BTree:
         publishes the result with a single assignment.
         """
         root, depth, size = self._state
-        path: list[_Node] = []
+        path: list[_Inner] = []
         where: list[int] = []
         node = root
         for _ in range(depth):
@@ -127,28 +154,24 @@ class BTree:
             path.append(node)
             where.append(i)
             node = node[1][i]
-        keys, vals = node
-        i = bisect_left(keys, key)
         j = depth - 1
-        if i < len(keys) and keys[i] == key:
-            nv = vals.copy()
-            nv[i] = value
-            new: _Node = (keys, nv)  # the keys are unchanged: share them
+        new: _Node = _Leaf(node)
+        new[key] = value
+        if key in node:
+            new.order = node.order  # the keys are unchanged: share them
             found = True
         else:
             found = False
             size += 1
-            nk = keys.copy()
-            nk.insert(i, key)
-            nv = vals.copy()
-            nv.insert(i, value)
-            new = (nk, nv)
-            if len(nk) > self.LEAF_MAX:
+            order = node.order.copy()
+            order.insert(bisect_left(order, key), key)
+            new.order = order
+            if len(order) > self.LEAF_MAX:
                 # Split the leaf and push splits up until a node has room.
-                half = len(nk) >> 1
-                sep = nk[half]
-                left: _Node = (nk[:half], nv[:half])
-                right: _Node = (nk[half:], nv[half:])
+                half = len(order) >> 1
+                sep = order[half]
+                left: _Node = _leaf(order[:half], new)
+                right: _Node = _leaf(order[half:], new)
                 inner_max = self.INNER_MAX
                 while True:
                     if j < 0:
@@ -187,7 +210,7 @@ class BTree:
         that sibling's entries when the two would not fit in one node.
         """
         root, depth, size = self._state
-        path: list[_Node] = []
+        path: list[_Inner] = []
         where: list[int] = []
         node = root
         for _ in range(depth):
@@ -195,18 +218,16 @@ class BTree:
             path.append(node)
             where.append(i)
             node = node[1][i]
-        keys, vals = node
-        i = bisect_left(keys, key)
-        if i == len(keys) or not keys[i] == key:
+        if key not in node:
             return False
-        nk = keys.copy()
-        del nk[i]
-        nv = vals.copy()
-        del nv[i]
-        new: _Node = (nk, nv)
+        order = node.order.copy()
+        del order[bisect_left(order, key)]
+        new: _Node = _Leaf(node)
+        del new[key]
+        new.order = order
         leaf_max = self.LEAF_MAX
         inner_max = self.INNER_MAX
-        short = len(nk) < leaf_max >> 1
+        short = len(order) < leaf_max >> 1
         j = depth - 1
         while j >= 0:
             seps, kids = path[j]
@@ -226,16 +247,18 @@ class BTree:
                 a, b = new, kids[c + 1]
             ns = seps.copy()
             if j == depth - 1:  # the children are leaves
-                ck = a[0] + b[0]
-                cv = a[1] + b[1]
-                if len(ck) <= leaf_max:
-                    nc[s : s + 2] = [(ck, cv)]
+                both = _Leaf(a)
+                both.update(b)
+                ko = a.order + b.order
+                if len(ko) <= leaf_max:
+                    both.order = ko
+                    nc[s : s + 2] = [both]
                     del ns[s]
                 else:
-                    half = len(ck) >> 1
-                    nc[s] = (ck[:half], cv[:half])
-                    nc[s + 1] = (ck[half:], cv[half:])
-                    ns[s] = ck[half]
+                    half = len(ko) >> 1
+                    nc[s] = _leaf(ko[:half], both)
+                    nc[s + 1] = _leaf(ko[half:], both)
+                    ns[s] = ko[half]
             else:
                 cs = [*a[0], seps[s], *b[0]]
                 cc = a[1] + b[1]
@@ -260,26 +283,20 @@ class BTree:
     # ---- point reads ---------------------------------------------------
 
     def get(self, key: Key, default: bytes | None = None) -> bytes | None:
-        """Look up key: one C-speed bisect per level, no Python calls of its own."""
+        """Look up key: a C-speed bisect per inner level, then one hash probe."""
         node, depth, _ = self._state
         for _ in range(depth):
             node = node[1][bisect_right(node[0], key)]
-        keys = node[0]
-        i = bisect_left(keys, key)
-        if i < len(keys) and keys[i] == key:
-            return node[1][i]
-        return default
+        return node.get(key, default)
 
     def __contains__(self, key: object) -> bool:
         node, depth, _ = self._state
         try:
             for _ in range(depth):
                 node = node[1][bisect_right(node[0], key)]
-            keys = node[0]
-            i = bisect_left(keys, key)
-        except TypeError:  # a key of another type: not one of ours
+            return key in node
+        except TypeError:  # a key of another type (or unhashable): not one of ours
             return False
-        return i < len(keys) and keys[i] == key
 
     def size(self) -> int:
         """Number of keys, kept with the root so it is O(1) and never torn."""
@@ -289,12 +306,12 @@ class BTree:
         return self._state[2]
 
     def height(self) -> int:
-        """Most key comparisons a lookup makes: 0 when empty, 1 for one key, ~log2(n).
+        """Height as a binary search tree: 0 when empty, 1 for one key, ~log2(n).
 
         See the module docstring; O(n / LEAF_MAX).
         """
         root, depth, size = self._state
-        return _cmp_height(root, depth) if size else 0
+        return _bin_height(root, depth) if size else 0
 
     def depth(self) -> int:
         """Number of inner levels above the leaves (0 while the root is a leaf)."""
@@ -307,7 +324,8 @@ class BTree:
             return None
         for _ in range(depth):
             node = node[1][0]
-        return node[0][0], node[1][0]
+        k = node.order[0]
+        return k, node[k]
 
     def last(self) -> tuple[Key, bytes] | None:
         """Largest (key, value), or None when empty."""
@@ -316,14 +334,15 @@ class BTree:
             return None
         for _ in range(depth):
             node = node[1][-1]
-        return node[0][-1], node[1][-1]
+        k = node.order[-1]
+        return k, node[k]
 
     # ---- ordered reads -------------------------------------------------
     # Each of these reads self._state once, so a concurrent writer cannot
     # make them observe a mix of two versions.
 
-    def _leaves(self, start: Key | None) -> Iterator[tuple[list[Any], list[Any], int]]:
-        """Yield (keys, values, i) per leaf, ascending, from the leaf holding start.
+    def _leaves(self, start: Key | None) -> Iterator[tuple[list[Any], _Leaf, int]]:
+        """Yield (keys in order, leaf, i) per leaf, ascending, from the leaf holding start.
 
         ``i`` is where the leaf's keys >= start begin (0 after the first leaf).
         Walks with an explicit stack of (children, next index), one per level.
@@ -335,8 +354,8 @@ class BTree:
             c = 0 if start is None else bisect_right(seps, start)
             stack.append((kids, c + 1))
             node = kids[c]
-        keys = node[0]
-        yield keys, node[1], (0 if start is None else bisect_left(keys, start))
+        order = node.order
+        yield order, node, (0 if start is None else bisect_left(order, start))
         while stack:
             kids, c = stack.pop()
             if c < len(kids):
@@ -346,25 +365,23 @@ class BTree:
                     kids = node[1]
                     stack.append((kids, 1))
                     node = kids[0]
-                yield node[0], node[1], 0
+                yield node.order, node, 0
 
     def __iter__(self) -> Iterator[Key]:
         """Keys ascending, lazily, over the version current when iteration starts."""
-        for keys, _values, _i in self._leaves(None):
-            yield from keys
+        for order, _leaf, _i in self._leaves(None):
+            yield from order
 
     def iter_items(self, start: Key | None = None) -> Iterator[tuple[Key, bytes]]:
         """Lazily yield (key, value) ascending from the first key >= start.
 
         Pins the version at the first next(), so the stream is one consistent version.
         """
-        for keys, vals, i in self._leaves(start):
-            if i:
-                yield from zip(islice(keys, i, None), islice(vals, i, None), strict=True)
-            else:
-                yield from zip(keys, vals, strict=True)
+        for order, leaf, i in self._leaves(start):
+            ks = order[i:] if i else order
+            yield from zip(ks, map(leaf.__getitem__, ks), strict=True)
 
-    def _all_leaves(self) -> list[_Node]:
+    def _all_leaves(self) -> list[_Leaf]:
         """Every leaf, left to right (a whole-tree scan; no generator per item)."""
         node, depth, _ = self._state
         level = [node]
@@ -379,21 +396,22 @@ class BTree:
         """All keys ascending."""
         out: list[Key] = []
         for leaf in self._all_leaves():
-            out += leaf[0]
+            out += leaf.order
         return out
 
     def values(self) -> list[bytes]:
         """All values in key order."""
         out: list[bytes] = []
         for leaf in self._all_leaves():
-            out += leaf[1]
+            out += map(leaf.__getitem__, leaf.order)
         return out
 
     def items(self) -> list[tuple[Key, bytes]]:
         """All (key, value) pairs in key order."""
         out: list[tuple[Key, bytes]] = []
-        for keys, vals in self._all_leaves():
-            out += zip(keys, vals, strict=True)
+        for leaf in self._all_leaves():
+            order = leaf.order
+            out += zip(order, map(leaf.__getitem__, order), strict=True)
         return out
 
     def range(
@@ -408,19 +426,17 @@ class BTree:
         if start is not None and stop is not None and not start < stop:
             return out
         left = limit if limit is not None and limit > 0 else -1
-        for keys, vals, i in self._leaves(start):
-            end = len(keys)
+        for order, leaf, i in self._leaves(start):
+            end = len(order)
             last = False
-            if stop is not None and end and not keys[-1] < stop:
-                end = bisect_left(keys, stop, i)
+            if stop is not None and end and not order[-1] < stop:
+                end = bisect_left(order, stop, i)
                 last = True
             if left >= 0 and end - i >= left:
                 end = i + left
                 last = True
-            if i == 0 and end == len(keys):
-                out += zip(keys, vals, strict=True)
-            else:
-                out += zip(keys[i:end], vals[i:end], strict=True)
+            ks = order if i == 0 and end == len(order) else order[i:end]
+            out += zip(ks, map(leaf.__getitem__, ks), strict=True)
             if last:
                 break
             if left > 0:
@@ -450,7 +466,9 @@ class BTree:
         level: list[_Node] = []
         firsts: list[Key] = []
         for a, b in _spans(n, cls.LEAF_MAX):
-            level.append((list(keys[a:b]), list(values[a:b])))
+            leaf = _Leaf(zip(keys[a:b], values[a:b], strict=True))
+            leaf.order = list(keys[a:b])
+            level.append(leaf)
             firsts.append(keys[a])
         depth = 0
         while len(level) > 1:
@@ -486,11 +504,17 @@ class BTree:
     def _check(
         self, node: Any, depth: int, lo: Any, hi: Any, is_root: bool, kinds: set[type]
     ) -> int:
-        if not (type(node) is tuple and len(node) == 2):
-            raise AssertionError(f"depth violated: {type(node).__name__} where a node goes")
-        keys, kids = node
-        if not (type(keys) is list and type(kids) is list):
-            raise AssertionError("a node's keys and entries must be lists")
+        keys: list[Any]
+        if depth == 0:
+            if type(node) is not _Leaf:
+                raise AssertionError(f"depth violated: {type(node).__name__} where a leaf goes")
+            keys = node.order
+        else:
+            if not (type(node) is tuple and len(node) == 2):
+                raise AssertionError(f"depth violated: {type(node).__name__} where a node goes")
+            keys, kids = node
+            if not (type(keys) is list and type(kids) is list):
+                raise AssertionError("an inner node's separators and children must be lists")
         for k in keys:
             kinds.add(type(k))
             if lo is not None and k < lo:
@@ -501,19 +525,17 @@ class BTree:
             if not a < b:
                 raise AssertionError(f"order violated: {b!r} follows {a!r}")
         if depth == 0:
-            for v in kids:
-                if type(v) is tuple:
-                    raise AssertionError("depth violated: a node where a value goes")
             n = len(keys)
-            if n != len(kids):
-                raise AssertionError(f"leaf has {n} keys but {len(kids)} values")
+            if len(node) != n or not all(map(node.__contains__, keys)):
+                raise AssertionError(f"leaf's order ({n} keys) and dict ({len(node)}) differ")
             if not is_root and not self.LEAF_MAX >> 1 <= n <= self.LEAF_MAX:
                 raise AssertionError(f"fill violated: leaf of {n} keys")
             if is_root and n > self.LEAF_MAX:
                 raise AssertionError(f"fill violated: root leaf of {n} keys")
             return n
+        want = _Leaf if depth == 1 else tuple
         for kid in kids:
-            if type(kid) is not tuple:
+            if type(kid) is not want:
                 raise AssertionError(f"depth violated: {type(kid).__name__} where a node goes")
         c = len(kids)
         if len(keys) != c - 1:

@@ -22,7 +22,7 @@ from hypothesis.stateful import (
 )
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvtwist.tree import AVLTree, BTree, freeze_collector
+from kvtwist.tree import AVLTree, BTree, _Leaf, freeze_collector
 
 # Mostly a tiny alphabet so puts collide and deletes hit; sometimes arbitrary
 # unicode (astral code points included) so code point ordering is exercised.
@@ -51,8 +51,8 @@ class OddTree(BTree):
 def height_bounds(tree: BTree) -> tuple[int, int]:
     """The least and most height() can be for a tree of this size and depth.
 
-    No binary search over n keys can make fewer than ceil(log2(n + 1))
-    comparisons; no lookup makes more than a full node's worth per level.
+    No binary search tree over n keys is lower than ceil(log2(n + 1)); ours
+    is at most a full node's binary search per level.
     """
     n = len(tree)
     lo = math.ceil(math.log2(n + 1))
@@ -376,7 +376,7 @@ class TreeBasicsTests(SynchronousTestCase):
         self.assertNotIn("\x03\x03", t)  # a str never matches a bytes key
 
     def test_height_small_trees(self) -> None:
-        """height() counts comparisons like a balanced binary tree's height for small stores."""
+        """For a store in one leaf, height() is a balanced binary tree's: ceil(log2(n + 1))."""
         t = AVLTree()
         expected = {0: 0, 1: 1, 2: 2, 3: 2, 4: 3, 5: 3, 7: 3, 8: 4, 63: 6, 64: 7}
         for n in range(65):
@@ -388,11 +388,10 @@ class TreeBasicsTests(SynchronousTestCase):
         """In a deep tree the height is the costliest path: each level's search depth, summed."""
 
         def worst(node: Any, depth: int) -> int:
-            seps_or_keys, kids = node
-            here = len(seps_or_keys).bit_length()
             if depth == 0:
-                return here
-            return here + max(worst(k, depth - 1) for k in kids)
+                return len(node.order).bit_length()
+            seps, kids = node
+            return len(seps).bit_length() + max(worst(k, depth - 1) for k in kids)
 
         t = TinyTree()
         for i in range(300):
@@ -412,6 +411,13 @@ class TreeBasicsTests(SynchronousTestCase):
         self.assertEqual(t.get("k00500"), b"v")
 
 
+def leaf(*keys: str) -> _Leaf:
+    """A leaf holding ``keys`` in the given order, each mapped to b""."""
+    made = _Leaf.fromkeys(keys, b"")
+    made.order = list(keys)
+    return made
+
+
 class TreeCheckTests(SynchronousTestCase):
     """check() must actually catch each kind of corruption."""
 
@@ -422,38 +428,41 @@ class TreeCheckTests(SynchronousTestCase):
 
     def test_check_detects_order(self) -> None:
         """Keys out of order within a leaf are reported."""
-        t = self.broken((["b", "a"], [b"", b""]), 0, 2)
+        t = self.broken(leaf("b", "a"), 0, 2)
         self.assertRaisesRegex(AssertionError, "order", t.check)
 
     def test_check_detects_duplicate(self) -> None:
-        """Equal keys in one leaf violate strict ordering."""
-        t = self.broken((["b", "b"], [b"", b""]), 0, 2)
+        """A key listed twice in a leaf violates strict ordering."""
+        t = self.broken(leaf("b", "b"), 0, 2)
         self.assertRaisesRegex(AssertionError, "order", t.check)
 
     def test_check_detects_separator(self) -> None:
         """A key on the wrong side of its parent's separator is reported."""
-        left = (["a", "b"], [b"", b""])
-        right = (["c", "d"], [b"", b""])
-        t = self.broken((["b"], [left, right]), 1, 4)
+        t = self.broken((["b"], [leaf("a", "b"), leaf("c", "d")]), 1, 4)
         self.assertRaisesRegex(AssertionError, "order", t.check)
-        t = self.broken((["c"], [left, right]), 1, 4)
+        t = self.broken((["c"], [leaf("a", "b"), leaf("c", "d")]), 1, 4)
         t.check()
 
     def test_check_detects_fill(self) -> None:
         """An underfull non-root leaf and an overfull leaf are reported."""
-        t = self.broken((["c"], [(["a"], [b""]), (["c", "d"], [b"", b""])]), 1, 3)
+        t = self.broken((["c"], [leaf("a"), leaf("c", "d")]), 1, 3)
         self.assertRaisesRegex(AssertionError, "fill", t.check)
-        t = self.broken((list("abcde"), [b""] * 5), 0, 5)
+        t = self.broken(leaf(*"abcde"), 0, 5)
         self.assertRaisesRegex(AssertionError, "fill", t.check)
 
     def test_check_detects_depth(self) -> None:
         """Leaves at different depths (or a wrong stored depth) are reported."""
-        leaf = (["a", "b"], [b"", b""])
-        t = self.broken(leaf, 1, 2)
+        t = self.broken(leaf("a", "b"), 1, 2)
         self.assertRaisesRegex(AssertionError, "depth", t.check)
-        inner = (["c"], [leaf, (["c", "d"], [b"", b""])])
-        t = self.broken(inner, 0, 4)
+        t = self.broken((["c"], [leaf("a", "b"), leaf("c", "d")]), 0, 4)
         self.assertRaisesRegex(AssertionError, "depth", t.check)
+
+    def test_check_detects_leaf_mismatch(self) -> None:
+        """A leaf whose key order and dict disagree is reported."""
+        bad = leaf("a", "b")
+        bad.order = ["a", "c"]
+        t = self.broken(bad, 0, 2)
+        self.assertRaisesRegex(AssertionError, "differ", t.check)
 
     def test_check_detects_size(self) -> None:
         """A stored size that disagrees with the key count is reported."""
