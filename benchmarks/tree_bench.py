@@ -13,7 +13,8 @@ reports, in nanoseconds per operation:
 
 Small trees are rebuilt and re-measured until enough operations were timed,
 so every figure averages at least ``--min-ops`` operations.  Also reported:
-the height at n against the AVL bound ``1.4405 * log2(n + 2) - 0.3277``, and
+the height at n (``BTree.height``: the tree read as a binary search tree)
+against the AVL bound ``1.4405 * log2(n + 2) - 0.3277``, and
 the resident memory the largest random tree added, per key.
 
     python benchmarks/tree_bench.py --sizes 1000,10000,100000,1000000 --json out.json
