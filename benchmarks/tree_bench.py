@@ -1,4 +1,4 @@
-"""Benchmark 1: the AVL tree alone — cost per operation against size, and height.
+"""Benchmark 1: the tree alone — cost per operation against size, and height.
 
 For each size n and key order (random: keys inserted and looked up in a
 shuffled order; sequential: in ascending order) it builds a tree of n keys and
@@ -6,11 +6,15 @@ reports, in nanoseconds per operation:
 
 * ``insert``: the inserts that take the tree from n/2 to n keys;
 * ``get``: lookups of existing keys (in that order), on the full tree;
-* ``replace``: puts over existing keys (path copy, no rebalancing).
+* ``replace``: puts over existing keys (path copy, no rebalancing);
+* ``delete`` and ``insert_full``: a tenth of the keys (random ones, or the
+  last ones in sequential order) deleted from the full tree and put back, so
+  each of these runs on a tree of 0.9n to n keys.
 
 Small trees are rebuilt and re-measured until enough operations were timed,
 so every figure averages at least ``--min-ops`` operations.  Also reported:
-the height at n against the AVL bound ``1.4405 * log2(n + 2) - 0.3277``, and
+the height at n (``BTree.height``: the tree read as a binary search tree)
+against the AVL bound ``1.4405 * log2(n + 2) - 0.3277``, and
 the resident memory the largest random tree added, per key.
 
     python benchmarks/tree_bench.py --sizes 1000,10000,100000,1000000 --json out.json
@@ -87,17 +91,52 @@ def measure(n: int, order: str, min_ops: int, seed: int) -> dict[str, Any]:
         n_rep += len(lookups)
         height = tree.height()
     assert len(tree) == n
+    t_del, n_del, t_full, n_full = churn(tree, keys, order, min_ops, rng)
+    assert len(tree) == n
     return {
         "n": n,
         "order": order,
         "insert_ns": t_ins / n_ins * 1e9,
         "get_ns": t_get / n_get * 1e9,
         "replace_ns": t_rep / n_rep * 1e9,
-        "ops_timed": {"insert": n_ins, "get": n_get, "replace": n_rep},
+        "delete_ns": t_del / n_del * 1e9,
+        "insert_full_ns": t_full / n_full * 1e9,
+        "ops_timed": {
+            "insert": n_ins,
+            "get": n_get,
+            "replace": n_rep,
+            "delete": n_del,
+            "insert_full": n_full,
+        },
         "height": height,
         "avl_bound": avl_bound(n),
         "log2_n": math.log2(n),
     }
+
+
+def churn(
+    tree: AVLTree, keys: list[str], order: str, min_ops: int, rng: random.Random
+) -> tuple[float, int, float, int]:
+    """Delete a tenth of the keys and put them back until min_ops of each were timed.
+
+    Returns (delete seconds, deletes, insert seconds, inserts).
+    """
+    m = max(1, len(keys) // 10)
+    t_del = t_ins = 0.0
+    done = 0
+    while done < min_ops:
+        victims = keys[-m:] if order == "sequential" else rng.sample(keys, m)
+        delete, put = tree.delete, tree.put
+        t0 = time.perf_counter()
+        for k in victims:
+            delete(k)
+        t_del += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for k in victims:
+            put(k, VALUE)
+        t_ins += time.perf_counter() - t0
+        done += m
+    return t_del, done, t_ins, done
 
 
 def tree_memory(n: int, seed: int) -> dict[str, Any]:
@@ -132,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--memory", action="store_true", help="also measure RSS per key at max size")
     p.add_argument("--json", help="write results here")
+    p.add_argument("--no-gc", action="store_true", help="run with the cyclic collector off")
     args = p.parse_args(argv)
+    if args.no_gc:
+        gc.disable()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     for order in args.orders.split(","):
@@ -142,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{order:10s} n={n:>8d}  insert {row['insert_ns']:7.0f} ns  "
                 f"get {row['get_ns']:7.0f} ns  replace {row['replace_ns']:7.0f} ns  "
+                f"delete {row['delete_ns']:7.0f} ns  insert at n {row['insert_full_ns']:7.0f} ns  "
                 f"height {row['height']} (AVL bound {row['avl_bound']:.1f})",
                 flush=True,
             )

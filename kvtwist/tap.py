@@ -29,6 +29,7 @@ from kvtwist.server import (
 )
 from kvtwist.storage import CorruptData, DataDir, DiskError, FsyncPolicy, Recovered
 from kvtwist.store import Store, ThreadRunner
+from kvtwist.tree import freeze_collector
 from kvtwist.watchdog import ReactorWatchdog
 
 log = Logger(namespace="kvtwist.node")
@@ -376,7 +377,7 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         store.restore(recovered)
         rows = [(r.client_id, r.request_id, r.seq, r.found) for r in recovered.clients]
         replica.restore(recovered.tree, recovered.last_seq, recovered.epochs, rows)
-        gc.freeze()  # the recovered tree lives as long as the node: never scan it again
+        freeze_collector()  # the recovered tree lives long: never scan it again
     if journal is not None and options["fsync"] == "interval":
         store.start_sync_timer(options["fsync-interval"])
     limits = Limits(
