@@ -190,6 +190,8 @@ class Store:
         self._writes: list[tuple[list[Write], Deferred[list[Applied | Exception]]]] = []
         self._reads: list[tuple[Callable[[], Any], Deferred[Any]]] = []
         self._flush_call: IDelayedCall | None = None
+        self._writing = 0  # write batches handed to the writer and not back yet
+        self._reading = False  # a batch of small reads is on a reader thread
         self._meta: dict[str, Any] = {}
         self._node_id = uuid.uuid4().hex
 
@@ -401,11 +403,11 @@ class Store:
         return self.runner.write(lambda: journal.set_meta(dict(meta)))
 
     def _flush_now(self) -> None:
+        """Hand the writer every queued write now: what is queued next runs after them."""
         call: Any = self._flush_call
-        if call is not None:
-            if call.active():
-                call.cancel()
-            self._flush()
+        if call is not None and call.active():
+            call.cancel()
+        self._flush(force=True)
 
     # batching
 
@@ -413,21 +415,48 @@ class Store:
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
+        """Hand queued work to the threads: one batch of each kind in flight at a time.
+
+        While a batch runs, what arrives waits for it and then goes as one
+        larger batch: under load there are fewer thread hops (each costs more
+        than a small request), and unloaded a request still leaves at once.
+        """
         self._flush_call = None
+        if self._writes and (force or not self._writing):
+            self._send_writes()
+        if self._reads and not self._reading:
+            self._send_reads()
+
+    def _send_writes(self) -> None:
         writes, self._writes = self._writes, []
+        if len(writes) == 1:
+            batch = writes[0][0]
+        else:
+            batch = [w for ws, _ in writes for w in ws]
+        self._writing += 1
+        self.runner.write(lambda: self._apply_batch(batch)).addBoth(
+            _deliver_parts, writes
+        ).addBoth(self._writes_done)
+
+    def _writes_done(self, result: Any) -> None:
+        self._writing -= 1
+        self._maybe_snapshot(result)
+        if self._writes and not self._writing:
+            self._send_writes()
+
+    def _send_reads(self) -> None:
         reads, self._reads = self._reads, []
-        if writes:
-            if len(writes) == 1:
-                batch = writes[0][0]
-            else:
-                batch = [w for ws, _ in writes for w in ws]
-            self.runner.write(lambda: self._apply_batch(batch)).addBoth(
-                _deliver_parts, writes
-            ).addBoth(self._maybe_snapshot)
-        if reads:
-            fs = [f for f, _ in reads]
-            self.runner.read(lambda: _run_all(fs)).addBoth(_deliver, [d for _, d in reads])
+        fs = [f for f, _ in reads]
+        self._reading = True
+        self.runner.read(lambda: _run_all(fs)).addBoth(
+            _deliver, [d for _, d in reads]
+        ).addBoth(self._reads_done)
+
+    def _reads_done(self, result: Any) -> None:
+        self._reading = False
+        if self._reads:
+            self._send_reads()
 
 
 def _run_all(fs: list[Callable[[], Any]]) -> list[Any]:
