@@ -27,7 +27,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvtwist.storage import ClientRow, ClientTable, DataDir, DiskError, LogRecord, Recovered
+from kvtwist.storage import ClientRow, ClientTable, DataDir, DiskError, Record, Recovered
 from kvtwist.tree import AVLTree
 
 T = TypeVar("T")
@@ -60,9 +60,7 @@ class ThreadRunner:
         self._write_jobs: SimpleQueue[tuple[Callable[[], Any], Deferred[Any]] | None] = (
             SimpleQueue()
         )
-        self._read_jobs: SimpleQueue[tuple[Callable[[], Any], Deferred[Any]] | None] = (
-            SimpleQueue()
-        )
+        self._read_jobs: SimpleQueue[tuple[Callable[[], Any], Deferred[Any]] | None] = SimpleQueue()
         self._done: list[tuple[Deferred[Any], bool, Any]] = []
         self._lock = threading.Lock()
         self._woken = False
@@ -140,9 +138,9 @@ class InlineRunner:
         return defer.maybeDeferred(f)
 
 
-#: One write in the chain-wide order: the very record the journal logs, so a
-#: batch goes to disk as it is, without a copy per write.
-Write = LogRecord
+#: One write in the chain-wide order: the very record the journal logs (the
+#: replicated Update itself, in a node), so a batch goes to disk as it is.
+Write = Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,9 +433,9 @@ class Store:
         else:
             batch = [w for ws, _ in writes for w in ws]
         self._writing += 1
-        self.runner.write(lambda: self._apply_batch(batch)).addBoth(
-            _deliver_parts, writes
-        ).addBoth(self._writes_done)
+        self.runner.write(lambda: self._apply_batch(batch)).addBoth(_deliver_parts, writes).addBoth(
+            self._writes_done
+        )
 
     def _writes_done(self, result: Any) -> None:
         self._writing -= 1
@@ -449,9 +447,9 @@ class Store:
         reads, self._reads = self._reads, []
         fs = [f for f, _ in reads]
         self._reading = True
-        self.runner.read(lambda: _run_all(fs)).addBoth(
-            _deliver, [d for _, d in reads]
-        ).addBoth(self._reads_done)
+        self.runner.read(lambda: _run_all(fs)).addBoth(_deliver, [d for _, d in reads]).addBoth(
+            self._reads_done
+        )
 
     def _reads_done(self, result: Any) -> None:
         self._reading = False

@@ -153,6 +153,13 @@ class TornTailTests(DiskCase):
         """A last record missing payload bytes is cut off with a warning."""
         self._torn(3)
 
+    def test_update_logged_as_it_is(self) -> None:
+        """A replicated Update is logged byte for byte as the LogRecord of the same write."""
+        fields = dict(seq=7, is_put=True, key=b"caf\xe9", data=b"\x00v", epoch=3)
+        ids = dict(client_id="c", request_id=9)
+        as_record = wal.encode_records([LogRecord(**fields, **ids)])  # type: ignore[arg-type]
+        self.assertEqual(wal.encode_records([Update(**fields, **ids)]), as_record)  # type: ignore[arg-type]
+
     def test_short_header(self) -> None:
         """A last record missing part of its length/crc header is cut off."""
         full = wal.encode_records(puts(4, 1))
@@ -842,7 +849,7 @@ class StoreJournalTests(SynchronousTestCase):
 
     def test_writes_are_logged(self) -> None:
         """Applied writes are in the journal, with epoch and client identity."""
-        out = self._apply(Write(1, True, b"a", b"1", epoch=4, client_id="c", request_id=2))
+        out = self._apply(LogRecord(1, True, b"a", b"1", epoch=4, client_id="c", request_id=2))
         self.assertEqual(out[0].seq, 1)
         self.journal.close()
         self.disk.crash()
@@ -854,20 +861,20 @@ class StoreJournalTests(SynchronousTestCase):
 
     def test_failed_append_fails_writes(self) -> None:
         """A disk error fails every write of the batch and leaves the tree untouched."""
-        self._apply(Write(1, True, b"a", b"1"))
+        self._apply(LogRecord(1, True, b"a", b"1"))
         self.disk.fail("write", errno.ENOSPC)
-        out = self._apply(Write(2, True, b"b", b"2"), Write(3, False, b"a"))
+        out = self._apply(LogRecord(2, True, b"b", b"2"), LogRecord(3, False, b"a"))
         self.assertEqual(len(out), 2)
         for f in out:
             self.assertIsInstance(f.value, DiskError)
         self.assertEqual(self.store.last_applied, 1)
         self.assertEqual(self.store._tree.items(), [(b"a", b"1")])
-        out = self._apply(Write(2, True, b"b", b"2"))
+        out = self._apply(LogRecord(2, True, b"b", b"2"))
         self.assertEqual(out[0].tree.items(), [(b"a", b"1"), (b"b", b"2")])
 
     def test_restore_and_load(self) -> None:
         """restore starts from a recovered state; load resets the journal to the new state."""
-        self._apply(Write(1, True, b"a", b"1"), Write(2, True, b"b", b"2"))
+        self._apply(LogRecord(1, True, b"a", b"1"), LogRecord(2, True, b"b", b"2"))
         r = self.journal.rewind(1)
         self.store.restore(r)
         self.assertEqual((self.store.last_applied, self.store._tree.keys()), (1, [b"a"]))
@@ -877,7 +884,7 @@ class StoreJournalTests(SynchronousTestCase):
         )
         self.assertEqual(loaded[0].items(), [(b"x", b"9")])
         self.assertEqual((self.journal.last_seq, self.journal.epochs), (70, [(60, 2)]))
-        out = self._apply(Write(71, True, b"y", b"8", epoch=2))
+        out = self._apply(LogRecord(71, True, b"y", b"8", epoch=2))
         self.assertEqual(out[0].seq, 71)
 
     def test_snapshot_at_threshold(self) -> None:
@@ -885,7 +892,7 @@ class StoreJournalTests(SynchronousTestCase):
         self.store.snapshot_bytes = 100
         self._apply(
             *[
-                Write(s, True, f"k{s}".encode(), b"v" * 20, client_id="c", request_id=s)
+                LogRecord(s, True, f"k{s}".encode(), b"v" * 20, client_id="c", request_id=s)
                 for s in range(1, 5)
             ]
         )
@@ -900,7 +907,7 @@ class StoreJournalTests(SynchronousTestCase):
     def test_sync_timer(self) -> None:
         """The interval timer fsyncs the journal on schedule."""
         self.journal.fsync = FsyncPolicy.INTERVAL
-        self._apply(Write(1, True, b"a", b"1"))
+        self._apply(LogRecord(1, True, b"a", b"1"))
         seg = f"{D}/wal/{1:020d}.log"
         self.assertNotEqual(self.disk.synced(seg), self.disk.contents(seg))
         self.store.start_sync_timer(1.0)

@@ -370,7 +370,7 @@ class ReplicaCore:
     def _accept(self, updates: list[Update]) -> None:
         """Take the next updates in order: note them, then hand them to the store together."""
         pending = self.pending
-        writes = []
+        writes: list[Write] = []
         size = 0
         for u in updates:
             seq = u.seq
@@ -379,7 +379,7 @@ class ReplicaCore:
             size += update_size(u)
             if u.client_id:
                 self.dedup.remember(u.client_id, u.request_id, seq, None)
-            writes.append(Write(seq, u.is_put, u.key, u.data, u.epoch, u.client_id, u.request_id))
+            writes.append(u)  # the journal logs the Update as it is
         if not writes:
             return
         self.last_received = writes[-1].seq

@@ -90,6 +90,7 @@ from kvtwist.storage.records import (
     DiskError,
     FsyncPolicy,
     LogRecord,
+    Record,
     Recovered,
 )
 
@@ -105,6 +106,7 @@ __all__ = [
     "DiskLock",
     "FsyncPolicy",
     "LogRecord",
+    "Record",
     "Recovered",
     "RealDisk",
 ]

@@ -21,7 +21,7 @@ from kvtwist.storage.records import (
     CorruptData,
     DiskError,
     FsyncPolicy,
-    LogRecord,
+    Record,
     Recovered,
     note_epoch,
 )
@@ -395,7 +395,7 @@ class DataDir:
             self._file = f
             self._segments.append(_Segment(first, path, wal.HEADER_SIZE, first - 1))
 
-    def append(self, records: Sequence[LogRecord]) -> None:
+    def append(self, records: Sequence[Record]) -> None:
         """Log a batch of contiguous records; under ALWAYS, durably (one fsync) on return."""
         if not records:
             return

@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from kvtwist.proto.kvtwist_pb2 import Update
 from kvtwist.tree import AVLTree
 
 
@@ -36,6 +37,11 @@ class LogRecord:
     epoch: int = 0
     client_id: str = ""
     request_id: int = 0
+
+
+#: A write as the journal takes it: a LogRecord, or the replicated Update itself
+#: (the same fields), which is logged as it is without building another.
+Record = LogRecord | Update
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +136,7 @@ __all__ = [
     "DiskError",
     "FsyncPolicy",
     "LogRecord",
+    "Record",
     "Recovered",
     "note_epoch",
 ]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kvtwist.proto.kvtwist_pb2 import Update
-from kvtwist.storage.records import CorruptData, LogRecord
+from kvtwist.storage.records import CorruptData, Record
 
 WAL_MAGIC = b"KVTWAL\r\n"
 WAL_VERSION = 1
@@ -58,20 +58,23 @@ def decode_header(data: bytes, path: str) -> tuple[int, int]:
     return log_id, first_seq
 
 
-def encode_records(records: Sequence[LogRecord]) -> bytes:
+def encode_records(records: Sequence[Record]) -> bytes:
     parts: list[bytes] = []
     pack = RECORD_HEADER.pack
     crc32 = zlib.crc32
     for r in records:
-        payload = Update(
-            seq=r.seq,
-            epoch=r.epoch,
-            is_put=r.is_put,
-            key=r.key,
-            data=r.data,
-            client_id=r.client_id,
-            request_id=r.request_id,
-        ).SerializeToString()
+        if isinstance(r, Update):
+            payload = r.SerializeToString()
+        else:
+            payload = Update(
+                seq=r.seq,
+                epoch=r.epoch,
+                is_put=r.is_put,
+                key=r.key,
+                data=r.data,
+                client_id=r.client_id,
+                request_id=r.request_id,
+            ).SerializeToString()
         parts.append(pack(len(payload), crc32(payload)))
         parts.append(payload)
     return b"".join(parts)
