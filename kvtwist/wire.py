@@ -125,6 +125,27 @@ def frame(msg: Message) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
+#: Field number of ``Message.updates`` (repeated Update).
+UPDATES_FIELD = 15
+
+
+def assemble(head: Message, field: int, items: list[bytes]) -> bytes:
+    """The frame of ``head`` with serialized messages appended as repeated ``field``.
+
+    Protobuf concatenation merges, so this is the frame of ``head`` with
+    those messages in that field, built without copying them into it.
+    """
+    tag = _varint((field << 3) | 2)
+    parts = [b"", head.SerializeToString()]
+    for item in items:
+        parts.append(tag)
+        parts.append(_varint(len(item)))
+        parts.append(item)
+    body_len = sum(len(p) for p in parts)
+    parts[0] = HEADER.pack(body_len)
+    return b"".join(parts)
+
+
 def decode(payload: bytes) -> Message:
     """Parse one frame's payload; raises DecodeError on bytes that are no Message."""
     msg = Message()
@@ -290,7 +311,7 @@ class FramedProtocol(Protocol):
     #: While a handshake owns the connection, received messages go to it and
     #: ``sendMessage`` holds what others send until ``endHandshake``.
     handshake: Callable[[Message], None] | None = None
-    _held_out: list[Message] | None = None
+    _held_out: list[bytes] | None = None
 
     def connectionMade(self) -> None:
         # Replies, acknowledgements and heartbeats are small frames that must
@@ -335,12 +356,17 @@ class FramedProtocol(Protocol):
             self.frameTooLarge(exc)
 
     def sendMessage(self, msg: Message) -> None:
+        self.sendFrame(frame(msg))
+
+    def sendFrame(self, data: bytes) -> None:
+        """Send a whole frame; held while a handshake owns the connection."""
         if self.handshake is not None:
             if self._held_out is None:
                 self._held_out = []
-            self._held_out.append(msg)
+            self._held_out.append(data)
             return
-        self.writeMessage(msg)
+        assert self.transport is not None
+        self.transport.write(data)
 
     def writeMessage(self, msg: Message) -> None:
         """Send now, past a running handshake (the handshake's own messages)."""
@@ -355,8 +381,7 @@ class FramedProtocol(Protocol):
         self.handshake = None
         held, self._held_out = self._held_out or [], None
         if ok and self.transport is not None:
-            for msg in held:
-                self.writeMessage(msg)
+            self.transport.writeSequence(held)
 
     def disconnect(self, abort: bool = False) -> None:
         """Close after the pending output is written, or at once if ``abort``.

@@ -175,6 +175,26 @@ class AssembledReplyTests(SynchronousTestCase):
                     )
 
 
+class AssembleTests(SynchronousTestCase):
+    def test_assembled_updates_decode_as_one_message(self) -> None:
+        """A head message with serialized updates appended reads as that message holding them."""
+        from kvtwist.proto.kvtwist_pb2 import ChainHello, Update
+
+        updates = [
+            Update(seq=i, is_put=bool(i % 2), key=b"k%d" % i, data=b"v" * i, epoch=2)
+            for i in range(1, 40)
+        ]
+        head = wire.Message(
+            opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN, hello=ChainHello(sender="n1")
+        )
+        data = wire.assemble(head, wire.UPDATES_FIELD, [u.SerializeToString() for u in updates])
+        [payload] = wire.FrameDecoder().feed(data)
+        expected = wire.Message()
+        expected.CopyFrom(head)
+        expected.updates.extend(updates)
+        self.assertEqual(wire.decode(payload), expected)
+
+
 class ProtoSyncTests(SynchronousTestCase):
     def test_generated_module_matches_proto(self) -> None:
         """The committed kvtwist_pb2 was generated from the committed .proto."""

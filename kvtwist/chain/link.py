@@ -180,16 +180,19 @@ class Link:
         if self._updates:
             updates, self._updates = self._updates, []
             budget = self.frame_budget
-            batch: list[Update] = []
+            batch: list[bytes] = []
             size = 0
+            last = 0
             for u in updates:
-                n = u.ByteSize() + 16  # the field's tag and length
+                blob = u.SerializeToString()
+                n = len(blob) + 16  # the field's tag and length
                 if batch and size + n > budget:
-                    self._send_updates(batch)
+                    self._send_updates(batch, last)
                     batch, size = [], 0
-                batch.append(u)
+                batch.append(blob)
                 size += n
-            self._send_updates(batch)
+                last = u.seq
+            self._send_updates(batch, last)
         if self._ack:
             ack, self._ack = self._ack, 0
             stamp = ChainHello(sender=self.local_name, config=self.config)
@@ -197,13 +200,14 @@ class Link:
                 Message(opcode=wire.OP_CHAIN_ACK, c_type=wire.CT_CHAIN, op_n=ack, hello=stamp)
             )
 
-    def _send_updates(self, batch: list[Update]) -> None:
+    def _send_updates(self, batch: list[bytes], last: int) -> None:
+        """One UPDATE frame of serialized updates, assembled without copying them into a Message."""
         stamp = ChainHello(sender=self.local_name, config=self.config)
-        self._out(
-            Message(opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN, updates=batch, hello=stamp)
-        )
+        head = Message(opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN, hello=stamp)
+        self._last_out = self.reactor.seconds()
+        self.conn.sendFrame(wire.assemble(head, wire.UPDATES_FIELD, batch))
         if self.side is Side.SUCCESSOR:
-            self._unacked.append((batch[-1].seq, self.reactor.seconds()))
+            self._unacked.append((last, self.reactor.seconds()))
 
     # what arrives
 
