@@ -54,6 +54,10 @@ MAX_HOPS = 2
 BIG_READS = frozenset({wire.OP_GETKEYS, wire.OP_GETVALUES, wire.OP_RANGE})
 
 
+def _as_list(frame: bytes) -> list[bytes]:
+    return [frame]
+
+
 def _is_write(msg: Message) -> bool:
     return msg.opcode in wire.WRITE_OPS
 
@@ -483,16 +487,9 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             else:
                 held.popleft()
                 self._reads += 1
-                self.factory.handle(msg, self.peerName).addCallback(self._done, slot, False)
-
-    def _done(self, data: bytes, slot: list[Any], write: bool) -> None:
-        if write:
-            self._writes -= 1
-        else:
-            self._reads -= 1
-        slot[0] = data
-        self._flush()
-        self._pump()
+                self.factory.handle(msg, self.peerName).addCallback(_as_list).addCallback(
+                    self._done_many, [slot], False
+                )
 
     def _take_run(
         self, belongs: Callable[[Message], bool], room: int
