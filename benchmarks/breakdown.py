@@ -1,7 +1,7 @@
 """Where one request's time goes: the node's request path timed piece by piece.
 
 Every piece is the project's own code (``kvtwist.wire``, ``NodeFactory.get_many``/``write_many``,
-``Store``, ``AVLTree``, ``ThreadRunner``) run in a loop in this process, and
+``Store``, ``BTree``, ``ThreadRunner``) run in a loop in this process, and
 reported in microseconds per request, timeit-style: the best of several
 repeats, each the mean over many requests.  Each piece is measured with one
 request per call (as a node serves 32 connections × pipeline 1: one frame per
@@ -168,9 +168,9 @@ def decode(w: Workload, op: str, batch: int) -> Callable[[], float]:
 
 
 def tree_op(w: Workload, op: str, batch: int) -> Callable[[], float]:
-    from kvtwist.tree import AVLTree
+    from kvtwist.tree import BTree
 
-    tree = AVLTree()
+    tree = BTree()
     for k in w.keys:
         tree.put(k, VALUE)
     if op == "GET":
@@ -456,7 +456,7 @@ PIECES: list[tuple[str, str, bool, Callable[[Context, str, int], float]]] = [
     ),
     (
         "of which: tree get / put",
-        "kvtwist.tree.AVLTree.get (GET), AVLTree.put over an existing key (PUT)",
+        "kvtwist.tree.BTree.get (GET), BTree.put over an existing key (PUT)",
         False,
         timed_piece(lambda c, op, b: tree_op(c.w, op, b)),
     ),

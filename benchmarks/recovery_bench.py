@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from kvtwist.storage import DataDir, FsyncPolicy, LogRecord
-from kvtwist.tree import AVLTree
+from kvtwist.tree import BTree
 
 
 def du(path: str) -> int:
@@ -26,7 +26,7 @@ def du(path: str) -> int:
 
 
 def build(path: str, n: int, log: int, rng: random.Random) -> None:
-    keys = sorted({f"{rng.getrandbits(64):016x}" for _ in range(n + n // 100)})[:n]
+    keys = sorted({f"{rng.getrandbits(64):016x}".encode() for _ in range(n + n // 100)})[:n]
     values = [rng.randbytes(32) for _ in keys]
     dd = DataDir(path, fsync=FsyncPolicy.ALWAYS)
     dd.open()
@@ -39,7 +39,7 @@ def build(path: str, n: int, log: int, rng: random.Random) -> None:
             [LogRecord(first + j, True, keys[k], values[k], epoch=1) for j, k in enumerate(batch)]
         )
     seq = dd.begin_snapshot()
-    dd.write_snapshot(seq, AVLTree.from_sorted(keys, values), dd.epochs, [])
+    dd.write_snapshot(seq, BTree.from_sorted(keys, values), dd.epochs, [])
     for i in range(0, log, 2000):
         first = dd.last_seq + 1
         dd.append(

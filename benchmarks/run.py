@@ -185,6 +185,17 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a server process of the run, killing it if it does not go."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Reference:
     """benchmarks/reference_server.py in its own process."""
 
@@ -211,13 +222,7 @@ class Reference:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @contextlib.contextmanager
@@ -458,13 +463,7 @@ class RedisServer:
         wait_for(lambda: port_open(self.port), 15, "redis-server")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def parse_redis_csv(text: str) -> dict[str, dict[str, float]]:
@@ -1251,7 +1250,7 @@ def render(data: dict[str, Any], notes: str) -> tuple[str, list[floors.Verdict]]
             )
         if tm:
             add(
-                f"| bare AVLTree in one process, {tm['n']:,d} keys, over raw (reference) | "
+                f"| bare BTree in one process, {tm['n']:,d} keys, over raw (reference) | "
                 f"{tm['overhead_per_key_bytes']:,.0f} | | |"
             )
         add("")

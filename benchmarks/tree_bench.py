@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from kvtwist.bench.workload import key_name  # noqa: E402
-from kvtwist.tree import AVLTree  # noqa: E402
+from kvtwist.tree import BTree  # noqa: E402
 
 VALUE = b"v" * 32
 
@@ -63,11 +63,11 @@ def measure(n: int, order: str, min_ops: int, seed: int) -> dict[str, Any]:
         rng.shuffle(lookups)
     t_ins = t_get = t_rep = 0.0
     n_ins = n_get = n_rep = 0
-    tree = AVLTree()
+    tree = BTree()
     height = 0
     gc.collect()
     while n_ins < min_ops or n_get < min_ops or n_rep < min_ops:
-        tree = AVLTree()
+        tree = BTree()
         put = tree.put
         for k in keys[:half]:
             put(k, VALUE)
@@ -115,7 +115,7 @@ def measure(n: int, order: str, min_ops: int, seed: int) -> dict[str, Any]:
 
 
 def churn(
-    tree: AVLTree, keys: list[str], order: str, min_ops: int, rng: random.Random
+    tree: BTree, keys: list[str], order: str, min_ops: int, rng: random.Random
 ) -> tuple[float, int, float, int]:
     """Delete a tenth of the keys and put them back until min_ops of each were timed.
 
@@ -146,7 +146,7 @@ def tree_memory(n: int, seed: int) -> dict[str, Any]:
     rng.shuffle(order)
     gc.collect()
     before = rss_bytes()
-    tree = AVLTree()
+    tree = BTree()
     for i in order:
         tree.put(key_name(i), bytes(bytearray(VALUE)))  # a value object per key, as in a node
     gc.collect()

@@ -35,7 +35,7 @@ from kvtwist.client.protocol import ConnectionPool
 from kvtwist.proto.kvtwist_pb2 import OpStats
 from kvtwist.proto.kvtwist_pb2 import Stats as StatsMsg
 from kvtwist.tls import TLS_ERRORS, channel_binding, tls_reason
-from kvtwist.tree import AVLTree
+from kvtwist.tree import BTree
 from kvtwist.wire import FramedProtocol, Message
 
 log = Logger(namespace="kvtwist.server")
@@ -865,7 +865,7 @@ class NodeFactory(Factory):
 
     def _stats(self) -> Message:
         r = self.replica
-        tree: AVLTree = r.committed_tree
+        tree: BTree = r.committed_tree
         stats = StatsMsg(
             keys=len(tree),
             height=tree.height(),

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist.storage import ClientRow, ClientTable, DataDir, DiskError, Record, Recovered
-from kvtwist.tree import AVLTree
+from kvtwist.tree import BTree
 
 T = TypeVar("T")
 
@@ -149,7 +149,7 @@ class Applied:
 
     seq: int
     found: bool
-    tree: AVLTree
+    tree: BTree
 
 
 class CannotRewind(Exception):
@@ -179,7 +179,7 @@ class Store:
         self.runner = runner
         self.journal = journal
         self.snapshot_bytes = snapshot_bytes
-        self._tree = AVLTree()
+        self._tree = BTree()
         self.last_applied = 0
         #: duplicate-suppression rows as of last_applied, for snapshots (writer thread)
         self._clients = ClientTable(max_clients)
@@ -262,11 +262,11 @@ class Store:
             return defer.succeed(False)
         self._snapshotting = True
 
-        def begin() -> tuple[int, AVLTree, list[tuple[int, int]], list[ClientRow]]:
+        def begin() -> tuple[int, BTree, list[tuple[int, int]], list[ClientRow]]:
             seq = journal.begin_snapshot()
             return seq, self._tree.copy(), list(journal.epochs), self._clients.rows()
 
-        def write(args: tuple[int, AVLTree, list[tuple[int, int]], list[ClientRow]]) -> Any:
+        def write(args: tuple[int, BTree, list[tuple[int, int]], list[ClientRow]]) -> Any:
             return self.runner.read(lambda: journal.write_snapshot(*args))
 
         def done(result: Any) -> Any:
@@ -325,7 +325,7 @@ class Store:
         last_applied: int,
         epochs: Sequence[tuple[int, int]] = (),
         clients: Sequence[ClientRow] = (),
-    ) -> Deferred[AVLTree]:
+    ) -> Deferred[BTree]:
         """Replace the whole state with sorted keys and values (a joining node's copy).
 
         Runs on the writer thread, in order with the writes queued before and
@@ -334,8 +334,8 @@ class Store:
         """
         self._flush_now()
 
-        def run() -> AVLTree:
-            tree = AVLTree.from_sorted(keys, values)
+        def run() -> BTree:
+            tree = BTree.from_sorted(keys, values)
             if self.journal is not None:
                 self.journal.reset(tree, last_applied, epochs, clients)
             self._tree = tree
@@ -345,16 +345,16 @@ class Store:
 
         return self.runner.write(run)
 
-    def current(self) -> Deferred[tuple[AVLTree, int]]:
+    def current(self) -> Deferred[tuple[BTree, int]]:
         """The state once every write queued so far is through the writer thread."""
         self._flush_now()
 
-        def run() -> tuple[AVLTree, int]:
+        def run() -> tuple[BTree, int]:
             return self._tree.copy(), self.last_applied
 
         return self.runner.write(run)
 
-    def rewind(self, seq: int) -> Deferred[AVLTree]:
+    def rewind(self, seq: int) -> Deferred[BTree]:
         """Go back to the state at op ``seq`` (dropping writes the chain never committed).
 
         Only a node with a data directory can: it replays its log up to there.
@@ -362,7 +362,7 @@ class Store:
         self._flush_now()
         journal = self.journal
 
-        def run() -> AVLTree:
+        def run() -> BTree:
             if seq == self.last_applied:
                 return self._tree.copy()
             if journal is None:

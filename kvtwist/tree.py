@@ -59,7 +59,7 @@ from itertools import islice
 from operator import lt
 from typing import Any
 
-__all__ = ["AVLTree", "BTree", "Key", "freeze_collector"]
+__all__ = ["BTree", "Key", "freeze_collector"]
 
 #: The key type callers use.  The tree itself only compares keys with < and
 #: ==, so changing this alias is all a change of key type needs here.
@@ -108,6 +108,19 @@ def freeze_collector() -> None:
     gc.freeze()
 
 
+def _descend(root: _Node, depth: int, key: Key) -> tuple[list[_Inner], list[int], _Leaf]:
+    """The inner nodes from the root to ``key``'s leaf, the child taken in each, and the leaf."""
+    path: list[_Inner] = []
+    where: list[int] = []
+    node: Any = root
+    for _ in range(depth):
+        i = bisect_right(node[0], key)
+        path.append(node)
+        where.append(i)
+        node = node[1][i]
+    return path, where, node
+
+
 def _bin_height(node: _Node, depth: int) -> int:
     """Height of ``node`` read as a binary search tree (see the module docstring)."""
     if depth == 0:
@@ -146,14 +159,7 @@ class BTree:
         publishes the result with a single assignment.
         """
         root, depth, size = self._state
-        path: list[_Inner] = []
-        where: list[int] = []
-        node = root
-        for _ in range(depth):
-            i = bisect_right(node[0], key)
-            path.append(node)
-            where.append(i)
-            node = node[1][i]
+        path, where, node = _descend(root, depth, key)
         j = depth - 1
         new: _Node = _Leaf(node)
         new[key] = value
@@ -210,14 +216,7 @@ class BTree:
         that sibling's entries when the two would not fit in one node.
         """
         root, depth, size = self._state
-        path: list[_Inner] = []
-        where: list[int] = []
-        node = root
-        for _ in range(depth):
-            i = bisect_right(node[0], key)
-            path.append(node)
-            where.append(i)
-            node = node[1][i]
+        path, where, node = _descend(root, depth, key)
         if key not in node:
             return False
         order = node.order.copy()
@@ -565,7 +564,3 @@ def _spans(n: int, most: int) -> list[tuple[int, int]]:
         out.append((a, b))
         a = b
     return out
-
-
-#: The name callers import; the structure behind it is now a B+tree.
-AVLTree = BTree

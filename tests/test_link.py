@@ -21,7 +21,7 @@ from kvtwist.chain.transfer import SnapshotReceiver, SnapshotSender, chunks
 from kvtwist.proto.kvtwist_pb2 import ChainHello, Update
 from kvtwist.server import Limits, NodeFactory
 from kvtwist.store import InlineRunner, Store
-from kvtwist.tree import AVLTree
+from kvtwist.tree import BTree
 from kvtwist.wire import Message
 
 MB = 1024 * 1024
@@ -218,8 +218,8 @@ class FrameBoundTests(SynchronousTestCase):
 
 
 class SnapshotTests(SynchronousTestCase):
-    def tree(self, n: int, size: int) -> AVLTree:
-        return AVLTree.from_sorted([f"k{i:06d}".encode() for i in range(n)], [b"v" * size] * n)
+    def tree(self, n: int, size: int) -> BTree:
+        return BTree.from_sorted([f"k{i:06d}".encode() for i in range(n)], [b"v" * size] * n)
 
     def test_chunks_bounded_by_bytes(self) -> None:
         """20,000 entries of 900 B split into chunks of about a megabyte, none lost."""
@@ -234,7 +234,7 @@ class SnapshotTests(SynchronousTestCase):
         out = list(chunks(self.tree(3, 2 * MB), 1 * MB))
         self.assertEqual([len(c) for c in out], [1, 1, 1])
 
-    def sender(self, w: Wire, tree: AVLTree, clients: list[Update]) -> list[bool]:
+    def sender(self, w: Wire, tree: BTree, clients: list[Update]) -> list[bool]:
         done: list[bool] = []
         SnapshotSender(
             w.clock,

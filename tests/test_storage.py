@@ -28,7 +28,7 @@ from kvtwist.storage import (
 )
 from kvtwist.storage.fakedisk import Crashed, FakeDisk
 from kvtwist.store import InlineRunner, Store, Write
-from kvtwist.tree import AVLTree
+from kvtwist.tree import BTree
 
 D = "/data"
 SEG1 = f"{D}/wal/{1:020d}.log"
@@ -280,7 +280,7 @@ class CorruptionTests(DiskCase):
         dd, _ = self.open()
         dd.append(puts(1, 5))
         seq = dd.begin_snapshot()
-        tree = AVLTree.from_sorted([f"k{s:04d}".encode() for s in range(1, 6)], [b"v"] * 5)
+        tree = BTree.from_sorted([f"k{s:04d}".encode() for s in range(1, 6)], [b"v"] * 5)
         dd.write_snapshot(seq, tree, dd.epochs, [])
         dd.begin_snapshot()
         dd.append(puts(6, 5))
@@ -301,8 +301,8 @@ class CorruptionTests(DiskCase):
 
 
 class SnapshotTests(DiskCase):
-    def _state(self, dd: DataDir, recs: list[LogRecord]) -> AVLTree:
-        t = AVLTree()
+    def _state(self, dd: DataDir, recs: list[LogRecord]) -> BTree:
+        t = BTree()
         for r in recs:
             if r.is_put:
                 t.put(r.key, r.data)
@@ -360,7 +360,7 @@ class SnapshotTests(DiskCase):
         """A snapshot bigger than one record's batch splits into several and reads back."""
         keys = [f"key{i:07d}".encode() for i in range(40_000)]
         values = [b"x" * 32] * len(keys)
-        tree = AVLTree.from_sorted(keys, values)
+        tree = BTree.from_sorted(keys, values)
         dd, _ = self.open()
         dd.reset(tree, 40_000, [(1, 1)], [ClientRow(f"c{i}", i, i, i % 2 == 0) for i in range(5)])
         _, r = self.reopen(dd)
@@ -400,7 +400,7 @@ class SnapshotTests(DiskCase):
         dd.append(puts(1, 10))
         seq = dd.begin_snapshot()
         dd.truncate_after(7)
-        self.assertFalse(dd.write_snapshot(seq, AVLTree(), [], []))
+        self.assertFalse(dd.write_snapshot(seq, BTree(), [], []))
         self.assertEqual(self.disk.listdir(f"{D}/snap"), [f"{0:020d}.snap"])
 
 
@@ -411,7 +411,7 @@ class ByteKeyTests(DiskCase):
 
     def test_non_utf8_keys_round_trip(self) -> None:
         """Keys that are not UTF-8 survive a snapshot and a log replay, in bytewise order."""
-        tree = AVLTree.from_sorted(sorted(self.KEYS), [k + b"!" for k in sorted(self.KEYS)])
+        tree = BTree.from_sorted(sorted(self.KEYS), [k + b"!" for k in sorted(self.KEYS)])
         dd, _ = self.open()
         dd.reset(tree, 10, [(1, 1)], [])
         dd.append([put(11, b"\x80"), delete(12, b"caf\xe9")])
@@ -435,7 +435,7 @@ class ByteKeyTests(DiskCase):
         before keys were bytes opens unchanged and later writes replay on it.
         """
         dd, _ = self.open()
-        dd.reset(AVLTree(), 7, [(1, 3)], [])
+        dd.reset(BTree(), 7, [(1, 3)], [])
         path = f"{D}/snap/{7:020d}.snap"
         log_id = struct.unpack_from(">Q", self.disk.contents(path), 12)[0]
         keys = ["a", "café", "zz", "日本", "\U0001f600"]  # code point order
@@ -497,7 +497,7 @@ class TruncateTests(DiskCase):
         seq = dd.begin_snapshot()
         dd.write_snapshot(
             seq,
-            AVLTree.from_sorted([b"k0001", b"k0002", b"k0003"], [b"v1", b"v2", b"v3"]),
+            BTree.from_sorted([b"k0001", b"k0002", b"k0003"], [b"v1", b"v2", b"v3"]),
             [(1, 1)],
             [],
         )
@@ -511,7 +511,7 @@ class TruncateTests(DiskCase):
         dd, _ = self.open()
         dd.append(puts(1, 5))
         seq = dd.begin_snapshot()
-        dd.write_snapshot(seq, AVLTree(), [], [])
+        dd.write_snapshot(seq, BTree(), [], [])
         self.assertRaises(CannotTruncate, dd.truncate_after, 4)
         self.assertEqual(dd.last_seq, 5)
 
@@ -533,7 +533,7 @@ class ResetTests(DiskCase):
         dd, _ = self.open(segment_bytes=100)
         for s in range(1, 10):
             dd.append(puts(s, 1))
-        tree = AVLTree.from_sorted([b"x", b"y"], [b"1", b"2"])
+        tree = BTree.from_sorted([b"x", b"y"], [b"1", b"2"])
         dd.reset(tree, 500, [(400, 7)], [ClientRow("c", 9, 499, True)])
         self.assertEqual(self.disk.listdir(f"{D}/wal"), [f"{501:020d}.log"])
         self.assertEqual(self.disk.listdir(f"{D}/snap"), [f"{500:020d}.snap"])
@@ -557,7 +557,7 @@ class ResetTests(DiskCase):
             # the old history's segment named 6 collides with nothing; the new one starts at 6
             self.disk.crash_after(n)
             try:
-                dd.reset(AVLTree.from_sorted([b"new"], [b"!"]), 5, [], [])
+                dd.reset(BTree.from_sorted([b"new"], [b"!"]), 5, [], [])
                 done = True
             except Crashed:
                 done = False
@@ -728,7 +728,7 @@ class CrashModelTests(SynchronousTestCase):
                         low = high
                 elif op == "snapshot":
                     seq = dd.begin_snapshot()
-                    tree = AVLTree.from_sorted(
+                    tree = BTree.from_sorted(
                         sorted(history[seq]), [history[seq][k] for k in sorted(history[seq])]
                     )
                     dd.write_snapshot(seq, tree, dd.epochs, [])
@@ -803,7 +803,7 @@ class RealDiskTests(SynchronousTestCase):
         dd.open()
         dd.append(puts(1, 10))
         seq = dd.begin_snapshot()
-        tree = AVLTree.from_sorted(
+        tree = BTree.from_sorted(
             [f"k{s:04d}".encode() for s in range(1, 11)], [f"v{s}".encode() for s in range(1, 11)]
         )
         self.assertTrue(dd.write_snapshot(seq, tree, dd.epochs, []))

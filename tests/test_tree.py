@@ -22,7 +22,7 @@ from hypothesis.stateful import (
 )
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvtwist.tree import AVLTree, BTree, _Leaf, freeze_collector
+from kvtwist.tree import BTree, _Leaf, freeze_collector
 
 # Keys are bytes, as in the store.  Mostly a tiny alphabet so puts collide and
 # deletes hit; sometimes arbitrary bytes (NUL, 0x80-0xff, invalid UTF-8) so
@@ -80,7 +80,7 @@ def assert_shape(case: SynchronousTestCase, tree: BTree) -> None:
 def model_range(
     model: dict[bytes, bytes], start: bytes | None, stop: bytes | None, limit: int | None
 ) -> list[tuple[bytes, bytes]]:
-    """Reference implementation of AVLTree.range over a plain dict."""
+    """Reference implementation of BTree.range over a plain dict."""
     out = [
         (k, model[k])
         for k in sorted(model)
@@ -125,7 +125,7 @@ class TreeModelTests(SynchronousTestCase):
     @given(operations)
     def test_operations_match_model(self, ops: list[tuple[Any, ...]]) -> None:
         """Any sequence of operations behaves like a sorted dict and keeps every invariant."""
-        self.run_model(AVLTree(), ops)
+        self.run_model(BTree(), ops)
 
     @settings(max_examples=300, deadline=None)
     @given(operations)
@@ -271,7 +271,7 @@ class TreeStatefulTests(SynchronousTestCase):
 class TreeBasicsTests(SynchronousTestCase):
     def test_empty_tree(self) -> None:
         """An empty tree answers every read with its empty value and passes check()."""
-        t = AVLTree()
+        t = BTree()
         t.check()
         self.assertEqual(len(t), 0)
         self.assertEqual(t.size(), 0)
@@ -293,7 +293,7 @@ class TreeBasicsTests(SynchronousTestCase):
 
     def test_single_key(self) -> None:
         """One key gives height 1 and is both first and last."""
-        t = AVLTree()
+        t = BTree()
         self.assertTrue(t.put("k", b"v"))
         self.assertEqual(t.height(), 1)
         self.assertEqual(t.first(), ("k", b"v"))
@@ -302,7 +302,7 @@ class TreeBasicsTests(SynchronousTestCase):
 
     def test_delete_missing_returns_false(self) -> None:
         """Deleting an absent key returns False and leaves the tree (even its root) untouched."""
-        t = AVLTree()
+        t = BTree()
         self.assertFalse(t.delete("x"))
         for k in "bdf":
             t.put(k, k.encode())
@@ -318,7 +318,7 @@ class TreeBasicsTests(SynchronousTestCase):
 
     def test_put_existing_replaces(self) -> None:
         """Putting an existing key returns False, replaces the value and keeps the size."""
-        t = AVLTree()
+        t = BTree()
         self.assertTrue(t.put("a", b"1"))
         self.assertTrue(t.put("b", b"2"))
         self.assertFalse(t.put("a", b"3"))
@@ -331,7 +331,7 @@ class TreeBasicsTests(SynchronousTestCase):
 
     def test_replace_copies_path(self) -> None:
         """Replacing a value publishes a new root, so an earlier copy keeps the old value."""
-        t = AVLTree()
+        t = BTree()
         for i in range(100):
             t.put(f"k{i:03d}", b"old")
         snap = t.copy()
@@ -344,7 +344,7 @@ class TreeBasicsTests(SynchronousTestCase):
     def test_code_point_ordering(self) -> None:
         """Keys sort by code point (plain str <), including astral vs BMP characters."""
         keys = ["", "a", "B", "\uffff", "\U00010000", "\U0001f600", "é", "e\u0301", "\x00", "ab"]
-        t = AVLTree()
+        t = BTree()
         for k in keys:
             t.put(k, k.encode("utf-8"))
         self.assertEqual(t.keys(), sorted(keys))
@@ -355,7 +355,7 @@ class TreeBasicsTests(SynchronousTestCase):
 
     def test_contains_non_str(self) -> None:
         """Membership tests with a non-str key answer False instead of raising."""
-        t = AVLTree()
+        t = BTree()
         t.put("1", b"x")
         self.assertNotIn(1, t)
 
@@ -393,7 +393,7 @@ class TreeBasicsTests(SynchronousTestCase):
 
     def test_height_small_trees(self) -> None:
         """For a store in one leaf, height() is a balanced binary tree's: ceil(log2(n + 1))."""
-        t = AVLTree()
+        t = BTree()
         expected = {0: 0, 1: 1, 2: 2, 3: 2, 4: 3, 5: 3, 7: 3, 8: 4, 63: 6, 64: 7}
         for n in range(65):
             if n in expected:
@@ -420,7 +420,7 @@ class TreeBasicsTests(SynchronousTestCase):
 
     def test_freeze_collector(self) -> None:
         """freeze_collector moves the live heap into the collector's permanent generation."""
-        t = AVLTree.from_sorted([f"k{i:05d}" for i in range(1000)], [b"v"] * 1000)
+        t = BTree.from_sorted([f"k{i:05d}" for i in range(1000)], [b"v"] * 1000)
         self.addCleanup(gc.unfreeze)
         freeze_collector()
         self.assertGreater(gc.get_freeze_count(), 0)
@@ -482,7 +482,7 @@ class TreeCheckTests(SynchronousTestCase):
 
     def test_check_detects_size(self) -> None:
         """A stored size that disagrees with the key count is reported."""
-        t = AVLTree()
+        t = BTree()
         t.put("a", b"")
         t._state = (t._state[0], 0, 5)
         self.assertRaisesRegex(AssertionError, "size", t.check)
@@ -491,7 +491,7 @@ class TreeCheckTests(SynchronousTestCase):
 class TreePersistenceTests(SynchronousTestCase):
     def test_copy_is_isolated_both_ways(self) -> None:
         """A copy keeps its contents while the original changes heavily, and vice versa."""
-        t = AVLTree()
+        t = BTree()
         for i in range(0, 2000, 2):
             t.put(f"k{i:05d}", b"v0")
         before = t.items()
@@ -518,7 +518,7 @@ class TreePersistenceTests(SynchronousTestCase):
 
     def test_iterator_sees_one_version(self) -> None:
         """An iteration already under way keeps walking the version it started on."""
-        t = AVLTree()
+        t = BTree()
         for i in range(500):
             t.put(f"k{i:04d}", b"a")
         expected = t.items()
@@ -537,7 +537,7 @@ class TreePersistenceTests(SynchronousTestCase):
         """A reader thread scanning while a writer inserts only ever sees complete versions."""
         n = 3000
         names = [f"user{i:05d}" for i in range(n)]
-        t = AVLTree()
+        t = BTree()
         done = threading.Event()
         errors: list[str] = []
 
@@ -569,7 +569,7 @@ class TreeBalanceTests(SynchronousTestCase):
 
     def test_sorted_inserts(self) -> None:
         """Ascending inserts keep height O(log n) (the old unbalanced tree reached height n)."""
-        t = AVLTree()
+        t = BTree()
         names = [f"user{i:05d}" for i in range(self.n)]
         for name in names:
             t.put(name, b"v")
@@ -578,7 +578,7 @@ class TreeBalanceTests(SynchronousTestCase):
 
     def test_reverse_inserts(self) -> None:
         """Descending inserts keep height O(log n) too."""
-        t = AVLTree()
+        t = BTree()
         for i in reversed(range(self.n)):
             t.put(f"user{i:05d}", b"v")
         self._assert_balanced(t, self.n)
@@ -587,7 +587,7 @@ class TreeBalanceTests(SynchronousTestCase):
 
     def test_sorted_deletes(self) -> None:
         """Deleting from one end keeps the tree balanced all the way down to empty."""
-        t = AVLTree()
+        t = BTree()
         n = 2000
         for i in range(n):
             t.put(f"user{i:05d}", b"v")
@@ -602,7 +602,7 @@ class TreeBalanceTests(SynchronousTestCase):
 
 class TreeScanTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.t = AVLTree()
+        self.t = BTree()
         self.names = [f"k{i:03d}" for i in range(0, 200, 2)]  # k000, k002, ..., k198
         for name in self.names:
             self.t.put(name, name.encode())
@@ -663,7 +663,7 @@ class FromSortedTests(SynchronousTestCase):
         """from_sorted gives a valid AVL tree with the same items, for every size up to 300."""
         for n in range(300):
             items = [(f"k{i:04d}", str(i).encode()) for i in range(n)]
-            t = AVLTree.from_sorted([k for k, _ in items], [v for _, v in items])
+            t = BTree.from_sorted([k for k, _ in items], [v for _, v in items])
             t.check()
             self.assertEqual(t.items(), items)
             self.assertEqual(len(t), n)
@@ -671,15 +671,15 @@ class FromSortedTests(SynchronousTestCase):
     def test_rejects_unsorted(self) -> None:
         """Unsorted or duplicate keys are refused rather than building a broken tree."""
         with self.assertRaises(ValueError):
-            AVLTree.from_sorted(["b", "a"], [b"", b""])
+            BTree.from_sorted(["b", "a"], [b"", b""])
         with self.assertRaises(ValueError):
-            AVLTree.from_sorted(["a", "a"], [b"", b""])
+            BTree.from_sorted(["a", "a"], [b"", b""])
         with self.assertRaises(ValueError):
-            AVLTree.from_sorted(["a"], [])
+            BTree.from_sorted(["a"], [])
 
     def test_updatable_afterwards(self) -> None:
         """A tree built from sorted items takes puts and deletes like any other."""
-        t = AVLTree.from_sorted([f"k{i:03d}" for i in range(100)], [b""] * 100)
+        t = BTree.from_sorted([f"k{i:03d}" for i in range(100)], [b""] * 100)
         t.put("k0505", b"x")
         t.delete("k000")
         t.check()

@@ -48,7 +48,7 @@ from kvtwist.chain.transfer import SnapshotReceiver
 from kvtwist.client.protocol import connect_quietly, endpoint
 from kvtwist.proto.kvtwist_pb2 import SnapshotChunk, Update
 from kvtwist.store import Applied, Store, Write
-from kvtwist.tree import AVLTree
+from kvtwist.tree import BTree
 from kvtwist.wire import FramedProtocol, Message
 from kvtwist.zk import parse_address
 
@@ -112,7 +112,7 @@ class ReplicaCore:
         self.last_received = 0
         self.applied_seq = 0
         self.committed_seq = 0
-        self.committed_tree = AVLTree()
+        self.committed_tree = BTree()
         self.next_seq = 1
         self.acked = 0  # highest op our successor acknowledged
         self.history = EpochHistory()
@@ -121,7 +121,7 @@ class ReplicaCore:
         self.pending_bytes = 0
         self.recent: deque[Update] = deque()  # committed, for catch-up by delta
         self.recent_bytes = 0
-        self._trees: dict[int, AVLTree] = {}  # state after each uncommitted op
+        self._trees: dict[int, BTree] = {}  # state after each uncommitted op
         self._found: dict[int, bool] = {}
         #: who waits for each uncommitted op: called with its outcome or the failure
         self._waiting: dict[int, list[Callable[[WriteResult | Exception], None]]] = {}
@@ -155,7 +155,7 @@ class ReplicaCore:
         self.max_unsent_bytes = MAX_SENT_BYTES
         self._release_lock: Callable[[], Deferred[None]] | None = None
         self._received = SnapshotReceiver()
-        self._loaded: Deferred[AVLTree] | None = None
+        self._loaded: Deferred[BTree] | None = None
         self._loaded_seq = -1
         self._catch_up_to = -1
         self._want_full = False
@@ -164,7 +164,7 @@ class ReplicaCore:
         self._rejoin_delay = 0.5
         self._wait_call: Any = None
 
-    def restore(self, tree: AVLTree, last_seq: int, marks: Any, clients: Any) -> None:
+    def restore(self, tree: BTree, last_seq: int, marks: Any, clients: Any) -> None:
         """Start from a state recovered from disk."""
         self.last_received = self.applied_seq = self.committed_seq = last_seq
         self.next_seq = last_seq + 1

@@ -46,7 +46,7 @@ from kvtwist.chain.record import ChainRecord, may_start
 from kvtwist.chain.transfer import SnapshotReceiver, SnapshotSender
 from kvtwist.proto.kvtwist_pb2 import ChainHello, EpochMark, SnapshotChunk, Update
 from kvtwist.storage import ClientRow
-from kvtwist.tree import AVLTree
+from kvtwist.tree import BTree
 from kvtwist.wire import FramedProtocol, Message
 from kvtwist.zk import format_address
 
@@ -231,7 +231,7 @@ class JoiningReplica(LinkedReplica):
         d.addCallback(self._join_decide, gen)
         return d
 
-    def _resync(self, state: tuple[AVLTree, int], gen: int) -> None:
+    def _resync(self, state: tuple[BTree, int], gen: int) -> None:
         if gen != self.life.generation:
             return
         tree, last = state
@@ -400,7 +400,7 @@ class JoiningReplica(LinkedReplica):
         self._want_full = True  # our own copy cannot go back that far: take a full one
         self._join_failed(f"preparing our copy failed: {f.getErrorMessage()}")
 
-    def _snapshot_loaded(self, tree: AVLTree, gen: int) -> None:
+    def _snapshot_loaded(self, tree: BTree, gen: int) -> None:
         if gen != self.life.generation:
             return
         if self.committed_seq == self._loaded_seq:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvtwist.tree import AVLTree
+from kvtwist.tree import BTree
 
 
 class Unavailable(Exception):
@@ -31,5 +31,5 @@ class WriteResult:
 class ReadView:
     """What a read sees: the committed tree and the op number it includes."""
 
-    tree: AVLTree
+    tree: BTree
     seq: int

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from kvtwist.chain.link import Link
 from kvtwist.proto.kvtwist_pb2 import Entry, EpochMark, SnapshotChunk, Update
 from kvtwist.store import Runner
-from kvtwist.tree import AVLTree
+from kvtwist.tree import BTree
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -35,7 +35,7 @@ def _entry_size(key: bytes, value: bytes) -> int:
     return len(key) + len(value) + ROW_OVERHEAD
 
 
-def chunks(tree: AVLTree, max_bytes: int = SNAPSHOT_CHUNK_BYTES) -> Iterator[list[Entry]]:
+def chunks(tree: BTree, max_bytes: int = SNAPSHOT_CHUNK_BYTES) -> Iterator[list[Entry]]:
     """The tree's entries in key order, at most ``max_bytes`` of them at a time.
 
     An entry larger than that goes alone (the link check makes sure the
@@ -85,7 +85,7 @@ class SnapshotSender:
         reactor: Any,
         runner: Runner,
         link: Link,
-        tree: AVLTree,
+        tree: BTree,
         seq: int,
         clients: list[Update],
         wanted: Callable[[], bool],
@@ -169,7 +169,7 @@ class SnapshotSender:
 
 
 class SnapshotReceiver:
-    """Collects a transferred state as two flat lists, ready for ``AVLTree.from_sorted``.
+    """Collects a transferred state as two flat lists, ready for ``BTree.from_sorted``.
 
     ``clients`` gathers the duplicate-suppression rows of every chunk: a large
     table spans several.

@@ -25,7 +25,7 @@ from kvtwist.storage.records import (
     Recovered,
     note_epoch,
 )
-from kvtwist.tree import AVLTree
+from kvtwist.tree import BTree
 
 T = TypeVar("T")
 
@@ -208,7 +208,7 @@ class DataDir:
         # the base: the newest snapshot that passes its checks
         bad: list[tuple[int, CorruptData, int | None]] = []
         base: snapfmt.Snapshot | None = None
-        tree = AVLTree()
+        tree = BTree()
         for seq in reversed(snaps):
             path = self._snap_path(seq)
             data = self._io("cannot read", path, lambda path=path: disk.read(path))  # type: ignore[misc]
@@ -217,7 +217,7 @@ class DataDir:
                 if snap.seq != seq:
                     raise CorruptData(path, 20, f"header says seq {snap.seq}, name says {seq}")
                 try:
-                    tree = AVLTree.from_sorted(snap.keys, snap.values)
+                    tree = BTree.from_sorted(snap.keys, snap.values)
                 except ValueError as e:
                     raise CorruptData(path, snapfmt.HEADER_SIZE, str(e)) from e
                 base = snap
@@ -351,13 +351,13 @@ class DataDir:
     def _fresh(self) -> Recovered:
         """An empty directory: an empty snapshot at 0 starts its history."""
         self._log_id = _new_log_id()
-        self._install(0, AVLTree(), [], [], self._log_id)
+        self._install(0, BTree(), [], [], self._log_id)
         self._snapshots = [0]
         self.last_seq = 0
         self.epochs = []
         self.wal_bytes_since_snapshot = 0
         self._new_segment()
-        return Recovered(AVLTree(), 0, [], [], 0, [])
+        return Recovered(BTree(), 0, [], [], 0, [])
 
     # the log
 
@@ -498,7 +498,7 @@ class DataDir:
 
     def reset(
         self,
-        tree: AVLTree,
+        tree: BTree,
         seq: int,
         epochs: Iterable[tuple[int, int]],
         clients: Sequence[ClientRow],
@@ -558,7 +558,7 @@ class DataDir:
     def write_snapshot(
         self,
         seq: int,
-        tree: AVLTree,
+        tree: BTree,
         epochs: Iterable[tuple[int, int]],
         clients: Sequence[ClientRow],
     ) -> bool:
@@ -603,7 +603,7 @@ class DataDir:
     def _install(
         self,
         seq: int,
-        tree: AVLTree,
+        tree: BTree,
         epochs: list[tuple[int, int]],
         clients: Sequence[ClientRow],
         log_id: int,
@@ -613,7 +613,7 @@ class DataDir:
     def _write_snapshot_file(
         self,
         seq: int,
-        tree: AVLTree,
+        tree: BTree,
         epochs: list[tuple[int, int]],
         clients: Sequence[ClientRow],
         log_id: int,

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kvtwist.proto.kvtwist_pb2 import Update
-from kvtwist.tree import AVLTree
+from kvtwist.tree import BTree
 
 
 class FsyncPolicy(enum.StrEnum):
@@ -58,7 +58,7 @@ class ClientRow:
 class Recovered:
     """The state a data directory holds: snapshot plus replayed log."""
 
-    tree: AVLTree
+    tree: BTree
     last_seq: int
     epochs: list[tuple[int, int]]
     clients: list[ClientRow]

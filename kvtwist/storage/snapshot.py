@@ -32,7 +32,7 @@ from itertools import accumulate
 
 from kvtwist.storage.disk import DiskFile
 from kvtwist.storage.records import ClientRow, CorruptData
-from kvtwist.tree import AVLTree
+from kvtwist.tree import BTree
 
 SNAP_MAGIC = b"KVTSNAP\n"
 SNAP_VERSION = 2
@@ -104,7 +104,7 @@ def write_snapshot_file(
     f: DiskFile,
     log_id: int,
     seq: int,
-    tree: AVLTree,
+    tree: BTree,
     epochs: Iterable[tuple[int, int]],
     clients: Sequence[ClientRow],
 ) -> None:
