@@ -459,3 +459,20 @@ class BatchTests(SynchronousTestCase):
         replies = self.c.send(put, wire.req_put(b"b", b"2"), get, wire.req_get(b"b"), get)
         self.assertEqual([r.opcode for r in replies], [51, 51, 41, 41, 41])
         self.assertEqual([list(r.values) for r in replies[2:]], [[b"1"], [b"2"], [b"1"]])
+
+    def test_writes_applied_before_a_failure_stand(self) -> None:
+        """In a batch the store applied only in part, the applied writes are acknowledged."""
+        from kvtwist.store import Applied, OutOfOrder
+        from kvtwist.tree import BTree
+
+        tree = BTree()
+        tree.put(b"a", b"1")
+
+        def partly(writes: list[Any]) -> defer.Deferred[list[Any]]:
+            return defer.succeed([Applied(1, True, tree.copy()), OutOfOrder("write 2 after 0")])
+
+        self.h.store.apply_many = partly  # type: ignore[method-assign]
+        replies = self.c.send(wire.req_put(b"a", b"1"), wire.req_put(b"b", b"2"))
+        self.assertEqual([r.opcode for r in replies], [51, wire.OP_ERROR])
+        self.assertEqual(replies[0].op_n, 1)
+        self.assertTrue(replies[1].retry)

@@ -396,6 +396,8 @@ class ReplicaCore:
             if gen != self.life.generation:
                 return
             if isinstance(a, Exception):
+                # what was applied before it stands (and may commit); the rest fails
+                self._advance()
                 self._apply_failed(Failure(a), gen)
                 return
             self.applied_seq = a.seq
