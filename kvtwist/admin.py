@@ -24,6 +24,9 @@ from kazoo.exceptions import BadVersionError, NoAuthError, NoNodeError
 from kvtwist.chain.record import ChainRecord
 from kvtwist.zk import digest_acl, parse_address, validate_root
 
+#: The two stores of ``copy``; each has its own TLS and token options.
+SIDES = ("source", "target")
+
 
 def _record(zk: KazooClient, root: str) -> ChainRecord:
     try:
@@ -108,20 +111,28 @@ def force_start(zk: KazooClient, root: str, node_id: str | None) -> int:
     return 0
 
 
-def open_store(spec: str, timeout: float) -> Any:
-    """A blocking client of ``HOST:PORT`` (one node) or ``zk://HOSTS/ROOT`` (a chain)."""
+def open_store(spec: str, timeout: float, secure: Any = None) -> Any:
+    """A blocking client of ``HOST:PORT`` (one node) or ``zk://HOSTS/ROOT`` (a chain).
+
+    ``secure`` is a ``kvtwist.client.shell.Security``: the TLS and the client
+    token to use (None: plain, no token).
+    """
     from kvtwist.client.blocking import BlockingClient
     from kvtwist.client.chain import ChainClient
 
+    tls = getattr(secure, "tls", None)
+    token = getattr(secure, "token", None)
     if spec.startswith("zk://"):
         hosts, slash, root = spec[len("zk://") :].partition("/")
         root = validate_root("/" + root if slash else "/chain")
 
         def make(reactor: Any) -> Any:
-            return ChainClient.connect(reactor, hosts, root, deadline=timeout)
+            return ChainClient.connect(
+                reactor, hosts, root, deadline=timeout, tls=tls, token=token
+            )
 
         return BlockingClient(make, timeout=timeout, description=spec)
-    return BlockingClient.connect(spec, timeout=timeout)
+    return BlockingClient.connect(spec, timeout=timeout, tls=tls, token=token)
 
 
 def copy_keys(src: Any, dst: Any, page: int = 1000) -> tuple[int, int]:
@@ -164,8 +175,12 @@ def copy_keys(src: Any, dst: Any, page: int = 1000) -> tuple[int, int]:
     return copied, vanished
 
 
-def copy(source: str, target: str, timeout: float) -> int:
-    with open_store(source, timeout) as src, open_store(target, timeout) as dst:
+def copy(source: str, target: str, timeout: float, secure: dict[str, Any] | None = None) -> int:
+    sides = secure or {}
+    with (
+        open_store(source, timeout, sides.get("source")) as src,
+        open_store(target, timeout, sides.get("target")) as dst,
+    ):
         started = time.monotonic()
         copied, vanished = copy_keys(src, dst)
         seconds = time.monotonic() - started
@@ -194,12 +209,42 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("source", help="HOST:PORT of a node, or zk://HOSTS/ROOT of a chain")
     cp.add_argument("target", help="HOST:PORT of a node, or zk://HOSTS/ROOT of a chain")
     cp.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    for side in SIDES:
+        cp.add_argument(
+            f"--{side}-tls-ca",
+            metavar="FILE",
+            help=f"speak TLS to the {side}, accepting only a certificate signed by a CA in FILE",
+        )
+        cp.add_argument(
+            f"--{side}-tls",
+            action="store_true",
+            help=f"speak TLS to the {side}, verifying it against the system's trust store",
+        )
+        cp.add_argument(
+            f"--{side}-token-file",
+            metavar="FILE",
+            help=f"send the client token in FILE to the {side} (its nodes' --auth-token-file)",
+        )
     args = parser.parse_args(argv)
     if args.command == "copy":
         from kvtwist.client.protocol import ConnectionFailed, KVError
+        from kvtwist.client.shell import UsageError, security
 
         try:
-            return copy(args.source, args.target, args.timeout)
+            secure = {
+                side: security(
+                    argparse.Namespace(
+                        tls_ca=getattr(args, f"{side}_tls_ca"),
+                        tls=getattr(args, f"{side}_tls"),
+                        token_file=getattr(args, f"{side}_token_file"),
+                    )
+                )
+                for side in SIDES
+            }
+        except UsageError as e:
+            parser.error(str(e))
+        try:
+            return copy(args.source, args.target, args.timeout, secure)
         except (ConnectionFailed, KVError, ValueError) as e:
             print(f"kvtwist-admin: {e}", file=sys.stderr)
             return 1

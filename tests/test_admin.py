@@ -56,6 +56,65 @@ class CopyTests(ChainCase):
         # the pages meet at keys that are no UTF-8: every key arrives byte for byte
         self.assertEqual(dump(dst.port), sorted((key(i), f"v{i}".encode()) for i in range(500)))
 
+    def test_copy_into_a_node_with_tls_and_a_token(self) -> None:
+        """The target's TLS and client token are options of copy: a plain source is copied
+        into a node that takes only TLS clients showing the token; without them, nothing."""
+        from tests.certs import LocalCA
+        from tests.test_tls import secret, temp_dir
+
+        directory = temp_dir(self)
+        ca = LocalCA(directory)
+        cert = ca.issue("target")
+        token = secret(directory, "token", b"t" * 32)
+        src = NodeProcess(args=["--in-memory"]).start()
+        dst = NodeProcess(
+            args=[
+                "--in-memory",
+                "--tls-cert",
+                cert.cert,
+                "--tls-key",
+                cert.key,
+                "--auth-token-file",
+                token,
+            ]
+        ).start()
+        self.nodes += [src, dst]
+        fill(src.port, 50)
+        target = f"127.0.0.1:{dst.port}"
+        plain = self.admin("copy", f"127.0.0.1:{src.port}", target, "--timeout", "5")
+        self.assertEqual(plain.returncode, 1)
+        self.assertEqual(len(plain.stderr.strip().splitlines()), 1, plain.stderr)
+        done = self.admin(
+            "copy",
+            f"127.0.0.1:{src.port}",
+            target,
+            "--target-tls-ca",
+            ca.path,
+            "--target-token-file",
+            token,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("copied 50 keys", done.stdout)
+        back = self.admin(
+            "copy",
+            target,
+            f"127.0.0.1:{src.port}",
+            "--source-tls-ca",
+            ca.path,
+            "--source-token-file",
+            token,
+        )
+        self.assertEqual(back.returncode, 0, back.stderr)
+        self.assertIn("copied 50 keys", back.stdout)
+
+    def test_unusable_token_file_is_a_usage_error(self) -> None:
+        """A token file that cannot be read stops copy before it connects: exit status 2."""
+        done = self.admin(
+            "copy", "127.0.0.1:1", "127.0.0.1:2", "--target-token-file", "/nonexistent"
+        )
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("token file /nonexistent", done.stderr)
+
     def test_unreachable_source_is_one_line(self) -> None:
         """A source that cannot be reached is one line on stderr and exit status 1."""
         done = self.admin("copy", "127.0.0.1:1", "127.0.0.1:2", "--timeout", "3")
