@@ -110,6 +110,14 @@ class Options(usage.Options):
         ],
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         [
+            "tls-peer-ca",
+            None,
+            None,
+            "PEM CA certificates of the other members (with --tls-cert): links and "
+            "forwarded requests then accept only a member whose certificate they sign "
+            "and that names the address it registered.",
+        ],
+        [
             "auth-token-file",
             None,
             None,
@@ -209,6 +217,16 @@ class Options(usage.Options):
                 self["tls"] = server_options(cert, key)
             except TLSConfigError as e:
                 raise usage.UsageError(str(e)) from None
+        self["peer-tls"] = None
+        if self["tls-peer-ca"] is not None:
+            if cert is None:
+                raise usage.UsageError("--tls-peer-ca needs --tls-cert: members speak TLS")
+            from kvtwist.tls import TLSConfigError, links
+
+            try:
+                self["peer-tls"] = links(self["tls-peer-ca"])
+            except TLSConfigError as e:
+                raise usage.UsageError(f"--tls-peer-ca: {e}") from None
         self["token"] = None
         if self["auth-token-file"] is not None:
             try:
@@ -372,7 +390,8 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     if tls is not None:
         from kvtwist import tls as tls_module
 
-        replica.link_tls = tls_module.links()  # the peers' port speaks TLS as ours does
+        # the peers' port speaks TLS as ours does; checked when --tls-peer-ca says how
+        replica.link_tls = options.get("peer-tls") or tls_module.links()
     if recovered is not None:
         store.restore(recovered)
         rows = [(r.client_id, r.request_id, r.seq, r.found) for r in recovered.clients]

@@ -127,9 +127,16 @@ class ClientTLS:
         return f"<ClientTLS {what}>"
 
 
-def links() -> ClientTLS:
-    """What a node uses to dial its peers when its port speaks TLS."""
-    return ClientTLS(verify=False)
+def links(peer_ca: str | None = None) -> ClientTLS:
+    """What a node uses to dial its peers when its port speaks TLS.
+
+    Without ``peer_ca`` nothing is checked (the cluster key authenticates
+    links; forwarded requests are then open to a man in the middle); with it,
+    a peer's certificate must be signed by those CAs and name its address.
+    """
+    if peer_ca is None:
+        return ClientTLS(verify=False)
+    return ClientTLS(peer_ca)
 
 
 def channel_binding(transport: Any) -> bytes:

@@ -71,6 +71,29 @@ class OptionTests(SynchronousTestCase):
         o.parseOptions(["--in-memory", "--tls-cert", self.node.cert, "--tls-key", self.node.key])
         self.assertIsNotNone(o["tls"])
 
+    def test_peer_ca(self) -> None:
+        """--tls-peer-ca makes members check each other; it needs TLS and a usable file."""
+        o = Options()
+        o.parseOptions(["--in-memory", "--tls-cert", self.node.cert, "--tls-key", self.node.key])
+        self.assertIsNone(o["peer-tls"])
+        self.assertFalse(tls.links().verify)
+        o = Options()
+        o.parseOptions(
+            ["--in-memory", "--tls-cert", self.node.cert, "--tls-key", self.node.key]
+            + ["--tls-peer-ca", self.ca.path]
+        )
+        self.assertTrue(o["peer-tls"].verify)
+        self.assertEqual(o["peer-tls"].ca_file, self.ca.path)
+        with self.assertRaises(usage.UsageError) as e:
+            Options().parseOptions(["--in-memory", "--tls-peer-ca", self.ca.path])
+        self.assertIn("needs --tls-cert", str(e.exception))
+        with self.assertRaises(usage.UsageError) as e:
+            Options().parseOptions(
+                ["--in-memory", "--tls-cert", self.node.cert, "--tls-key", self.node.key]
+                + ["--tls-peer-ca", self.node.key]
+            )
+        self.assertIn("--tls-peer-ca", str(e.exception))
+
     def test_cert_without_key(self) -> None:
         """One of the two alone is a usage error."""
         with self.assertRaises(usage.UsageError) as cm:
@@ -236,6 +259,18 @@ class LoopbackTLSTests(TestCase):
         self.assertIn("does not name the host", str(err))
 
 
+    @defer.inlineCallbacks
+    def test_peer_ca_refuses_a_member_signed_by_another(self) -> None:
+        """Dialled with --tls-peer-ca, a member whose certificate another CA signed is refused;
+        without it, the same member is reached (encrypted, unchecked)."""
+        port = self.listen()
+        other = LocalCA(self.dir, "other")
+        d = DirectClient.connect(reactor, "127.0.0.1", port, 5, tls=tls.links(other.path))
+        yield self.assertFailure(d, ConnectionFailed)
+        ok = yield DirectClient.connect(reactor, "127.0.0.1", port, 5, tls=tls.links())
+        yield ok.close()
+
+
 class NodeTLSTests(SynchronousTestCase):
     """One real node with --tls-cert/--tls-key."""
 
@@ -329,12 +364,13 @@ class ChainTLSTests(ZooKeeperCase):
         self.key = secret(self.dir, "cluster.key", KEY)
         self.token = secret(self.dir, "token", TOKEN)
 
-    def node(self, name: str) -> NodeProcess:
+    def node(self, name: str, *extra: str) -> NodeProcess:
         cert = self.ca.issue(name)
         args = [
             "--in-memory",
             *("--tls-cert", cert.cert, "--tls-key", cert.key),
             *("--cluster-key-file", self.key, "--auth-token-file", self.token),
+            *extra,
         ]
         n = NodeProcess.member(self.zk.hosts, self.root, SESSION, extra_args=args).start()
         self.addCleanup(n.cleanup)
@@ -359,9 +395,16 @@ class ChainTLSTests(ZooKeeperCase):
 
     def test_chain_links_and_replicates(self) -> None:
         """Links between TLS nodes come up; writes reach both copies; forwarding works."""
-        head = self.node("head")
+        self.replicates_and_forwards()
+
+    def test_members_checked_against_the_peer_ca(self) -> None:
+        """With --tls-peer-ca, links and forwarded requests verify the member they dial."""
+        self.replicates_and_forwards("--tls-peer-ca", self.ca.path)
+
+    def replicates_and_forwards(self, *extra: str) -> None:
+        head = self.node("head", *extra)
         wait_for(lambda: len(self.members()) == 1, 30, "the head to register")
-        tail = self.node("tail")
+        tail = self.node("tail", *extra)
         wait_for(lambda: len(self.members()) == 2, 30, "the tail to register")
 
         def make(r: Any) -> Any:
