@@ -4,7 +4,6 @@ node driven by the shell."""
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -20,8 +19,8 @@ from kvtwist.server import NodeFactory, NodeProtocol
 from kvtwist.store import InlineRunner, Store
 from kvtwist.tap import Options
 from kvtwist.wire import Message
-from tests.nodes import ROOT, NodeProcess
-from tests.test_shell import SHELL, shell_env
+from tests.nodes import NodeProcess
+from tests.test_shell import run_shell
 
 TOKEN = b"client-token-0123456789abcdef"
 KEY = b"cluster-key-0123456789abcdef"
@@ -221,28 +220,18 @@ class ShellTokenTests(SynchronousTestCase):
         self.node = NodeProcess(args=["--in-memory", "--auth-token-file", self.token]).start()
         self.addCleanup(self.node.cleanup)
 
-    def shell(self, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            [*SHELL, *args],
-            input=stdin,
-            capture_output=True,
-            cwd=ROOT,
-            env=shell_env(),
-            timeout=60,
-        )
-
     def test_shell_with_token(self) -> None:
         """With --token-file the shell writes and reads; without it, it is refused."""
-        r = self.shell("--token-file", self.token, self.node.address, stdin=b"put a 1\nget a\n")
+        r = run_shell("--token-file", self.token, self.node.address, stdin=b"put a 1\nget a\n")
         self.assertEqual((r.returncode, r.stdout.decode().split()), (0, ["ok", "op", "1", "1"]))
-        r = self.shell(self.node.address, "get", "a")
+        r = run_shell(self.node.address, "get", "a")
         self.assertEqual(r.returncode, 1)
         self.assertIn("authentication required", r.stderr.decode())
 
     def test_shell_wrong_token(self) -> None:
         """A wrong token is one error line and no connection; the node logs the refusal."""
         wrong = secret_file(self, b"not-the-token-0123456789")
-        r = self.shell("--token-file", wrong, self.node.address, "get", "a")
+        r = run_shell("--token-file", wrong, self.node.address, "get", "a")
         self.assertEqual(r.returncode, 2)
         self.assertEqual(r.stderr.decode().strip(), "error: authentication failed: wrong token")
         self.assertIn("wrong client token", self.node.log())
@@ -250,6 +239,6 @@ class ShellTokenTests(SynchronousTestCase):
     def test_shell_refuses_open_token_file(self) -> None:
         """The shell refuses a token file others can read, before connecting."""
         open_file = secret_file(self, TOKEN, 0o644)
-        r = self.shell("--token-file", open_file, self.node.address, "size")
+        r = run_shell("--token-file", open_file, self.node.address, "size")
         self.assertEqual(r.returncode, 2)
         self.assertIn("chmod 600", r.stderr.decode())

@@ -4,7 +4,6 @@ TLS node with the client library and the shell, and a TLS chain of two real node
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,9 @@ from kvtwist.client.shell import UsageError as ShellUsageError
 from kvtwist.client.shell import build_parser, security, split_argv
 from kvtwist.tap import Options
 from tests.certs import LocalCA
-from tests.nodes import ROOT, NodeProcess, RawClient, wait_for
+from tests.nodes import NodeProcess, RawClient, wait_for
 from tests.test_blocking import private_reactor
-from tests.test_shell import SHELL, shell_env
+from tests.test_shell import run_shell
 from tests.zkserver import ZooKeeperCase
 
 KEY = b"cluster-key-0123456789abcdef"
@@ -258,7 +257,6 @@ class LoopbackTLSTests(TestCase):
         err = yield self.assertFailure(d, ConnectionFailed)
         self.assertIn("does not name the host", str(err))
 
-
     @defer.inlineCallbacks
     def test_peer_ca_refuses_a_member_signed_by_another(self) -> None:
         """Dialled with --tls-peer-ca, a member whose certificate another CA signed is refused;
@@ -320,22 +318,12 @@ class NodeTLSTests(SynchronousTestCase):
     def test_shell_with_ca(self) -> None:
         """kvtwist-client --tls-ca writes and reads; without it the node does not answer."""
 
-        def shell(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-            return subprocess.run(
-                [*SHELL, *args],
-                input=stdin,
-                capture_output=True,
-                cwd=ROOT,
-                env=shell_env(),
-                timeout=60,
-            )
-
-        r = shell("--tls-ca", self.ca.path, self.node.address, stdin=b"put k v\nget k\n")
+        r = run_shell("--tls-ca", self.ca.path, self.node.address, stdin=b"put k v\nget k\n")
         self.assertEqual((r.returncode, r.stdout.decode().split()), (0, ["ok", "op", "1", "v"]))
-        r = shell(self.node.address, "get", "k")
+        r = run_shell(self.node.address, "get", "k")
         self.assertNotEqual(r.returncode, 0)
         self.assertEqual(r.stdout, b"")
-        r = shell("--tls", self.node.address, "get", "k")
+        r = run_shell("--tls", self.node.address, "get", "k")
         self.assertEqual(r.returncode, 2)
         self.assertIn("certificate verify failed", r.stderr.decode())
 
