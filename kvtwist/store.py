@@ -195,15 +195,11 @@ class Store:
 
     # writes
 
-    def apply(self, w: Write) -> Deferred[Applied]:
-        """Queue ``w``; writes are applied in the order they are queued."""
-        return self.apply_many([w]).addCallback(_only)
-
     def apply_many(self, writes: list[Write]) -> Deferred[list[Applied | Exception]]:
         """Queue ``writes``; fires with one outcome each once they are through the writer.
 
-        One Deferred for the lot: a write's own cost is the tree's, not the
-        bookkeeping around it.
+        Writes are applied in the order they are queued.  One Deferred for the
+        lot: a write's own cost is the tree's, not the bookkeeping around it.
         """
         d: Deferred[list[Applied | Exception]] = Deferred()
         self._writes.append((writes, d))
@@ -469,13 +465,6 @@ def _run_all(fs: list[Callable[[], Any]]) -> list[Any]:
 
 def _log_failure(f: Failure, what: str) -> None:
     log.failure(what, f)
-
-
-def _only(results: list[Applied | Exception]) -> Applied:
-    [r] = results
-    if isinstance(r, Exception):
-        raise r
-    return r
 
 
 def _deliver_parts(results: Any, parts: list[tuple[list[Write], Deferred[Any]]]) -> None:

@@ -12,6 +12,7 @@ import zlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.proto.kvtwist_pb2 import Update
@@ -840,12 +841,11 @@ class StoreJournalTests(SynchronousTestCase):
         self.journal.close()
 
     def _apply(self, *ws: Write) -> list:
-        ds = [self.store.apply(w) for w in ws]
+        """Each write's outcome: what it applied, or the Failure it met."""
+        outcomes: list = []
+        self.store.apply_many(list(ws)).addCallback(outcomes.extend)
         self.clock.advance(0)
-        out: list = []
-        for d in ds:
-            d.addBoth(out.append)
-        return out
+        return [Failure(o) if isinstance(o, Exception) else o for o in outcomes]
 
     def test_writes_are_logged(self) -> None:
         """Applied writes are in the journal, with epoch and client identity."""
