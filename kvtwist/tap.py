@@ -19,6 +19,7 @@ from kvtwist import wire
 from kvtwist.chain.auth import KeyFileError, load_key, load_secret
 from kvtwist.chain.link import DEFAULT_LINK_TIMEOUT, LinkConfig
 from kvtwist.chain.replica import Replica
+from kvtwist.clock import use_steady_clock
 from kvtwist.server import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_KEY,
@@ -303,6 +304,7 @@ class ChainService(service.Service):
         self._retry = None
         self.zk = self.replica.zk = zk if zk is not None else self.make_zk()
         self.zk.on_state(self.replica.zk_state)
+        self.zk.on_gone(self.replica.znode_gone)
         self.zk.watch_members(self.replica.set_view)
         d = self.zk.start()
         d.addCallbacks(lambda _: self.replica.join(), self._failed)
@@ -372,8 +374,11 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     runner = ThreadRunner(reactor, options["threads"])
     store = Store(reactor, runner, journal)
     make_zk: Callable[[], Any] | None = None
+    lease = 0.0  # the longest read lease this node may hold, told to its neighbours
     if options["zk"]:
-        from kvtwist.zk import ZooKeeper
+        from kvtwist.zk import LEASE_FRACTION, ZooKeeper
+
+        lease = options["zk-session-timeout"] * LEASE_FRACTION
 
         def make_zk() -> ZooKeeper:
             return ZooKeeper(
@@ -410,6 +415,7 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     )
     link_config = LinkConfig(
         timeout=options["link-timeout"],
+        lease=lease,
         key=options.get("cluster-key"),
         max_frame=limits.max_frame,
         max_key=limits.max_key,
@@ -499,4 +505,6 @@ class ListeningService(service.Service):
 
 
 def makeService(options: Options) -> service.MultiService:
+    # every timer of the node runs on a clock that wall-clock steps do not move
+    use_steady_clock(global_reactor)
     return build(options)

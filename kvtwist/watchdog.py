@@ -8,17 +8,23 @@ no stamp for longer than that calls ``on_stall`` (which closes the session,
 so the node's znode goes and the chain reconfigures without it).  When the
 reactor turns again, ``on_resume`` runs on it (to open a new session; the
 node then rejoins with a fresh copy).
+
+Stamps are taken and judged on :func:`kvtwist.clock.now`, and the stamping
+LoopingCall runs on the reactor's clock, which the node puts on that same
+clock (:func:`kvtwist.clock.use_steady_clock`): a step of the wall clock in
+either direction neither trips the watchdog nor hides a stall.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from kvtwist import clock
 
 log = Logger(namespace="kvtwist.node")
 
@@ -30,7 +36,7 @@ class ReactorWatchdog:
         limit: float,
         on_stall: Callable[[], None],
         on_resume: Callable[[], None],
-        now: Callable[[], float] = time.monotonic,
+        now: Callable[[], float] = clock.now,
     ) -> None:
         self.reactor = reactor
         self.limit = limit

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,6 +42,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from kvtwist import clock
 
 __all__ = [
     "LEASE_FRACTION",
@@ -74,8 +75,8 @@ _IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?\Z")
 _BAD_PATH_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\uf8ff\ufff0-\uffff]")
 
 #: The lease lasts this fraction of the session timeout past the send time of
-#: the last acknowledged request; the rest is margin for clock-rate skew between
-#: us and the server and for scheduling delays.
+#: the last acknowledged probe; the rest is margin for clock-rate skew between
+#: us and the server and for scheduling delays (docs/protocol.md, "Timing").
 LEASE_FRACTION = 0.6
 #: Lease probes run this many times per session timeout.
 PROBES_PER_SESSION = 5
@@ -84,6 +85,11 @@ PROBES_PER_SESSION = 5
 _MAX_READ_ATTEMPTS = 5
 # Delay before retrying a failed membership read (e.g. while disconnected).
 _REFRESH_RETRY_DELAY = 0.5
+#: Reopening a session after the watchdog closed it: kazoo's own timeout for
+#: one attempt, and the back-off between attempts.
+RESUME_TIMEOUT = 15.0
+RESUME_FIRST_DELAY = 0.5
+RESUME_MAX_DELAY = 10.0
 
 
 # ---------------------------------------------------------------------------
@@ -333,11 +339,16 @@ class ZooKeeper:
         self._refreshing = False
         self._refresh_again = False
         self._retry_call: Any = None
-        # (session id, monotonic send time of the last acknowledged probe)
+        # (session id, clock.now() send time of the last acknowledged probe)
         self._lease: tuple[int, float] | None = None
+        # our member znode, once registered: the lease holds only while it exists
+        self._lease_path: str | None = None
+        self._gone_callbacks: list[Callable[[str], None]] = []
         self._probe_in_flight = False
         self._lease_timer: Any = None
         self._pending_locks: set[Any] = set()
+        self._resuming: Deferred[None] | None = None
+        self.resume_timeout = RESUME_TIMEOUT
 
     # -- plumbing -----------------------------------------------------------
 
@@ -432,10 +443,46 @@ class ZooKeeper:
             self._client.stop()
 
     def resume_session(self) -> Deferred[None]:
-        """Open a new session after drop_session; "connected" follows."""
-        if self._stopped:
-            return succeed(None)
-        return self.call(self._client.start)
+        """Open a new session after drop_session, for as long as it takes; "connected" follows.
+
+        kazoo's ``start`` gives up after ``resume_timeout`` and stops the
+        client; a node that stopped trying would stay fenced until restarted,
+        so attempts go on, backing off up to ``RESUME_MAX_DELAY``, until one
+        opens a session or the adapter is stopped.  Fires once a session is
+        open (or at stop).
+        """
+        if self._resuming is not None:
+            return self._resuming
+        done: Deferred[None] = Deferred()
+        self._resuming = done
+        delay = RESUME_FIRST_DELAY
+
+        def attempt() -> None:
+            if self._stopped:
+                finish(None)
+                return
+            self.call(self._client.start, self.resume_timeout).addCallbacks(finish, failed)
+
+        def failed(f: Failure) -> None:
+            nonlocal delay
+            if self._stopped:
+                finish(None)
+                return
+            _log.warn(
+                "cannot open a new ZooKeeper session at {hosts}: {e}; retrying in {s:.1f}s",
+                hosts=self.hosts,
+                e=f.getErrorMessage() or repr(f.value),
+                s=delay,
+            )
+            self._reactor.callLater(delay, attempt)
+            delay = min(delay * 2, RESUME_MAX_DELAY)
+
+        def finish(_: object) -> None:
+            self._resuming = None
+            done.callback(None)
+
+        attempt()
+        return done
 
     # -- connection state ----------------------------------------------------
 
@@ -820,16 +867,21 @@ class ZooKeeper:
         return self.session_timeout
 
     @property
+    def lease_length(self) -> float:
+        """Seconds a lease lasts past the send time of the probe that renewed it."""
+        return self.effective_session_timeout * LEASE_FRACTION
+
+    @property
     def lease_expires_at(self) -> float | None:
-        """``time.monotonic()`` at which the lease ends; None without a lease."""
+        """``clock.now()`` at which the lease ends; None without a lease."""
         lease = self._lease
         client_id = self._client.client_id
         if lease is None or client_id is None or client_id[0] != lease[0]:
             return None
-        return lease[1] + self.effective_session_timeout * LEASE_FRACTION
+        return lease[1] + self.lease_length
 
     def lease_valid(self) -> bool:
-        """True iff we are connected and our session is surely still alive.
+        """True iff we are connected, our session is surely alive and our znode surely there.
 
         ZooKeeper cannot expire a session earlier than session_timeout after a
         request it received, and the lease counts from *before* the last
@@ -837,9 +889,23 @@ class ZooKeeper:
         So while it holds, no other node can have replaced us.  After a pause
         longer than that (SIGSTOP, swapping) it is expired the moment we
         resume, before kazoo even notices the session is gone.
+
+        Once :meth:`lease_member` names our member znode, a probe renews the
+        lease only if a linearized read (``sync`` then ``exists``) still finds
+        that znode: a member whose znode another member deleted (a
+        predecessor that could not reach it) loses its lease within
+        :attr:`lease_length` of the deletion, even if it never hears of it.
         """
         expires = self.lease_expires_at
-        return expires is not None and self._client.connected and time.monotonic() < expires
+        return expires is not None and self._client.connected and clock.now() < expires
+
+    def lease_member(self, name: str | None) -> None:
+        """Tie the lease to our member znode ``name`` from now on (None: the session only)."""
+        self._lease_path = f"{self.root}/{name}" if name else None
+
+    def on_gone(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(name)`` on the reactor when a probe finds our member znode gone."""
+        self._gone_callbacks.append(callback)
 
     def _lease_tick(self) -> None:
         """Probe every effective_session_timeout / PROBES_PER_SESSION seconds.
@@ -861,22 +927,31 @@ class ZooKeeper:
         self._lease_timer = None
 
     def _probe(self) -> None:
-        """Send one cheap round-trip; on success the lease counts from now."""
+        """Send one cheap round-trip; on success the lease counts from its send time."""
         if self._stopped or self._probe_in_flight:
             return
         client_id = self._client.client_id
         if client_id is None:
             return
         session_id = client_id[0]
-        sent = time.monotonic()  # before the request leaves: conservative
+        path = self._lease_path
+        sent = clock.now()  # before the request leaves: conservative
         self._probe_in_flight = True
-        d = self.call(self._probe_in_thread, session_id)
+        d = self.call(self._probe_in_thread, session_id, path)
 
-        def answered(same_session: bool) -> None:
-            if same_session:
+        def answered(outcome: str) -> None:
+            if outcome == "ok":
                 lease = self._lease
                 if lease is None or lease[0] != session_id or lease[1] < sent:
                     self._lease = (session_id, sent)
+            elif outcome == "gone" and path == self._lease_path and path is not None:
+                self._lease = None
+                name = path.rsplit("/", 1)[1]
+                for callback in list(self._gone_callbacks):
+                    try:
+                        callback(name)
+                    except Exception:
+                        _log.failure("znode-gone callback {callback!r} failed", callback=callback)
 
         def done(result: object) -> None:
             self._probe_in_flight = False
@@ -884,9 +959,19 @@ class ZooKeeper:
         d.addCallbacks(answered, lambda _: None)
         d.addBoth(done)
 
-    def _probe_in_thread(self, session_id: int) -> bool:
+    def _probe_in_thread(self, session_id: int, path: str | None) -> str:
+        """"ok", "gone" (our znode was deleted) or "other" (the session changed meanwhile)."""
+        if path is None:
+            self._client.exists(self.root)
+            found = True
+        else:
+            # a follower may lag the leader: sync first, so that a deletion
+            # committed before this probe left is seen by it
+            self._client.sync(path)
+            found = self._client.exists(path) is not None
         # Only an answer within the same session counts: a request that was
         # queued across a session loss may be answered by the new session.
-        self._client.exists(self.root)
         client_id = self._client.client_id
-        return client_id is not None and client_id[0] == session_id
+        if client_id is None or client_id[0] != session_id:
+            return "other"
+        return "ok" if found else "gone"

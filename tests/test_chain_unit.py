@@ -61,13 +61,33 @@ class Registry:
 
 
 class MemoryZooKeeper:
-    """What a Replica asks of ZooKeeper, answered from a Registry."""
+    """What a Replica asks of ZooKeeper, answered from a Registry.
 
-    def __init__(self, registry: Registry) -> None:
+    ``cut()`` models a node cut off from ZooKeeper: reads fail, no views
+    arrive, and its lease runs out ``lease_length`` after the cut (it was
+    renewed just before); connected, the lease holds while the node's znode
+    does, as the real lease probe's linearized read checks.
+    """
+
+    lease_length = 1.2  # LEASE_FRACTION of effective_session_timeout
+
+    def __init__(self, registry: Registry, clock: Any = None) -> None:
         self.registry = registry
+        self.clock = clock
         self.lease = True
+        self.lease_name: str | None = None
+        self.cut_at: float | None = None
+        self.failing_reads = 0  # so many members() reads fail first
+
+    def cut(self) -> None:
+        self.cut_at = self.clock.seconds()
 
     def members(self) -> defer.Deferred[Membership]:
+        if self.cut_at is not None:
+            return defer.fail(ConnectionRefusedError("ZooKeeper unreachable"))
+        if self.failing_reads:
+            self.failing_reads -= 1
+            return defer.fail(ConnectionRefusedError("connection to ZooKeeper lost"))
         return defer.succeed(self.registry.view())
 
     def register(self, address: str, record_version: int | None = None) -> defer.Deferred[str]:
@@ -86,7 +106,15 @@ class MemoryZooKeeper:
         return defer.succeed(lambda: defer.succeed(None))
 
     def lease_valid(self) -> bool:
-        return self.lease
+        if not self.lease:
+            return False
+        if self.cut_at is not None:
+            return bool(self.clock.seconds() < self.cut_at + self.lease_length)
+        name = self.lease_name
+        return name is None or name in self.registry.view()
+
+    def lease_member(self, name: str | None) -> None:
+        self.lease_name = name
 
     def unregister(self, name: str) -> defer.Deferred[None]:
         if any(m.name == name for m in self.registry.members):
@@ -123,7 +151,7 @@ class Node:
         self.address = f"10.0.0.1:{port}"
         self.port = port
         self.store = Store(net.clock, InlineRunner())
-        self.zk = MemoryZooKeeper(net.registry)
+        self.zk = MemoryZooKeeper(net.registry, net.clock)
         self.replica = Replica(net.clock, self.store, self.address, self.zk)
         self.replica.connect = self._connect  # type: ignore[method-assign]
         self.factory = NodeFactory(net.clock, self.replica)
@@ -132,7 +160,7 @@ class Node:
         net.registry.watchers.append(self._view)
 
     def _view(self, view: Membership) -> None:
-        if self.alive:
+        if self.alive and self.zk.cut_at is None:
             self.replica.set_view(view)
 
     def _connect(self, host: str, port: int, protocol: Any) -> defer.Deferred[Any]:

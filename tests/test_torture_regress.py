@@ -22,6 +22,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
+from kvtwist.chain.outcomes import NotHere
 from kvtwist.chain.replica import Unavailable
 from kvtwist.zk import Membership
 from tests.test_chain_unit import Net, Node
@@ -189,12 +190,16 @@ class RestartedNodeTests(SynchronousTestCase):
         net.settle(rounds=5)
         again = Node(net, a.port)  # the same address
         net.nodes[a.port] = again
-        write = again.write(b"x", b"2")  # before it has joined: refused, not forwarded
-        self.assertIsInstance(self.failureResultOf(write).value, Unavailable)
+        write = again.write(b"x", b"2")  # before it has joined: held, not forwarded
+        self.assertNoResult(write)
         again.replica.join()
         net.settle()
         self.assertNotIn(old, [m.name for m in net.registry.members])
         self.assertEqual(again.replica.role, "tail")
+        # a member now, it sends the write to the head, never to itself
+        where = self.failureResultOf(write).value
+        self.assertIsInstance(where, NotHere)
+        self.assertEqual(where.target, b.replica.own_address)
         self.assertEqual(b.replica.role, "head")
         self.assertEqual(self.successResultOf(_settled(net, b.write(b"y", b"3"))).op_n, 2)
         self.assertEqual(again.state(), c.state())

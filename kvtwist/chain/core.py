@@ -65,6 +65,14 @@ RECENT_BYTES = 64 * 1024 * 1024
 UPDATE_OVERHEAD = 512
 
 
+#: How long a request may wait at a node that is becoming a member (joining,
+#: registering) before it is refused: the original client, which follows the
+#: chain's znodes, reaches a new tail within milliseconds of its registration
+#: and gives up on any error.
+MEMBER_WAIT = 5.0
+#: States of a node on its way into the chain: requests wait for it.
+BECOMING = (State.STARTING, State.JOINING, State.REGISTERING)
+
 #: A client write: is_put, key, value, client id, request id.
 WriteRequest = tuple[bool, bytes, bytes, str, int]
 
@@ -130,6 +138,13 @@ class ReplicaCore:
         self.succ: Link | None = None
         self.pred: Link | None = None
         self._ready_waiters: list[Deferred[None]] = []
+        self._member_waiters: list[Deferred[None]] = []
+        #: no commit as tail, and no read served, before this reactor time (on
+        #: the node's steady clock, kvtwist.clock): a member we removed may
+        #: still hold its lease until then
+        self.tail_hold_until = 0.0
+        self._tail_hold_call: Any = None
+        self._peer_lease = 0.0  # the longest lease a neighbour told us it holds
         self._claim_waiters: list[Deferred[None]] = []
         # flow control: a slow successor slows the intake of client writes
         self.congested = False
@@ -235,7 +250,33 @@ class ReplicaCore:
         # what the joiner acknowledged until its view shows the joiner as tail;
         # the joiner serves none before the old tail's handoff, so the two never
         # answer reads at the same time.
-        return self.is_tail and not self._awaiting_handoff and self._lease_ok()
+        return (
+            self.is_tail
+            and not self._awaiting_handoff
+            and self._lease_ok()
+            and not self.tail_held()
+        )
+
+    def tail_held(self) -> bool:
+        """Whether a member we removed may still serve: we may not commit or read as tail."""
+        return self.reactor.seconds() < self.tail_hold_until
+
+    def hold_tail(self, seconds: float) -> None:
+        """No commit or read as tail for ``seconds`` from now (``inf``: until told again)."""
+        self.tail_hold_until = self.reactor.seconds() + seconds
+        call = self._tail_hold_call
+        if call is not None and call.active():
+            call.cancel()
+        self._tail_hold_call = None
+        if seconds != float("inf"):
+            # then what waited for the hold goes on
+            self._tail_hold_call = self.reactor.callLater(seconds, self._tail_hold_over)
+
+    def _tail_hold_over(self) -> None:
+        self._tail_hold_call = None
+        if not self.tail_held():
+            self._advance()
+            self._wake_readers()
 
     def head_address(self) -> tuple[str, int] | None:
         head = self.view.head() if self.view is not None else None
@@ -256,16 +297,63 @@ class ReplicaCore:
             return Unavailable(f"the {role} is a stale registration of this node; retry")
         return NotHere(role, target)
 
+    def _tie_lease(self, name: str | None) -> None:
+        """From now on our lease holds only while the znode ``name`` exists (kvtwist.zk)."""
+        if self.zk is not None:
+            self.zk.lease_member(name)
+
     def _check_member(self) -> None:
         if self.fenced:
             raise Unavailable(f"node is not serving ({self.life.describe()})")
 
+    @property
+    def becoming_member(self) -> bool:
+        return self.life.is_(*BECOMING)
+
+    def _wait_member(self) -> Deferred[None]:
+        """Fires once this node is a member, or has left the way in (then the caller
+        looks again and refuses); fails after MEMBER_WAIT."""
+        d: Deferred[None] = Deferred()
+        self._member_waiters.append(d)
+        why = self.life.describe()
+        timeout = self.reactor.callLater(
+            MEMBER_WAIT,
+            lambda: None if d.called else d.errback(Unavailable(f"node is not serving ({why})")),
+        )
+
+        def done(r: Any) -> Any:
+            if timeout.active():
+                timeout.cancel()
+            return r
+
+        return d.addBoth(done)
+
+    def _wake_members(self) -> None:
+        """The node became a member, or left the way in: held requests look again."""
+        waiters, self._member_waiters = self._member_waiters, []
+        for d in waiters:
+            if not d.called:
+                d.callback(None)
+
     # client writes
 
     def write(
-        self, is_put: bool, key: bytes, data: bytes = b"", client_id: str = "", request_id: int = 0
+        self,
+        is_put: bool,
+        key: bytes,
+        data: bytes = b"",
+        client_id: str = "",
+        request_id: int = 0,
+        hold: bool = True,
     ) -> Deferred[WriteResult]:
-        """Order, apply and commit one client write; fires once committed."""
+        """Order, apply and commit one client write; fires once committed.
+
+        At a node still becoming a member the write waits for it (``hold``).
+        """
+        if hold and self.becoming_member:
+            return self._wait_member().addCallback(
+                lambda _: self.write(is_put, key, data, client_id, request_id, hold=False)
+            )
         try:
             self._check_member()
             if not self.is_head:
@@ -531,11 +619,13 @@ class ReplicaCore:
         if voluntary:
             self._leave()
         self.name = None
+        self._tie_lease(None)
         self.life.to(State.FENCED, why)
         self._reset_links()
         self._drop_uncommitted(Unavailable("node left the chain; retry"))
         self._release_claim_waiters(Unavailable("node left the chain; retry"))
         self._wake_readers()
+        self._wake_members()
         self._schedule_rejoin()
 
     def zk_state(self, state: str) -> None:
@@ -549,6 +639,7 @@ class ReplicaCore:
         if self.life.is_(State.STOPPED):
             return
         self.life.to(State.STOPPED, "stopping")
+        self._wake_members()
         self._stop_waiting()
         for link in (self.pred, self.succ):
             if link is not None:

@@ -54,6 +54,8 @@ log = Logger(namespace="kvtwist.chain")
 
 #: How often a node waiting for the last configuration looks again.
 WAIT_POLL = 1.0
+#: Delay before a failed read of who is in the chain, after dropping a joiner, is tried again.
+LIMBO_RETRY_DELAY = 0.5
 
 
 def marks_of(history: EpochHistory) -> list[EpochMark]:
@@ -207,7 +209,10 @@ class JoiningReplica(LinkedReplica):
             self.set_view(view)
             self._advance()
 
-        self.zk.members().addCallbacks(decide, lambda f: self._end_limbo(address, gen))
+        def again(f: Failure) -> None:  # ZooKeeper unreachable: look again, not at once
+            self.reactor.callLater(LIMBO_RETRY_DELAY, self._end_limbo, address, gen)
+
+        self.zk.members().addCallbacks(decide, again)
 
     # the joining side
 
@@ -270,7 +275,9 @@ class JoiningReplica(LinkedReplica):
             return self._transfer_from(tail, view)
         if may_start(self.record, self.store.meta.get("name"), self.store.node_id, view.config):
             log.info("the chain is empty; starting it from our copy (op {n})", n=self.last_received)
-            return self._register(gen)
+            # a chain that had members (it has a record) may have a removed one
+            # still serving; a brand-new chain has nobody to wait for
+            return self._register(gen, restart=self.record.version >= 0)
         self._wait_for_members(gen, [m for m in view.members if m not in members])
         return None
 
@@ -434,8 +441,11 @@ class JoiningReplica(LinkedReplica):
                 self._join_errback, self.life.generation
             )
 
-    def _register(self, gen: int) -> Deferred[None]:
-        """Create our znode; we act as a member once a view we read holds it."""
+    def _register(self, gen: int, restart: bool = False) -> Deferred[None]:
+        """Create our znode; we act as a member once a view we read holds it.
+
+        ``restart``: we start an empty chain from our own copy.
+        """
         assert self.zk is not None
         self.life.to(State.REGISTERING, f"at op {self.last_received}")
 
@@ -445,6 +455,11 @@ class JoiningReplica(LinkedReplica):
                 log.info("dropping {name}, registered by an abandoned join", name=name)
                 return self.zk.unregister(name)
             self.name = name
+            self._tie_lease(name)
+            if restart:
+                # the members before us left no word of whom they removed and
+                # when: any of them may still serve until its lease is out
+                self.hold_tail(self._removal_wait())
             for link in (self.pred, self.succ):
                 if link is not None:
                     self._stamp(link)  # our acknowledgements carry our name from now on
@@ -481,6 +496,7 @@ class JoiningReplica(LinkedReplica):
         else:
             names = "a chain that had members but keeps no kvtwist record (older or foreign nodes)"
         self.life.to(State.WAITING, f"the chain is empty; waiting for a node of {names}")
+        self._wake_members()  # held requests are refused now: this may take an operator
         gen = self.life.generation
         log.warn(
             "the chain is empty and our copy (op {n}) is not from its last configuration "

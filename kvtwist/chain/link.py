@@ -56,6 +56,8 @@ class LinkConfig:
     max_frame: int = wire.DEFAULT_MAX_FRAME  # client frames
     max_key: int = wire.DEFAULT_MAX_KEY
     max_value: int = wire.DEFAULT_MAX_FRAME
+    #: the longest read lease this node may hold (LEASE_FRACTION of its session timeout)
+    lease: float = 0.0
 
     @property
     def chain_frame(self) -> int:
@@ -63,9 +65,10 @@ class LinkConfig:
         return max(self.max_frame, largest_update(self.max_key, self.max_value) + FRAME_OVERHEAD)
 
     def stamp(self, hello: ChainHello) -> None:
-        """Announce our limits in a HELLO or JOIN."""
+        """Announce our limits and our lease in a HELLO or JOIN."""
         hello.max_frame = self.chain_frame
         hello.max_value = self.max_value
+        hello.lease_ms = round(self.lease * 1000)
 
 
 def limits_problem(own: LinkConfig, peer: ChainHello) -> str | None:

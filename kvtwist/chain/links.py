@@ -27,6 +27,8 @@ log = Logger(namespace="kvtwist.chain")
 class LinkedReplica(MembershipReplica):
     def chain_message(self, link: Link, msg: Message) -> None:
         op = msg.opcode
+        if op == wire.OP_CHAIN_HELLO:
+            self._note_lease(msg.hello)
         if op == wire.OP_ERROR:
             log.warn("{link} refused: {why}", link=link, why=msg.error)
             link.close()
@@ -78,6 +80,7 @@ class LinkedReplica(MembershipReplica):
 
     def incoming(self, conn: FramedProtocol, msg: Message) -> None:
         """A HELLO or JOIN on a fresh connection: the peer opens a link to us."""
+        self._note_lease(msg.hello)
         if msg.opcode == wire.OP_CHAIN_HELLO:
             # with a cluster key the peer is who the handshake proved, and the
             # connection has already refused a hello naming anyone else

@@ -30,11 +30,19 @@ from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.reads import ReadingReplica
 from kvtwist.chain.record import ChainRecord, matches
-from kvtwist.zk import format_address
+from kvtwist.zk import LEASE_FRACTION, format_address
 
 log = Logger(namespace="kvtwist.chain")
 
 RECONNECT_DELAY = 0.1
+#: Delay before a failed membership read is tried again.
+VIEW_RETRY_DELAY = 0.5
+#: The assumed bound on how far two members' clocks may disagree about the
+#: length of an interval (a rate, not an offset): 5%, far beyond the drift of
+#: any clock NTP keeps in step (docs/protocol.md, "Timing").
+CLOCK_RATE_BOUND = 0.05
+#: Added to every hold for a removed member, for scheduling delays.
+REMOVAL_MARGIN = 0.25
 #: A successor we cannot link to for this many link timeouts, while ZooKeeper
 #: still lists it, is removed from the chain: it rejoins, and writes go on.
 UNREACHABLE_TIMEOUTS = 1.0
@@ -118,6 +126,7 @@ class MembershipReplica(ReadingReplica):
     def _become_member(self) -> None:
         """Our znode is in a view we hold: from now on we act on our place in the chain."""
         self.life.to(State.MEMBER)
+        self._wake_members()
         self._awaiting_handoff = self.pred is not None
         self.next_seq = self.last_received + 1
         early, self._early_hello = self._early_hello, None
@@ -127,7 +136,10 @@ class MembershipReplica(ReadingReplica):
     def _confirm_gone(self) -> None:
         """A view without our znode: fence only once a fresh read agrees.
 
-        A view read before our registration can arrive after it.
+        A view read before our registration can arrive after it.  A read
+        that fails is tried again: a member whose znode is gone must not go
+        on as if it were the whole chain (and meanwhile its lease, tied to
+        its znode, lapses: kvtwist.zk).
         """
         if self.zk is None:
             return
@@ -139,7 +151,16 @@ class MembershipReplica(ReadingReplica):
             elif gen == self.life.generation:
                 self.set_view(view)
 
-        self.zk.members().addCallbacks(check, lambda f: None)
+        def again(f: Failure) -> None:
+            if gen == self.life.generation and self.name == name:
+                self.reactor.callLater(VIEW_RETRY_DELAY, self._confirm_gone)
+
+        self.zk.members().addCallbacks(check, again)
+
+    def znode_gone(self, name: str) -> None:
+        """A linearized read found our znode gone (kvtwist.zk's lease probe): we are out."""
+        if self.name == name and not self.fenced:
+            self.fence("our znode is gone from the chain", voluntary=False)
 
     def _refresh_view(self) -> None:
         if self.zk is not None:
@@ -201,6 +222,8 @@ class MembershipReplica(ReadingReplica):
             return False  # its removal brings a new view, and _advance with it
         # Confirmed against ZooKeeper for this very view: a cached copy may be
         # older than a member's own rewrite of it.
+        if self.tail_held():
+            return False  # a member we removed may still serve; _tail_hold_over looks again
         if self._record_config == self.view.config and matches(self.record, self.view):
             return True
         self._fix_record()
@@ -429,10 +452,47 @@ class MembershipReplica(ReadingReplica):
                     s=self.reactor.seconds() - down,
                 )
                 self._succ_down_since = self.reactor.seconds()
-                self.zk.remove_member(succ.name).addErrback(lambda f: None)
+                self._remove_live_member(succ.name)
             self._connect_successor(succ)
 
         self.reactor.callLater(RECONNECT_DELAY, again)
+
+    def _remove_live_member(self, name: str) -> None:
+        """Delete the znode of a member that may still be running, and wait out its lease.
+
+        Once it cannot reach us it may still serve reads to clients on its
+        side of a partition, for as long as its lease lasts: until then we
+        neither commit as tail nor serve reads (docs/protocol.md, "Timing").
+        The hold counts from the deletion's acknowledgement; if the outcome is
+        unknown the deletion may yet happen, so the hold adds a session
+        timeout, within which ZooKeeper applies or drops it.
+        """
+        self.hold_tail(float("inf"))
+        wait = self._removal_wait()
+
+        def removed(_: Any) -> None:
+            self.hold_tail(wait)
+
+        def unknown(f: Failure) -> None:
+            log.warn("removing {name} failed: {e}", name=name, e=f.getErrorMessage())
+            self.hold_tail(wait + self._session_timeout())
+
+        self.zk.remove_member(name).addCallbacks(removed, unknown)
+
+    def _removal_wait(self) -> float:
+        """How long a member we removed may go on serving, measured on our clock.
+
+        Its lease lasts at most LEASE_FRACTION of its session timeout past a
+        probe that found its znode, so past the deletion; it says how long in
+        every HELLO and JOIN, and otherwise ours is taken.  Both clocks may
+        run apart by CLOCK_RATE_BOUND.
+        """
+        lease = max(self._session_timeout() * LEASE_FRACTION, self._peer_lease)
+        rate = CLOCK_RATE_BOUND
+        return lease * (1 + rate) / (1 - rate) + REMOVAL_MARGIN
+
+    def _note_lease(self, hello: Any) -> None:
+        self._peer_lease = max(self._peer_lease, hello.lease_ms / 1000.0)
 
     def link_lost(self, link: Link) -> None:
         was_closed = link.closed

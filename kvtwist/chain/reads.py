@@ -2,7 +2,9 @@
 
 A read never waits for a write; it may wait (up to ``READ_WAIT``) for this
 node to become a serving tail: one whose view shows it last, whose lease from
-ZooKeeper is fresh, and which has had its predecessor's handoff after a join.
+ZooKeeper is fresh, which has had its predecessor's handoff after a join, and
+which is not holding back for a member it removed (docs/protocol.md, "Timing").
+At a node that is still becoming a member it first waits for that.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class ReadingReplica(ReplicaCore):
 
         Raises NotHere or Unavailable when the read belongs elsewhere.
         """
+        if self.becoming_member:
+            return None
         self._check_member()
         if not self.is_tail:
             raise self._elsewhere("tail", self.tail_address())
@@ -32,8 +36,16 @@ class ReadingReplica(ReplicaCore):
             return ReadView(self.committed_tree, self.committed_seq)
         return None
 
-    def read_view(self, allow_wait: bool = True) -> Deferred[ReadView]:
-        """The committed state, when this node is the serving tail."""
+    def read_view(self, allow_wait: bool = True, hold: bool = True) -> Deferred[ReadView]:
+        """The committed state, when this node is the serving tail.
+
+        At a node still becoming a member the read waits for it (``hold``),
+        then for it to serve as tail (``allow_wait``).
+        """
+        if hold and self.becoming_member:
+            return self._wait_member().addCallback(
+                lambda _: self.read_view(allow_wait=allow_wait, hold=False)
+            )
         try:
             self._check_member()
             if not self.is_tail:

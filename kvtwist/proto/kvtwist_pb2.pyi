@@ -84,7 +84,7 @@ class EpochMark(_message.Message):
     def __init__(self, first_seq: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ChainHello(_message.Message):
-    __slots__ = ("sender", "config", "address", "last_op", "epoch", "marks", "max_frame", "max_value")
+    __slots__ = ("sender", "config", "address", "last_op", "epoch", "marks", "max_frame", "max_value", "lease_ms")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class ChainHello(_message.Message):
     MARKS_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_FIELD_NUMBER: _ClassVar[int]
     MAX_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_MS_FIELD_NUMBER: _ClassVar[int]
     sender: str
     config: int
     address: str
@@ -101,7 +102,8 @@ class ChainHello(_message.Message):
     marks: _containers.RepeatedCompositeFieldContainer[EpochMark]
     max_frame: int
     max_value: int
-    def __init__(self, sender: _Optional[str] = ..., config: _Optional[int] = ..., address: _Optional[str] = ..., last_op: _Optional[int] = ..., epoch: _Optional[int] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ..., max_frame: _Optional[int] = ..., max_value: _Optional[int] = ...) -> None: ...
+    lease_ms: int
+    def __init__(self, sender: _Optional[str] = ..., config: _Optional[int] = ..., address: _Optional[str] = ..., last_op: _Optional[int] = ..., epoch: _Optional[int] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ..., max_frame: _Optional[int] = ..., max_value: _Optional[int] = ..., lease_ms: _Optional[int] = ...) -> None: ...
 
 class ChainAuth(_message.Message):
     __slots__ = ("step", "identity", "nonce", "config", "mac")
