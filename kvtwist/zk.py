@@ -385,12 +385,13 @@ class ZooKeeper:
             raise RuntimeError("ZooKeeper adapter already started")
         self._started = True
         self._lease_tick()
-        def started(open_root: bool) -> None:
-            if open_root:
+        def started(open_paths: list[str]) -> None:
+            for path in open_paths:
                 _log.warn(
-                    "the chain root {root} lets anyone create or delete members (it was "
-                    "created without --zk-auth): set its ACL by hand, see docs/security.md",
-                    root=self.root,
+                    "{path} lets anyone change it (it was created without --zk-auth): "
+                    "anyone can then change the chain's membership or record; set its ACL "
+                    "by hand, see docs/security.md",
+                    path=path,
                 )
 
         def failed(failure: Failure) -> Failure:
@@ -399,14 +400,29 @@ class ZooKeeper:
 
         return self.call(self._start_in_thread, timeout).addCallbacks(started, failed)
 
-    def _start_in_thread(self, timeout: float) -> bool:
-        """Connect and create the root; whether a protected node found it open to writes."""
+    def _start_in_thread(self, timeout: float) -> list[str]:
+        """Connect and create the root; the chain's znodes a protected node found open.
+
+        The root, the record, the join lock and the waiting list all decide
+        who is in the chain: any of them left writable by anyone undoes
+        ``--zk-auth``.
+        """
         self._client.start(timeout=timeout)
         if not self.create_root:
-            return False
+            return []
         try:
             self._client.ensure_path(self.root)
-            return self.protected and open_to_writes(self._client.get_acls(self.root)[0])
+            if not self.protected:
+                return []
+            open_paths = []
+            for path in [self.root] + [self.sibling_path(s) for s in ("state", "join", "waiting")]:
+                try:
+                    acl = self._client.get_acls(path)[0]
+                except NoNodeError:
+                    continue  # created with our ACL when first needed
+                if open_to_writes(acl):
+                    open_paths.append(path)
+            return open_paths
         except BaseException:
             self._client.stop()
             self._client.close()

@@ -129,15 +129,39 @@ class AdapterACLTests(StrangerMixin, unittest.TestCase):
         warnings: list[str] = []
 
         def observe(event: dict[str, Any]) -> None:
-            if "lets anyone create" in str(event.get("log_format", "")):
-                warnings.append(event["log_format"])
+            if "lets anyone change it" in str(event.get("log_format", "")):
+                warnings.append(event["path"])
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         zk = ZooKeeper(reactor, self.zk.hosts, self.root, SESSION, auth=AUTH)
         yield zk.start()
         self.addCleanup(zk.stop)
-        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings, [self.root])
+
+    @inlineCallbacks
+    def test_open_record_and_join_lock_reported(self) -> Generator[Deferred[Any], Any, None]:
+        """A protected root beside a chain record or join lock that anyone may change is
+        no protection: the node names each open one at start."""
+        first = ZooKeeper(reactor, self.zk.hosts, self.root, SESSION, auth=AUTH)
+        yield first.start()
+        yield first.stop()
+        record = f"{self.root}-state"
+        lock = f"{self.root}-join"
+        yield deferToThread(self.stranger.create, record, b"record")
+        yield deferToThread(self.stranger.ensure_path, lock)
+        warnings: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "lets anyone change it" in str(event.get("log_format", "")):
+                warnings.append(event["path"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        zk = ZooKeeper(reactor, self.zk.hosts, self.root, SESSION, auth=AUTH)
+        yield zk.start()
+        self.addCleanup(zk.stop)
+        self.assertEqual(sorted(warnings), sorted([record, lock]))
 
     @inlineCallbacks
     def test_chain_client_creates_nothing(self) -> Generator[Deferred[Any], Any, None]:
