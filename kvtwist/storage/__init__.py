@@ -87,8 +87,11 @@ Recovery
 
 Durability by policy: ALWAYS fsyncs each appended batch before ``append``
 returns; INTERVAL leaves that to ``sync()`` on a timer; NEVER to the OS.
+``close()`` fsyncs under every policy, so a clean stop keeps everything.
 Because segments are synced before the next one starts, a crash under any
-policy leaves a prefix of what was appended.
+policy leaves a prefix of what was appended.  A failed fsync in ``sync`` or
+at rotation leaves it unknown what survives: the directory
+refuses further writes until it is reopened.
 """
 
 from kvtwist.storage.datadir import DataDir

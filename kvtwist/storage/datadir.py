@@ -145,7 +145,7 @@ class DataDir:
             self._broken = None
             return self._recover_without_gc()
         except BaseException:
-            self.close()
+            self._release()
             raise
 
     def _load_node_id(self) -> str:
@@ -368,8 +368,8 @@ class DataDir:
 
         The segment before it is fsynced first under every policy, so a crash
         can only ever lose a suffix of the log, never a piece before a later one.
-        An empty current segment (a version 1 one about to be continued) is
-        replaced.
+        A failed fsync there breaks the directory, as in ``sync``.  An empty
+        current segment (a version 1 one about to be continued) is replaced.
         """
         first = self.last_seq + 1
         path = self._seg_path(first)
@@ -377,8 +377,11 @@ class DataDir:
         salt = wal.new_salt()
         with self._lock:
             if self._file is not None:
-                old = self._file
-                self._io("cannot sync", self._segments[-1].path, old.fsync)
+                try:
+                    self._file.fsync()
+                except OSError as e:
+                    self._broken = f"fsync failed: {e}"
+                    raise DiskError(self._segments[-1].path, "cannot sync", e) from e
             try:
                 f = disk.create(path)
             except OSError as e:
@@ -695,6 +698,18 @@ class DataDir:
             self._write_atomic(path, data)
 
     def close(self) -> None:
+        """Fsync the log (a clean stop keeps everything written, under any policy), then let go.
+
+        A failed fsync is raised once the files and the lock are released.
+        """
+        f = self._file
+        try:
+            if f is not None and self._broken is None and self._dirlock is not None:
+                self._io("cannot sync", self._segments[-1].path, f.fsync)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
         if self._file is not None:
             f, self._file = self._file, None
             try:
