@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import struct
 import tempfile
 import threading
@@ -1073,3 +1074,25 @@ class StoreJournalTests(SynchronousTestCase):
         self.addCleanup(self.store.stop_sync_timer)
         self.clock.advance(1.0)
         self.assertEqual(self.disk.synced(seg), self.disk.contents(seg))
+
+
+class NodeShutdownTests(SynchronousTestCase):
+    def test_node_closes_its_data_directory_at_shutdown(self) -> None:
+        """A node built by twistd closes (so fsyncs) its data directory once it has shut down."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from kvtwist import tap
+
+        path = tempfile.mkdtemp(prefix="kvtwist-shutdown-")
+        self.addCleanup(shutil.rmtree, path, ignore_errors=True)
+        options = tap.Options()
+        options.parseOptions(["--data-dir", path, "--fsync", "interval", "--port", "9"])
+        reactor = MemoryReactorClock()
+        reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore[method-assign]
+        tap.build(options, reactor=reactor)
+        for phase in ("before", "during", "after"):
+            for f, args, kw in reactor.triggers.get(phase, {}).get("shutdown", []):
+                f(*args, **kw)
+        again = DataDir(path)
+        self.assertEqual(again.open().last_seq, 0)  # the lock was let go
+        again.close()
