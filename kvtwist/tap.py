@@ -372,6 +372,9 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     top = service.MultiService()
     journal, recovered = open_data_dir(options)
     runner = ThreadRunner(reactor, options["threads"])
+    if journal is not None:
+        # after the runner's "during" trigger: the writer thread is done with it
+        reactor.addSystemEventTrigger("after", "shutdown", journal.close)
     store = Store(reactor, runner, journal)
     make_zk: Callable[[], Any] | None = None
     lease = 0.0  # the longest read lease this node may hold, told to its neighbours

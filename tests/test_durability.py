@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 from kazoo.client import KazooClient
@@ -19,6 +21,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from kvtwist import wire
 from kvtwist.procs import ZooKeeperProcess
+from kvtwist.proto.kvtwist_pb2 import Update
+from kvtwist.storage import wal
 from tests.nodes import TWISTD, NodeProcess, RawClient, dump, wait_for
 from tests.test_chain import SESSION, ChainCase
 from tests.zkserver import zookeeper_available
@@ -101,6 +105,36 @@ class StandaloneDurabilityTests(SynchronousTestCase):
         self.assertIn(segment.name, out)
         self.assertIn("at byte", out)
         self.assertNotIn("Traceback", out)
+
+    def test_torn_write_of_a_hostile_value_is_cut(self) -> None:
+        """A power cut inside a value that embeds valid-looking records of the next op
+        loses only that write: the node starts and serves every earlier one."""
+        n = self.node().start()
+        put_many(n.port, 50)
+        before = dump(n.port)
+        forged = Update(seq=52, epoch=1, is_put=True, key=b"k00000", data=b"forged")
+        payload = forged.SerializeToString()
+        value = (
+            b"x"
+            + struct.pack(">II", len(payload), zlib.crc32(payload))  # format version 1 framing
+            + payload
+            + wal.encode_records([forged], wal.new_salt())  # version 2, with a guessed salt
+            + b"tail"
+        )
+        with RawClient(n.port) as c:
+            [reply] = c.call(wire.req_put(b"evil", value))
+        self.assertEqual(reply.opcode, wire.OP_PUT + 1)
+        n.signal(signal.SIGKILL)
+        wait_exit(n)
+        [segment] = sorted((n.dir / "kvtwist-data" / str(n.port) / "wal").glob("*.log"))
+        data = segment.read_bytes()
+        self.assertTrue(data.endswith(value))
+        segment.write_bytes(data[:-3])  # the last record cut short, as a power cut leaves it
+        again = restart(n)
+        self.nodes.append(again)
+        self.assertEqual(dump(again.port), before)
+        self.assertEqual(len(before or []), 50)
+        self.assertIn("cut a torn record", again.log())
 
     def test_port_taken_exits_with_one_line(self) -> None:
         """A node whose port is taken exits non-zero at once instead of hanging."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import shutil
 import struct
 import tempfile
 import threading
@@ -47,6 +49,21 @@ def puts(first: int, n: int, epoch: int = 1) -> list[LogRecord]:
     return [put(s, f"k{s:04d}".encode(), f"v{s}".encode(), epoch) for s in range(first, first + n)]
 
 
+def v1_records(records: list[LogRecord]) -> bytes:
+    """Records framed as format version 1 wrote them: [u32 length][u32 crc32][payload]."""
+    out = b""
+    for r in records:
+        u = Update(seq=r.seq, epoch=r.epoch, is_put=r.is_put, key=r.key, data=r.data)
+        p = u.SerializeToString()
+        out += struct.pack(">II", len(p), zlib.crc32(p)) + p
+    return out
+
+
+def v1_header(log_id: int, first: int) -> bytes:
+    head = struct.pack(">8sIQQ", b"KVTWAL\r\n", 1, log_id, first)
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
 class DiskCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.disk = FakeDisk()
@@ -62,9 +79,9 @@ class DiskCase(SynchronousTestCase):
         return dd, dd.open()
 
     def reopen(self, dd: DataDir, crash: bool = True, **kw: object) -> tuple[DataDir, Recovered]:
-        dd.close()
         if crash:
-            self.disk.crash()
+            self.disk.crash()  # first: the dead process closes nothing cleanly
+        dd.close()
         return self.open(**kw)
 
 
@@ -91,14 +108,17 @@ class LogTests(DiskCase):
         )
 
     def test_framing(self) -> None:
-        """A segment is a header, then [u32 length][u32 crc32][Update payload] per record."""
+        """A v2 segment: header with a salt, then [u32 length][salted BLAKE2b-64][Update]."""
         dd, _ = self.open()
         dd.append([put(1, b"key", b"data", epoch=5, client_id="c", request_id=3)])
         raw = self.disk.contents(SEG1)
         self.assertEqual(raw[:8], b"KVTWAL\r\n")
-        length, crc = struct.unpack_from(">II", raw, wal.HEADER_SIZE)
-        payload = raw[wal.HEADER_SIZE + 8 :]
-        self.assertEqual((len(payload), zlib.crc32(payload)), (length, crc))
+        self.assertEqual(struct.unpack_from(">I", raw, 8)[0], 2)
+        salt = raw[28:44]
+        length, check = struct.unpack_from(">I8s", raw, wal.HEADER_SIZE)
+        payload = raw[wal.HEADER_SIZE + 12 :]
+        mac = hashlib.blake2b(payload, key=salt, digest_size=8).digest()
+        self.assertEqual((len(payload), mac), (length, check))
         u = Update.FromString(payload)
         self.assertEqual(
             (u.seq, u.epoch, u.is_put, u.key, u.data, u.client_id, u.request_id),
@@ -158,12 +178,13 @@ class TornTailTests(DiskCase):
         """A replicated Update is logged byte for byte as the LogRecord of the same write."""
         fields = dict(seq=7, is_put=True, key=b"caf\xe9", data=b"\x00v", epoch=3)
         ids = dict(client_id="c", request_id=9)
-        as_record = wal.encode_records([LogRecord(**fields, **ids)])  # type: ignore[arg-type]
-        self.assertEqual(wal.encode_records([Update(**fields, **ids)]), as_record)  # type: ignore[arg-type]
+        salt = wal.new_salt()
+        as_record = wal.encode_records([LogRecord(**fields, **ids)], salt)  # type: ignore[arg-type]
+        self.assertEqual(wal.encode_records([Update(**fields, **ids)], salt), as_record)  # type: ignore[arg-type]
 
     def test_short_header(self) -> None:
         """A last record missing part of its length/crc header is cut off."""
-        full = wal.encode_records(puts(4, 1))
+        full = wal.encode_records(puts(4, 1), wal.new_salt())
         self._torn(len(full) - 5)
 
     def test_bad_crc_at_end(self) -> None:
@@ -189,6 +210,121 @@ class TornTailTests(DiskCase):
         dd2.append(puts(3, 1))
         _, r = self.reopen(dd2)
         self.assertEqual((r.last_seq, r.warnings), (3, []))
+
+
+class HostileValueTests(DiskCase):
+    """A client controls every byte of a value: none of them may decide torn against corrupt."""
+
+    def _torn_hostile(self, value: bytes) -> None:
+        dd, _ = self.open()
+        dd.append(puts(1, 50))
+        whole = self.disk.contents(SEG1)
+        dd.append([put(51, b"evil", value)])
+        full = self.disk.contents(SEG1)
+        self.disk.put(SEG1, full[: len(full) - 3])  # the power cut kept all but the last bytes
+        _, r = self.reopen(dd)
+        self.assertEqual(r.last_seq, 50)
+        self.assertEqual(len(r.tree), 50)
+        self.assertIn(f"cut a torn record at {SEG1} offset {len(whole)}", r.warnings[0])
+        self.assertEqual(self.disk.contents(SEG1), whole)
+        self.dirs[-1].append(puts(51, 1))
+        _, r = self.reopen(self.dirs[-1])
+        self.assertEqual((r.last_seq, r.warnings), (51, []))
+
+    def _forged(self, first: int, n: int) -> bytes:
+        """Records of the next ops in every framing an attacker could write without the salt."""
+        guess = wal.new_salt()
+        return v1_records(puts(first, n)) + wal.encode_records(puts(first, n), guess)
+
+    def test_value_embedding_the_next_record(self) -> None:
+        """A torn write of a value holding a valid-looking record of the next op is cut."""
+        self._torn_hostile(self._forged(52, 1) + b"tail")
+
+    def test_value_embedding_several_records(self) -> None:
+        """A torn value packed with forged records of the ops after it is still a torn tail."""
+        self._torn_hostile(b"x" + self._forged(52, 20) * 3 + b"tail")
+
+    def test_value_embedding_a_segment_header(self) -> None:
+        """A value holding whole segment headers (this log's id) and records after them is cut."""
+        dd, _ = self.open()
+        log_id = wal.decode_header(self.disk.contents(SEG1), SEG1).log_id
+        dd.close()
+        salt = wal.new_salt()
+        value = (
+            v1_header(log_id, 52)
+            + v1_records(puts(52, 3))
+            + wal.encode_header(log_id, 52, salt)
+            + wal.encode_records(puts(52, 3), salt)
+            + b"tail"
+        )
+        self._torn_hostile(value)
+
+    def test_damage_before_a_hostile_value_is_refused(self) -> None:
+        """Real damage with records after it is refused, hostile values in the log or not."""
+        dd, _ = self.open()
+        dd.append(puts(1, 1))
+        off = len(self.disk.contents(SEG1))
+        dd.append(puts(2, 1))
+        dd.append([put(3, b"evil", self._forged(4, 2))])
+        raw = bytearray(self.disk.contents(SEG1))
+        raw[off + 14] ^= 0x40
+        self.disk.put(SEG1, bytes(raw))
+        dd.close()
+        e = self.assertRaises(CorruptData, self.open)
+        self.assertEqual((e.path, e.offset), (SEG1, off))
+
+
+class FormatV1Tests(DiskCase):
+    """Segments written by format version 1 are read; new records go to version 2 segments."""
+
+    def _v1_log(self, records: bytes) -> int:
+        dd, _ = self.open()
+        log_id = wal.decode_header(self.disk.contents(SEG1), SEG1).log_id
+        dd.close()
+        self.disk.put(SEG1, v1_header(log_id, 1) + records)
+        return log_id
+
+    def test_v1_segment_read_then_continued_in_v2(self) -> None:
+        """A v1 log replays; the next append starts a v2 segment instead of extending it."""
+        self._v1_log(v1_records(puts(1, 3)))
+        dd, r = self.open()
+        self.assertEqual((r.last_seq, len(r.tree), r.warnings), (3, 3, []))
+        dd.append(puts(4, 2))
+        seg4 = f"{D}/wal/{4:020d}.log"
+        self.assertEqual(wal.decode_header(self.disk.contents(seg4), seg4).version, 2)
+        self.assertEqual(wal.decode_header(self.disk.contents(SEG1), SEG1).version, 1)
+        _, r = self.reopen(dd)
+        self.assertEqual((r.last_seq, len(r.tree), r.warnings), (5, 5, []))
+
+    def test_v1_torn_tail_is_cut(self) -> None:
+        """A torn last record of a v1 segment is cut as before."""
+        whole = v1_records(puts(1, 3))
+        self._v1_log(whole + v1_records(puts(4, 1))[:-2])
+        _, r = self.open()
+        self.assertEqual(r.last_seq, 3)
+        self.assertIn("cut a torn record", r.warnings[0])
+
+    def test_empty_v1_segment_is_replaced(self) -> None:
+        """An empty v1 segment is rewritten as v2 at the first append, under the same name."""
+        self._v1_log(b"")
+        dd, r = self.open()
+        dd.append(puts(1, 2))
+        self.assertEqual(self.disk.listdir(f"{D}/wal"), [f"{1:020d}.log"])
+        self.assertEqual(wal.decode_header(self.disk.contents(SEG1), SEG1).version, 2)
+        _, r = self.reopen(dd)
+        self.assertEqual((r.last_seq, r.warnings), (2, []))
+
+    def test_truncate_into_v1_then_append(self) -> None:
+        """Truncating back into a v1 segment, then appending, keeps a readable log."""
+        self._v1_log(v1_records(puts(1, 5)))
+        dd, _ = self.open()
+        dd.append(puts(6, 2))
+        dd.truncate_after(3)
+        dd.append([put(4, b"new")])
+        _, r = self.reopen(dd)
+        self.assertEqual((r.last_seq, r.warnings), (4, []))
+        self.assertIn(b"new", r.tree)
+        self.assertNotIn(b"k0004", r.tree)
 
 
 class CorruptionTests(DiskCase):
@@ -250,7 +386,8 @@ class CorruptionTests(DiskCase):
         """A record whose seq skips one is refused even though its checksum is fine."""
         dd, _ = self.open()
         dd.append(puts(1, 2))
-        raw = self.disk.contents(SEG1) + wal.encode_records(puts(4, 1))
+        raw = self.disk.contents(SEG1)
+        raw += wal.encode_records(puts(4, 1), wal.decode_header(raw, SEG1).salt)
         self.disk.put(SEG1, raw)
         dd.close()
         e = self.assertRaises(CorruptData, self.open)
@@ -598,6 +735,17 @@ class FsyncTests(DiskCase):
         _, r = self.reopen(dd, fsync=FsyncPolicy.INTERVAL)
         self.assertEqual(r.last_seq, 2)
 
+    def test_clean_close_syncs(self) -> None:
+        """Under INTERVAL and NEVER a clean close fsyncs the log: a power cut then loses nothing."""
+        for policy in (FsyncPolicy.INTERVAL, FsyncPolicy.NEVER):
+            self.disk = FakeDisk()
+            dd, _ = self.open(fsync=policy)
+            dd.append(puts(1, 3))
+            dd.close()
+            self.disk.crash()
+            _, r = self.open(fsync=policy)
+            self.assertEqual(r.last_seq, 3, policy)
+
     def test_rotation_syncs_old_segment_under_never(self) -> None:
         """Under NEVER a segment is synced before the next starts, so a crash keeps a prefix."""
         dd, _ = self.open(fsync=FsyncPolicy.NEVER, segment_bytes=100)
@@ -665,6 +813,18 @@ class DiskErrorTests(DiskCase):
         dd.append(puts(3, 1))
         _, r = self.reopen(dd, segment_bytes=60)
         self.assertEqual(r.last_seq, 3)
+
+    def test_failed_rotation_sync_breaks(self) -> None:
+        """A failed fsync of the segment left behind at rotation breaks the directory, as sync()."""
+        dd, _ = self.open(fsync=FsyncPolicy.INTERVAL, segment_bytes=60)
+        dd.append(puts(1, 2))
+        self.disk.fail("fsync", errno.EIO)
+        e = self.assertRaises(DiskError, dd.append, puts(3, 1))
+        self.assertIn("EIO", str(e))
+        e = self.assertRaises(DiskError, dd.append, puts(3, 1))
+        self.assertIn("reopen", str(e))
+        self.assertRaises(DiskError, dd.sync)
+        self.assertEqual(dd.last_seq, 2)
 
     def test_failed_sync_breaks(self) -> None:
         """A failed timer fsync leaves unknown bytes behind: the directory refuses more work."""
@@ -746,8 +906,8 @@ class CrashModelTests(SynchronousTestCase):
             disk.crash_after(10**9)
         except Crashed:
             pass
-        dd.close()
         disk.crash()
+        dd.close()
         dd2 = DataDir(D, fsync=policy, disk=disk, segment_bytes=160)
         r = dd2.open()
         dd2.close()
@@ -914,3 +1074,25 @@ class StoreJournalTests(SynchronousTestCase):
         self.addCleanup(self.store.stop_sync_timer)
         self.clock.advance(1.0)
         self.assertEqual(self.disk.synced(seg), self.disk.contents(seg))
+
+
+class NodeShutdownTests(SynchronousTestCase):
+    def test_node_closes_its_data_directory_at_shutdown(self) -> None:
+        """A node built by twistd closes (so fsyncs) its data directory once it has shut down."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from kvtwist import tap
+
+        path = tempfile.mkdtemp(prefix="kvtwist-shutdown-")
+        self.addCleanup(shutil.rmtree, path, ignore_errors=True)
+        options = tap.Options()
+        options.parseOptions(["--data-dir", path, "--fsync", "interval", "--port", "9"])
+        reactor = MemoryReactorClock()
+        reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore[method-assign]
+        tap.build(options, reactor=reactor)
+        for phase in ("before", "during", "after"):
+            for f, args, kw in reactor.triggers.get(phase, {}).get("shutdown", []):
+                f(*args, **kw)
+        again = DataDir(path)
+        self.assertEqual(again.open().last_seq, 0)  # the lock was let go
+        again.close()

@@ -21,14 +21,22 @@ Directory layout
 Every file that is replaced is written to a temporary name, fsynced, renamed,
 and its directory fsynced.
 
-Log segments (format version 1)
+Log segments (format version 2)
 ===============================
 
-Header, 32 bytes: ``"KVTWAL\\r\\n"``, u32 version, u64 log id, u64 first seq,
-u32 crc32 of the 28 bytes before it.  Then records, each
-``[u32 length][u32 crc32 of payload][payload]``, big-endian, where the payload
-is a serialized ``kvtwist.Update`` (seq, epoch, is_put, key, data, client_id,
-request_id).  The records of a log are contiguous in seq across segments.
+Header, 48 bytes: ``"KVTWAL\\r\\n"``, u32 version, u64 log id, u64 first seq,
+16 random bytes (the segment's salt), u32 crc32 of the 44 bytes before it.
+Then records, each ``[u32 length][8-byte check][payload]``, big-endian, where
+the check is BLAKE2b-64 of the payload keyed with the salt and the payload is
+a serialized ``kvtwist.Update`` (seq, epoch, is_put, key, data, client_id,
+request_id).  The salt never leaves the disk, so no value a client writes can
+hold bytes that pass for a record of the segment (see Recovery, 3).  The
+records of a log are contiguous in seq across segments.
+
+Version 1 segments (a 32-byte header without the salt; records
+``[u32 length][u32 crc32 of payload][payload]``) are still read, and never
+appended to: the first append after opening one starts a version 2 segment
+(an empty one is rewritten in place).
 A segment is started when the current one has reached ``segment_bytes`` (at
 a batch boundary, so a batch never spans two segments) and whenever a snapshot
 begins; the segment left behind is fsynced first, under every fsync policy.
@@ -67,7 +75,10 @@ Recovery
    (duplicate suppression, newest last, at most ``max_clients``) are rebuilt.
 3. A bad record (short header, short payload, bad checksum, impossible length)
    in the last segment with no valid record anywhere after it is a torn write:
-   the file is cut there and a warning names the file and offset.  The last
+   the file is cut there and a warning names the file and offset.  Only
+   records the log wrote count as valid here (their check is keyed with the
+   segment's salt), so a torn value that embeds records or segment headers
+   is still a torn write.  The last
    segment is also removed if it is no longer than a header that does not
    check out (its creation was cut short).  Anything else - a bad record
    followed by valid ones, a bad record in an earlier segment, a seq gap, a
@@ -76,8 +87,11 @@ Recovery
 
 Durability by policy: ALWAYS fsyncs each appended batch before ``append``
 returns; INTERVAL leaves that to ``sync()`` on a timer; NEVER to the OS.
+``close()`` fsyncs under every policy, so a clean stop keeps everything.
 Because segments are synced before the next one starts, a crash under any
-policy leaves a prefix of what was appended.
+policy leaves a prefix of what was appended.  A failed fsync in ``sync`` or
+at rotation leaves it unknown what survives: the directory
+refuses further writes until it is reopened.
 """
 
 from kvtwist.storage.datadir import DataDir

@@ -36,6 +36,8 @@ class _Segment:
     path: str
     size: int  # bytes, header included
     last: int  # seq of its last record; first - 1 while empty
+    head: int  # bytes of its header
+    salt: bytes  # keys its record checks; empty: format version 1, read but never continued
 
 
 def _new_log_id() -> int:
@@ -143,7 +145,7 @@ class DataDir:
             self._broken = None
             return self._recover_without_gc()
         except BaseException:
-            self.close()
+            self._release()
             raise
 
     def _load_node_id(self) -> str:
@@ -243,23 +245,23 @@ class DataDir:
             head = self._io("cannot read", path, lambda path=path: disk.read(path, wal.HEADER_SIZE))  # type: ignore[misc]
             last_file = i == len(seg_firsts) - 1
             try:
-                if len(head) < wal.HEADER_SIZE:
-                    raise CorruptData(path, len(head), f"short segment header ({len(head)} bytes)")
-                log_id, hfirst = wal.decode_header(head, path)
+                header = wal.decode_header(head, path)
             except CorruptData:
                 size = self._io("cannot stat", path, lambda path=path: disk.size(path))  # type: ignore[misc]
-                if last_file and size <= wal.HEADER_SIZE:
+                if last_file and size <= wal.header_size(head):
                     warnings.append(f"removed {path}: its creation was cut short ({size} bytes)")
                     self._remove(path)
                     continue
                 raise
-            if hfirst != first:
-                raise CorruptData(path, 20, f"header says first seq {hfirst}, name says {first}")
-            if log_id != base.log_id:
+            if header.first_seq != first:
+                raise CorruptData(
+                    path, 20, f"header says first seq {header.first_seq}, name says {first}"
+                )
+            if header.log_id != base.log_id:
                 warnings.append(f"removed {path}: left over from a history replaced by a snapshot")
                 self._remove(path)
                 continue
-            segs.append(_Segment(first, path, 0, first - 1))
+            segs.append(_Segment(first, path, 0, first - 1, header.size, header.salt))
         if warnings:
             self._io("cannot sync", self.wal_dir, lambda: disk.fsync_dir(self.wal_dir))
 
@@ -311,7 +313,7 @@ class DataDir:
             s.size = scan.end
             s.last = expected - 1
             if s.first > base.seq:
-                wal_bytes += s.size - wal.HEADER_SIZE
+                wal_bytes += s.size - s.head
             del data
         last_seq = max(base.seq, expected - 1)
         newest_bad = max((seq for seq, _, _ in bad), default=0)
@@ -366,20 +368,26 @@ class DataDir:
 
         The segment before it is fsynced first under every policy, so a crash
         can only ever lose a suffix of the log, never a piece before a later one.
+        A failed fsync there breaks the directory, as in ``sync``.  An empty
+        current segment (a version 1 one about to be continued) is replaced.
         """
         first = self.last_seq + 1
         path = self._seg_path(first)
         disk = self.disk
+        salt = wal.new_salt()
         with self._lock:
             if self._file is not None:
-                old = self._file
-                self._io("cannot sync", self._segments[-1].path, old.fsync)
+                try:
+                    self._file.fsync()
+                except OSError as e:
+                    self._broken = f"fsync failed: {e}"
+                    raise DiskError(self._segments[-1].path, "cannot sync", e) from e
             try:
                 f = disk.create(path)
             except OSError as e:
                 raise DiskError(path, "cannot create", e) from e
             try:
-                f.write(wal.encode_header(self._log_id, first))
+                f.write(wal.encode_header(self._log_id, first, salt))
                 f.fsync()
                 disk.fsync_dir(self.wal_dir)
             except OSError as e:
@@ -393,7 +401,11 @@ class DataDir:
             if self._file is not None:
                 self._file.close()
             self._file = f
-            self._segments.append(_Segment(first, path, wal.HEADER_SIZE, first - 1))
+            seg = _Segment(first, path, wal.HEADER_SIZE, first - 1, wal.HEADER_SIZE, salt)
+            if self._segments and self._segments[-1].first == first:
+                self._segments[-1] = seg
+            else:
+                self._segments.append(seg)
 
     def append(self, records: Sequence[Record]) -> None:
         """Log a batch of contiguous records; under ALWAYS, durably (one fsync) on return."""
@@ -405,12 +417,12 @@ class DataDir:
             if r.seq != first + i:
                 raise ValueError(f"record {r.seq} where {first + i} was due")
         seg = self._segments[-1]
-        if seg.size >= self.segment_bytes and seg.last >= seg.first:
+        if not seg.salt or (seg.size >= self.segment_bytes and seg.last >= seg.first):
             self._new_segment()
             seg = self._segments[-1]
         f = self._file
         assert f is not None
-        data = wal.encode_records(records)
+        data = wal.encode_records(records, seg.salt)
         try:
             f.write(data)
             if self.fsync is FsyncPolicy.ALWAYS:
@@ -465,7 +477,7 @@ class DataDir:
         self.epochs = [e for e in self.epochs if e[0] <= seq]
         newest = self._snapshots[-1] if self._snapshots else 0
         self.wal_bytes_since_snapshot = sum(
-            s.size - wal.HEADER_SIZE for s in self._segments if s.first > newest
+            s.size - s.head for s in self._segments if s.first > newest
         )
 
     def _truncate_segments(self, seq: int) -> None:
@@ -478,7 +490,7 @@ class DataDir:
         disk.fsync_dir(self.wal_dir)
         seg = self._segments[-1]
         if seg.first == seq + 1:
-            offset = wal.HEADER_SIZE
+            offset = seg.head
         else:
             data = disk.read(seg.path)
             scan = wal.scan_segment(data, seg.path, last=True)
@@ -686,6 +698,18 @@ class DataDir:
             self._write_atomic(path, data)
 
     def close(self) -> None:
+        """Fsync the log (a clean stop keeps everything written, under any policy), then let go.
+
+        A failed fsync is raised once the files and the lock are released.
+        """
+        f = self._file
+        try:
+            if f is not None and self._broken is None and self._dirlock is not None:
+                self._io("cannot sync", self._segments[-1].path, f.fsync)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
         if self._file is not None:
             f, self._file = self._file, None
             try:
