@@ -410,9 +410,11 @@ class NodeProcess:
         port: int | None = None,
         args: list[str] | None = None,
         directory: Path | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.args = list(args or [])
+        self.extra_env = dict(extra_env or {})  # e.g. kvtwist.verify.wallclock's preload
         self._own_dir = directory is None
         self.dir = (
             Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="kvnode-"))
@@ -463,7 +465,7 @@ class NodeProcess:
             self.proc = subprocess.Popen(
                 self.command(),
                 cwd=self.dir,
-                env=node_env(),
+                env={**node_env(), **self.extra_env},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -981,9 +981,10 @@ class ZooKeeper:
             self._client.exists(self.root)
             found = True
         else:
-            # a follower may lag the leader: sync first, so that a deletion
-            # committed before this probe left is seen by it
-            self._client.sync(path)
+            # a follower may lag the leader: sync first (it flushes the whole
+            # session's channel), so that a deletion committed before this
+            # probe left is seen by it
+            self._client.sync(self.root)
             found = self._client.exists(path) is not None
         # Only an answer within the same session counts: a request that was
         # queued across a session loss may be answered by the new session.
