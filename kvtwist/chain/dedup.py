@@ -48,10 +48,16 @@ CLIENT_OVERHEAD = 192
 #: Longest client id a write may carry.
 MAX_CLIENT_ID = 256
 
-TOO_OLD = "request too old to deduplicate: its outcome is unknown; it was not applied"
+#: How every refusal of the table begins: not applied now, but an earlier
+#: attempt may have been, so the write's fate is open.
+OUTCOME_UNKNOWN = "outcome unknown"
+TOO_OLD = (
+    f"{OUTCOME_UNKNOWN}: request too old to deduplicate"
+    " (not applied now; an earlier attempt may have been)"
+)
 UNKNOWN = (
-    "outcome unknown: a re-sent request of a client whose record was evicted"
-    " (it may have been applied); it was not applied again"
+    f"{OUTCOME_UNKNOWN}: a re-sent request of a client the chain no longer remembers"
+    " (not applied now; an earlier attempt may have been)"
 )
 
 
