@@ -193,7 +193,11 @@ class DedupTable:
             entry.found = found
 
     def forget_after(self, seq: int) -> None:
-        """Drop entries of ops after ``seq`` (they were never committed)."""
+        """Drop entries of ops after ``seq`` (they were never committed).
+
+        Floors they raised stay: the client said those requests were answered,
+        whatever became of the op that carried it, so it never sends them again.
+        """
         for client_id, row in list(self._clients.items()):
             gone = [r for r, e in row.entries.items() if e.seq > seq]
             for r in gone:
