@@ -29,7 +29,7 @@ from kvtwist import wire
 from kvtwist.chain.auth import AuthError, LogLimiter, Responder, auth_message
 from kvtwist.chain.core import WriteRequest
 from kvtwist.chain.link import MAX_CLIENT_ID, Link, LinkConfig, limits_problem
-from kvtwist.chain.outcomes import WriteResult
+from kvtwist.chain.outcomes import Refused, WriteResult
 from kvtwist.chain.replica import NotHere, ReadView, Replica, Unavailable
 from kvtwist.client.protocol import ConnectionPool
 from kvtwist.proto.kvtwist_pb2 import OpStats
@@ -663,7 +663,7 @@ class NodeFactory(Factory):
             forwarded = self._forward(f.value, msg)  # type: ignore[arg-type]
             if forwarded is not None:
                 return forwarded.addCallback(self._answered, op, start)
-        if f.check(BadRequest):
+        if f.check(BadRequest, Refused):
             log.debug(
                 "{peer}: bad {op}: {e}", peer=peer(), op=wire.op_name(op), e=f.getErrorMessage()
             )
@@ -701,6 +701,9 @@ class NodeFactory(Factory):
             size = len(client_id.encode())
             if size > MAX_CLIENT_ID:
                 raise BadRequest(f"client_id of {size} bytes exceeds the limit of {MAX_CLIENT_ID}")
+        dedup = (client_id, msg.request_id, msg.ack_below, msg.resend)
+        if client_id and msg.ack_below > msg.request_id:
+            raise BadRequest(f"ack_below {msg.ack_below} is above request_id {msg.request_id}")
         if op == wire.OP_PUT:
             self._ctype(msg, wire.CT_ENTRY)
             if not msg.HasField("entry"):
@@ -712,9 +715,9 @@ class NodeFactory(Factory):
                 raise BadRequest(
                     f"value of {len(data)} bytes exceeds the limit of {self.limits.max_value}"
                 )
-            return True, key, data, client_id, msg.request_id
+            return True, key, data, *dedup
         key = self._key(msg, wire.CT_KEY, msg.keys[0] if msg.keys else None)
-        return False, key, b"", client_id, msg.request_id
+        return False, key, b"", *dedup
 
     def write_many(self, msgs: list[Message], peer: Callable[[], str]) -> Deferred[list[bytes]]:
         """Answer PUTs and DELs that arrived together: numbered and logged as one batch.

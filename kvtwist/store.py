@@ -239,8 +239,7 @@ class Store:
                 found = True
             else:
                 found = tree.delete(w.key)
-            if w.client_id:
-                clients.note(w.seq, w.is_put, found, w.client_id, w.request_id)
+            clients.note(w, found)
             self.last_applied = w.seq
             out.append(Applied(w.seq, found, tree.copy()))
         return out
@@ -260,7 +259,7 @@ class Store:
 
         def begin() -> tuple[int, BTree, list[tuple[int, int]], list[ClientRow]]:
             seq = journal.begin_snapshot()
-            return seq, self._tree.copy(), list(journal.epochs), self._clients.rows()
+            return seq, self._tree.copy(), list(journal.epochs), self._clients.client_rows()
 
         def write(args: tuple[int, BTree, list[tuple[int, int]], list[ClientRow]]) -> Any:
             return self.runner.read(lambda: journal.write_snapshot(*args))

@@ -345,7 +345,7 @@ class ChainMachineTests(SynchronousTestCase):
         self.net.settle()
         for p in [p for p in c.pumps if p in b.pumps]:
             self.net.pumps.remove(p)
-        batch = [(True, b"k%d" % i, b"v%d" % i, "cli", i) for i in range(20)]
+        batch = [(True, b"k%d" % i, b"v%d" % i, "cli", i, 0, False) for i in range(20)]
         d = a.replica.write_many(batch)
         self.net.settle(rounds=10)
         self.assertNoResult(d)
@@ -358,12 +358,12 @@ class ChainMachineTests(SynchronousTestCase):
         """Retries in a batch, of a committed write and of one in flight, are not applied again."""
         a, b, c = self.net.chain(3)
         first = self.successResultOf(self._write_settled(a, b"k", b"v", "cli", 1))
-        pending = a.replica.write_many([(True, b"p", b"1", "cli", 2)])
+        pending = a.replica.write_many([(True, b"p", b"1", "cli", 2, 0, False)])
         d = a.replica.write_many(
             [
-                (True, b"k", b"v", "cli", 1),
-                (True, b"p", b"1", "cli", 2),
-                (True, b"n", b"2", "cli", 3),
+                (True, b"k", b"v", "cli", 1, 0, True),
+                (True, b"p", b"1", "cli", 2, 0, True),
+                (True, b"n", b"2", "cli", 3, 0, False),
             ]
         )
         self.net.settle()
@@ -377,7 +377,7 @@ class ChainMachineTests(SynchronousTestCase):
         self.net.settle()
         for p in [p for p in b.pumps if p in a.pumps]:
             self.net.pumps.remove(p)
-        d = a.replica.write_many([(True, b"k%d" % i, b"v", "", 0) for i in range(5)])
+        d = a.replica.write_many([(True, b"k%d" % i, b"v", "", 0, 0, False) for i in range(5)])
         self.net.settle(rounds=5)
         a.replica.fence("lost the session", voluntary=False)
         outcomes = self.successResultOf(d)

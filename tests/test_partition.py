@@ -197,7 +197,7 @@ class BecomingMemberTests(SynchronousTestCase):
         go their way."""
         (a,) = self.net.chain(1)
         b = self._joiner_until_registered()
-        ds = b.replica.write_many([(True, b"k%d" % i, b"v", "", 0) for i in range(3)])
+        ds = b.replica.write_many([(True, b"k%d" % i, b"v", "", 0, 0, False) for i in range(3)])
         self.assertNoResult(ds)
         b.replica.join()
         self.net.settle()

@@ -42,7 +42,7 @@ from kvtwist.chain.dedup import DedupTable
 from kvtwist.chain.epochs import EpochHistory
 from kvtwist.chain.lifecycle import Lifecycle, State
 from kvtwist.chain.link import Link, Side
-from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
+from kvtwist.chain.outcomes import NotHere, Refused, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.transfer import SnapshotReceiver
 from kvtwist.client.protocol import connect_quietly, endpoint
@@ -73,8 +73,8 @@ MEMBER_WAIT = 5.0
 #: States of a node on its way into the chain: requests wait for it.
 BECOMING = (State.STARTING, State.JOINING, State.REGISTERING)
 
-#: A client write: is_put, key, value, client id, request id.
-WriteRequest = tuple[bool, bytes, bytes, str, int]
+#: A client write: is_put, key, value, client id, request id, ack_below, resend.
+WriteRequest = tuple[bool, bytes, bytes, str, int, int, bool]
 
 
 def _fire(d: Deferred[WriteResult], outcome: WriteResult | Exception) -> None:
@@ -344,6 +344,8 @@ class ReplicaCore:
         data: bytes = b"",
         client_id: str = "",
         request_id: int = 0,
+        ack_below: int = 0,
+        resend: bool = False,
         hold: bool = True,
     ) -> Deferred[WriteResult]:
         """Order, apply and commit one client write; fires once committed.
@@ -352,7 +354,9 @@ class ReplicaCore:
         """
         if hold and self.becoming_member:
             return self._wait_member().addCallback(
-                lambda _: self.write(is_put, key, data, client_id, request_id, hold=False)
+                lambda _: self.write(
+                    is_put, key, data, client_id, request_id, ack_below, resend, hold=False
+                )
             )
         try:
             self._check_member()
@@ -364,9 +368,14 @@ class ReplicaCore:
             # a new head records its epoch before it numbers anything
             d: Deferred[None] = Deferred()
             self._claim_waiters.append(d)
-            return d.addCallback(lambda _: self.write(is_put, key, data, client_id, request_id))
+            return d.addCallback(
+                lambda _: self.write(is_put, key, data, client_id, request_id, ack_below, resend)
+            )
         if client_id:
-            entry = self.dedup.get(client_id, request_id)
+            try:
+                entry = self.dedup.check(client_id, request_id, resend)
+            except Refused as e:
+                return defer.fail(e)
             if entry is not None:  # a retry: answer with the first attempt's outcome
                 if entry.seq <= self.committed_seq:
                     found = entry.found if entry.found is not None else True
@@ -382,6 +391,7 @@ class ReplicaCore:
             data=data,
             client_id=client_id,
             request_id=request_id,
+            ack_below=ack_below,
         )
         wait = self._wait_commit(seq)
         self._accept([u])
@@ -410,9 +420,13 @@ class ReplicaCore:
         updates = []
         waiting = self._waiting
         epoch = self.head_epoch
-        for i, (is_put, key, data, client_id, request_id) in enumerate(writes):
+        for i, (is_put, key, data, client_id, request_id, ack_below, resend) in enumerate(writes):
             if client_id:
-                entry = self.dedup.get(client_id, request_id)
+                try:
+                    entry = self.dedup.check(client_id, request_id, resend)
+                except Refused as e:
+                    fill(i, e)
+                    continue
                 if entry is not None:  # a retry: answer with the first attempt's outcome
                     if entry.seq <= self.committed_seq:
                         found = entry.found if entry.found is not None else True
@@ -421,7 +435,7 @@ class ReplicaCore:
                         waiting.setdefault(entry.seq, []).append(partial(fill, i))
                     continue
                 # a retry of a write in this very batch must find it
-                self.dedup.remember(client_id, request_id, self.next_seq, None)
+                self.dedup.remember(client_id, request_id, self.next_seq, None, ack_below)
             seq = self.next_seq
             self.next_seq += 1
             updates.append(
@@ -433,6 +447,7 @@ class ReplicaCore:
                     data=data,
                     client_id=client_id,
                     request_id=request_id,
+                    ack_below=ack_below,
                 )
             )
             waiting[seq] = [partial(fill, i)]
@@ -466,7 +481,7 @@ class ReplicaCore:
             pending[seq] = u
             size += update_size(u)
             if u.client_id:
-                self.dedup.remember(u.client_id, u.request_id, seq, None)
+                self.dedup.remember(u.client_id, u.request_id, seq, None, u.ack_below)
             writes.append(u)  # the journal logs the Update as it is
         if not writes:
             return

@@ -4,8 +4,29 @@ Each write may carry a client id and a request number; the chain remembers
 the op number each got, so a client that retries after a failover is told the
 op number of the write that already happened instead of applying it twice.
 The table is replicated with the writes (every node remembers what it
-applies) and travels with a state transfer.  It is bounded by entries and by
-bytes, oldest forgotten first.
+applies, and changes it only as the writes say, so every member holds the
+same table) and travels with snapshots and state transfers.
+
+Clients acknowledge, as in RIFL (Lee et al., SOSP 2015): a write may carry
+``ack_below``, below which every request of its client has had its answer and
+is never sent again.  Those entries are dropped and ``ack_below`` becomes the
+client's *floor*: a request below it is refused, never applied.  So an
+acknowledging client costs only its unanswered requests, and the guarantee
+lasts as long as it retries.  A client that sends no ``ack_below`` keeps its
+newest ``max_client_entries`` entries; a retry older than that is applied
+again.
+
+Memory is bounded by entries and bytes: over either, whole clients go, least
+recently written first, and ``evicted`` counts them.  From then on a re-send
+(the client's ``resend`` flag) from a client the table does not know may be a
+duplicate of a forgotten write: it is refused as of unknown outcome.  A client
+row made after an eviction starts with its first request as its floor, since
+its older requests may be forgotten ones.
+
+Rows as the table exports them, ``(client_id, request_id, seq, found)``:
+``seq`` 0 marks a client's own row, with its floor in ``request_id`` (left out
+when the floor is 0 and entries of the client follow), and client id ``""``
+with seq 0 carries the eviction count.
 """
 
 from __future__ import annotations
@@ -13,13 +34,31 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
+from kvtwist.chain.outcomes import Refused
+
 #: Retried writes remembered, across all clients.
 MAX_ENTRIES = 100_000
-#: Bytes of client ids remembered (an entry costs its id plus this overhead).
+#: Entries one client may hold (its oldest go first).
+MAX_CLIENT_ENTRIES = 10_000
+#: Bytes the table may take: each client costs its id plus CLIENT_OVERHEAD,
+#: each entry ENTRY_OVERHEAD.
 MAX_BYTES = 16 * 1024 * 1024
 ENTRY_OVERHEAD = 64
+CLIENT_OVERHEAD = 192
 #: Longest client id a write may carry.
 MAX_CLIENT_ID = 256
+
+#: How every refusal of the table begins: not applied now, but an earlier
+#: attempt may have been, so the write's fate is open.
+OUTCOME_UNKNOWN = "outcome unknown"
+TOO_OLD = (
+    f"{OUTCOME_UNKNOWN}: request too old to deduplicate"
+    " (not applied now; an earlier attempt may have been)"
+)
+UNKNOWN = (
+    f"{OUTCOME_UNKNOWN}: a re-sent request of a client the chain no longer remembers"
+    " (not applied now; an earlier attempt may have been)"
+)
 
 
 class Entry:
@@ -30,58 +69,181 @@ class Entry:
         self.found = found  # None until applied
 
 
-class DedupTable:
-    """``(client_id, request_id) -> Entry``, oldest first."""
+class ClientRecord:
+    """One client: its floor and its entries, in the order they were remembered."""
 
-    def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES) -> None:
+    __slots__ = ("entries", "floor")
+
+    def __init__(self, floor: int) -> None:
+        self.floor = floor
+        self.entries: dict[int, Entry] = {}
+
+
+class DedupTable:
+    """``client_id -> ClientRecord``, least recently written first."""
+
+    def __init__(
+        self,
+        max_entries: int = MAX_ENTRIES,
+        max_bytes: int = MAX_BYTES,
+        max_client_entries: int = MAX_CLIENT_ENTRIES,
+    ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._rows: OrderedDict[tuple[str, int], Entry] = OrderedDict()
+        self.max_client_entries = max_client_entries
+        self._clients: OrderedDict[str, ClientRecord] = OrderedDict()
+        self._entries = 0
         self._bytes = 0
+        self.evicted = 0  # client records dropped whole to stay within the bounds
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._entries
 
     @property
     def bytes(self) -> int:
         return self._bytes
 
-    def get(self, client_id: str, request_id: int) -> Entry | None:
-        return self._rows.get((client_id, request_id))
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
 
-    def remember(self, client_id: str, request_id: int, seq: int, found: bool | None) -> None:
-        key = (client_id, request_id)
-        if key in self._rows:
-            self._rows.move_to_end(key)
+    def get(self, client_id: str, request_id: int) -> Entry | None:
+        row = self._clients.get(client_id)
+        return None if row is None else row.entries.get(request_id)
+
+    def check(self, client_id: str, request_id: int, resend: bool = False) -> Entry | None:
+        """The first attempt's entry of a duplicate, None for a new write; Refused if unknowable."""
+        row = self._clients.get(client_id)
+        if row is None:
+            if resend and self.evicted:
+                raise Refused(UNKNOWN)
+            return None
+        if request_id < row.floor:
+            raise Refused(TOO_OLD)
+        return row.entries.get(request_id)
+
+    def remember(
+        self, client_id: str, request_id: int, seq: int, found: bool | None, ack_below: int = 0
+    ) -> None:
+        clients = self._clients
+        row = clients.get(client_id)
+        if row is None:
+            row = clients[client_id] = ClientRecord(request_id if self.evicted else 0)
+            self._bytes += len(client_id) + CLIENT_OVERHEAD
         else:
-            self._bytes += len(client_id) + ENTRY_OVERHEAD
-        self._rows[key] = Entry(seq, found)
-        while self._rows and (len(self._rows) > self.max_entries or self._bytes > self.max_bytes):
-            (old, _), _ = self._rows.popitem(last=False)
-            self._bytes -= len(old) + ENTRY_OVERHEAD
+            clients.move_to_end(client_id)
+        if ack_below > row.floor:
+            self._raise_floor(row, ack_below)
+        if request_id < row.floor:
+            return  # refused at the head; a retry of it is refused here too
+        entries = row.entries
+        if request_id not in entries:
+            self._entries += 1
+            self._bytes += ENTRY_OVERHEAD
+        entries[request_id] = Entry(seq, found)
+        while len(entries) > self.max_client_entries:
+            self._drop_oldest(row)
+        self._shrink(client_id)
+
+    def _raise_floor(self, row: ClientRecord, floor: int) -> None:
+        row.floor = floor
+        entries = row.entries
+        # requests are remembered about in order: the acknowledged ones are in front
+        while entries:
+            oldest = next(iter(entries))
+            if oldest >= floor:
+                break
+            del entries[oldest]
+            self._entries -= 1
+            self._bytes -= ENTRY_OVERHEAD
+
+    def _drop_oldest(self, row: ClientRecord) -> None:
+        oldest = next(iter(row.entries))
+        del row.entries[oldest]
+        self._entries -= 1
+        self._bytes -= ENTRY_OVERHEAD
+        if row.floor:  # an acknowledging client: a retry of it is refused, not applied
+            row.floor = max(row.floor, oldest + 1)
+
+    def _shrink(self, keep: str | None) -> None:
+        """Evict whole clients, least recently written first, until within the bounds."""
+        clients = self._clients
+        while self._entries > self.max_entries or self._bytes > self.max_bytes:
+            oldest = next(iter(clients), None)
+            if oldest is None:
+                return
+            if oldest == keep:
+                row = clients[oldest]
+                if not row.entries:
+                    return
+                self._drop_oldest(row)  # the only client left
+                continue
+            self._evict(oldest)
+
+    def _evict(self, client_id: str) -> None:
+        row = self._clients.pop(client_id)
+        self._entries -= len(row.entries)
+        self._bytes -= len(client_id) + CLIENT_OVERHEAD + ENTRY_OVERHEAD * len(row.entries)
+        self.evicted += 1
 
     def applied(self, client_id: str, request_id: int, seq: int, found: bool) -> None:
         """The write ``seq`` was applied: remember whether its key was there."""
-        entry = self._rows.get((client_id, request_id))
+        entry = self.get(client_id, request_id)
         if entry is not None and entry.seq == seq:
             entry.found = found
 
     def forget_after(self, seq: int) -> None:
-        """Drop entries of ops after ``seq`` (they were never committed)."""
-        for key in [k for k, e in self._rows.items() if e.seq > seq]:
-            del self._rows[key]
-            self._bytes -= len(key[0]) + ENTRY_OVERHEAD
+        """Drop entries of ops after ``seq`` (they were never committed).
+
+        Floors they raised stay: the client said those requests were answered,
+        whatever became of the op that carried it, so it never sends them again.
+        """
+        for client_id, row in list(self._clients.items()):
+            gone = [r for r, e in row.entries.items() if e.seq > seq]
+            for r in gone:
+                del row.entries[r]
+            self._entries -= len(gone)
+            self._bytes -= ENTRY_OVERHEAD * len(gone)
+            if not row.entries and not row.floor:
+                del self._clients[client_id]
+                self._bytes -= len(client_id) + CLIENT_OVERHEAD
 
     def clear(self) -> None:
-        self._rows.clear()
+        self._clients.clear()
+        self._entries = 0
         self._bytes = 0
+        self.evicted = 0
 
     def rows(self, upto: int | None = None) -> Iterator[tuple[str, int, int, bool]]:
-        """``(client_id, request_id, seq, found)`` for entries up to op ``upto``."""
-        for (c, r), e in self._rows.items():
-            if upto is None or e.seq <= upto:
-                yield c, r, e.seq, bool(e.found) if e.found is not None else True
+        """The table as rows (see the module's docstring); entries only up to op ``upto``."""
+        if self.evicted:
+            yield "", self.evicted, 0, False
+        for c, row in self._clients.items():
+            entries = [
+                (c, r, e.seq, bool(e.found) if e.found is not None else True)
+                for r, e in row.entries.items()
+                if upto is None or e.seq <= upto
+            ]
+            if row.floor or not entries:  # else its entries make the client known
+                yield c, row.floor, 0, False
+            yield from entries
 
     def load(self, rows: Iterable[tuple[str, int, int, bool]]) -> None:
+        """Add exported rows as they are, then keep within this table's bounds."""
+        clients = self._clients
         for c, r, seq, found in rows:
-            self.remember(c, r, seq, found)
+            if seq == 0 and not c:
+                self.evicted = max(self.evicted, r)
+                continue
+            row = clients.get(c)
+            if row is None:
+                row = clients[c] = ClientRecord(0)
+                self._bytes += len(c) + CLIENT_OVERHEAD
+            if seq == 0:
+                row.floor = max(row.floor, r)
+                continue
+            if r not in row.entries:
+                self._entries += 1
+                self._bytes += ENTRY_OVERHEAD
+            row.entries[r] = Entry(seq, found)
+        self._shrink(None)

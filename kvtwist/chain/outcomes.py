@@ -11,6 +11,10 @@ class Unavailable(Exception):
     """This node cannot serve the request now; a retry (maybe elsewhere) may succeed."""
 
 
+class Refused(Exception):
+    """The request is refused for good: no retry of it can succeed."""
+
+
 class NotHere(Exception):
     """The request belongs to another member: ``target`` is its address, if known."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +102,8 @@ class Client:
     def __init__(self) -> None:
         self.client_id = uuid.uuid4().hex
         self._request_ids = itertools.count(1)
+        #: request ids of writes not yet answered, oldest first
+        self._unanswered: OrderedDict[int, None] = OrderedDict()
 
     def _send(self, msg: Message, write: bool) -> Deferred[Message]:
         raise NotImplementedError
@@ -112,9 +115,27 @@ class Client:
 
     # writes
 
+    def _write(self, msg: Message) -> Deferred[Message]:
+        """Send a numbered write with ``ack_below``: its request id is unanswered until it ends.
+
+        Once a write's Deferred fires this client never sends it again, so its
+        request id counts as answered whatever the outcome, and the chain may
+        forget it.
+        """
+        rid = msg.request_id
+        unanswered = self._unanswered
+        unanswered[rid] = None
+        msg.ack_below = next(iter(unanswered))
+
+        def answered(result: Any) -> Any:
+            unanswered.pop(rid, None)
+            return result
+
+        return self._call(msg, write=True).addBoth(answered)
+
     def put(self, key: Data, value: Data) -> Deferred[WriteResult]:
         msg = wire.req_put(as_bytes(key), as_bytes(value), self.client_id, next(self._request_ids))
-        return self._call(msg, write=True).addCallback(lambda r: WriteResult(_op_n(r)))
+        return self._write(msg).addCallback(lambda r: WriteResult(_op_n(r)))
 
     def delete(self, key: Data) -> Deferred[WriteResult]:
         msg = wire.req_del(as_bytes(key), self.client_id, next(self._request_ids))
@@ -122,7 +143,7 @@ class Client:
         def done(r: Message) -> WriteResult:
             return WriteResult(_op_n(r), r.found if r.HasField("found") else None)
 
-        return self._call(msg, write=True).addCallback(done)
+        return self._write(msg).addCallback(done)
 
     # reads
 

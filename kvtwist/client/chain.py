@@ -3,9 +3,10 @@
 It follows the membership in ZooKeeper and rides through failover: a request
 that meets a closed connection or a retryable ERROR is sent again, to the
 head or tail of the newest configuration, until a deadline.  A retried write
-carries the same client id and request number, so the head answers it with
-the first attempt's op number if that attempt committed, instead of applying
-it twice.
+carries the same client id and request number, and the ``resend`` flag, so
+the head answers it with the first attempt's op number if that attempt
+committed, instead of applying it twice (or refuses it when the chain can no
+longer tell: see kvtwist.chain.dedup).
 """
 
 from __future__ import annotations
@@ -113,12 +114,20 @@ class ChainClient(Client):
     def _send(self, msg: Message, write: bool) -> Deferred[Message]:
         last_error = [self._no_members()]
         attempt = [0]
+        sending = [msg]
+        sent = [False]
 
         def again(_: Any = None) -> Deferred[Message]:
             target = self._target(write)
             if target is None:
                 return retry(ConnectionFailed(self._no_members()))
-            d = self.pool.request(target, msg)
+            if sent[0] and write and sending[0] is msg:
+                # an earlier attempt may have reached the head: say so
+                sending[0] = Message()
+                sending[0].CopyFrom(msg)
+                sending[0].resend = True
+            sent[0] = True
+            d = self.pool.request(target, sending[0])
             d.addCallbacks(check, retry)
             return d
 

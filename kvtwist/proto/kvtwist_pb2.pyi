@@ -56,7 +56,7 @@ class Stats(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[OpStats, _Mapping]]] = ..., keys: _Optional[int] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ..., last_op: _Optional[int] = ..., role: _Optional[str] = ..., height: _Optional[int] = ...) -> None: ...
 
 class Update(_message.Message):
-    __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id", "found", "epoch")
+    __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id", "found", "epoch", "ack_below")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     IS_PUT_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class Update(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ACK_BELOW_FIELD_NUMBER: _ClassVar[int]
     seq: int
     is_put: bool
     key: bytes
@@ -73,7 +74,8 @@ class Update(_message.Message):
     request_id: int
     found: bool
     epoch: int
-    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[bytes] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., found: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
+    ack_below: int
+    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[bytes] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., found: _Optional[bool] = ..., epoch: _Optional[int] = ..., ack_below: _Optional[int] = ...) -> None: ...
 
 class EpochMark(_message.Message):
     __slots__ = ("first_seq", "epoch")
@@ -138,7 +140,7 @@ class SnapshotChunk(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., clients: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., total: _Optional[int] = ..., last_op: _Optional[int] = ..., done: _Optional[bool] = ..., delta: _Optional[bool] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops", "local", "auth", "token")
+    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops", "local", "auth", "token", "ack_below", "resend")
     class Opcode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_BAD: _ClassVar[Message.Opcode]
@@ -228,6 +230,8 @@ class Message(_message.Message):
     LOCAL_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACK_BELOW_FIELD_NUMBER: _ClassVar[int]
+    RESEND_FIELD_NUMBER: _ClassVar[int]
     opcode: Message.Opcode
     c_type: Message.CType
     result: int
@@ -249,4 +253,6 @@ class Message(_message.Message):
     local: bool
     auth: ChainAuth
     token: bytes
-    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ..., token: _Optional[bytes] = ...) -> None: ...
+    ack_below: int
+    resend: bool
+    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ..., token: _Optional[bytes] = ..., ack_below: _Optional[int] = ..., resend: _Optional[bool] = ...) -> None: ...

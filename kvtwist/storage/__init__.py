@@ -29,9 +29,9 @@ Header, 48 bytes: ``"KVTWAL\\r\\n"``, u32 version, u64 log id, u64 first seq,
 Then records, each ``[u32 length][8-byte check][payload]``, big-endian, where
 the check is BLAKE2b-64 of the payload keyed with the salt and the payload is
 a serialized ``kvtwist.Update`` (seq, epoch, is_put, key, data, client_id,
-request_id).  The salt never leaves the disk, so no value a client writes can
-hold bytes that pass for a record of the segment (see Recovery, 3).  The
-records of a log are contiguous in seq across segments.
+request_id, ack_below).  The salt never leaves the disk, so no value a client
+writes can hold bytes that pass for a record of the segment (see Recovery, 3).
+The records of a log are contiguous in seq across segments.
 
 Version 1 segments (a 32-byte header without the salt; records
 ``[u32 length][u32 crc32 of payload][payload]``) are still read, and never
@@ -53,8 +53,10 @@ Header, 32 bytes: ``"KVTSNAP\\n"``, u32 version, u64 log id, u64 seq, u32 crc32.
 Then checksummed records ``[u32 length][u32 crc32][body]`` whose first body
 byte is a kind: entries in key order (about 1 MiB per record, columnar: the
 key and value lengths in bytes, then the keys, then the values), then the
-epoch boundaries, then the client rows, then a trailer holding the counts of
-each and a crc32 of every byte before it, which must end the file.  Version 1
+epoch boundaries, then the client rows (kvtwist.chain.dedup: a row with seq 0
+holds a client's floor, or, without a client id, the eviction count), then a
+trailer holding the counts of each and a crc32 of every byte before it, which
+must end the file.  Version 1
 snapshots (keys as text: lengths in code points, keys as one UTF-8 string)
 are still read.  See snapshot.py for the exact layout.
 

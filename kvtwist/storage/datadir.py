@@ -302,7 +302,7 @@ class DataDir:
                         found = True
                     else:
                         found = delete(u.key)
-                    clients.note(u.seq, u.is_put, found, u.client_id, u.request_id)
+                    clients.note(u, found)
                     note_epoch(epochs, u.seq, u.epoch)
             if scan.torn is not None:
                 warnings.append(
@@ -337,7 +337,7 @@ class DataDir:
             )
         else:
             self._new_segment()
-        return Recovered(tree, last_seq, list(epochs), clients.rows(), base.seq, warnings)
+        return Recovered(tree, last_seq, list(epochs), clients.client_rows(), base.seq, warnings)
 
     def _cut(self, path: str, size: int) -> None:
         def run() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import enum
 import errno as errno_mod
 import os
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from kvtwist.chain.dedup import DedupTable
 from kvtwist.proto.kvtwist_pb2 import Update
 from kvtwist.tree import BTree
 
@@ -37,6 +37,7 @@ class LogRecord:
     epoch: int = 0
     client_id: str = ""
     request_id: int = 0
+    ack_below: int = 0
 
 
 #: A write as the journal takes it: a LogRecord, or the replicated Update itself
@@ -93,33 +94,26 @@ class CannotTruncate(Exception):
     """The records to drop are already folded into the newest snapshot."""
 
 
-class ClientTable:
-    """Duplicate-suppression rows keyed by (client_id, request_id), oldest first, bounded."""
+class ClientTable(DedupTable):
+    """The duplicate-suppression table as applied writes build it, to store and recover.
+
+    The same table as a replica's (:mod:`kvtwist.chain.dedup`), fed the same
+    writes in the same order, so what a restart recovers is what the replica had.
+    """
 
     def __init__(self, limit: int, rows: Iterable[ClientRow] = ()) -> None:
+        super().__init__(max_entries=limit)
         self.limit = limit
-        self._rows: OrderedDict[tuple[str, int], ClientRow] = OrderedDict()
-        for row in rows:
-            self.add(row)
+        self.load((r.client_id, r.request_id, r.seq, r.found) for r in rows)
 
-    def add(self, row: ClientRow) -> None:
-        key = (row.client_id, row.request_id)
-        rows = self._rows
-        rows[key] = row
-        rows.move_to_end(key)
-        while len(rows) > self.limit:
-            rows.popitem(last=False)
-
-    def note(self, seq: int, is_put: bool, found: bool, client_id: str, request_id: int) -> None:
+    def note(self, w: Record, found: bool) -> None:
         """Record an applied write, if it came from an identified client."""
-        if client_id:
-            self.add(ClientRow(client_id, request_id, seq, True if is_put else found))
+        if w.client_id:
+            found = True if w.is_put else found
+            self.remember(w.client_id, w.request_id, w.seq, found, w.ack_below)
 
-    def rows(self) -> list[ClientRow]:
-        return list(self._rows.values())
-
-    def __len__(self) -> int:
-        return len(self._rows)
+    def client_rows(self) -> list[ClientRow]:
+        return [ClientRow(*row) for row in self.rows()]
 
 
 def note_epoch(epochs: list[tuple[int, int]], seq: int, epoch: int) -> None:

@@ -130,6 +130,7 @@ def encode_records(records: Sequence[Record], salt: bytes) -> bytes:
                 data=r.data,
                 client_id=r.client_id,
                 request_id=r.request_id,
+                ack_below=r.ack_below,
             ).SerializeToString()
         parts.append(pack(len(payload), check(payload)))
         parts.append(payload)

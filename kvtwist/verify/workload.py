@@ -20,9 +20,11 @@ after checking every byte (:func:`value_text`), so a torn or mixed-up big
 value reads as a value nobody wrote and the checker says so.
 
 Outcome rules: success is ``ok``; an ERROR reply that is not retryable comes
-from validation before anything is applied, so it is ``fail``; anything else
-(the client's deadline, our own per-operation timeout, a lost connection,
-an internal error) leaves a write's fate open, so it is ``unknown``.
+from validation before anything is applied, so it is ``fail``, unless it says
+the outcome is unknown (a re-send the chain can no longer deduplicate); that
+and anything else (the client's deadline, our own per-operation timeout, a
+lost connection, an internal error) leaves a write's fate open, so it is
+``unknown``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from kvtwist.chain.dedup import OUTCOME_UNKNOWN
 from kvtwist.client.chain import ChainClient
 from kvtwist.client.protocol import KVError
 from kvtwist.verify.history import Op, dumps
@@ -233,7 +236,7 @@ class Workload:
         return (
             isinstance(e, KVError)
             and not e.retry
-            and not e.reason.startswith(("internal error", "undecodable reply"))
+            and not e.reason.startswith(("internal error", "undecodable reply", OUTCOME_UNKNOWN))
         )
 
 
