@@ -97,6 +97,37 @@ def zookeeper_available() -> str | None:
     return None
 
 
+#: Where Debian's libfaketime package puts the library.
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def libfaketime() -> Path | None:
+    """libfaketime's library if it is installed (Debian package faketime), else None."""
+    return LIBFAKETIME if LIBFAKETIME.is_file() else None
+
+
+def faketime_env(clock_file: Path) -> dict[str, str]:
+    """The environment of a process whose wall clock follows ``clock_file`` (e.g. ``+90``).
+
+    Only CLOCK_REALTIME moves: monotonic clocks stay real.  libfaketime rereads
+    the file at most once a second, so a change takes effect within a second.
+    Never for ZooKeeper's JVM: only the process given this environment is faked.
+    """
+    lib = libfaketime()
+    if lib is None:
+        raise RuntimeError("libfaketime is not installed (apt-get install faketime)")
+    return {
+        "LD_PRELOAD": str(lib),
+        "FAKETIME_TIMESTAMP_FILE": str(clock_file),
+        "FAKETIME_CACHE_DURATION": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        # time.sleep under this libfaketime needs the shim (see its docstring)
+        "PYTHONPATH": str(PACKAGE_ROOT / "kvtwist" / "verify" / "faketime")
+        + os.pathsep
+        + node_env()["PYTHONPATH"],
+    }
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -410,9 +441,11 @@ class NodeProcess:
         port: int | None = None,
         args: list[str] | None = None,
         directory: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.args = list(args or [])
+        self.env = dict(env or {})  # over node_env(), e.g. libfaketime for this node only
         self._own_dir = directory is None
         self.dir = (
             Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="kvnode-"))
@@ -430,10 +463,11 @@ class NodeProcess:
         directory: Path | None = None,
         port: int | None = None,
         extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> NodeProcess:
         """A node that joins the chain at ``root``."""
         args = ["--zk", zk_hosts, "--zk-root", root, "--zk-session-timeout", f"{session_timeout:g}"]
-        return cls(port, args + list(extra_args or []), directory)
+        return cls(port, args + list(extra_args or []), directory, env)
 
     @property
     def address(self) -> str:
@@ -463,7 +497,7 @@ class NodeProcess:
             self.proc = subprocess.Popen(
                 self.command(),
                 cwd=self.dir,
-                env=node_env(),
+                env={**node_env(), **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -2,7 +2,7 @@
 # Set up kvtwist on a Debian machine: system packages it lacks, a virtualenv
 # in .venv, and kvtwist installed there (editable, with the twistd plugin).
 #   sh scripts/setup.sh              node and client
-#   sh scripts/setup.sh --test       also the test tools and ZooKeeper
+#   sh scripts/setup.sh --test       also the test tools, ZooKeeper and libfaketime
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,8 @@ if [ "$with_test" = yes ]; then
     if [ "$need_zk" = yes ]; then
         need="$need zookeeper"
     fi
+    # kvtwist-torture's clock-step runs nodes under libfaketime
+    [ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need="$need faketime"
 fi
 if [ -n "$need" ]; then
     echo "installing Debian packages:$need"
