@@ -335,6 +335,9 @@ class FakeProc:
     def kill(self) -> None:
         self.exited = -9
 
+    def stop(self) -> None:
+        self.exited = 0
+
 
 class FakeProxy:
     """Records the rules in force: (route, source) -> mode."""
@@ -476,7 +479,8 @@ class NewKinds(SynchronousTestCase):
         self.assertEqual(world.proxy.rules, {})
 
     def test_zk_flap_starts_a_joiner_when_nothing_changes(self) -> None:
-        """Without a membership change for two fault intervals, zk-flap starts a joiner."""
+        """Without a membership change for two fault intervals, zk-flap starts a joiner,
+        and stops it at the end when the chain is longer than asked."""
         world, nem = self.nemesis("zk-flap")
         nem.inject()
         [a] = nem.active
@@ -484,6 +488,8 @@ class NewKinds(SynchronousTestCase):
         self.assertFalse(a.poll(time.monotonic() + 7.0))
         self.assertEqual(len(world.nodes), 4)
         self.assertEqual(world.events[-1]["label"], "start n4 to change the membership")
+        nem.end(a)  # the chain goes back to its length
+        self.assertEqual([n.state for n in world.nodes], ["running"] * 3 + ["dead"])
 
     def test_clock_step_moves_one_clock_and_back(self) -> None:
         """clock-step writes a step of seconds to minutes into one member's clock file,

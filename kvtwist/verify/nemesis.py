@@ -636,6 +636,17 @@ class Nemesis:
         def finish() -> None:
             if state["node"] is not None:
                 proxy.rule(state["node"].zk_route, "*", None)
+            joiner = state["joiner"]
+            alive = [n for n in self.w.nodes if n.state != "dead"]
+            if (
+                joiner is not None
+                and joiner.state == "running"
+                and len(alive) > self.w.target_nodes()
+            ):
+                # the chain keeps its length; the leave is one more change for the members
+                joiner.proc.stop()
+                joiner.state = "dead"
+                self.w.event("stop", f"stop {joiner.label}: the chain is back to its length")
 
         a.poll, a.finish = poll, finish
         return a
