@@ -28,8 +28,8 @@ Kinds (``--nemesis KIND[,KIND...]``):
   keep the view they had; the rest carry on.  Healed after 1.5-3 session
   timeouts.
 - ``zk-flap``: the moment the membership changes (after another fault, or a
-  joiner it starts itself), one member's ZooKeeper connections are reset
-  several times within a second.
+  joiner it starts itself and stops afterwards), one member's ZooKeeper
+  connections are reset several times within a second.
 - ``clock-step``: one member's wall clock (CLOCK_REALTIME only, through
   libfaketime in that process alone) steps seconds to minutes forward or back,
   and back again 1-2 session timeouts later.
