@@ -410,11 +410,11 @@ class NodeProcess:
         port: int | None = None,
         args: list[str] | None = None,
         directory: Path | None = None,
-        extra_env: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.args = list(args or [])
-        self.extra_env = dict(extra_env or {})  # e.g. kvtwist.verify.wallclock's preload
+        self.env = dict(env or {})  # over node_env(), e.g. kvtwist.verify.wallclock's preload
         self._own_dir = directory is None
         self.dir = (
             Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="kvnode-"))
@@ -432,10 +432,11 @@ class NodeProcess:
         directory: Path | None = None,
         port: int | None = None,
         extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> NodeProcess:
         """A node that joins the chain at ``root``."""
         args = ["--zk", zk_hosts, "--zk-root", root, "--zk-session-timeout", f"{session_timeout:g}"]
-        return cls(port, args + list(extra_args or []), directory)
+        return cls(port, args + list(extra_args or []), directory, env)
 
     @property
     def address(self) -> str:
@@ -465,7 +466,7 @@ class NodeProcess:
             self.proc = subprocess.Popen(
                 self.command(),
                 cwd=self.dir,
-                env={**node_env(), **self.extra_env},
+                env={**node_env(), **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

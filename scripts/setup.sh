@@ -2,7 +2,7 @@
 # Set up kvtwist on a Debian machine: system packages it lacks, a virtualenv
 # in .venv, and kvtwist installed there (editable, with the twistd plugin).
 #   sh scripts/setup.sh              node and client
-#   sh scripts/setup.sh --test       also the test tools and ZooKeeper
+#   sh scripts/setup.sh --test       also the test tools, ZooKeeper and a C compiler
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,9 @@ if [ "$with_test" = yes ]; then
     if [ "$need_zk" = yes ]; then
         need="$need zookeeper"
     fi
+    # wall-clock steps of one node (tests, kvtwist-torture's clock-step) build
+    # a small preload library from kvtwist/verify/wallclock.c
+    command -v cc >/dev/null 2>&1 || need="$need gcc libc6-dev"
 fi
 if [ -n "$need" ]; then
     echo "installing Debian packages:$need"

@@ -132,3 +132,40 @@ class DeadlineTests(SynchronousTestCase):
         pool.up = True
         clock.advance(0.5)
         self.assertEqual(box, [b"v"])
+
+
+class CutOffFromZooKeeper(SynchronousTestCase):
+    def test_keeps_its_last_view(self) -> None:
+        """With every ZooKeeper read failing, reads still go to the tail it knew and writes
+        to the head it knew, through a retry too: a client on a member's side of a partition."""
+        view = Membership(
+            4,
+            (
+                Member("node0000000001", 1, ("127.0.0.1", 9001)),
+                Member("node0000000002", 2, ("127.0.0.1", 9002)),
+            ),
+        )
+
+        class CutZooKeeper(FakeZooKeeper):
+            def members(self) -> Deferred[Membership]:
+                return defer.fail(ConnectionFailed("connection to ZooKeeper lost"))
+
+        targets: list[tuple[str, int]] = []
+
+        class OnceRefused(FakePool):
+            def request(self, target: tuple[str, int], msg: Message) -> Deferred[Message]:
+                targets.append(target)
+                self.up = len(targets) > 1  # the first attempt meets a reset connection
+                return super().request(target, msg)
+
+        clock = Clock()
+        c = ChainClient(clock, CutZooKeeper(view), deadline=5.0)  # type: ignore[arg-type]
+        c.pool = OnceRefused()  # type: ignore[assignment]
+        c._set_view(view)
+        box = outcome(c.get("a"))
+        clock.pump([0.1] * 5)
+        self.assertEqual(box, [b"v"])
+        self.assertEqual(targets, [("127.0.0.1", 9002)] * 2)
+        outcome(c.put("a", b"x"))
+        self.assertEqual(targets[-1], ("127.0.0.1", 9001))
+        self.assertIs(c.view, view)

@@ -30,7 +30,7 @@ class ClockStepTests(ChainCase):
         self.nodes.append(head)
         wait_for(lambda: head.port in self.member_ports(), 30, "the head")
         tail = NodeProcess.member(self.zk.hosts, self.root, SESSION)
-        tail.extra_env = clock.environ()
+        tail.env = clock.environ()
         tail.start()
         self.nodes.append(tail)
         wait_for(lambda: tail.port in self.member_ports(), 30, "the tail")

@@ -11,32 +11,71 @@ import asyncio
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
+import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from random import Random
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist import wire
-from kvtwist.verify import stranger
-from kvtwist.verify.nemesis import KINDS, available_kinds, default_kinds, parse_kinds
+from kvtwist.procs import node_env
+from kvtwist.proto.kvtwist_pb2 import Update
+from kvtwist.storage import wal
+from kvtwist.storage.records import LogRecord
+from kvtwist.verify import nemesis, stranger
+from kvtwist.verify.nemesis import (
+    FLAP_CUT,
+    FLAP_SPAN,
+    ISOLATE_SESSIONS,
+    KINDS,
+    STEP_SECONDS,
+    STICKY,
+    STICKY_ZK,
+    Nemesis,
+    Node,
+    available_kinds,
+    default_kinds,
+    embedded_record,
+    hostile_value,
+    parse_kinds,
+    tear_last_record,
+)
 from kvtwist.verify.proxy import CLIENT, Proxy, ProxyControl, socket_owner
-from kvtwist.verify.torture import OutsideWatch, longest_stall, storage_and_key_args, write_key
+from kvtwist.verify.torture import (
+    OutsideWatch,
+    longest_stall,
+    parse_args,
+    storage_and_key_args,
+    write_key,
+)
+from kvtwist.verify.wallclock import WallClock
 from kvtwist.verify.workload import BIG_MIN, big_value, value_text
 from tests.test_verify import delete, get, put
 
 
 class Kinds(SynchronousTestCase):
     def test_default_follows_the_node_build(self) -> None:
-        """Without --data-dir no crash-restart; stranger only once links have a key."""
+        """Without --data-dir no crash-restart nor hostile-torn; stranger only once links
+        have a key; clock-step only where wall clocks can be stepped (a C compiler)."""
+        self.patch(nemesis.wallclock, "unavailable", lambda: None)
         old = default_kinds(frozenset({"zk", "advertise"}))
         self.assertNotIn("crash-restart", old)
+        self.assertNotIn("hostile-torn", old)
         self.assertNotIn("stranger", old)
         self.assertIn("partition", old)
         new = default_kinds(frozenset({"zk", "advertise", "data-dir", "cluster-key-file"}))
         self.assertEqual(new, list(KINDS))
+        self.patch(nemesis.wallclock, "unavailable", lambda: "no C compiler (cc)")
+        self.assertNotIn("clock-step", default_kinds(frozenset({"data-dir"})))
+        with self.assertRaisesRegex(ValueError, "no C compiler"):
+            parse_kinds("clock-step", frozenset({"data-dir"}))
 
     def test_parse(self) -> None:
         """Listed kinds in order, duplicates dropped; unknown or unsupported ones refused."""
@@ -177,6 +216,21 @@ class ProxyRules(SynchronousTestCase):
             s.settimeout(2)
             self.assertEqual(s.recv(10), b"two")
 
+    def test_pass_is_the_exception_to_a_cut(self) -> None:
+        """Under a ``*`` drop, a ``pass`` rule for our label keeps our open connection and
+        lets new ones through; everyone else is cut."""
+        self.p.call(op="owner", pid=os.getpid(), label=STICKY)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(b"one")
+            self.assertEqual(s.recv(10), b"one")
+            self.p.call(op="rule", route="n1", source=STICKY, mode="pass")
+            self.p.call(op="rule", route="n1", source="*", mode="drop")
+            s.sendall(b"two")
+            self.assertEqual(s.recv(10), b"two")
+        self.assertEqual(roundtrip(self.port), b"ping")
+        self.p.call(op="owner", pid=os.getpid(), label="n2")
+        self.assertEqual(roundtrip(self.port), b"")
+
     def test_drop_aborts_open_connections(self) -> None:
         """A drop rule resets connections already open from that source."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
@@ -268,3 +322,288 @@ class Stranded(SynchronousTestCase):
         w.reset()
         self.assertEqual(w.update(95.0, ["n4"], set()), [])
         self.assertEqual(w.update(115.5, ["n4"], set()), ["n4"])
+
+
+class FakeProc:
+    """What the nemesis uses of a NodeProcess: its directory, kill, exit status."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.exited: int | None = None
+        self.logfile = directory / "node.log"
+        self.pid = None
+
+    def kill(self) -> None:
+        self.exited = -9
+
+    def stop(self) -> None:
+        self.exited = 0
+
+
+class FakeProxy:
+    """Records the rules in force: (route, source) -> mode."""
+
+    def __init__(self) -> None:
+        self.rules: dict[tuple[str, str], str] = {}
+
+    def rule(self, route: str, source: str, mode: str | None, rate: float = 0.0) -> None:
+        if mode is None:
+            self.rules.pop((route, source), None)
+        else:
+            self.rules[(route, source)] = mode
+
+    def clear(self) -> None:
+        self.rules.clear()
+
+
+class FakeWorld:
+    """A chain of ``n`` running nodes, listed in order, and the campaign's bookkeeping."""
+
+    def __init__(self, root: Path, n: int = 3, sticky: int = 2) -> None:
+        self.rng = Random(5)
+        self.zk = None
+        self.proxy = FakeProxy()
+        self.report_dir = root
+        self.session_timeout = 10.0
+        self.keys = 8
+        self.seed = 5
+        self.stranger_results: list[dict[str, Any]] = []
+        self.sticky_clients = sticky
+        self.events: list[dict[str, Any]] = []
+        self.cfg = 7
+        self.nodes: list[Node] = []
+        for _ in range(n):
+            self.start_node()
+
+    def members(self) -> list[tuple[str, int]]:
+        return [
+            (f"node{i:010d}", n.address_port)
+            for i, n in enumerate(self.nodes)
+            if n.state == "running"
+        ]
+
+    def node_of(self, port: int) -> Node | None:
+        return next((n for n in self.nodes if n.address_port == port), None)
+
+    def start_node(self) -> Node:
+        label = f"n{len(self.nodes) + 1}"
+        proc = FakeProc(self.report_dir / label, 9000 + len(self.nodes))
+        node = Node(label, proc)  # type: ignore[arg-type]
+        (proc.dir / "clock").write_text("+0\n")
+        self.nodes.append(node)
+        return node
+
+    def restart_node(self, node: Node) -> None:
+        node.proc.exited = None
+
+    def event(self, kind: str, label: str, **extra: Any) -> None:
+        self.events.append({"kind": kind, "label": label, **extra})
+
+    def config(self) -> int:
+        return self.cfg
+
+    def replace_later(self) -> None:
+        pass
+
+    def target_nodes(self) -> int:
+        return 3
+
+
+class NewKinds(SynchronousTestCase):
+    def nemesis(self, kind: str, **kw: Any) -> tuple[FakeWorld, Nemesis]:
+        world = FakeWorld(Path(self.mktemp()), **kw)
+        return world, Nemesis(world, [kind], 3.0)  # type: ignore[arg-type]
+
+    def test_isolate_cuts_member_and_sticky_clients_off_together(self) -> None:
+        """isolate: the member loses ZooKeeper, its neighbours and the other clients at once,
+        the sticky clients lose ZooKeeper and everyone but it; healed, no rule is left."""
+        world, nem = self.nemesis("isolate")
+        self.assertTrue(nem.inject())
+        [a] = nem.active
+        [node] = a.targets
+        self.assertTrue(a.whole)
+        others = [n.label for n in world.nodes if n is not node]
+        mode = world.proxy.rules[(node.label, "*")]
+        self.assertIn(mode, ("drop", "blackhole"))
+        expected = {(node.zk_route, "*"): "blackhole", (node.label, "*"): mode}
+        expected[(node.label, STICKY)] = "pass"
+        expected[(STICKY_ZK, "*")] = "drop"
+        for label in others:
+            expected[(label, node.label)] = mode
+            expected[(label, STICKY)] = mode
+        self.assertEqual(world.proxy.rules, expected)
+        assert a.end_at is not None
+        held = a.end_at - time.monotonic()
+        low, high = (world.session_timeout * f for f in ISOLATE_SESSIONS)
+        self.assertTrue(low - 1 <= held <= high, held)
+        nem.end(a)
+        self.assertEqual(world.proxy.rules, {})
+
+    def test_isolate_takes_tail_head_and_middle_in_turn(self) -> None:
+        """Successive isolations cover every role before repeating one."""
+        world, nem = self.nemesis("isolate")
+        roles = []
+        for _ in range(3):
+            self.assertTrue(nem.inject())
+            roles.append(world.events[-1]["role"])
+            nem.end(nem.active[0])
+        self.assertEqual(sorted(roles), ["head", "middle", "tail"])
+
+    def test_isolate_without_sticky_clients(self) -> None:
+        """With no sticky clients there is no exception and no client route to cut."""
+        world, nem = self.nemesis("isolate", sticky=0)
+        self.assertTrue(nem.inject())
+        self.assertFalse([r for r in world.proxy.rules if STICKY in r or r[0] == STICKY_ZK])
+
+    def test_zk_flap_waits_for_a_membership_change_then_resets_within_a_second(self) -> None:
+        """zk-flap cuts nothing until the configuration changes, then resets one member's
+        ZooKeeper route several times within a second and leaves it open."""
+        world, nem = self.nemesis("zk-flap")
+        self.assertTrue(nem.inject())
+        [a] = nem.active
+        assert a.poll is not None
+        now = time.monotonic()
+        self.assertFalse(a.poll(now))
+        self.assertEqual(world.proxy.rules, {})
+        world.cfg = 8
+        self.assertFalse(a.poll(now))
+        [node] = a.targets
+        seen: list[tuple[float, str | None]] = []
+        t = now
+        while not a.poll(t):
+            seen.append((t, world.proxy.rules.get((node.zk_route, "*"))))
+            t += 0.01
+            self.assertLess(t - now, FLAP_SPAN + FLAP_CUT[1] + 0.1)
+        cuts = [i for i in range(1, len(seen)) if seen[i][1] == "drop" and seen[i - 1][1] is None]
+        cuts += [0] if seen[0][1] == "drop" else []
+        self.assertTrue(3 <= len(cuts) <= 6, seen)
+        self.assertEqual(world.proxy.rules, {})
+
+    def test_zk_flap_starts_a_joiner_when_nothing_changes(self) -> None:
+        """Without a membership change for two fault intervals, zk-flap starts a joiner,
+        and stops it at the end when the chain is longer than asked."""
+        world, nem = self.nemesis("zk-flap")
+        nem.inject()
+        [a] = nem.active
+        assert a.poll is not None
+        self.assertFalse(a.poll(time.monotonic() + 7.0))
+        self.assertEqual(len(world.nodes), 4)
+        self.assertEqual(world.events[-1]["label"], "start n4 to change the membership")
+        nem.end(a)  # the chain goes back to its length
+        self.assertEqual([n.state for n in world.nodes], ["running"] * 3 + ["dead"])
+
+    def test_clock_step_moves_one_clock_and_back(self) -> None:
+        """clock-step writes a step of seconds to minutes into one member's clock file,
+        forward once and back once over two faults, and true time again when it ends."""
+        world, nem = self.nemesis("clock-step")
+        offsets = []
+        for _ in range(2):
+            self.assertTrue(nem.inject())
+            [a] = nem.active
+            [node] = a.targets
+            offset = float((node.proc.dir / "clock").read_text())
+            self.assertTrue(STEP_SECONDS[0] <= abs(offset) <= STEP_SECONDS[1], offset)
+            offsets.append(offset)
+            nem.end(a)
+            self.assertEqual(float((node.proc.dir / "clock").read_text()), 0.0)
+        self.assertEqual(sorted(o > 0 for o in offsets), [False, True])
+
+    def test_hostile_value_embeds_a_valid_record(self) -> None:
+        """The value holds whole records of the given op as a client can forge them: one a
+        version 1 segment accepts, one a version 2 segment with a guessed salt accepts."""
+        embedded = embedded_record(42)
+        length, crc = wal.V1_RECORD_HEADER.unpack_from(embedded)
+        payload = embedded[wal.V1_RECORD_HEADER.size : wal.V1_RECORD_HEADER.size + length]
+        self.assertEqual(zlib.crc32(payload), crc)
+        self.assertEqual(Update.FromString(payload).seq, 42)
+        v2 = embedded[wal.V1_RECORD_HEADER.size + length :]
+        salt = bytes(wal.SALT_SIZE)
+        [(offset, update)] = wal.scan_segment(
+            wal.encode_header(1, 42, salt) + v2, "seg", last=True
+        ).records
+        self.assertEqual((offset, update.seq), (wal.HEADER_SIZE, 42))
+        self.assertIn(embedded, hostile_value(embedded))
+
+    def test_tear_cuts_the_hostile_record_after_the_embedded_one(self) -> None:
+        """The tear shortens the last record only, past the embedded record, which stays whole."""
+        embedded = embedded_record(3)
+        records = [
+            LogRecord(seq=1, is_put=True, key=b"k", data=b"v"),
+            LogRecord(seq=2, is_put=True, key=b"hostile-torn", data=hostile_value(embedded)),
+        ]
+        salt = wal.new_salt()
+        whole = wal.encode_header(1, 1, salt) + wal.encode_records(records, salt)
+        last = wal.HEADER_SIZE + len(wal.encode_records(records[:1], salt))
+        path = Path(self.mktemp())
+        for seed in range(20):
+            path.write_bytes(whole)
+            what = tear_last_record(path, embedded, Random(seed))
+            torn = path.read_bytes()
+            self.assertIn("the hostile record", what)
+            self.assertEqual(torn, whole[: len(torn)])
+            self.assertGreaterEqual(len(torn), whole.find(embedded) + len(embedded))
+            self.assertLess(len(torn), len(whole))
+            self.assertGreater(len(torn), last)
+
+    def test_tear_without_the_hostile_record_cuts_the_last_one(self) -> None:
+        """When other writes followed, the plain last record is torn instead."""
+        records = [LogRecord(seq=i, is_put=True, key=b"k", data=b"v" * 20) for i in (1, 2)]
+        salt = wal.new_salt()
+        whole = wal.encode_header(1, 1, salt) + wal.encode_records(records, salt)
+        path = Path(self.mktemp())
+        path.write_bytes(whole)
+        self.assertIn("not the hostile one", tear_last_record(path, embedded_record(9), Random(1)))
+        self.assertGreater(
+            len(path.read_bytes()), len(whole) - len(wal.encode_records(records[1:], salt))
+        )
+
+
+class Timing(SynchronousTestCase):
+    def test_link_timeout(self) -> None:
+        """--link-timeout is taken for the nodes, and must be positive."""
+        self.assertIsNone(parse_args(["--report", "r"]).link_timeout)
+        self.assertEqual(parse_args(["--report", "r", "--link-timeout", "1"]).link_timeout, 1.0)
+        self.patch(sys, "stderr", open(os.devnull, "w"))  # noqa: SIM115
+        with self.assertRaises(SystemExit):
+            parse_args(["--report", "r", "--link-timeout", "0"])
+
+
+class WallClockTests(SynchronousTestCase):
+    def test_steps_move_the_wall_clock_only(self) -> None:
+        """Under WallClock's preload, rewriting the offset file steps time.time() of that
+        process both ways while time.monotonic() and time.sleep() stay real."""
+        wall = WallClock(Path(self.mktemp()))
+        child = """
+import sys, time
+t0, m0 = time.time(), time.monotonic()
+for step in (120, -90):
+    sys.stdout.write("ready\\n"); sys.stdout.flush()
+    sys.stdin.readline()
+    deadline = time.monotonic() + 10
+    jump = lambda: time.time() - t0 - (time.monotonic() - m0)
+    while abs(jump() - step) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(round(jump()), round(time.monotonic() - m0), flush=True)
+"""
+        proc = subprocess.Popen(
+            [sys.executable, "-c", child],
+            env={**node_env(), **wall.environ()},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(proc.kill)
+        assert proc.stdin is not None and proc.stdout is not None
+        got = []
+        for step in (120, -90):
+            self.assertEqual(proc.stdout.readline(), "ready\n")
+            wall.set(step)
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            jump, elapsed = map(int, proc.stdout.readline().split())
+            got.append(jump)
+            self.assertLess(elapsed, 10)  # the monotonic clock did not jump with it
+        self.assertEqual(got, [120, -90])
+        self.assertEqual(proc.wait(10), 0)

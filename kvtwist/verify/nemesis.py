@@ -20,6 +20,24 @@ Kinds (``--nemesis KIND[,KIND...]``):
   forged senders to every member (kvtwist.verify.stranger).
 - ``combined``: two member faults at once (e.g. kill the head while the tail
   is paused), on different members, leaving at least one member untouched.
+- ``isolate``: a partition with clients on the minority side: one member (head,
+  middle or tail) is cut off from ZooKeeper (silently: a blackhole, so nothing
+  tells it at once) and from every other node at once, and so are the
+  campaign's sticky clients (a third of them, readers whose ZooKeeper session
+  passes a proxy route of their own), which can reach that member only and
+  keep the view they had; the rest carry on.  Healed after 1.5-3 session
+  timeouts.
+- ``zk-flap``: the moment the membership changes (after another fault, or a
+  joiner it starts itself and stops afterwards), one member's ZooKeeper
+  connections are reset several times within a second.
+- ``clock-step``: one member's wall clock (CLOCK_REALTIME only, through
+  kvtwist.verify.wallclock's preload in that process alone) steps seconds to
+  minutes forward or back,
+  and back again 1-2 session timeouts later.
+- ``hostile-torn``: a value embedding a valid log record of the next op number
+  is written; one member, or every member, is SIGKILLed while it is logged,
+  its newest log segment loses the end of its last record (a torn write after
+  the embedded record), and it restarts on its data directory.
 
 Caps keep the chain able to recover: a member fault needs three healthy
 members (so two stay healthy); a fault of the whole cluster (ZooKeeper, a
@@ -31,16 +49,25 @@ kind whose conditions hold now, so each kind comes once the duration allows.
 from __future__ import annotations
 
 import json
+import math
+import os
+import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
 from typing import Any, Protocol
 
-from kvtwist.procs import NodeProcess, ZooKeeperProcess, node_env
+from kvtwist import wire
+from kvtwist.procs import NodeProcess, RawClient, ZooKeeperProcess, node_env
+from kvtwist.proto.kvtwist_pb2 import Update
+from kvtwist.storage import wal
+from kvtwist.storage.records import CorruptData, LogRecord
+from kvtwist.verify import wallclock
 from kvtwist.verify.proxy import ProxyControl
 
 KINDS = (
@@ -54,11 +81,18 @@ KINDS = (
     "crash-restart",
     "stranger",
     "combined",
+    "isolate",
+    "zk-flap",
+    "clock-step",
+    "hostile-torn",
 )
 #: Kinds that touch one member; ``combined`` draws two of these.
 MEMBER_KINDS = ("kill", "pause", "short-pause", "partition", "crash-restart")
 #: Kinds that need the proxy in front of every node.
-PROXY_KINDS = ("partition", "join-fault")
+PROXY_KINDS = ("partition", "join-fault", "isolate", "zk-flap")
+#: The proxy's name for the sticky clients' connections, and their ZooKeeper route.
+STICKY = "sticky"
+STICKY_ZK = "sticky-zk"
 
 PAUSE_SESSIONS = (1.5, 2.5)
 SHORT_PAUSE_SESSIONS = (0.2, 0.6)
@@ -70,6 +104,19 @@ RESTART_DELAY = (0.5, 2.0)
 JOIN_RATE = 1 << 20
 #: Give up on seeing a state transfer start after this long.
 JOIN_WAIT = 30.0
+ISOLATE_SESSIONS = (1.5, 3.0)
+#: zk-flap: resets within this many seconds, each cut lasting FLAP_CUT seconds.
+FLAP_RESETS = (3, 6)
+FLAP_SPAN = 1.0
+FLAP_CUT = (0.03, 0.12)
+#: zk-flap waits this many fault intervals for a membership change, then starts a joiner.
+FLAP_WAIT_INTERVALS = 2.0
+#: clock-step: the step's size in seconds (log-uniform), and how long it holds.
+STEP_SECONDS = (2.0, 300.0)
+STEP_SESSIONS = (1.0, 2.0)
+#: hostile-torn: the key it writes (not a client key: no history of its own).
+HOSTILE_KEY = b"hostile-torn"
+HOSTILE_WAIT = 5.0
 ROLES = ("head", "middle", "tail")
 
 
@@ -78,6 +125,10 @@ def available_kinds(options: frozenset[str]) -> dict[str, str | None]:
     why: dict[str, str | None] = dict.fromkeys(KINDS)
     if "data-dir" not in options:
         why["crash-restart"] = "the node has no --data-dir: a restarted node would start empty"
+        why["hostile-torn"] = "the node has no --data-dir: there is no log to tear"
+    cannot = wallclock.unavailable()
+    if cannot is not None:
+        why["clock-step"] = cannot
     return why
 
 
@@ -138,6 +189,7 @@ class World(Protocol):
     keys: int
     seed: int
     stranger_results: list[dict[str, Any]]
+    sticky_clients: int
 
     def members(self) -> list[tuple[str, int]]: ...
     def node_of(self, port: int) -> Node | None: ...
@@ -248,6 +300,12 @@ class Nemesis:
             return len(healthy) >= 3 or self.whole(healthy)
         if kind == "stranger":
             return bool(healthy) and not any(a.kind == "stranger" for a in self.active)
+        if kind == "clock-step":
+            return len(healthy) >= 3
+        if kind == "zk-flap":
+            return len(healthy) >= 3 and not any(a.kind == "zk-flap" for a in self.active)
+        if kind == "hostile-torn":
+            return self.possible("crash-restart", healthy) and bool(self.w.members())
         return self.whole(healthy) and len(healthy) >= 3
 
     def inject(self) -> bool:
@@ -390,10 +448,14 @@ class Nemesis:
         for n in victims:
             n.proc.kill()
             n.state = "down"
+        return self._restart_later("crash-restart", victims, every, f"{tag}crash {what}")
+
+    def _restart_later(self, kind: str, victims: list[Node], every: bool, what: str) -> Active:
+        """Killed ``victims`` (state "down") restart on their data directories after a delay."""
         delay = self.rng.uniform(*RESTART_DELAY)
         self.w.event(
-            "crash-restart",
-            f"{tag}crash {what}, restart in {delay:.1f}s",
+            kind,
+            f"{what}, restart in {delay:.1f}s",
             nodes=[n.label for n in victims],
             seconds=round(delay, 3),
         )
@@ -405,9 +467,194 @@ class Nemesis:
                     n.state = "running"
             self.w.event("restart", "restart " + ",".join(n.label for n in victims))
 
-        return Active(
-            "crash-restart", victims, every, end_at=time.monotonic() + delay, finish=restart
+        return Active(kind, victims, every, end_at=time.monotonic() + delay, finish=restart)
+
+    def _hostile_torn(self, healthy: list[tuple[str, str, Node]]) -> Active | None:
+        members = self.w.members()
+        head = self.w.node_of(members[0][1]) if members else None
+        if head is None or head.state != "running":
+            return None
+        variants = ["one", "all"] if self.whole(healthy) else ["one"]
+        every = self.pick("hostile-torn", healthy, variants) == "all"
+        if every:
+            victims = [n for n in self.w.nodes if n.state != "dead"]
+            what = "every member " + ",".join(n.label for n in victims)
+        else:
+            role, _, node = self.member("hostile-torn", healthy)
+            victims = [node]
+            what = f"{role} {node.label}"
+        try:
+            with RawClient(head.port, timeout=2.0) as c:
+                seq = int(c.stats().last_op) + 2  # the op after the hostile put, most likely
+        except (OSError, RuntimeError, ValueError):
+            return None
+        embedded = embedded_record(seq)
+        segments = {id(n): newest_segment(n) for n in victims}
+        starts = {
+            id(n): _size(p) if p is not None else 0
+            for n, p in zip(victims, segments.values(), strict=True)
+        }
+        logged: set[int] = set()
+        with socket.create_connection(("127.0.0.1", head.port), timeout=2.0) as sock:
+            sock.sendall(wire.frame(wire.req_put(HOSTILE_KEY, hostile_value(embedded))))
+            # kill each victim the moment the value is in its log, or all once it is in all
+            deadline = time.monotonic() + HOSTILE_WAIT
+            while len(logged) < len(victims) and time.monotonic() < deadline:
+                for n in victims:
+                    path = newest_segment(n)
+                    if id(n) not in logged and path is not None:
+                        if path != segments[id(n)]:
+                            segments[id(n)], starts[id(n)] = path, 0
+                        if embedded in _read_bytes(path, starts[id(n)]):
+                            logged.add(id(n))
+                            if not every:
+                                n.proc.kill()
+                time.sleep(0.001)
+            for n in victims:
+                n.proc.kill()
+                n.state = "down"
+        torn = [
+            f"{n.label}: {tear_last_record(newest_segment(n), embedded, self.rng)}" for n in victims
+        ]
+        return self._restart_later(
+            "hostile-torn",
+            victims,
+            every,
+            f"hostile value (record of op {seq}) logged by {len(logged)} of {len(victims)}; "
+            f"crash {what}; " + "; ".join(torn),
         )
+
+    def _clock_step(self, healthy: list[tuple[str, str, Node]], tag: str = "") -> Active:
+        role, _, node = self.member("clock-step", healthy)
+        forward = self.pick("clock-step", healthy, ["forward", "back"]) == "forward"
+        size = math.exp(self.rng.uniform(*map(math.log, STEP_SECONDS)))
+        offset = size if forward else -size
+        hold = self.sessions(STEP_SESSIONS)
+        set_clock(node, offset)
+        self.w.event(
+            "clock-step",
+            f"{tag}step the clock of {role} {node.label} {offset:+.1f}s for {hold:.1f}s",
+            node=node.label,
+            role=role,
+            offset=round(offset, 3),
+            seconds=round(hold, 3),
+        )
+
+        def step_back() -> None:
+            set_clock(node, 0.0)
+            self.w.event("clock-step-back", f"step the clock of {node.label} back to true time")
+
+        return Active("clock-step", [node], False, end_at=time.monotonic() + hold, finish=step_back)
+
+    # -- cluster faults ---------------------------------------------------------------------
+
+    def _isolate(self, healthy: list[tuple[str, str, Node]]) -> Active:
+        proxy = self.w.proxy
+        assert proxy is not None
+        role, _, node = self.member("isolate", healthy)
+        mode = self.rng.choice(("drop", "blackhole"))
+        seconds = self.sessions(ISOLATE_SESSIONS)
+        sticky = self.w.sticky_clients > 0
+        # the exception first, so the sticky clients' connections to it never see the cut
+        rules = [(node.label, STICKY, "pass")] if sticky else []
+        # ZooKeeper goes silent (no reset tells the member it is cut off), links as chosen
+        rules += [(node.zk_route, "*", "blackhole"), (node.label, "*", mode)]
+        if sticky:
+            rules.append((STICKY_ZK, "*", "drop"))  # fails at once: they keep the view they had
+        for other in self.w.nodes:
+            if other is not node:
+                rules.append((other.label, node.label, mode))
+                if sticky:
+                    rules.append((other.label, STICKY, mode))
+        for route, source, how in rules:
+            proxy.rule(route, source, how)
+        self.w.event(
+            "isolate",
+            f"isolate {role} {node.label} from ZooKeeper and the chain"
+            + (f" with {self.w.sticky_clients} sticky clients" if sticky else "")
+            + f" ({mode}) {seconds:.1f}s",
+            node=node.label,
+            role=role,
+            mode=mode,
+            seconds=round(seconds, 3),
+        )
+
+        def heal() -> None:
+            for route, source, _ in reversed(rules):
+                proxy.rule(route, source, None)
+            self.w.event("heal", f"heal the isolation of {node.label}")
+
+        return Active("isolate", [node], True, end_at=time.monotonic() + seconds, finish=heal)
+
+    def _zk_flap(self, healthy: list[tuple[str, str, Node]]) -> Active:
+        proxy = self.w.proxy
+        assert proxy is not None
+        before = self.w.config()
+        state: dict[str, Any] = {
+            "wait": time.monotonic() + FLAP_WAIT_INTERVALS * self.interval,
+            "joiner": None,
+            "node": None,
+            "resets": None,  # [(when, mode or None)] once the change came
+        }
+        a = Active("zk-flap", [], False)
+        self.w.event("zk-flap", f"zk-flap armed: waiting for a membership change (config {before})")
+
+        def arm(now: float) -> bool:
+            config = self.w.config()
+            healthy_now = self.healthy() if config and config != before else None
+            if healthy_now:
+                role, _, node = self.rng.choice(healthy_now)
+                n = self.rng.randint(*FLAP_RESETS)
+                resets: list[tuple[float, str | None]] = []
+                for i in range(n):
+                    at = now + i * FLAP_SPAN / n
+                    resets += [(at, "drop"), (at + self.rng.uniform(*FLAP_CUT), None)]
+                state["node"], state["resets"] = node, resets
+                a.targets = [node]
+                self.w.event(
+                    "zk-flap",
+                    f"membership changed (config {before} -> {config}): reset the ZooKeeper "
+                    f"connection of {role} {node.label} {n} times in {FLAP_SPAN:g}s",
+                    node=node.label,
+                    role=role,
+                    resets=n,
+                )
+                return False
+            if now < state["wait"]:
+                return False
+            if state["joiner"] is None:
+                joiner = self.w.start_node()
+                state["joiner"], state["wait"] = joiner, now + JOIN_WAIT
+                self.w.event("start", f"start {joiner.label} to change the membership")
+                return False
+            self.w.event("zk-flap", "zk-flap: the membership did not change")
+            return True
+
+        def poll(now: float) -> bool:
+            if state["resets"] is None:
+                return arm(now)
+            node, resets = state["node"], state["resets"]
+            while resets and resets[0][0] <= now:
+                proxy.rule(node.zk_route, "*", resets.pop(0)[1])
+            return not resets
+
+        def finish() -> None:
+            if state["node"] is not None:
+                proxy.rule(state["node"].zk_route, "*", None)
+            joiner = state["joiner"]
+            alive = [n for n in self.w.nodes if n.state != "dead"]
+            if (
+                joiner is not None
+                and joiner.state == "running"
+                and len(alive) > self.w.target_nodes()
+            ):
+                # the chain keeps its length; the leave is one more change for the members
+                joiner.proc.stop()
+                joiner.state = "dead"
+                self.w.event("stop", f"stop {joiner.label}: the chain is back to its length")
+
+        a.poll, a.finish = poll, finish
+        return a
 
     # -- cluster faults ---------------------------------------------------------------------
 
@@ -592,6 +839,64 @@ class Nemesis:
 
         targets = [n for p in parts for n in p.targets]
         return Active("combined", targets, True, end_at=end_at, poll=poll, finish=finish)
+
+
+def embedded_record(seq: int) -> bytes:
+    """Log records of op ``seq`` as well as a client can forge them (wal.py): one in
+    the version 1 framing (a public CRC-32) and one in the version 2 framing under a
+    guessed salt (a client never learns a segment's)."""
+    forged = LogRecord(seq=seq, is_put=True, key=HOSTILE_KEY, data=b"forged")
+    payload = Update(seq=seq, is_put=True, key=HOSTILE_KEY, data=b"forged").SerializeToString()
+    v1 = wal.V1_RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    return v1 + wal.encode_records([forged], bytes(wal.SALT_SIZE))
+
+
+def hostile_value(embedded: bytes) -> bytes:
+    """A value holding ``embedded``, with room after it for a tear that leaves it whole."""
+    return b"hostile:" + embedded + b"\x00" * 64
+
+
+def newest_segment(node: Node) -> Path | None:
+    """The node's newest log segment (the one it appends to), if any."""
+    segments = sorted((node.proc.dir / "data" / "wal").glob("*.log"))
+    return segments[-1] if segments else None
+
+
+def tear_last_record(path: Path | None, embedded: bytes, rng: Random) -> str:
+    """Cut the segment's last record short as a power cut would; what was done.
+
+    When the last record holds ``embedded``, the cut falls after it, so a valid
+    record follows the torn one.
+    """
+    if path is None:
+        return "no log segment"
+    data = path.read_bytes()
+    try:
+        scan = wal.scan_segment(data, str(path), last=True)
+    except CorruptData as e:
+        return f"left as the kill left it ({e})"
+    if scan.torn is not None or not scan.records:
+        return f"left as the kill left it ({scan.torn or 'no records'})"
+    start, end = scan.records[-1][0], scan.end
+    at = data.find(embedded, start, end)
+    cut = rng.randint(at + len(embedded), end - 1) if at >= 0 else rng.randint(start + 1, end - 1)
+    os.truncate(path, cut)
+    which = "the hostile record" if at >= 0 else "its last record (not the hostile one)"
+    return f"cut {which} at byte {cut - start} of {end - start}"
+
+
+def set_clock(node: Node, offset: float) -> None:
+    """Step the node's wall clock to ``offset`` seconds from true time (verify.wallclock)."""
+    wallclock.write_offset(node.proc.dir / "clock", offset)
+
+
+def _read_bytes(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, offset - 256))
+            return f.read()
+    except OSError:
+        return b""
 
 
 def _size(path: Path) -> int:

@@ -27,7 +27,9 @@ Rules, per route and source label (``*``: every source):
   new ones are accepted and go nowhere -- a silent partition; when the rule is
   cleared the bytes held back flow again, as after a healed network;
 - ``slow``: forward at most ``rate`` bytes a second each way (a state
-  transfer stretched long enough to be faulted in its middle).
+  transfer stretched long enough to be faulted in its middle);
+- ``pass``: forward as if there were no rule: the exception to a ``*`` rule
+  (a member cut off from everyone but the clients on its side).
 
 Cutting the link between nodes A and B is then two rules: on A's route for
 source B and on B's route for source A.  Isolating a node from ZooKeeper is
@@ -53,7 +55,7 @@ from typing import Any
 
 __all__ = ["MODES", "ProxyControl", "socket_owner"]
 
-MODES = ("drop", "blackhole", "slow")
+MODES = ("drop", "blackhole", "slow", "pass")
 CLIENT = "client"
 CHUNK = 65536
 
@@ -118,7 +120,7 @@ class Conn:
                 w.transport.abort()
 
     def apply(self, rule: Rule | None) -> None:
-        if rule is None:
+        if rule is None or rule.mode == "pass":
             self.rate = 0.0
             self.gate.set()
         elif rule.mode == "drop":

@@ -6,8 +6,10 @@ process) doing random get/put/del with unique values on a few keys, and
 meanwhile a *nemesis* (kvtwist.verify.nemesis) injecting the ``--nemesis``
 kinds of fault -- crashes, pauses, ZooKeeper outages, partitions through a
 proxy (kvtwist.verify.proxy), faults in the middle of a join, whole-chain
-crash-restarts, strangers speaking the chain protocol, two faults at once --
-and starting replacement nodes that join.
+crash-restarts, strangers speaking the chain protocol, two faults at once,
+a member isolated with the clients on its side, ZooKeeper connections
+flapping, wall-clock steps, torn writes of hostile values -- and starting
+replacement nodes that join.
 
 At the end it heals (ends every fault, tops the chain up to ``--nodes``),
 then checks:
@@ -59,9 +61,18 @@ from kvtwist.procs import (
 from kvtwist.verify.durability import lost_writes
 from kvtwist.verify.history import Op, read_history
 from kvtwist.verify.linearizability import check
-from kvtwist.verify.nemesis import KINDS, PROXY_KINDS, Nemesis, Node, parse_kinds
+from kvtwist.verify.nemesis import (
+    KINDS,
+    PROXY_KINDS,
+    STICKY,
+    STICKY_ZK,
+    Nemesis,
+    Node,
+    parse_kinds,
+)
 from kvtwist.verify.proxy import ProxyControl
 from kvtwist.verify.timeline import write_timeline
+from kvtwist.verify.wallclock import WallClock
 from kvtwist.verify.workload import BIG_MIN, key_text, value_text
 
 ROOT = "/torture"
@@ -154,6 +165,9 @@ class Campaign:
         self.kazoo: Any = None
         self.nodes: list[Node] = []
         self.workload: subprocess.Popen[bytes] | None = None
+        # with isolate: a third of the clients, whose ZooKeeper connection the nemesis can cut
+        self.sticky_clients = int(args.clients) // 3 if "isolate" in kinds else 0
+        self.sticky_workload: subprocess.Popen[bytes] | None = None
         self.events: list[dict[str, Any]] = []
         self.stranger_results: list[dict[str, Any]] = []
         self.unexpected_exits: list[str] = []
@@ -275,8 +289,14 @@ class Campaign:
             extra += ["--advertise", f"127.0.0.1:{advertised}"]
         directory = self.report_dir / "nodes" / label
         extra += storage_and_key_args(directory, self.options, self.key_file)
+        if self.args.link_timeout is not None and "link-timeout" in self.options:
+            extra += ["--link-timeout", f"{self.args.link_timeout:g}"]
+        env = None
+        if "clock-step" in self.kinds:  # its wall clock follows this file, stepped by the nemesis
+            directory.mkdir(parents=True, exist_ok=True)
+            env = WallClock(directory / "clock").environ()
         proc = NodeProcess.member(
-            zk_hosts, ROOT, self.session_timeout, directory, port=port, extra_args=extra
+            zk_hosts, ROOT, self.session_timeout, directory, port=port, extra_args=extra, env=env
         )
         proc.start(wait=False)
         node = Node(label, proc, advertised=advertised)
@@ -333,27 +353,57 @@ class Campaign:
 
     def start_workload(self) -> None:
         assert self.zk is not None
-        a = self.args
         self.epoch = time.monotonic()
         self.epoch_wall = time.time()
+        clients = self.args.clients - self.sticky_clients
+        self.workload = self.launch_workload(clients, 0, self.zk.hosts, "workload.log")
+        if self.sticky_clients:
+            assert self.proxy is not None and self.zk.port is not None
+            hosts = f"127.0.0.1:{self.proxy.route(STICKY_ZK, self.zk.port)}"
+            # readers only: a write would wait out its deadline at a head it cannot reach
+            self.sticky_workload = self.launch_workload(
+                self.sticky_clients,
+                clients,
+                hosts,
+                "workload-sticky.log",
+                STICKY,
+                ["--get-share", "1"],
+            )
+
+    def launch_workload(
+        self,
+        clients: int,
+        first: int,
+        zk_hosts: str,
+        log_name: str,
+        owner: str | None = None,
+        extra: list[str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """A workload process appending to the history; returns once its clients are ready.
+
+        ``owner``: the proxy names its connections so, from the first one on.
+        """
+        a = self.args
         command = [
             sys.executable,
             "-m",
             "kvtwist.verify.workload",
             "--zk",
-            self.zk.hosts,
+            zk_hosts,
             "--root",
             ROOT,
             "--out",
             str(self.history_path),
             "--clients",
-            str(a.clients),
+            str(clients),
+            "--first-client",
+            str(first),
             "--keys",
             str(a.keys),
             "--duration",
             str(a.duration),
             "--seed",
-            str(a.seed),
+            str(a.seed if not first else a.seed * 1000 + first),
             "--epoch",
             repr(self.epoch),
             "--deadline",
@@ -366,9 +416,11 @@ class Campaign:
             str(a.big_values),
             "--max-big-value",
             str(a.max_big_value),
+            *(extra or []),
         ]
-        with open(self.report_dir / "workload.log", "wb") as log:
-            self.workload = subprocess.Popen(
+        log_path = self.report_dir / log_name
+        with open(log_path, "wb") as log:
+            workload = subprocess.Popen(
                 command,
                 env=node_env(),
                 stdin=subprocess.DEVNULL,
@@ -376,18 +428,23 @@ class Campaign:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        log_path = self.report_dir / "workload.log"
+        if owner is not None:
+            assert self.proxy is not None
+            self.proxy.owner(workload.pid, owner)
 
         def ready() -> bool:
-            assert self.workload is not None
-            if self.workload.poll() is not None:
+            if workload.poll() is not None:
                 raise RuntimeError(
-                    f"the workload exited with {self.workload.returncode}:\n"
+                    f"the workload exited with {workload.returncode}:\n"
                     + log_path.read_text(errors="replace")[-3000:]
                 )
             return "ready" in log_path.read_text(errors="replace")
 
         self.wait(ready, 60, "the clients to connect")
+        return workload
+
+    def workloads(self) -> list[subprocess.Popen[bytes]]:
+        return [w for w in (self.workload, self.sticky_workload) if w is not None]
 
     def check_exits(self) -> None:
         """A node that ends without our signal crashed: a finding in itself."""
@@ -556,6 +613,7 @@ class Campaign:
                 "report.json",
                 "timeline.html",
                 "workload.log",
+                "workload-sticky.log",
                 "proxy.log",
                 "zookeeper.log",
                 "cluster.key",
@@ -592,7 +650,9 @@ class Campaign:
             self.say(
                 f"kvtwist-torture: seed {a.seed}, {a.nodes} nodes, {a.clients} clients, "
                 f"{a.duration:g}s, session timeout {a.session_timeout:g}s, "
-                f"nemesis {','.join(self.kinds) or 'none'}"
+                + (f"link timeout {a.link_timeout:g}s, " if a.link_timeout else "")
+                + (f"{self.sticky_clients} of them sticky, " if self.sticky_clients else "")
+                + f"nemesis {','.join(self.kinds) or 'none'}"
                 + (f", big values {a.big_values:g} up to {a.max_big_value}" if a.big_values else "")
                 + f", ZooKeeper at {self.zk.hosts}, report in {self.report_dir}"
             )
@@ -606,12 +666,13 @@ class Campaign:
             stop_faults = time.monotonic() + a.duration
             give_up = stop_faults + a.op_timeout + 30
             self.nemesis.next_fault = time.monotonic() + self.rng.uniform(0.5, 1.5)
-            while self.workload.poll() is None:
+            while any(w.poll() is None for w in self.workloads()):
                 wall = time.monotonic()
                 if wall > give_up:
                     self.say("the workload overran its time; stopping it")
-                    self.workload.terminate()
-                    self.workload.wait(30)
+                    for w in self.workloads():
+                        w.terminate()
+                        w.wait(30)
                     break
                 self.tick(inject=wall < stop_faults)
                 self.show_progress()
@@ -678,7 +739,8 @@ class Campaign:
         lost = lost_writes(client_ops, final_state) if readable else []
         outcomes = {o: sum(1 for op in client_ops if op.outcome == o) for o in ("ok", "fail")}
         outcomes["unknown"] = sum(1 for op in client_ops if op.outcome == "unknown")
-        workload_status = None if self.workload is None else self.workload.returncode
+        statuses = [w.returncode for w in self.workloads()]
+        workload_status = next((s for s in statuses if s != 0), None if not statuses else 0)
         stall, stall_at = longest_stall(client_ops)
         unavailable, unavailable_at = longest_stall(client_ops, writes_only=True)
         stranger_accepted = sum(int(r.get("accepted", 0)) for r in self.stranger_results)
@@ -734,6 +796,8 @@ class Campaign:
             "max_big_value": a.max_big_value,
             "duration": a.duration,
             "session_timeout": a.session_timeout,
+            "link_timeout": a.link_timeout,
+            "sticky_clients": self.sticky_clients,
             "node_options": sorted(
                 o for o in ("data-dir", "cluster-key-file") if o in self.options
             ),
@@ -834,13 +898,15 @@ class Campaign:
 
     def cleanup(self) -> None:
         self.progress.close()
-        if self.workload is not None and self.workload.poll() is None:
-            self.workload.terminate()
+        for workload in self.workloads():
+            if workload.poll() is not None:
+                continue
+            workload.terminate()
             try:
-                self.workload.wait(20)
+                workload.wait(20)
             except subprocess.TimeoutExpired:
-                self.workload.kill()
-                self.workload.wait()
+                workload.kill()
+                workload.wait()
         with contextlib.suppress(Exception):
             self.nemesis.heal()
         for n in self.nodes:
@@ -923,6 +989,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--session-timeout", type=float, default=2.0, help="nodes' ZooKeeper session timeout"
     )
+    p.add_argument(
+        "--link-timeout",
+        type=float,
+        default=None,
+        help="nodes' --link-timeout (default: the node's own, 3 s)",
+    )
     p.add_argument("--keys", type=int, default=8, help="keys the clients share (default 8)")
     p.add_argument("--fault-interval", type=float, default=3.0, help="mean seconds between faults")
     p.add_argument("--think", type=float, default=0.02, help="mean client pause between ops")
@@ -960,6 +1032,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name} must be at least 1")
     if args.duration <= 0 or args.session_timeout <= 0:
         p.error("--duration and --session-timeout must be positive")
+    if args.link_timeout is not None and args.link_timeout <= 0:
+        p.error("--link-timeout must be positive")
     if not 0 <= args.big_values <= 1:
         p.error("--big-values is a fraction between 0 and 1")
     if args.max_big_value < BIG_MIN:

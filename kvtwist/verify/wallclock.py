@@ -48,6 +48,22 @@ def library() -> Path:
     return target
 
 
+def unavailable() -> str | None:
+    """Why wall clocks cannot be stepped here (None: they can)."""
+    try:
+        library()
+    except WallClockUnavailable as e:
+        return str(e)
+    return None
+
+
+def write_offset(path: Path, offset: float) -> None:
+    """The processes reading ``path`` see their wall clock ``offset`` seconds off (within 50 ms)."""
+    partial = Path(path).with_suffix(".tmp")
+    partial.write_text(f"{offset:.3f}\n")
+    os.replace(partial, path)
+
+
 class WallClock:
     """The wall-clock offset of the processes started with :meth:`environ`."""
 
@@ -61,9 +77,7 @@ class WallClock:
 
     def set(self, offset: float) -> None:
         """From now on (within 50 ms) the wall clock reads ``offset`` seconds off."""
-        partial = self.path.with_suffix(".tmp")
-        partial.write_text(f"{offset:.3f}\n")
-        os.replace(partial, self.path)
+        write_offset(self.path, offset)
         self.offset = offset
 
     def step(self, by: float) -> None:

@@ -97,8 +97,12 @@ class Workload:
         think: float,
         big_values: float = 0.0,
         max_big_value: int = 1 << 20,
+        first_client: int = 0,
+        get_share: float = 0.5,
     ) -> None:
         self.reactor = reactor
+        self.first_client = first_client
+        self.get_share = get_share
         self.big_values = big_values
         self.max_big_value = max(BIG_MIN, max_big_value)
         self.out = out
@@ -143,7 +147,8 @@ class Workload:
         print("ready", file=sys.stderr, flush=True)
         self.stop_at = time.monotonic() + self.duration
         loops = defer.DeferredList(
-            [self.client_loop(i, c) for i, c in enumerate(clients)], consumeErrors=True
+            [self.client_loop(i, c) for i, c in enumerate(clients, self.first_client)],
+            consumeErrors=True,
         )
         yield defer.DeferredList([loops, self.stopped], fireOnOneCallback=True)
         self.stopping = True
@@ -175,7 +180,8 @@ class Workload:
         n = 0
         while not self.stopping and time.monotonic() < self.stop_at:
             r = rng.random()
-            kind = "get" if r < 0.5 else "put" if r < 0.85 else "del"
+            puts = self.get_share + 0.7 * (1 - self.get_share)
+            kind = "get" if r < self.get_share else "put" if r < puts else "del"
             key = rng.choice(self.keys)
             value = f"c{process}-{n}" if kind == "put" else None
             data: bytes | None = None
@@ -255,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--think", type=float, default=0.02)
     parser.add_argument("--big-values", type=float, default=0.0)
     parser.add_argument("--max-big-value", type=int, default=1 << 20)
+    # a second workload process appending to the same history numbers its clients on
+    parser.add_argument("--first-client", type=int, default=0)
+    parser.add_argument("--get-share", type=float, default=0.5)
     args = parser.parse_args(argv)
     epoch = time.monotonic() if args.epoch is None else args.epoch
 
@@ -275,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
             args.think,
             args.big_values,
             args.max_big_value,
+            args.first_client,
+            args.get_share,
         )
 
         def on_term(*_: object) -> None:
