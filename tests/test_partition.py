@@ -18,6 +18,7 @@ from kvtwist.chain.core import MEMBER_WAIT
 from kvtwist.chain.link import LinkConfig
 from kvtwist.chain.membership import CLOCK_RATE_BOUND, REMOVAL_MARGIN, VIEW_RETRY_DELAY
 from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
+from kvtwist.chain.reads import READ_WAIT
 from tests.test_chain_unit import Net, Node, results
 
 
@@ -146,6 +147,18 @@ class TailPartitionTests(SynchronousTestCase):
         read = a.replica.read_view()
         self.assertNoResult(read)
         self.net.clock.advance(a.replica._removal_wait())
+        self.successResultOf(read)
+
+
+    def test_reads_wait_out_a_hold_longer_than_the_read_wait(self) -> None:
+        """A read at a tail holding for a removed member waits for the hold to end, even
+        past READ_WAIT, and is then served (not refused)."""
+        (a,) = self.net.chain(1)
+        a.replica.hold_tail(READ_WAIT + 3.0)
+        read = a.replica.read_view()
+        self.net.clock.advance(READ_WAIT + 1.0)
+        self.assertNoResult(read)
+        self.net.clock.advance(2.5)
         self.successResultOf(read)
 
 

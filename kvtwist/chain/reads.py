@@ -61,8 +61,10 @@ class ReadingReplica(ReplicaCore):
     def _wait_ready(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self._ready_waiters.append(d)
+        # a hold for a removed member has a known end: the read waits it out too
+        held = max(0.0, self.tail_hold_until - self.reactor.seconds())
         timeout = self.reactor.callLater(
-            READ_WAIT,
+            READ_WAIT + (held if held != float("inf") else 0.0),
             lambda: (
                 None if d.called else d.errback(Unavailable("timed out waiting to serve reads"))
             ),
