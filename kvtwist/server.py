@@ -46,6 +46,7 @@ DEFAULT_RANGE_LIMIT = 10_000
 DEFAULT_MAX_PENDING = 1024
 DEFAULT_MAX_INFLIGHT = 64
 DEFAULT_MAX_REPLY = 64 * 1024 * 1024
+DEFAULT_REPLY_BUDGET = 64 * 1024 * 1024
 #: Connections beyond --max-connections that may still become chain links.
 CHAIN_RESERVE = 16
 #: How long such a connection has to show it is one.
@@ -82,6 +83,8 @@ class Limits:
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     idle_timeout: float | None = None
     max_reply: int = DEFAULT_MAX_REPLY
+    #: Bytes of replies a connection may hold being built or waiting for their turn.
+    reply_budget: int = DEFAULT_REPLY_BUDGET
 
 
 @dataclass
@@ -141,6 +144,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self._writes = 0  # started and not yet answered
         self._reads = 0
         self._held: deque[tuple[Message, list[Any]]] = deque()  # not started yet
+        self._reply_bytes = 0  # listings running (at --max-reply each) and replies not yet sent
         self._closing = False
         self._draining = False
         self._pause_reasons: set[str] = set()
@@ -317,7 +321,9 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
 
     def _answer(self, reply: Message) -> None:
         """A reply decided at once, in its place among the replies."""
-        self._slots.append([wire.frame(reply)])
+        frame = wire.frame(reply)
+        self._reply_bytes += len(frame)
+        self._slots.append([frame])
         self._flush()
 
     def _log_in(self, msg: Message) -> None:
@@ -399,8 +405,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         reason = f"{wire.op_name(msg.opcode)} is chain-internal; refused"
         if self.factory.replica.standalone:
             reason += " (a standalone node takes no chain links)"
-        self._slots.append([wire.frame(wire.error_reply(reason))])
-        self._flush()
+        self._answer(wire.error_reply(reason))
 
     def _refuse_chain(self, reason: str) -> None:
         """Refuse an unauthenticated or failed chain peer: ERROR, a (rate-limited) log, close."""
@@ -459,11 +464,20 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         consecutive reads run in parallel, but a read never overtakes an earlier
         write of its connection, nor a write an earlier read.  At most
         ``max_inflight`` run at once, and none start while the client is not
-        reading its replies: that bounds the reply bytes a connection can pin.
+        reading its replies, nor while its replies take up its reply budget (a
+        listing counts at --max-reply while it runs; one may always run alone):
+        that bounds the reply bytes a connection can pin.
         """
         held = self._held
-        window = self.factory.limits.max_inflight
-        while held and self._reads + self._writes < window and "output" not in self._pause_reasons:
+        limits = self.factory.limits
+        window = limits.max_inflight
+        budget = limits.reply_budget
+        while (
+            held
+            and self._reads + self._writes < window
+            and "output" not in self._pause_reasons
+            and (self._reply_bytes < budget or not self._reply_bytes)
+        ):
             msg, slot = held[0]
             op = msg.opcode
             if op in wire.WRITE_OPS:
@@ -481,14 +495,19 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
                 # consecutive GETs: one job and one Deferred for all of them
                 msgs, slots = self._take_run(_is_plain_get, window - self._reads)
                 self._reads += len(msgs)
-                self.factory.get_many(msgs, self.peerName).addCallback(
-                    self._done_many, slots, False
+                # the run may fill what is left of the budget: nothing else starts meanwhile
+                room = budget - self._reply_bytes
+                self._reply_bytes += room
+                self.factory.get_many(msgs, self.peerName, room).addCallback(
+                    self._done_gets, msgs, slots, room
                 )
             else:
                 held.popleft()
                 self._reads += 1
+                cost = _reply_cost(op, limits)
+                self._reply_bytes += cost
                 self.factory.handle(msg, self.peerName).addCallback(_as_list).addCallback(
-                    self._done_many, [slot], False
+                    self._done_many, [slot], False, cost
                 )
 
     def _take_run(
@@ -507,15 +526,28 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             slots.append(slot)
         return msgs, slots
 
-    def _done_many(self, frames: list[bytes], slots: list[list[Any]], write: bool) -> None:
+    def _done_many(
+        self, frames: list[bytes], slots: list[list[Any]], write: bool, reserved: int = 0
+    ) -> None:
         if write:
             self._writes -= len(slots)
         else:
             self._reads -= len(slots)
+        self._reply_bytes += sum(map(len, frames)) - reserved
         for slot, data in zip(slots, frames, strict=True):
             slot[0] = data
         self._flush()
         self._pump()
+
+    def _done_gets(
+        self, frames: list[bytes], msgs: list[Message], slots: list[list[Any]], room: int
+    ) -> None:
+        """A run of GETs answered, maybe in part (the reply budget): the rest wait in front."""
+        n = len(frames)
+        if n < len(msgs):
+            self._reads -= len(msgs) - n
+            self._held.extendleft(reversed(list(zip(msgs[n:], slots[n:], strict=True))))
+        self._done_many(frames, slots[:n], False, room)
 
     def badFrame(self, payload: bytes, exc: Exception) -> None:
         log.warn(
@@ -525,15 +557,14 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             e=exc,
         )
         self.factory.metrics.record(wire.OP_BAD, 0.0, True)
-        slot = [wire.frame(wire.error_reply(f"undecodable message ({len(payload)} bytes)"))]
-        self._slots.append(slot)
-        self._flush()
+        self._answer(wire.error_reply(f"undecodable message ({len(payload)} bytes)"))
 
     def _flush(self) -> None:
         slots = self._slots
         out = []
         while slots and slots[0][0] is not None:
             out.append(slots.popleft()[0])
+        self._reply_bytes -= sum(map(len, out))
         if out and self.transport is not None and not self._closing:
             self.transport.writeSequence(out)
         if len(slots) < self.factory.limits.max_pending // 2:
@@ -603,12 +634,17 @@ class NodeFactory(Factory):
             errbackArgs=(msg, start, peer),
         )
 
-    def get_many(self, msgs: list[Message], peer: Callable[[], str]) -> Deferred[list[bytes]]:
+    def get_many(
+        self, msgs: list[Message], peer: Callable[[], str], room: int | None = None
+    ) -> Deferred[list[bytes]]:
         """Answer GETs that arrived together with one reader job; never fails.
 
         Each GET is validated on its own (a bad one gets its ERROR in its
         place); when this node does not serve reads now, each goes the way of
         any other request (forwarded to the tail, or waiting for this node).
+        With ``room``, replies are built only while their values fit in it (at
+        least one): the answer then covers the first GETs only, and the caller
+        asks again for the rest.
         """
         start = time.perf_counter()
         try:
@@ -632,13 +668,19 @@ class NodeFactory(Factory):
         def run() -> list[bytes]:
             get = tree.get
             if not errors:
-                return [reply(get(k)) for k in keys]  # type: ignore[arg-type]
-            return [errors[i] if k is None else reply(get(k)) for i, k in enumerate(keys)]
+                found = [get(k) for k in keys]  # type: ignore[arg-type]
+            else:
+                found = [None if k is None else get(k) for k in keys]
+            if room is not None and sum(map(len, filter(None, found))) > room:
+                found = found[: _within(found, room)]  # values are shared, not copied yet
+            if not errors:
+                return [reply(v) for v in found]
+            return [errors[i] if keys[i] is None else reply(v) for i, v in enumerate(found)]
 
         def answered(frames: list[bytes]) -> list[bytes]:
-            self.metrics.record_many(
-                wire.OP_GET, time.perf_counter() - start, len(frames), len(errors)
-            )
+            n = len(frames)
+            bad = len(errors) if n == len(msgs) else sum(i < n for i in errors)
+            self.metrics.record_many(wire.OP_GET, time.perf_counter() - start, n, bad)
             return frames
 
         def failed(f: Failure) -> list[bytes]:
@@ -817,8 +859,9 @@ class NodeFactory(Factory):
             self._ctype(msg, wire.CT_NONE)
 
             def getkeys(v: ReadView) -> bytes:
-                keys = v.tree.keys()
-                _bounded(op, map(len, keys), max_reply)
+                keys = v.tree.listing(False, max_reply, _ELEMENT_OVERHEAD)
+                if keys is None:
+                    raise _too_big(op, max_reply)
                 return wire.frame(wire.reply(op, c_type=wire.CT_KEYS, keys=keys))
 
             return getkeys
@@ -826,8 +869,9 @@ class NodeFactory(Factory):
             self._ctype(msg, wire.CT_NONE)
 
             def getvalues(v: ReadView) -> bytes:
-                values = v.tree.values()
-                _bounded(op, map(len, values), max_reply)
+                values = v.tree.listing(True, max_reply, _ELEMENT_OVERHEAD)
+                if values is None:
+                    raise _too_big(op, max_reply)
                 return wire.frame(wire.reply(op, c_type=wire.CT_VALUES, values=values))
 
             return getvalues
@@ -884,13 +928,36 @@ class NodeFactory(Factory):
 _ELEMENT_OVERHEAD = 6
 
 
+def _reply_cost(op: int, limits: Limits) -> int:
+    """The reply bytes a request started alone may build: what it holds of the budget."""
+    if op in BIG_READS:
+        return limits.max_reply
+    if op == wire.OP_GET:  # one read on its own (local, or not served here)
+        return limits.max_value
+    return 0
+
+
+def _within(values: list[bytes | None], room: int) -> int:
+    """How many of ``values``, from the first, fit in ``room`` bytes (at least one)."""
+    total = 0
+    for n, v in enumerate(values, 1):
+        total += len(v) if v else 0
+        if total > room:
+            return max(n - 1, 1)
+    return len(values)
+
+
+def _too_big(op: int, max_reply: int) -> BadRequest:
+    return BadRequest(
+        f"the {wire.op_name(op)} reply would exceed {max_reply} bytes (--max-reply); "
+        "page through the keys with RANGE and a smaller limit"
+    )
+
+
 def _bounded(op: int, sizes: Any, max_reply: int) -> None:
     """Refuse a listing whose reply would exceed ``max_reply`` bytes, before building it."""
     total = 0
     for n in sizes:
         total += n + _ELEMENT_OVERHEAD
         if total > max_reply:
-            raise BadRequest(
-                f"the {wire.op_name(op)} reply would exceed {max_reply} bytes (--max-reply); "
-                "page through the keys with RANGE and a smaller limit"
-            )
+            raise _too_big(op, max_reply)
