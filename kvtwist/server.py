@@ -47,9 +47,13 @@ DEFAULT_MAX_PENDING = 1024
 DEFAULT_MAX_INFLIGHT = 64
 DEFAULT_MAX_REPLY = 64 * 1024 * 1024
 DEFAULT_REPLY_BUDGET = 64 * 1024 * 1024
-#: Connections beyond --max-connections that may still become chain links.
+#: Chain links that proved themselves (or, without a cluster key, said HELLO or
+#: JOIN): neighbours, joiners, links being replaced.  They do not count as clients.
 CHAIN_RESERVE = 16
-#: How long such a connection has to show it is one.
+#: Connections in a chain handshake not yet proved, and connections beyond
+#: --max-connections not yet in one: strangers may fill this, and only this.
+HANDSHAKE_POOL = 16
+#: How long a connection beyond the limit has to open a handshake.
 CHAIN_GRACE = 1.0
 MAX_HOPS = 2
 BIG_READS = frozenset({wire.OP_GETKEYS, wire.OP_GETVALUES, wire.OP_RANGE})
@@ -160,10 +164,10 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             self.setTimeout(f.limits.idle_timeout)
         if len(f.connections) >= f.limits.max_connections:
             # chain links do not count: a few more may show that they are one
-            if f.replica.standalone or len(f.reserved) >= CHAIN_RESERVE:
+            if f.replica.standalone or len(f.handshaking) >= HANDSHAKE_POOL:
                 self._refuse_over_limit()
                 return
-            f.reserved.add(self)
+            f.handshaking.add(self)
             self._over_limit = f.reactor.callLater(CHAIN_GRACE, self._refuse_over_limit)
         else:
             f.connections.add(self)
@@ -177,7 +181,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
 
     def _refuse_over_limit(self) -> None:
         f = self.factory
-        f.reserved.discard(self)
+        f.handshaking.discard(self)
         self._over_limit = None
         log.warn(
             "{peer}: refused, {n} connections already open (limit)",
@@ -190,17 +194,23 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self._closing = True
         self.disconnect()
 
-    def _become_chain(self) -> None:
-        """This connection carries chain traffic: no client limits apply to it."""
+    def _become_chain(self) -> bool:
+        """This connection carries chain traffic: no client limits apply to it.
+
+        It takes a place in the chain reserve; False (and refused) when none is left.
+        """
         f = self.factory
         f.connections.discard(self)
-        f.reserved.discard(self)
-        if self._over_limit is not None and self._over_limit.active():
-            self._over_limit.cancel()
-        self._over_limit = None
+        f.handshaking.discard(self)
+        if self not in f.links:
+            if len(f.links) >= CHAIN_RESERVE:
+                self._refuse_chain(f"{CHAIN_RESERVE} chain links already open", retry=True)
+                return False
+            f.links.add(self)
         self.setTimeout(None)
         self.max_frame = self._decoder.max_frame = f.link_config.chain_frame
         self.resume("chain")
+        return True
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if reason.check(*TLS_ERRORS) and self.link is None and not self.authenticated:
@@ -213,7 +223,8 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
                     more=f" ({left_out} more not logged)" if left_out else "",
                 )
         self.factory.connections.discard(self)
-        self.factory.reserved.discard(self)
+        self.factory.handshaking.discard(self)
+        self.factory.links.discard(self)
         self._closing = True
         self.setTimeout(None)
         for timer in (self._over_limit, self._auth_timer):
@@ -287,7 +298,9 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             if op not in (wire.OP_CHAIN_AUTH, wire.OP_CHAIN_HELLO, wire.OP_CHAIN_JOIN):
                 self._refuse_over_limit()
                 return
-            self._become_chain()
+            # it stays in the handshake pool until the handshake proves it, or fails
+            self._over_limit.cancel()
+            self._over_limit = None
         if op in wire.CHAIN_OPS or self._responder is not None:
             self._chain_request(msg)
             return
@@ -392,8 +405,8 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
                     self.disconnect()
                     return
             self.peer_max_frame = hello.max_frame
-            self._become_chain()
-            f.replica.incoming(self, msg)
+            if self._become_chain():
+                f.replica.incoming(self, msg)
 
     def _refuse_in_order(self, msg: Message) -> None:
         """A chain opcode from a client connection: an ERROR in its place among the replies."""
@@ -407,7 +420,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             reason += " (a standalone node takes no chain links)"
         self._answer(wire.error_reply(reason))
 
-    def _refuse_chain(self, reason: str) -> None:
+    def _refuse_chain(self, reason: str, retry: bool = False) -> None:
         """Refuse an unauthenticated or failed chain peer: ERROR, a (rate-limited) log, close."""
         if self._closing:
             return
@@ -419,7 +432,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
                 reason=reason,
                 more=f" ({left_out} more refusals not logged)" if left_out else "",
             )
-        self.sendMessage(wire.error_reply(f"refused: {reason}", retry=False))
+        self.sendMessage(wire.error_reply(f"refused: {reason}", retry=retry))
         self._closing = True
         self.disconnect()
 
@@ -434,6 +447,14 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             self._refuse_chain("already authenticated")
             return
         if self._responder is None:
+            if self in f.connections:
+                # until it proves the key it is a stranger: it leaves the client
+                # connections for the handshake pool, which bounds such strangers
+                if len(f.handshaking) >= HANDSHAKE_POOL:
+                    self._refuse_chain("too many chain handshakes at once", retry=True)
+                    return
+                f.connections.discard(self)
+                f.handshaking.add(self)
             # over TLS the proof covers this session: it cannot be relayed
             self._responder = Responder(key, f.identity(), binding=channel_binding(self.transport))
             self._auth_timer = f.reactor.callLater(
@@ -452,7 +473,8 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             self._responder = None
             if self._auth_timer.active():
                 self._auth_timer.cancel()
-            self._become_chain()
+            if not self._become_chain():
+                return
             log.debug(
                 "{peer}: authenticated as {who}", peer=self.peerName(), who=self.peer_identity
             )
@@ -596,7 +618,8 @@ class NodeFactory(Factory):
         replica.link_config = self.link_config
         replica.link_timeout = self.link_config.timeout
         self.connections: set[NodeProtocol] = set()  # client connections
-        self.reserved: set[NodeProtocol] = set()  # beyond the limit, may become chain links
+        self.handshaking: set[NodeProtocol] = set()  # unproven: HANDSHAKE_POOL at most
+        self.links: set[NodeProtocol] = set()  # proven chain links: CHAIN_RESERVE at most
         self.refusals = LogLimiter(now=reactor.seconds)
         self.token = token  # clients must show it first (--auth-token-file)
         self.token_refusals = LogLimiter(now=reactor.seconds)
