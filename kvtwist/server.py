@@ -148,7 +148,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self._writes = 0  # started and not yet answered
         self._reads = 0
         self._held: deque[tuple[Message, list[Any]]] = deque()  # not started yet
-        self._reply_bytes = 0  # listings running (at --max-reply each) and replies not yet sent
+        self._reply_bytes = 0  # held for reads running (see _reply_cost) and replies not yet sent
         self._closing = False
         self._draining = False
         self._pause_reasons: set[str] = set()
