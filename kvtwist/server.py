@@ -46,9 +46,14 @@ DEFAULT_RANGE_LIMIT = 10_000
 DEFAULT_MAX_PENDING = 1024
 DEFAULT_MAX_INFLIGHT = 64
 DEFAULT_MAX_REPLY = 64 * 1024 * 1024
-#: Connections beyond --max-connections that may still become chain links.
+DEFAULT_REPLY_BUDGET = 64 * 1024 * 1024
+#: Chain links that proved themselves (or, without a cluster key, said HELLO or
+#: JOIN): neighbours, joiners, links being replaced.  They do not count as clients.
 CHAIN_RESERVE = 16
-#: How long such a connection has to show it is one.
+#: Connections in a chain handshake not yet proved, and connections beyond
+#: --max-connections not yet in one: strangers may fill this, and only this.
+HANDSHAKE_POOL = 16
+#: How long a connection beyond the limit has to open a handshake.
 CHAIN_GRACE = 1.0
 MAX_HOPS = 2
 BIG_READS = frozenset({wire.OP_GETKEYS, wire.OP_GETVALUES, wire.OP_RANGE})
@@ -82,6 +87,8 @@ class Limits:
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     idle_timeout: float | None = None
     max_reply: int = DEFAULT_MAX_REPLY
+    #: Bytes of replies a connection may hold being built or waiting for their turn.
+    reply_budget: int = DEFAULT_REPLY_BUDGET
 
 
 @dataclass
@@ -141,6 +148,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self._writes = 0  # started and not yet answered
         self._reads = 0
         self._held: deque[tuple[Message, list[Any]]] = deque()  # not started yet
+        self._reply_bytes = 0  # held for reads running (see _reply_cost) and replies not yet sent
         self._closing = False
         self._draining = False
         self._pause_reasons: set[str] = set()
@@ -156,10 +164,10 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             self.setTimeout(f.limits.idle_timeout)
         if len(f.connections) >= f.limits.max_connections:
             # chain links do not count: a few more may show that they are one
-            if f.replica.standalone or len(f.reserved) >= CHAIN_RESERVE:
+            if f.replica.standalone or len(f.handshaking) >= HANDSHAKE_POOL:
                 self._refuse_over_limit()
                 return
-            f.reserved.add(self)
+            f.handshaking.add(self)
             self._over_limit = f.reactor.callLater(CHAIN_GRACE, self._refuse_over_limit)
         else:
             f.connections.add(self)
@@ -173,7 +181,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
 
     def _refuse_over_limit(self) -> None:
         f = self.factory
-        f.reserved.discard(self)
+        f.handshaking.discard(self)
         self._over_limit = None
         log.warn(
             "{peer}: refused, {n} connections already open (limit)",
@@ -186,17 +194,23 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self._closing = True
         self.disconnect()
 
-    def _become_chain(self) -> None:
-        """This connection carries chain traffic: no client limits apply to it."""
+    def _become_chain(self) -> bool:
+        """This connection carries chain traffic: no client limits apply to it.
+
+        It takes a place in the chain reserve; False (and refused) when none is left.
+        """
         f = self.factory
         f.connections.discard(self)
-        f.reserved.discard(self)
-        if self._over_limit is not None and self._over_limit.active():
-            self._over_limit.cancel()
-        self._over_limit = None
+        f.handshaking.discard(self)
+        if self not in f.links:
+            if len(f.links) >= CHAIN_RESERVE:
+                self._refuse_chain(f"{CHAIN_RESERVE} chain links already open", retry=True)
+                return False
+            f.links.add(self)
         self.setTimeout(None)
         self.max_frame = self._decoder.max_frame = f.link_config.chain_frame
         self.resume("chain")
+        return True
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if reason.check(*TLS_ERRORS) and self.link is None and not self.authenticated:
@@ -209,7 +223,8 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
                     more=f" ({left_out} more not logged)" if left_out else "",
                 )
         self.factory.connections.discard(self)
-        self.factory.reserved.discard(self)
+        self.factory.handshaking.discard(self)
+        self.factory.links.discard(self)
         self._closing = True
         self.setTimeout(None)
         for timer in (self._over_limit, self._auth_timer):
@@ -283,7 +298,9 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             if op not in (wire.OP_CHAIN_AUTH, wire.OP_CHAIN_HELLO, wire.OP_CHAIN_JOIN):
                 self._refuse_over_limit()
                 return
-            self._become_chain()
+            # it stays in the handshake pool until the handshake proves it, or fails
+            self._over_limit.cancel()
+            self._over_limit = None
         if op in wire.CHAIN_OPS or self._responder is not None:
             self._chain_request(msg)
             return
@@ -317,7 +334,9 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
 
     def _answer(self, reply: Message) -> None:
         """A reply decided at once, in its place among the replies."""
-        self._slots.append([wire.frame(reply)])
+        frame = wire.frame(reply)
+        self._reply_bytes += len(frame)
+        self._slots.append([frame])
         self._flush()
 
     def _log_in(self, msg: Message) -> None:
@@ -386,8 +405,8 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
                     self.disconnect()
                     return
             self.peer_max_frame = hello.max_frame
-            self._become_chain()
-            f.replica.incoming(self, msg)
+            if self._become_chain():
+                f.replica.incoming(self, msg)
 
     def _refuse_in_order(self, msg: Message) -> None:
         """A chain opcode from a client connection: an ERROR in its place among the replies."""
@@ -399,10 +418,9 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         reason = f"{wire.op_name(msg.opcode)} is chain-internal; refused"
         if self.factory.replica.standalone:
             reason += " (a standalone node takes no chain links)"
-        self._slots.append([wire.frame(wire.error_reply(reason))])
-        self._flush()
+        self._answer(wire.error_reply(reason))
 
-    def _refuse_chain(self, reason: str) -> None:
+    def _refuse_chain(self, reason: str, retry: bool = False) -> None:
         """Refuse an unauthenticated or failed chain peer: ERROR, a (rate-limited) log, close."""
         if self._closing:
             return
@@ -414,7 +432,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
                 reason=reason,
                 more=f" ({left_out} more refusals not logged)" if left_out else "",
             )
-        self.sendMessage(wire.error_reply(f"refused: {reason}", retry=False))
+        self.sendMessage(wire.error_reply(f"refused: {reason}", retry=retry))
         self._closing = True
         self.disconnect()
 
@@ -429,6 +447,14 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             self._refuse_chain("already authenticated")
             return
         if self._responder is None:
+            if self in f.connections:
+                # until it proves the key it is a stranger: it leaves the client
+                # connections for the handshake pool, which bounds such strangers
+                if len(f.handshaking) >= HANDSHAKE_POOL:
+                    self._refuse_chain("too many chain handshakes at once", retry=True)
+                    return
+                f.connections.discard(self)
+                f.handshaking.add(self)
             # over TLS the proof covers this session: it cannot be relayed
             self._responder = Responder(key, f.identity(), binding=channel_binding(self.transport))
             self._auth_timer = f.reactor.callLater(
@@ -447,7 +473,8 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             self._responder = None
             if self._auth_timer.active():
                 self._auth_timer.cancel()
-            self._become_chain()
+            if not self._become_chain():
+                return
             log.debug(
                 "{peer}: authenticated as {who}", peer=self.peerName(), who=self.peer_identity
             )
@@ -459,11 +486,20 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         consecutive reads run in parallel, but a read never overtakes an earlier
         write of its connection, nor a write an earlier read.  At most
         ``max_inflight`` run at once, and none start while the client is not
-        reading its replies: that bounds the reply bytes a connection can pin.
+        reading its replies, nor while its replies take up its reply budget (a
+        listing counts at --max-reply while it runs; one may always run alone):
+        that bounds the reply bytes a connection can pin.
         """
         held = self._held
-        window = self.factory.limits.max_inflight
-        while held and self._reads + self._writes < window and "output" not in self._pause_reasons:
+        limits = self.factory.limits
+        window = limits.max_inflight
+        budget = limits.reply_budget
+        while (
+            held
+            and self._reads + self._writes < window
+            and "output" not in self._pause_reasons
+            and (self._reply_bytes < budget or not self._reply_bytes)
+        ):
             msg, slot = held[0]
             op = msg.opcode
             if op in wire.WRITE_OPS:
@@ -481,14 +517,19 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
                 # consecutive GETs: one job and one Deferred for all of them
                 msgs, slots = self._take_run(_is_plain_get, window - self._reads)
                 self._reads += len(msgs)
-                self.factory.get_many(msgs, self.peerName).addCallback(
-                    self._done_many, slots, False
+                # the run may fill what is left of the budget: nothing else starts meanwhile
+                room = budget - self._reply_bytes
+                self._reply_bytes += room
+                self.factory.get_many(msgs, self.peerName, room).addCallback(
+                    self._done_gets, msgs, slots, room
                 )
             else:
                 held.popleft()
                 self._reads += 1
+                cost = _reply_cost(op, limits)
+                self._reply_bytes += cost
                 self.factory.handle(msg, self.peerName).addCallback(_as_list).addCallback(
-                    self._done_many, [slot], False
+                    self._done_many, [slot], False, cost
                 )
 
     def _take_run(
@@ -507,15 +548,28 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             slots.append(slot)
         return msgs, slots
 
-    def _done_many(self, frames: list[bytes], slots: list[list[Any]], write: bool) -> None:
+    def _done_many(
+        self, frames: list[bytes], slots: list[list[Any]], write: bool, reserved: int = 0
+    ) -> None:
         if write:
             self._writes -= len(slots)
         else:
             self._reads -= len(slots)
+        self._reply_bytes += sum(map(len, frames)) - reserved
         for slot, data in zip(slots, frames, strict=True):
             slot[0] = data
         self._flush()
         self._pump()
+
+    def _done_gets(
+        self, frames: list[bytes], msgs: list[Message], slots: list[list[Any]], room: int
+    ) -> None:
+        """A run of GETs answered, maybe in part (the reply budget): the rest wait in front."""
+        n = len(frames)
+        if n < len(msgs):
+            self._reads -= len(msgs) - n
+            self._held.extendleft(reversed(list(zip(msgs[n:], slots[n:], strict=True))))
+        self._done_many(frames, slots[:n], False, room)
 
     def badFrame(self, payload: bytes, exc: Exception) -> None:
         log.warn(
@@ -525,15 +579,14 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             e=exc,
         )
         self.factory.metrics.record(wire.OP_BAD, 0.0, True)
-        slot = [wire.frame(wire.error_reply(f"undecodable message ({len(payload)} bytes)"))]
-        self._slots.append(slot)
-        self._flush()
+        self._answer(wire.error_reply(f"undecodable message ({len(payload)} bytes)"))
 
     def _flush(self) -> None:
         slots = self._slots
         out = []
         while slots and slots[0][0] is not None:
             out.append(slots.popleft()[0])
+        self._reply_bytes -= sum(map(len, out))
         if out and self.transport is not None and not self._closing:
             self.transport.writeSequence(out)
         if len(slots) < self.factory.limits.max_pending // 2:
@@ -565,7 +618,8 @@ class NodeFactory(Factory):
         replica.link_config = self.link_config
         replica.link_timeout = self.link_config.timeout
         self.connections: set[NodeProtocol] = set()  # client connections
-        self.reserved: set[NodeProtocol] = set()  # beyond the limit, may become chain links
+        self.handshaking: set[NodeProtocol] = set()  # unproven: HANDSHAKE_POOL at most
+        self.links: set[NodeProtocol] = set()  # proven chain links: CHAIN_RESERVE at most
         self.refusals = LogLimiter(now=reactor.seconds)
         self.token = token  # clients must show it first (--auth-token-file)
         self.token_refusals = LogLimiter(now=reactor.seconds)
@@ -603,12 +657,17 @@ class NodeFactory(Factory):
             errbackArgs=(msg, start, peer),
         )
 
-    def get_many(self, msgs: list[Message], peer: Callable[[], str]) -> Deferred[list[bytes]]:
+    def get_many(
+        self, msgs: list[Message], peer: Callable[[], str], room: int | None = None
+    ) -> Deferred[list[bytes]]:
         """Answer GETs that arrived together with one reader job; never fails.
 
         Each GET is validated on its own (a bad one gets its ERROR in its
         place); when this node does not serve reads now, each goes the way of
         any other request (forwarded to the tail, or waiting for this node).
+        With ``room``, replies are built only while their values fit in it (at
+        least one): the answer then covers the first GETs only, and the caller
+        asks again for the rest.
         """
         start = time.perf_counter()
         try:
@@ -632,13 +691,19 @@ class NodeFactory(Factory):
         def run() -> list[bytes]:
             get = tree.get
             if not errors:
-                return [reply(get(k)) for k in keys]  # type: ignore[arg-type]
-            return [errors[i] if k is None else reply(get(k)) for i, k in enumerate(keys)]
+                found = [get(k) for k in keys]  # type: ignore[arg-type]
+            else:
+                found = [None if k is None else get(k) for k in keys]
+            if room is not None and sum(map(len, filter(None, found))) > room:
+                found = found[: _within(found, room)]  # values are shared, not copied yet
+            if not errors:
+                return [reply(v) for v in found]
+            return [errors[i] if keys[i] is None else reply(v) for i, v in enumerate(found)]
 
         def answered(frames: list[bytes]) -> list[bytes]:
-            self.metrics.record_many(
-                wire.OP_GET, time.perf_counter() - start, len(frames), len(errors)
-            )
+            n = len(frames)
+            bad = len(errors) if n == len(msgs) else sum(i < n for i in errors)
+            self.metrics.record_many(wire.OP_GET, time.perf_counter() - start, n, bad)
             return frames
 
         def failed(f: Failure) -> list[bytes]:
@@ -820,8 +885,9 @@ class NodeFactory(Factory):
             self._ctype(msg, wire.CT_NONE)
 
             def getkeys(v: ReadView) -> bytes:
-                keys = v.tree.keys()
-                _bounded(op, map(len, keys), max_reply)
+                keys = v.tree.listing(False, max_reply, _ELEMENT_OVERHEAD)
+                if keys is None:
+                    raise _too_big(op, max_reply)
                 return wire.frame(wire.reply(op, c_type=wire.CT_KEYS, keys=keys))
 
             return getkeys
@@ -829,8 +895,9 @@ class NodeFactory(Factory):
             self._ctype(msg, wire.CT_NONE)
 
             def getvalues(v: ReadView) -> bytes:
-                values = v.tree.values()
-                _bounded(op, map(len, values), max_reply)
+                values = v.tree.listing(True, max_reply, _ELEMENT_OVERHEAD)
+                if values is None:
+                    raise _too_big(op, max_reply)
                 return wire.frame(wire.reply(op, c_type=wire.CT_VALUES, values=values))
 
             return getvalues
@@ -887,13 +954,36 @@ class NodeFactory(Factory):
 _ELEMENT_OVERHEAD = 6
 
 
+def _reply_cost(op: int, limits: Limits) -> int:
+    """The reply bytes a request started alone may build: what it holds of the budget."""
+    if op in BIG_READS:
+        return limits.max_reply
+    if op == wire.OP_GET:  # one read on its own (local, or not served here)
+        return limits.max_value
+    return 0
+
+
+def _within(values: list[bytes | None], room: int) -> int:
+    """How many of ``values``, from the first, fit in ``room`` bytes (at least one)."""
+    total = 0
+    for n, v in enumerate(values, 1):
+        total += len(v) if v else 0
+        if total > room:
+            return max(n - 1, 1)
+    return len(values)
+
+
+def _too_big(op: int, max_reply: int) -> BadRequest:
+    return BadRequest(
+        f"the {wire.op_name(op)} reply would exceed {max_reply} bytes (--max-reply); "
+        "page through the keys with RANGE and a smaller limit"
+    )
+
+
 def _bounded(op: int, sizes: Any, max_reply: int) -> None:
     """Refuse a listing whose reply would exceed ``max_reply`` bytes, before building it."""
     total = 0
     for n in sizes:
         total += n + _ELEMENT_OVERHEAD
         if total > max_reply:
-            raise BadRequest(
-                f"the {wire.op_name(op)} reply would exceed {max_reply} bytes (--max-reply); "
-                "page through the keys with RANGE and a smaller limit"
-            )
+            raise _too_big(op, max_reply)

@@ -20,6 +20,7 @@ from kvtwist.chain.auth import KeyFileError, load_key, load_secret
 from kvtwist.chain.link import DEFAULT_LINK_TIMEOUT, LinkConfig
 from kvtwist.chain.replica import Replica
 from kvtwist.clock import use_steady_clock
+from kvtwist.port import check_descriptor_limit, listen
 from kvtwist.server import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_KEY,
@@ -72,7 +73,7 @@ class Options(usage.Options):
             "max-connections",
             None,
             DEFAULT_MAX_CONNECTIONS,
-            "Concurrent client connections.",
+            "Concurrent client connections (descriptors needed: this + 112).",
             _positive("max-connections"),
         ],
         [
@@ -425,6 +426,9 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         max_value=limits.max_value,
     )
     factory = NodeFactory(reactor, replica, limits, link_config, token=options.get("token"))
+    short = check_descriptor_limit(limits)
+    if short is not None:
+        log.warn("{why}", why=short)
     try:
         listening = ListeningService(
             reactor, options["port"], options["interface"], factory, tls=tls
@@ -494,10 +498,7 @@ class ListeningService(service.Service):
         self, reactor: Any, port: int, interface: str, factory: Any, tls: Any = None
     ) -> None:
         try:
-            if tls is None:
-                self.port = reactor.listenTCP(port, factory, interface=interface)
-            else:  # TLS only: a plain client's first bytes fail the handshake
-                self.port = reactor.listenSSL(port, factory, tls, interface=interface)
+            self.port = listen(reactor, port, factory, interface, tls)
         except CannotListenError as e:
             why = e.socketError
             raise SystemExit(f"kvtwist: cannot listen on {interface}:{port}: {why}") from None

@@ -405,6 +405,23 @@ class BTree:
             out += map(leaf.__getitem__, leaf.order)
         return out
 
+    def listing(self, values: bool, max_bytes: int, overhead: int = 0) -> list[Any] | None:
+        """All keys (or values) in key order; None once their sizes pass ``max_bytes``.
+
+        Each item costs its length plus ``overhead``.  Counted leaf by leaf as
+        the list grows, so a refused listing stops having gathered no more
+        than the bound and one leaf, not the whole tree.
+        """
+        out: list[Any] = []
+        total = 0
+        for order, leaf, _i in self._leaves(None):
+            items = list(map(leaf.__getitem__, order)) if values else order
+            total += sum(map(len, items)) + overhead * len(items)
+            if total > max_bytes:
+                return None
+            out += items
+        return out
+
     def items(self) -> list[tuple[Key, bytes]]:
         """All (key, value) pairs in key order."""
         out: list[tuple[Key, bytes]] = []

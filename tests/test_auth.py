@@ -23,7 +23,7 @@ from kvtwist.chain.auth import (
 from kvtwist.chain.link import LinkConfig
 from kvtwist.chain.replica import Replica
 from kvtwist.proto.kvtwist_pb2 import ChainAuth, ChainHello
-from kvtwist.server import NodeFactory, NodeProtocol
+from kvtwist.server import HANDSHAKE_POOL, Limits, NodeFactory, NodeProtocol
 from kvtwist.store import InlineRunner, Store
 from kvtwist.wire import FramedProtocol, Message
 from tests.test_chain_unit import Net, Node
@@ -141,7 +141,9 @@ class Recorder(FramedProtocol):
 class ChainNode:
     """A chain-mode node (a fake ZooKeeper) whose replica records what reaches it."""
 
-    def __init__(self, key: bytes | None, name: str = "node0000000002") -> None:
+    def __init__(
+        self, key: bytes | None, name: str = "node0000000002", limits: Limits | None = None
+    ) -> None:
         self.clock = MemoryReactorClock()
         self.store = Store(self.clock, InlineRunner())
         self.replica = Replica(self.clock, self.store, "10.0.0.2:9000", zk=object())
@@ -150,7 +152,7 @@ class ChainNode:
         self.replica.incoming = lambda conn, msg: self.reached.append(msg)  # type: ignore
         self.replica.chain_message = lambda link, msg: self.reached.append(msg)  # type: ignore
         self.factory = NodeFactory(
-            self.clock, self.replica, link_config=LinkConfig(key=key, timeout=3.0)
+            self.clock, self.replica, limits, link_config=LinkConfig(key=key, timeout=3.0)
         )
 
     def connect(self) -> tuple[NodeProtocol, StringTransport]:
@@ -345,6 +347,79 @@ class GateTests(SynchronousTestCase):
         proto, t = node.connect()
         proto.dataReceived(wire.frame(auth_message(Initiator(KEY, "n1", 0).first())))
         self.assertIn("no cluster key", replies(t)[0].error)
+
+
+def send(proto: NodeProtocol, t: StringTransport, msg: Message) -> list[Message]:
+    """Deliver one frame; a connection the node closed is then lost, as a reactor would."""
+    proto.dataReceived(wire.frame(msg))
+    out = replies(t)
+    if t.disconnecting:
+        proto.connectionLost()
+    return out
+
+
+class HandshakePoolTests(SynchronousTestCase):
+    """Unproven chain handshakes take a bounded pool, not client places or the chain reserve."""
+
+    def setUp(self) -> None:
+        self.node = ChainNode(KEY, limits=Limits(max_connections=8))
+
+    def flood(self, n: int) -> list[tuple[NodeProtocol, StringTransport]]:
+        """``n`` keyless strangers, each sending step 1 of a handshake; those left open."""
+        step1 = auth_message(Initiator(OTHER, "node0000000001", 0).first())
+        left = []
+        for _ in range(n):
+            proto, t = self.node.connect()
+            if not t.disconnecting:
+                send(proto, t, step1)
+            if not t.disconnecting:
+                left.append((proto, t))
+        return left
+
+    def stats(self) -> Message:
+        proto, t = self.node.connect()
+        [r] = send(proto, t, wire.req_stats())
+        return r
+
+    def test_keyless_step1_flood_is_bounded(self) -> None:
+        """2,000 keyless step-1 connections: only the pool stays open, and a client is served."""
+        left = self.flood(2000)
+        self.assertEqual(len(left), HANDSHAKE_POOL)
+        self.assertEqual(len(self.node.factory.connections), 0)
+        r = self.stats()
+        self.assertEqual(r.opcode, wire.OP_STATS + 1, r.error)
+
+    def test_handshake_pool_times_out(self) -> None:
+        """Half-done handshakes are closed after the link timeout, and the pool is free again."""
+        left = self.flood(100)
+        self.node.clock.advance(3.0)
+        for proto, t in left:
+            self.assertTrue(t.disconnecting)
+            self.assertIn("timed out", replies(t)[0].error)
+            proto.connectionLost()
+        self.assertEqual(len(self.node.factory.handshaking), 0)
+        self.assertEqual(len(self.flood(100)), HANDSHAKE_POOL)
+
+    def test_proven_link_takes_the_chain_reserve(self) -> None:
+        """With the pool full a member is refused with retry; later it links outside the limits."""
+        for _ in range(8):
+            self.node.connect()  # clients fill --max-connections
+        strangers = self.flood(100)
+        proto, t = self.node.connect()
+        [r] = send(proto, t, auth_message(Initiator(KEY, "node0000000001", 0).first()))
+        self.assertTrue(r.retry, r.error)
+        self.node.clock.advance(3.0)  # the strangers time out
+        for stranger, _ in strangers:
+            stranger.connectionLost()
+        i = Initiator(KEY, "node0000000001", 0)
+        proto, t = self.node.connect()
+        [r] = send(proto, t, auth_message(i.first()))
+        step3 = i.receive(r.auth)
+        assert step3 is not None
+        send(proto, t, auth_message(step3))
+        f = self.node.factory
+        self.assertTrue(proto.authenticated)
+        self.assertEqual((proto in f.links, len(f.connections), len(f.handshaking)), (True, 8, 0))
 
 
 class KeyedNet(Net):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist import wire
+from kvtwist.chain.auth import Initiator, auth_message
 from kvtwist.proto.kvtwist_pb2 import ChainHello
+from kvtwist.server import HANDSHAKE_POOL
 from kvtwist.tap import Options
 from tests.nodes import NodeProcess, RawClient, wait_for
 from tests.zkserver import (
@@ -62,9 +65,9 @@ class KeyedChainProcessTests(ZooKeeperCase):
         super().setUp()
         self.key = key_file(self)
 
-    def node(self) -> NodeProcess:
+    def node(self, *extra: str) -> NodeProcess:
         n = NodeProcess.member(
-            self.zk.hosts, self.root, SESSION, extra_args=["--cluster-key-file", self.key]
+            self.zk.hosts, self.root, SESSION, extra_args=["--cluster-key-file", self.key, *extra]
         ).start()
         self.addCleanup(n.cleanup)
         return n
@@ -108,3 +111,28 @@ class KeyedChainProcessTests(ZooKeeperCase):
             self.assertEqual(c.dump(), [(b"k", b"v"), (b"k2", b"real")])
             self.assertIsNone(c.get(b"evil"))
         self.assertIn("chain link refused", tail.log())
+
+    def test_keyless_handshake_flood(self) -> None:
+        """Hundreds of keyless step-1 handshakes: a client is served, and descriptors come back."""
+        node = self.node("--max-connections", "32")
+        wait_for(lambda: len(self.members()) == 1, 30, "the node to register")
+        assert node.pid is not None
+        fds = f"/proc/{node.pid}/fd"
+        idle = len(os.listdir(fds))
+        step1 = wire.frame(auth_message(Initiator(b"x" * 32, "node0000000001", 0).first()))
+        strangers = []
+        for _ in range(400):
+            s = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+            self.addCleanup(s.close)
+            s.sendall(step1)
+            strangers.append(s)
+        for s in strangers:  # each is answered (step 2) or refused and closed
+            s.recv(1 << 16)
+        held = len(os.listdir(fds)) - idle
+        with RawClient(node.port) as c:
+            r = c.one(wire.req_put(b"k", b"v"))
+            self.assertEqual(r.opcode, wire.OP_PUT + 1, r.error)
+            self.assertEqual(c.get(b"k"), b"v")
+        # the pool, and refused connections the node has not finished closing
+        self.assertLessEqual(held, HANDSHAKE_POOL + 16)
+        wait_for(lambda: len(os.listdir(fds)) <= idle + 2, 15, "the handshakes to time out")

@@ -476,3 +476,87 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual([r.opcode for r in replies], [51, wire.OP_ERROR])
         self.assertEqual(replies[0].op_n, 1)
         self.assertTrue(replies[1].retry)
+
+
+class LifoRunner(StalledRunner):
+    """Stalled tree work finished newest first, so earlier replies keep later ones waiting."""
+
+    def finish_last(self) -> None:
+        f, d = self.waiting.pop()
+        d.callback(f())
+
+
+def _size(out: Any) -> int:
+    """Bytes in a job's result: a frame, or lists of them."""
+    return len(out) if isinstance(out, bytes) else sum(map(_size, out))
+
+
+def held_reply_bytes(runner: StalledRunner, proto: NodeProtocol) -> int:
+    """What the connection's replies take: those being built plus those built and not yet sent."""
+    building = sum(_size(f()) for f, _ in runner.waiting)  # the jobs only read
+    return building + sum(len(s[0]) for s in proto._slots if s[0] is not None)
+
+
+class ReplyMemoryTests(SynchronousTestCase):
+    """The bytes one connection holds in replies are bounded, listings included."""
+
+    def test_listing_over_the_limit_stops_early(self) -> None:
+        """A GETVALUES over --max-reply is refused having gathered about the limit, not all."""
+        import tracemalloc
+
+        from kvtwist.chain.outcomes import ReadView
+        from kvtwist.server import BadRequest
+        from kvtwist.tree import BTree
+
+        keys = [b"k%07d" % i for i in range(100_000)]
+        tree = BTree.from_sorted(keys, [b"v" * 10] * len(keys))
+        h = Harness(Limits(max_reply=10_000))
+        reader = h.factory._reader(wire.req_getvalues())
+        tracemalloc.start()
+        try:
+            with self.assertRaises(BadRequest) as e:
+                reader(ReadView(tree, 0))
+            built = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertIn("--max-reply", str(e.exception))
+        # the whole list would be 800 kB of references alone
+        self.assertLess(built, 64_000)
+
+    def test_pipelined_listings_stay_within_the_budget(self) -> None:
+        """Twenty pipelined GETVALUES never hold more than the connection's reply budget."""
+        h = Harness(Limits(max_reply=200_000, reply_budget=400_000))
+        for i in range(100):
+            Conn(h).one(wire.req_put(b"k%03d" % i, b"v" * 1000))
+        runner = LifoRunner()
+        h.store.runner = runner
+        c = Conn(h)
+        c.send(*[wire.req_getvalues() for _ in range(20)])
+        replies: list[Message] = []
+        peak = 0
+        while runner.waiting:
+            peak = max(peak, held_reply_bytes(runner, c.proto))
+            runner.finish_last()
+            h.settle()
+            replies += c.replies()
+        self.assertLessEqual(peak, 400_000)
+        self.assertEqual([len(r.values) for r in replies], [100] * 20)
+
+    def test_pipelined_big_gets_stay_within_the_budget(self) -> None:
+        """Big GETs pipelined on one connection are answered in order within the budget."""
+        h = Harness(Limits(reply_budget=300_000))
+        for i in range(10):
+            Conn(h).one(wire.req_put(b"k%d" % i, bytes([i]) * 100_000))
+        runner = LifoRunner()
+        h.store.runner = runner
+        c = Conn(h)
+        c.send(*[wire.req_get(b"k%d" % (i % 10)) for i in range(30)])
+        replies: list[Message] = []
+        peak = 0
+        while runner.waiting:
+            peak = max(peak, held_reply_bytes(runner, c.proto))
+            runner.finish_last()
+            h.settle()
+            replies += c.replies()
+        self.assertLessEqual(peak, 300_000 + 1_000)  # frame headers
+        self.assertEqual([r.values[0][0] for r in replies], [i % 10 for i in range(30)])

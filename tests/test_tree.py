@@ -291,6 +291,15 @@ class TreeBasicsTests(SynchronousTestCase):
         self.assertIsNone(t.last())
         self.assertEqual(len(t.copy()), 0)
 
+    def test_bounded_listing(self) -> None:
+        """listing() is keys() or values() while their sizes fit, and None past the bound."""
+        t = BTree.from_sorted([b"k%04d" % i for i in range(1000)], [b"vv"] * 1000)
+        self.assertEqual(t.listing(False, 5000), t.keys())
+        self.assertEqual(t.listing(True, 2000, overhead=0), t.values())
+        self.assertIsNone(t.listing(True, 1999))
+        self.assertIsNone(t.listing(False, 5000, overhead=1))
+        self.assertEqual(BTree().listing(True, 0), [])
+
     def test_single_key(self) -> None:
         """One key gives height 1 and is both first and last."""
         t = BTree()
