@@ -52,6 +52,8 @@ DEFAULT_REPLY_BUDGET = 64 * 1024 * 1024
 CHAIN_RESERVE = 16
 #: Connections in a chain handshake not yet proved, and connections beyond
 #: --max-connections not yet in one: strangers may fill this, and only this.
+#: A newcomer to a full pool pushes out its oldest member, so keeping a member
+#: out takes a steady stream of connections, not 16 idle ones.
 HANDSHAKE_POOL = 16
 #: How long a connection beyond the limit has to open a handshake.
 CHAIN_GRACE = 1.0
@@ -164,10 +166,10 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             self.setTimeout(f.limits.idle_timeout)
         if len(f.connections) >= f.limits.max_connections:
             # chain links do not count: a few more may show that they are one
-            if f.replica.standalone or len(f.handshaking) >= HANDSHAKE_POOL:
+            if f.replica.standalone:
                 self._refuse_over_limit()
                 return
-            f.handshaking.add(self)
+            f.enter_pool(self)
             self._over_limit = f.reactor.callLater(CHAIN_GRACE, self._refuse_over_limit)
         else:
             f.connections.add(self)
@@ -181,7 +183,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
 
     def _refuse_over_limit(self) -> None:
         f = self.factory
-        f.handshaking.discard(self)
+        f.handshaking.pop(self, None)
         self._over_limit = None
         log.warn(
             "{peer}: refused, {n} connections already open (limit)",
@@ -194,6 +196,14 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self._closing = True
         self.disconnect()
 
+    def push_out(self) -> None:
+        """A newer stranger took our place in the full handshake pool."""
+        if self._over_limit is not None:
+            self._over_limit.cancel()
+            self._refuse_over_limit()
+        else:
+            self._refuse_chain("too many chain handshakes at once", retry=True)
+
     def _become_chain(self) -> bool:
         """This connection carries chain traffic: no client limits apply to it.
 
@@ -201,7 +211,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         """
         f = self.factory
         f.connections.discard(self)
-        f.handshaking.discard(self)
+        f.handshaking.pop(self, None)
         if self not in f.links:
             if len(f.links) >= CHAIN_RESERVE:
                 self._refuse_chain(f"{CHAIN_RESERVE} chain links already open", retry=True)
@@ -223,7 +233,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
                     more=f" ({left_out} more not logged)" if left_out else "",
                 )
         self.factory.connections.discard(self)
-        self.factory.handshaking.discard(self)
+        self.factory.handshaking.pop(self, None)
         self.factory.links.discard(self)
         self._closing = True
         self.setTimeout(None)
@@ -450,11 +460,8 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             if self in f.connections:
                 # until it proves the key it is a stranger: it leaves the client
                 # connections for the handshake pool, which bounds such strangers
-                if len(f.handshaking) >= HANDSHAKE_POOL:
-                    self._refuse_chain("too many chain handshakes at once", retry=True)
-                    return
                 f.connections.discard(self)
-                f.handshaking.add(self)
+                f.enter_pool(self)
             # over TLS the proof covers this session: it cannot be relayed
             self._responder = Responder(key, f.identity(), binding=channel_binding(self.transport))
             self._auth_timer = f.reactor.callLater(
@@ -618,7 +625,8 @@ class NodeFactory(Factory):
         replica.link_config = self.link_config
         replica.link_timeout = self.link_config.timeout
         self.connections: set[NodeProtocol] = set()  # client connections
-        self.handshaking: set[NodeProtocol] = set()  # unproven: HANDSHAKE_POOL at most
+        #: unproven, oldest first: HANDSHAKE_POOL at most (an ordered set)
+        self.handshaking: dict[NodeProtocol, None] = {}
         self.links: set[NodeProtocol] = set()  # proven chain links: CHAIN_RESERVE at most
         self.refusals = LogLimiter(now=reactor.seconds)
         self.token = token  # clients must show it first (--auth-token-file)
@@ -629,6 +637,15 @@ class NodeFactory(Factory):
         # the same TLS, and this node's token (members share it)
         self.forwarder = ConnectionPool(reactor, tls=replica.link_tls, token=token)
         replica.on_congestion = self.congestion
+
+    def enter_pool(self, conn: NodeProtocol) -> None:
+        """Give ``conn`` a place in the handshake pool, pushing out the oldest if it is full."""
+        pool = self.handshaking
+        while len(pool) >= HANDSHAKE_POOL:
+            oldest = next(iter(pool))
+            pool.pop(oldest)
+            oldest.push_out()
+        pool[conn] = None
 
     def identity(self) -> str:
         """Who this node is in a chain-link handshake: its znode name, or a joiner's name."""

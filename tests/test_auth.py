@@ -382,44 +382,48 @@ class HandshakePoolTests(SynchronousTestCase):
         return r
 
     def test_keyless_step1_flood_is_bounded(self) -> None:
-        """2,000 keyless step-1 connections: only the pool stays open, and a client is served."""
-        left = self.flood(2000)
+        """2,000 keyless step-1 connections: only the pool stays open (the newest), and a
+        client is served."""
+        left = [(p, t) for p, t in self.flood(2000) if not t.disconnecting]
         self.assertEqual(len(left), HANDSHAKE_POOL)
+        self.assertEqual(set(self.node.factory.handshaking), {p for p, _ in left})
         self.assertEqual(len(self.node.factory.connections), 0)
         r = self.stats()
         self.assertEqual(r.opcode, wire.OP_STATS + 1, r.error)
 
     def test_handshake_pool_times_out(self) -> None:
         """Half-done handshakes are closed after the link timeout, and the pool is free again."""
-        left = self.flood(100)
+        flood = self.flood(100)
+        left = [(p, t) for p, t in flood if not t.disconnecting]
         self.node.clock.advance(3.0)
         for proto, t in left:
             self.assertTrue(t.disconnecting)
             self.assertIn("timed out", replies(t)[0].error)
+        for proto, _ in flood:
             proto.connectionLost()
         self.assertEqual(len(self.node.factory.handshaking), 0)
-        self.assertEqual(len(self.flood(100)), HANDSHAKE_POOL)
+        again = [t for _, t in self.flood(100) if not t.disconnecting]
+        self.assertEqual(len(again), HANDSHAKE_POOL)
 
     def test_proven_link_takes_the_chain_reserve(self) -> None:
-        """With the pool full a member is refused with retry; later it links outside the limits."""
+        """With the pool full of strangers a member still gets in (it pushes out the oldest
+        stranger) and, once proven, links outside the client limits."""
         for _ in range(8):
             self.node.connect()  # clients fill --max-connections
         strangers = self.flood(100)
-        proto, t = self.node.connect()
-        [r] = send(proto, t, auth_message(Initiator(KEY, "node0000000001", 0).first()))
-        self.assertTrue(r.retry, r.error)
-        self.node.clock.advance(3.0)  # the strangers time out
-        for stranger, _ in strangers:
-            stranger.connectionLost()
         i = Initiator(KEY, "node0000000001", 0)
         proto, t = self.node.connect()
         [r] = send(proto, t, auth_message(i.first()))
+        self.assertEqual(r.opcode, wire.OP_CHAIN_AUTH, r.error)
         step3 = i.receive(r.auth)
         assert step3 is not None
         send(proto, t, auth_message(step3))
         f = self.node.factory
         self.assertTrue(proto.authenticated)
-        self.assertEqual((proto in f.links, len(f.connections), len(f.handshaking)), (True, 8, 0))
+        self.assertEqual((proto in f.links, len(f.connections)), (True, 8))
+        self.assertEqual(len(f.handshaking), HANDSHAKE_POOL - 1)
+        pushed = [t for _, t in strangers if t.disconnecting]
+        self.assertIn("too many chain handshakes", replies(pushed[-1])[-1].error)
 
 
 class KeyedNet(Net):
