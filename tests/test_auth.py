@@ -396,7 +396,7 @@ class HandshakePoolTests(SynchronousTestCase):
         flood = self.flood(100)
         left = [(p, t) for p, t in flood if not t.disconnecting]
         self.node.clock.advance(3.0)
-        for proto, t in left:
+        for _, t in left:
             self.assertTrue(t.disconnecting)
             self.assertIn("timed out", replies(t)[0].error)
         for proto, _ in flood:
