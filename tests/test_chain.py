@@ -13,6 +13,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist import wire
+from kvtwist.verify.proxy import ProxyControl
 from kvtwist.zk import parse_address
 from tests.nodes import ROOT, NodeProcess, RawClient, dump, env, free_port, port_open, wait_for
 from tests.zkserver import ZooKeeperCase
@@ -81,6 +82,39 @@ class ChainCase(ZooKeeperCase):
 
     def chain(self, n: int) -> list[NodeProcess]:
         return [self.start_node() for _ in range(n)]
+
+    def proxied_chain(
+        self,
+        labels: tuple[str, ...] = ("a", "b", "c"),
+        session: float = SESSION,
+        extra_args: tuple[str, ...] = (),
+        zk_routes: bool = False,
+    ) -> tuple[ProxyControl, list[NodeProcess]]:
+        """Members behind routes of the fault-injecting proxy (kvtwist.verify.proxy).
+
+        Each advertises its route, so every connection to it passes the proxy;
+        with ``zk_routes`` each also reaches ZooKeeper through a route of its
+        own, ``zk-<label>``.
+        """
+        proxy = ProxyControl(Path(tempfile.mkdtemp(prefix="kvproxy-")) / "proxy.log")
+        self.addCleanup(proxy.close)
+        zk_port = int(self.zk.hosts.rsplit(":", 1)[1])
+        nodes = []
+        for label in labels:
+            port = free_port()
+            route = proxy.route(label, port)
+            zk = f"127.0.0.1:{proxy.route(f'zk-{label}', zk_port)}" if zk_routes else self.zk.hosts
+            args = ["--zk", zk, "--zk-root", self.root, "--zk-session-timeout", f"{session:g}"]
+            node = NodeProcess(
+                port=port, args=[*args, *extra_args, "--advertise", f"127.0.0.1:{route}"]
+            )
+            node.start(wait=False)
+            self.nodes.append(node)
+            proxy.owner(node.pid or 0, label)  # before it dials anyone
+            node.wait_listening()
+            wait_for(lambda route=route: route in self.member_ports(), 30, "a proxied node")
+            nodes.append(node)
+        return proxy, nodes
 
     def start_writer(self, prefix: str = "k") -> tuple[subprocess.Popen[bytes], Path]:
         out = Path(tempfile.mkdtemp(prefix="kvwriter-")) / f"writer-{prefix}.log"

@@ -12,13 +12,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from kvtwist import wire
 from kvtwist.verify import stranger
-from kvtwist.verify.proxy import ProxyControl
 from tests.nodes import NodeProcess, RawClient, dump, wait_for
 from tests.test_chain import SESSION, ChainCase
 from tests.zkserver import secret_file
@@ -83,31 +81,7 @@ class LinkFaultTests(ChainCase):
     def test_cut_link_between_members_is_resolved(self) -> None:
         """Head and middle cannot reach each other but both reach ZooKeeper: the head
         removes the middle, which rejoins; the chain commits again and loses nothing."""
-        proxy = ProxyControl(Path(tempfile.mkdtemp(prefix="kvproxy-")) / "proxy.log")
-        self.addCleanup(proxy.close)
-        nodes = []
-        for label in ("a", "b", "c"):
-            port = NodeProcess(args=[]).port
-            route = proxy.route(label, port)
-            node = NodeProcess(
-                port=port,
-                args=[
-                    "--zk",
-                    self.zk.hosts,
-                    "--zk-root",
-                    self.root,
-                    "--zk-session-timeout",
-                    str(SESSION),
-                    "--advertise",
-                    f"127.0.0.1:{route}",
-                ],
-            )
-            node.start(wait=False)
-            self.nodes.append(node)
-            proxy.owner(node.pid or 0, label)  # before it dials anyone
-            node.wait_listening()
-            wait_for(lambda route=route: route in self.member_ports(), 30, "a proxied node")
-            nodes.append(node)
+        proxy, nodes = self.proxied_chain()
         w, out = self.start_writer()
         self.wait_acks(out, 20)
         proxy.rule("b", "a", "blackhole")  # a -> b

@@ -13,14 +13,11 @@ read was sent (docs/protocol.md, "Timing").
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 from kvtwist import wire
-from kvtwist.verify.proxy import ProxyControl
-from tests.nodes import NodeProcess, RawClient, free_port, wait_for
+from tests.nodes import RawClient, wait_for
 from tests.test_chain import ChainCase
 
 KEY = b"register"
@@ -87,43 +84,10 @@ class Recorder:
 class MinorityPartitionTests(ChainCase):
     timeout = 180
 
-    def proxied_chain(
-        self, proxy: ProxyControl, session: float, link_timeout: float
-    ) -> list[NodeProcess]:
-        """Three members, each behind a route, each reaching ZooKeeper through its own."""
-        zk_port = int(self.zk.hosts.rsplit(":", 1)[1])
-        nodes = []
-        for label in ("a", "b", "c"):
-            port = free_port()
-            route = proxy.route(label, port)
-            zk_route = proxy.route(f"zk-{label}", zk_port)
-            node = NodeProcess(
-                port=port,
-                args=[
-                    "--zk",
-                    f"127.0.0.1:{zk_route}",
-                    "--zk-root",
-                    self.root,
-                    "--zk-session-timeout",
-                    f"{session:g}",
-                    "--link-timeout",
-                    f"{link_timeout:g}",
-                    "--advertise",
-                    f"127.0.0.1:{route}",
-                ],
-            )
-            node.start(wait=False)
-            self.nodes.append(node)
-            proxy.owner(node.pid or 0, label)  # before it dials anyone
-            node.wait_listening()
-            wait_for(lambda route=route: route in self.member_ports(), 30, "a proxied node")
-            nodes.append(node)
-        return nodes
-
     def run_partition(self, session: float, link_timeout: float, zk_after: float) -> None:
-        proxy = ProxyControl(Path(tempfile.mkdtemp(prefix="kvproxy-")) / "proxy.log")
-        self.addCleanup(proxy.close)
-        a, b, c = self.proxied_chain(proxy, session, link_timeout)
+        proxy, (a, b, c) = self.proxied_chain(
+            session=session, extra_args=("--link-timeout", f"{link_timeout:g}"), zk_routes=True
+        )
         rec = Recorder()
         threads = [
             threading.Thread(target=rec.write_loop, args=(a.port,), daemon=True),

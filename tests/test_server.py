@@ -497,6 +497,18 @@ def held_reply_bytes(runner: StalledRunner, proto: NodeProtocol) -> int:
     return building + sum(len(s[0]) for s in proto._slots if s[0] is not None)
 
 
+def drain(runner: Any, h: Any, c: Any) -> tuple[int, list[Message]]:
+    """Finish the runner's jobs one by one; the most reply bytes held meanwhile, the replies."""
+    replies: list[Message] = []
+    peak = 0
+    while runner.waiting:
+        peak = max(peak, held_reply_bytes(runner, c.proto))
+        runner.finish_last()
+        h.settle()
+        replies += c.replies()
+    return peak, replies
+
+
 class ReplyMemoryTests(SynchronousTestCase):
     """The bytes one connection holds in replies are bounded, listings included."""
 
@@ -532,13 +544,7 @@ class ReplyMemoryTests(SynchronousTestCase):
         h.store.runner = runner
         c = Conn(h)
         c.send(*[wire.req_getvalues() for _ in range(20)])
-        replies: list[Message] = []
-        peak = 0
-        while runner.waiting:
-            peak = max(peak, held_reply_bytes(runner, c.proto))
-            runner.finish_last()
-            h.settle()
-            replies += c.replies()
+        peak, replies = drain(runner, h, c)
         self.assertLessEqual(peak, 400_000)
         self.assertEqual([len(r.values) for r in replies], [100] * 20)
 
@@ -551,12 +557,6 @@ class ReplyMemoryTests(SynchronousTestCase):
         h.store.runner = runner
         c = Conn(h)
         c.send(*[wire.req_get(b"k%d" % (i % 10)) for i in range(30)])
-        replies: list[Message] = []
-        peak = 0
-        while runner.waiting:
-            peak = max(peak, held_reply_bytes(runner, c.proto))
-            runner.finish_last()
-            h.settle()
-            replies += c.replies()
+        peak, replies = drain(runner, h, c)
         self.assertLessEqual(peak, 300_000 + 1_000)  # frame headers
         self.assertEqual([r.values[0][0] for r in replies], [i % 10 for i in range(30)])

@@ -123,9 +123,8 @@ class AdapterACLTests(StrangerMixin, unittest.TestCase):
         self.assertEqual(data, b"record")
 
     @inlineCallbacks
-    def test_open_root_reported(self) -> Generator[Deferred[Any], Any, None]:
-        """A root created by someone without --zk-auth stays open; the node says so."""
-        yield deferToThread(self.stranger.ensure_path, self.root)
+    def start_reporting_open_znodes(self) -> Generator[Deferred[Any], Any, list[str]]:
+        """Start a protected adapter; the paths it says anyone may change."""
         warnings: list[str] = []
 
         def observe(event: dict[str, Any]) -> None:
@@ -137,6 +136,13 @@ class AdapterACLTests(StrangerMixin, unittest.TestCase):
         zk = ZooKeeper(reactor, self.zk.hosts, self.root, SESSION, auth=AUTH)
         yield zk.start()
         self.addCleanup(zk.stop)
+        return warnings
+
+    @inlineCallbacks
+    def test_open_root_reported(self) -> Generator[Deferred[Any], Any, None]:
+        """A root created by someone without --zk-auth stays open; the node says so."""
+        yield deferToThread(self.stranger.ensure_path, self.root)
+        warnings = yield self.start_reporting_open_znodes()
         self.assertEqual(warnings, [self.root])
 
     @inlineCallbacks
@@ -150,17 +156,7 @@ class AdapterACLTests(StrangerMixin, unittest.TestCase):
         lock = f"{self.root}-join"
         yield deferToThread(self.stranger.create, record, b"record")
         yield deferToThread(self.stranger.ensure_path, lock)
-        warnings: list[str] = []
-
-        def observe(event: dict[str, Any]) -> None:
-            if "lets anyone change it" in str(event.get("log_format", "")):
-                warnings.append(event["path"])
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
-        zk = ZooKeeper(reactor, self.zk.hosts, self.root, SESSION, auth=AUTH)
-        yield zk.start()
-        self.addCleanup(zk.stop)
+        warnings = yield self.start_reporting_open_znodes()
         self.assertEqual(sorted(warnings), sorted([record, lock]))
 
     @inlineCallbacks

@@ -438,17 +438,21 @@ class Nemesis:
         if len(healthy) < 3 and not tag:
             variants = ["all"]
         every = self.pick("crash-restart", healthy, variants) == "all"
-        if every:
-            victims = [n for n in self.w.nodes if n.state != "dead"]
-            what = "every member " + ",".join(n.label for n in victims)
-        else:
-            role, _, node = self.member("crash-restart", healthy)
-            victims = [node]
-            what = f"{role} {node.label}"
+        victims, what = self._victims("crash-restart", healthy, every)
         for n in victims:
             n.proc.kill()
             n.state = "down"
         return self._restart_later("crash-restart", victims, every, f"{tag}crash {what}")
+
+    def _victims(
+        self, kind: str, healthy: list[tuple[str, str, Node]], every: bool
+    ) -> tuple[list[Node], str]:
+        """Every running node, or one member picked for ``kind``; and how to say which."""
+        if every:
+            victims = [n for n in self.w.nodes if n.state != "dead"]
+            return victims, "every member " + ",".join(n.label for n in victims)
+        role, _, node = self.member(kind, healthy)
+        return [node], f"{role} {node.label}"
 
     def _restart_later(self, kind: str, victims: list[Node], every: bool, what: str) -> Active:
         """Killed ``victims`` (state "down") restart on their data directories after a delay."""
@@ -476,13 +480,7 @@ class Nemesis:
             return None
         variants = ["one", "all"] if self.whole(healthy) else ["one"]
         every = self.pick("hostile-torn", healthy, variants) == "all"
-        if every:
-            victims = [n for n in self.w.nodes if n.state != "dead"]
-            what = "every member " + ",".join(n.label for n in victims)
-        else:
-            role, _, node = self.member("hostile-torn", healthy)
-            victims = [node]
-            what = f"{role} {node.label}"
+        victims, what = self._victims("hostile-torn", healthy, every)
         try:
             with RawClient(head.port, timeout=2.0) as c:
                 seq = int(c.stats().last_op) + 2  # the op after the hostile put, most likely
