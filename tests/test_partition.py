@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.chain.core import MEMBER_WAIT
@@ -149,6 +151,33 @@ class TailPartitionTests(SynchronousTestCase):
         self.net.clock.advance(a.replica._removal_wait())
         self.successResultOf(read)
 
+
+    def test_removal_of_unknown_outcome_holds_a_session_longer(self) -> None:
+        """When ZooKeeper's answer to the deletion is lost (it may still have been
+        applied), the predecessor holds a session timeout longer than for an
+        acknowledged one."""
+        a, b, c = self.net.chain(3)
+        registry = self.net.registry
+
+        def lost_answer(name: str) -> defer.Deferred[None]:
+            registry.remove(name)  # applied, but the answer never came
+            return defer.fail(ConnectionRefusedError("connection to ZooKeeper lost"))
+
+        b.zk.remove_member = lost_answer  # type: ignore[method-assign]
+        cut_link(self.net, b, c)
+        start = self.net.clock.seconds()
+        removed_at: list[float] = []
+
+        def look() -> None:
+            if not removed_at and c.name not in registry.view():
+                removed_at.append(self.net.clock.seconds())
+
+        run_for(self.net, b.replica.link_timeout + 1.0, 0.05, look)
+        self.assertTrue(removed_at, "b never removed its successor")
+        held = b.replica.tail_hold_until - removed_at[0]
+        wait = b.replica._removal_wait() + b.replica._session_timeout()
+        self.assertGreaterEqual(held, wait - 0.1)
+        self.assertLess(removed_at[0] - start, b.replica.link_timeout + 1.0)
 
     def test_reads_wait_out_a_hold_longer_than_the_read_wait(self) -> None:
         """A read at a tail holding for a removed member waits for the hold to end, even

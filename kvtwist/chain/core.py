@@ -262,15 +262,13 @@ class ReplicaCore:
         return self.reactor.seconds() < self.tail_hold_until
 
     def hold_tail(self, seconds: float) -> None:
-        """No commit or read as tail for ``seconds`` from now (``inf``: until told again)."""
+        """No commit or read as tail for ``seconds`` from now."""
         self.tail_hold_until = self.reactor.seconds() + seconds
         call = self._tail_hold_call
         if call is not None and call.active():
             call.cancel()
-        self._tail_hold_call = None
-        if seconds != float("inf"):
-            # then what waited for the hold goes on
-            self._tail_hold_call = self.reactor.callLater(seconds, self._tail_hold_over)
+        # then what waited for the hold goes on
+        self._tail_hold_call = self.reactor.callLater(seconds, self._tail_hold_over)
 
     def _tail_hold_over(self) -> None:
         self._tail_hold_call = None

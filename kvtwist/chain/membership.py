@@ -465,10 +465,13 @@ class MembershipReplica(ReadingReplica):
         neither commit as tail nor serve reads (docs/protocol.md, "Timing").
         The hold counts from the deletion's acknowledgement; if the outcome is
         unknown the deletion may yet happen, so the hold adds a session
-        timeout, within which ZooKeeper applies or drops it.
+        timeout, within which ZooKeeper applies or drops it.  Until the answer
+        comes the hold lasts long enough for either (kazoo answers every
+        request, if only with a connection loss), but not for ever: a hold
+        that never ended would keep this node from ever serving as tail.
         """
-        self.hold_tail(float("inf"))
         wait = self._removal_wait()
+        self.hold_tail(wait + 3 * self._session_timeout())
 
         def removed(_: Any) -> None:
             self.hold_tail(wait)

@@ -64,7 +64,7 @@ class ReadingReplica(ReplicaCore):
         # a hold for a removed member has a known end: the read waits it out too
         held = max(0.0, self.tail_hold_until - self.reactor.seconds())
         timeout = self.reactor.callLater(
-            READ_WAIT + (held if held != float("inf") else 0.0),
+            READ_WAIT + held,
             lambda: (
                 None if d.called else d.errback(Unavailable("timed out waiting to serve reads"))
             ),
