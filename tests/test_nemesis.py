@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from random import Random
 from typing import Any
 
@@ -49,6 +50,7 @@ from kvtwist.verify.nemesis import (
 )
 from kvtwist.verify.proxy import CLIENT, Proxy, ProxyControl, socket_owner
 from kvtwist.verify.torture import (
+    Campaign,
     OutsideWatch,
     longest_stall,
     parse_args,
@@ -322,6 +324,27 @@ class Stranded(SynchronousTestCase):
         w.reset()
         self.assertEqual(w.update(95.0, ["n4"], set()), [])
         self.assertEqual(w.update(115.5, ["n4"], set()), ["n4"])
+
+
+    def test_node_a_fault_holds_is_not_stranded(self) -> None:
+        """A node cut off by a fault longer than the limit is not reported while the fault
+        lasts (it cannot rejoin through a cut link); it has the whole limit afterwards."""
+        held = SimpleNamespace(label="n4", port=4, state="running", proc=None)
+        fault = SimpleNamespace(targets=[held], whole=False)
+        campaign = SimpleNamespace(
+            last_outside_check=-10.0,
+            nemesis=SimpleNamespace(active=[fault]),
+            members=lambda: [("node1", 1)],
+            label_of=lambda port: f"n{port}",
+            nodes=[held, SimpleNamespace(label="n1", port=1, state="running")],
+            outside=OutsideWatch(0.5),
+            stranded=[],
+        )
+        for _ in range(3):
+            campaign.last_outside_check = -10.0
+            Campaign.check_stranded(campaign)  # type: ignore[arg-type]
+        self.assertEqual(campaign.stranded, [])
+        self.assertNotIn("n4", campaign.outside.since)
 
 
 class FakeProc:

@@ -83,8 +83,9 @@ PROBE_KEY = b"liveness-probe"
 #: With join-fault, the store gets this much filler first, so a state transfer
 #: through the slowed proxy lasts seconds (kvtwist.verify.nemesis.JOIN_RATE).
 FILL_KEYS, FILL_SIZE = 64, 64 * 1024
-#: A running, untouched node the chain has not listed for this long (seconds) is stranded:
-#: a rejoin after any fault takes a few seconds, a slowed state transfer about five.
+#: A running node no fault holds that the chain has not listed for this long (seconds)
+#: is stranded: a rejoin after any fault takes a few seconds, a slowed state transfer
+#: about five.
 STRANDED_AFTER = 20.0
 
 
@@ -477,7 +478,10 @@ class Campaign:
         if not members:
             return  # unknown now, or empty for a moment: no verdict
         listed = {self.label_of(port) for _, port in members}
-        running = [n.label for n in self.nodes if n.state == "running"]
+        # a node a fault holds (a cut link, a pause) is not untouched: it has the
+        # whole limit again once the fault is over
+        touched = {n.label for a in self.nemesis.active for n in a.targets}
+        running = [n.label for n in self.nodes if n.state == "running" and n.label not in touched]
         for label in self.outside.update(wall, running, listed):
             node = next(n for n in self.nodes if n.label == label)
             self.stranded.append(f"{label} (port {node.port}) at {self.now():.1f}s")
