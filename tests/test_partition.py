@@ -17,6 +17,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.chain.core import MEMBER_WAIT
+from kvtwist.chain.joining import LIMBO_RETRY_DELAY
 from kvtwist.chain.link import LinkConfig
 from kvtwist.chain.membership import CLOCK_RATE_BOUND, REMOVAL_MARGIN, VIEW_RETRY_DELAY
 from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
@@ -223,6 +224,28 @@ class BecomingMemberTests(SynchronousTestCase):
         self.assertEqual(where.target, a.replica.own_address)
         view = self.successResultOf(read)
         self.assertEqual(view.tree.get(b"k"), b"v")
+
+    def test_dropped_joiner_limbo_retries_with_a_delay(self) -> None:
+        """A tail that dropped a joiner and cannot read the membership (ZooKeeper
+        unreachable) looks again after a delay, not in a tight loop."""
+        (a,) = self.net.chain(1)
+        reads: list[float] = []
+        real = a.zk.members
+
+        def counted() -> Any:
+            reads.append(self.net.clock.seconds())
+            return real()
+
+        a.zk.members = counted  # type: ignore[method-assign]
+        a.zk.failing_reads = 3
+        a.replica._joiner_limbo = "10.0.0.9:9"
+        a.replica._end_limbo("10.0.0.9:9", a.replica.life.generation)
+        self.assertEqual(len(reads), 1)
+        self.net.clock.advance(LIMBO_RETRY_DELAY)
+        self.assertEqual(len(reads), 2)
+        for _ in range(3):
+            self.net.clock.advance(LIMBO_RETRY_DELAY)
+        self.assertIsNone(a.replica._joiner_limbo)  # it read the view in the end
 
     def test_held_request_is_refused_after_member_wait(self) -> None:
         """A node that does not become a member within MEMBER_WAIT answers the held
