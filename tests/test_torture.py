@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from kvtwist.procs import node_env
+from kvtwist.procs import node_env, wait_for
 from kvtwist.verify import read_history
 from kvtwist.verify.nemesis import KINDS
 from tests.zkserver import zookeeper_available
@@ -98,3 +99,50 @@ class TortureCampaign(SynchronousTestCase):
         if keep:
             shutil.copytree(report, Path(keep) / "torture", dirs_exist_ok=True)
         shutil.rmtree(report, ignore_errors=True)
+
+
+def processes_naming(text: str) -> list[int]:
+    """Pids of the processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+class TortureInterrupted(SynchronousTestCase):
+    def test_sigterm_stops_everything_it_started(self) -> None:
+        """SIGTERM ends a campaign as ^C does: no node or client process of it is left."""
+        why = zookeeper_available()
+        if why:
+            raise SkipTest(why)
+        report = Path(tempfile.mkdtemp(prefix="kvtwist-torture-term-"))
+        self.addCleanup(shutil.rmtree, report, True)
+        run = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kvtwist.verify.torture",
+                "--duration",
+                "60",
+                "--nemesis",
+                "kill",
+                "--report",
+                str(report),
+            ],
+            env=node_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.addCleanup(lambda: run.poll() is None and run.kill())
+        wait_for(lambda: (report / "history.jsonl").exists(), 60, "the campaign's clients")
+        self.assertTrue(processes_naming(str(report)), "nothing of the campaign is running")
+        run.send_signal(signal.SIGTERM)
+        self.assertEqual(run.wait(60), 130)
+        self.assertEqual(processes_naming(str(report)), [])

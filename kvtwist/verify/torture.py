@@ -39,6 +39,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -1054,7 +1055,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"kvtwist-torture: {e}", file=sys.stderr)
         return 2
+    # SIGTERM (and a closed terminal) end a campaign as ^C does: its nodes,
+    # clients, proxy and ZooKeeper are stopped, not left running
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
     return Campaign(args, kinds, options).run()
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
