@@ -26,20 +26,16 @@ from kvtwist.client import shell
 from kvtwist.client.api import OpStat, Stats, WriteResult
 from kvtwist.client.blocking import BlockingClient
 from kvtwist.client.protocol import ConnectionFailed, KVError
-from kvtwist.client.shell import (
-    Shell,
-    UsageError,
-    escape,
+from kvtwist.client.shell import Shell, split_argv, target
+from kvtwist.client.shell_commands import (
     format_duration,
     format_stats,
     listing,
     parse_line,
     parse_op_n,
     parse_range_args,
-    split_argv,
-    split_words,
-    target,
 )
+from kvtwist.client.shell_syntax import UsageError, escape, split_words
 from tests.nodes import ROOT, NodeProcess, env, free_port
 from tests.test_blocking import private_reactor, start_node
 
