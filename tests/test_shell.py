@@ -26,20 +26,19 @@ from kvtwist.client import shell
 from kvtwist.client.api import OpStat, Stats, WriteResult
 from kvtwist.client.blocking import BlockingClient
 from kvtwist.client.protocol import ConnectionFailed, KVError
-from kvtwist.client.shell import (
-    Shell,
-    UsageError,
-    escape,
+from kvtwist.client.shell import Shell, split_argv, target
+from kvtwist.client.shell_commands import (
+    COMMANDS,
     format_duration,
     format_stats,
+    help_lines,
     listing,
     parse_line,
     parse_op_n,
     parse_range_args,
-    split_argv,
-    split_words,
-    target,
+    parse_words,
 )
+from kvtwist.client.shell_syntax import UsageError, escape, split_words, to_bytes
 from tests.nodes import ROOT, NodeProcess, env, free_port
 from tests.test_blocking import private_reactor, start_node
 
@@ -214,6 +213,86 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(parse_op_n("0"), 0)  # the server says why 0 is wrong
         self.assertRaises(UsageError, parse_op_n, "seventeen")
         self.assertRaises(UsageError, parse_op_n, str(2**64))
+
+
+class SyntaxTests(SynchronousTestCase):
+    """shell_syntax's word splitting, apart from any command."""
+
+    def test_any_whitespace_separates_words(self) -> None:
+        """Tabs, newlines and runs of spaces separate words, and none is kept."""
+        self.assertEqual(split_words(" a\tb \n  c\t"), [b"a", b"b", b"c"])
+
+    def test_backslash_ending_the_line_refused(self) -> None:
+        """A backslash with nothing after it is a usage error, not an empty escape."""
+        with self.assertRaises(UsageError) as cm:
+            split_words("put k v\\")
+        self.assertEqual(str(cm.exception), "cannot parse the line: a backslash ends the line")
+
+    def test_bell_and_backspace_escapes(self) -> None:
+        """In double quotes \\a and \\b are the bell and backspace bytes."""
+        self.assertEqual(split_words(r'"\a\b"'), [b"\a\b"])
+
+    def test_undecodable_argument_bytes_kept(self) -> None:
+        """Bytes of an argument that were not UTF-8 (surrogate escapes) come back as they were."""
+        self.assertEqual(to_bytes("caf\udce9"), b"caf\xe9")
+        self.assertEqual(split_words("get caf\udce9 'x\udcff'"), [b"get", b"caf\xe9", b"x\xff"])
+
+    def test_escaped_output_reads_back(self) -> None:
+        """A value shown escaped, typed back in double quotes, is the same bytes."""
+        for value in [b"\x00\xff", b"a\nb\tc\r", b"C:\\x00", "é\x01".encode()]:
+            self.assertEqual(split_words(f'"{escape(value)}"'), [value])
+
+
+class CommandTableTests(SynchronousTestCase):
+    """shell_commands: words into a command, and the table behind it."""
+
+    def test_words_into_a_command(self) -> None:
+        """No words are no command; the name is looked up, the arguments kept as bytes."""
+        self.assertIsNone(parse_words([]))
+        p = parse_words([b"GET", b"\xff"])
+        assert p is not None
+        self.assertEqual((p.command.name, p.args), ("get", [b"\xff"]))
+
+    def test_undecodable_command_name_shown_escaped(self) -> None:
+        """A command name that is not UTF-8 is named with escapes in the error."""
+        with self.assertRaises(UsageError) as cm:
+            parse_words([b"g\xffet"])
+        self.assertEqual(str(cm.exception), "unknown command 'g\\\\xffet' (try 'help')")
+
+    def test_help_lists_the_table_in_order(self) -> None:
+        """help shows every command of the table once, in its order, and one by name or alias."""
+        shown = [line.split()[0] for line in help_lines()[1:-1]]
+        self.assertEqual(shown, list(COMMANDS))
+        self.assertEqual(help_lines("delete"), ["usage: del <key>", "  delete key"])
+
+    def test_handler_runs_on_any_session(self) -> None:
+        """A command's handler needs only a Session: its output and a request function."""
+
+        class Recorder:
+            raw = False
+            interactive = False
+
+            def __init__(self) -> None:
+                self.lines: list[str] = []
+                self.calls: list[str] = []
+
+            def say(self, *lines: str) -> None:
+                self.lines += lines
+
+            def say_bytes(self, data: bytes) -> None:
+                self.lines.append(repr(data))
+
+            def request(self, cmd: Any, call: Any) -> Any:
+                self.calls.append(cmd.name)
+                return call(StoreClient({b"k": b"v"}))
+
+        session = Recorder()
+        for line in ["get k", "get nothing"]:
+            parsed = parse_line(line)
+            assert parsed is not None
+            session.lines.append(str(parsed.command.handler(session, parsed)))
+        self.assertEqual(session.lines, ["v", "0", "(not found)", "1"])
+        self.assertEqual(session.calls, ["get", "get"])
 
 
 class FormatTests(SynchronousTestCase):

@@ -16,6 +16,12 @@ when they are not printable UTF-8, and written as they are with --raw.  Every
 failure is one line on stderr starting with ``error: ``; the exit status is
 that of the last command: 0 ok, 1 failed or (get) no such key, 2 a usage error
 or no server.
+
+This module is the program: its options, where to connect, the session that
+runs commands with its reconnect policy, the input loops (a terminal with
+history and completion, a pipe, one command) and the exit status.  How a typed
+line becomes words is in ``shell_syntax``; what each command does is in
+``shell_commands``.
 """
 
 from __future__ import annotations
@@ -24,361 +30,28 @@ import argparse
 import importlib
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
-from kvtwist.client.api import Stats
 from kvtwist.client.protocol import ConnectionFailed, KVError
+from kvtwist.client.shell_commands import (
+    ALIASES,
+    COMMANDS,
+    FAILED,
+    OK,
+    USAGE,
+    Command,
+    Parsed,
+    parse_line,
+    parse_words,
+)
+from kvtwist.client.shell_syntax import ShellError, UsageError, split_words
 
 PROMPT = "kvtwist> "
 HISTORY_FILE = "~/.kvtwist_history"
 HISTORY_LENGTH = 1000
-
-OK, FAILED, USAGE = 0, 1, 2
-
-#: What ``get`` prints for a missing key (the status, 1, tells it from a value).
-NOT_FOUND = "(not found)"
-
-MAX_OP_N = 2**64 - 1  # op_n is a uint64 on the wire
-MAX_LIMIT = 2**32 - 1  # RangeSpec.limit is a uint32
-
-
-class ShellError(Exception):
-    """A failure to report as one ``error: ...`` line."""
-
-
-class UsageError(ShellError):
-    """A command line the shell cannot run as typed."""
-
-
-# ---- commands -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    args: str  # as shown in usage: "<key> <data>"
-    min_args: int
-    max_args: int
-    summary: str
-    needs_server: bool = True
-    free_text: bool = False  # takes keys/data, so suggest quoting on a bad count
-    write: bool = False
-
-    @property
-    def usage(self) -> str:
-        return f"{self.name} {self.args}".rstrip()
-
-
-COMMANDS: dict[str, Command] = {
-    c.name: c
-    for c in (
-        Command("put", "<key> <data>", 2, 2, "store data under key", free_text=True, write=True),
-        Command("get", "<key>", 1, 1, "show the value stored under key", free_text=True),
-        Command("del", "<key>", 1, 1, "delete key", free_text=True, write=True),
-        Command("size", "", 0, 0, "number of keys"),
-        Command("height", "", 0, 0, "height of the tree"),
-        Command("getkeys", "", 0, 0, "all keys, in order"),
-        Command("getvalues", "", 0, 0, "all values, in key order"),
-        Command("verify", "<op_n>", 1, 1, "whether write number op_n has been executed"),
-        Command(
-            "range",
-            "[start [stop [limit]]]",
-            0,
-            3,
-            "entries with start <= key < stop, at most limit ('-': open end)",
-        ),
-        Command("stats", "", 0, 0, "the server's statistics"),
-        Command("help", "[command]", 0, 1, "this list, or one command's usage", False),
-        Command("quit", "", 0, 0, "leave (so does end of input / Ctrl-D)", False),
-    )
-}
-
-ALIASES = {"exit": "quit", "delete": "del", "keys": "getkeys", "values": "getvalues"}
-
-QUOTE_HINT = "quote a key or data containing spaces, e.g. put \"my key\" \"some data\""
-
-
-@dataclass(frozen=True)
-class Parsed:
-    command: Command
-    args: list[bytes]
-
-
-def lookup(name: str) -> Command:
-    """The command called ``name`` (case-insensitive, aliases allowed)."""
-    low = name.lower()
-    cmd = COMMANDS.get(ALIASES.get(low, low))
-    if cmd is None:
-        raise UsageError(f"unknown command {name!r} (try 'help')")
-    return cmd
-
-
-def is_command(name: str) -> bool:
-    low = name.lower()
-    return ALIASES.get(low, low) in COMMANDS
-
-
-_WORD_BREAK = re.compile(r"[\s'\"\\]")  # where an unquoted stretch ends
-_IN_DOUBLE = re.compile(r'["\\]')  # where a double-quoted stretch ends
-_SPACE = re.compile(r"\s+")
-_SIMPLE_ESCAPES = {
-    "n": b"\n", "r": b"\r", "t": b"\t", "a": b"\a", "b": b"\b", "\\": b"\\", '"': b'"',
-}
-_HEX = frozenset("0123456789abcdefABCDEF")
-
-
-def split_words(line: str) -> list[bytes]:
-    """A line into its words, as bytes, in time linear in its length.
-
-    Like a POSIX shell: whitespace separates words; single quotes keep text as
-    is; a backslash outside quotes keeps the next character.  Inside double
-    quotes a backslash starts an escape: ``\\n \\r \\t \\a \\b \\\\ \\"``
-    or ``\\xHH`` (any byte), so binary data can be typed.  Every stretch of
-    text is found with one regex search or str.find, never character by
-    character, so a 16 MiB argument costs a few copies.
-    """
-    words: list[bytes] = []
-    n = len(line)
-    i = 0
-    while True:
-        gap = _SPACE.match(line, i)
-        if gap is not None:
-            i = gap.end()
-        if i >= n:
-            return words
-        pieces: list[bytes] = []
-        while i < n:
-            ch = line[i]
-            if ch.isspace():
-                break
-            if ch == "'":
-                end = line.find("'", i + 1)
-                if end < 0:
-                    raise UsageError("cannot parse the line: no closing single quote")
-                pieces.append(_encode(line[i + 1 : end]))
-                i = end + 1
-            elif ch == '"':
-                i = _double_quoted(line, i + 1, pieces)
-            elif ch == "\\":
-                if i + 1 >= n:
-                    raise UsageError("cannot parse the line: a backslash ends the line")
-                pieces.append(_encode(line[i + 1]))
-                i += 2
-            else:
-                m = _WORD_BREAK.search(line, i)
-                end = n if m is None else m.start()
-                pieces.append(_encode(line[i:end]))
-                i = end
-        words.append(b"".join(pieces))
-
-
-def _encode(text: str) -> bytes:
-    # surrogateescape: a -c argument holding bytes that are not UTF-8 keeps them.
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _double_quoted(line: str, i: int, pieces: list[bytes]) -> int:
-    """Append the text of a double-quoted stretch starting at ``i``; the index after it."""
-    n = len(line)
-    while True:
-        m = _IN_DOUBLE.search(line, i)
-        if m is None:
-            raise UsageError("cannot parse the line: no closing double quote")
-        pieces.append(_encode(line[i : m.start()]))
-        i = m.end()
-        if m.group() == '"':
-            return i
-        code = line[i] if i < n else ""
-        simple = _SIMPLE_ESCAPES.get(code)
-        if simple is not None:
-            pieces.append(simple)
-            i += 1
-        elif code == "x" and i + 2 < n and line[i + 1] in _HEX and line[i + 2] in _HEX:
-            pieces.append(bytes([int(line[i + 1 : i + 3], 16)]))
-            i += 3
-        else:
-            raise UsageError(
-                f"cannot parse the line: unknown escape '\\{code}' in double quotes "
-                "(use \\\\ for a backslash, \\xHH for a byte, or single quotes)"
-            )
-
-
-def parse_words(words: Sequence[bytes]) -> Parsed | None:
-    """A command and its arguments; None for no words.
-
-    Raises UsageError for unknown commands and wrong argument counts.
-    """
-    if not words:
-        return None
-    try:
-        name = words[0].decode("utf-8")
-    except UnicodeDecodeError:
-        name = words[0].decode("utf-8", "backslashreplace")
-    cmd = lookup(name)
-    args = list(words[1:])
-    if not cmd.min_args <= len(args) <= cmd.max_args:
-        message = f"usage: {cmd.usage}"
-        if cmd.free_text and len(args) > cmd.max_args:
-            message += f" ({QUOTE_HINT})"
-        raise UsageError(message)
-    return Parsed(cmd, args)
-
-
-def parse_line(line: str) -> Parsed | None:
-    """One input line into a command and its arguments; None for blank/comment lines.
-
-    Raises UsageError for bad quoting, unknown commands and wrong argument counts.
-    """
-    stripped = line.strip()
-    if not stripped or stripped.startswith("#"):
-        return None
-    return parse_words(split_words(stripped))
-
-
-def parse_op_n(arg: bytes | str) -> int:
-    """``verify``'s argument: an integer (the server judges whether it is > 0)."""
-    text = arg.decode("utf-8", "backslashreplace") if isinstance(arg, bytes) else arg
-    try:
-        n = int(text)
-    except ValueError:
-        raise UsageError(f"usage: verify <op_n> (op_n must be an integer, not {text!r})") from None
-    if n > MAX_OP_N:
-        raise UsageError(f"op number {n} is out of range (at most {MAX_OP_N})")
-    return n
-
-
-def parse_range_args(args: Sequence[bytes | str]) -> tuple[bytes | None, bytes | None, int]:
-    """``range [start [stop [limit]]]`` into (start, stop, limit); ``-`` is an open end.
-
-    A missing or ``-`` limit is 0, which asks for the server's default limit.
-    """
-    if len(args) > 3:
-        raise UsageError(f"usage: {COMMANDS['range'].usage}")
-    words = [a.encode("utf-8") if isinstance(a, str) else a for a in args]
-    start = words[0] if len(words) > 0 and words[0] != b"-" else None
-    stop = words[1] if len(words) > 1 and words[1] != b"-" else None
-    limit = 0
-    if len(words) > 2 and words[2] != b"-":
-        text = words[2].decode("utf-8", "backslashreplace")
-        try:
-            limit = int(text)
-        except ValueError:
-            raise UsageError(
-                f"usage: {COMMANDS['range'].usage} (limit must be a number, not {text!r})"
-            ) from None
-        if not 0 <= limit <= MAX_LIMIT:
-            raise UsageError(f"range limit must be between 0 and {MAX_LIMIT}, not {limit}")
-    return start, stop, limit
-
-
-# ---- formatting -----------------------------------------------------------------
-
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
-
-
-def escape(data: bytes | str) -> str:
-    """``data`` as one printable, unambiguous line.
-
-    Printable UTF-8 without backslashes comes out unchanged; in anything else
-    a backslash doubles and other bytes are escaped like Python's bytes repr
-    without the quotes (``\\x00``, ``\\n``), keeping printable non-ASCII
-    characters readable.  So a single backslash on screen always starts an
-    escape: ``\\x00`` is one NUL byte, ``\\\\x00`` the four characters.
-    """
-    if isinstance(data, str):
-        if data.isprintable() and "\\" not in data:
-            return data
-        data = data.encode("utf-8", "surrogatepass")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    else:
-        if text.isprintable() and "\\" not in text:
-            return text
-    out: list[str] = []
-    for ch in data.decode("utf-8", "surrogateescape"):
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch in _NAMED_ESCAPES:
-            out.append(_NAMED_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif code < 0x100:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    return "".join(out)
-
-
-def plural(n: int, word: str, words: str | None = None) -> str:
-    return f"{n} {word if n == 1 else (words or word + 's')}"
-
-
-def listing(items: Sequence[str], word: str, words: str | None = None) -> list[str]:
-    """One item per line and a ``(N keys)`` footer, or just ``(empty)``."""
-    if not items:
-        return ["(empty)"]
-    return [*items, f"({plural(len(items), word, words)})"]
-
-
-def format_duration(seconds: float) -> str:
-    """``12.3s``, ``4m 05s``, ``2h 03m 04s``, ``3d 04h 05m``."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    if d:
-        return f"{d}d {h:02d}h {m:02d}m"
-    if h:
-        return f"{h}h {m:02d}m {s:02d}s"
-    return f"{m}m {s:02d}s"
-
-
-def format_stats(st: Stats) -> list[str]:
-    """The STATS reply as an aligned table: node facts, then one row per op."""
-    facts = [
-        ("role", st.role or "?"),
-        ("keys", str(st.keys)),
-        ("height", str(st.height)),
-        ("connections", str(st.connections)),
-        ("uptime", format_duration(st.uptime_s)),
-        ("last op", str(st.last_op)),
-    ]
-    width = max(len(name) for name, _ in facts)
-    lines = [f"{name:<{width}}  {value}" for name, value in facts]
-    lines.append("")
-    rows = [("op", "count", "mean µs", "errors")]
-    rows += [(o.op, str(o.count), f"{o.mean_service_us:.1f}", str(o.errors)) for o in st.ops]
-    if len(rows) == 1:
-        lines.append("(no requests yet)")
-        return lines
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        lines.append(
-            f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}"
-        )
-    return lines
-
-
-def help_lines(name: str | None = None) -> list[str]:
-    if name is not None:
-        cmd = lookup(name)
-        return [f"usage: {cmd.usage}", f"  {cmd.summary}"]
-    width = max(len(c.usage) for c in COMMANDS.values())
-    lines = ["commands:"]
-    lines += [f"  {c.usage:<{width}}  {c.summary}" for c in COMMANDS.values()]
-    lines.append(QUOTE_HINT[0].upper() + QUOTE_HINT[1:] + ".")
-    return lines
 
 
 # ---- the shell ------------------------------------------------------------------
@@ -386,6 +59,9 @@ def help_lines(name: str | None = None) -> list[str]:
 
 class Shell:
     """Runs parsed commands against a BlockingClient-like object; prints results.
+
+    It is the ``Session`` that the command handlers print through and send
+    requests with.
 
     ``connect`` makes the client (called at most once up front, and again to
     reconnect after the connection dropped).  ``raw`` prints values as their
@@ -433,13 +109,6 @@ class Shell:
             buffer.write(data)
             buffer.flush()
 
-    def say_items(self, items: Sequence[bytes | str], word: str, words: str | None = None) -> None:
-        """A listing: escaped with a counted footer, or with --raw one raw item a line."""
-        if self.raw:
-            self.say_bytes(b"".join(_raw(item) + b"\n" for item in items))
-        else:
-            self.say(*listing([escape(item) for item in items], word, words))
-
     def error(self, message: str) -> None:
         self.out.flush()
         self.err.write(f"error: {message}\n")
@@ -459,7 +128,7 @@ class Shell:
                 pass
             self.client = None
 
-    def _request(self, cmd: Command, call: Callable[[Any], Any]) -> Any:
+    def request(self, cmd: Command, call: Callable[[Any], Any]) -> Any:
         """Run ``call(client)``; after a dropped connection, reconnect once first.
 
         A read that fails because the connection dropped under it is retried
@@ -524,58 +193,7 @@ class Shell:
 
     def execute(self, parsed: Parsed) -> int:
         """Run one command; its status (FAILED, silently, for a missing key)."""
-        cmd, args = parsed.command, parsed.args
-        name = cmd.name
-        if name == "help":
-            topic = args[0].decode("utf-8", "backslashreplace") if args else None
-            self.say(*help_lines(topic))
-        elif name == "quit":
-            pass
-        elif name == "put":
-            key, value = args
-            r = self._request(cmd, lambda c: c.put(key, value))
-            self.say(f"ok op {r.op_n}")
-        elif name == "del":
-            key = args[0]
-            r = self._request(cmd, lambda c: c.delete(key))
-            state = "not found" if r.found is False else "deleted"
-            self.say(f"{state} (op {r.op_n})")
-        elif name == "get":
-            key = args[0]
-            found = self._request(cmd, lambda c: c.get(key))
-            if found is None:
-                if not self.raw:
-                    self.say(NOT_FOUND)
-                return FAILED
-            if self.raw:
-                self.say_bytes(found + b"\n" if self.interactive else found)
-            else:
-                self.say(escape(found))
-        elif name == "size":
-            self.say(str(self._request(cmd, lambda c: c.size())))
-        elif name == "height":
-            self.say(str(self._request(cmd, lambda c: c.height())))
-        elif name == "getkeys":
-            self.say_items(self._request(cmd, lambda c: c.keys()), "key")
-        elif name == "getvalues":
-            self.say_items(self._request(cmd, lambda c: c.values()), "value")
-        elif name == "verify":
-            n = parse_op_n(args[0])
-            done = self._request(cmd, lambda c: c.verify(n))
-            self.say(f"op {n}: {'executed' if done else 'not yet executed'}")
-        elif name == "range":
-            start, stop, limit = parse_range_args(args)
-            items = self._request(cmd, lambda c: c.range(start, stop, limit))
-            if self.raw:
-                self.say_items([_raw(k) + b"\t" + v for k, v in items], "entry", "entries")
-            else:
-                lines = [f"{escape(k)}\t{escape(v)}" for k, v in items]
-                self.say(*listing(lines, "entry", "entries"))
-        elif name == "stats":
-            self.say(*format_stats(self._request(cmd, lambda c: c.stats())))
-        else:  # pragma: no cover - every command is handled above
-            raise ShellError(f"command {name!r} is not implemented")
-        return OK
+        return parsed.command.handler(self, parsed)
 
     # input loops
 
@@ -633,10 +251,6 @@ class Shell:
                 yield None
                 continue
             yield line if _valid_text(line) else None
-
-
-def _raw(item: bytes | str) -> bytes:
-    return item.encode("utf-8", "surrogateescape") if isinstance(item, str) else item
 
 
 def _decoded(raw: bytes) -> str | None:
