@@ -188,14 +188,14 @@ class Options(usage.Options):
             self["advertise"] = (
                 f"[{host}]:{self['port']}" if ":" in host else f"{host}:{self['port']}"
             )
-        from kvtwist.zk import parse_address
+        from kvtwist.membership import parse_address
 
         if parse_address(self["advertise"].encode()) is None:
             raise usage.UsageError(
                 f"--advertise must be host:port (IPv6 as [addr]:port), not {self['advertise']!r}"
             )
         if self["zk"]:
-            from kvtwist.zk import validate_root
+            from kvtwist.membership import validate_root
 
             try:
                 self["zk-root"] = validate_root(self["zk-root"])
@@ -380,7 +380,8 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     make_zk: Callable[[], Any] | None = None
     lease = 0.0  # the longest read lease this node may hold, told to its neighbours
     if options["zk"]:
-        from kvtwist.zk import LEASE_FRACTION, ZooKeeper
+        from kvtwist.lease import LEASE_FRACTION
+        from kvtwist.zk import ZooKeeper
 
         lease = options["zk-session-timeout"] * LEASE_FRACTION
 

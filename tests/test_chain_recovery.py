@@ -18,7 +18,7 @@ from kvtwist.chain.epochs import EpochHistory, match_point
 from kvtwist.chain.joining import WAIT_POLL
 from kvtwist.chain.lifecycle import BadTransition, Lifecycle, State
 from kvtwist.chain.record import ChainRecord, matches, may_start
-from kvtwist.zk import Member, Membership, format_address, parse_address
+from kvtwist.membership import Member, Membership, format_address, parse_address
 from tests.test_chain_unit import Net, Node, results
 
 

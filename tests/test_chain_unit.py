@@ -20,11 +20,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist import wire
 from kvtwist.chain.replica import Replica, Unavailable, WriteResult
+from kvtwist.membership import Member, Membership
 from kvtwist.proto.kvtwist_pb2 import ChainHello, Update
 from kvtwist.server import NodeFactory
 from kvtwist.store import InlineRunner, Store
 from kvtwist.wire import Message
-from kvtwist.zk import Member, Membership
 
 
 class Registry:

@@ -20,9 +20,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvtwist.chain.foreign import Verdict, examine
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.replica import Replica
+from kvtwist.membership import Member
 from kvtwist.server import NodeFactory
 from kvtwist.store import InlineRunner, Store
-from kvtwist.zk import Member
 from tests.foreign_server import OriginalFactory, OriginalServer, drop
 from tests.test_chain_unit import Net, Node, results
 

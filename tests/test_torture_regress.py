@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.chain.outcomes import NotHere
 from kvtwist.chain.replica import Unavailable
-from kvtwist.zk import Membership
+from kvtwist.membership import Membership
 from tests.test_chain_unit import Net, Node
 
 

@@ -46,11 +46,11 @@ from kvtwist.chain.outcomes import NotHere, Refused, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.transfer import SnapshotReceiver
 from kvtwist.client.protocol import connect_quietly, endpoint
+from kvtwist.membership import parse_address
 from kvtwist.proto.kvtwist_pb2 import SnapshotChunk, Update
 from kvtwist.store import Applied, Store, Write
 from kvtwist.tree import BTree
 from kvtwist.wire import FramedProtocol, Message
-from kvtwist.zk import parse_address
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -112,7 +112,7 @@ class ReplicaCore:
         self.link_config: Any = None  # kvtwist.chain.link.LinkConfig, set by the node factory
         self.link_tls: Any = None  # kvtwist.tls.ClientTLS when the port speaks TLS
         self.life = Lifecycle(standalone=zk is None)
-        self.view: Any = None  # kvtwist.zk.Membership, None when standalone
+        self.view: Any = None  # kvtwist.membership.Membership, None when standalone
         self.name: str | None = None  # our znode name, once registered
         self.record = ChainRecord()  # the last chain record we read or wrote
         self.head_epoch: int | None = 0 if zk is None else None  # claimed as head

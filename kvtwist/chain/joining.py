@@ -44,11 +44,11 @@ from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.links import LinkedReplica
 from kvtwist.chain.record import ChainRecord, may_start
 from kvtwist.chain.transfer import SnapshotReceiver, SnapshotSender
+from kvtwist.membership import format_address
 from kvtwist.proto.kvtwist_pb2 import ChainHello, EpochMark, SnapshotChunk, Update
 from kvtwist.storage import ClientRow
 from kvtwist.tree import BTree
 from kvtwist.wire import FramedProtocol, Message
-from kvtwist.zk import format_address
 
 log = Logger(namespace="kvtwist.chain")
 

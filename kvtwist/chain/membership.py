@@ -30,7 +30,8 @@ from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.reads import ReadingReplica
 from kvtwist.chain.record import ChainRecord, matches
-from kvtwist.zk import LEASE_FRACTION, format_address
+from kvtwist.lease import LEASE_FRACTION
+from kvtwist.membership import format_address
 
 log = Logger(namespace="kvtwist.chain")
 
