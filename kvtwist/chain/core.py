@@ -46,6 +46,7 @@ from kvtwist.chain.outcomes import NotHere, Refused, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.transfer import SnapshotReceiver
 from kvtwist.client.protocol import connect_quietly, endpoint
+from kvtwist.coordinator import Coordinator
 from kvtwist.membership import parse_address
 from kvtwist.proto.kvtwist_pb2 import SnapshotChunk, Update
 from kvtwist.store import Applied, Store, Write
@@ -100,13 +101,13 @@ class ReplicaCore:
         reactor: Any,
         store: Store,
         address: str = "",
-        zk: Any = None,
+        zk: Coordinator | None = None,
         link_timeout: float = 3.0,
     ) -> None:
         self.reactor = reactor
         self.store = store
         self.address = address
-        self.zk = zk
+        self.zk: Coordinator | None = zk  # None: standalone
         self.link_timeout = link_timeout
         self.own_address = parse_address(address.encode()) if address else None
         self.link_config: Any = None  # kvtwist.chain.link.LinkConfig, set by the node factory
@@ -197,6 +198,13 @@ class ReplicaCore:
         return connect_quietly(
             endpoint(self.reactor, host, port, timeout=5, tls=self.link_tls), protocol
         )
+
+    @property
+    def coordinator(self) -> Coordinator:
+        """``zk``, on the paths only a chain member takes (joining, views, the record)."""
+        if self.zk is None:
+            raise RuntimeError("a standalone node has no coordinator")
+        return self.zk
 
     # roles
 
