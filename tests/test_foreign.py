@@ -1,7 +1,7 @@
 """Mixed chains in memory: a member that does not speak kvtwist (an original C server).
 
 The foreign member is the stand-in of tests/foreign_server.py, served over
-iosim pumps beside the in-memory nodes of tests/test_chain_unit.py.  Real
+iosim pumps beside the in-memory nodes of tests/fakes/chain.py.  Real
 processes and a real ZooKeeper are in tests/test_foreign_chain.py.
 """
 
@@ -23,8 +23,8 @@ from kvtwist.chain.replica import Replica
 from kvtwist.membership import Member
 from kvtwist.server import NodeFactory
 from kvtwist.store import InlineRunner, Store
+from tests.fakes.chain import Net, Node, results
 from tests.foreign_server import OriginalFactory, OriginalServer, drop
-from tests.test_chain_unit import Net, Node, results
 
 FOREIGN_LINE = "does not speak kvtwist's chain protocol"
 

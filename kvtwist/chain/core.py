@@ -74,6 +74,9 @@ MEMBER_WAIT = 5.0
 #: States of a node on its way into the chain: requests wait for it.
 BECOMING = (State.STARTING, State.JOINING, State.REGISTERING)
 
+#: Opens a link: ``(host, port, protocol)``, firing once ``protocol`` is connected.
+Dial = Callable[[str, int, FramedProtocol], Deferred[Any]]
+
 #: A client write: is_put, key, value, client id, request id, ack_below, resend.
 WriteRequest = tuple[bool, bytes, bytes, str, int, int, bool]
 
@@ -103,12 +106,15 @@ class ReplicaCore:
         address: str = "",
         zk: Coordinator | None = None,
         link_timeout: float = 3.0,
+        dial: Dial | None = None,
     ) -> None:
+        """``dial`` opens links instead of TCP (in-memory wiring in unit tests)."""
         self.reactor = reactor
         self.store = store
         self.address = address
         self.zk: Coordinator | None = zk  # None: standalone
         self.link_timeout = link_timeout
+        self._dial = dial
         self.own_address = parse_address(address.encode()) if address else None
         self.link_config: Any = None  # kvtwist.chain.link.LinkConfig, set by the node factory
         self.link_tls: Any = None  # kvtwist.tls.ClientTLS when the port speaks TLS
@@ -194,7 +200,9 @@ class ReplicaCore:
         return link
 
     def connect(self, host: str, port: int, protocol: FramedProtocol) -> Deferred[Any]:
-        """Open a link to a peer; replaced by in-memory wiring in unit tests."""
+        """Open a link to a peer: over TCP (TLS if the port speaks it), or through ``dial``."""
+        if self._dial is not None:
+            return self._dial(host, port, protocol)
         return connect_quietly(
             endpoint(self.reactor, host, port, timeout=5, tls=self.link_tls), protocol
         )
