@@ -748,10 +748,12 @@ class ZooKeeper:
     @property
     def lease_expires_at(self) -> float | None:
         """``clock.now()`` at which the lease ends; None without a lease."""
+        return self._lease.expires_at if self._lease_held() else None
+
+    def _lease_held(self) -> bool:
+        """Whether the lease was renewed in the session kazoo has now."""
         client_id = self._client.client_id
-        if not self._lease.held_by(None if client_id is None else client_id[0]):
-            return None
-        return self._lease.expires_at
+        return self._lease.held_by(None if client_id is None else client_id[0])
 
     def lease_valid(self) -> bool:
         """True iff we are connected, our session is surely alive and our znode surely there.
@@ -769,11 +771,7 @@ class ZooKeeper:
         predecessor that could not reach it) loses its lease within
         :attr:`lease_length` of the deletion, even if it never hears of it.
         """
-        return (
-            self.lease_expires_at is not None
-            and self._client.connected
-            and self._lease.valid(clock.now())
-        )
+        return self._lease_held() and self._client.connected and self._lease.valid(clock.now())
 
     def lease_member(self, name: str | None) -> None:
         """Tie the lease to our member znode ``name`` from now on (None: the session only)."""

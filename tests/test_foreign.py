@@ -238,12 +238,12 @@ class MixedChainTests(SynchronousTestCase):
         its root: it deletes its znode and restarts the chain from its own copy."""
         a = self.net.add()
         self.write_all(a, 5)
-        a.zk.connected = False  # type: ignore[misc]  # ZooKeeper away: it cannot rejoin yet
+        a.zk.connected = False  # ZooKeeper away: it cannot rejoin yet
         self.net.registry.remove(a.name or "")
         a.replica.zk_state("lost")
         self.net.settle()
         foreign = ForeignNode(self.net, 9500)
-        a.zk.connected = True  # type: ignore[misc]
+        a.zk.connected = True
         a.replica.zk_state("connected")
         self.net.settle()
         self.assert_left_out(foreign)
