@@ -555,7 +555,7 @@ def zk_start(run: Run, procs: list[Any]) -> ZooKeeperProcess:
 
 def members(zk: Any, root: str) -> list[tuple[str, int]]:
     """Member ports in chain order, via an open kazoo client."""
-    from kvtwist.zk import parse_address
+    from kvtwist.membership import parse_address
 
     out = []
     try:

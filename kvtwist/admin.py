@@ -22,7 +22,8 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoAuthError, NoNodeError
 
 from kvtwist.chain.record import ChainRecord
-from kvtwist.zk import digest_acl, parse_address, validate_root
+from kvtwist.membership import parse_address, validate_root
+from kvtwist.zk import digest_acl
 
 #: The two stores of ``copy``; each has its own TLS and token options.
 SIDES = ("source", "target")

@@ -20,6 +20,7 @@ from kvtwist.chain.auth import KeyFileError, load_key, load_secret
 from kvtwist.chain.link import DEFAULT_LINK_TIMEOUT, LinkConfig
 from kvtwist.chain.replica import Replica
 from kvtwist.clock import use_steady_clock
+from kvtwist.coordinator import Coordinator
 from kvtwist.port import check_descriptor_limit, listen
 from kvtwist.server import (
     DEFAULT_MAX_CONNECTIONS,
@@ -188,14 +189,14 @@ class Options(usage.Options):
             self["advertise"] = (
                 f"[{host}]:{self['port']}" if ":" in host else f"{host}:{self['port']}"
             )
-        from kvtwist.zk import parse_address
+        from kvtwist.membership import parse_address
 
         if parse_address(self["advertise"].encode()) is None:
             raise usage.UsageError(
                 f"--advertise must be host:port (IPv6 as [addr]:port), not {self['advertise']!r}"
             )
         if self["zk"]:
-            from kvtwist.zk import validate_root
+            from kvtwist.membership import validate_root
 
             try:
                 self["zk-root"] = validate_root(self["zk-root"])
@@ -289,30 +290,33 @@ class ChainService(service.Service):
 
     retry_delay = 2.0
 
-    def __init__(self, reactor: Any, replica: Replica, make_zk: Any) -> None:
+    def __init__(
+        self, reactor: Any, replica: Replica, make_zk: Callable[[], Coordinator]
+    ) -> None:
         self.reactor = reactor
         self.replica = replica
         self.make_zk = make_zk
-        self.zk: Any = None
+        self.zk: Coordinator | None = None
         self._retry: Any = None
 
     def startService(self) -> None:
         super().startService()
         self._connect(self.replica.zk)
 
-    def _connect(self, zk: Any = None) -> None:
+    def _connect(self, zk: Coordinator | None = None) -> None:
         """Start ``zk``, or a fresh adapter: a failed one cannot be started again."""
         self._retry = None
-        self.zk = self.replica.zk = zk if zk is not None else self.make_zk()
-        self.zk.on_state(self.replica.zk_state)
-        self.zk.on_gone(self.replica.znode_gone)
-        self.zk.watch_members(self.replica.set_view)
-        d = self.zk.start()
+        zk = zk if zk is not None else self.make_zk()
+        self.zk = self.replica.zk = zk
+        zk.on_state(self.replica.zk_state)
+        zk.on_gone(self.replica.znode_gone)
+        zk.watch_members(self.replica.set_view)
+        d = zk.start()
         d.addCallbacks(lambda _: self.replica.join(), self._failed)
         d.addErrback(lambda f: log.failure("joining the chain failed", f))
 
     def _failed(self, f: Any) -> None:
-        if not self.running:
+        if not self.running or self.zk is None:
             return
         log.warn(
             "cannot reach ZooKeeper at {hosts}: {e}; retrying in {s}s",
@@ -377,10 +381,11 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         # after the runner's "during" trigger: the writer thread is done with it
         reactor.addSystemEventTrigger("after", "shutdown", journal.close)
     store = Store(reactor, runner, journal)
-    make_zk: Callable[[], Any] | None = None
+    make_zk: Callable[[], Coordinator] | None = None
     lease = 0.0  # the longest read lease this node may hold, told to its neighbours
     if options["zk"]:
-        from kvtwist.zk import LEASE_FRACTION, ZooKeeper
+        from kvtwist.lease import LEASE_FRACTION
+        from kvtwist.zk import ZooKeeper
 
         lease = options["zk-session-timeout"] * LEASE_FRACTION
 

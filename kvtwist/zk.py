@@ -13,19 +13,16 @@ module is built around:
 * Ephemeral nodes die with the session (LOST) and are not recreated for us:
   whoever registered must register again when ``on_state`` says "lost".
 
-The chain layout: every child of ``root`` named ``node<10 digits>`` is a member
-whose data is its "host:port"; sequence order is chain order (head first).
-Anything that is not a chain member (such as the join lock) lives in a
-*sibling* of the root, never under it.
+The chain layout and its values (:class:`Member`, :class:`Membership`, the
+address format) are in :mod:`kvtwist.membership`; the lease arithmetic is
+:class:`kvtwist.lease.Lease`.  This module holds only the I/O.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
@@ -44,17 +41,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist import clock
+from kvtwist.lease import LEASE_FRACTION, PROBES_PER_SESSION, Lease
+from kvtwist.membership import (
+    MEMBER_PREFIX,
+    Member,
+    Membership,
+    parse_address,
+    parse_seq,
+    validate_root,
+)
 
 __all__ = [
-    "LEASE_FRACTION",
-    "digest_acl",
-    "Member",
-    "Membership",
+    "RegistrationRaced",
     "ZooKeeper",
-    "format_address",
-    "parse_address",
-    "parse_seq",
-    "validate_root",
+    "digest_acl",
+    "open_to_writes",
 ]
 
 _log = Logger()
@@ -66,20 +67,6 @@ if logging.getLogger("kazoo").level == logging.NOTSET:
 
 _T = TypeVar("_T")
 
-MEMBER_PREFIX = "node"
-_MEMBER_RE = re.compile(r"node([0-9]+)\Z")
-_PORT_RE = re.compile(r"[0-9]{1,5}\Z")
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
-_IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?\Z")
-# Characters ZooKeeper refuses in a path (PathUtils.validatePath).
-_BAD_PATH_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\uf8ff\ufff0-\uffff]")
-
-#: The lease lasts this fraction of the session timeout past the send time of
-#: the last acknowledged probe; the rest is margin for clock-rate skew between
-#: us and the server and for scheduling delays (docs/protocol.md, "Timing").
-LEASE_FRACTION = 0.6
-#: Lease probes run this many times per session timeout.
-PROBES_PER_SESSION = 5
 # Re-reading a membership whose children keep vanishing mid-read gives up after
 # this many attempts and returns what it has (a watch event follows anyway).
 _MAX_READ_ATTEMPTS = 5
@@ -93,48 +80,8 @@ RESUME_MAX_DELAY = 10.0
 
 
 # ---------------------------------------------------------------------------
-# Pure helpers
+# ACLs
 # ---------------------------------------------------------------------------
-
-
-def parse_seq(name: str) -> int:
-    """The sequence number of a ``node<digits>`` znode name, or -1.
-
-    ZooKeeper appends a 10-digit counter to sequential nodes; it orders the chain.
-    """
-    match = _MEMBER_RE.match(name)
-    return int(match.group(1)) if match else -1
-
-
-def parse_address(data: bytes | None) -> tuple[str, int] | None:
-    """Parse a member's znode data, ASCII ``host:port``, or return None.
-
-    Member data is written by other processes (possibly C clients, which add a
-    trailing NUL), so junk must never raise: it yields None and the member is
-    shown without an address.  IPv6 hosts must be bracketed, ``[::1]:7000``.
-    """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        return None
-    raw = bytes(data)
-    if raw.endswith(b"\x00"):
-        raw = raw[:-1]
-    try:
-        text = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        return None
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not _PORT_RE.match(port_text):
-        return None
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if not _IPV6_RE.match(host) or ":" not in host:
-            return None
-    elif not _HOSTNAME_RE.match(host):
-        return None
-    return host, port
 
 
 def digest_acl(auth: str) -> list[ACL]:
@@ -155,104 +102,32 @@ def open_to_writes(acl: list[ACL]) -> bool:
     return any(entry.id.scheme == "world" and entry.perms & changes for entry in acl)
 
 
-def format_address(address: tuple[str, int] | None) -> str:
-    """``host:port`` as members advertise it, an IPv6 host in brackets ('' for None)."""
-    if not address:
-        return ""
-    host = f"[{address[0]}]" if ":" in address[0] else address[0]
-    return f"{host}:{address[1]}"
+def hook_negotiated_timeout(client: KazooClient, record: Callable[[float], None]) -> bool:
+    """Have ``record(seconds)`` called with the session timeout the server grants ``client``.
 
-
-def validate_root(path: str) -> str:
-    """Check ``path`` is usable as a chain root and return it unchanged.
-
-    Enforces ZooKeeper's path rules up front so a typo fails with a clear
-    message at startup instead of a BadArgumentsError deep inside kazoo.
+    The one place that touches kazoo's internals: kazoo keeps the negotiated
+    timeout in a local variable only; its connection's ``_connect`` returns
+    ``read_timeout = negotiated * 2/3`` (ms) before any request of the session
+    can be sent, so wrapping it records the value in time.  False, and nothing
+    recorded, if kazoo's internals differ: the adapter then keeps to the
+    requested timeout (safe whenever the server grants at least that).
+    tests/test_zk.py fails when that happens.
     """
-    if not isinstance(path, str):
-        raise ValueError(f"chain root must be a string, not {type(path).__name__}")
-    if not path:
-        raise ValueError("chain root must not be empty")
-    if not path.startswith("/"):
-        raise ValueError(f"chain root {path!r} must start with '/'")
-    if path == "/":
-        raise ValueError("chain root must not be '/': every child of the root is a member")
-    if path.endswith("/"):
-        raise ValueError(f"chain root {path!r} must not end with '/'")
-    bad = _BAD_PATH_CHARS.search(path)
-    if bad:
-        raise ValueError(f"chain root {path!r} contains a forbidden character {bad.group()!r}")
-    for segment in path[1:].split("/"):
-        if segment == "":
-            raise ValueError(f"chain root {path!r} has an empty segment ('//')")
-        if segment in (".", ".."):
-            raise ValueError(f"chain root {path!r} has a relative segment {segment!r}")
-    if path == "/zookeeper" or path.startswith("/zookeeper/"):
-        raise ValueError(f"chain root {path!r} is inside ZooKeeper's reserved /zookeeper")
-    return path
+    connection = getattr(client, "_connection", None)
+    original = getattr(connection, "_connect", None)
+    if connection is None or original is None:
+        return False
 
+    def _connect(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        try:
+            record(float(result[0]) * 1.5 / 1000.0)
+        except (TypeError, ValueError, IndexError):
+            pass
+        return result
 
-# ---------------------------------------------------------------------------
-# Membership values
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Member:
-    """One chain member: a ``node<seq>`` child of the root."""
-
-    name: str
-    """The znode name, e.g. ``node0000000003``."""
-    seq: int
-    """The sequence number parsed from the name (-1 if unparsable)."""
-    address: tuple[str, int] | None
-    """The ``(host, port)`` from the znode data; None if the data was junk."""
-
-    @classmethod
-    def from_znode(cls, name: str, data: bytes | None) -> Member:
-        return cls(name=name, seq=parse_seq(name), address=parse_address(data))
-
-
-@dataclass(frozen=True)
-class Membership:
-    """A snapshot of the chain: members in sequence order, head first."""
-
-    config: int
-    """The root's cversion: grows on every child change, so snapshots order."""
-    members: tuple[Member, ...]
-    """Sorted by ``seq``: head first, tail last."""
-
-    def head(self) -> Member | None:
-        return self.members[0] if self.members else None
-
-    def tail(self) -> Member | None:
-        return self.members[-1] if self.members else None
-
-    def index(self, name: str) -> int | None:
-        for i, member in enumerate(self.members):
-            if member.name == name:
-                return i
-        return None
-
-    def get(self, name: str) -> Member | None:
-        i = self.index(name)
-        return None if i is None else self.members[i]
-
-    def predecessor(self, name: str) -> Member | None:
-        """The member before ``name`` (None for the head or a non-member)."""
-        i = self.index(name)
-        return self.members[i - 1] if i is not None and i > 0 else None
-
-    def successor(self, name: str) -> Member | None:
-        """The member after ``name`` (None for the tail or a non-member)."""
-        i = self.index(name)
-        return self.members[i + 1] if i is not None and i + 1 < len(self.members) else None
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def __contains__(self, name: object) -> bool:
-        return any(member.name == name for member in self.members)
+    connection._connect = _connect
+    return True
 
 
 class RegistrationRaced(Exception):
@@ -327,7 +202,7 @@ class ZooKeeper:
             },
         )
         self._negotiated_timeout: float | None = None
-        self._install_negotiation_hook()
+        hook_negotiated_timeout(self._client, self._negotiated)
         self._client.add_listener(self._kazoo_listener)
 
         self._started = False
@@ -339,8 +214,7 @@ class ZooKeeper:
         self._refreshing = False
         self._refresh_again = False
         self._retry_call: Any = None
-        # (session id, clock.now() send time of the last acknowledged probe)
-        self._lease: tuple[int, float] | None = None
+        self._lease = Lease(self.lease_length)
         # our member znode, once registered: the lease holds only while it exists
         self._lease_path: str | None = None
         self._gone_callbacks: list[Callable[[str], None]] = []
@@ -557,7 +431,7 @@ class ZooKeeper:
         client = self._client
         for attempt in range(_MAX_READ_ATTEMPTS):
             children, stat = client.get_children(self.root, watch=watch, include_data=True)
-            names = [name for name in children if _MEMBER_RE.match(name)]
+            names = [name for name in children if parse_seq(name) >= 0]
             pending = [(name, client.get_async(f"{self.root}/{name}")) for name in names]
             members: list[Member] = []
             vanished = False
@@ -850,29 +724,13 @@ class ZooKeeper:
 
     # -- fencing lease --------------------------------------------------------------
 
-    def _install_negotiation_hook(self) -> None:
-        """Learn the session timeout the server granted.
+    def _negotiated(self, seconds: float) -> None:
+        """The server granted a session timeout of ``seconds``: the lease follows it.
 
-        kazoo keeps the negotiated timeout in a local variable only; its
-        connection's ``_connect`` returns ``read_timeout = negotiated * 2/3``
-        (ms) before any request of the session can be sent, so wrapping it
-        records the value in time.  If kazoo's internals differ we fall back to
-        the requested timeout (safe whenever the server grants at least that).
+        Called on kazoo's connection thread; two plain assignments, read on the reactor.
         """
-        connection = getattr(self._client, "_connection", None)
-        original = getattr(connection, "_connect", None)
-        if connection is None or original is None:
-            return
-
-        def _connect(*args: Any, **kwargs: Any) -> Any:
-            result = original(*args, **kwargs)
-            try:
-                self._negotiated_timeout = float(result[0]) * 1.5 / 1000.0
-            except (TypeError, ValueError, IndexError):
-                pass
-            return result
-
-        connection._connect = _connect
+        self._negotiated_timeout = seconds
+        self._lease.length = self.lease_length
 
     @property
     def effective_session_timeout(self) -> float:
@@ -890,11 +748,12 @@ class ZooKeeper:
     @property
     def lease_expires_at(self) -> float | None:
         """``clock.now()`` at which the lease ends; None without a lease."""
-        lease = self._lease
+        return self._lease.expires_at if self._lease_held() else None
+
+    def _lease_held(self) -> bool:
+        """Whether the lease was renewed in the session kazoo has now."""
         client_id = self._client.client_id
-        if lease is None or client_id is None or client_id[0] != lease[0]:
-            return None
-        return lease[1] + self.lease_length
+        return self._lease.held_by(None if client_id is None else client_id[0])
 
     def lease_valid(self) -> bool:
         """True iff we are connected, our session is surely alive and our znode surely there.
@@ -912,8 +771,7 @@ class ZooKeeper:
         predecessor that could not reach it) loses its lease within
         :attr:`lease_length` of the deletion, even if it never hears of it.
         """
-        expires = self.lease_expires_at
-        return expires is not None and self._client.connected and clock.now() < expires
+        return self._lease_held() and self._client.connected and self._lease.valid(clock.now())
 
     def lease_member(self, name: str | None) -> None:
         """Tie the lease to our member znode ``name`` from now on (None: the session only)."""
@@ -957,11 +815,9 @@ class ZooKeeper:
 
         def answered(outcome: str) -> None:
             if outcome == "ok":
-                lease = self._lease
-                if lease is None or lease[0] != session_id or lease[1] < sent:
-                    self._lease = (session_id, sent)
+                self._lease.renew(session_id, sent)
             elif outcome == "gone" and path == self._lease_path and path is not None:
-                self._lease = None
+                self._lease.void()
                 name = path.rsplit("/", 1)[1]
                 for callback in list(self._gone_callbacks):
                     try:

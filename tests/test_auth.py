@@ -26,7 +26,7 @@ from kvtwist.proto.kvtwist_pb2 import ChainAuth, ChainHello
 from kvtwist.server import HANDSHAKE_POOL, Limits, NodeFactory, NodeProtocol
 from kvtwist.store import InlineRunner, Store
 from kvtwist.wire import FramedProtocol, Message
-from tests.test_chain_unit import Net, Node
+from tests.fakes.chain import Net, Node
 
 KEY = b"k" * 32
 OTHER = b"x" * 32
@@ -427,7 +427,7 @@ class HandshakePoolTests(SynchronousTestCase):
 
 
 class KeyedNet(Net):
-    """The in-memory chain of test_chain_unit, every node holding ``key``."""
+    """The in-memory chain of tests/fakes/chain.py, every node holding ``key``."""
 
     def __init__(self, keys: list[bytes]) -> None:
         super().__init__()

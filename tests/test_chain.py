@@ -13,8 +13,8 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist import wire
+from kvtwist.membership import parse_address
 from kvtwist.verify.proxy import ProxyControl
-from kvtwist.zk import parse_address
 from tests.nodes import ROOT, NodeProcess, RawClient, dump, env, free_port, port_open, wait_for
 from tests.zkserver import ZooKeeperCase
 

@@ -12,8 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvtwist import wire
 from kvtwist.client.chain import DEFAULT_DEADLINE, ChainClient
 from kvtwist.client.protocol import ConnectionFailed, KVError
+from kvtwist.membership import Member, Membership
 from kvtwist.wire import Message
-from kvtwist.zk import Member, Membership
 
 #: The node's default ZooKeeper session timeout: how long a dead member's znode lingers.
 NODE_SESSION_TIMEOUT = 10.0

@@ -1,7 +1,7 @@
 """The chain and its disks, in memory: log before forwarding, dropping writes the
 chain never committed, and disks that fail.
 
-Nodes are the in-memory ones of tests/test_chain_unit.py; here their stores log
+Nodes are the in-memory ones of tests/fakes/chain.py; here their stores log
 to a ``DataDir`` on a ``FakeDisk`` (or to nothing, with a runner whose jobs are
 held back), so every ordering is deterministic.
 """
@@ -19,7 +19,7 @@ from kvtwist.chain.replica import Replica, Unavailable
 from kvtwist.storage import DataDir
 from kvtwist.storage.fakedisk import FakeDisk
 from kvtwist.store import InlineRunner, Store
-from tests.test_chain_unit import Net, Node
+from tests.fakes.chain import Net, Node
 
 
 class HeldRunner:

@@ -1,7 +1,7 @@
 """Recovery of the chain in memory: session loss, whole-chain restarts, the chain
 record, epochs and catch-up by delta.
 
-The nodes are the in-memory ones of tests/test_chain_unit.py (iosim pumps, a
+The nodes are the in-memory ones of tests/fakes/chain.py (iosim pumps, a
 clock, a znode registry standing in for ZooKeeper); real processes and a real
 ZooKeeper are in tests/test_durability.py.
 """
@@ -18,8 +18,8 @@ from kvtwist.chain.epochs import EpochHistory, match_point
 from kvtwist.chain.joining import WAIT_POLL
 from kvtwist.chain.lifecycle import BadTransition, Lifecycle, State
 from kvtwist.chain.record import ChainRecord, matches, may_start
-from kvtwist.zk import Member, Membership, format_address, parse_address
-from tests.test_chain_unit import Net, Node, results
+from kvtwist.membership import Member, Membership, format_address, parse_address
+from tests.fakes.chain import Net, Node, results
 
 
 class EpochTests(SynchronousTestCase):

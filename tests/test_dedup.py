@@ -4,7 +4,7 @@ Clients acknowledge answered requests (``ack_below``), so the chain keeps only
 what may still be retried; what it can no longer deduplicate it refuses
 instead of applying again.  Nodes are the in-memory ones of
 tests/test_server.py (one node, messages in and out) and
-tests/test_chain_unit.py (a chain), with disks from tests/test_chain_disk.py.
+tests/fakes/chain.py (a chain), with disks from tests/test_chain_disk.py.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from kvtwist.client.protocol import ClientProtocol, ConnectionFailed
 from kvtwist.storage import ClientRow, DataDir
 from kvtwist.storage.fakedisk import FakeDisk
 from kvtwist.wire import Message
+from tests.fakes.chain import Net
 from tests.test_chain_client import ONE_MEMBER, client
 from tests.test_chain_disk import durable_chain
-from tests.test_chain_unit import Net
 from tests.test_server import Conn, Harness
 
 

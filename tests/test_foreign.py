@@ -1,7 +1,7 @@
 """Mixed chains in memory: a member that does not speak kvtwist (an original C server).
 
 The foreign member is the stand-in of tests/foreign_server.py, served over
-iosim pumps beside the in-memory nodes of tests/test_chain_unit.py.  Real
+iosim pumps beside the in-memory nodes of tests/fakes/chain.py.  Real
 processes and a real ZooKeeper are in tests/test_foreign_chain.py.
 """
 
@@ -20,11 +20,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvtwist.chain.foreign import Verdict, examine
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.replica import Replica
+from kvtwist.membership import Member
 from kvtwist.server import NodeFactory
 from kvtwist.store import InlineRunner, Store
-from kvtwist.zk import Member
+from tests.fakes.chain import Net, Node, results
 from tests.foreign_server import OriginalFactory, OriginalServer, drop
-from tests.test_chain_unit import Net, Node, results
 
 FOREIGN_LINE = "does not speak kvtwist's chain protocol"
 
@@ -238,12 +238,12 @@ class MixedChainTests(SynchronousTestCase):
         its root: it deletes its znode and restarts the chain from its own copy."""
         a = self.net.add()
         self.write_all(a, 5)
-        a.zk.connected = False  # type: ignore[misc]  # ZooKeeper away: it cannot rejoin yet
+        a.zk.connected = False  # ZooKeeper away: it cannot rejoin yet
         self.net.registry.remove(a.name or "")
         a.replica.zk_state("lost")
         self.net.settle()
         foreign = ForeignNode(self.net, 9500)
-        a.zk.connected = True  # type: ignore[misc]
+        a.zk.connected = True
         a.replica.zk_state("connected")
         self.net.settle()
         self.assert_left_out(foreign)

@@ -1,6 +1,6 @@
 """Partitions that leave a member, and the clients that reach it, on the wrong side.
 
-In memory (tests/test_chain_unit.py's ``Net``, one clock): a member cut off
+In memory (tests/fakes/chain.py's ``Net``, one clock): a member cut off
 from its neighbours and from ZooKeeper keeps its last view and, for as long
 as its lease lasts, may answer the reads of clients that still reach it.  The
 chain may go on without it only once that lease is surely over
@@ -22,7 +22,7 @@ from kvtwist.chain.link import LinkConfig
 from kvtwist.chain.membership import CLOCK_RATE_BOUND, REMOVAL_MARGIN, VIEW_RETRY_DELAY
 from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
 from kvtwist.chain.reads import READ_WAIT
-from tests.test_chain_unit import Net, Node, results
+from tests.fakes.chain import Net, Node, results
 
 
 def cut_link(net: Net, a: Node, b: Node) -> None:

@@ -1,7 +1,7 @@
 """Join races kvtwist-torture found, reproduced without randomness (in memory).
 
 Both need orderings ZooKeeper allows but the in-memory registry of
-tests/test_chain_unit.py never produces: a znode exists before its creator has
+tests/fakes/coordinator.py never produces: a znode exists before its creator has
 the reply, and each node's watch fires at its own time.  ``Controlled`` hands
 out those events one by one.
 
@@ -24,8 +24,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.chain.outcomes import NotHere
 from kvtwist.chain.replica import Unavailable
-from kvtwist.zk import Membership
-from tests.test_chain_unit import Net, Node
+from kvtwist.membership import Membership
+from tests.fakes.chain import Net, Node
 
 
 class Controlled:

@@ -22,8 +22,9 @@ from twisted.trial import unittest
 from kvtwist import admin, wire
 from kvtwist.chain.record import ChainRecord
 from kvtwist.client.chain import ChainClient
+from kvtwist.membership import parse_address
 from kvtwist.tap import Options
-from kvtwist.zk import ZooKeeper, digest_acl, open_to_writes, parse_address
+from kvtwist.zk import ZooKeeper, digest_acl, open_to_writes
 from tests.nodes import NodeProcess, RawClient, wait_for
 from tests.zkserver import shared_zookeeper, unique_root, zookeeper_available
 

@@ -161,7 +161,7 @@ def chain_ends(hosts: str, root: str, timeout: float = 10.0) -> tuple[tuple[str,
     """(head, tail) addresses read from ZooKeeper: lowest and highest ``node<seq>``."""
     from kazoo.client import KazooClient
 
-    from kvtwist.zk import parse_address
+    from kvtwist.membership import parse_address
 
     zk = KazooClient(hosts=hosts, timeout=timeout)
     try:

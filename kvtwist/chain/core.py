@@ -46,11 +46,12 @@ from kvtwist.chain.outcomes import NotHere, Refused, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.transfer import SnapshotReceiver
 from kvtwist.client.protocol import connect_quietly, endpoint
+from kvtwist.coordinator import Coordinator
+from kvtwist.membership import parse_address
 from kvtwist.proto.kvtwist_pb2 import SnapshotChunk, Update
 from kvtwist.store import Applied, Store, Write
 from kvtwist.tree import BTree
 from kvtwist.wire import FramedProtocol, Message
-from kvtwist.zk import parse_address
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -72,6 +73,9 @@ UPDATE_OVERHEAD = 512
 MEMBER_WAIT = 5.0
 #: States of a node on its way into the chain: requests wait for it.
 BECOMING = (State.STARTING, State.JOINING, State.REGISTERING)
+
+#: Opens a link: ``(host, port, protocol)``, firing once ``protocol`` is connected.
+Dial = Callable[[str, int, FramedProtocol], Deferred[Any]]
 
 #: A client write: is_put, key, value, client id, request id, ack_below, resend.
 WriteRequest = tuple[bool, bytes, bytes, str, int, int, bool]
@@ -100,19 +104,22 @@ class ReplicaCore:
         reactor: Any,
         store: Store,
         address: str = "",
-        zk: Any = None,
+        zk: Coordinator | None = None,
         link_timeout: float = 3.0,
+        dial: Dial | None = None,
     ) -> None:
+        """``dial`` opens links instead of TCP (in-memory wiring in unit tests)."""
         self.reactor = reactor
         self.store = store
         self.address = address
-        self.zk = zk
+        self.zk: Coordinator | None = zk  # None: standalone
         self.link_timeout = link_timeout
+        self._dial = dial
         self.own_address = parse_address(address.encode()) if address else None
         self.link_config: Any = None  # kvtwist.chain.link.LinkConfig, set by the node factory
         self.link_tls: Any = None  # kvtwist.tls.ClientTLS when the port speaks TLS
         self.life = Lifecycle(standalone=zk is None)
-        self.view: Any = None  # kvtwist.zk.Membership, None when standalone
+        self.view: Any = None  # kvtwist.membership.Membership, None when standalone
         self.name: str | None = None  # our znode name, once registered
         self.record = ChainRecord()  # the last chain record we read or wrote
         self.head_epoch: int | None = 0 if zk is None else None  # claimed as head
@@ -193,10 +200,19 @@ class ReplicaCore:
         return link
 
     def connect(self, host: str, port: int, protocol: FramedProtocol) -> Deferred[Any]:
-        """Open a link to a peer; replaced by in-memory wiring in unit tests."""
+        """Open a link to a peer: over TCP (TLS if the port speaks it), or through ``dial``."""
+        if self._dial is not None:
+            return self._dial(host, port, protocol)
         return connect_quietly(
             endpoint(self.reactor, host, port, timeout=5, tls=self.link_tls), protocol
         )
+
+    @property
+    def coordinator(self) -> Coordinator:
+        """``zk``, on the paths only a chain member takes (joining, views, the record)."""
+        if self.zk is None:
+            raise RuntimeError("a standalone node has no coordinator")
+        return self.zk
 
     # roles
 

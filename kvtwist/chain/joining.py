@@ -44,11 +44,11 @@ from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.links import LinkedReplica
 from kvtwist.chain.record import ChainRecord, may_start
 from kvtwist.chain.transfer import SnapshotReceiver, SnapshotSender
+from kvtwist.membership import format_address
 from kvtwist.proto.kvtwist_pb2 import ChainHello, EpochMark, SnapshotChunk, Update
 from kvtwist.storage import ClientRow
 from kvtwist.tree import BTree
 from kvtwist.wire import FramedProtocol, Message
-from kvtwist.zk import format_address
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -191,7 +191,7 @@ class JoiningReplica(LinkedReplica):
             if gen == self.life.generation and self._joiner_limbo == address:
                 self.reactor.callLater(0.5, self._joiner_retry, link, gen)
 
-        self.zk.bump_record().addCallbacks(bumped, failed)
+        self.coordinator.bump_record().addCallbacks(bumped, failed)
 
     def _joiner_retry(self, link: Link, gen: int) -> None:
         if gen == self.life.generation and self.succ is None:
@@ -232,9 +232,15 @@ class JoiningReplica(LinkedReplica):
         # what the writer thread holds is what we have: anything received and
         # not stored was never acknowledged by us
         d: Deferred[Any] = self.store.current().addCallback(self._resync, gen)
-        d.addCallback(lambda _: defer.gatherResults([self.zk.members(), self.zk.read_record()]))
+        d.addCallback(lambda _: self._read_chain())
         d.addCallback(self._join_decide, gen)
         return d
+
+    def _read_chain(self) -> Deferred[list[Any]]:
+        """The membership and the chain record, read together: ``[view, (data, version)]``."""
+        zk = self.coordinator
+        reads: list[Deferred[Any]] = [zk.members(), zk.read_record()]
+        return defer.gatherResults(reads)
 
     def _resync(self, state: tuple[BTree, int], gen: int) -> None:
         if gen != self.life.generation:
@@ -258,8 +264,8 @@ class JoiningReplica(LinkedReplica):
             # listen on its address now, so it is dead; its znode goes at once
             # rather than a session timeout later (and we never join from it)
             log.info("removing {names}: an earlier registration of this node", names=stale)
-            d = defer.gatherResults([self.zk.unregister(name) for name in stale])
-            d.addCallback(lambda _: defer.gatherResults([self.zk.members(), self.zk.read_record()]))
+            d = defer.gatherResults([self.coordinator.unregister(name) for name in stale])
+            d.addCallback(lambda _: self._read_chain())
             return d.addCallback(self._join_decide, gen, True)
         self.view = view
         self.record = ChainRecord.decode(data, version)
@@ -304,7 +310,7 @@ class JoiningReplica(LinkedReplica):
             )
             return self._join_decide(found, gen, True)
         d: Deferred[Any] = self._leave_out(tail, why)
-        d.addCallback(lambda _: defer.gatherResults([self.zk.members(), self.zk.read_record()]))
+        d.addCallback(lambda _: self._read_chain())
         return d.addCallback(self._join_decide, gen, True)
 
     def _join_errback(self, f: Failure, gen: int) -> None:
@@ -453,7 +459,7 @@ class JoiningReplica(LinkedReplica):
             if gen != self.life.generation:
                 # the join was abandoned meanwhile: this znode must not stay a member
                 log.info("dropping {name}, registered by an abandoned join", name=name)
-                return self.zk.unregister(name)
+                return self.coordinator.unregister(name)
             self.name = name
             self._tie_lease(name)
             if restart:
@@ -512,9 +518,8 @@ class JoiningReplica(LinkedReplica):
             "epoch": self.history.epoch_at(self.last_received),
             "name": self.store.meta.get("name") or "",
         }
-        self.zk.advertise_waiting(self.store.node_id, json.dumps(info).encode()).addErrback(
-            lambda f: None
-        )
+        advert = json.dumps(info).encode()
+        self.coordinator.advertise_waiting(self.store.node_id, advert).addErrback(lambda f: None)
         self._wait_call = self.reactor.callLater(WAIT_POLL, self._look_again, gen)
 
     def _look_again(self, gen: int) -> None:
@@ -539,7 +544,7 @@ class JoiningReplica(LinkedReplica):
             if gen == self.life.generation:
                 self._wait_call = self.reactor.callLater(WAIT_POLL, self._look_again, gen)
 
-        d = defer.gatherResults([self.zk.members(), self.zk.read_record()])
+        d = self._read_chain()
         d.addCallbacks(decide, failed)
 
     def _stop_waiting(self) -> None:

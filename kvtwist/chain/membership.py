@@ -30,7 +30,8 @@ from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.reads import ReadingReplica
 from kvtwist.chain.record import ChainRecord, matches
-from kvtwist.zk import LEASE_FRACTION, format_address
+from kvtwist.lease import LEASE_FRACTION
+from kvtwist.membership import format_address
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -185,12 +186,12 @@ class MembershipReplica(ReadingReplica):
                 return None
             record = ChainRecord.decode(*found)
             if record.config > self.view.config:
-                return self.zk.members().addCallback(self.set_view)
+                return self.coordinator.members().addCallback(self.set_view)
             if self._foreign_in_view():
                 return None  # the record lists kvtwist members only: after its removal
             epoch = max(record.epoch, self.history.epoch_at(self.last_received)) + 1
             new = record.with_view(self.view, epoch)
-            return self.zk.write_record(new.encode(), record.version).addCallback(
+            return self.coordinator.write_record(new.encode(), record.version).addCallback(
                 written, new, record.version
             )
 
@@ -240,7 +241,7 @@ class MembershipReplica(ReadingReplica):
                 return None
             record = ChainRecord.decode(*found)
             if record.config > self.view.config:
-                return self.zk.members().addCallback(self.set_view)
+                return self.coordinator.members().addCallback(self.set_view)
             config = self.view.config
             if self._foreign_in_view():
                 return None
@@ -256,7 +257,7 @@ class MembershipReplica(ReadingReplica):
                     self.record = ChainRecord.decode(new.encode(), record.version + 1)
                     self._record_config = config
 
-            return self.zk.write_record(new.encode(), record.version).addCallback(written)
+            return self.coordinator.write_record(new.encode(), record.version).addCallback(written)
 
         def done(result: Any) -> None:
             self._fixing = False
@@ -432,7 +433,7 @@ class MembershipReplica(ReadingReplica):
             if gen == self.life.generation and self.view is not None and name in self.view:
                 self._leave_out(member)
 
-        return self.zk.remove_member(name).addErrback(failed)
+        return self.coordinator.remove_member(name).addErrback(failed)
 
     def _relink_later(self, link: Link, gen: int) -> None:
         def again() -> None:
@@ -480,7 +481,7 @@ class MembershipReplica(ReadingReplica):
             log.warn("removing {name} failed: {e}", name=name, e=f.getErrorMessage())
             self.hold_tail(wait + self._session_timeout())
 
-        self.zk.remove_member(name).addCallbacks(removed, unknown)
+        self.coordinator.remove_member(name).addCallbacks(removed, unknown)
 
     def _removal_wait(self) -> float:
         """How long a member we removed may go on serving, measured on our clock.
@@ -518,7 +519,7 @@ class MembershipReplica(ReadingReplica):
                 self._relink_later(link, self.life.generation)
 
     def _session_timeout(self) -> float:
-        return float(getattr(self.zk, "effective_session_timeout", 10.0))
+        return 10.0 if self.zk is None else self.zk.effective_session_timeout
 
     def _reset_links(self) -> None:
         for link in (self.pred, self.succ):
@@ -544,7 +545,7 @@ class MembershipReplica(ReadingReplica):
         if self.zk is None or not self.life.is_(State.FENCED):
             return
         gen = self.life.generation
-        if not getattr(self.zk, "connected", True):
+        if not self.zk.connected:
             # "connected" calls again; look now and then too, since session
             # events from kazoo's threads may arrive out of order
             self.reactor.callLater(

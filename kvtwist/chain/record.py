@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kvtwist.zk import format_address
+from kvtwist.membership import format_address
 
 
 @dataclass(frozen=True)

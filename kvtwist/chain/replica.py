@@ -11,8 +11,9 @@
   full copy), serving a joiner, waiting for the last configuration;
 - :mod:`kvtwist.chain.lifecycle` — the states a node goes through.
 
-The replica talks to the outside only through :class:`Link` objects and
-membership views, so unit tests drive it with in-memory transports.
+The replica talks to the outside only through :class:`Link` objects,
+membership views and its coordinator (:class:`kvtwist.coordinator.Coordinator`),
+so unit tests drive it with in-memory transports and a fake coordinator.
 """
 
 from __future__ import annotations

@@ -22,9 +22,10 @@ from twisted.python.failure import Failure
 from kvtwist import wire
 from kvtwist.client.api import Client
 from kvtwist.client.protocol import ConnectionFailed, ConnectionPool, KVError
+from kvtwist.membership import Membership
 from kvtwist.tls import ClientTLS
 from kvtwist.wire import Message
-from kvtwist.zk import Membership, ZooKeeper
+from kvtwist.zk import ZooKeeper
 
 log = Logger(namespace="kvtwist.client")
 

@@ -1,0 +1,139 @@
+"""A chain in memory: replicas wired by iosim pumps on one clock, no threads.
+
+A :class:`Net` adds nodes that join through a shared
+:class:`~tests.fakes.coordinator.Registry`; their links are iosim pumps,
+settled until nothing moves.  ``blocked`` refuses chosen connections, ``kill``
+crashes a node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test import iosim
+
+from kvtwist.chain.replica import Replica
+from kvtwist.membership import Membership
+from kvtwist.server import NodeFactory
+from kvtwist.store import InlineRunner, Store
+from tests.fakes.coordinator import MemoryZooKeeper, Registry
+
+__all__ = ["Net", "Node", "results"]
+
+
+class Node:
+    """One replica on the shared clock, its coordinator a MemoryZooKeeper on the Net's registry."""
+
+    def __init__(self, net: Net, port: int) -> None:
+        self.net = net
+        self.address = f"10.0.0.1:{port}"
+        self.port = port
+        self.store = Store(net.clock, InlineRunner())
+        self.zk = MemoryZooKeeper(net.registry, net.clock)
+        self.replica = Replica(net.clock, self.store, self.address, self.zk, dial=self._connect)
+        self.factory = NodeFactory(net.clock, self.replica)
+        self.alive = True
+        self.pumps: list[iosim.IOPump] = []
+        self.zk.watch_members(self._view)
+
+    def _view(self, view: Membership) -> None:
+        if self.alive:
+            self.replica.set_view(view)
+
+    def _connect(self, host: str, port: int, protocol: Any) -> defer.Deferred[Any]:
+        target = self.net.nodes.get(port)
+        blocked = (self.port, port) in self.net.blocked
+        if not self.alive or target is None or not target.alive or blocked:
+            return defer.fail(ConnectionRefusedError())
+        server = target.factory.buildProtocol(None)
+        pump = iosim.connect(
+            server,
+            iosim.makeFakeServer(server),
+            protocol,
+            iosim.makeFakeClient(protocol),
+            greet=False,
+            clock=self.net.clock,
+        )
+        self.pumps.append(pump)
+        target.pumps.append(pump)
+        self.net.pumps.append(pump)
+        return defer.succeed(protocol)
+
+    @property
+    def name(self) -> str | None:
+        return self.replica.name
+
+    def write(self, key: bytes, value: bytes | None, client: str = "", req: int = 0) -> Any:
+        return self.replica.write(value is not None, key, value or b"", client, req)
+
+    def state(self) -> list[tuple[bytes, bytes]]:
+        return self.replica.committed_tree.items()
+
+
+class Net:
+    """A few nodes on one clock, their links pumped until nothing moves."""
+
+    def __init__(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.registry = Registry()
+        self.nodes: dict[int, Node] = {}
+        self.pumps: list[iosim.IOPump] = []
+        self.blocked: set[tuple[int, int]] = set()  # (from port, to port) refused
+
+    def add(self) -> Node:
+        port = 9000 + len(self.nodes)
+        node = Node(self, port)
+        self.nodes[port] = node
+        node.replica.join()
+        self.settle()
+        return node
+
+    def settle(self, rounds: int = 200) -> None:
+        for _ in range(rounds):
+            moved = False
+            for p in list(self.pumps):
+                moved = p.pump() or moved
+            self.clock.advance(0)
+            if not moved and not self.clock.getDelayedCalls():
+                return
+            if not moved:
+                # let timers (reconnects, link flushes) run
+                self.clock.advance(0.2)
+
+    def kill(self, node: Node) -> None:
+        """A crash: links drop, the znode goes once the session expires."""
+        node.alive = False
+        node.replica.stop()
+        for p in node.pumps:
+            p.serverIO.loseConnection()
+            p.clientIO.loseConnection()
+        name = node.name
+        node.replica.fence("killed", voluntary=False)
+        if name is not None:
+            self.registry.remove(name)
+        self.settle()
+
+    def chain(self, n: int) -> list[Node]:
+        return [self.add() for _ in range(n)]
+
+    def order(self) -> list[Node]:
+        by_name = {n.name: n for n in self.nodes.values() if n.alive}
+        return [by_name[m.name] for m in self.registry.members if m.name in by_name]
+
+
+def results(ds: list[defer.Deferred[Any]]) -> list[Any]:
+    """What each Deferred has fired with so far (None if nothing), leaving it intact."""
+    out = []
+    for d in ds:
+        box: list[Any] = []
+
+        def seen(r: Any, box: list[Any] = box) -> Any:
+            box.append(r)
+            return r
+
+        d.addBoth(seen)
+        out.append(box[0] if box else None)
+    return out
