@@ -13,7 +13,7 @@ import threading
 from kazoo.recipe.watchers import ChildrenWatch
 
 from kvtwist import wire
-from kvtwist.zk import parse_address
+from kvtwist.membership import parse_address
 from tests.nodes import RawClient, wait_for
 from tests.test_chain import ChainCase
 

@@ -247,7 +247,7 @@ class Campaign:
         Every ZooKeeper call has a short deadline: ZooKeeper may be paused or
         down, and the nemesis must keep its own clock meanwhile.
         """
-        from kvtwist.zk import parse_address
+        from kvtwist.membership import parse_address
 
         if self.kazoo is None:
             return []
