@@ -35,10 +35,13 @@ from kvtwist.storage.records import LogRecord
 from kvtwist.verify import check, nemesis, stranger
 from kvtwist.verify.durability import LostWrite
 from kvtwist.verify.nemesis import (
+    FAULTS,
     FLAP_CUT,
     FLAP_SPAN,
     ISOLATE_SESSIONS,
     KINDS,
+    MEMBER_KINDS,
+    PROXY_KINDS,
     STEP_SECONDS,
     STICKY,
     STICKY_ZK,
@@ -603,6 +606,27 @@ class NewKinds(SynchronousTestCase):
             roles.append(world.events[-1]["role"])
             nem.end(nem.active[0])
         self.assertEqual(sorted(roles), ["head", "middle", "tail"])
+
+    def test_every_kind_is_a_row_of_the_table(self) -> None:
+        """KINDS, the member kinds and the proxy kinds all come from FAULTS, in its order."""
+        self.assertEqual(KINDS, tuple(FAULTS))
+        self.assertEqual(
+            MEMBER_KINDS, ("kill", "pause", "short-pause", "partition", "crash-restart")
+        )
+        self.assertEqual(PROXY_KINDS, ("partition", "join-fault", "isolate", "zk-flap"))
+
+    def test_combined_starts_member_faults_from_the_table_tagged(self) -> None:
+        """combined starts two member faults through their rows, each event label tagged "+"."""
+        world, nem = self.nemesis("combined")
+        nem.kinds = ["combined", "kill"]  # its parts: kills
+        healthy = nem.healthy()
+        assert healthy is not None
+        a = FAULTS["combined"].start(nem, healthy)
+        assert a is not None
+        self.assertEqual((a.kind, a.whole, len(a.targets)), ("combined", True, 2))
+        labels = [e["label"] for e in world.events]
+        self.assertEqual([label[:6] for label in labels[:2]], ["+kill ", "+kill "])
+        self.assertEqual(labels[2], "combined: kill + kill")
 
     def test_isolate_without_sticky_clients(self) -> None:
         """With no sticky clients there is no exception and no client route to cut."""
