@@ -173,6 +173,8 @@ class Campaign:
         # with isolate: a third of the clients, whose ZooKeeper connection the nemesis can cut
         self.sticky_clients = int(args.clients) // 3 if "isolate" in kinds else 0
         self.sticky_workload: subprocess.Popen[bytes] | None = None
+        # every workload process started, ready or not yet: cleanup() stops each
+        self.launched: list[subprocess.Popen[bytes]] = []
         self.events: list[dict[str, Any]] = []
         self.stranger_results: list[dict[str, Any]] = []
         self.unexpected_exits: list[str] = []
@@ -433,6 +435,7 @@ class Campaign:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self.launched.append(workload)
         if owner is not None:
             assert self.proxy is not None
             self.proxy.owner(workload.pid, owner)
@@ -893,7 +896,7 @@ class Campaign:
 
     def cleanup(self) -> None:
         self.progress.close()
-        for workload in self.workloads():
+        for workload in self.launched:
             if workload.poll() is not None:
                 continue
             workload.terminate()
