@@ -8,6 +8,8 @@ its own pid under a label and checks the rules follow that label.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 import socket
 import stat
@@ -30,12 +32,16 @@ from kvtwist.procs import node_env
 from kvtwist.proto.kvtwist_pb2 import Update
 from kvtwist.storage import wal
 from kvtwist.storage.records import LogRecord
-from kvtwist.verify import nemesis, stranger
+from kvtwist.verify import check, nemesis, stranger
+from kvtwist.verify.durability import LostWrite
 from kvtwist.verify.nemesis import (
+    FAULTS,
     FLAP_CUT,
     FLAP_SPAN,
     ISOLATE_SESSIONS,
     KINDS,
+    MEMBER_KINDS,
+    PROXY_KINDS,
     STEP_SECONDS,
     STICKY,
     STICKY_ZK,
@@ -50,8 +56,13 @@ from kvtwist.verify.nemesis import (
 )
 from kvtwist.verify.proxy import CLIENT, Proxy, ProxyControl, socket_owner
 from kvtwist.verify.torture import (
+    IDENTICAL,
     Campaign,
+    Findings,
     OutsideWatch,
+    checks,
+    exit_status,
+    failures,
     longest_stall,
     parse_args,
     storage_and_key_args,
@@ -325,7 +336,6 @@ class Stranded(SynchronousTestCase):
         self.assertEqual(w.update(95.0, ["n4"], set()), [])
         self.assertEqual(w.update(115.5, ["n4"], set()), ["n4"])
 
-
     def test_node_a_fault_holds_is_not_stranded(self) -> None:
         """A node cut off by a fault longer than the limit is not reported while the fault
         lasts (it cannot rejoin through a cut link); it has the whole limit afterwards."""
@@ -345,6 +355,129 @@ class Stranded(SynchronousTestCase):
             Campaign.check_stranded(campaign)  # type: ignore[arg-type]
         self.assertEqual(campaign.stranded, [])
         self.assertNotIn("n4", campaign.outside.since)
+
+
+def findings(**changes: Any) -> Findings:
+    """The end of a campaign where every promise held, with ``changes`` applied."""
+    ops = [put(0, "a", 0.0, 1.0), put(1, "b", 0.5, 1.5, key="j")]
+    finals = [get(-1, "a", 2.0, 2.1), get(-1, "b", 2.2, 2.3, key="j")]
+    copy = [(b"j", b"b"), (b"k", b"a")]
+    fields: dict[str, Any] = {
+        "nodes": 3,
+        "keys": 2,
+        "client_ops": ops,
+        "finals": finals,
+        "result": check(ops + finals),
+        "check_s": 0.01,
+        "liveness": {"live": True, "seconds": 0.3, "why": ""},
+        "settled": True,
+        "settle_s": 1.0,
+        "copies": {"n1": copy, "n2": copy, "n3": copy},
+        "lost": [],
+        "outside": [],
+        "stranded": [],
+        "unexpected_exits": [],
+        "stranger_accepted": 0,
+        "workload_status": 0,
+    }
+    fields.update(changes)
+    return Findings(**fields)
+
+
+class Verdicts(SynchronousTestCase):
+    """The campaign's end: one list of checks gives the exit status, report.json and the reasons."""
+
+    def campaign(self) -> tuple[Campaign, io.StringIO]:
+        out = io.StringIO()
+        self.patch(sys, "stderr", out)
+        report = Path(self.mktemp())
+        report.mkdir()
+        return Campaign(parse_args(["--report", str(report)]), [], frozenset()), out
+
+    def test_all_pass(self) -> None:
+        """When every promise held, every check passes and the exit status is 0."""
+        results = checks(findings())
+        self.assertEqual([c for c in results if not c.passed], [])
+        self.assertEqual(failures(results), [])
+        self.assertEqual(exit_status(results), 0)
+
+    def test_each_failure_alone_fails_with_its_reason(self) -> None:
+        """Each way a campaign can fail fails exactly its own check, exit 1, with a reason."""
+        stale = [put(0, "a", 0.0, 1.0), get(1, None, 2.0, 3.0)]
+        copy = [(b"k", b"a")]
+        cases: list[tuple[dict[str, Any], str, str]] = [
+            (
+                {"liveness": {"live": False, "seconds": 30.0, "why": "never acknowledged"}},
+                "live",
+                "stuck: never acknowledged",
+            ),
+            ({"result": check(stale)}, "linearizable", "NOT linearizable"),
+            (
+                {"lost": [LostWrite("k", None, (put(0, "a", 0.0, 1.0),))]},
+                "no lost acknowledged writes",
+                "1 acknowledged writes missing",
+            ),
+            ({"copies": {"n1": copy, "n2": copy, "n3": []}}, IDENTICAL, "nodes differ"),
+            ({"copies": {"n1": copy, "n2": None, "n3": copy}}, IDENTICAL, "copies not read: n2"),
+            ({"copies": {"n1": copy, "n2": copy}}, IDENTICAL, "2 members at the end, not 3"),
+            ({"finals": []}, "final reads", "only 0 of 2 keys"),
+            ({"outside": ["n4"]}, "no running outside the chain", "not in the chain: n4"),
+            ({"stranded": ["n2 (port 1) at 3.0s"]}, "no stranded nodes", "never rejoined"),
+            (
+                {"unexpected_exits": ["n1 (port 1) exit 1"]},
+                "no unexpected exits",
+                "exited by themselves: n1 (port 1) exit 1",
+            ),
+            ({"stranger_accepted": 2}, "no stranger accepted", "2 stranger messages"),
+            ({"workload_status": 3}, "workload", "the workload exited with 3"),
+            ({"workload_status": None}, "workload", "no workload ran"),
+            ({"client_ops": []}, "operations", "the clients recorded no operation"),
+        ]
+        for change, name, reason in cases:
+            results = checks(findings(**change))
+            failed = [c for c in results if not c.passed]
+            self.assertEqual([c.name for c in failed], [name], change)
+            self.assertIn(reason, failed[0].why or "", change)
+            self.assertEqual(failures(results), [failed[0].why])
+            self.assertEqual(exit_status(results), 1)
+
+    def test_unsettled_chain_fails_its_checks_with_their_reasons(self) -> None:
+        """A chain that did not settle fails the copies and the final reads, and says so."""
+        results = checks(findings(settled=False, finals=[]))
+        self.assertEqual(
+            failures(results),
+            ["the chain did not settle", "no final reads: the chain did not settle"],
+        )
+
+    def test_failing_report_exits_1_and_prints_its_reason(self) -> None:
+        """One failed check: FAIL with its reason printed, report.json not ok, exit 1."""
+        campaign, out = self.campaign()
+        found = findings(client_ops=[])
+        self.assertEqual(campaign.report(found, checks(found)), 1)
+        text = out.getvalue()
+        self.assertTrue(text.startswith("FAIL: "), text)
+        self.assertIn("\n  the clients recorded no operation\n", text)
+        report = json.loads((campaign.report_dir / "report.json").read_text())
+        self.assertFalse(report["ok"])
+        self.assertEqual(
+            report["failed_checks"], {"operations": "the clients recorded no operation"}
+        )
+        self.assertTrue(report["nodes_identical"])
+        self.assertTrue(report["linearizable"])
+
+    def test_passing_report_exits_0(self) -> None:
+        """Every check passed: PASS, no reasons, report.json ok, exit 0."""
+        campaign, out = self.campaign()
+        found = findings()
+        self.assertEqual(campaign.report(found, checks(found)), 0)
+        lines = out.getvalue().splitlines()
+        self.assertTrue(lines[0].startswith("PASS: "), lines)
+        self.assertEqual(len(lines), 2, lines)  # the summary and where the report is
+        report = json.loads((campaign.report_dir / "report.json").read_text())
+        self.assertTrue(report["ok"])
+        self.assertEqual(report["failed_checks"], {})
+        self.assertEqual(report["operations"], 2)
+        self.assertEqual(report["final_reads"], 2)
 
 
 class FakeProc:
@@ -473,6 +606,27 @@ class NewKinds(SynchronousTestCase):
             roles.append(world.events[-1]["role"])
             nem.end(nem.active[0])
         self.assertEqual(sorted(roles), ["head", "middle", "tail"])
+
+    def test_every_kind_is_a_row_of_the_table(self) -> None:
+        """KINDS, the member kinds and the proxy kinds all come from FAULTS, in its order."""
+        self.assertEqual(KINDS, tuple(FAULTS))
+        self.assertEqual(
+            MEMBER_KINDS, ("kill", "pause", "short-pause", "partition", "crash-restart")
+        )
+        self.assertEqual(PROXY_KINDS, ("partition", "join-fault", "isolate", "zk-flap"))
+
+    def test_combined_starts_member_faults_from_the_table_tagged(self) -> None:
+        """combined starts two member faults through their rows, each event label tagged "+"."""
+        world, nem = self.nemesis("combined")
+        nem.kinds = ["combined", "kill"]  # its parts: kills
+        healthy = nem.healthy()
+        assert healthy is not None
+        a = FAULTS["combined"].start(nem, healthy)
+        assert a is not None
+        self.assertEqual((a.kind, a.whole, len(a.targets)), ("combined", True, 2))
+        labels = [e["label"] for e in world.events]
+        self.assertEqual([label[:6] for label in labels[:2]], ["+kill ", "+kill "])
+        self.assertEqual(labels[2], "combined: kill + kill")
 
     def test_isolate_without_sticky_clients(self) -> None:
         """With no sticky clients there is no exception and no client route to cut."""

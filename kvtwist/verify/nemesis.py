@@ -44,6 +44,8 @@ members (so two stay healthy); a fault of the whole cluster (ZooKeeper, a
 join, every member, two at once) waits until the chain is whole and nothing
 else is in progress.  Kinds rotate: the next fault is of the least-injected
 kind whose conditions hold now, so each kind comes once the duration allows.
+Each kind is one row of ``FAULTS``: its handler, its condition, and whether
+it is a member fault or needs the proxy.
 """
 
 from __future__ import annotations
@@ -70,26 +72,6 @@ from kvtwist.storage.records import CorruptData, LogRecord
 from kvtwist.verify import wallclock
 from kvtwist.verify.proxy import ProxyControl
 
-KINDS = (
-    "kill",
-    "pause",
-    "short-pause",
-    "zk-pause",
-    "zk-restart",
-    "partition",
-    "join-fault",
-    "crash-restart",
-    "stranger",
-    "combined",
-    "isolate",
-    "zk-flap",
-    "clock-step",
-    "hostile-torn",
-)
-#: Kinds that touch one member; ``combined`` draws two of these.
-MEMBER_KINDS = ("kill", "pause", "short-pause", "partition", "crash-restart")
-#: Kinds that need the proxy in front of every node.
-PROXY_KINDS = ("partition", "join-fault", "isolate", "zk-flap")
 #: The proxy's name for the sticky clients' connections, and their ZooKeeper route.
 STICKY = "sticky"
 STICKY_ZK = "sticky-zk"
@@ -175,6 +157,10 @@ class Node:
     @property
     def zk_route(self) -> str:
         return f"{self.label}-zk"
+
+
+#: (role, znode, node) of each member running untouched, head first.
+Healthy = list[tuple[str, str, Node]]
 
 
 class World(Protocol):
@@ -263,11 +249,11 @@ class Nemesis:
 
     # -- choosing ---------------------------------------------------------------------
 
-    def healthy(self) -> list[tuple[str, str, Node]] | None:
+    def healthy(self) -> Healthy | None:
         """(role, znode, node) of members running untouched; None if the chain is unsound."""
         members = self.w.members()
         busy = {id(n) for a in self.active for n in a.targets}
-        out: list[tuple[str, str, Node]] = []
+        out: Healthy = []
         seen: set[int] = set()
         for i, (name, port) in enumerate(members):
             node = self.w.node_of(port)
@@ -281,7 +267,7 @@ class Nemesis:
                 out.append((role, name, node))
         return out
 
-    def whole(self, healthy: list[tuple[str, str, Node]]) -> bool:
+    def whole(self, healthy: Healthy) -> bool:
         """The chain is complete, every member healthy, nothing in progress."""
         alive = [n for n in self.w.nodes if n.state != "dead"]
         return (
@@ -291,22 +277,33 @@ class Nemesis:
             and all(n.state == "running" for n in alive)
         )
 
-    def possible(self, kind: str, healthy: list[tuple[str, str, Node]]) -> bool:
-        if any(a.whole for a in self.active):
-            return False
-        if kind in ("kill", "pause", "short-pause", "partition"):
-            return len(healthy) >= 3
-        if kind == "crash-restart":
-            return len(healthy) >= 3 or self.whole(healthy)
-        if kind == "stranger":
-            return bool(healthy) and not any(a.kind == "stranger" for a in self.active)
-        if kind == "clock-step":
-            return len(healthy) >= 3
-        if kind == "zk-flap":
-            return len(healthy) >= 3 and not any(a.kind == "zk-flap" for a in self.active)
-        if kind == "hostile-torn":
-            return self.possible("crash-restart", healthy) and bool(self.w.members())
+    def possible(self, kind: str, healthy: Healthy) -> bool:
+        """Whether a fault of ``kind`` may start now: never while one holds the whole cluster."""
+        return not any(a.whole for a in self.active) and FAULTS[kind].ready(self, healthy)
+
+    def three_healthy(self, healthy: Healthy) -> bool:
+        """Two members stay healthy while a third is faulted."""
+        return len(healthy) >= 3
+
+    def calm(self, healthy: Healthy) -> bool:
+        """For a fault of the whole cluster: the chain whole, nothing in progress."""
         return self.whole(healthy) and len(healthy) >= 3
+
+    def can_crash(self, healthy: Healthy) -> bool:
+        """One member crashes while two stay healthy, or every member once all is calm."""
+        return len(healthy) >= 3 or self.whole(healthy)
+
+    def can_tear(self, healthy: Healthy) -> bool:
+        """As crash-restart, and a head to write the hostile value through."""
+        return self.can_crash(healthy) and bool(self.w.members())
+
+    def no_stranger(self, healthy: Healthy) -> bool:
+        """Someone to talk to, and no stranger talking already."""
+        return bool(healthy) and not any(a.kind == "stranger" for a in self.active)
+
+    def no_flap(self, healthy: Healthy) -> bool:
+        """Three healthy members, and no zk-flap waiting or flapping already."""
+        return len(healthy) >= 3 and not any(a.kind == "zk-flap" for a in self.active)
 
     def inject(self) -> bool:
         """Start one fault if some kind can run now; False if none could."""
@@ -320,21 +317,21 @@ class Nemesis:
             return False
         low = min(self.counts.get(k, 0) for k in ready)
         kind = self.rng.choice([k for k in ready if self.counts.get(k, 0) == low])
-        started = getattr(self, "_" + kind.replace("-", "_"))(healthy)
+        started = FAULTS[kind].start(self, healthy)
         if started is None:
             return False
         self.counts[kind] = self.counts.get(kind, 0) + 1
         self.active.append(started)
         return True
 
-    def pick(self, kind: str, healthy: list[tuple[str, str, Node]], variants: list[str]) -> str:
+    def pick(self, kind: str, healthy: Healthy, variants: list[str]) -> str:
         """The least covered variant of ``kind``, ties at random."""
         low = min(self.coverage.get(f"{kind} {v}", 0) for v in variants)
         v = self.rng.choice([v for v in variants if self.coverage.get(f"{kind} {v}", 0) == low])
         self.coverage[f"{kind} {v}"] = self.coverage.get(f"{kind} {v}", 0) + 1
         return v
 
-    def member(self, kind: str, healthy: list[tuple[str, str, Node]]) -> tuple[str, str, Node]:
+    def member(self, kind: str, healthy: Healthy) -> tuple[str, str, Node]:
         role = self.pick(kind, healthy, sorted({r for r, _, _ in healthy}, key=ROLES.index))
         return self.rng.choice([h for h in healthy if h[0] == role])
 
@@ -343,7 +340,7 @@ class Nemesis:
 
     # -- member faults ----------------------------------------------------------------------
 
-    def _kill(self, healthy: list[tuple[str, str, Node]], tag: str = "") -> Active:
+    def _kill(self, healthy: Healthy, tag: str = "") -> Active:
         role, name, node = self.member("kill", healthy)
         node.proc.kill()
         node.state = "dead"
@@ -357,7 +354,7 @@ class Nemesis:
         self,
         kind: str,
         span: tuple[float, float],
-        healthy: list[tuple[str, str, Node]],
+        healthy: Healthy,
         tag: str = "",
     ) -> Active:
         role, name, node = self.member(kind, healthy)
@@ -381,13 +378,13 @@ class Nemesis:
 
         return Active(kind, [node], False, end_at=time.monotonic() + seconds, finish=resume)
 
-    def _pause(self, healthy: list[tuple[str, str, Node]], tag: str = "") -> Active:
+    def _pause(self, healthy: Healthy, tag: str = "") -> Active:
         return self._pause_for("pause", PAUSE_SESSIONS, healthy, tag)
 
-    def _short_pause(self, healthy: list[tuple[str, str, Node]], tag: str = "") -> Active:
+    def _short_pause(self, healthy: Healthy, tag: str = "") -> Active:
         return self._pause_for("short-pause", SHORT_PAUSE_SESSIONS, healthy, tag)
 
-    def _partition(self, healthy: list[tuple[str, str, Node]], tag: str = "") -> Active | None:
+    def _partition(self, healthy: Healthy, tag: str = "") -> Active | None:
         proxy = self.w.proxy
         assert proxy is not None
         mode = self.rng.choice(("drop", "blackhole"))
@@ -431,7 +428,7 @@ class Nemesis:
 
         return Active("partition", [node], False, end_at=end_at, finish=heal_zk)
 
-    def _crash_restart(self, healthy: list[tuple[str, str, Node]], tag: str = "") -> Active:
+    def _crash_restart(self, healthy: Healthy, tag: str = "") -> Active:
         variants = ["one"]
         if self.whole(healthy) and not tag:
             variants.append("all")
@@ -444,9 +441,7 @@ class Nemesis:
             n.state = "down"
         return self._restart_later("crash-restart", victims, every, f"{tag}crash {what}")
 
-    def _victims(
-        self, kind: str, healthy: list[tuple[str, str, Node]], every: bool
-    ) -> tuple[list[Node], str]:
+    def _victims(self, kind: str, healthy: Healthy, every: bool) -> tuple[list[Node], str]:
         """Every running node, or one member picked for ``kind``; and how to say which."""
         if every:
             victims = [n for n in self.w.nodes if n.state != "dead"]
@@ -473,7 +468,7 @@ class Nemesis:
 
         return Active(kind, victims, every, end_at=time.monotonic() + delay, finish=restart)
 
-    def _hostile_torn(self, healthy: list[tuple[str, str, Node]]) -> Active | None:
+    def _hostile_torn(self, healthy: Healthy) -> Active | None:
         members = self.w.members()
         head = self.w.node_of(members[0][1]) if members else None
         if head is None or head.state != "running":
@@ -522,7 +517,7 @@ class Nemesis:
             f"crash {what}; " + "; ".join(torn),
         )
 
-    def _clock_step(self, healthy: list[tuple[str, str, Node]], tag: str = "") -> Active:
+    def _clock_step(self, healthy: Healthy, tag: str = "") -> Active:
         role, _, node = self.member("clock-step", healthy)
         forward = self.pick("clock-step", healthy, ["forward", "back"]) == "forward"
         size = math.exp(self.rng.uniform(*map(math.log, STEP_SECONDS)))
@@ -546,7 +541,7 @@ class Nemesis:
 
     # -- cluster faults ---------------------------------------------------------------------
 
-    def _isolate(self, healthy: list[tuple[str, str, Node]]) -> Active:
+    def _isolate(self, healthy: Healthy) -> Active:
         proxy = self.w.proxy
         assert proxy is not None
         role, _, node = self.member("isolate", healthy)
@@ -584,7 +579,7 @@ class Nemesis:
 
         return Active("isolate", [node], True, end_at=time.monotonic() + seconds, finish=heal)
 
-    def _zk_flap(self, healthy: list[tuple[str, str, Node]]) -> Active:
+    def _zk_flap(self, healthy: Healthy) -> Active:
         proxy = self.w.proxy
         assert proxy is not None
         before = self.w.config()
@@ -656,7 +651,7 @@ class Nemesis:
 
     # -- cluster faults ---------------------------------------------------------------------
 
-    def _zk_pause(self, healthy: list[tuple[str, str, Node]]) -> Active:
+    def _zk_pause(self, healthy: Healthy) -> Active:
         zk = self.w.zk
         assert zk is not None
         seconds = self.sessions(ZK_PAUSE_SESSIONS)
@@ -669,7 +664,7 @@ class Nemesis:
 
         return Active("zk-pause", [], True, end_at=time.monotonic() + seconds, finish=resume)
 
-    def _zk_restart(self, healthy: list[tuple[str, str, Node]]) -> Active:
+    def _zk_restart(self, healthy: Healthy) -> Active:
         zk = self.w.zk
         assert zk is not None
         seconds = self.rng.uniform(*ZK_DOWN_SECONDS)
@@ -684,7 +679,7 @@ class Nemesis:
 
         return Active("zk-restart", [], True, end_at=time.monotonic() + seconds, finish=restart)
 
-    def _stranger(self, healthy: list[tuple[str, str, Node]]) -> Active:
+    def _stranger(self, healthy: Healthy) -> Active:
         members = self.w.members()
         n = self.counts.get("stranger", 0) + 1
         log = self.w.report_dir / f"stranger-{n}.log"
@@ -733,7 +728,7 @@ class Nemesis:
 
         return Active("stranger", [], False, poll=over, finish=collect)
 
-    def _join_fault(self, healthy: list[tuple[str, str, Node]]) -> Active:
+    def _join_fault(self, healthy: Healthy) -> Active:
         proxy = self.w.proxy
         assert proxy is not None
         tail = healthy[-1][2]
@@ -800,7 +795,7 @@ class Nemesis:
         a.poll, a.finish = poll, finish
         return a
 
-    def _combined(self, healthy: list[tuple[str, str, Node]]) -> Active | None:
+    def _combined(self, healthy: Healthy) -> Active | None:
         choices = [k for k in self.kinds if k in MEMBER_KINDS] or ["kill", "pause"]
         first = self.rng.choice(choices)
         second = self.rng.choice(choices)
@@ -809,7 +804,7 @@ class Nemesis:
         for kind in (first, second):
             if len(left) < 2:
                 break
-            part = getattr(self, "_" + kind.replace("-", "_"))(left, tag="+")
+            part = FAULTS[kind].start(self, left, tag="+")
             if part is None:
                 continue
             parts.append(part)
@@ -837,6 +832,42 @@ class Nemesis:
 
         targets = [n for p in parts for n in p.targets]
         return Active("combined", targets, True, end_at=end_at, poll=poll, finish=finish)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One kind of fault: how it starts, when it may, and what it needs of the campaign."""
+
+    #: (nemesis, healthy) -> the fault in progress, None if it could not start; a member
+    #: fault takes ``tag=``, the prefix of its event labels inside ``combined``, too.
+    start: Callable[..., Active | None]
+    ready: Callable[[Nemesis, Healthy], bool]  # may it start now (besides no whole fault)
+    member: bool = False  # touches one member: ``combined`` draws two of these
+    proxy: bool = False  # needs the proxy in front of every node
+
+
+#: Every kind, in the order --nemesis lists them and the default takes them.
+FAULTS: dict[str, Fault] = {
+    "kill": Fault(Nemesis._kill, Nemesis.three_healthy, member=True),
+    "pause": Fault(Nemesis._pause, Nemesis.three_healthy, member=True),
+    "short-pause": Fault(Nemesis._short_pause, Nemesis.three_healthy, member=True),
+    "zk-pause": Fault(Nemesis._zk_pause, Nemesis.calm),
+    "zk-restart": Fault(Nemesis._zk_restart, Nemesis.calm),
+    "partition": Fault(Nemesis._partition, Nemesis.three_healthy, member=True, proxy=True),
+    "join-fault": Fault(Nemesis._join_fault, Nemesis.calm, proxy=True),
+    "crash-restart": Fault(Nemesis._crash_restart, Nemesis.can_crash, member=True),
+    "stranger": Fault(Nemesis._stranger, Nemesis.no_stranger),
+    "combined": Fault(Nemesis._combined, Nemesis.calm),
+    "isolate": Fault(Nemesis._isolate, Nemesis.calm, proxy=True),
+    "zk-flap": Fault(Nemesis._zk_flap, Nemesis.no_flap, proxy=True),
+    "clock-step": Fault(Nemesis._clock_step, Nemesis.three_healthy),
+    "hostile-torn": Fault(Nemesis._hostile_torn, Nemesis.can_tear),
+}
+KINDS = tuple(FAULTS)
+#: Kinds that touch one member; ``combined`` draws two of these.
+MEMBER_KINDS = tuple(k for k, f in FAULTS.items() if f.member)
+#: Kinds that need the proxy in front of every node.
+PROXY_KINDS = tuple(k for k, f in FAULTS.items() if f.proxy)
 
 
 def embedded_record(seq: int) -> bytes:

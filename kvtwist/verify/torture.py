@@ -20,13 +20,16 @@ then checks:
 - no acknowledged write that a later acknowledged write did not overwrite
   is missing from the final state (across crash-restarts too);
 - every member holds an identical copy (each node's own copy, read locally);
-- no node exited by itself, and no stranger was taken for a peer.
+- no node exited by itself, was stranded or is running outside the chain,
+  and no stranger was taken for a peer.
 
-Results go to ``--report DIR``: ``history.jsonl``, ``report.json`` (with
-``fault_counts`` by kind and ``unavailable_max_s``, the longest time without
-an acknowledged write), ``timeline.html``, and every process's log
-(``nodes/``, ``zookeeper.log``, ``workload.log``, ``proxy.log``,
-``stranger-*.log``).  Exit status 0 only when everything holds.
+Each is one entry of ``checks()``: the exit status, ``ok`` and
+``failed_checks`` in report.json, and the reasons a failing run prints all
+come from that list.  Results go to ``--report DIR``: ``history.jsonl``,
+``report.json`` (with ``fault_counts`` by kind and ``unavailable_max_s``, the
+longest time without an acknowledged write), ``timeline.html``, and every
+process's log (``nodes/``, ``zookeeper.log``, ``workload.log``,
+``proxy.log``, ``stranger-*.log``).  Exit status 0 only when everything holds.
 """
 
 from __future__ import annotations
@@ -59,9 +62,9 @@ from kvtwist.procs import (
     node_env,
     zookeeper_available,
 )
-from kvtwist.verify.durability import lost_writes
+from kvtwist.verify.durability import LostWrite, lost_writes
 from kvtwist.verify.history import Op, read_history
-from kvtwist.verify.linearizability import check
+from kvtwist.verify.linearizability import Result, check
 from kvtwist.verify.nemesis import (
     KINDS,
     PROXY_KINDS,
@@ -170,6 +173,8 @@ class Campaign:
         # with isolate: a third of the clients, whose ZooKeeper connection the nemesis can cut
         self.sticky_clients = int(args.clients) // 3 if "isolate" in kinds else 0
         self.sticky_workload: subprocess.Popen[bytes] | None = None
+        # every workload process started, ready or not yet: cleanup() stops each
+        self.launched: list[subprocess.Popen[bytes]] = []
         self.events: list[dict[str, Any]] = []
         self.stranger_results: list[dict[str, Any]] = []
         self.unexpected_exits: list[str] = []
@@ -430,6 +435,7 @@ class Campaign:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self.launched.append(workload)
         if owner is not None:
             assert self.proxy is not None
             self.proxy.owner(workload.pid, owner)
@@ -716,7 +722,19 @@ class Campaign:
         copies: dict[str, list[tuple[bytes, bytes]] | None],
         liveness: dict[str, Any],
     ) -> int:
-        a = self.args
+        """Gather the final state, check it, report; the exit status."""
+        found = self.gather(is_settled, settle_s, finals, copies, liveness)
+        return self.report(found, checks(found))
+
+    def gather(
+        self,
+        is_settled: bool,
+        settle_s: float,
+        finals: list[Op],
+        copies: dict[str, list[tuple[bytes, bytes]] | None],
+        liveness: dict[str, Any],
+    ) -> Findings:
+        """Everything the checks and the report read: the history checked, the copies compared."""
         if self.tty:
             sys.stderr.write("\n")
         self.progress.update()
@@ -726,73 +744,116 @@ class Campaign:
 
             for op in finals:
                 f.write(dumps(op) + "\n")
-        ops = client_ops + finals
         started = time.monotonic()
-        result = check(ops, timeout=a.check_timeout)
+        result = check(client_ops + finals, timeout=self.args.check_timeout)
         check_s = time.monotonic() - started
-
         readable = [c for c in copies.values() if c is not None]
-        identical = (
-            is_settled
-            and len(readable) == len(copies) >= a.nodes
-            and all(c == readable[0] for c in readable)
-        )
         final_state: dict[str, str | None] = {}
         if readable:
             tail_copy = list(copies.values())[-1] or []
             final_state = {key_text(k): value_text(v) for k, v in tail_copy}
-        lost = lost_writes(client_ops, final_state) if readable else []
+        statuses = [w.returncode for w in self.workloads()]
+        return Findings(
+            nodes=self.args.nodes,
+            keys=self.args.keys,
+            client_ops=client_ops,
+            finals=finals,
+            result=result,
+            check_s=check_s,
+            liveness=liveness,
+            settled=is_settled,
+            settle_s=settle_s,
+            copies=copies,
+            lost=lost_writes(client_ops, final_state) if readable else [],
+            # a node we left running that the chain does not list never came back
+            outside=[n.label for n in self.nodes if n.state == "running" and n.label not in copies],
+            stranded=list(self.stranded),
+            unexpected_exits=list(self.unexpected_exits),
+            stranger_accepted=sum(int(r.get("accepted", 0)) for r in self.stranger_results),
+            workload_status=next((s for s in statuses if s != 0), None if not statuses else 0),
+        )
+
+    def report(self, found: Findings, results: list[Check]) -> int:
+        """Write report.json and the timeline, say PASS or FAIL with every failed check's reason."""
+        ok = passed(results)
+        r = self.report_fields(found, results)
+        (self.report_dir / "report.json").write_text(json.dumps(r, indent=2) + "\n")
+        summary = {
+            k: r[k]
+            for k in (
+                "ok",
+                "live",
+                "linearizable",
+                "operations",
+                "faults",
+                "lost_acknowledged_writes",
+                "nodes_identical",
+                "unavailable_max_s",
+                "seed",
+                "verdict",
+            )
+        }
+        summary["faults by kind"] = ", ".join(f"{k} x{v}" for k, v in r["fault_counts"].items())
+        summary["fault coverage"] = ", ".join(f"{k} x{v}" for k, v in r["fault_coverage"].items())
+        write_timeline(
+            self.report_dir / "timeline.html",
+            found.client_ops + found.finals,
+            self.events,
+            summary,
+            timeline_details(r),
+            title=f"kvtwist torture, seed {self.args.seed}",
+        )
+        outcomes = r["outcomes"]
+        self.say(
+            f"{'PASS' if ok else 'FAIL'}: seed {r['seed']}: {r['operations']} operations "
+            f"(ok {outcomes['ok']}, fail {outcomes['fail']}, unknown {outcomes['unknown']}), "
+            f"{r['faults']} faults ({summary['faults by kind']}), {r['verdict']}; "
+            f"lost acknowledged writes {r['lost_acknowledged_writes']}; "
+            f"nodes identical {r['nodes_identical']}; "
+            f"longest time without a write {r['unavailable_max_s']:.1f}s "
+            f"at {r['unavailable_from']:.1f}s"
+            + "".join(f"\n  {why}" for why in failures(results))
+            + f"\n  report: {self.report_dir / 'report.json'}"
+        )
+        return exit_status(results)
+
+    def report_fields(self, found: Findings, results: list[Check]) -> dict[str, Any]:
+        """report.json: the verdicts (from ``results``), the measures, the settings, the events."""
+        a = self.args
+        result, copies, client_ops = found.result, found.copies, found.client_ops
         outcomes = {o: sum(1 for op in client_ops if op.outcome == o) for o in ("ok", "fail")}
         outcomes["unknown"] = sum(1 for op in client_ops if op.outcome == "unknown")
-        statuses = [w.returncode for w in self.workloads()]
-        workload_status = next((s for s in statuses if s != 0), None if not statuses else 0)
         stall, stall_at = longest_stall(client_ops)
         unavailable, unavailable_at = longest_stall(client_ops, writes_only=True)
-        stranger_accepted = sum(int(r.get("accepted", 0)) for r in self.stranger_results)
-        # a node we left running that the chain does not list never came back
-        outside = [n.label for n in self.nodes if n.state == "running" and n.label not in copies]
-        live = bool(liveness["live"])
-        ok = (
-            live
-            and result.linearizable
-            and not lost
-            and identical
-            and is_settled
-            and len(finals) == a.keys
-            and not self.unexpected_exits
-            and not self.stranded
-            and workload_status == 0
-            and len(client_ops) > 0
-            and stranger_accepted == 0
-        )
-        verdict = result.verdict() if live else f"stuck: {liveness['why']}"
+        verdict = result.verdict() if found.live else f"stuck: {found.liveness['why']}"
+        identical = next(c.passed for c in results if c.name == IDENTICAL)
         report: dict[str, Any] = {
-            "ok": ok,
+            "ok": passed(results),
             "verdict": verdict,
-            "live": live,
-            "liveness": liveness,
+            "live": found.live,
+            "liveness": found.liveness,
             "linearizable": result.linearizable,
             "check_decided": result.decided,
             "operations": len(client_ops),
             "faults": self.nemesis.total,
             "fault_counts": {k: self.nemesis.counts.get(k, 0) for k in self.kinds},
             "nemesis": self.kinds,
-            "lost_acknowledged_writes": len(lost),
+            "lost_acknowledged_writes": len(found.lost),
             "nodes_identical": identical,
             "seed": a.seed,
-            "settled": is_settled,
-            "settle_seconds": round(settle_s, 2),
+            "settled": found.settled,
+            "settle_seconds": round(found.settle_s, 2),
             "linearizability": result.verdict(),
-            "check_seconds": round(check_s, 3),
+            "check_seconds": round(found.check_s, 3),
             "outcomes": outcomes,
             "unavailable_max_s": round(unavailable, 3),
             "unavailable_from": round(unavailable_at, 3),
             "longest_stall_seconds": round(stall, 3),
             "longest_stall_from": round(stall_at, 3),
-            "final_reads": len(finals),
-            "unexpected_node_exits": self.unexpected_exits,
-            "stranger_accepted": stranger_accepted,
-            "workload_exit_status": workload_status,
+            "final_reads": len(found.finals),
+            "unexpected_node_exits": found.unexpected_exits,
+            "stranger_accepted": found.stranger_accepted,
+            "workload_exit_status": found.workload_status,
             "fault_coverage": dict(sorted(self.nemesis.coverage.items())),
             "nodes": a.nodes,
             "clients": a.clients,
@@ -808,17 +869,18 @@ class Campaign:
             ),
             "nodes_started": len(self.nodes),
             "final_members": list(copies),
-            "running_outside_chain": outside,
-            "stranded_nodes": self.stranded,
+            "running_outside_chain": found.outside,
+            "stranded_nodes": found.stranded,
             "time_zero_utc": datetime.fromtimestamp(self.epoch_wall, UTC).isoformat(),
             "final_state_from": list(copies)[-1] if copies else None,
+            "failed_checks": {c.name: c.why for c in results if not c.passed},
             "events": self.events,
         }
         if not result.linearizable:
             report["nonlinearizable"] = {"key": result.bad_key, **result.info}
-        if lost:
-            report["lost"] = [w.to_dict() for w in lost]
-        if stranger_accepted:
+        if found.lost:
+            report["lost"] = [w.to_dict() for w in found.lost]
+        if found.stranger_accepted:
             report["stranger_heard"] = [
                 t
                 for r in self.stranger_results
@@ -830,80 +892,11 @@ class Campaign:
                 label: None if c is None else {key_text(k): value_text(v)[:80] for k, v in c}
                 for label, c in copies.items()
             }
-        (self.report_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        details = ""
-        if not live:
-            details = f"liveness: {verdict}\n"
-        if not result.linearizable:
-            details += json.dumps(report["nonlinearizable"], indent=2)
-        if lost:
-            details += "\nlost acknowledged writes:\n" + json.dumps(report["lost"], indent=2)
-        if stranger_accepted:
-            details += "\nstranger heard:\n" + json.dumps(report["stranger_heard"], indent=2)
-        summary = {
-            k: report[k]
-            for k in (
-                "ok",
-                "live",
-                "linearizable",
-                "operations",
-                "faults",
-                "lost_acknowledged_writes",
-                "nodes_identical",
-                "unavailable_max_s",
-                "seed",
-                "verdict",
-            )
-        }
-        summary["faults by kind"] = ", ".join(
-            f"{k} x{v}" for k, v in report["fault_counts"].items()
-        )
-        summary["fault coverage"] = ", ".join(
-            f"{k} x{v}" for k, v in report["fault_coverage"].items()
-        )
-        write_timeline(
-            self.report_dir / "timeline.html",
-            ops,
-            self.events,
-            summary,
-            details,
-            title=f"kvtwist torture, seed {a.seed}",
-        )
-        status = "PASS" if ok else "FAIL"
-        problems = []
-        if not live:
-            problems.append(verdict)
-        if not result.linearizable:
-            problems.append(result.verdict())
-        if lost:
-            where = "" if is_settled else " (at the tail of a chain that did not settle)"
-            problems.append(f"{len(lost)} acknowledged writes missing{where}")
-        if not identical:
-            problems.append("nodes differ" if is_settled else "the chain did not settle")
-        if outside:
-            problems.append(f"running but not in the chain: {', '.join(outside)}")
-        if self.stranded:
-            problems.append(f"nodes that never rejoined (stopped): {', '.join(self.stranded)}")
-        if self.unexpected_exits:
-            problems.append(f"nodes exited by themselves: {', '.join(self.unexpected_exits)}")
-        if stranger_accepted:
-            problems.append(f"{stranger_accepted} stranger messages were taken for a peer's")
-        if workload_status != 0:
-            problems.append(f"the workload exited with {workload_status}")
-        self.say(
-            f"{status}: seed {a.seed}: {len(client_ops)} operations "
-            f"(ok {outcomes['ok']}, fail {outcomes['fail']}, unknown {outcomes['unknown']}), "
-            f"{self.nemesis.total} faults ({summary['faults by kind']}), {verdict}; "
-            f"lost acknowledged writes {len(lost)}; nodes identical {identical}; "
-            f"longest time without a write {unavailable:.1f}s at {unavailable_at:.1f}s"
-            + ("" if ok else "\n  " + "\n  ".join(problems))
-            + f"\n  report: {self.report_dir / 'report.json'}"
-        )
-        return 0 if ok else 1
+        return report
 
     def cleanup(self) -> None:
         self.progress.close()
-        for workload in self.workloads():
+        for workload in self.launched:
             if workload.poll() is not None:
                 continue
             workload.terminate()
@@ -926,6 +919,137 @@ class Campaign:
             with contextlib.suppress(Exception):
                 (self.report_dir / "zookeeper.log").write_text(self.zk.log_tail(100_000))
             self.zk.stop()
+
+
+@dataclass
+class Findings:
+    """What the campaign found at the end: the input of its checks and of its report."""
+
+    nodes: int  # the chain length asked for
+    keys: int
+    client_ops: list[Op]
+    finals: list[Op]  # the reads of every key at the tail, after settling
+    result: Result  # the linearizability check of client_ops + finals
+    check_s: float
+    liveness: dict[str, Any]  # {"live", "seconds", "why"}
+    settled: bool
+    settle_s: float
+    copies: dict[str, list[tuple[bytes, bytes]] | None]  # each member's own copy, head first
+    lost: list[LostWrite]
+    outside: list[str]  # running at the end, but not in the chain
+    stranded: list[str]
+    unexpected_exits: list[str]
+    stranger_accepted: int
+    workload_status: int | None  # the first non-zero exit status of a workload; None: none ran
+
+    @property
+    def live(self) -> bool:
+        return bool(self.liveness["live"])
+
+
+@dataclass(frozen=True)
+class Check:
+    """One promise checked at the end: its name, and why it failed (None: it held)."""
+
+    name: str
+    why: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.why is None
+
+
+#: The check whose outcome report.json calls ``nodes_identical``.
+IDENTICAL = "copies identical"
+
+
+def checks(f: Findings) -> list[Check]:
+    """Every check of a campaign, in the order their failures are told.
+
+    The exit status, report.json's ``ok`` and the printed reasons all come
+    from this list, so a failing run always says why.
+    """
+    settled = "" if f.settled else " (at the tail of a chain that did not settle)"
+    return [
+        Check("live", None if f.live else f"stuck: {f.liveness['why']}"),
+        Check("linearizable", None if f.result.linearizable else f.result.verdict()),
+        Check(
+            "no lost acknowledged writes",
+            f"{len(f.lost)} acknowledged writes missing{settled}" if f.lost else None,
+        ),
+        Check(IDENTICAL, not_identical(f)),
+        Check("final reads", final_reads_missing(f)),
+        Check("no running outside the chain", _listed("running but not in the chain", f.outside)),
+        Check("no stranded nodes", _listed("nodes that never rejoined (stopped)", f.stranded)),
+        Check("no unexpected exits", _listed("nodes exited by themselves", f.unexpected_exits)),
+        Check(
+            "no stranger accepted",
+            f"{f.stranger_accepted} stranger messages were taken for a peer's"
+            if f.stranger_accepted
+            else None,
+        ),
+        Check(
+            "workload",
+            None
+            if f.workload_status == 0
+            else "no workload ran"
+            if f.workload_status is None
+            else f"the workload exited with {f.workload_status}",
+        ),
+        Check("operations", None if f.client_ops else "the clients recorded no operation"),
+    ]
+
+
+def not_identical(f: Findings) -> str | None:
+    """Why the members' copies do not show one settled chain of ``f.nodes`` (None: they do)."""
+    if not f.settled:
+        return "the chain did not settle"
+    unread = [label for label, c in f.copies.items() if c is None]
+    if unread:
+        return f"copies not read: {', '.join(unread)}"
+    if len(f.copies) < f.nodes:
+        return f"{len(f.copies)} members at the end, not {f.nodes}"
+    copies = list(f.copies.values())
+    return None if all(c == copies[0] for c in copies) else "nodes differ"
+
+
+def final_reads_missing(f: Findings) -> str | None:
+    """Why not every key was read at the tail at the end (None: each was)."""
+    if len(f.finals) == f.keys:
+        return None
+    if not f.settled:
+        return "no final reads: the chain did not settle"
+    return f"only {len(f.finals)} of {f.keys} keys could be read at the tail at the end"
+
+
+def _listed(what: str, labels: list[str]) -> str | None:
+    return f"{what}: {', '.join(labels)}" if labels else None
+
+
+def passed(results: list[Check]) -> bool:
+    return all(c.passed for c in results)
+
+
+def failures(results: list[Check]) -> list[str]:
+    """The reason of every failed check, in order."""
+    return [c.why for c in results if c.why is not None]
+
+
+def exit_status(results: list[Check]) -> int:
+    """0 only if every check passed."""
+    return 0 if passed(results) else 1
+
+
+def timeline_details(report: dict[str, Any]) -> str:
+    """What the timeline page shows under its summary: the evidence of the gravest failures."""
+    details = "" if report["live"] else f"liveness: {report['verdict']}\n"
+    if "nonlinearizable" in report:
+        details += json.dumps(report["nonlinearizable"], indent=2)
+    if "lost" in report:
+        details += "\nlost acknowledged writes:\n" + json.dumps(report["lost"], indent=2)
+    if "stranger_heard" in report:
+        details += "\nstranger heard:\n" + json.dumps(report["stranger_heard"], indent=2)
+    return details
 
 
 def storage_and_key_args(
