@@ -22,7 +22,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import provider
 
-from kvtwist.chain.auth import LogLimiter
+from kvtwist.logs import LogLimiter
 from kvtwist.server import CHAIN_RESERVE, HANDSHAKE_POOL, Limits
 
 log = Logger(namespace="kvtwist.port")

@@ -26,12 +26,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist import wire
-from kvtwist.chain.auth import AuthError, LogLimiter, Responder, auth_message
+from kvtwist.chain.auth import AuthError, Responder, auth_message
 from kvtwist.chain.core import WriteRequest
 from kvtwist.chain.link import MAX_CLIENT_ID, Link, LinkConfig, limits_problem
 from kvtwist.chain.outcomes import Refused, WriteResult
 from kvtwist.chain.replica import NotHere, ReadView, Replica, Unavailable
 from kvtwist.client.protocol import ConnectionPool
+from kvtwist.logs import LogLimiter
 from kvtwist.proto.kvtwist_pb2 import OpStats
 from kvtwist.proto.kvtwist_pb2 import Stats as StatsMsg
 from kvtwist.tls import TLS_ERRORS, channel_binding, tls_reason

@@ -16,12 +16,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from kvtwist import wire
-from kvtwist.chain.auth import KeyFileError, load_key, load_secret
+from kvtwist.chain.auth import load_key
 from kvtwist.chain.link import DEFAULT_LINK_TIMEOUT, LinkConfig
 from kvtwist.chain.replica import Replica
 from kvtwist.clock import use_steady_clock
 from kvtwist.coordinator import Coordinator
 from kvtwist.port import check_descriptor_limit, listen
+from kvtwist.secretfile import KeyFileError, load_secret
 from kvtwist.server import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_KEY,

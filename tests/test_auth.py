@@ -14,7 +14,6 @@ from kvtwist import wire
 from kvtwist.chain.auth import (
     AuthError,
     Initiator,
-    KeyFileError,
     Responder,
     auth_message,
     authenticate,
@@ -23,6 +22,7 @@ from kvtwist.chain.auth import (
 from kvtwist.chain.link import LinkConfig
 from kvtwist.chain.replica import Replica
 from kvtwist.proto.kvtwist_pb2 import ChainAuth, ChainHello
+from kvtwist.secretfile import KeyFileError
 from kvtwist.server import HANDSHAKE_POOL, Limits, NodeFactory, NodeProtocol
 from kvtwist.store import InlineRunner, Store
 from kvtwist.wire import FramedProtocol, Message

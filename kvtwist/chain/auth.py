@@ -20,9 +20,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
-import time
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -31,12 +28,12 @@ from twisted.python.failure import Failure
 
 from kvtwist import wire
 from kvtwist.proto.kvtwist_pb2 import ChainAuth
+from kvtwist.secretfile import load_secret
 from kvtwist.tls import channel_binding
 from kvtwist.wire import FramedProtocol, Message
 
 log = Logger(namespace="kvtwist.chain")
 
-MIN_KEY_BYTES = 16
 NONCE_BYTES = 32
 MAC_BYTES = hashlib.sha256().digest_size
 MAX_IDENTITY = 512
@@ -48,40 +45,9 @@ class AuthError(Exception):
     """The handshake failed; the reason is safe to send to the peer."""
 
 
-class KeyFileError(ValueError):
-    """A secret file (cluster key, client token) is unusable; one line for the operator."""
-
-
 def load_key(path: str) -> bytes:
     """Read a cluster key, refusing files that are missing, short or open to others."""
     return load_secret(path, "cluster key")
-
-
-def load_secret(path: str, what: str) -> bytes:
-    """Read a shared secret, refusing files that are missing, short or open to others.
-
-    One trailing newline is dropped, so ``openssl rand -hex 32 > FILE`` works.
-    ``what`` names the secret in the messages ("cluster key", "token").
-    """
-    try:
-        st = os.stat(path)
-        with open(path, "rb") as f:
-            data = f.read(1 << 16)
-    except OSError as e:
-        raise KeyFileError(f"{what} file {path}: {e.strerror}") from None
-    if st.st_mode & 0o077:
-        raise KeyFileError(
-            f"{what} file {path} is accessible by others "
-            f"(mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it"
-        )
-    key = data.removesuffix(b"\n").removesuffix(b"\r")
-    if not key:
-        raise KeyFileError(f"{what} file {path} is empty")
-    if len(key) < MIN_KEY_BYTES:
-        raise KeyFileError(
-            f"{what} file {path} holds {len(key)} bytes; at least {MIN_KEY_BYTES} needed"
-        )
-    return key
 
 
 def _field(data: bytes) -> bytes:
@@ -259,26 +225,3 @@ def authenticate(
     conn.beginHandshake(received)
     conn.writeMessage(auth_message(state.first()))
     return d
-
-
-class LogLimiter:
-    """At most one line per ``interval`` seconds, with a count of those left out.
-
-    A stranger hammering a node with forged chain messages must not fill its log.
-    """
-
-    def __init__(self, interval: float = 10.0, now: Callable[[], float] = time.monotonic):
-        self.interval = interval
-        self.now = now
-        self._last = -interval
-        self.suppressed = 0
-
-    def allow(self) -> int | None:
-        """The number of lines left out since the last one, or None to stay quiet."""
-        t = self.now()
-        if t - self._last < self.interval:
-            self.suppressed += 1
-            return None
-        self._last = t
-        n, self.suppressed = self.suppressed, 0
-        return n

@@ -37,7 +37,6 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvtwist.chain.auth import LogLimiter
 from kvtwist.chain.dedup import DedupTable
 from kvtwist.chain.epochs import EpochHistory
 from kvtwist.chain.lifecycle import Lifecycle, State
@@ -47,6 +46,7 @@ from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.transfer import SnapshotReceiver
 from kvtwist.client.protocol import connect_quietly, endpoint
 from kvtwist.coordinator import Coordinator
+from kvtwist.logs import LogLimiter
 from kvtwist.membership import parse_address
 from kvtwist.proto.kvtwist_pb2 import SnapshotChunk, Update
 from kvtwist.store import Applied, Store, Write

@@ -461,7 +461,7 @@ def security(ns: argparse.Namespace) -> Security:
         except TLSConfigError as e:
             raise UsageError(f"--tls-ca: {e}") from None
     if ns.token_file is not None:
-        from kvtwist.chain.auth import KeyFileError, load_secret
+        from kvtwist.secretfile import KeyFileError, load_secret
 
         try:
             token = load_secret(ns.token_file, "token")
