@@ -80,10 +80,10 @@ class BadRequest(Exception):
 
 
 @dataclass
-class Limits:
-    max_frame: int = wire.DEFAULT_MAX_FRAME
-    max_key: int = DEFAULT_MAX_KEY
-    max_value: int = wire.DEFAULT_MAX_FRAME
+class Limits(wire.ClientLimits):
+    """What a node allows its clients: the sizes of ``wire.ClientLimits`` (its chain
+    links size their frames by them), connections, pending requests and replies."""
+
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     range_limit: int = DEFAULT_RANGE_LIMIT
     max_pending: int = DEFAULT_MAX_PENDING
@@ -618,10 +618,7 @@ class NodeFactory(Factory):
         self.replica = replica
         self.store = replica.store
         self.limits = limits or Limits()
-        lim = self.limits
-        self.link_config = link_config or LinkConfig(
-            max_frame=lim.max_frame, max_key=lim.max_key, max_value=lim.max_value
-        )
+        self.link_config = link_config or LinkConfig(client=self.limits)
         # outgoing links (ChainConnection) take theirs from the replica
         replica.link_config = self.link_config
         replica.link_timeout = self.link_config.timeout

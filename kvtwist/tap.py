@@ -427,9 +427,7 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         timeout=options["link-timeout"],
         lease=lease,
         key=options.get("cluster-key"),
-        max_frame=limits.max_frame,
-        max_key=limits.max_key,
-        max_value=limits.max_value,
+        client=limits,
     )
     factory = NodeFactory(reactor, replica, limits, link_config, token=options.get("token"))
     short = check_descriptor_limit(limits)

@@ -11,6 +11,7 @@ import contextlib
 import struct
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -22,6 +23,21 @@ from kvtwist.proto.kvtwist_pb2 import Entry, Message, RangeSpec
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 DEFAULT_MAX_KEY = 64 * 1024
+
+
+@dataclass
+class ClientLimits:
+    """The largest request frame, key and value a node takes from its clients.
+
+    Stated once for both users: the server checks requests against them
+    (``kvtwist.server.Limits`` extends this class) and the chain links size
+    their frames for the largest update they allow (``LinkConfig.client``).
+    """
+
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_key: int = DEFAULT_MAX_KEY
+    max_value: int = DEFAULT_MAX_FRAME
+
 
 OP_BAD = Message.OP_BAD
 OP_SIZE = Message.OP_SIZE

@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist import wire
 from kvtwist.chain.link import (
+    DEFAULT_LINK_TIMEOUT,
     ChainConnection,
     Link,
     LinkConfig,
@@ -51,9 +52,11 @@ class Owner:
 class Wire:
     """One outgoing ChainConnection on a StringTransport, its Link, and a clock."""
 
-    def __init__(self, side: Side = Side.SUCCESSOR, **config: Any) -> None:
+    def __init__(
+        self, side: Side = Side.SUCCESSOR, timeout: float = DEFAULT_LINK_TIMEOUT, **limits: int
+    ) -> None:
         self.clock = MemoryReactorClock()
-        self.owner = Owner(LinkConfig(**config))
+        self.owner = Owner(LinkConfig(timeout=timeout, client=wire.ClientLimits(**limits)))
         self.conn = ChainConnection(self.owner)
         self.link = Link(self.conn, side, self.clock, peer="node0000000002")
         self.transport = StringTransport()
@@ -193,11 +196,12 @@ class FrameBoundTests(SynchronousTestCase):
 
     def test_limits_check(self) -> None:
         """A neighbour whose frame cannot carry our largest value is refused; equals pass."""
-        own = LinkConfig(max_value=16 * MB)
+        own = LinkConfig(client=wire.ClientLimits(max_value=16 * MB))
         self.assertIsNone(limits_problem(own, ChainHello(max_frame=own.chain_frame)))
         small = ChainHello(max_frame=1 * MB, max_value=1 * MB)
         self.assertIn("--max-value", limits_problem(own, small) or "")
-        self.assertGreaterEqual(own.chain_frame, largest_update(own.max_key, own.max_value))
+        c = own.client
+        self.assertGreaterEqual(own.chain_frame, largest_update(c.max_key, c.max_value))
 
     def test_small_successor_refused_on_hello(self) -> None:
         """A successor's HELLO announcing too small a frame: ERROR to it, link closed."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -53,21 +53,21 @@ class LinkConfig:
 
     timeout: float = DEFAULT_LINK_TIMEOUT
     key: bytes | None = None
-    max_frame: int = wire.DEFAULT_MAX_FRAME  # client frames
-    max_key: int = wire.DEFAULT_MAX_KEY
-    max_value: int = wire.DEFAULT_MAX_FRAME
+    #: what the node takes from clients (the server's own Limits): updates are that big
+    client: wire.ClientLimits = field(default_factory=wire.ClientLimits)
     #: the longest read lease this node may hold (LEASE_FRACTION of its session timeout)
     lease: float = 0.0
 
     @property
     def chain_frame(self) -> int:
         """The largest frame accepted on a chain link: room for our largest update."""
-        return max(self.max_frame, largest_update(self.max_key, self.max_value) + FRAME_OVERHEAD)
+        c = self.client
+        return max(c.max_frame, largest_update(c.max_key, c.max_value) + FRAME_OVERHEAD)
 
     def stamp(self, hello: ChainHello) -> None:
         """Announce our limits and our lease in a HELLO or JOIN."""
         hello.max_frame = self.chain_frame
-        hello.max_value = self.max_value
+        hello.max_value = self.client.max_value
         hello.lease_ms = round(self.lease * 1000)
 
 
@@ -78,11 +78,12 @@ def limits_problem(own: LinkConfig, peer: ChainHello) -> str | None:
     """
     if not peer.max_frame:
         return None
-    need = largest_update(own.max_key, own.max_value) + FRAME_OVERHEAD
+    c = own.client
+    need = largest_update(c.max_key, c.max_value) + FRAME_OVERHEAD
     if peer.max_frame < need:
         return (
             f"peer accepts chain frames of at most {peer.max_frame} bytes; values of up to "
-            f"{own.max_value} bytes need {need}: give every node the same --max-value"
+            f"{c.max_value} bytes need {need}: give every node the same --max-value"
         )
     return None
 
