@@ -1,13 +1,16 @@
 # Conveniences over the scripts the README documents.
 N ?= 3
 
-.PHONY: setup test node cluster lint
+.PHONY: setup test unit node cluster lint
 
 setup:
 	sh scripts/setup.sh
 
 test:
 	sh scripts/test.sh
+
+unit:
+	.venv/bin/pytest -q -m unit
 
 node: setup
 	.venv/bin/twistd -n --pidfile= kvnode --port 9000
