@@ -892,10 +892,15 @@ def newest_segment(node: Node) -> Path | None:
 
 
 def tear_last_record(path: Path | None, embedded: bytes, rng: Random) -> str:
-    """Cut the segment's last record short as a power cut would; what was done.
+    """Cut the segment's last record short as a power cut would, if it is the hostile
+    one; what was done.
 
-    When the last record holds ``embedded``, the cut falls after it, so a valid
-    record follows the torn one.
+    The cut falls after ``embedded``, so a valid-looking record follows the torn
+    one.  Any other last record is left whole: it may be a client's write that
+    every member had on disk before it was acknowledged, which no power cut can
+    take back (tearing it on every member would lose an acknowledged write by
+    the nemesis's hand, not the node's).  The hostile put is the campaign's own,
+    and while it is the last record nothing after it can have committed.
     """
     if path is None:
         return "no log segment"
@@ -908,10 +913,11 @@ def tear_last_record(path: Path | None, embedded: bytes, rng: Random) -> str:
         return f"left as the kill left it ({scan.torn or 'no records'})"
     start, end = scan.records[-1][0], scan.end
     at = data.find(embedded, start, end)
-    cut = rng.randint(at + len(embedded), end - 1) if at >= 0 else rng.randint(start + 1, end - 1)
+    if at < 0:
+        return "left whole (its last record is not the hostile one)"
+    cut = rng.randint(at + len(embedded), end - 1)
     os.truncate(path, cut)
-    which = "the hostile record" if at >= 0 else "its last record (not the hostile one)"
-    return f"cut {which} at byte {cut - start} of {end - start}"
+    return f"cut the hostile record at byte {cut - start} of {end - start}"
 
 
 def set_clock(node: Node, offset: float) -> None:
