@@ -698,7 +698,8 @@ class Campaign:
             finals = self.final_reads() if is_settled else []
             copies = self.node_copies()
             liveness = {"live": live, "seconds": round(probe_s, 2), "why": stuck_why}
-            return self.finish(is_settled, settle_s, finals, copies, liveness)
+            found = self.gather(is_settled, settle_s, finals, copies, liveness)
+            return self.report(found, checks(found))
         except KeyboardInterrupt:
             self.say("interrupted")
             return 130
@@ -713,18 +714,6 @@ class Campaign:
             return 2
         finally:
             self.cleanup()
-
-    def finish(
-        self,
-        is_settled: bool,
-        settle_s: float,
-        finals: list[Op],
-        copies: dict[str, list[tuple[bytes, bytes]] | None],
-        liveness: dict[str, Any],
-    ) -> int:
-        """Gather the final state, check it, report; the exit status."""
-        found = self.gather(is_settled, settle_s, finals, copies, liveness)
-        return self.report(found, checks(found))
 
     def gather(
         self,
