@@ -7,7 +7,6 @@ import tempfile
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist import wire
@@ -26,7 +25,7 @@ from kvtwist.secretfile import KeyFileError
 from kvtwist.server import HANDSHAKE_POOL, Limits, NodeFactory, NodeProtocol
 from kvtwist.store import InlineRunner, Store
 from kvtwist.wire import FramedProtocol, Message
-from tests.fakes.chain import Net, Node
+from tests.fakes.chain import Net, Node, pump_between
 
 KEY = b"k" * 32
 OTHER = b"x" * 32
@@ -187,14 +186,7 @@ class EndToEndTests(SynchronousTestCase):
         node = ChainNode(node_key)
         server = node.factory.buildProtocol(None)
         client = Recorder()
-        pump = iosim.connect(
-            server,
-            iosim.makeFakeServer(server),
-            client,
-            iosim.makeFakeClient(client),
-            greet=False,
-            clock=node.clock,
-        )
+        pump = pump_between(server, client, node.clock)
         results: list[Any] = []
         d = authenticate(
             client, ikey, "node0000000001", 5, expect=expect, clock=node.clock, timeout=3.0
@@ -218,14 +210,7 @@ class EndToEndTests(SynchronousTestCase):
         node = ChainNode(KEY)
         server = node.factory.buildProtocol(None)
         client = Recorder()
-        pump = iosim.connect(
-            server,
-            iosim.makeFakeServer(server),
-            client,
-            iosim.makeFakeClient(client),
-            greet=False,
-            clock=node.clock,
-        )
+        pump = pump_between(server, client, node.clock)
         authenticate(client, KEY, "node0000000001", 0, clock=node.clock)
         client.sendMessage(forged_hello())
         self.assertEqual(node.reached, [])  # held while the handshake runs

@@ -23,7 +23,7 @@ from kvtwist.chain.replica import Replica
 from kvtwist.membership import Member
 from kvtwist.server import NodeFactory
 from kvtwist.store import InlineRunner, Store
-from tests.fakes.chain import Net, Node, results
+from tests.fakes.chain import Net, Node, pump_between, results
 from tests.foreign_server import OriginalFactory, OriginalServer, drop
 
 FOREIGN_LINE = "does not speak kvtwist's chain protocol"
@@ -54,16 +54,7 @@ class ProbeTests(SynchronousTestCase):
             if factory is None:
                 return defer.fail(ConnectionRefusedError())
             server = factory.buildProtocol(None)
-            self.pumps.append(
-                iosim.connect(
-                    server,
-                    iosim.makeFakeServer(server),
-                    proto,
-                    iosim.makeFakeClient(proto),
-                    greet=False,
-                    clock=self.clock,
-                )
-            )
+            self.pumps.append(pump_between(server, proto, self.clock))
             return defer.succeed(proto)
 
         return connect

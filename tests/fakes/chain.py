@@ -21,7 +21,19 @@ from kvtwist.server import NodeFactory
 from kvtwist.store import InlineRunner, Store
 from tests.fakes.coordinator import MemoryZooKeeper, Registry
 
-__all__ = ["Net", "Node", "results"]
+__all__ = ["Net", "Node", "pump_between", "results"]
+
+
+def pump_between(server: Any, client: Any, clock: Any) -> iosim.IOPump:
+    """An in-memory connection from ``client`` to ``server`` (a node's protocol), on ``clock``."""
+    return iosim.connect(
+        server,
+        iosim.makeFakeServer(server),
+        client,
+        iosim.makeFakeClient(client),
+        greet=False,
+        clock=clock,
+    )
 
 
 class Node:
@@ -49,14 +61,7 @@ class Node:
         if not self.alive or target is None or not target.alive or blocked:
             return defer.fail(ConnectionRefusedError())
         server = target.factory.buildProtocol(None)
-        pump = iosim.connect(
-            server,
-            iosim.makeFakeServer(server),
-            protocol,
-            iosim.makeFakeClient(protocol),
-            greet=False,
-            clock=self.net.clock,
-        )
+        pump = pump_between(server, protocol, self.net.clock)
         self.pumps.append(pump)
         target.pumps.append(pump)
         self.net.pumps.append(pump)
