@@ -150,6 +150,8 @@ class ReplicaCore:
         #: the node's steady clock, kvtwist.clock): a member we removed may
         #: still hold its lease until then
         self.tail_hold_until = 0.0
+        #: no read served as tail before committed_seq reaches this (kvtwist.chain.membership)
+        self.tail_catch_up = 0
         self._tail_hold_call: Any = None
         self._peer_lease = 0.0  # the longest lease a neighbour told us it holds
         self._claim_waiters: list[Deferred[None]] = []
@@ -269,6 +271,7 @@ class ReplicaCore:
         return (
             self.is_tail
             and not self._awaiting_handoff
+            and self.committed_seq >= self.tail_catch_up
             and self._lease_ok()
             and not self.tail_held()
         )
@@ -649,6 +652,7 @@ class ReplicaCore:
             self._leave()
         self.name = None
         self._tie_lease(None)
+        self.tail_catch_up = 0  # op numbers of the copy we had; the rejoin may rewind it
         self.life.to(State.FENCED, why)
         self._reset_links()
         self._drop_uncommitted(Unavailable("node left the chain; retry"))

@@ -66,6 +66,18 @@ def history_of(marks: Any) -> EpochHistory:
     return EpochHistory((m.first_seq, m.epoch) for m in marks)
 
 
+def together(ds: list[Deferred[Any]]) -> Deferred[list[Any]]:
+    """All the results, or the first failure as it was: when ZooKeeper is unreachable
+    every call fails, and none of those failures may go unhandled."""
+
+    def first(f: Failure) -> Failure:
+        if isinstance(f.value, defer.FirstError):
+            return f.value.subFailure
+        return f
+
+    return defer.gatherResults(ds, consumeErrors=True).addErrback(first)
+
+
 class JoiningReplica(LinkedReplica):
     def _set_backlog(self, backlog: list[Update] | None) -> None:
         self._join_backlog = backlog
@@ -240,7 +252,7 @@ class JoiningReplica(LinkedReplica):
         """The membership and the chain record, read together: ``[view, (data, version)]``."""
         zk = self.coordinator
         reads: list[Deferred[Any]] = [zk.members(), zk.read_record()]
-        return defer.gatherResults(reads)
+        return together(reads)
 
     def _resync(self, state: tuple[BTree, int], gen: int) -> None:
         if gen != self.life.generation:
@@ -264,7 +276,7 @@ class JoiningReplica(LinkedReplica):
             # listen on its address now, so it is dead; its znode goes at once
             # rather than a session timeout later (and we never join from it)
             log.info("removing {names}: an earlier registration of this node", names=stale)
-            d = defer.gatherResults([self.coordinator.unregister(name) for name in stale])
+            d = together([self.coordinator.unregister(name) for name in stale])
             d.addCallback(lambda _: self._read_chain())
             return d.addCallback(self._join_decide, gen, True)
         self.view = view

@@ -106,7 +106,11 @@ class LinkedReplica(MembershipReplica):
         if hello.config > self.view.config:
             # our watch has not fired yet: look, then judge the hello again
             assert self.zk is not None
-            self.zk.members().addCallback(self._view_then_hello, link, msg)
+            self.zk.members().addCallbacks(
+                self._view_then_hello,
+                lambda f: link.refuse("cannot read the configuration now; retry"),
+                callbackArgs=(link, msg),
+            )
             return
         pred, _ = self._neighbours()
         if pred is None or pred.name != hello.sender:

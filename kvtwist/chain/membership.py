@@ -100,6 +100,10 @@ class MembershipReplica(ReadingReplica):
             if self.succ is not None and not self.succ.joining:
                 self.succ.close()
                 self.succ = None
+            # the tail before us may have served anything we applied: no read
+            # here until we have committed that much too (the record may hold
+            # the commit back for a while)
+            self.tail_catch_up = max(self.tail_catch_up, self.applied_seq)
             self._advance()  # tail now: what we applied is committed
         elif self.succ is None or self.succ.peer != succ.name:
             adopt = (

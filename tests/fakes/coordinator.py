@@ -135,12 +135,22 @@ class MemoryZooKeeper:
 
         self.registry.watchers.append(deliver)
 
+    def _unreachable(self) -> defer.Deferred[Any] | None:
+        """A failed call while cut off from ZooKeeper: nothing reaches it."""
+        if self.cut_at is None:
+            return None
+        return defer.fail(ConnectionRefusedError("ZooKeeper unreachable"))
+
     def register(self, address: str, record_version: int | None = None) -> defer.Deferred[str]:
+        if (cut := self._unreachable()) is not None:
+            return cut
         if record_version is not None and record_version != self.registry.record[1]:
             return defer.fail(RuntimeError("the chain record changed"))
         return defer.succeed(self.registry.add(address))
 
     def unregister(self, name: str) -> defer.Deferred[None]:
+        if (cut := self._unreachable()) is not None:
+            return cut
         if any(m.name == name for m in self.registry.members):
             self.registry.remove(name)
         return defer.succeed(None)
@@ -151,15 +161,21 @@ class MemoryZooKeeper:
     # -- the chain record ----------------------------------------------------
 
     def read_record(self) -> defer.Deferred[tuple[bytes | None, int]]:
+        if (cut := self._unreachable()) is not None:
+            return cut
         return defer.succeed(self.registry.record)
 
     def write_record(self, data: bytes, version: int) -> defer.Deferred[bool]:
+        if (cut := self._unreachable()) is not None:
+            return cut
         if version != self.registry.record[1]:
             return defer.succeed(False)
         self.registry.record = (data, version + 1)
         return defer.succeed(True)
 
     def bump_record(self) -> defer.Deferred[int]:
+        if (cut := self._unreachable()) is not None:
+            return cut
         data, version = self.registry.record
         if version < 0:
             return defer.succeed(-1)
