@@ -180,6 +180,31 @@ class TailPartitionTests(SynchronousTestCase):
         self.assertGreaterEqual(held, wait - 0.1)
         self.assertLess(removed_at[0] - start, b.replica.link_timeout + 1.0)
 
+    def test_new_tail_serves_nothing_older_than_it_applied(self) -> None:
+        """A middle that becomes tail while the chain record cannot be updated (so it
+        cannot commit yet) serves no read until it has committed what it applied: the
+        tail before it may have served those writes (found by the simulation)."""
+        a, b, c = self.net.chain(3)
+        d = a.write(b"k", b"v1")
+        self.net.settle()
+        self.successResultOf(d)
+        # the next write reaches b, which cannot tell whether c (the tail) got it
+        # and served it before it went away
+        cut_link(self.net, b, c)
+        second = a.write(b"k", b"v2")
+        self.net.settle(rounds=5)
+        self.assertNoResult(second)
+        self.assertGreater(b.replica.applied_seq, b.replica.committed_seq)
+
+        def unreachable(data: bytes, version: int) -> defer.Deferred[bool]:
+            return defer.fail(ConnectionRefusedError("ZooKeeper unreachable"))
+
+        b.zk.write_record = unreachable  # type: ignore[method-assign]
+        self.net.kill(c)
+        self.assertEqual(b.replica.role, "tail")
+        self.assertLess(b.replica.committed_seq, b.replica.applied_seq)
+        self.assertFalse(b.replica.serving_reads)
+
     def test_reads_wait_out_a_hold_longer_than_the_read_wait(self) -> None:
         """A read at a tail holding for a removed member waits for the hold to end, even
         past READ_WAIT, and is then served (not refused)."""
