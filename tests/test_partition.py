@@ -205,6 +205,20 @@ class TailPartitionTests(SynchronousTestCase):
         self.assertLess(b.replica.committed_seq, b.replica.applied_seq)
         self.assertFalse(b.replica.serving_reads)
 
+    def test_a_hold_is_never_shortened_by_another(self) -> None:
+        """The answer to one removal ends the hold that waited for it, never a longer
+        hold for something else (another removal of unknown outcome, a restart)."""
+        (a,) = self.net.chain(1)
+        now = self.net.clock.seconds()
+        a.replica.hold_tail(10.0, "removed x")
+        a.replica.hold_tail(30.0, "removed y")
+        a.replica.hold_tail(2.0, "removed y")  # y's deletion answered
+        self.assertEqual(a.replica.tail_hold_until, now + 10.0)
+        a.replica.hold_tail(1.0, "removed x")
+        self.assertEqual(a.replica.tail_hold_until, now + 2.0)
+        self.net.clock.advance(2.0)
+        self.assertFalse(a.replica.tail_held())
+
     def test_reads_wait_out_a_hold_longer_than_the_read_wait(self) -> None:
         """A read at a tail holding for a removed member waits for the hold to end, even
         past READ_WAIT, and is then served (not refused)."""

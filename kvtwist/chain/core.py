@@ -146,10 +146,10 @@ class ReplicaCore:
         self.pred: Link | None = None
         self._ready_waiters: list[Deferred[None]] = []
         self._member_waiters: list[Deferred[None]] = []
-        #: no commit as tail, and no read served, before this reactor time (on
-        #: the node's steady clock, kvtwist.clock): a member we removed may
-        #: still hold its lease until then
-        self.tail_hold_until = 0.0
+        #: holds on commits and reads as tail, by what they wait for (a member
+        #: we removed, a restart): each ends at a reactor time on the node's
+        #: steady clock (kvtwist.clock), and the latest end rules
+        self._holds: dict[str, float] = {}
         #: no read served as tail before committed_seq reaches this (kvtwist.chain.membership)
         self.tail_catch_up = 0
         self._tail_hold_call: Any = None
@@ -276,18 +276,32 @@ class ReplicaCore:
             and not self.tail_held()
         )
 
+    @property
+    def tail_hold_until(self) -> float:
+        """No commit as tail, and no read served, before this reactor time."""
+        return max(self._holds.values(), default=0.0)
+
     def tail_held(self) -> bool:
         """Whether a member we removed may still serve: we may not commit or read as tail."""
         return self.reactor.seconds() < self.tail_hold_until
 
-    def hold_tail(self, seconds: float) -> None:
-        """No commit or read as tail for ``seconds`` from now."""
-        self.tail_hold_until = self.reactor.seconds() + seconds
+    def hold_tail(self, seconds: float, why: str = "") -> None:
+        """No commit or read as tail for ``seconds`` from now, on account of ``why``.
+
+        A new hold for the same ``why`` replaces the old one (the answer to a
+        removal ends the hold that waited for it); holds for other reasons stay.
+        """
+        now = self.reactor.seconds()
+        holds = {k: end for k, end in self._holds.items() if end > now}
+        holds[why] = now + seconds
+        self._holds = holds
         call = self._tail_hold_call
         if call is not None and call.active():
             call.cancel()
-        # then what waited for the hold goes on
-        self._tail_hold_call = self.reactor.callLater(seconds, self._tail_hold_over)
+        # then what waited for the holds goes on
+        self._tail_hold_call = self.reactor.callLater(
+            self.tail_hold_until - now, self._tail_hold_over
+        )
 
     def _tail_hold_over(self) -> None:
         self._tail_hold_call = None

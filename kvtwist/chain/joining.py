@@ -477,7 +477,7 @@ class JoiningReplica(LinkedReplica):
             if restart:
                 # the members before us left no word of whom they removed and
                 # when: any of them may still serve until its lease is out
-                self.hold_tail(self._removal_wait())
+                self.hold_tail(self._removal_wait(), "restart")
             for link in (self.pred, self.succ):
                 if link is not None:
                     self._stamp(link)  # our acknowledgements carry our name from now on

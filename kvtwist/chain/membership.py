@@ -476,14 +476,15 @@ class MembershipReplica(ReadingReplica):
         that never ended would keep this node from ever serving as tail.
         """
         wait = self._removal_wait()
-        self.hold_tail(wait + 3 * self._session_timeout())
+        why = f"removed {name}"
+        self.hold_tail(wait + 3 * self._session_timeout(), why)
 
         def removed(_: Any) -> None:
-            self.hold_tail(wait)
+            self.hold_tail(wait, why)
 
         def unknown(f: Failure) -> None:
             log.warn("removing {name} failed: {e}", name=name, e=f.getErrorMessage())
-            self.hold_tail(wait + self._session_timeout())
+            self.hold_tail(wait + self._session_timeout(), why)
 
         self.coordinator.remove_member(name).addCallbacks(removed, unknown)
 
