@@ -185,7 +185,7 @@ class Store:
         self._clients = ClientTable(max_clients)
         self._snapshotting = False
         self._sync_timer: LoopingCall | None = None
-        self._writes: list[tuple[list[Write], Deferred[list[Applied | Exception]]]] = []
+        self._writes: list[tuple[Sequence[Write], Deferred[list[Applied | Exception]]]] = []
         self._reads: list[tuple[Callable[[], Any], Deferred[Any]]] = []
         self._flush_call: IDelayedCall | None = None
         self._writing = 0  # write batches handed to the writer and not back yet
@@ -195,7 +195,7 @@ class Store:
 
     # writes
 
-    def apply_many(self, writes: list[Write]) -> Deferred[list[Applied | Exception]]:
+    def apply_many(self, writes: Sequence[Write]) -> Deferred[list[Applied | Exception]]:
         """Queue ``writes``; fires with one outcome each once they are through the writer.
 
         Writes are applied in the order they are queued.  One Deferred for the
@@ -214,7 +214,7 @@ class Store:
         self.last_applied = recovered.last_seq
         self._clients = ClientTable(self._clients.limit, recovered.clients)
 
-    def _apply_batch(self, batch: list[Write]) -> list[Applied | Exception]:
+    def _apply_batch(self, batch: Sequence[Write]) -> list[Applied | Exception]:
         if self.journal is not None:
             # only the writes that follow on: the others fail as out of order below
             records = []
@@ -466,7 +466,7 @@ def _log_failure(f: Failure, what: str) -> None:
     log.failure(what, f)
 
 
-def _deliver_parts(results: Any, parts: list[tuple[list[Write], Deferred[Any]]]) -> None:
+def _deliver_parts(results: Any, parts: list[tuple[Sequence[Write], Deferred[Any]]]) -> None:
     """Hand each caller of ``apply_many`` the outcomes of its own writes."""
     if not isinstance(results, list):  # the whole batch failed
         for _, d in parts:

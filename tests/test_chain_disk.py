@@ -122,7 +122,7 @@ class ChainDiskTests(SynchronousTestCase):
         self.assertEqual(states[0], states[2])
         self.assertIn((b"new", b"committed"), states[0])
         self.assertNotIn(b"orphan", dict(states[0]))
-        self.assertEqual(a.replica.history.marks, c.replica.history.marks)
+        self.assertEqual(a.replica.state.history.marks, c.replica.state.history.marks)
         # and its disk agrees: reopened, it holds what the chain holds
         assert a.store.journal is not None
         a.store.journal.close()
@@ -194,7 +194,7 @@ class BacklogBoundTests(SynchronousTestCase):
         for i in range(5):
             a.write(f"pre{i}".encode(), b"x")
         net.settle()
-        a.replica.recent.clear()  # too old for a delta: the joiner needs a full copy
+        a.replica.state.recent.clear()  # too old for a delta: the joiner needs a full copy
         runner = ReadHeldRunner()
         a.store.runner = runner
         a.replica.max_unsent_bytes = 2_000

@@ -197,7 +197,7 @@ class ChainRecoveryTests(SynchronousTestCase):
         self.write_all(b, 2, prefix="b")
         assert first is not None and b.replica.head_epoch is not None
         self.assertGreater(b.replica.head_epoch, first)
-        self.assertEqual(c.replica.history.marks, [(1, first), (3, b.replica.head_epoch)])
+        self.assertEqual(c.replica.state.history.marks, [(1, first), (3, b.replica.head_epoch)])
         data, _ = self.net.registry.record
         self.assertEqual(ChainRecord.decode(data, 0).epoch, b.replica.head_epoch)
 
@@ -326,13 +326,13 @@ class DivergenceTests(SynchronousTestCase):
         for i in range(2):
             a.write(f"k{i}".encode(), b"x")
         net.settle()
-        b.replica.history = EpochHistory([(1, 99)])  # as if another head had numbered them
+        b.replica.state.history = EpochHistory([(1, 99)])  # as if another head had numbered them
         link = a.replica.succ
         assert link is not None
         link.close()
         a.replica.link_lost(link)  # relink: the hellos compare the logs
         net.settle()
         self.assertEqual(b.replica.role, "tail")
-        self.assertEqual(b.replica.history.marks, a.replica.history.marks)
+        self.assertEqual(b.replica.state.history.marks, a.replica.state.history.marks)
         self.assertEqual(b.state(), a.state())
         self.assertIn(b.replica.last_catch_up, ("delta", "full"))

@@ -60,7 +60,7 @@ class NodeTests(SynchronousTestCase):
         self.assertEqual((again.opcode, again.op_n), (wire.OP_PUT + 1, first.op_n))
         self.assertEqual(self.h.replica.last_received, 200_002, "the retry was applied again")
         self.assertEqual(self.h.replica.committed_tree.get(b"k"), b"later")
-        self.assertLessEqual(len(self.h.replica.dedup), 3)
+        self.assertLessEqual(len(self.h.replica.state.dedup), 3)
 
     def test_request_below_the_floor_is_refused(self) -> None:
         """A request below its client's ack_below is refused, never applied, sent first or again."""
@@ -72,7 +72,7 @@ class NodeTests(SynchronousTestCase):
 
     def test_retry_of_an_evicted_client_is_refused(self) -> None:
         """A re-send from an evicted client is refused as of unknown outcome, not applied again."""
-        self.h.replica.dedup = DedupTable(max_entries=4)
+        self.h.replica.state.dedup = DedupTable(max_entries=4)
         self.assertEqual(self.conn.one(put(b"x", b"1", "x", 1, ack=1)).op_n, 1)
         for i in range(10):  # other clients push "x", the least recently written, out
             self.conn.one(put(b"y", b"%d" % i, f"y{i}", 1, ack=1))
@@ -87,7 +87,7 @@ class NodeTests(SynchronousTestCase):
         original = [self.conn.one(put(b"o", b"v")) for _ in range(2)]
         self.assertEqual([r.op_n for r in original], [14, 15])
         self.assertEqual(self.h.replica.last_received, 15)
-        self.assertGreater(self.h.replica.dedup.evicted, 0)
+        self.assertGreater(self.h.replica.state.dedup.evicted, 0)
 
     def test_ack_below_above_the_request_is_bad_input(self) -> None:
         """ack_below above its own request id is refused as bad input, and nothing is applied."""
@@ -124,7 +124,7 @@ class ChainTests(SynchronousTestCase):
         for rid in range(1, 4):
             a.replica.write(True, b"o", b"%d" % rid, "old", rid)
         net.settle()
-        tables = [list(n.replica.dedup.rows()) for n in (a, b, c)]
+        tables = [list(n.replica.state.dedup.rows()) for n in (a, b, c)]
         self.assertEqual(tables[1:], tables[:1] * 2)
         acker = [row for row in tables[0] if row[0] == "acker"]
         self.assertEqual(acker, [("acker", 10, 0, False), ("acker", 10, 10, True)])
@@ -138,7 +138,7 @@ class ChainTests(SynchronousTestCase):
         self.assertEqual(recovered.clients, live)
         d = net.add()  # copies the state from the tail, b
         self.assertEqual(d.replica.role, "tail")
-        self.assertEqual(list(d.replica.dedup.rows()), tables[0])
+        self.assertEqual(list(d.replica.state.dedup.rows()), tables[0])
         refused = a.replica.write(True, b"k", b"1", "acker", 1, 1, True)
         self.assertIn("too old", self.failureResultOf(refused, Refused).getErrorMessage())
 

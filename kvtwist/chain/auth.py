@@ -122,9 +122,7 @@ class Initiator:
 class Responder:
     """The accepting side's state: step 1 in, step 2 out, step 3 in, step 4 out."""
 
-    def __init__(
-        self, key: bytes, identity: str, nonce: bytes | None = None, binding: bytes = b""
-    ):
+    def __init__(self, key: bytes, identity: str, nonce: bytes | None = None, binding: bytes = b""):
         self.key = key
         self.identity = identity
         self.nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)

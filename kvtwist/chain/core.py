@@ -1,25 +1,14 @@
-"""A chain member: ordering, forwarding and commitment of writes (van Renesse &
-Schneider, OSDI 2004).
+"""A chain member's driver: the write and read paths, around the pure state.
 
 A standalone node is a chain of one: head and tail at once, with no
 membership service.  The same code path serves both, so the standalone node
 exercises the write path a chain uses.
 
-Vocabulary:
-
-- *received* (``last_received``): the highest op number this node has taken
-  into its order; the head assigns it, the others get it from the predecessor.
-- *applied* (``applied_seq``): logged (on disk, under ``--fsync always``) and
-  put in the tree by the writer thread.  Only then does an update go on to
-  the successor, so a successor's log is always a prefix of its predecessor's.
-- *committed* (``committed_seq``): the tail has it.  The tail commits what it
-  applies; the others commit what their successor acknowledges.  Reads are
-  served at the tail from the committed snapshot, and a client's write is
-  answered by the head once committed.
-- the Sent list (``pending``): received but not committed; resent to a new
-  successor after a failure.
-
-This module holds the write and read paths; membership (views, links, the
+The decisions of the write path (numbering, the Sent list, what goes down
+the chain, what commits) are :class:`kvtwist.chain.state.ChainState`'s, a
+pure object; this class carries them out: it hands writes to the store's
+writer thread, queues updates and acknowledgements on the links, and
+answers the Deferreds of waiting clients.  Membership (views, links, the
 chain record) is in :mod:`kvtwist.chain.membership` and joining in
 :mod:`kvtwist.chain.joining`.  A node's life is the state machine of
 :mod:`kvtwist.chain.lifecycle`.
@@ -27,7 +16,6 @@ chain record) is in :mod:`kvtwist.chain.membership` and joining in
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -37,19 +25,18 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvtwist.chain.dedup import DedupTable
-from kvtwist.chain.epochs import EpochHistory
 from kvtwist.chain.lifecycle import Lifecycle, State
 from kvtwist.chain.link import Link, Side
-from kvtwist.chain.outcomes import NotHere, Refused, Unavailable, WriteResult
+from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
+from kvtwist.chain.state import ChainState, WriteRequest
 from kvtwist.chain.transfer import SnapshotReceiver
 from kvtwist.client.protocol import connect_quietly, endpoint
 from kvtwist.coordinator import Coordinator
 from kvtwist.logs import LogLimiter
 from kvtwist.membership import parse_address
 from kvtwist.proto.kvtwist_pb2 import SnapshotChunk, Update
-from kvtwist.store import Applied, Store, Write
+from kvtwist.store import Applied, Store
 from kvtwist.tree import BTree
 from kvtwist.wire import FramedProtocol, Message
 
@@ -57,13 +44,6 @@ log = Logger(namespace="kvtwist.chain")
 
 #: Bytes of uncommitted writes (the Sent list) beyond which client intake pauses.
 MAX_SENT_BYTES = 256 * 1024 * 1024
-#: Committed writes kept in memory so that a node that was away briefly can
-#: catch up by delta instead of copying the whole store.
-RECENT_BYTES = 64 * 1024 * 1024
-#: Memory of one held update beyond its key, value and client id: a protobuf
-#: message made at the head measures about 500 B (RSS over 200,000 of them), so
-#: the byte bounds above are bounds on memory, not only on payload.
-UPDATE_OVERHEAD = 512
 
 
 #: How long a request may wait at a node that is becoming a member (joining,
@@ -77,8 +57,7 @@ BECOMING = (State.STARTING, State.JOINING, State.REGISTERING)
 #: Opens a link: ``(host, port, protocol)``, firing once ``protocol`` is connected.
 Dial = Callable[[str, int, FramedProtocol], Deferred[Any]]
 
-#: A client write: is_put, key, value, client id, request id, ack_below, resend.
-WriteRequest = tuple[bool, bytes, bytes, str, int, int, bool]
+__all__ = ["MAX_SENT_BYTES", "MEMBER_WAIT", "ReplicaCore", "WriteRequest"]
 
 
 def _fire(d: Deferred[WriteResult], outcome: WriteResult | Exception) -> None:
@@ -90,10 +69,6 @@ def _fire(d: Deferred[WriteResult], outcome: WriteResult | Exception) -> None:
 
 def _exception(f: Failure) -> Exception:
     return f.value  # type: ignore[return-value]
-
-
-def update_size(u: Update) -> int:
-    return len(u.key) + len(u.data) + len(u.client_id) + UPDATE_OVERHEAD
 
 
 class ReplicaCore:
@@ -124,23 +99,10 @@ class ReplicaCore:
         self.record = ChainRecord()  # the last chain record we read or wrote
         self.head_epoch: int | None = 0 if zk is None else None  # claimed as head
 
-        self.last_received = 0
-        self.applied_seq = 0
-        self.committed_seq = 0
-        self.committed_tree = BTree()
-        self.next_seq = 1
-        self.acked = 0  # highest op our successor acknowledged
-        self.history = EpochHistory()
-
-        self.pending: dict[int, Update] = {}  # the Sent list, by op number
-        self.pending_bytes = 0
-        self.recent: deque[Update] = deque()  # committed, for catch-up by delta
-        self.recent_bytes = 0
-        self._trees: dict[int, BTree] = {}  # state after each uncommitted op
-        self._found: dict[int, bool] = {}
+        #: op numbers, the Sent list and commitment: the decisions of the write path
+        self.state = ChainState(keep_recent=zk is not None)
         #: who waits for each uncommitted op: called with its outcome or the failure
         self._waiting: dict[int, list[Callable[[WriteResult | Exception], None]]] = {}
-        self.dedup = DedupTable()
 
         self.succ: Link | None = None
         self.pred: Link | None = None
@@ -190,11 +152,34 @@ class ReplicaCore:
 
     def restore(self, tree: BTree, last_seq: int, marks: Any, clients: Any) -> None:
         """Start from a state recovered from disk."""
-        self.last_received = self.applied_seq = self.committed_seq = last_seq
-        self.next_seq = last_seq + 1
-        self.committed_tree = tree
-        self.history = EpochHistory(marks)
-        self.dedup.load(clients)
+        self.state.restore(tree, last_seq, marks, clients)
+
+    # what observers read (STATS, tests): the state's numbers, read-only
+
+    @property
+    def last_received(self) -> int:
+        return self.state.last_received
+
+    @property
+    def applied_seq(self) -> int:
+        return self.state.applied_seq
+
+    @property
+    def committed_seq(self) -> int:
+        return self.state.committed_seq
+
+    @property
+    def committed_tree(self) -> BTree:
+        return self.state.committed_tree
+
+    @property
+    def acked(self) -> int:
+        return self.state.acked
+
+    @property
+    def pending(self) -> dict[int, Update]:
+        """The Sent list."""
+        return self.state.pending
 
     def _new_link(self, conn: FramedProtocol, side: Side, peer: str) -> Link:
         link = Link(conn, side, self.reactor, peer=peer)
@@ -271,7 +256,7 @@ class ReplicaCore:
         return (
             self.is_tail
             and not self._awaiting_handoff
-            and self.committed_seq >= self.tail_catch_up
+            and self.state.committed_seq >= self.tail_catch_up
             and self._lease_ok()
             and not self.tail_held()
         )
@@ -383,12 +368,9 @@ class ReplicaCore:
 
         At a node still becoming a member the write waits for it (``hold``).
         """
+        request = (is_put, key, data, client_id, request_id, ack_below, resend)
         if hold and self.becoming_member:
-            return self._wait_member().addCallback(
-                lambda _: self.write(
-                    is_put, key, data, client_id, request_id, ack_below, resend, hold=False
-                )
-            )
+            return self._wait_member().addCallback(lambda _: self.write(*request, hold=False))
         try:
             self._check_member()
             if not self.is_head:
@@ -399,34 +381,15 @@ class ReplicaCore:
             # a new head records its epoch before it numbers anything
             d: Deferred[None] = Deferred()
             self._claim_waiters.append(d)
-            return d.addCallback(
-                lambda _: self.write(is_put, key, data, client_id, request_id, ack_below, resend)
-            )
-        if client_id:
-            try:
-                entry = self.dedup.check(client_id, request_id, resend)
-            except Refused as e:
-                return defer.fail(e)
-            if entry is not None:  # a retry: answer with the first attempt's outcome
-                if entry.seq <= self.committed_seq:
-                    found = entry.found if entry.found is not None else True
-                    return defer.succeed(WriteResult(entry.seq, found))
-                return self._wait_commit(entry.seq)
-        seq = self.next_seq
-        self.next_seq += 1
-        u = Update(
-            seq=seq,
-            epoch=self.head_epoch,
-            is_put=is_put,
-            key=key,
-            data=data,
-            client_id=client_id,
-            request_id=request_id,
-            ack_below=ack_below,
-        )
-        wait = self._wait_commit(seq)
-        self._accept([u])
-        return wait
+            return d.addCallback(lambda _: self.write(*request))
+        numbered = self.state.number([request], self.head_epoch)
+        outcome = numbered.outcomes[0]
+        if isinstance(outcome, int):
+            done = self._wait_commit(outcome)
+        else:
+            done = defer.fail(outcome) if isinstance(outcome, Exception) else defer.succeed(outcome)
+        self._accept(numbered.updates)
+        return done
 
     def write_many(self, writes: list[WriteRequest]) -> Deferred[list[WriteResult | Exception]]:
         """``write`` for requests that arrived together: one outcome each, one Deferred.
@@ -448,41 +411,14 @@ class ReplicaCore:
             if not left[0]:
                 done.callback(outcomes)  # type: ignore[arg-type]
 
-        updates = []
+        numbered = self.state.number(writes, self.head_epoch)
         waiting = self._waiting
-        epoch = self.head_epoch
-        for i, (is_put, key, data, client_id, request_id, ack_below, resend) in enumerate(writes):
-            if client_id:
-                try:
-                    entry = self.dedup.check(client_id, request_id, resend)
-                except Refused as e:
-                    fill(i, e)
-                    continue
-                if entry is not None:  # a retry: answer with the first attempt's outcome
-                    if entry.seq <= self.committed_seq:
-                        found = entry.found if entry.found is not None else True
-                        fill(i, WriteResult(entry.seq, found))
-                    else:
-                        waiting.setdefault(entry.seq, []).append(partial(fill, i))
-                    continue
-                # a retry of a write in this very batch must find it
-                self.dedup.remember(client_id, request_id, self.next_seq, None, ack_below)
-            seq = self.next_seq
-            self.next_seq += 1
-            updates.append(
-                Update(
-                    seq=seq,
-                    epoch=epoch,
-                    is_put=is_put,
-                    key=key,
-                    data=data,
-                    client_id=client_id,
-                    request_id=request_id,
-                    ack_below=ack_below,
-                )
-            )
-            waiting[seq] = [partial(fill, i)]
-        self._accept(updates)
+        for i, outcome in enumerate(numbered.outcomes):
+            if isinstance(outcome, int):
+                waiting.setdefault(outcome, []).append(partial(fill, i))
+            else:
+                fill(i, outcome)
+        self._accept(numbered.updates)
         return done
 
     def _wait_commit(self, seq: int) -> Deferred[WriteResult]:
@@ -503,21 +439,9 @@ class ReplicaCore:
 
     def _accept(self, updates: list[Update]) -> None:
         """Take the next updates in order: note them, then hand them to the store together."""
-        pending = self.pending
-        writes: list[Write] = []
-        size = 0
-        for u in updates:
-            seq = u.seq
-            self.history.note(seq, u.epoch)
-            pending[seq] = u
-            size += update_size(u)
-            if u.client_id:
-                self.dedup.remember(u.client_id, u.request_id, seq, None, u.ack_below)
-            writes.append(u)  # the journal logs the Update as it is
+        writes = self.state.accept(updates)
         if not writes:
             return
-        self.last_received = writes[-1].seq
-        self.pending_bytes += size
         gen = self.life.generation
         self.store.apply_many(writes).addCallbacks(
             self._applied, self._apply_failed, callbackArgs=(gen,), errbackArgs=(gen,)
@@ -526,28 +450,22 @@ class ReplicaCore:
             self._update_congestion()
 
     def _applied(self, outcomes: list[Applied | Exception], gen: int) -> None:
-        for a in outcomes:
+        if gen != self.life.generation:
+            return
+        batch = self.state.applied(outcomes)
+        for u in batch.forward:
             if gen != self.life.generation:
                 return
-            if isinstance(a, Exception):
-                # what was applied before it stands (and may commit); the rest fails
-                self._advance()
-                self._apply_failed(Failure(a), gen)
-                return
-            self.applied_seq = a.seq
-            u = self.pending.get(a.seq)
-            if u is not None:
-                self._trees[a.seq] = a.tree
-                self._found[a.seq] = a.found
-                if u.client_id:
-                    self.dedup.applied(u.client_id, u.request_id, a.seq, a.found)
-                # on disk now: only from here may it go down the chain
-                if self.succ is not None and self.succ.ready:
-                    self.succ.queue_update(u)
-                self._backlog_applied(u)
+            if self.succ is not None and self.succ.ready:
+                self.succ.queue_update(u)
+            self._backlog_applied(u)
         if gen != self.life.generation:
             return
         self._advance()
+        if batch.error is not None:
+            # what was applied before it stands (and may commit); the rest fails
+            self._apply_failed(Failure(batch.error), gen)
+            return
         self._join_applied()
 
     def _apply_failed(self, f: Failure, gen: int) -> None:
@@ -559,10 +477,7 @@ class ReplicaCore:
             # nothing after the failed write was applied: take those op numbers back
             self._drop_uncommitted(Unavailable(f"write not stored: {why}; retry"))
             self.life.generation += 1
-            self.last_received = self.applied_seq
-            self.next_seq = self.applied_seq + 1
-            self.history.truncate(self.applied_seq)
-            self.dedup.forget_after(self.applied_seq)
+            self.state.take_back()
         else:
             self.fence(f"store failure: {why}")
 
@@ -575,35 +490,19 @@ class ReplicaCore:
 
     def _advance(self) -> None:
         """Commit as far as the successor's acknowledgements (or, at the tail, our own) allow."""
-        target = self.applied_seq
-        if self._waits_for_successor():
-            target = min(target, self.acked)
-        if target <= self.committed_seq:
+        state = self.state
+        target = state.commit_target(self._waits_for_successor())
+        if target <= state.committed_seq:
             return
         if not self._record_allows_commit():
             return
-        tree = self._trees.get(target)
-        if tree is None:  # applied but its snapshot was dropped: only on a reset
+        done = state.commit(target)
+        if done is None:  # applied but its snapshot was dropped: only on a reset
             return
-        old = self.committed_seq
-        self.committed_seq = target
-        self.committed_tree = tree
-        # a standalone node never sends a joiner the writes it missed
-        recent = None if self.standalone else self.recent
-        for seq in range(old + 1, target + 1):
-            u = self.pending.pop(seq, None)
-            if u is not None:
-                size = update_size(u)
-                self.pending_bytes -= size
-                if recent is not None:
-                    recent.append(u)
-                    self.recent_bytes += size
-            self._trees.pop(seq, None)
-            found = self._found.pop(seq, True)
-            for wake in self._waiting.pop(seq, ()):
-                wake(WriteResult(seq, found))
-        while self.recent_bytes > RECENT_BYTES and self.recent:
-            self.recent_bytes -= update_size(self.recent.popleft())
+        waiting = self._waiting
+        for result in done:
+            for wake in waiting.pop(result.op_n, ()):
+                wake(result)
         if self.pred is not None and self.pred.ready:
             self.pred.queue_ack(target)
         if self.congested:
@@ -618,7 +517,7 @@ class ReplicaCore:
     @property
     def unsent_bytes(self) -> int:
         """Writes held in memory for a neighbour: the Sent list and a joiner's backlog."""
-        return self.pending_bytes + self.backlog_bytes
+        return self.state.pending_bytes + self.backlog_bytes
 
     def _update_congestion(self) -> None:
         if self.congested:
@@ -644,10 +543,7 @@ class ReplicaCore:
         for wakes in waiting.values():
             for wake in wakes:
                 wake(why)
-        self.pending.clear()
-        self.pending_bytes = 0
-        self._trees.clear()
-        self._found.clear()
+        self.state.drop_uncommitted()
         if self.congested:
             self._update_congestion()
 

@@ -36,13 +36,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist import wire
-from kvtwist.chain.core import update_size
 from kvtwist.chain.epochs import EpochHistory, match_point
 from kvtwist.chain.foreign import Verdict
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.links import LinkedReplica
 from kvtwist.chain.record import ChainRecord, may_start
+from kvtwist.chain.state import update_size
 from kvtwist.chain.transfer import SnapshotReceiver, SnapshotSender
 from kvtwist.membership import format_address
 from kvtwist.proto.kvtwist_pb2 import ChainHello, EpochMark, SnapshotChunk, Update
@@ -104,31 +104,29 @@ class JoiningReplica(LinkedReplica):
             link.refuse("not the tail, or a join is already running; retry")
             return
         self.succ = link
-        seq = self.committed_seq
+        seq = self.state.committed_seq
         theirs = history_of(hello.marks)
-        agreed = match_point(self.history, self.last_received, theirs, hello.last_op)
+        agreed = match_point(self.state.history, self.state.last_received, theirs, hello.last_op)
         gen = self.life.generation
-        if self._can_send_delta(agreed):
+        delta = self.state.catch_up_after(agreed)
+        if delta is not None:
             log.info(
                 "catch-up of {peer} by delta after op {m} (we hold {n})",
                 peer=link.peer,
                 m=agreed,
-                n=self.last_received,
+                n=self.state.last_received,
             )
             link.snapshot(SnapshotChunk(done=True, delta=True, last_op=agreed))
-            self._set_backlog(
-                [u for u in self.recent if u.seq > agreed]
-                + [u for s, u in self.pending.items() if agreed < s <= self.applied_seq]
-            )
+            self._set_backlog(delta)
             self._switch_to_joiner(link)
             return
         # writes after the snapshot go to the joiner once the snapshot is through
-        self._set_backlog([u for s, u in self.pending.items() if seq < s <= self.applied_seq])
+        self._set_backlog(self.state.sent_after(seq))
         clients = [
             Update(seq=s, client_id=c, request_id=r, found=found)
-            for c, r, s, found in self.dedup.rows(upto=seq)
+            for c, r, s, found in self.state.dedup.rows(upto=seq)
         ]
-        history = self.history.copy()
+        history = self.state.history.copy()
         history.truncate(seq)
 
         def wanted() -> bool:
@@ -138,20 +136,13 @@ class JoiningReplica(LinkedReplica):
             self.reactor,
             self.store.runner,
             link,
-            self.committed_tree,
+            self.state.committed_tree,
             seq,
             clients,
             wanted,
             lambda: self._switch_to_joiner(link),
             marks=marks_of(history),
         ).start()
-
-    def _can_send_delta(self, agreed: int) -> bool:
-        if agreed >= self.committed_seq:
-            return True
-        if not self.recent or self.recent[-1].seq != self.committed_seq:
-            return False
-        return self.recent[0].seq <= agreed + 1
 
     def _backlog_applied(self, u: Update) -> None:
         if self._join_backlog is not None:
@@ -168,9 +159,12 @@ class JoiningReplica(LinkedReplica):
         for u in backlog:
             link.queue_update(u)
         # from here on, nothing commits here before the joiner has it
-        self.acked = self.committed_seq
+        self.state.new_successor()
         link.hello(
-            self.name or "", self.view.config if self.view else 0, self.address, self.last_received
+            self.name or "",
+            self.view.config if self.view else 0,
+            self.address,
+            self.state.last_received,
         )
         log.info("{n} writes of backlog sent to {peer}", n=len(backlog), peer=link.peer)
 
@@ -258,13 +252,9 @@ class JoiningReplica(LinkedReplica):
         if gen != self.life.generation:
             return
         tree, last = state
-        self.last_received = self.applied_seq = self.committed_seq = last
-        self.next_seq = last + 1
-        self.committed_tree = tree
-        self.history.truncate(last)
-        self.dedup.forget_after(last)
-        self.recent.clear()
-        self.recent_bytes = 0
+        self.state.reset(last, tree)
+        self.state.truncate(last)
+        self.state.forget_recent()
 
     def _join_decide(self, found: list[Any], gen: int, cleaned: bool = False) -> Any:
         if gen != self.life.generation:
@@ -292,7 +282,9 @@ class JoiningReplica(LinkedReplica):
                 return self._examine(tail).addCallback(self._tail_judged, tail, found, gen)
             return self._transfer_from(tail, view)
         if may_start(self.record, self.store.meta.get("name"), self.store.node_id, view.config):
-            log.info("the chain is empty; starting it from our copy (op {n})", n=self.last_received)
+            log.info(
+                "the chain is empty; starting it from our copy (op {n})", n=self.state.last_received
+            )
             # a chain that had members (it has a record) may have a removed one
             # still serving; a brand-new chain has nobody to wait for
             return self._register(gen, restart=self.record.version >= 0)
@@ -337,21 +329,21 @@ class JoiningReplica(LinkedReplica):
         link = self._new_link(conn, Side.PREDECESSOR, peer=tail.name)
         self.pred = link
         host, port = tail.address
-        full = self._want_full or not self.last_received
+        full = self._want_full or not self.state.last_received
         log.info(
             "joining: catching up from tail {name} at {host}:{port} (we hold op {n})",
             name=tail.name,
             host=host,
             port=port,
-            n=self.last_received,
+            n=self.state.last_received,
         )
 
         def connected(_: Any) -> None:
             hello = ChainHello(
                 config=view.config,
                 address=self.address,
-                last_op=0 if full else self.last_received,
-                marks=[] if full else marks_of(self.history),
+                last_op=0 if full else self.state.last_received,
+                marks=[] if full else marks_of(self.state.history),
             )
             conn.sendMessage(Message(opcode=wire.OP_CHAIN_JOIN, c_type=wire.CT_CHAIN, hello=hello))
 
@@ -368,33 +360,33 @@ class JoiningReplica(LinkedReplica):
         if chunk.done:
             received, self._received = self._received, SnapshotReceiver()
             keys, values = received.keys, received.values
-            self.dedup.clear()
+            self.state.dedup.clear()
             rows = [(r.client_id, r.request_id, r.seq, r.found) for r in received.clients]
-            self.dedup.load(rows)
-            self.history = history_of(chunk.marks)
+            self.state.dedup.load(rows)
+            self.state.history = history_of(chunk.marks)
             self.last_catch_up = "full"
             self._based_at(chunk.last_op)
             self._loaded = self.store.load(
                 keys,
                 values,
                 chunk.last_op,
-                self.history.marks,
-                [ClientRow(*row) for row in self.dedup.rows()],
+                self.state.history.marks,
+                [ClientRow(*row) for row in self.state.dedup.rows()],
             )
             self._await_base()
 
     def _delta_base(self, link: Link, agreed: int) -> None:
-        if agreed > self.last_received:
+        if agreed > self.state.last_received:
             link.refuse("delta past our log", retry=False)
             self._join_failed("the tail named a delta base past our log")
             return
         self.last_catch_up = "delta"
-        rewind = agreed < self.last_received
+        rewind = agreed < self.state.last_received
         if rewind:
             log.warn(
                 "dropping ops {a}-{b}: the chain never committed them",
                 a=agreed + 1,
-                b=self.last_received,
+                b=self.state.last_received,
             )
             # back to nothing needs no log; anything else is replayed from ours
             if agreed == 0:
@@ -402,16 +394,14 @@ class JoiningReplica(LinkedReplica):
             else:
                 self._loaded = self.store.rewind(agreed)
         else:
-            self._loaded = defer.succeed(self.committed_tree)
-        self.history.truncate(agreed)
-        self.dedup.forget_after(agreed)
+            self._loaded = defer.succeed(self.state.committed_tree)
+        self.state.truncate(agreed)
         self._based_at(agreed)
         self._await_base()
 
     def _based_at(self, seq: int) -> None:
-        self.last_received = self.applied_seq = self.committed_seq = seq
+        self.state.reset(seq)
         self._loaded_seq = seq
-        self.next_seq = seq + 1
 
     def _await_base(self) -> None:
         assert self._loaded is not None
@@ -428,8 +418,8 @@ class JoiningReplica(LinkedReplica):
     def _snapshot_loaded(self, tree: BTree, gen: int) -> None:
         if gen != self.life.generation:
             return
-        if self.committed_seq == self._loaded_seq:
-            self.committed_tree = tree
+        if self.state.committed_seq == self._loaded_seq:
+            self.state.committed_tree = tree
         log.info("joining: state ready ({n} keys at op {s})", n=len(tree), s=self._loaded_seq)
         self._join_check()
 
@@ -438,8 +428,8 @@ class JoiningReplica(LinkedReplica):
         link.ready = True
         link.peer = hello.sender
         self._catch_up_to = hello.last_op
-        if self.committed_seq:
-            link.queue_ack(self.committed_seq)
+        if self.state.committed_seq:
+            link.queue_ack(self.state.committed_seq)
         self._join_check()
 
     def _join_applied(self) -> None:
@@ -452,7 +442,7 @@ class JoiningReplica(LinkedReplica):
             and self._catch_up_to >= 0
             and self._loaded is not None
             and self._loaded.called
-            and self.applied_seq >= self._catch_up_to
+            and self.state.applied_seq >= self._catch_up_to
         ):
             self._catch_up_to = -1
             self._register(self.life.generation).addErrback(
@@ -465,7 +455,7 @@ class JoiningReplica(LinkedReplica):
         ``restart``: we start an empty chain from our own copy.
         """
         assert self.zk is not None
-        self.life.to(State.REGISTERING, f"at op {self.last_received}")
+        self.life.to(State.REGISTERING, f"at op {self.state.last_received}")
 
         def registered(name: str) -> Any:
             if gen != self.life.generation:
@@ -483,7 +473,7 @@ class JoiningReplica(LinkedReplica):
                     self._stamp(link)  # our acknowledgements carry our name from now on
             self._want_full = False
             self._rejoin_delay = 0.5
-            log.info("joined the chain as {name} at op {n}", name=name, n=self.last_received)
+            log.info("joined the chain as {name} at op {n}", name=name, n=self.state.last_received)
             self.store.save_meta({"name": name}).addErrback(
                 lambda f: log.warn("could not record our name: {e}", e=f.getErrorMessage())
             )
@@ -520,14 +510,14 @@ class JoiningReplica(LinkedReplica):
             "the chain is empty and our copy (op {n}) is not from its last configuration "
             "({names}); waiting for one of those nodes, or for an operator to run "
             "'kvtwist-admin force-start'",
-            n=self.last_received,
+            n=self.state.last_received,
             names=names,
         )
         self._reset_join()  # releases the join lock
         info = {
             "address": self.address,
-            "last_op": self.last_received,
-            "epoch": self.history.epoch_at(self.last_received),
+            "last_op": self.state.last_received,
+            "epoch": self.state.history.epoch_at(self.state.last_received),
             "name": self.store.meta.get("name") or "",
         }
         advert = json.dumps(info).encode()

@@ -18,6 +18,7 @@ from kvtwist.chain.foreign import Verdict
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import Link, Side
 from kvtwist.chain.membership import MembershipReplica
+from kvtwist.chain.state import Mismatch
 from kvtwist.proto.kvtwist_pb2 import Update
 from kvtwist.wire import FramedProtocol, Message
 
@@ -49,7 +50,7 @@ class LinkedReplica(MembershipReplica):
                 ):
                     link.refuse("acknowledgements accepted only from the current successor")
                     return
-                self.acked = max(self.acked, min(msg.op_n, self.last_received))
+                self.state.acknowledged(msg.op_n)
                 self._advance()
             else:
                 link.refuse(f"unexpected {wire.op_name(op)} from a successor", retry=False)
@@ -121,13 +122,13 @@ class LinkedReplica(MembershipReplica):
             )
             link.refuse(f"{hello.sender} is not our predecessor in config {self.view.config}")
             return
-        if self.last_received < hello.last_op:
+        if self.state.last_received < hello.last_op:
             # it committed writes we never got: we cannot be its successor
             log.error(
                 "predecessor {p} committed op {c}, we hold only {n}",
                 p=hello.sender,
                 c=hello.last_op,
-                n=self.last_received,
+                n=self.state.last_received,
             )
             link.refuse("successor is behind the committed state; it rejoins", retry=False)
             self.fence("behind the predecessor's committed state")
@@ -144,11 +145,11 @@ class LinkedReplica(MembershipReplica):
             self.name,
             self.view.config,
             self.address,
-            self.last_received,
-            epoch=self.history.epoch_at(self.last_received),
+            self.state.last_received,
+            epoch=self.state.history.epoch_at(self.state.last_received),
         )
-        if self.committed_seq:
-            link.queue_ack(self.committed_seq)
+        if self.state.committed_seq:
+            link.queue_ack(self.state.committed_seq)
         self._wake_readers()
 
     def _view_then_hello(self, view: Any, link: Link, msg: Message) -> None:
@@ -165,19 +166,18 @@ class LinkedReplica(MembershipReplica):
             link.close()
             return
         last_op = hello.last_op
-        if last_op < self.committed_seq:
+        problem = self.state.successor_problem(last_op, hello.epoch)
+        if problem is Mismatch.BEHIND:
             # everything we committed went through it to the tail: it lost state
             log.error(
                 "successor {peer} holds op {n}, we committed {c}; refusing it",
                 peer=link.peer,
                 n=last_op,
-                c=self.committed_seq,
+                c=self.state.committed_seq,
             )
             link.refuse("successor is behind the committed state; it must rejoin", False)
             return
-        if last_op > self.last_received or (
-            last_op and self.history.epoch_at(last_op) != hello.epoch
-        ):
+        if problem is Mismatch.DIVERGES:
             # its log is no prefix of ours: it holds writes nobody committed
             log.error(
                 "successor {peer} holds op {n} of epoch {e}, not in our log; refusing it",
@@ -190,7 +190,7 @@ class LinkedReplica(MembershipReplica):
         link.ready = True
         self._examined[link.peer] = Verdict.KVTWIST
         self._succ_down_since = None
-        resend = [u for seq, u in self.pending.items() if last_op < seq <= self.applied_seq]
+        resend = self.state.resend_after(last_op)
         if resend:
             log.info("resending {n} writes to {peer}", n=len(resend), peer=link.peer)
         for u in resend:
@@ -198,24 +198,14 @@ class LinkedReplica(MembershipReplica):
         log.info("linked to successor {peer} (it holds op {n})", peer=link.peer, n=last_op)
 
     def _updates(self, link: Link, updates: list[Update]) -> None:
-        last = self.last_received
-        fresh = []
-        gap = None
-        for u in updates:
-            if u.seq <= last:
-                continue  # a resend after a reconfiguration: already have it
-            if u.seq != last + 1:
-                gap = u.seq
-                break
-            fresh.append(u)
-            last = u.seq
+        fresh, gap = self.state.take_in_order(updates)
         self._accept(fresh)
         if gap is not None:
             log.error(
                 "gap from {peer}: op {n} after {last}; relinking",
                 peer=link.peer,
                 n=gap,
-                last=last,
+                last=self.state.last_received,
             )
             link.refuse("gap in op numbers")
 

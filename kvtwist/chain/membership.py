@@ -84,7 +84,7 @@ class MembershipReplica(ReadingReplica):
                 self.pred.close()
                 self.pred = None
             self._awaiting_handoff = False
-            self.next_seq = max(self.next_seq, self.last_received + 1)
+            self.state.continue_numbering()
             if self.head_epoch is None:
                 self._claim_head()
         elif self.pred is not None and self.pred.peer != pred.name:
@@ -103,7 +103,7 @@ class MembershipReplica(ReadingReplica):
             # the tail before us may have served anything we applied: no read
             # here until we have committed that much too (the record may hold
             # the commit back for a while)
-            self.tail_catch_up = max(self.tail_catch_up, self.applied_seq)
+            self.tail_catch_up = max(self.tail_catch_up, self.state.applied_seq)
             self._advance()  # tail now: what we applied is committed
         elif self.succ is None or self.succ.peer != succ.name:
             adopt = (
@@ -116,7 +116,7 @@ class MembershipReplica(ReadingReplica):
                 self.succ.peer = succ.name
                 self.succ.joining = False
                 self.succ.joined = True
-                self.succ.hello(self.name, view.config, self.address, self.committed_seq)
+                self.succ.hello(self.name, view.config, self.address, self.state.committed_seq)
             else:
                 if self.succ is not None:
                     self.succ.close()
@@ -133,7 +133,7 @@ class MembershipReplica(ReadingReplica):
         self.life.to(State.MEMBER)
         self._wake_members()
         self._awaiting_handoff = self.pred is not None
-        self.next_seq = self.last_received + 1
+        self.state.next_seq = self.state.last_received + 1
         early, self._early_hello = self._early_hello, None
         if early is not None:
             self.reactor.callLater(0, self._replay_hello, *early)
@@ -193,7 +193,7 @@ class MembershipReplica(ReadingReplica):
                 return self.coordinator.members().addCallback(self.set_view)
             if self._foreign_in_view():
                 return None  # the record lists kvtwist members only: after its removal
-            epoch = max(record.epoch, self.history.epoch_at(self.last_received)) + 1
+            epoch = max(record.epoch, self.state.history.epoch_at(self.state.last_received)) + 1
             new = record.with_view(self.view, epoch)
             return self.coordinator.write_record(new.encode(), record.version).addCallback(
                 written, new, record.version
@@ -204,8 +204,8 @@ class MembershipReplica(ReadingReplica):
                 self.record = ChainRecord.decode(new.encode(), version + 1)
                 self._record_config = new.config
                 self.head_epoch = new.epoch
-                self.next_seq = self.last_received + 1
-                log.info("head of epoch {e} from op {n}", e=new.epoch, n=self.next_seq)
+                self.state.next_seq = self.state.last_received + 1
+                log.info("head of epoch {e} from op {n}", e=new.epoch, n=self.state.next_seq)
                 self._release_claim_waiters()
                 self._advance()
 
@@ -302,7 +302,7 @@ class MembershipReplica(ReadingReplica):
         def connected(_: Any) -> None:
             if link is self.succ and self.name is not None:
                 assert self.view is not None
-                link.hello(self.name, self.view.config, self.address, self.committed_seq)
+                link.hello(self.name, self.view.config, self.address, self.state.committed_seq)
 
         def failed(f: Failure) -> None:
             left_out = self._unreachable_log.allow()

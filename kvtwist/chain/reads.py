@@ -33,7 +33,7 @@ class ReadingReplica(ReplicaCore):
         if not self.is_tail:
             raise self._elsewhere("tail", self.tail_address())
         if self.serving_reads:
-            return ReadView(self.committed_tree, self.committed_seq)
+            return ReadView(self.state.committed_tree, self.state.committed_seq)
         return None
 
     def read_view(self, allow_wait: bool = True, hold: bool = True) -> Deferred[ReadView]:
@@ -53,7 +53,7 @@ class ReadingReplica(ReplicaCore):
         except Exception as e:
             return defer.fail(e)
         if self.serving_reads:
-            return defer.succeed(ReadView(self.committed_tree, self.committed_seq))
+            return defer.succeed(ReadView(self.state.committed_tree, self.state.committed_seq))
         if not allow_wait:
             return defer.fail(Unavailable("tail is not ready to serve reads"))
         return self._wait_ready().addCallback(lambda _: self.read_view(allow_wait=False))
