@@ -120,10 +120,10 @@ class PureTests(unittest.SynchronousTestCase):
         """A server granting less than asked makes the lease a fraction of the granted timeout."""
         zk = ZooKeeper(reactor, "127.0.0.1:1", session_timeout=30.0)
         self.assertEqual(zk.lease_length, 30.0 * LEASE_FRACTION)
-        zk._negotiated(6.0)
+        zk._session.negotiated(6.0)  # as kazoo's connection thread does
         self.assertEqual(zk.effective_session_timeout, 6.0)
         self.assertEqual(zk.lease_length, 6.0 * LEASE_FRACTION)
-        self.assertEqual(zk._lease.length, 6.0 * LEASE_FRACTION)
+        self.assertEqual(zk._probes.lease.length, 6.0 * LEASE_FRACTION)
 
 
 _UNAVAILABLE = zookeeper_available()
