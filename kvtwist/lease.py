@@ -5,7 +5,7 @@ received.  So a round-trip (a *probe*) answered within one session proves the
 session alive until the probe's send time plus the timeout; the lease claims
 only :data:`LEASE_FRACTION` of that, the rest being margin for clock-rate
 skew between us and the server and for scheduling delays (docs/protocol.md,
-"Timing").  The adapter (:mod:`kvtwist.zk`) sends the probes and checks that
+"Timing").  The adapter (:mod:`kvtwist.zk.probes`) sends the probes and checks that
 the session they were answered in is still its own.
 """
 

@@ -19,6 +19,7 @@ __all__ = [
     "format_address",
     "parse_address",
     "parse_seq",
+    "sibling_path",
     "validate_root",
 ]
 
@@ -106,6 +107,14 @@ def validate_root(path: str) -> str:
     if path == "/zookeeper" or path.startswith("/zookeeper/"):
         raise ValueError(f"chain root {path!r} is inside ZooKeeper's reserved /zookeeper")
     return path
+
+
+def sibling_path(root: str, suffix: str) -> str:
+    """``{root}-{suffix}``: beside the root, never under it (every child of
+    the root is read as a chain member)."""
+    if not suffix or "/" in suffix:
+        raise ValueError(f"suffix must be a non-empty name without '/': {suffix!r}")
+    return validate_root(f"{root}-{suffix}")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -109,6 +110,16 @@ class PureTests(unittest.SynchronousTestCase):
     def test_negotiation_hook_fits_this_kazoo(self) -> None:
         """kazoo still has the private ``_connection._connect`` the granted timeout is read from."""
         client = KazooClient(hosts="127.0.0.1:1")
+        # the hook wraps a method kazoo really has, which returns the timeouts it
+        # derives from the negotiated one, and which its connect loop calls
+        connect = getattr(type(client._connection), "_connect", None)
+        self.assertTrue(callable(connect), "kazoo's connection has no _connect any more")
+        source = inspect.getsource(connect)
+        self.assertIn("read_timeout = negotiated_session_timeout * 2.0 / 3.0", source)
+        self.assertIn("return read_timeout, connect_timeout", source)
+        self.assertIn(
+            "self._connect(", inspect.getsource(type(client._connection)._connect_attempt)
+        )
         granted: list[float] = []
         # what _connect returns: (read_timeout in ms = negotiated * 2/3, connect_timeout)
         client._connection._connect = lambda *args, **kw: (4000.0, 1.0)
@@ -120,10 +131,10 @@ class PureTests(unittest.SynchronousTestCase):
         """A server granting less than asked makes the lease a fraction of the granted timeout."""
         zk = ZooKeeper(reactor, "127.0.0.1:1", session_timeout=30.0)
         self.assertEqual(zk.lease_length, 30.0 * LEASE_FRACTION)
-        zk._negotiated(6.0)
+        zk._session.negotiated(6.0)  # as kazoo's connection thread does
         self.assertEqual(zk.effective_session_timeout, 6.0)
         self.assertEqual(zk.lease_length, 6.0 * LEASE_FRACTION)
-        self.assertEqual(zk._lease.length, 6.0 * LEASE_FRACTION)
+        self.assertEqual(zk._probes.lease.length, 6.0 * LEASE_FRACTION)
 
 
 _UNAVAILABLE = zookeeper_available()

@@ -67,6 +67,8 @@ base to replay onto.
 Recovery
 ========
 
+(recovery.py, one step each; ``DataDir`` continues the log from what it returns.)
+
 1. Load the newest snapshot that passes every check.  A newest snapshot that
    fails is set aside (``.corrupt``, with a warning) only if its header is sound,
    names the same history as an older valid snapshot, and the log from that one

@@ -1,47 +1,35 @@
-"""A node's data directory: the log, the snapshots, and the recovery that joins them."""
+"""A node's data directory: the log and the snapshots, continued from what recovery found."""
 
 from __future__ import annotations
 
 import gc
-import json
 import os
 import threading
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Iterable, Sequence
 
-from kvtwist.storage import snapshot as snapfmt
 from kvtwist.storage import wal
 from kvtwist.storage.disk import Disk, DiskFile, DiskLock, RealDisk
+from kvtwist.storage.files import (
+    Layout,
+    MetaFile,
+    Segment,
+    disk_call,
+    load_node_id,
+    new_log_id,
+    rename_sync,
+    write_snapshot_file,
+)
 from kvtwist.storage.records import (
     CannotTruncate,
     ClientRow,
-    ClientTable,
-    CorruptData,
     DiskError,
     FsyncPolicy,
     Record,
     Recovered,
     note_epoch,
 )
+from kvtwist.storage.recovery import Recovery
 from kvtwist.tree import BTree
-
-T = TypeVar("T")
-
-
-@dataclass
-class _Segment:
-    first: int  # seq of its first record (its name)
-    path: str
-    size: int  # bytes, header included
-    last: int  # seq of its last record; first - 1 while empty
-    head: int  # bytes of its header
-    salt: bytes  # keys its record checks; empty: format version 1, read but never continued
-
-
-def _new_log_id() -> int:
-    return int.from_bytes(os.urandom(8), "big") >> 1 | 1
 
 
 class DataDir:
@@ -67,16 +55,17 @@ class DataDir:
         self.disk: Disk = disk if disk is not None else RealDisk()
         self.segment_bytes = segment_bytes
         self.max_clients = max_clients
-        self.wal_dir = os.path.join(path, "wal")
-        self.snap_dir = os.path.join(path, "snap")
+        self.layout = Layout(path)
+        self.wal_dir = self.layout.wal_dir
+        self.snap_dir = self.layout.snap_dir
         self.node_id = ""
         self.last_seq = 0
         self.epochs: list[tuple[int, int]] = []
         #: log bytes written since the seq of the newest snapshot begun
         self.wal_bytes_since_snapshot = 0
         self._lock = threading.RLock()
-        self._meta_lock = threading.Lock()
-        self._segments: list[_Segment] = []
+        self._meta = MetaFile(self.disk, os.path.join(path, "meta.json"))
+        self._segments: list[Segment] = []
         self._file: DiskFile | None = None  # the last segment, open for appending
         self._snapshots: list[int] = []  # seqs of installed snapshots, ascending
         self._pending: dict[int, bool] = {}  # begun snapshots: seq -> still wanted
@@ -85,28 +74,6 @@ class DataDir:
         self._dirlock: DiskLock | None = None
 
     # helpers
-
-    def _io(self, what: str, path: str, f: Callable[[], T]) -> T:
-        try:
-            return f()
-        except OSError as e:
-            raise DiskError(path, what, e) from e
-
-    def _write_atomic(self, path: str, data: bytes) -> None:
-        """Temp file, fsync, rename, fsync the directory: all or nothing, and durable."""
-        tmp = path + ".tmp"
-
-        def run() -> None:
-            f = self.disk.create(tmp)
-            try:
-                f.write(data)
-                f.fsync()
-            finally:
-                f.close()
-            self.disk.rename(tmp, path)
-            self.disk.fsync_dir(os.path.dirname(path))
-
-        self._io("cannot write", path, run)
 
     def _usable(self) -> None:
         if self._dirlock is None:
@@ -118,17 +85,17 @@ class DataDir:
             )
 
     def _seg_path(self, first: int) -> str:
-        return os.path.join(self.wal_dir, wal.segment_name(first))
+        return self.layout.segment(first)
 
     def _snap_path(self, seq: int) -> str:
-        return os.path.join(self.snap_dir, snapfmt.snapshot_name(seq))
+        return self.layout.snapshot(seq)
 
     # opening and recovery
 
     def open(self) -> Recovered:
         """Lock the directory, create what is missing, and recover the stored state."""
         disk = self.disk
-        self._io("cannot create data directory", self.path, lambda: disk.makedirs(self.path))
+        disk_call("cannot create data directory", self.path, lambda: disk.makedirs(self.path))
         lock_path = os.path.join(self.path, "LOCK")
         try:
             self._dirlock = disk.lock(lock_path)
@@ -140,31 +107,13 @@ class DataDir:
             raise DiskError(lock_path, "cannot lock", e) from e
         try:
             for d in (self.wal_dir, self.snap_dir):
-                self._io("cannot create", d, lambda d=d: disk.makedirs(d))  # type: ignore[misc]
-            self.node_id = self._load_node_id()
+                disk_call("cannot create", d, lambda d=d: disk.makedirs(d))  # type: ignore[misc]
+            self.node_id = load_node_id(disk, os.path.join(self.path, "node_id"))
             self._broken = None
             return self._recover_without_gc()
         except BaseException:
             self._release()
             raise
-
-    def _load_node_id(self) -> str:
-        path = os.path.join(self.path, "node_id")
-        if not self.disk.exists(path):
-            node_id = uuid.uuid4().hex
-            self._write_atomic(path, node_id.encode() + b"\n")
-            return node_id
-        raw = self._io("cannot read", path, lambda: self.disk.read(path))
-        node_id = raw.decode("ascii", "replace").strip()
-        if len(node_id) != 32 or any(c not in "0123456789abcdef" for c in node_id):
-            raise CorruptData(path, 0, f"node id {raw[:40]!r} is not 32 hex digits")
-        return node_id
-
-    def _listdir(self, d: str) -> list[str]:
-        return self._io("cannot list", d, lambda: self.disk.listdir(d))
-
-    def _remove(self, path: str) -> None:
-        self._io("cannot remove", path, lambda: self.disk.remove(path))
 
     def _recover_without_gc(self) -> Recovered:
         """Recover with the cyclic collector paused.
@@ -182,177 +131,34 @@ class DataDir:
                 gc.enable()
 
     def _recover(self) -> Recovered:
-        disk = self.disk
-        warnings: list[str] = []
-        for name in self._listdir(self.snap_dir):
-            if name.endswith(".tmp"):  # a snapshot that never got its rename
-                self._remove(os.path.join(self.snap_dir, name))
-        snaps = sorted(
-            s
-            for s in map(snapfmt.parse_snapshot_name, self._listdir(self.snap_dir))
-            if s is not None
-        )
-        seg_firsts = sorted(
-            s for s in map(wal.parse_segment_name, self._listdir(self.wal_dir)) if s is not None
-        )
+        """Recover what the disk holds, and continue its log from there."""
+        recovery = Recovery(self.disk, self.layout, self.max_clients)
+        found = recovery.find()
         if self._file is not None:
             self._file.close()
             self._file = None
         self._segments = []
         self._pending = {}
-        if not snaps:
-            if seg_firsts:
-                raise CorruptData(
-                    self._seg_path(seg_firsts[0]), 0, "log segments but no snapshot to replay onto"
-                )
+        state = recovery.recover(found)
+        if state is None:
             return self._fresh()
-
-        # the base: the newest snapshot that passes its checks
-        bad: list[tuple[int, CorruptData, int | None]] = []
-        base: snapfmt.Snapshot | None = None
-        tree = BTree()
-        for seq in reversed(snaps):
-            path = self._snap_path(seq)
-            data = self._io("cannot read", path, lambda path=path: disk.read(path))  # type: ignore[misc]
-            try:
-                snap = snapfmt.read_snapshot(data, path)
-                if snap.seq != seq:
-                    raise CorruptData(path, 20, f"header says seq {snap.seq}, name says {seq}")
-                try:
-                    tree = BTree.from_sorted(snap.keys, snap.values)
-                except ValueError as e:
-                    raise CorruptData(path, snapfmt.HEADER_SIZE, str(e)) from e
-                base = snap
-                break
-            except CorruptData as e:
-                try:
-                    log_id: int | None = snapfmt.read_header(data, path)[0]
-                except CorruptData:
-                    log_id = None
-                bad.append((seq, e, log_id))
-                if log_id is None:
-                    break  # whose history it was is unknown: nothing older can stand in
-            finally:
-                del data
-        if base is None or any(log_id != base.log_id for _, _, log_id in bad):
-            raise bad[0][1]
-        self._log_id = base.log_id
-
-        # the log segments of this history, in order
-        segs: list[_Segment] = []
-        for i, first in enumerate(seg_firsts):
-            path = self._seg_path(first)
-            head = self._io("cannot read", path, lambda path=path: disk.read(path, wal.HEADER_SIZE))  # type: ignore[misc]
-            last_file = i == len(seg_firsts) - 1
-            try:
-                header = wal.decode_header(head, path)
-            except CorruptData:
-                size = self._io("cannot stat", path, lambda path=path: disk.size(path))  # type: ignore[misc]
-                if last_file and size <= wal.header_size(head):
-                    warnings.append(f"removed {path}: its creation was cut short ({size} bytes)")
-                    self._remove(path)
-                    continue
-                raise
-            if header.first_seq != first:
-                raise CorruptData(
-                    path, 20, f"header says first seq {header.first_seq}, name says {first}"
-                )
-            if header.log_id != base.log_id:
-                warnings.append(f"removed {path}: left over from a history replaced by a snapshot")
-                self._remove(path)
-                continue
-            segs.append(_Segment(first, path, 0, first - 1, header.size, header.salt))
-        if warnings:
-            self._io("cannot sync", self.wal_dir, lambda: disk.fsync_dir(self.wal_dir))
-
-        # replay: from the segment holding base.seq + 1 on
-        clients = ClientTable(self.max_clients, base.clients)
-        epochs = list(base.epochs)
-        start = 0
-        for i, s in enumerate(segs):
-            if s.first <= base.seq + 1:
-                start = i
-        if segs and segs[start].first > base.seq + 1:
-            raise CorruptData(
-                segs[start].path,
-                0,
-                f"log resumes at {segs[start].first}, snapshot ends at {base.seq}",
-            )
-        for i, s in enumerate(segs[:start]):
-            s.last = segs[i + 1].first - 1  # covered by the snapshot: not read
-        last_seq = base.seq
-        expected = segs[start].first if segs else base.seq + 1
-        wal_bytes = 0
-        put, delete = tree.put, tree.delete
-        for i in range(start, len(segs)):
-            s = segs[i]
-            if s.first != expected:
-                raise CorruptData(
-                    s.path, 0, f"segment starts at {s.first}, the log before ends at {expected - 1}"
-                )
-            data = self._io("cannot read", s.path, lambda p=s.path: disk.read(p))  # type: ignore[misc]
-            scan = wal.scan_segment(data, s.path, last=i == len(segs) - 1)
-            for off, u in scan.records:
-                if u.seq != expected:
-                    raise CorruptData(s.path, off, f"record seq {u.seq}, expected {expected}")
-                expected += 1
-                if u.seq > base.seq:
-                    if u.is_put:
-                        put(u.key, u.data)
-                        found = True
-                    else:
-                        found = delete(u.key)
-                    clients.note(u, found)
-                    note_epoch(epochs, u.seq, u.epoch)
-            if scan.torn is not None:
-                warnings.append(
-                    f"cut a torn record at {s.path} offset {scan.end} ({scan.torn};"
-                    f" {len(data) - scan.end} bytes dropped)"
-                )
-                self._cut(s.path, scan.end)
-            s.size = scan.end
-            s.last = expected - 1
-            if s.first > base.seq:
-                wal_bytes += s.size - s.head
-            del data
-        last_seq = max(base.seq, expected - 1)
-        newest_bad = max((seq for seq, _, _ in bad), default=0)
-        if newest_bad > last_seq:
-            raise bad[0][1]
-        for seq, err, _ in bad:
-            path = self._snap_path(seq)
-            warnings.append(f"skipped snapshot {path} ({err}); set aside as {path}.corrupt")
-            self._io("cannot rename", path, lambda path=path: disk.rename(path, path + ".corrupt"))  # type: ignore[misc]
-        if bad:
-            self._io("cannot sync", self.snap_dir, lambda: disk.fsync_dir(self.snap_dir))
-
-        self._snapshots = [s for s in snaps if s not in {b for b, _, _ in bad}]
-        self._segments = segs
-        self.last_seq = last_seq
-        self.epochs = epochs
-        self.wal_bytes_since_snapshot = wal_bytes
-        if segs and segs[-1].last == last_seq:
-            self._file = self._io(
-                "cannot open", segs[-1].path, lambda: disk.open_append(segs[-1].path)
+        self._log_id = state.log_id
+        self._snapshots = state.snapshots
+        self._segments = segs = state.segments
+        self.last_seq = state.recovered.last_seq
+        self.epochs = list(state.recovered.epochs)
+        self.wal_bytes_since_snapshot = state.wal_bytes
+        if segs and segs[-1].last == self.last_seq:
+            self._file = disk_call(
+                "cannot open", segs[-1].path, lambda: self.disk.open_append(segs[-1].path)
             )
         else:
             self._new_segment()
-        return Recovered(tree, last_seq, list(epochs), clients.client_rows(), base.seq, warnings)
-
-    def _cut(self, path: str, size: int) -> None:
-        def run() -> None:
-            f = self.disk.open_append(path)
-            try:
-                f.truncate(size)
-                f.fsync()
-            finally:
-                f.close()
-
-        self._io("cannot cut the torn tail of", path, run)
+        return state.recovered
 
     def _fresh(self) -> Recovered:
         """An empty directory: an empty snapshot at 0 starts its history."""
-        self._log_id = _new_log_id()
+        self._log_id = new_log_id()
         self._install(0, BTree(), [], [], self._log_id)
         self._snapshots = [0]
         self.last_seq = 0
@@ -401,7 +207,7 @@ class DataDir:
             if self._file is not None:
                 self._file.close()
             self._file = f
-            seg = _Segment(first, path, wal.HEADER_SIZE, first - 1, wal.HEADER_SIZE, salt)
+            seg = Segment(first, path, wal.HEADER_SIZE, first - 1, wal.HEADER_SIZE, salt)
             if self._segments and self._segments[-1].first == first:
                 self._segments[-1] = seg
             else:
@@ -522,7 +328,7 @@ class DataDir:
         """
         self._usable()
         epochs = list(epochs)
-        log_id = _new_log_id()
+        log_id = new_log_id()
         with self._lock:
             for p in self._pending:
                 self._pending[p] = False
@@ -600,17 +406,13 @@ class DataDir:
         with self._lock:
             wanted = self._pending.pop(seq, False) and self._log_id == log_id
             if not wanted:
-                self._io("cannot remove", path + ".tmp", lambda: self.disk.remove(path + ".tmp"))
+                disk_call("cannot remove", path + ".tmp", lambda: self.disk.remove(path + ".tmp"))
                 return False
-            self._io("cannot install", path, lambda: self._rename_sync(path + ".tmp", path))
+            disk_call("cannot install", path, lambda: rename_sync(self.disk, path + ".tmp", path))
             self._snapshots.append(seq)
             self._snapshots.sort()
             self._drop_old()
         return True
-
-    def _rename_sync(self, src: str, dst: str) -> None:
-        self.disk.rename(src, dst)
-        self.disk.fsync_dir(os.path.dirname(dst))
 
     def _install(
         self,
@@ -631,24 +433,9 @@ class DataDir:
         log_id: int,
         tmp_only: bool,
     ) -> None:
-        path = self._snap_path(seq)
-        tmp = path + ".tmp"
-        disk = self.disk
-        try:
-            f = disk.create(tmp)
-            try:
-                snapfmt.write_snapshot_file(f, log_id, seq, tree, epochs, clients)
-                f.fsync()
-            finally:
-                f.close()
-            if not tmp_only:
-                self._rename_sync(tmp, path)
-        except OSError as e:
-            try:
-                disk.remove(tmp)
-            except OSError:
-                pass  # removed at the next open
-            raise DiskError(path, "cannot write snapshot", e) from e
+        write_snapshot_file(
+            self.disk, self._snap_path(seq), log_id, seq, tree, epochs, clients, tmp_only
+        )
 
     def _drop_old(self) -> None:
         """Keep two snapshots, and the segments holding records after the older one."""
@@ -678,24 +465,10 @@ class DataDir:
     # small metadata
 
     def get_meta(self) -> dict:  # type: ignore[type-arg]
-        path = os.path.join(self.path, "meta.json")
-        with self._meta_lock:
-            if not self.disk.exists(path):
-                return {}
-            raw = self._io("cannot read", path, lambda: self.disk.read(path))
-        try:
-            meta = json.loads(raw)
-        except ValueError as e:
-            raise CorruptData(path, 0, f"not JSON: {e}") from e
-        if not isinstance(meta, dict):
-            raise CorruptData(path, 0, "not a JSON object")
-        return meta
+        return self._meta.get()
 
     def set_meta(self, meta: dict) -> None:  # type: ignore[type-arg]
-        path = os.path.join(self.path, "meta.json")
-        data = json.dumps(meta, sort_keys=True).encode() + b"\n"
-        with self._meta_lock:
-            self._write_atomic(path, data)
+        self._meta.set(meta)
 
     def close(self) -> None:
         """Fsync the log (a clean stop keeps everything written, under any policy), then let go.
@@ -705,7 +478,7 @@ class DataDir:
         f = self._file
         try:
             if f is not None and self._broken is None and self._dirlock is not None:
-                self._io("cannot sync", self._segments[-1].path, f.fsync)
+                disk_call("cannot sync", self._segments[-1].path, f.fsync)
         finally:
             self._release()
 
