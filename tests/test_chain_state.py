@@ -245,7 +245,7 @@ class ChainMachine(RuleBasedStateMachine):
         backlog = tail.state.sent_after(seq)
         tail.state.new_successor()
         self.chain.append(new)
-        link = self.links[(tail.ident, new.ident)] = Link()
+        self.links[(tail.ident, new.ident)] = Link()
         self._forward(len(self.chain) - 2, backlog)
 
     # the invariants

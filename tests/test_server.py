@@ -447,8 +447,8 @@ class BatchTests(SynchronousTestCase):
     def test_standalone_keeps_no_recent_commits(self) -> None:
         """A standalone node has no successor to catch up: committed writes are not kept."""
         self.c.send(*[wire.req_put(b"k%d" % i, b"v" * 100) for i in range(20)])
-        self.assertEqual((len(self.h.replica.state.recent), self.h.replica.state.recent_bytes), (0, 0))
-        self.assertEqual(self.h.replica.state.pending_bytes, 0)
+        state = self.h.replica.state
+        self.assertEqual((len(state.recent), state.recent_bytes, state.pending_bytes), (0, 0, 0))
 
     def test_local_flag_on_writes_and_reads(self) -> None:
         """``local`` on a write means nothing; on a GET it reads this node's own copy, alone."""
