@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kvtwist.chain.attempt import Attempt
 from kvtwist.chain.lifecycle import Lifecycle, State
 from kvtwist.chain.link import Link, Side
 from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
@@ -125,8 +126,8 @@ class ReplicaCore:
         self._awaiting_handoff = False
         self._early_hello: tuple[Link, Message] | None = None
         self._joiner_limbo: str | None = None
-        self._claiming = False
-        self._fixing = False
+        self._claim: Attempt | None = None  # the head claim on its way (membership)
+        self._fix: Attempt | None = None  # the record fix on its way (membership)
         self._record_config = -1  # the view config the record was last confirmed for
         self._succ_down_since: float | None = None
         self._unreachable_log = LogLimiter(5.0, lambda: float(self.reactor.seconds()))

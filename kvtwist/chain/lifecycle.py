@@ -4,7 +4,8 @@ Every change of state goes through :meth:`Lifecycle.to`, which refuses a
 transition that is not in the table and logs each change once, so a node's
 history reads straight from its log.  ``generation`` grows whenever a node
 starts over (a join attempt, a fence, a wait): callbacks of an abandoned
-attempt compare it and drop out.
+attempt compare it and drop out, and every :class:`~kvtwist.chain.attempt.Attempt`
+begun through :meth:`Lifecycle.begin` ends.
 
 ::
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 import enum
 
 from twisted.logger import Logger
+
+from kvtwist.chain.attempt import Attempt
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -61,6 +64,14 @@ class Lifecycle:
         self.state = State.STANDALONE if standalone else State.STARTING
         self.why = ""
         self.generation = 0
+        self._attempts: list[Attempt] = []
+
+    def begin(self, what: str) -> Attempt:
+        """An attempt that lasts until it ends, or until the node starts over."""
+        self._attempts = [a for a in self._attempts if a.live]
+        attempt = Attempt(what)
+        self._attempts.append(attempt)
+        return attempt
 
     def to(self, state: State, why: str = "") -> int:
         """Move to ``state``; returns the generation the new state belongs to."""
@@ -77,6 +88,9 @@ class Lifecycle:
         self.why = why
         if state in _NEW_GENERATION:
             self.generation += 1
+            attempts, self._attempts = self._attempts, []
+            for a in attempts:
+                a.end()
         return self.generation
 
     def is_(self, *states: State) -> bool:

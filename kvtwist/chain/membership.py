@@ -25,6 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kvtwist.chain.attempt import running
 from kvtwist.chain.foreign import Verdict, examine
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
@@ -180,13 +181,12 @@ class MembershipReplica(ReadingReplica):
 
     def _claim_head(self) -> None:
         """Take a fresh epoch for the writes we are about to number."""
-        if self._claiming or self.zk is None:
+        if running(self._claim) or self.zk is None:
             return
-        self._claiming = True
-        gen = self.life.generation
+        claim = self._claim = self.life.begin("head claim")
 
         def decide(found: tuple[bytes | None, int]) -> Any:
-            if gen != self.life.generation or not self.is_head:
+            if not self.is_head:
                 return None
             record = ChainRecord.decode(*found)
             if record.config > self.view.config:
@@ -196,27 +196,28 @@ class MembershipReplica(ReadingReplica):
             epoch = max(record.epoch, self.state.history.epoch_at(self.state.last_received)) + 1
             new = record.with_view(self.view, epoch)
             return self.coordinator.write_record(new.encode(), record.version).addCallback(
-                written, new, record.version
+                claim.guard(written), new, record.version
             )
 
         def written(ok: bool, new: ChainRecord, version: int) -> None:
-            if ok and gen == self.life.generation:
+            if ok:
                 self.record = ChainRecord.decode(new.encode(), version + 1)
                 self._record_config = new.config
                 self.head_epoch = new.epoch
-                self.state.next_seq = self.state.last_received + 1
+                self.state.continue_numbering()
                 log.info("head of epoch {e} from op {n}", e=new.epoch, n=self.state.next_seq)
                 self._release_claim_waiters()
                 self._advance()
 
         def done(result: Any) -> None:
-            self._claiming = False
+            live = claim.live
+            claim.end()
             if isinstance(result, Failure):
                 log.warn("claiming the head failed: {e}", e=result.getErrorMessage())
-            if gen == self.life.generation and self.is_head and self.head_epoch is None:
+            if live and self.is_head and self.head_epoch is None:
                 self.reactor.callLater(RECORD_RETRY_DELAY, self._claim_head)
 
-        d = self.zk.read_record().addCallback(decide)
+        d = self.zk.read_record().addCallback(claim.guard(decide))
         d.addBoth(done)
 
     def _record_allows_commit(self) -> bool:
@@ -235,13 +236,12 @@ class MembershipReplica(ReadingReplica):
         return False
 
     def _fix_record(self) -> None:
-        if self._fixing or self.zk is None:
+        if running(self._fix) or self.zk is None:
             return
-        self._fixing = True
-        gen = self.life.generation
+        fix = self._fix = self.life.begin("record fix")
 
         def decide(found: tuple[bytes | None, int]) -> Any:
-            if gen != self.life.generation or self.view is None:
+            if self.view is None:
                 return None
             record = ChainRecord.decode(*found)
             if record.config > self.view.config:
@@ -261,13 +261,16 @@ class MembershipReplica(ReadingReplica):
                     self.record = ChainRecord.decode(new.encode(), record.version + 1)
                     self._record_config = config
 
-            return self.coordinator.write_record(new.encode(), record.version).addCallback(written)
+            return self.coordinator.write_record(new.encode(), record.version).addCallback(
+                fix.guard(written)
+            )
 
         def done(result: Any) -> None:
-            self._fixing = False
+            live = fix.live
+            fix.end()
             if isinstance(result, Failure):
                 log.warn("updating the chain record failed: {e}", e=result.getErrorMessage())
-            if gen != self.life.generation:
+            if not live:
                 return
             confirmed = self._record_config == self.view.config
             if isinstance(result, Failure) or not confirmed:
@@ -275,7 +278,7 @@ class MembershipReplica(ReadingReplica):
             else:
                 self._advance()
 
-        self.zk.read_record().addCallback(decide).addBoth(done)
+        self.zk.read_record().addCallback(fix.guard(decide)).addBoth(done)
 
     # the successor link
 
