@@ -1086,7 +1086,7 @@ class NodeShutdownTests(SynchronousTestCase):
         path = tempfile.mkdtemp(prefix="kvtwist-shutdown-")
         self.addCleanup(shutil.rmtree, path, ignore_errors=True)
         options = tap.Options()
-        options.parseOptions(["--data-dir", path, "--fsync", "interval", "--port", "9"])
+        options.parseOptions(["--data-dir", path, "--fsync", "interval", "--port", "0"])
         reactor = MemoryReactorClock()
         reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore[method-assign]
         tap.build(options, reactor=reactor)
