@@ -1086,7 +1086,10 @@ class NodeShutdownTests(SynchronousTestCase):
         path = tempfile.mkdtemp(prefix="kvtwist-shutdown-")
         self.addCleanup(shutil.rmtree, path, ignore_errors=True)
         options = tap.Options()
-        options.parseOptions(["--data-dir", path, "--fsync", "interval", "--port", "0"])
+        from kvtwist.procs import free_port
+
+        port = str(free_port())
+        options.parseOptions(["--data-dir", path, "--fsync", "interval", "--port", port])
         reactor = MemoryReactorClock()
         reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore[method-assign]
         tap.build(options, reactor=reactor)
