@@ -16,18 +16,34 @@ from typing import Any, TypeVar
 _R = TypeVar("_R")
 
 
-class Attempt:
-    """One try at ``what``; over when it ends or when its node starts over."""
+class Era:
+    """The time between two restarts of a node: over once it starts over."""
 
-    def __init__(self, what: str) -> None:
-        self.what = what
+    __slots__ = ("live",)
+
+    def __init__(self) -> None:
         self.live = True
+
+
+class Attempt:
+    """One try at ``what``; over when it ends, or when its node's era is over."""
+
+    __slots__ = ("what", "_era", "_ended")
+
+    def __init__(self, what: str, era: Era | None = None) -> None:
+        self.what = what
+        self._era = era
+        self._ended = False
 
     def __repr__(self) -> str:
         return f"<Attempt {self.what} {'live' if self.live else 'over'}>"
 
+    @property
+    def live(self) -> bool:
+        return not self._ended and (self._era is None or self._era.live)
+
     def end(self) -> None:
-        self.live = False
+        self._ended = True
 
     def guard(self, f: Callable[..., _R]) -> Callable[..., _R | None]:
         """``f``, run only while this attempt is live."""

@@ -128,6 +128,7 @@ class ReplicaCore:
         self._joiner_limbo: str | None = None
         self._claim: Attempt | None = None  # the head claim on its way (membership)
         self._fix: Attempt | None = None  # the record fix on its way (membership)
+        self._join: Attempt | None = None  # the join on its way (joining)
         self._record_config = -1  # the view config the record was last confirmed for
         self._succ_down_since: float | None = None
         self._unreachable_log = LogLimiter(5.0, lambda: float(self.reactor.seconds()))

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist import wire
+from kvtwist.chain.attempt import Attempt
 from kvtwist.chain.epochs import EpochHistory, match_point
 from kvtwist.chain.foreign import Verdict
 from kvtwist.chain.lifecycle import State
@@ -84,6 +85,13 @@ class JoiningReplica(LinkedReplica):
         self.backlog_bytes = sum(update_size(u) for u in backlog or ())
         self._update_congestion()
 
+    def _join_attempt(self) -> Attempt:
+        """The join on its way (one that is over if none is)."""
+        if self._join is None:
+            self._join = Attempt("join")
+            self._join.end()
+        return self._join
+
     def _reset_join(self) -> None:
         self._set_backlog(None)
         self._received = SnapshotReceiver()
@@ -107,7 +115,7 @@ class JoiningReplica(LinkedReplica):
         seq = self.state.committed_seq
         theirs = history_of(hello.marks)
         agreed = match_point(self.state.history, self.state.last_received, theirs, hello.last_op)
-        gen = self.life.generation
+        attempt = self.life.begin("state transfer to a joiner")
         delta = self.state.catch_up_after(agreed)
         if delta is not None:
             log.info(
@@ -130,7 +138,7 @@ class JoiningReplica(LinkedReplica):
         history.truncate(seq)
 
         def wanted() -> bool:
-            return link is self.succ and not link.closed and gen == self.life.generation
+            return link is self.succ and not link.closed and attempt.live
 
         SnapshotSender(
             self.reactor,
@@ -181,42 +189,42 @@ class JoiningReplica(LinkedReplica):
         # (it registers only against the record version it read); after that
         # a look at the members settles it.
         address = link.peer.removeprefix("join:")
-        gen = self.life.generation
+        attempt = self.life.begin("voiding a dropped joiner")
         self._joiner_limbo = address
         log.info("joiner {a} went away; making sure it cannot register late", a=address)
 
         def bumped(version: int) -> Any:
             if version < 0:  # no record to void against: wait out its session instead
                 wait = 1.5 * self._session_timeout()
-                self.reactor.callLater(wait, self._end_limbo, address, gen)
+                self.reactor.callLater(wait, self._end_limbo, address, attempt)
                 return None
-            return self._end_limbo(address, gen)
+            return self._end_limbo(address, attempt)
 
         def failed(f: Failure) -> None:
             log.warn("voiding the joiner's registration failed: {e}", e=f.getErrorMessage())
-            if gen == self.life.generation and self._joiner_limbo == address:
-                self.reactor.callLater(0.5, self._joiner_retry, link, gen)
+            if attempt.live and self._joiner_limbo == address:
+                self.reactor.callLater(0.5, self._joiner_retry, link, attempt)
 
         self.coordinator.bump_record().addCallbacks(bumped, failed)
 
-    def _joiner_retry(self, link: Link, gen: int) -> None:
-        if gen == self.life.generation and self.succ is None:
+    def _joiner_retry(self, link: Link, attempt: Attempt) -> None:
+        if attempt.live and self.succ is None:
             self._joiner_lost(link)
 
-    def _end_limbo(self, address: str, gen: int) -> None:
+    def _end_limbo(self, address: str, attempt: Attempt) -> None:
         """The dropped joiner can no longer register: read who is in the chain."""
-        if gen != self.life.generation or self._joiner_limbo != address or self.zk is None:
+        if not attempt.live or self._joiner_limbo != address or self.zk is None:
             return
 
         def decide(view: Any) -> None:
-            if self._joiner_limbo != address or gen != self.life.generation:
+            if self._joiner_limbo != address or not attempt.live:
                 return
             self._joiner_limbo = None
             self.set_view(view)
             self._advance()
 
         def again(f: Failure) -> None:  # ZooKeeper unreachable: look again, not at once
-            self.reactor.callLater(LIMBO_RETRY_DELAY, self._end_limbo, address, gen)
+            self.reactor.callLater(LIMBO_RETRY_DELAY, self._end_limbo, address, attempt)
 
         self.zk.members().addCallbacks(decide, again)
 
@@ -225,21 +233,24 @@ class JoiningReplica(LinkedReplica):
     def join(self) -> Deferred[None]:
         """Join the chain: catch up from the tail, then register as the new tail."""
         assert self.zk is not None
-        gen = self.life.to(State.JOINING, "catching up from the tail")
-        d = self.zk.lock("join").addCallback(lambda release: self._join_locked(release, gen))
-        d.addErrback(self._join_errback, gen)
+        self.life.to(State.JOINING, "catching up from the tail")
+        attempt = self._join = self.life.begin("join")
+        d = self.zk.lock("join").addCallback(lambda release: self._join_locked(release, attempt))
+        d.addErrback(self._join_errback, attempt)
         return d
 
-    def _join_locked(self, release: Callable[[], Deferred[None]], gen: int) -> Deferred[None]:
+    def _join_locked(
+        self, release: Callable[[], Deferred[None]], attempt: Attempt
+    ) -> Deferred[None]:
         self._release_lock = release
-        if gen != self.life.generation:
+        if not attempt.live:
             self._reset_join()
             return defer.succeed(None)
         # what the writer thread holds is what we have: anything received and
         # not stored was never acknowledged by us
-        d: Deferred[Any] = self.store.current().addCallback(self._resync, gen)
+        d: Deferred[Any] = self.store.current().addCallback(self._resync, attempt)
         d.addCallback(lambda _: self._read_chain())
-        d.addCallback(self._join_decide, gen)
+        d.addCallback(self._join_decide, attempt)
         return d
 
     def _read_chain(self) -> Deferred[list[Any]]:
@@ -248,16 +259,16 @@ class JoiningReplica(LinkedReplica):
         reads: list[Deferred[Any]] = [zk.members(), zk.read_record()]
         return together(reads)
 
-    def _resync(self, state: tuple[BTree, int], gen: int) -> None:
-        if gen != self.life.generation:
+    def _resync(self, state: tuple[BTree, int], attempt: Attempt) -> None:
+        if not attempt.live:
             return
         tree, last = state
         self.state.reset(last, tree)
         self.state.truncate(last)
         self.state.forget_recent()
 
-    def _join_decide(self, found: list[Any], gen: int, cleaned: bool = False) -> Any:
-        if gen != self.life.generation:
+    def _join_decide(self, found: list[Any], attempt: Attempt, cleaned: bool = False) -> Any:
+        if not attempt.live:
             return None
         view, (data, version) = found
         stale = [m.name for m in view.members if m.address and m.address == self.own_address]
@@ -268,7 +279,7 @@ class JoiningReplica(LinkedReplica):
             log.info("removing {names}: an earlier registration of this node", names=stale)
             d = together([self.coordinator.unregister(name) for name in stale])
             d.addCallback(lambda _: self._read_chain())
-            return d.addCallback(self._join_decide, gen, True)
+            return d.addCallback(self._join_decide, attempt, True)
         self.view = view
         self.record = ChainRecord.decode(data, version)
         # we register only against this version: a tail that drops us bumps it
@@ -279,7 +290,7 @@ class JoiningReplica(LinkedReplica):
             if tail.address is None:
                 raise RuntimeError(f"tail {tail.name} has no usable address")
             if self._examined.get(tail.name) is None:
-                return self._examine(tail).addCallback(self._tail_judged, tail, found, gen)
+                return self._examine(tail).addCallback(self._tail_judged, tail, found, attempt)
             return self._transfer_from(tail, view)
         if may_start(self.record, self.store.meta.get("name"), self.store.node_id, view.config):
             log.info(
@@ -287,8 +298,8 @@ class JoiningReplica(LinkedReplica):
             )
             # a chain that had members (it has a record) may have a removed one
             # still serving; a brand-new chain has nobody to wait for
-            return self._register(gen, restart=self.record.version >= 0)
-        self._wait_for_members(gen, [m for m in view.members if m not in members])
+            return self._register(attempt, restart=self.record.version >= 0)
+        self._wait_for_members(attempt, [m for m in view.members if m not in members])
         return None
 
     def _kvtwist_members(self, view: Any) -> list[Any]:
@@ -296,9 +307,9 @@ class JoiningReplica(LinkedReplica):
         return [m for m in view.members if self._examined.get(m.name) is not Verdict.FOREIGN]
 
     def _tail_judged(
-        self, result: tuple[Verdict, str], tail: Any, found: list[Any], gen: int
+        self, result: tuple[Verdict, str], tail: Any, found: list[Any], attempt: Attempt
     ) -> Any:
-        if gen != self.life.generation:
+        if not attempt.live:
             return None
         verdict, why = result
         if verdict is not Verdict.FOREIGN:
@@ -312,13 +323,13 @@ class JoiningReplica(LinkedReplica):
                 address=format_address(tail.address),
                 why=why,
             )
-            return self._join_decide(found, gen, True)
+            return self._join_decide(found, attempt, True)
         d: Deferred[Any] = self._leave_out(tail, why)
         d.addCallback(lambda _: self._read_chain())
-        return d.addCallback(self._join_decide, gen, True)
+        return d.addCallback(self._join_decide, attempt, True)
 
-    def _join_errback(self, f: Failure, gen: int) -> None:
-        if gen == self.life.generation:
+    def _join_errback(self, f: Failure, attempt: Attempt) -> None:
+        if attempt.live:
             self._join_failed(f.getErrorMessage() or repr(f.value))
 
     def _transfer_from(self, tail: Any, view: Any) -> Deferred[None]:
@@ -405,18 +416,18 @@ class JoiningReplica(LinkedReplica):
 
     def _await_base(self) -> None:
         assert self._loaded is not None
-        gen = self.life.generation
-        self._loaded.addCallback(self._snapshot_loaded, gen)
-        self._loaded.addErrback(self._base_failed, gen)
+        attempt = self._join_attempt()
+        self._loaded.addCallback(self._snapshot_loaded, attempt)
+        self._loaded.addErrback(self._base_failed, attempt)
 
-    def _base_failed(self, f: Failure, gen: int) -> None:
-        if gen != self.life.generation:
+    def _base_failed(self, f: Failure, attempt: Attempt) -> None:
+        if not attempt.live:
             return
         self._want_full = True  # our own copy cannot go back that far: take a full one
         self._join_failed(f"preparing our copy failed: {f.getErrorMessage()}")
 
-    def _snapshot_loaded(self, tree: BTree, gen: int) -> None:
-        if gen != self.life.generation:
+    def _snapshot_loaded(self, tree: BTree, attempt: Attempt) -> None:
+        if not attempt.live:
             return
         if self.state.committed_seq == self._loaded_seq:
             self.state.committed_tree = tree
@@ -445,11 +456,10 @@ class JoiningReplica(LinkedReplica):
             and self.state.applied_seq >= self._catch_up_to
         ):
             self._catch_up_to = -1
-            self._register(self.life.generation).addErrback(
-                self._join_errback, self.life.generation
-            )
+            attempt = self._join_attempt()
+            self._register(attempt).addErrback(self._join_errback, attempt)
 
-    def _register(self, gen: int, restart: bool = False) -> Deferred[None]:
+    def _register(self, attempt: Attempt, restart: bool = False) -> Deferred[None]:
         """Create our znode; we act as a member once a view we read holds it.
 
         ``restart``: we start an empty chain from our own copy.
@@ -458,7 +468,7 @@ class JoiningReplica(LinkedReplica):
         self.life.to(State.REGISTERING, f"at op {self.state.last_received}")
 
         def registered(name: str) -> Any:
-            if gen != self.life.generation:
+            if not attempt.live:
                 # the join was abandoned meanwhile: this znode must not stay a member
                 log.info("dropping {name}, registered by an abandoned join", name=name)
                 return self.coordinator.unregister(name)
@@ -492,7 +502,7 @@ class JoiningReplica(LinkedReplica):
 
     # waiting for the last configuration
 
-    def _wait_for_members(self, gen: int, foreign: list[Any] | None = None) -> None:
+    def _wait_for_members(self, attempt: Attempt, foreign: list[Any] | None = None) -> None:
         if foreign:
             who = ", ".join(f"{m.name} ({format_address(m.address)})" for m in foreign)
             names = (
@@ -505,7 +515,7 @@ class JoiningReplica(LinkedReplica):
             names = "a chain that had members but keeps no kvtwist record (older or foreign nodes)"
         self.life.to(State.WAITING, f"the chain is empty; waiting for a node of {names}")
         self._wake_members()  # held requests are refused now: this may take an operator
-        gen = self.life.generation
+        attempt = self.life.begin("waiting for the last configuration")
         log.warn(
             "the chain is empty and our copy (op {n}) is not from its last configuration "
             "({names}); waiting for one of those nodes, or for an operator to run "
@@ -522,15 +532,15 @@ class JoiningReplica(LinkedReplica):
         }
         advert = json.dumps(info).encode()
         self.coordinator.advertise_waiting(self.store.node_id, advert).addErrback(lambda f: None)
-        self._wait_call = self.reactor.callLater(WAIT_POLL, self._look_again, gen)
+        self._wait_call = self.reactor.callLater(WAIT_POLL, self._look_again, attempt)
 
-    def _look_again(self, gen: int) -> None:
+    def _look_again(self, attempt: Attempt) -> None:
         self._wait_call = None
-        if gen != self.life.generation:
+        if not attempt.live:
             return
 
         def decide(found: list[Any]) -> None:
-            if gen != self.life.generation:
+            if not attempt.live:
                 return
             view, (data, version) = found
             record = ChainRecord.decode(data, version)
@@ -540,11 +550,11 @@ class JoiningReplica(LinkedReplica):
                 self._stop_waiting()
                 self.join()
             else:
-                self._wait_call = self.reactor.callLater(WAIT_POLL, self._look_again, gen)
+                self._wait_call = self.reactor.callLater(WAIT_POLL, self._look_again, attempt)
 
         def failed(f: Failure) -> None:
-            if gen == self.life.generation:
-                self._wait_call = self.reactor.callLater(WAIT_POLL, self._look_again, gen)
+            if attempt.live:
+                self._wait_call = self.reactor.callLater(WAIT_POLL, self._look_again, attempt)
 
         d = self._read_chain()
         d.addCallbacks(decide, failed)

@@ -22,7 +22,7 @@ import enum
 
 from twisted.logger import Logger
 
-from kvtwist.chain.attempt import Attempt
+from kvtwist.chain.attempt import Attempt, Era
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -64,14 +64,11 @@ class Lifecycle:
         self.state = State.STANDALONE if standalone else State.STARTING
         self.why = ""
         self.generation = 0
-        self._attempts: list[Attempt] = []
+        self._era = Era()
 
     def begin(self, what: str) -> Attempt:
         """An attempt that lasts until it ends, or until the node starts over."""
-        self._attempts = [a for a in self._attempts if a.live]
-        attempt = Attempt(what)
-        self._attempts.append(attempt)
-        return attempt
+        return Attempt(what, self._era)
 
     def to(self, state: State, why: str = "") -> int:
         """Move to ``state``; returns the generation the new state belongs to."""
@@ -88,9 +85,8 @@ class Lifecycle:
         self.why = why
         if state in _NEW_GENERATION:
             self.generation += 1
-            attempts, self._attempts = self._attempts, []
-            for a in attempts:
-                a.end()
+            self._era.live = False
+            self._era = Era()
         return self.generation
 
     def is_(self, *states: State) -> bool:

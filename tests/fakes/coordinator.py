@@ -74,6 +74,7 @@ class MemoryZooKeeper:
         self.lease_name: str | None = None
         self.cut_at: float | None = None
         self.failing_reads = 0  # so many members() reads fail first
+        self.read_times: list[float] = []  # when each members() read was asked
         self.state = "connected"
         self.connected = True
         self.started = False
@@ -115,6 +116,7 @@ class MemoryZooKeeper:
     # -- membership ----------------------------------------------------------
 
     def members(self) -> defer.Deferred[Membership]:
+        self.read_times.append(self.clock.seconds() if self.clock is not None else 0.0)
         if self.cut_at is not None:
             return defer.fail(ConnectionRefusedError("ZooKeeper unreachable"))
         if self.failing_reads:
