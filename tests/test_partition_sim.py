@@ -36,56 +36,16 @@ class Simulation:
         self.acked: dict[bytes, int] = dict.fromkeys(KEYS, 0)
         self.seen: dict[bytes, int] = dict.fromkeys(KEYS, 0)
         self.problems: list[str] = []
-        self.cut_links: set[tuple[int, int]] = set()
         self.later: list[Any] = []  # cuts to come
 
     # faults
 
-    def cut_links_of(self, node: Node) -> None:
-        for other in self.nodes:
-            if other is node:
-                continue
-            for p in [p for p in node.pumps if p in other.pumps]:
-                p.serverIO.loseConnection()
-                p.clientIO.loseConnection()
-            pair = {(node.port, other.port), (other.port, node.port)}
-            self.net.blocked |= pair
-            self.cut_links |= pair
-
     def isolate(self, node: Node) -> None:
         """Links first, ZooKeeper a little later: the order that left the widest stale
         window (the predecessor gives up on the node while its lease still runs)."""
-        self.cut_links_of(node)
+        self.net.cut_links(node)
         delay = self.rng.uniform(0.0, 2 * node.replica.link_timeout)
-        self.later.append(self.net.clock.callLater(delay, self.cut_zk, node))
-
-    def heal_links(self) -> None:
-        self.net.blocked -= self.cut_links
-        self.cut_links.clear()
-
-    def cut_zk(self, node: Node) -> None:
-        if node.zk.cut_at is None:
-            node.zk.cut()
-
-    def heal_zk(self, node: Node) -> None:
-        zk = node.zk
-        if zk.cut_at is None:
-            return
-        expired = self.net.clock.seconds() - zk.cut_at > SESSION
-        zk.cut_at = None
-        if expired:
-            node.replica.zk_state("lost")
-            node.replica.zk_state("connected")
-        node.replica.set_view(self.net.registry.view())
-
-    def expire_sessions(self) -> None:
-        """ZooKeeper ends the session of a node cut off for longer than its timeout."""
-        now = self.net.clock.seconds()
-        for node in self.nodes:
-            cut = node.zk.cut_at
-            name = node.replica.name
-            if cut is not None and now - cut > SESSION and name in self.net.registry.view():
-                self.net.registry.remove(name)
+        self.later.append(self.net.clock.callLater(delay, self.net.cut_zk, node))
 
     # client operations
 
@@ -132,28 +92,28 @@ class Simulation:
         if r < 0.45:
             self.write()
         elif r < 0.49:
-            self.cut_links_of(victim)
+            self.net.cut_links(victim)
         elif r < 0.52:
             self.isolate(victim)
         elif r < 0.58:
-            self.heal_links()
+            self.net.heal_links()
         elif r < 0.64:
-            self.cut_zk(victim)
+            self.net.cut_zk(victim)
         elif r < 0.72:
-            self.heal_zk(victim)
+            self.net.heal_zk(victim, SESSION)
         for p in list(self.net.pumps):
             p.pump()
         self.net.clock.advance(self.rng.choice((0.0, 0.05, 0.1, 0.3, 0.8)))
-        self.expire_sessions()
+        self.net.expire_sessions(SESSION)
         self.read_everywhere()
 
     def heal_all(self) -> None:
         for call in self.later:
             if call.active():
                 call.cancel()
-        self.heal_links()
+        self.net.heal_links()
         for node in self.nodes:
-            self.heal_zk(node)
+            self.net.heal_zk(node, SESSION)
         for _ in range(60):
             self.net.settle(rounds=20)
             self.net.clock.advance(0.5)

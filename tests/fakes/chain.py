@@ -3,7 +3,9 @@
 A :class:`Net` adds nodes that join through a shared
 :class:`~tests.fakes.coordinator.Registry`; their links are iosim pumps,
 settled until nothing moves.  ``blocked`` refuses chosen connections, ``kill``
-crashes a node.
+crashes a node; ``cut_links``/``heal_links`` partition a node from the others,
+``cut_zk``/``heal_zk`` from ZooKeeper, and ``expire_sessions`` ends the
+session of a node cut off for longer than the session timeout.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class Net:
         self.nodes: dict[int, Node] = {}
         self.pumps: list[iosim.IOPump] = []
         self.blocked: set[tuple[int, int]] = set()  # (from port, to port) refused
+        self.cut: set[tuple[int, int]] = set()  # what cut_links blocked
 
     def add(self) -> Node:
         port = 9000 + len(self.nodes)
@@ -120,6 +123,51 @@ class Net:
         if name is not None:
             self.registry.remove(name)
         self.settle()
+
+    # partitions
+
+    def cut_links(self, node: Node) -> None:
+        """``node`` and every other node stop reaching each other; open links drop."""
+        for other in self.nodes.values():
+            if other is node:
+                continue
+            for p in [p for p in node.pumps if p in other.pumps]:
+                p.serverIO.loseConnection()
+                p.clientIO.loseConnection()
+            pair = {(node.port, other.port), (other.port, node.port)}
+            self.blocked |= pair
+            self.cut |= pair
+
+    def heal_links(self) -> None:
+        self.blocked -= self.cut
+        self.cut.clear()
+
+    def cut_zk(self, node: Node) -> None:
+        if node.zk.cut_at is None:
+            node.zk.cut()
+
+    def heal_zk(self, node: Node, session: float) -> None:
+        """ZooKeeper is reachable again: a cut longer than ``session`` lost the session."""
+        zk = node.zk
+        if zk.cut_at is None:
+            return
+        expired = self.clock.seconds() - zk.cut_at > session
+        zk.cut_at = None
+        if not node.alive:
+            return
+        if expired:
+            node.replica.zk_state("lost")
+            node.replica.zk_state("connected")
+        node.replica.set_view(self.registry.view())
+
+    def expire_sessions(self, session: float) -> None:
+        """ZooKeeper ends the session of a node cut off for longer than ``session``."""
+        now = self.clock.seconds()
+        for node in self.nodes.values():
+            cut = node.zk.cut_at
+            name = node.replica.name
+            if cut is not None and now - cut > session and name in self.registry.view():
+                self.registry.remove(name)
 
     def chain(self, n: int) -> list[Node]:
         return [self.add() for _ in range(n)]
