@@ -34,25 +34,19 @@ from kvtwist.storage import wal
 from kvtwist.storage.records import LogRecord
 from kvtwist.verify import check, nemesis, stranger
 from kvtwist.verify.durability import LostWrite
+from kvtwist.verify.faults.base import STICKY, STICKY_ZK, Node
+from kvtwist.verify.faults.clock import STEP_SECONDS
+from kvtwist.verify.faults.disk import embedded_record, hostile_value, tear_last_record
+from kvtwist.verify.faults.network import FLAP_CUT, FLAP_SPAN, ISOLATE_SESSIONS
 from kvtwist.verify.nemesis import (
     FAULTS,
-    FLAP_CUT,
-    FLAP_SPAN,
-    ISOLATE_SESSIONS,
     KINDS,
     MEMBER_KINDS,
     PROXY_KINDS,
-    STEP_SECONDS,
-    STICKY,
-    STICKY_ZK,
     Nemesis,
-    Node,
     available_kinds,
     default_kinds,
-    embedded_record,
-    hostile_value,
     parse_kinds,
-    tear_last_record,
 )
 from kvtwist.verify.proxy import CLIENT, Proxy, ProxyControl, socket_owner
 from kvtwist.verify.torture import (

@@ -63,17 +63,10 @@ from kvtwist.procs import (
     zookeeper_available,
 )
 from kvtwist.verify.durability import LostWrite, lost_writes
+from kvtwist.verify.faults.base import STICKY, STICKY_ZK, Node
 from kvtwist.verify.history import Op, read_history
 from kvtwist.verify.linearizability import Result, check
-from kvtwist.verify.nemesis import (
-    KINDS,
-    PROXY_KINDS,
-    STICKY,
-    STICKY_ZK,
-    Nemesis,
-    Node,
-    parse_kinds,
-)
+from kvtwist.verify.nemesis import KINDS, PROXY_KINDS, Nemesis, parse_kinds
 from kvtwist.verify.proxy import ProxyControl
 from kvtwist.verify.timeline import write_timeline
 from kvtwist.verify.wallclock import WallClock
@@ -85,7 +78,7 @@ REPLACE_DELAY = (0.5, 2.0)
 #: The liveness probe writes this key (not one of the clients' keys).
 PROBE_KEY = b"liveness-probe"
 #: With join-fault, the store gets this much filler first, so a state transfer
-#: through the slowed proxy lasts seconds (kvtwist.verify.nemesis.JOIN_RATE).
+#: through the slowed proxy lasts seconds (kvtwist.verify.faults.joins.JOIN_RATE).
 FILL_KEYS, FILL_SIZE = 64, 64 * 1024
 #: A running node no fault holds that the chain has not listed for this long (seconds)
 #: is stranded: a rejoin after any fault takes a few seconds, a slowed state transfer
