@@ -49,15 +49,21 @@ class World(Protocol):
     """What the nemesis needs of the campaign."""
 
     rng: Random
-    nodes: list[Node]
-    zk: ZooKeeperProcess | None
-    proxy: ProxyControl | None
     report_dir: Path
     session_timeout: float
     keys: int
     seed: int
     stranger_results: list[dict[str, Any]]
-    sticky_clients: int
+
+    # read only: the campaign keeps them in its parts
+    @property
+    def nodes(self) -> list[Node]: ...
+    @property
+    def zk(self) -> ZooKeeperProcess | None: ...
+    @property
+    def proxy(self) -> ProxyControl | None: ...
+    @property
+    def sticky_clients(self) -> int: ...
 
     def members(self) -> list[tuple[str, int]]: ...
     def node_of(self, port: int) -> Node | None: ...
