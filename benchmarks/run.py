@@ -995,107 +995,34 @@ def fmt(x: float | None, spec: str = ",.0f") -> str:
     return "—" if x is None else format(x, spec)
 
 
-def render(data: dict[str, Any], notes: str) -> tuple[str, list[floors.Verdict]]:
-    """The markdown report from the saved results (see ``--from-json``), and the verdicts."""
-    s = Settings(**data["settings"])
-    r = data["results"]
-    info = data["machine"]
-    started = data["started"]
-    verdicts = floors.check(r)
-    vid = floors.by_id(verdicts)
-    L: list[str] = []
-    add = L.append
+@dataclass
+class Page:
+    """The report being written, and what its sections read: one renderer per section
+    (``SECTIONS``) adds its lines here."""
 
-    def floor_cells(fid: str) -> str:
+    data: dict[str, Any]
+    notes: str
+    lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.settings = Settings(**self.data["settings"])
+        self.results: dict[str, Any] = self.data["results"]
+        self.verdicts = floors.check(self.results)
+        self.vid = floors.by_id(self.verdicts)
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+
+    def floor_cells(self, fid: str) -> str:
         """The floor and verdict columns of a section table row."""
-        v = vid.get(fid)
+        v = self.vid.get(fid)
         if v is None:
             return "— | "
         return f"{v.bound} | {verdict(v.met)}"
 
-    add("# kvtwist performance\n")
-    when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(started))
-    add(
-        f"Written by `benchmarks/run.py` on {when}; "
-        + (
-            "a full run of every benchmark."
-            if s.complete
-            else (
-                "**a quick run** (`--quick`: smaller sizes and shorter runs than the floors "
-                "are set at; see below)."
-                if s.quick
-                else "a full run of " + ", ".join(s.only) + "."
-            )
-        )
-        + " `.venv/bin/python benchmarks/run.py` writes this report and `results.json` to "
-        "`benchmarks/out/` (not tracked) and checks the floors (exit status 1 when one is "
-        "missed; `--quick` for a short run); only `--publish`, on a full run of every "
-        "benchmark, rewrites docs/performance.md. Every figure stands next to its floor "
-        "and the reference measured in the same run: the machine is shared, so only ratios "
-        "within one run mean much.\n"
-    )
-    add("## Machine\n")
-    add("| | |\n|---|---|")
-    for k in ("cpu", "cores", "memory", "os", "python", "twisted", "protobuf", "commit"):
-        add(f"| {k} | {info[k]} |")
-    add(f"| load average (1, 5, 15 min) at start | {info['load_start']} |")
-    add(f"| load average at end | {info['load_end']} |")
-    add(f"| run time | {info['elapsed_s']:.0f} s |")
-    add("")
-    add(
-        "Load generator: `kvtwist-bench` with up to 2 load processes, value size 32 B, "
-        f"{s.keys:,d} keys (uniform), {s.duration:g} s per run after {s.warmup:g} s of "
-        "warm-up, sides run in turn "
-        + ("A B C" if s.reps == 1 else "A B C C B A (throughput: the mean of a side's runs)")
-        + ". Nodes are `twistd -n kvnode` processes with default options unless a storage "
-        "mode is named.\n"
-    )
-
-    add("## Floors\n")
-    if s.quick:
-        smaller = []
-        if "tree" in s.only:
-            smaller.append(f"the tree's largest size is {max(s.tree_sizes):,d} keys")
-        if "join" in s.only or "memory" in s.only:
-            smaller.append(f"join and memory use {s.big:,d} keys")
-        if "durability" in s.only:
-            smaller.append(f"recovery uses {s.big:,d} keys")
-        add(
-            "Quick run: "
-            + "".join(f"{x}; " for x in smaller)
-            + ("the floors are set at 1,000,000 keys; " if smaller else "")
-            + f"{s.duration:g} s per bench run, each side once. A figure missed here may "
-            "be met in a full run, and the other way round.\n"
-        )
-    add("\n".join(floors.table(verdicts)))
-    add("")
-
-    if "tree" in r:
-        t = r["tree"]
-        add("## 1. Tree: cost per operation against size\n")
-        add(
-            "`kvtwist/tree.py` alone, in one process. *insert*: the inserts taking the tree "
-            "from n/2 to n keys; *get*: lookups of every key; *replace*: puts over existing "
-            "keys. Random: keys inserted and used in shuffled order; sequential: ascending. "
-            "Garbage collection on, as in a node. Nanoseconds per operation.\n"
-        )
-        add("| order | n | insert ns | get ns | replace ns | height | AVL bound |")
-        add("|---|---:|---:|---:|---:|---:|---:|")
-        for row in t["rows"]:
-            add(
-                f"| {row['order']} | {row['n']:,d} | {row['insert_ns']:,.0f} | "
-                f"{row['get_ns']:,.0f} | {row['replace_ns']:,.0f} | {row['height']} | "
-                f"{row['avl_bound']:.1f} |"
-            )
-        add("")
-        add(f"| operation | ratio {t['large']:,d} / {t['small']:,d} | floor | |")
-        add("|---|---:|---:|---|")
-        for k, v in t["ratios"].items():
-            add(f"| {k} | {v:.2f}× | {floor_cells(f'tree:{k}')} |")
-        add("")
-
-    def ratio_table(res: dict[str, Any], section: str) -> None:
+    def ratio_table(self, res: dict[str, Any], section: str) -> None:
         """One row per side of each comparison; the first side is the reference."""
+        add, floor_cells = self.add, self.floor_cells
         add(
             "| workload | side | req/s | ratio | floor | | p50 / p99 / p99.9 µs "
             "| p50 ratio | floor | | bench CPU |"
@@ -1120,150 +1047,275 @@ def render(data: dict[str, Any], notes: str) -> tuple[str, list[floors.Verdict]]
                 )
         add("")
 
-    if "node" in r:
-        add("## 2. Standalone node vs the reference server\n")
-        add(
-            "The reference (`benchmarks/reference_server.py`) answers every frame with a canned "
-            "reply (asyncio, one process): its throughput is the bench's own ceiling on this "
-            "machine. One node per storage mode (`--in-memory`, `--fsync never`, "
-            "`--fsync interval`, `--fsync always`), each preloaded with every key; GET goes "
-            "to the in-memory node, PUT to each. Same bench settings for all sides; ratios "
-            "are against the reference of the same row group. `--fsync never` and "
-            "`--fsync always` are shown without a floor. *bench CPU* is the busiest load "
-            "process's share of a core: below 100 % the generator was not what limited the "
-            "run.\n"
-        )
-        ratio_table(r["node"], "node")
-    if "redis" in r:
-        rd = r["redis"]
-        add(
-            "**Context, no floor: Redis.** A private `redis-server` (no persistence, "
-            "127.0.0.1) measured by its own load generator, `redis-benchmark` (C, "
-            "`-d 32 -r 10000`), at the same connections × pipeline. A different load "
-            "generator from the rows above, so compare with care.\n"
-        )
-        if not rd.get("installed"):
-            add(
-                "| setting | Redis |\n|---|---|\n"
-                "| all | not installed (Debian packages redis-server, redis-tools) |\n"
+
+def render_intro(p: Page) -> None:
+    """What wrote the report, and how far its figures can be trusted."""
+    add, s = p.add, p.settings
+    started = p.data["started"]
+
+    add("# kvtwist performance\n")
+    when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(started))
+    add(
+        f"Written by `benchmarks/run.py` on {when}; "
+        + (
+            "a full run of every benchmark."
+            if s.complete
+            else (
+                "**a quick run** (`--quick`: smaller sizes and shorter runs than the floors "
+                "are set at; see below)."
+                if s.quick
+                else "a full run of " + ", ".join(s.only) + "."
             )
-        else:
-            add(f"`{rd['version']}`\n")
-            add("| setting | GET req/s | GET p50 µs | SET req/s | SET p50 µs |")
-            add("|---|---:|---:|---:|---:|")
-            for setting, row in rd["rows"].items():
-                if "error" in row:
-                    add(f"| {setting} | redis-benchmark failed: {row['error'][:80]} | | | |")
-                    continue
-                g, st = row.get("GET", {}), row.get("SET", {})
-                add(
-                    f"| {setting} | {fmt(g.get('throughput'))} | {fmt(g.get('p50_us'))} | "
-                    f"{fmt(st.get('throughput'))} | {fmt(st.get('p50_us'))} |"
-                )
-            add("")
-    if "ceiling" in r:
-        add(
-            "The bench's own ceiling: GET, 4 connections × 32 in flight, against the reference "
-            "server, with one and with two load processes. While *bench CPU* stays well below "
-            "100 % the reference server (one process) and not the generator is the limit, so "
-            "everything the node does below this throughput is the node's.\n"
         )
-        add("| load processes | reference req/s | bench CPU |")
-        add("|---:|---:|---:|")
-        for c in r["ceiling"]:
-            add(f"| {c['processes']} | {c['throughput']:,.0f} | {c['bench_cpu']:.0%} |")
+        + " `.venv/bin/python benchmarks/run.py` writes this report and `results.json` to "
+        "`benchmarks/out/` (not tracked) and checks the floors (exit status 1 when one is "
+        "missed; `--quick` for a short run); only `--publish`, on a full run of every "
+        "benchmark, rewrites docs/performance.md. Every figure stands next to its floor "
+        "and the reference measured in the same run: the machine is shared, so only ratios "
+        "within one run mean much.\n"
+    )
+
+
+def render_machine(p: Page) -> None:
+    """The machine and the load generator's settings."""
+    add, s, info = p.add, p.settings, p.data["machine"]
+    add("## Machine\n")
+    add("| | |\n|---|---|")
+    for k in ("cpu", "cores", "memory", "os", "python", "twisted", "protobuf", "commit"):
+        add(f"| {k} | {info[k]} |")
+    add(f"| load average (1, 5, 15 min) at start | {info['load_start']} |")
+    add(f"| load average at end | {info['load_end']} |")
+    add(f"| run time | {info['elapsed_s']:.0f} s |")
+    add("")
+    add(
+        "Load generator: `kvtwist-bench` with up to 2 load processes, value size 32 B, "
+        f"{s.keys:,d} keys (uniform), {s.duration:g} s per run after {s.warmup:g} s of "
+        "warm-up, sides run in turn "
+        + ("A B C" if s.reps == 1 else "A B C C B A (throughput: the mean of a side's runs)")
+        + ". Nodes are `twistd -n kvnode` processes with default options unless a storage "
+        "mode is named.\n"
+    )
+
+
+def render_floors(p: Page) -> None:
+    """Every floor and its verdict, in one table."""
+    add, s, verdicts = p.add, p.settings, p.verdicts
+    add("## Floors\n")
+    if s.quick:
+        smaller = []
+        if "tree" in s.only:
+            smaller.append(f"the tree's largest size is {max(s.tree_sizes):,d} keys")
+        if "join" in s.only or "memory" in s.only:
+            smaller.append(f"join and memory use {s.big:,d} keys")
+        if "durability" in s.only:
+            smaller.append(f"recovery uses {s.big:,d} keys")
+        add(
+            "Quick run: "
+            + "".join(f"{x}; " for x in smaller)
+            + ("the floors are set at 1,000,000 keys; " if smaller else "")
+            + f"{s.duration:g} s per bench run, each side once. A figure missed here may "
+            "be met in a full run, and the other way round.\n"
+        )
+    add("\n".join(floors.table(verdicts)))
+    add("")
+
+
+def render_tree(p: Page) -> None:
+    """Section 1: the tree's cost per operation as it grows (floors: large over small)."""
+    add, r, floor_cells = p.add, p.results, p.floor_cells
+    t = r["tree"]
+    add("## 1. Tree: cost per operation against size\n")
+    add(
+        "`kvtwist/tree.py` alone, in one process. *insert*: the inserts taking the tree "
+        "from n/2 to n keys; *get*: lookups of every key; *replace*: puts over existing "
+        "keys. Random: keys inserted and used in shuffled order; sequential: ascending. "
+        "Garbage collection on, as in a node. Nanoseconds per operation.\n"
+    )
+    add("| order | n | insert ns | get ns | replace ns | height | AVL bound |")
+    add("|---|---:|---:|---:|---:|---:|---:|")
+    for row in t["rows"]:
+        add(
+            f"| {row['order']} | {row['n']:,d} | {row['insert_ns']:,.0f} | "
+            f"{row['get_ns']:,.0f} | {row['replace_ns']:,.0f} | {row['height']} | "
+            f"{row['avl_bound']:.1f} |"
+        )
+    add("")
+    add(f"| operation | ratio {t['large']:,d} / {t['small']:,d} | floor | |")
+    add("|---|---:|---:|---|")
+    for k, v in t["ratios"].items():
+        add(f"| {k} | {v:.2f}× | {floor_cells(f'tree:{k}')} |")
+    add("")
+
+
+def render_node(p: Page) -> None:
+    """Section 2: a standalone node in each storage mode against the reference server."""
+    add, r, ratio_table = p.add, p.results, p.ratio_table
+    add("## 2. Standalone node vs the reference server\n")
+    add(
+        "The reference (`benchmarks/reference_server.py`) answers every frame with a canned "
+        "reply (asyncio, one process): its throughput is the bench's own ceiling on this "
+        "machine. One node per storage mode (`--in-memory`, `--fsync never`, "
+        "`--fsync interval`, `--fsync always`), each preloaded with every key; GET goes "
+        "to the in-memory node, PUT to each. Same bench settings for all sides; ratios "
+        "are against the reference of the same row group. `--fsync never` and "
+        "`--fsync always` are shown without a floor. *bench CPU* is the busiest load "
+        "process's share of a core: below 100 % the generator was not what limited the "
+        "run.\n"
+    )
+    ratio_table(r["node"], "node")
+
+
+def render_redis(p: Page) -> None:
+    """Redis beside section 2: context from another load generator, without a floor."""
+    add, r = p.add, p.results
+    rd = r["redis"]
+    add(
+        "**Context, no floor: Redis.** A private `redis-server` (no persistence, "
+        "127.0.0.1) measured by its own load generator, `redis-benchmark` (C, "
+        "`-d 32 -r 10000`), at the same connections × pipeline. A different load "
+        "generator from the rows above, so compare with care.\n"
+    )
+    if not rd.get("installed"):
+        add(
+            "| setting | Redis |\n|---|---|\n"
+            "| all | not installed (Debian packages redis-server, redis-tools) |\n"
+        )
+    else:
+        add(f"`{rd['version']}`\n")
+        add("| setting | GET req/s | GET p50 µs | SET req/s | SET p50 µs |")
+        add("|---|---:|---:|---:|---:|")
+        for setting, row in rd["rows"].items():
+            if "error" in row:
+                add(f"| {setting} | redis-benchmark failed: {row['error'][:80]} | | | |")
+                continue
+            g, st = row.get("GET", {}), row.get("SET", {})
+            add(
+                f"| {setting} | {fmt(g.get('throughput'))} | {fmt(g.get('p50_us'))} | "
+                f"{fmt(st.get('throughput'))} | {fmt(st.get('p50_us'))} |"
+            )
         add("")
-    if "chain" in r:
-        add("## 3. Chain of 3 vs a standalone node\n")
+
+
+def render_ceiling(p: Page) -> None:
+    """The load generator's own ceiling: below it, the node is what limits section 2."""
+    add, r = p.add, p.results
+    add(
+        "The bench's own ceiling: GET, 4 connections × 32 in flight, against the reference "
+        "server, with one and with two load processes. While *bench CPU* stays well below "
+        "100 % the reference server (one process) and not the generator is the limit, so "
+        "everything the node does below this throughput is the node's.\n"
+    )
+    add("| load processes | reference req/s | bench CPU |")
+    add("|---:|---:|---:|")
+    for c in r["ceiling"]:
+        add(f"| {c['processes']} | {c['throughput']:,.0f} | {c['bench_cpu']:.0%} |")
+    add("")
+
+
+def render_chain(p: Page) -> None:
+    """Section 3: a chain of three against a standalone node."""
+    add, r, ratio_table = p.add, p.results, p.ratio_table
+    add("## 3. Chain of 3 vs a standalone node\n")
+    add(
+        "Three chain nodes and one standalone node on the same machine; the bench reads "
+        "the chain's head and tail from ZooKeeper (`--zk`): PUTs go to the head, GETs to "
+        "the tail. Both preloaded with every key.\n"
+    )
+    ratio_table(r["chain"], "chain")
+
+
+def render_failover(p: Page) -> None:
+    """Section 4: how long writes stop when the head or the tail is killed."""
+    add, r, floor_cells = p.add, p.results, p.floor_cells
+    f = r["failover"]
+    st = f["session_timeout_s"]
+    add("## 4. Failover\n")
+    add(
+        f"A chain of 3 with `--zk-session-timeout {st:g}` (ZooKeeper tickTime 200 ms); one "
+        "client writes one key at a time to the head it reads from ZooKeeper, retrying "
+        "every 10 ms on any failure. Figure: time from SIGKILL to the acknowledgement of "
+        "the first write sent after it. Reference: the session timeout, and when "
+        "ZooKeeper dropped the dead node's znode.\n"
+    )
+    add("| killed | failover s | znode gone after s | session timeout s | floor | |")
+    add("|---|---:|---:|---:|---:|---|")
+    for victim in ("head", "tail"):
+        v = f.get(victim, {})
         add(
-            "Three chain nodes and one standalone node on the same machine; the bench reads "
-            "the chain's head and tail from ZooKeeper (`--zk`): PUTs go to the head, GETs to "
-            "the tail. Both preloaded with every key.\n"
+            f"| {victim} | {fmt(v.get('failover_s'), '.2f')} | "
+            f"{fmt(v.get('znode_gone_s'), '.2f')} | {st:g} | "
+            f"{floor_cells(f'failover:{victim}')} |"
         )
-        ratio_table(r["chain"], "chain")
-    if "failover" in r:
-        f = r["failover"]
-        st = f["session_timeout_s"]
-        add("## 4. Failover\n")
+    add("")
+
+
+def render_join(p: Page) -> None:
+    """Section 5: how long a loaded chain takes to take in a new node."""
+    add, r, floor_cells = p.add, p.results, p.floor_cells
+    j = r["join"]
+    add("## 5. Join\n")
+    add(
+        f"A chain of one node is loaded with {j['keys']:,d} keys (16-byte keys, 32-byte "
+        f"values; sequential PUTs, 4×32 pipelined: {j['load_s']:.1f} s, "
+        f"{j['load_throughput']:,.0f} req/s), then a new node is started. Figure: from "
+        "starting its process to its znode appearing as the tail, state copied. "
+        "Reference: the same for a chain holding nothing (process start-up and "
+        "registration).\n"
+    )
+    add("| | seconds | floor | |")
+    add("|---|---:|---:|---|")
+    add(f"| join, {j['keys']:,d} keys | {fmt(j.get('join_s'), '.2f')} | {floor_cells('join')} |")
+    add(f"| join, empty chain (reference) | {j['join_empty_s']:.2f} | | |")
+    add("")
+    held = j.get("joiner_held")
+    if held is not None:
         add(
-            f"A chain of 3 with `--zk-session-timeout {st:g}` (ZooKeeper tickTime 200 ms); one "
-            "client writes one key at a time to the head it reads from ZooKeeper, retrying "
-            "every 10 ms on any failure. Figure: time from SIGKILL to the acknowledgement of "
-            "the first write sent after it. Reference: the session timeout, and when "
-            "ZooKeeper dropped the dead node's znode.\n"
+            f"The joiner held {held:,d} keys afterwards. "
+            + (f"Tail's log: `{j['transfer_log'][0]}`." if j.get("transfer_log") else "")
         )
-        add("| killed | failover s | znode gone after s | session timeout s | floor | |")
-        add("|---|---:|---:|---:|---:|---|")
-        for victim in ("head", "tail"):
-            v = f.get(victim, {})
-            add(
-                f"| {victim} | {fmt(v.get('failover_s'), '.2f')} | "
-                f"{fmt(v.get('znode_gone_s'), '.2f')} | {st:g} | "
-                f"{floor_cells(f'failover:{victim}')} |"
-            )
         add("")
-    if "join" in r:
-        j = r["join"]
-        add("## 5. Join\n")
+
+
+def render_memory(p: Page) -> None:
+    """Section 6: the memory a key costs a node, over its raw bytes."""
+    add, r, floor_cells = p.add, p.results, p.floor_cells
+    m = r["memory"]
+    add("## 6. Memory\n")
+    tm = r.get("tree", {}).get("memory")
+    add(
+        f"Resident memory (VmRSS) of the loaded node from benchmark 5, minus the same "
+        f"node's RSS before loading, per key, minus the raw {m['raw_per_key']} bytes "
+        "(16-byte key + 32-byte value).\n"
+    )
+    add("| | bytes per key | floor | |")
+    add("|---|---:|---:|---|")
+    add(
+        f"| node, {m['keys']:,d} keys written by clients, over raw | "
+        f"{m['overhead_per_key']:,.0f} | {floor_cells('memory:node')} |"
+    )
+    if "joiner_per_key" in m:
+        over = m["joiner_per_key"] - m["raw_per_key"]
         add(
-            f"A chain of one node is loaded with {j['keys']:,d} keys (16-byte keys, 32-byte "
-            f"values; sequential PUTs, 4×32 pipelined: {j['load_s']:.1f} s, "
-            f"{j['load_throughput']:,.0f} req/s), then a new node is started. Figure: from "
-            "starting its process to its znode appearing as the tail, state copied. "
-            "Reference: the same for a chain holding nothing (process start-up and "
-            "registration).\n"
+            f"| joined node (built from the state transfer), over raw | "
+            f"{over:,.0f} | {floor_cells('memory:joined')} |"
         )
-        add("| | seconds | floor | |")
-        add("|---|---:|---:|---|")
+    if tm:
         add(
-            f"| join, {j['keys']:,d} keys | {fmt(j.get('join_s'), '.2f')} | {floor_cells('join')} |"
+            f"| bare BTree in one process, {tm['n']:,d} keys, over raw (reference) | "
+            f"{tm['overhead_per_key_bytes']:,.0f} | | |"
         )
-        add(f"| join, empty chain (reference) | {j['join_empty_s']:.2f} | | |")
-        add("")
-        held = j.get("joiner_held")
-        if held is not None:
-            add(
-                f"The joiner held {held:,d} keys afterwards. "
-                + (f"Tail's log: `{j['transfer_log'][0]}`." if j.get("transfer_log") else "")
-            )
-            add("")
-    if "memory" in r:
-        m = r["memory"]
-        add("## 6. Memory\n")
-        tm = r.get("tree", {}).get("memory")
-        add(
-            f"Resident memory (VmRSS) of the loaded node from benchmark 5, minus the same "
-            f"node's RSS before loading, per key, minus the raw {m['raw_per_key']} bytes "
-            "(16-byte key + 32-byte value).\n"
-        )
-        add("| | bytes per key | floor | |")
-        add("|---|---:|---:|---|")
-        add(
-            f"| node, {m['keys']:,d} keys written by clients, over raw | "
-            f"{m['overhead_per_key']:,.0f} | {floor_cells('memory:node')} |"
-        )
-        if "joiner_per_key" in m:
-            over = m["joiner_per_key"] - m["raw_per_key"]
-            add(
-                f"| joined node (built from the state transfer), over raw | "
-                f"{over:,.0f} | {floor_cells('memory:joined')} |"
-            )
-        if tm:
-            add(
-                f"| bare BTree in one process, {tm['n']:,d} keys, over raw (reference) | "
-                f"{tm['overhead_per_key_bytes']:,.0f} | | |"
-            )
-        add("")
-        add(
-            f"RSS: empty node {m['rss_empty_node'] / 2**20:.1f} MiB, loaded "
-            f"{m['rss_loaded'] / 2**20:.1f} MiB"
-            + (f", joiner {m['rss_joiner'] / 2**20:.1f} MiB" if "rss_joiner" in m else "")
-            + ".\n"
-        )
-    if "durability" in r:
-        render_durability(add, r, floor_cells)
-    if "breakdown" in r:
-        render_breakdown(add, r)
+    add("")
+    add(
+        f"RSS: empty node {m['rss_empty_node'] / 2**20:.1f} MiB, loaded "
+        f"{m['rss_loaded'] / 2**20:.1f} MiB"
+        + (f", joiner {m['rss_joiner'] / 2**20:.1f} MiB" if "rss_joiner" in m else "")
+        + ".\n"
+    )
+
+
+def render_errors(p: Page) -> None:
+    """Every bench run that got an ERROR reply or none."""
+    add, data = p.add, p.data
     errors = [
         (rep["label"], rep["requests"])
         for rep in data["runs"]
@@ -1276,8 +1328,18 @@ def render(data: dict[str, Any], notes: str) -> tuple[str, list[floors.Verdict]]
     else:
         add(f"None: all {len(data['runs'])} bench runs got a non-ERROR reply to every request.")
     add("")
+
+
+def render_notes(p: Page) -> None:
+    """The notes file, as given (``--notes``)."""
+    add, notes = p.add, p.notes
     if notes:
         add(notes.rstrip() + "\n")
+
+
+def render_commands(p: Page) -> None:
+    """Every command the run ran, once, ports and paths made general."""
+    add, data = p.add, p.data
     add("## Commands\n")
     add(
         "Ports and pids are chosen at run time (PORT, ZK_PORT: a private ZooKeeper); "
@@ -1294,12 +1356,11 @@ def render(data: dict[str, Any], notes: str) -> tuple[str, list[floors.Verdict]]
             seen.add(c)
             add(c)
     add("```")
-    return "\n".join(L) + "\n", verdicts
 
 
-def render_durability(
-    add: Callable[[str], None], r: dict[str, Any], floor_cells: Callable[[str], str]
-) -> None:
+def render_durability(p: Page) -> None:
+    """Section 7: what each storage mode costs, and how fast a node comes back."""
+    add, r, floor_cells = p.add, p.results, p.floor_cells
     d = r["durability"]
     node = r.get("node", {})
     add("## 7. Durability\n")
@@ -1330,7 +1391,7 @@ def render_durability(
     add("|---|---:|---:|---|")
     for setting in ("32×1", "4×32"):
         fid = f"durability:interval:{setting}"
-        v = floors.by_id(floors.check(r)).get(fid)
+        v = p.vid.get(fid)
         add(
             f"| PUT {setting}, `--fsync interval` / `--in-memory` | "
             f"{v.measured if v else '—'} | {floor_cells(fid)} |"
@@ -1365,7 +1426,9 @@ BREAKDOWN_COLUMNS = (
 )
 
 
-def render_breakdown(add: Callable[[str], None], r: dict[str, Any]) -> None:
+def render_breakdown(p: Page) -> None:
+    """Section 8: where a request's time goes, set against section 2's measured cost."""
+    add, r = p.add, p.results
     b = r["breakdown"]
     add("## 8. The cost of one request, piece by piece\n")
     if "error" in b:
@@ -1424,6 +1487,36 @@ def render_breakdown(add: Callable[[str], None], r: dict[str, Any]) -> None:
         for e in errors:
             add(f"- `{e}`")
         add("")
+
+
+#: The report's sections in order: (the results they need, None: always; the renderer).
+SECTIONS: tuple[tuple[str | None, Callable[[Page], None]], ...] = (
+    (None, render_intro),
+    (None, render_machine),
+    (None, render_floors),
+    ("tree", render_tree),
+    ("node", render_node),
+    ("redis", render_redis),
+    ("ceiling", render_ceiling),
+    ("chain", render_chain),
+    ("failover", render_failover),
+    ("join", render_join),
+    ("memory", render_memory),
+    ("durability", render_durability),
+    ("breakdown", render_breakdown),
+    (None, render_errors),
+    (None, render_notes),
+    (None, render_commands),
+)
+
+
+def render(data: dict[str, Any], notes: str) -> tuple[str, list[floors.Verdict]]:
+    """The markdown report from the saved results (see ``--from-json``), and the verdicts."""
+    page = Page(data, notes)
+    for needs, section in SECTIONS:
+        if needs is None or needs in page.results:
+            section(page)
+    return "\n".join(page.lines) + "\n", page.verdicts
 
 
 def run_all(s: Settings) -> dict[str, Any]:

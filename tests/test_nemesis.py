@@ -33,41 +33,27 @@ from kvtwist.proto.kvtwist_pb2 import Update
 from kvtwist.storage import wal
 from kvtwist.storage.records import LogRecord
 from kvtwist.verify import check, nemesis, stranger
+from kvtwist.verify.campaign.cluster import storage_and_key_args, write_key
+from kvtwist.verify.campaign.report import longest_stall
+from kvtwist.verify.campaign.verdict import IDENTICAL, Findings, checks, exit_status, failures
+from kvtwist.verify.campaign.watch import OutsideWatch, Watch
 from kvtwist.verify.durability import LostWrite
+from kvtwist.verify.faults.base import STICKY, STICKY_ZK, Node
+from kvtwist.verify.faults.clock import STEP_SECONDS
+from kvtwist.verify.faults.disk import embedded_record, hostile_value, tear_last_record
+from kvtwist.verify.faults.network import FLAP_CUT, FLAP_SPAN, ISOLATE_SESSIONS
 from kvtwist.verify.nemesis import (
     FAULTS,
-    FLAP_CUT,
-    FLAP_SPAN,
-    ISOLATE_SESSIONS,
     KINDS,
     MEMBER_KINDS,
     PROXY_KINDS,
-    STEP_SECONDS,
-    STICKY,
-    STICKY_ZK,
     Nemesis,
-    Node,
     available_kinds,
     default_kinds,
-    embedded_record,
-    hostile_value,
     parse_kinds,
-    tear_last_record,
 )
 from kvtwist.verify.proxy import CLIENT, Proxy, ProxyControl, socket_owner
-from kvtwist.verify.torture import (
-    IDENTICAL,
-    Campaign,
-    Findings,
-    OutsideWatch,
-    checks,
-    exit_status,
-    failures,
-    longest_stall,
-    parse_args,
-    storage_and_key_args,
-    write_key,
-)
+from kvtwist.verify.torture import Campaign, parse_args
 from kvtwist.verify.wallclock import WallClock
 from kvtwist.verify.workload import BIG_MIN, big_value, value_text
 from tests.test_verify import delete, get, put
@@ -341,20 +327,18 @@ class Stranded(SynchronousTestCase):
         lasts (it cannot rejoin through a cut link); it has the whole limit afterwards."""
         held = SimpleNamespace(label="n4", port=4, state="running", proc=None)
         fault = SimpleNamespace(targets=[held], whole=False)
-        campaign = SimpleNamespace(
-            last_outside_check=-10.0,
-            nemesis=SimpleNamespace(active=[fault]),
+        cluster = SimpleNamespace(
             members=lambda: [("node1", 1)],
             label_of=lambda port: f"n{port}",
             nodes=[held, SimpleNamespace(label="n1", port=1, state="running")],
-            outside=OutsideWatch(0.5),
-            stranded=[],
         )
+        watch = Watch(cluster, SimpleNamespace(), Random(0))  # type: ignore[arg-type]
+        watch.outside = OutsideWatch(0.5)
         for _ in range(3):
-            campaign.last_outside_check = -10.0
-            Campaign.check_stranded(campaign)  # type: ignore[arg-type]
-        self.assertEqual(campaign.stranded, [])
-        self.assertNotIn("n4", campaign.outside.since)
+            watch.last_outside_check = -10.0
+            watch.check_stranded([fault])  # type: ignore[list-item]
+        self.assertEqual(watch.stranded, [])
+        self.assertNotIn("n4", watch.outside.since)
 
 
 def findings(**changes: Any) -> Findings:

@@ -17,11 +17,11 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.verify import HistoryError, Op, check, read_history, write_history
+from kvtwist.verify.campaign.report import longest_stall
 from kvtwist.verify.check import main as check_main
 from kvtwist.verify.durability import lost_writes
 from kvtwist.verify.simulate import linearizable_history, make_stale
 from kvtwist.verify.timeline import write_timeline
-from kvtwist.verify.torture import longest_stall
 
 
 def op(
