@@ -185,7 +185,7 @@ def forged_update() -> Message:
 
 
 class EndToEndTests(SynchronousTestCase):
-    """authenticate() on one end, NodeProtocol's responder on the other, over iosim."""
+    """authenticate() on one end, the node's acceptor (its responder) on the other, over iosim."""
 
     def link(self, ikey: bytes, node_key: bytes | None, expect: str | None = None) -> Any:
         node = ChainNode(node_key)
@@ -250,7 +250,7 @@ class EndToEndTests(SynchronousTestCase):
 
 
 class GateTests(SynchronousTestCase):
-    """NodeProtocol with a key: nothing unauthenticated reaches the replica."""
+    """A node's port with a key: nothing unauthenticated reaches the replica."""
 
     def test_forged_hello_and_update_refused(self) -> None:
         """A forged HELLO naming the real predecessor, then an UPDATE: ERROR, close, no effect."""

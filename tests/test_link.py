@@ -177,6 +177,34 @@ class LivenessTests(SynchronousTestCase):
         self.assertEqual(replica.lost, [link, link])  # the watch's and the transport's
 
 
+    def test_frames_after_the_hello_go_to_the_link(self) -> None:
+        """An update sent with the HELLO, larger than a client frame, reaches the replica
+        through the link: the link judges it by the chain's frame limit."""
+        clock = MemoryReactorClock()
+        limits = Limits(max_frame=1024)
+        replica = AcceptingReplica(
+            clock,
+            Store(clock, InlineRunner()),
+            "10.0.0.2:9000",
+            zk=object(),
+            link_config=LinkConfig(client=limits),
+        )
+        proto = NodeFactory(clock, replica, limits).buildProtocol(None)
+        t = StringTransport()
+        proto.makeConnection(t)
+        hello = ChainHello(sender="node0000000001", config=1, address="10.0.0.1:9000")
+        update = Message(opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN)
+        update.updates.add(seq=1, is_put=True, key=b"k", data=b"v" * 5000)
+        proto.dataReceived(
+            wire.frame(Message(opcode=wire.OP_CHAIN_HELLO, c_type=wire.CT_CHAIN, hello=hello))
+            + wire.frame(update)
+        )
+        self.assertEqual(t.value(), b"")
+        self.assertFalse(t.disconnecting)
+        self.assertEqual([m.updates[0].data for _, m in replica.messages], [b"v" * 5000])
+        self.assertEqual([link for link, _ in replica.messages], replica.accepted)
+
+
 class AcceptingReplica(Replica):
     """Takes every incoming link as its predecessor's, and records what becomes of it."""
 
@@ -184,6 +212,10 @@ class AcceptingReplica(Replica):
         super().__init__(*args, **kwargs)
         self.accepted: list[Link] = []
         self.lost: list[Link] = []
+        self.messages: list[tuple[Link, Message]] = []
+
+    def chain_message(self, link: Link, msg: Message) -> None:
+        self.messages.append((link, msg))
 
     def incoming(self, conn: FramedProtocol, msg: Message) -> None:
         self.accepted.append(self._new_link(conn, Side.PREDECESSOR, peer=msg.hello.sender))
