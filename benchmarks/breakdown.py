@@ -1,6 +1,6 @@
 """Where one request's time goes: the node's request path timed piece by piece.
 
-Every piece is the project's own code (``kvtwist.wire``, ``NodeFactory.get_many``/``write_many``,
+Every piece is the project's own code (``kvtwist.wire``, ``Dispatcher.get_many``/``write_many``,
 ``Store``, ``BTree``, ``ThreadRunner``) run in a loop in this process, and
 reported in microseconds per request, timeit-style: the best of several
 repeats, each the mean over many requests.  Each piece is measured with one
@@ -228,7 +228,7 @@ class Node:
         self.replica = Replica(self.reactor, self.store)
         self.factory = NodeFactory(self.reactor, self.replica)
         self.w = w
-        handle = self.factory.handle
+        handle = self.factory.dispatcher.handle
         for start in range(0, w.n, 1000):
             for k in w.keys[start : start + 1000]:
                 handle(w.wire.req_put(k, VALUE), _peer)
@@ -248,12 +248,12 @@ def _peer() -> str:
 
 def _batch_entry(node: Node, op: str) -> Callable[[list[Any], Callable[[], str]], Any]:
     """What the protocol calls for requests that arrived together: get_many or write_many."""
-    f = node.factory
-    return f.get_many if op == "GET" else f.write_many
+    d = node.factory.dispatcher
+    return d.get_many if op == "GET" else d.write_many
 
 
 def dispatch(node: Node, op: str, batch: int) -> Callable[[], float]:
-    """``NodeFactory.get_many`` / ``write_many`` for ``batch`` requests, up to the queued work."""
+    """``Dispatcher.get_many`` / ``write_many`` for ``batch`` requests, up to the queued work."""
     entry, w = _batch_entry(node, op), node.w
 
     def run() -> float:
@@ -443,7 +443,8 @@ PIECES: list[tuple[str, str, bool, Callable[[Context, str, int], float]]] = [
     ),
     (
         "dispatch",
-        "kvtwist.server.NodeFactory.get_many (GET) / write_many (PUT), up to the queued work",
+        "kvtwist.server.dispatch.Dispatcher.get_many (GET) / write_many (PUT), "
+        "up to the queued work",
         True,
         timed_piece(lambda c, op, b: dispatch(c.node, op, b)),
     ),

@@ -19,6 +19,7 @@ from kvtwist import wire
 from kvtwist.chain.auth import load_key
 from kvtwist.chain.link import DEFAULT_LINK_TIMEOUT, LinkConfig
 from kvtwist.chain.replica import Replica
+from kvtwist.client.protocol import ConnectionPool
 from kvtwist.clock import use_steady_clock
 from kvtwist.coordinator import Coordinator
 from kvtwist.port import check_descriptor_limit, listen
@@ -28,6 +29,7 @@ from kvtwist.server import (
     DEFAULT_MAX_KEY,
     DEFAULT_MAX_PENDING,
     DEFAULT_MAX_REPLY,
+    ClientConnections,
     Limits,
     NodeFactory,
 )
@@ -400,13 +402,25 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
             )
 
     zk = make_zk() if make_zk is not None else None
-    replica = Replica(reactor, store, options["advertise"], zk)
+    limits = client_limits(options)
+    link_config = LinkConfig(
+        timeout=options["link-timeout"],
+        lease=lease,
+        key=options.get("cluster-key"),
+        client=limits,
+    )
     tls = options.get("tls")
-    if tls is not None:
-        from kvtwist import tls as tls_module
-
-        # the peers' port speaks TLS as ours does; checked when --tls-peer-ca says how
-        replica.link_tls = options.get("peer-tls") or tls_module.links()
+    link_tls = links_tls(options) if tls is not None else None
+    clients = ClientConnections()  # a congested chain pauses them
+    replica = Replica(
+        reactor,
+        store,
+        options["advertise"],
+        zk,
+        link_config=link_config,
+        link_tls=link_tls,
+        on_congestion=clients.congestion,
+    )
     if recovered is not None:
         store.restore(recovered)
         rows = [(r.client_id, r.request_id, r.seq, r.found) for r in recovered.clients]
@@ -414,22 +428,13 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         freeze_collector()  # the recovered tree lives long: never scan it again
     if journal is not None and options["fsync"] == "interval":
         store.start_sync_timer(options["fsync-interval"])
-    limits = Limits(
-        max_frame=options["max-frame"],
-        max_key=options["max-key"],
-        max_value=options["max-value"],
-        max_connections=options["max-connections"],
-        max_pending=options["max-pending"],
-        idle_timeout=options["idle-timeout"],
-        max_reply=options["max-reply"],
+    token = options.get("token")
+    # requests relayed to the head or tail go to the port the links use:
+    # the same TLS, and this node's token (members share it)
+    forwarder = ConnectionPool(reactor, tls=link_tls, token=token)
+    factory = NodeFactory(
+        reactor, replica, limits, token=token, clients=clients, forwarder=forwarder
     )
-    link_config = LinkConfig(
-        timeout=options["link-timeout"],
-        lease=lease,
-        key=options.get("cluster-key"),
-        client=limits,
-    )
-    factory = NodeFactory(reactor, replica, limits, link_config, token=options.get("token"))
     short = check_descriptor_limit(limits)
     if short is not None:
         log.warn("{why}", why=short)
@@ -464,6 +469,26 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         security=", ".join(security) or "plain TCP, no client token",
     )
     return top
+
+
+def client_limits(options: Options) -> Limits:
+    return Limits(
+        max_frame=options["max-frame"],
+        max_key=options["max-key"],
+        max_value=options["max-value"],
+        max_connections=options["max-connections"],
+        max_pending=options["max-pending"],
+        idle_timeout=options["idle-timeout"],
+        max_reply=options["max-reply"],
+    )
+
+
+def links_tls(options: Options) -> Any:
+    """How links dial: the peers' port speaks TLS as ours does; checked when
+    --tls-peer-ca says how."""
+    from kvtwist import tls as tls_module
+
+    return options.get("peer-tls") or tls_module.links()
 
 
 def open_data_dir(options: Options) -> tuple[DataDir | None, Recovered | None]:

@@ -134,6 +134,12 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def take(self) -> bytes:
+        """The bytes of frames not complete yet, for another decoder to go on with."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
 
 def frame(msg: Message) -> bytes:
     """Serialize ``msg`` with its length header."""

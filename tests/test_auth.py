@@ -18,11 +18,12 @@ from kvtwist.chain.auth import (
     authenticate,
     load_key,
 )
-from kvtwist.chain.link import LinkConfig
+from kvtwist.chain.link import ChainConnection, LinkConfig
 from kvtwist.chain.replica import Replica
 from kvtwist.proto.kvtwist_pb2 import ChainAuth, ChainHello
 from kvtwist.secretfile import KeyFileError
 from kvtwist.server import HANDSHAKE_POOL, Limits, NodeFactory, NodeProtocol
+from kvtwist.server.acceptor import Proof
 from kvtwist.store import InlineRunner, Store
 from kvtwist.wire import FramedProtocol, Message
 from tests.fakes.chain import Net, Node, pump_between
@@ -145,14 +146,18 @@ class ChainNode:
     ) -> None:
         self.clock = MemoryReactorClock()
         self.store = Store(self.clock, InlineRunner())
-        self.replica = Replica(self.clock, self.store, "10.0.0.2:9000", zk=object())
+        self.replica = Replica(
+            self.clock,
+            self.store,
+            "10.0.0.2:9000",
+            zk=object(),
+            link_config=LinkConfig(key=key, timeout=3.0),
+        )
         self.replica.name = name
         self.reached: list[Message] = []
         self.replica.incoming = lambda conn, msg: self.reached.append(msg)  # type: ignore
         self.replica.chain_message = lambda link, msg: self.reached.append(msg)  # type: ignore
-        self.factory = NodeFactory(
-            self.clock, self.replica, limits, link_config=LinkConfig(key=key, timeout=3.0)
-        )
+        self.factory = NodeFactory(self.clock, self.replica, limits)
 
     def connect(self) -> tuple[NodeProtocol, StringTransport]:
         proto = self.factory.buildProtocol(None)
@@ -180,7 +185,7 @@ def forged_update() -> Message:
 
 
 class EndToEndTests(SynchronousTestCase):
-    """authenticate() on one end, NodeProtocol's responder on the other, over iosim."""
+    """authenticate() on one end, the node's acceptor (its responder) on the other, over iosim."""
 
     def link(self, ikey: bytes, node_key: bytes | None, expect: str | None = None) -> Any:
         node = ChainNode(node_key)
@@ -200,9 +205,9 @@ class EndToEndTests(SynchronousTestCase):
         """Right key: identities learnt; a HELLO naming another config than the bound is refused."""
         node, server, client, results = self.link(KEY, KEY)
         self.assertEqual(results, ["node0000000002"])
-        self.assertTrue(server.authenticated)
-        self.assertEqual((server.peer_identity, server.peer_config), ("node0000000001", 5))
-        # the held HELLO names config 0, the handshake bound 5: refused
+        # the held HELLO names config 0, the handshake bound 5: refused, saying what it proved
+        [refusal] = [m for m in client.got if m.opcode == wire.OP_ERROR]
+        self.assertIn("authenticated as 'node0000000001' in config 5", refusal.error)
         self.assertEqual(node.reached, [])
 
     def test_held_hello_delivered(self) -> None:
@@ -222,7 +227,7 @@ class EndToEndTests(SynchronousTestCase):
         node, server, client, results = self.link(OTHER, KEY)
         self.assertEqual(len(results), 1)
         results[0].trap(AuthError)
-        self.assertFalse(server.authenticated)
+        self.assertIsNone(node.factory.acceptor.proof(server))
         self.assertEqual(node.reached, [])
 
     def test_unexpected_peer(self) -> None:
@@ -245,7 +250,7 @@ class EndToEndTests(SynchronousTestCase):
 
 
 class GateTests(SynchronousTestCase):
-    """NodeProtocol with a key: nothing unauthenticated reaches the replica."""
+    """A node's port with a key: nothing unauthenticated reaches the replica."""
 
     def test_forged_hello_and_update_refused(self) -> None:
         """A forged HELLO naming the real predecessor, then an UPDATE: ERROR, close, no effect."""
@@ -306,7 +311,7 @@ class GateTests(SynchronousTestCase):
         assert step3 is not None
         proto.dataReceived(wire.frame(auth_message(step3)))
         self.assertEqual(replies(t)[0].auth.step, 4)
-        self.assertTrue(proto.authenticated)
+        self.assertEqual(node.factory.acceptor.proof(proto), Proof("node0000000007", 0))
         proto.dataReceived(wire.frame(forged_hello()))  # names node0000000001
         self.assertEqual(replies(t)[0].opcode, wire.OP_ERROR)
         self.assertEqual(node.reached, [])
@@ -317,7 +322,7 @@ class GateTests(SynchronousTestCase):
         for _ in range(5):
             proto, t = node.connect()
             proto.dataReceived(wire.frame(forged_hello()))
-        self.assertEqual(node.factory.refusals.suppressed, 4)
+        self.assertEqual(node.factory.acceptor.refusals.suppressed, 4)
 
     def test_no_key_trusts_hello(self) -> None:
         """Without a key a HELLO goes to the replica as before."""
@@ -371,7 +376,7 @@ class HandshakePoolTests(SynchronousTestCase):
         client is served."""
         left = [(p, t) for p, t in self.flood(2000) if not t.disconnecting]
         self.assertEqual(len(left), HANDSHAKE_POOL)
-        self.assertEqual(set(self.node.factory.handshaking), {p for p, _ in left})
+        self.assertEqual(set(self.node.factory.acceptor.pool), {p for p, _ in left})
         self.assertEqual(len(self.node.factory.connections), 0)
         r = self.stats()
         self.assertEqual(r.opcode, wire.OP_STATS + 1, r.error)
@@ -386,7 +391,7 @@ class HandshakePoolTests(SynchronousTestCase):
             self.assertIn("timed out", replies(t)[0].error)
         for proto, _ in flood:
             proto.connectionLost()
-        self.assertEqual(len(self.node.factory.handshaking), 0)
+        self.assertEqual(len(self.node.factory.acceptor.pool), 0)
         again = [t for _, t in self.flood(100) if not t.disconnecting]
         self.assertEqual(len(again), HANDSHAKE_POOL)
 
@@ -404,9 +409,9 @@ class HandshakePoolTests(SynchronousTestCase):
         assert step3 is not None
         send(proto, t, auth_message(step3))
         f = self.node.factory
-        self.assertTrue(proto.authenticated)
-        self.assertEqual((proto in f.links, len(f.connections)), (True, 8))
-        self.assertEqual(len(f.handshaking), HANDSHAKE_POOL - 1)
+        self.assertIsNotNone(f.acceptor.proof(proto))
+        self.assertEqual((proto in f.acceptor.links, len(f.connections)), (True, 8))
+        self.assertEqual(len(f.acceptor.pool), HANDSHAKE_POOL - 1)
         pushed = [t for _, t in strangers if t.disconnecting]
         self.assertIn("too many chain handshakes", replies(pushed[-1])[-1].error)
 
@@ -420,10 +425,7 @@ class KeyedNet(Net):
 
     def add(self) -> Node:
         port = 9000 + len(self.nodes)
-        node = Node(self, port)
-        config = LinkConfig(key=self.keys[len(self.nodes) % len(self.keys)])
-        node.factory.link_config = config
-        node.replica.link_config = config  # type: ignore[attr-defined]
+        node = Node(self, port, LinkConfig(key=self.keys[len(self.nodes) % len(self.keys)]))
         self.nodes[port] = node
         node.replica.join()
         self.settle()
@@ -441,8 +443,12 @@ class KeyedChainTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).op_n, 1)
         self.assertEqual(a.state(), c.state())
         self.assertEqual(c.state(), [(b"k", b"v")])
-        conns = [p.serverIO.protocol for p in net.pumps if p.serverIO.protocol.link is not None]
-        self.assertTrue(conns and all(getattr(x, "authenticated", False) for x in conns))
+        # both ends of a link run the link protocol, each knowing whom it proved
+        accepted = [p.serverIO.protocol.chain for p in net.pumps]
+        dialled = [p.clientIO.protocol for p in net.pumps]
+        for conns in (accepted, dialled):
+            links = [x for x in conns if isinstance(x, ChainConnection) and x.link is not None]
+            self.assertTrue(links and all(x.authenticated and x.peer_identity for x in links))
 
     def test_forged_predecessor_changes_nothing(self) -> None:
         """The issue's scenario: a stranger names the tail's predecessor and sends op 2 'evil'."""

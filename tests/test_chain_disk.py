@@ -47,7 +47,7 @@ def give_disk(node: Node, disk: FakeDisk) -> DataDir:
     recovered = journal.open()
     store = Store(node.net.clock, InlineRunner(), journal)
     store.restore(recovered)
-    node.store = node.replica.store = node.factory.store = store
+    node.store = node.replica.store = store
     return journal
 
 

@@ -42,12 +42,16 @@ class Node:
         self.clock = MemoryReactorClock()
         store = Store(self.clock, InlineRunner())
         chain = key is not None
-        self.replica = Replica(self.clock, store, "10.0.0.2:9000", zk=object() if chain else None)
+        self.replica = Replica(
+            self.clock,
+            store,
+            "10.0.0.2:9000",
+            zk=object() if chain else None,
+            link_config=LinkConfig(key=key),
+        )
         if chain:
             self.replica.name = "node0000000002"
-        self.factory = NodeFactory(
-            self.clock, self.replica, link_config=LinkConfig(key=key), token=token
-        )
+        self.factory = NodeFactory(self.clock, self.replica, token=token)
 
     def connect(self) -> Conn:
         return Conn(self)
@@ -146,7 +150,7 @@ class NodeTokenTests(SynchronousTestCase):
         assert step3 is not None
         [step4] = c.send(auth_message(step3))
         self.assertEqual(step4.auth.step, 4)
-        self.assertTrue(c.proto.authenticated)
+        self.assertIsNotNone(c.node.factory.acceptor.proof(c.proto))
 
     def test_node_without_token_accepts_auth(self) -> None:
         """A node without a token answers AUTH with success, so token clients work there too."""

@@ -23,7 +23,7 @@ from kvtwist.proto.kvtwist_pb2 import ChainHello, Update
 from kvtwist.server import Limits, NodeFactory
 from kvtwist.store import InlineRunner, Store
 from kvtwist.tree import BTree
-from kvtwist.wire import Message
+from kvtwist.wire import FramedProtocol, Message
 
 MB = 1024 * 1024
 
@@ -141,14 +141,31 @@ class LivenessTests(SynchronousTestCase):
         self.assertFalse(w.link.closed)
 
     def test_incoming_link_is_watched(self) -> None:
-        """A link on an accepted connection (NodeProtocol) also closes on silence."""
+        """A link on an accepted connection runs the link protocol: it also closes on silence."""
         clock = MemoryReactorClock()
-        replica = Replica(clock, Store(clock, InlineRunner()), "10.0.0.2:9000", zk=object())
-        factory = NodeFactory(clock, replica, link_config=LinkConfig(timeout=3.0))
-        proto = factory.buildProtocol(None)
+        replica = AcceptingReplica(
+            clock,
+            Store(clock, InlineRunner()),
+            "10.0.0.2:9000",
+            zk=object(),
+            link_config=LinkConfig(timeout=3.0),
+        )
+        proto = NodeFactory(clock, replica).buildProtocol(None)
         t = StringTransport()
         proto.makeConnection(t)
-        link = Link(proto, Side.PREDECESSOR, clock, peer="node0000000001")
+        hello = ChainHello(sender="node0000000001", config=1, address="10.0.0.1:9000")
+        ping = Message(opcode=wire.OP_CHAIN_PING, c_type=wire.CT_CHAIN)
+        # the PING arrives with the HELLO: the link protocol handles it, not the client one
+        proto.dataReceived(
+            wire.frame(Message(opcode=wire.OP_CHAIN_HELLO, c_type=wire.CT_CHAIN, hello=hello))
+            + wire.frame(ping)[:3]
+        )
+        proto.dataReceived(wire.frame(ping)[3:])
+        self.assertEqual(t.value(), b"")
+        assert proto.chain is not None and proto.chain.link is not None
+        link = proto.chain.link
+        self.assertIs(t.producer, proto.chain)
+        self.assertEqual(replica.accepted, [link])
         clock.advance(1.0)
         self.assertIn(
             wire.OP_CHAIN_PING, [wire.decode(p).opcode for p in wire.FrameDecoder().feed(t.value())]
@@ -156,6 +173,55 @@ class LivenessTests(SynchronousTestCase):
         for _ in range(8):
             clock.advance(0.5)
         self.assertTrue(link.closed)
+        proto.connectionLost()
+        self.assertEqual(replica.lost, [link, link])  # the watch's and the transport's
+
+
+    def test_frames_after_the_hello_go_to_the_link(self) -> None:
+        """An update sent with the HELLO, larger than a client frame, reaches the replica
+        through the link: the link judges it by the chain's frame limit."""
+        clock = MemoryReactorClock()
+        limits = Limits(max_frame=1024)
+        replica = AcceptingReplica(
+            clock,
+            Store(clock, InlineRunner()),
+            "10.0.0.2:9000",
+            zk=object(),
+            link_config=LinkConfig(client=limits),
+        )
+        proto = NodeFactory(clock, replica, limits).buildProtocol(None)
+        t = StringTransport()
+        proto.makeConnection(t)
+        hello = ChainHello(sender="node0000000001", config=1, address="10.0.0.1:9000")
+        update = Message(opcode=wire.OP_CHAIN_UPDATE, c_type=wire.CT_CHAIN)
+        update.updates.add(seq=1, is_put=True, key=b"k", data=b"v" * 5000)
+        proto.dataReceived(
+            wire.frame(Message(opcode=wire.OP_CHAIN_HELLO, c_type=wire.CT_CHAIN, hello=hello))
+            + wire.frame(update)
+        )
+        self.assertEqual(t.value(), b"")
+        self.assertFalse(t.disconnecting)
+        self.assertEqual([m.updates[0].data for _, m in replica.messages], [b"v" * 5000])
+        self.assertEqual([link for link, _ in replica.messages], replica.accepted)
+
+
+class AcceptingReplica(Replica):
+    """Takes every incoming link as its predecessor's, and records what becomes of it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.accepted: list[Link] = []
+        self.lost: list[Link] = []
+        self.messages: list[tuple[Link, Message]] = []
+
+    def chain_message(self, link: Link, msg: Message) -> None:
+        self.messages.append((link, msg))
+
+    def incoming(self, conn: FramedProtocol, msg: Message) -> None:
+        self.accepted.append(self._new_link(conn, Side.PREDECESSOR, peer=msg.hello.sender))
+
+    def link_lost(self, link: Link) -> None:
+        self.lost.append(link)
 
 
 class FrameBoundTests(SynchronousTestCase):

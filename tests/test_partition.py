@@ -87,9 +87,8 @@ class TailPartitionTests(SynchronousTestCase):
         HELLO; the predecessor's hold after removing it covers that lease."""
         a, b = self.net.chain(2)
         self.net.kill(b)
-        c = Node(self.net, 9100)
+        c = Node(self.net, 9100, LinkConfig(lease=9.0))
         self.net.nodes[c.port] = c
-        c.factory.link_config = c.replica.link_config = LinkConfig(lease=9.0)
         c.replica.join()
         self.net.settle()
         self.assertEqual(c.replica.role, "tail")

@@ -350,12 +350,12 @@ class FlowControlTests(SynchronousTestCase):
         """A congested successor link pauses every client connection, new ones included."""
         first = Conn(self.h)
         self.h.replica.congested = True
-        self.h.factory.congestion(True)
+        self.h.factory.connections.congestion(True)
         second = Conn(self.h)
         self.assertEqual(first.transport.producerState, "paused")
         self.assertEqual(second.transport.producerState, "paused")
         self.h.replica.congested = False
-        self.h.factory.congestion(False)
+        self.h.factory.connections.congestion(False)
         self.assertEqual(first.transport.producerState, "producing")
         self.assertEqual(second.transport.producerState, "producing")
 
@@ -517,13 +517,13 @@ class ReplyMemoryTests(SynchronousTestCase):
         import tracemalloc
 
         from kvtwist.chain.outcomes import ReadView
-        from kvtwist.server import BadRequest
+        from kvtwist.server import BadRequest, requests
         from kvtwist.tree import BTree
 
         keys = [b"k%07d" % i for i in range(100_000)]
         tree = BTree.from_sorted(keys, [b"v" * 10] * len(keys))
         h = Harness(Limits(max_reply=10_000))
-        reader = h.factory._reader(wire.req_getvalues())
+        reader = requests.reader(wire.req_getvalues(), h.factory.limits)
         tracemalloc.start()
         try:
             with self.assertRaises(BadRequest) as e:

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from kvtwist.chain.attempt import Attempt
 from kvtwist.chain.lifecycle import Lifecycle, State
-from kvtwist.chain.link import Link, Side
+from kvtwist.chain.link import Link, LinkConfig, Side
 from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.state import ChainState, WriteRequest
@@ -81,19 +81,23 @@ class ReplicaCore:
         store: Store,
         address: str = "",
         zk: Coordinator | None = None,
-        link_timeout: float = 3.0,
         dial: Dial | None = None,
+        link_config: LinkConfig | None = None,
+        link_tls: Any = None,
+        on_congestion: Callable[[bool], None] | None = None,
     ) -> None:
-        """``dial`` opens links instead of TCP (in-memory wiring in unit tests)."""
+        """``dial`` opens links instead of TCP (in-memory wiring in unit tests);
+        ``link_tls`` (a kvtwist.tls.ClientTLS) when the peers' port speaks TLS;
+        ``on_congestion`` pauses and resumes client intake."""
         self.reactor = reactor
         self.store = store
         self.address = address
         self.zk: Coordinator | None = zk  # None: standalone
-        self.link_timeout = link_timeout
+        self.link_config = link_config or LinkConfig()
+        self.link_timeout = self.link_config.timeout
         self._dial = dial
         self.own_address = parse_address(address.encode()) if address else None
-        self.link_config: Any = None  # kvtwist.chain.link.LinkConfig, set by the node factory
-        self.link_tls: Any = None  # kvtwist.tls.ClientTLS when the port speaks TLS
+        self.link_tls = link_tls
         self.life = Lifecycle(standalone=zk is None)
         self.view: Any = None  # kvtwist.membership.Membership, None when standalone
         self.name: str | None = None  # our znode name, once registered
@@ -121,7 +125,7 @@ class ReplicaCore:
         # flow control: a slow successor slows the intake of client writes
         self.congested = False
         self._link_full = False
-        self.on_congestion: Callable[[bool], None] = lambda congested: None
+        self.on_congestion: Callable[[bool], None] = on_congestion or (lambda congested: None)
         # membership (kvtwist.chain.membership)
         self._awaiting_handoff = False
         self._early_hello: tuple[Link, Message] | None = None

@@ -350,22 +350,37 @@ class LinkOwner(Protocol):
 
 @implementer(IPushProducer)
 class ChainConnection(FramedProtocol):
-    """An outgoing replication connection; everything it receives goes to the replica.
+    """A replication connection, whichever end dialled; everything it receives
+    goes to the replica.
 
-    With a cluster key it authenticates before anything else leaves: what the
-    replica sends meanwhile (its HELLO or JOIN) is held until the peer has
-    proved the key and is the member the link was opened to.
+    A dialled one (``connectionMade``) authenticates first with a cluster key:
+    what the replica sends meanwhile (its HELLO or JOIN) is held until the peer
+    has proved the key and is the member the link was opened to.  An accepted
+    one is handed the transport of a connection on which the node's acceptor
+    has already proved the peer and heard its HELLO or JOIN (that connection
+    then relays the transport's bytes and its loss here); its Link comes from
+    the replica.  Both ends run the same code, so a link behaves alike
+    whoever opened it.
     """
 
-    def __init__(self, replica: LinkOwner, config: LinkConfig | None = None) -> None:
+    def __init__(
+        self,
+        replica: LinkOwner,
+        config: LinkConfig | None = None,
+        peer_identity: str | None = None,
+        peer_max_frame: int = 0,
+    ) -> None:
+        """``peer_identity``: who the acceptor's handshake proved (None: no handshake);
+        ``peer_max_frame``: from the peer's opening HELLO or JOIN."""
         self.replica = replica
         self.link_config: LinkConfig = (
             config or getattr(replica, "link_config", None) or LinkConfig()
         )
         self.max_frame = self.link_config.chain_frame
         self.link: Link | None = None
-        self.authenticated = False
-        self.peer_identity: str | None = None
+        self.authenticated = peer_identity is not None
+        self.peer_identity: str | None = peer_identity
+        self.peer_max_frame = peer_max_frame
 
     def connectionMade(self) -> None:
         super().connectionMade()

@@ -17,9 +17,10 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 
+from kvtwist.chain.link import LinkConfig
 from kvtwist.chain.replica import Replica
 from kvtwist.membership import Membership
-from kvtwist.server import NodeFactory
+from kvtwist.server import ClientConnections, NodeFactory
 from kvtwist.store import InlineRunner, Store
 from tests.fakes.coordinator import MemoryZooKeeper, Registry
 
@@ -41,14 +42,23 @@ def pump_between(server: Any, client: Any, clock: Any) -> iosim.IOPump:
 class Node:
     """One replica on the shared clock, its coordinator a MemoryZooKeeper on the Net's registry."""
 
-    def __init__(self, net: Net, port: int) -> None:
+    def __init__(self, net: Net, port: int, link_config: LinkConfig | None = None) -> None:
         self.net = net
         self.address = f"10.0.0.1:{port}"
         self.port = port
         self.store = Store(net.clock, InlineRunner())
         self.zk = MemoryZooKeeper(net.registry, net.clock)
-        self.replica = Replica(net.clock, self.store, self.address, self.zk, dial=self._connect)
-        self.factory = NodeFactory(net.clock, self.replica)
+        clients = ClientConnections()
+        self.replica = Replica(
+            net.clock,
+            self.store,
+            self.address,
+            self.zk,
+            dial=self._connect,
+            link_config=link_config,
+            on_congestion=clients.congestion,
+        )
+        self.factory = NodeFactory(net.clock, self.replica, clients=clients)
         self.alive = True
         self.pumps: list[iosim.IOPump] = []
         self.zk.watch_members(self._view)
@@ -166,7 +176,9 @@ class Net:
         for node in self.nodes.values():
             cut = node.zk.cut_at
             name = node.replica.name
-            if cut is not None and now - cut > session and name in self.registry.view():
+            if cut is None or name is None or now - cut <= session:
+                continue
+            if name in self.registry.view():
                 self.registry.remove(name)
 
     def chain(self, n: int) -> list[Node]:

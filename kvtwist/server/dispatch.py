@@ -1,0 +1,260 @@
+"""Answering client requests: a table from opcode to handler, and the batched paths.
+
+Each handler validates its kind of request (kvtwist.server.requests) and
+returns the reply frame, or a Deferred of it.  Whatever a handler raises or
+fails with becomes an ERROR reply here, or a relay to the member the request
+belongs to: nothing a client sends fails past this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kvtwist import wire
+from kvtwist.chain.outcomes import Refused, WriteResult
+from kvtwist.chain.replica import NotHere, ReadView, Replica, Unavailable
+from kvtwist.client.protocol import ConnectionPool
+from kvtwist.server import requests
+from kvtwist.server.limits import Limits
+from kvtwist.server.metrics import Metrics, stats_reply
+from kvtwist.server.requests import BIG_READS, BadRequest
+from kvtwist.store import Store
+from kvtwist.wire import Message
+
+log = Logger(namespace="kvtwist.server")
+
+#: How often a request may be relayed (to the head or tail) before it is refused.
+MAX_HOPS = 2
+
+#: Answers one kind of request: a reply frame, or a Deferred of it.
+Handler = Callable[[Message], "Deferred[bytes] | bytes"]
+
+
+class Dispatcher:
+    """Sends each request to its handler, relays what belongs elsewhere, keeps the counters."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        limits: Limits,
+        metrics: Metrics,
+        forwarder: ConnectionPool,
+        connections: Callable[[], int],
+    ) -> None:
+        """``connections``: how many clients are connected now (for STATS)."""
+        self.replica = replica
+        self.limits = limits
+        self.metrics = metrics
+        self.forwarder = forwarder
+        self._connections = connections
+        self.table: dict[int, Handler] = {
+            wire.OP_PUT: self._write,
+            wire.OP_DEL: self._write,
+            wire.OP_STATS: self._stats,
+        }
+        for op in requests.READERS:
+            self.table[op] = self._read
+
+    @property
+    def store(self) -> Store:
+        return self.replica.store
+
+    # the handlers
+
+    def _write(self, msg: Message) -> Deferred[bytes]:
+        op = msg.opcode
+        request = requests.write_request(msg, self.limits)
+        return self.replica.write(*request).addCallback(
+            lambda r: wire.write_reply_frame(op, r.op_n, r.found if op == wire.OP_DEL else None)
+        )
+
+    def _stats(self, msg: Message) -> bytes:
+        requests.check_ctype(msg, wire.CT_NONE)
+        return wire.frame(stats_reply(self.replica, self.metrics, self._connections()))
+
+    def _read(self, msg: Message) -> Deferred[bytes]:
+        reader = requests.reader(msg, self.limits)
+        big = msg.opcode in BIG_READS
+        replica = self.replica
+        view: ReadView | None
+        if msg.local:
+            view = ReadView(replica.committed_tree, replica.committed_seq)
+        else:
+            view = replica.serving_view()
+        if view is None:  # this tail is not ready yet: wait for it, bounded
+            return replica.read_view().addCallback(
+                lambda v: self.store.read(lambda: reader(v), big=big)
+            )
+        return self.store.read(lambda: reader(view), big=big)
+
+    @staticmethod
+    def _not_a_request(msg: Message) -> bytes:
+        raise requests.not_a_request(msg)
+
+    # answering
+
+    def handle(self, msg: Message, peer: Callable[[], str]) -> Deferred[bytes]:
+        """Answer one request with a complete reply frame; never fails."""
+        start = time.perf_counter()
+        try:
+            result = self.table.get(msg.opcode, self._not_a_request)(msg)
+        except Exception:
+            answer = self._failed(Failure(), msg, start, peer)
+            return answer if isinstance(answer, Deferred) else defer.succeed(answer)
+        if isinstance(result, bytes):
+            return defer.succeed(self._answered(result, msg.opcode, start))
+        return result.addCallbacks(
+            self._answered,
+            self._failed,
+            callbackArgs=(msg.opcode, start),
+            errbackArgs=(msg, start, peer),
+        )
+
+    def get_many(
+        self, msgs: list[Message], peer: Callable[[], str], room: int | None = None
+    ) -> Deferred[list[bytes]]:
+        """Answer GETs that arrived together with one reader job; never fails.
+
+        Each GET is validated on its own (a bad one gets its ERROR in its
+        place); when this node does not serve reads now, each goes the way of
+        any other request (forwarded to the tail, or waiting for this node).
+        With ``room``, replies are built only while their values fit in it (at
+        least one): the answer then covers the first GETs only, and the caller
+        asks again for the rest.
+        """
+        start = time.perf_counter()
+        try:
+            view = self.replica.serving_view()
+        except Exception:
+            view = None
+        if view is None:
+            return defer.gatherResults([self.handle(m, peer) for m in msgs])
+        keys: list[bytes | None] = []
+        errors: dict[int, bytes] = {}
+        for i, msg in enumerate(msgs):
+            try:
+                keys.append(requests.single_key(msg, self.limits))
+            except BadRequest as e:
+                keys.append(None)
+                errors[i] = wire.frame(wire.error_reply(str(e)))
+                log.debug("{peer}: bad GET: {e}", peer=peer(), e=e)
+        tree = view.tree
+        reply = wire.get_reply_frame
+
+        def run() -> list[bytes]:
+            get = tree.get
+            if not errors:
+                found = [get(k) for k in keys]  # type: ignore[arg-type]
+            else:
+                found = [None if k is None else get(k) for k in keys]
+            if room is not None and sum(map(len, filter(None, found))) > room:
+                found = found[: requests.within(found, room)]  # values are shared, not copied yet
+            if not errors:
+                return [reply(v) for v in found]
+            return [errors[i] if keys[i] is None else reply(v) for i, v in enumerate(found)]
+
+        def answered(frames: list[bytes]) -> list[bytes]:
+            n = len(frames)
+            bad = len(errors) if n == len(msgs) else sum(i < n for i in errors)
+            self.metrics.record_many(wire.OP_GET, time.perf_counter() - start, n, bad)
+            return frames
+
+        def failed(f: Failure) -> list[bytes]:
+            log.failure("{peer}: GET failed", f, peer=peer())
+            self.metrics.record_many(wire.OP_GET, time.perf_counter() - start, len(msgs), len(msgs))
+            return [wire.frame(wire.error_reply(f"internal error: {f.getErrorMessage()}"))] * len(
+                msgs
+            )
+
+        return self.store.read(run).addCallbacks(answered, failed)
+
+    def write_many(self, msgs: list[Message], peer: Callable[[], str]) -> Deferred[list[bytes]]:
+        """Answer PUTs and DELs that arrived together: numbered and logged as one batch.
+
+        A bad one gets its ERROR in its place; at a node that is not the
+        head, each goes the way of any other request (forwarded to the head).
+        """
+        replica = self.replica
+        if replica.fenced or not replica.is_head:
+            return defer.gatherResults([self.handle(m, peer) for m in msgs])
+        start = time.perf_counter()
+        frames: list[Any] = [None] * len(msgs)
+        batch = []
+        index = []
+        for i, msg in enumerate(msgs):
+            try:
+                batch.append(requests.write_request(msg, self.limits))
+            except BadRequest as e:
+                frames[i] = self._failed(Failure(e), msg, start, peer)
+                continue
+            index.append(i)
+
+        def answered(outcomes: list[WriteResult | Exception]) -> Any:
+            metrics = self.metrics
+            elapsed = time.perf_counter() - start
+            for i, o in zip(index, outcomes, strict=True):
+                msg = msgs[i]
+                if isinstance(o, Exception):
+                    frames[i] = self._failed(Failure(o), msg, start, peer)
+                    continue
+                op = msg.opcode
+                found = o.found if op == wire.OP_DEL else None
+                frames[i] = wire.write_reply_frame(op, o.op_n, found)
+                metrics.record(op, elapsed, False)
+            if any(isinstance(f, Deferred) for f in frames):
+                return defer.gatherResults(
+                    [f if isinstance(f, Deferred) else defer.succeed(f) for f in frames]
+                )
+            return frames
+
+        if not batch:
+            return defer.succeed(frames)
+        return replica.write_many(batch).addCallback(answered)
+
+    def _answered(self, data: bytes, op: int, start: float) -> bytes:
+        self.metrics.record(op, time.perf_counter() - start, False)
+        return data
+
+    def _failed(
+        self, f: Failure, msg: Message, start: float, peer: Callable[[], str]
+    ) -> bytes | Deferred[bytes]:
+        """An ERROR reply for a failed request, or the answer of the member it belongs to."""
+        op = msg.opcode
+        if f.check(NotHere):
+            forwarded = self._forward(f.value, msg)  # type: ignore[arg-type]
+            if forwarded is not None:
+                return forwarded.addCallback(self._answered, op, start)
+        if f.check(BadRequest, Refused):
+            log.debug(
+                "{peer}: bad {op}: {e}", peer=peer(), op=wire.op_name(op), e=f.getErrorMessage()
+            )
+            reply = wire.error_reply(f.getErrorMessage())
+        elif f.check(Unavailable, NotHere):
+            reply = wire.error_reply(f.getErrorMessage(), retry=True)
+        else:
+            log.failure("{peer}: {op} failed", f, peer=peer(), op=wire.op_name(op))
+            reply = wire.error_reply(f"internal error: {f.getErrorMessage()}")
+        self.metrics.record(op, time.perf_counter() - start, True)
+        return wire.frame(reply)
+
+    def _forward(self, exc: NotHere, msg: Message) -> Deferred[bytes] | None:
+        """Relay a request to the head or tail; None when it may not travel further."""
+        if exc.target is None or msg.hops >= MAX_HOPS:
+            return None
+        fwd = Message()
+        fwd.CopyFrom(msg)
+        fwd.hops += 1
+
+        def unreachable(f: Failure) -> bytes:
+            return wire.frame(
+                wire.error_reply(f"the {exc.role} is unreachable: {f.getErrorMessage()}", True)
+            )
+
+        return self.forwarder.request(exc.target, fwd).addCallbacks(wire.frame, unreachable)

@@ -1,0 +1,213 @@
+"""Validation of client requests, kind by kind, and the reads they turn into.
+
+Every check raises :class:`BadRequest` with the reason the client reads in its
+ERROR reply.  A read is validated on the reactor and becomes a ``Reader``: the
+work a reader thread does on one view of the tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from kvtwist import wire
+from kvtwist.chain.core import WriteRequest
+from kvtwist.chain.link import MAX_CLIENT_ID
+from kvtwist.chain.outcomes import ReadView
+from kvtwist.server.limits import Limits
+from kvtwist.wire import Message
+
+#: Reads whose replies may reach --max-reply: they hold that much of a reply budget.
+BIG_READS = frozenset({wire.OP_GETKEYS, wire.OP_GETVALUES, wire.OP_RANGE})
+#: Bytes a repeated field's element costs beyond its contents (tag, length), at most.
+_ELEMENT_OVERHEAD = 6
+
+#: The work of one read on a reader thread: a complete reply frame.
+Reader = Callable[[ReadView], bytes]
+
+
+class BadRequest(Exception):
+    """The request is malformed; the reason goes back to the client."""
+
+
+def check_ctype(msg: Message, want: int) -> None:
+    if msg.c_type != want:
+        raise BadRequest(
+            f"{wire.op_name(msg.opcode)} needs c_type {wire.Message.CType.Name(want)}"  # type: ignore[arg-type]
+            f", got {msg.c_type}"
+        )
+
+
+def check_key(msg: Message, ctype: int, key: bytes | None, limits: Limits) -> bytes:
+    check_ctype(msg, ctype)
+    if key is None:
+        raise BadRequest(f"{wire.op_name(msg.opcode)} needs a key")
+    if not key:
+        raise BadRequest("the key is empty")
+    size = len(key)
+    if size > limits.max_key:
+        raise BadRequest(f"key of {size} bytes exceeds the limit of {limits.max_key}")
+    return key
+
+
+def single_key(msg: Message, limits: Limits) -> bytes:
+    """The key of a GET or DEL."""
+    return check_key(msg, wire.CT_KEY, msg.keys[0] if msg.keys else None, limits)
+
+
+def write_request(msg: Message, limits: Limits) -> WriteRequest:
+    """Validate a PUT or DEL."""
+    client_id = msg.client_id
+    if len(client_id) > MAX_CLIENT_ID // 4:
+        size = len(client_id.encode())
+        if size > MAX_CLIENT_ID:
+            raise BadRequest(f"client_id of {size} bytes exceeds the limit of {MAX_CLIENT_ID}")
+    dedup = (client_id, msg.request_id, msg.ack_below, msg.resend)
+    if client_id and msg.ack_below > msg.request_id:
+        raise BadRequest(f"ack_below {msg.ack_below} is above request_id {msg.request_id}")
+    if msg.opcode == wire.OP_PUT:
+        check_ctype(msg, wire.CT_ENTRY)
+        if not msg.HasField("entry"):
+            raise BadRequest("PUT needs an entry")
+        entry = msg.entry
+        key = check_key(msg, wire.CT_ENTRY, entry.key, limits)
+        data = entry.data
+        if len(data) > limits.max_value:
+            raise BadRequest(f"value of {len(data)} bytes exceeds the limit of {limits.max_value}")
+        return True, key, data, *dedup
+    return False, single_key(msg, limits), b"", *dedup
+
+
+def not_a_request(msg: Message) -> BadRequest:
+    """Why an opcode that no handler takes is refused."""
+    op = msg.opcode
+    if op == wire.OP_ERROR or op % 10 == 1:
+        return BadRequest(f"opcode {op} is a reply, not a request")
+    if op == wire.OP_BAD:
+        return BadRequest("opcode BAD (0) is no request (an empty frame reads as one)")
+    return BadRequest(f"unknown opcode {op}")
+
+
+# one reader per kind of read
+
+
+def _get(msg: Message, limits: Limits) -> Reader:
+    key = single_key(msg, limits)
+    return lambda v: wire.get_reply_frame(v.tree.get(key))
+
+
+def _size(msg: Message, limits: Limits) -> Reader:
+    check_ctype(msg, wire.CT_NONE)
+    return lambda v: wire.frame(wire.result_reply(wire.OP_SIZE, len(v.tree)))
+
+
+def _height(msg: Message, limits: Limits) -> Reader:
+    check_ctype(msg, wire.CT_NONE)
+    return lambda v: wire.frame(wire.result_reply(wire.OP_HEIGHT, v.tree.height()))
+
+
+def _listing(values: bool) -> Callable[[Message, Limits], Reader]:
+    """GETKEYS or GETVALUES: the whole tree's keys or values, refused past --max-reply."""
+    op = wire.OP_GETVALUES if values else wire.OP_GETKEYS
+
+    def make(msg: Message, limits: Limits) -> Reader:
+        check_ctype(msg, wire.CT_NONE)
+        max_reply = limits.max_reply
+
+        def run(v: ReadView) -> bytes:
+            found = v.tree.listing(values, max_reply, _ELEMENT_OVERHEAD)
+            if found is None:
+                raise too_big(op, max_reply)
+            if values:
+                return wire.frame(wire.reply(op, c_type=wire.CT_VALUES, values=found))
+            return wire.frame(wire.reply(op, c_type=wire.CT_KEYS, keys=found))
+
+        return run
+
+    return make
+
+
+def _verify(msg: Message, limits: Limits) -> Reader:
+    check_ctype(msg, wire.CT_RESULT)
+    n = msg.op_n if msg.op_n else msg.result
+    if n <= 0:
+        raise BadRequest(f"VERIFY needs an op number > 0, got {n}")
+    return lambda v: wire.frame(wire.result_reply(wire.OP_VERIFY, 1 if n <= v.seq else 0))
+
+
+def _range(msg: Message, limits: Limits) -> Reader:
+    check_ctype(msg, wire.CT_RANGE)
+    op = wire.OP_RANGE
+    spec = msg.range
+    start = spec.start if spec.HasField("start") else None
+    stop = spec.stop if spec.HasField("stop") else None
+    limit = min(spec.limit or limits.range_limit, limits.range_limit)
+    max_reply = limits.max_reply
+
+    def scan(v: ReadView) -> bytes:
+        items = v.tree.range(start, stop, limit)
+        _bounded(op, (len(k) + len(d) for k, d in items), max_reply)
+        return wire.frame(
+            wire.reply(
+                op,
+                c_type=wire.CT_ENTRIES,
+                keys=[k for k, _ in items],
+                values=[d for _, d in items],
+            )
+        )
+
+    return scan
+
+
+#: Each kind of read, by opcode: validate it and make its Reader.
+READERS: dict[int, Callable[[Message, Limits], Reader]] = {
+    wire.OP_GET: _get,
+    wire.OP_SIZE: _size,
+    wire.OP_HEIGHT: _height,
+    wire.OP_GETKEYS: _listing(values=False),
+    wire.OP_GETVALUES: _listing(values=True),
+    wire.OP_VERIFY: _verify,
+    wire.OP_RANGE: _range,
+}
+
+
+def reader(msg: Message, limits: Limits) -> Reader:
+    """Validate a read; return the work to do on a reader thread."""
+    make = READERS.get(msg.opcode)
+    if make is None:
+        raise not_a_request(msg)
+    return make(msg, limits)
+
+
+def reply_cost(op: int, limits: Limits) -> int:
+    """The reply bytes a request started alone may build: what it holds of the budget."""
+    if op in BIG_READS:
+        return limits.max_reply
+    if op == wire.OP_GET:  # one read on its own (local, or not served here)
+        return limits.max_value
+    return 0
+
+
+def within(values: list[bytes | None], room: int) -> int:
+    """How many of ``values``, from the first, fit in ``room`` bytes (at least one)."""
+    total = 0
+    for n, v in enumerate(values, 1):
+        total += len(v) if v else 0
+        if total > room:
+            return max(n - 1, 1)
+    return len(values)
+
+
+def too_big(op: int, max_reply: int) -> BadRequest:
+    return BadRequest(
+        f"the {wire.op_name(op)} reply would exceed {max_reply} bytes (--max-reply); "
+        "page through the keys with RANGE and a smaller limit"
+    )
+
+
+def _bounded(op: int, sizes: Iterable[int], max_reply: int) -> None:
+    """Refuse a listing whose reply would exceed ``max_reply`` bytes, before building it."""
+    total = 0
+    for n in sizes:
+        total += n + _ELEMENT_OVERHEAD
+        if total > max_reply:
+            raise too_big(op, max_reply)
