@@ -33,6 +33,7 @@ from kvtwist.chain.outcomes import Refused, WriteResult
 from kvtwist.chain.replica import NotHere, ReadView, Replica, Unavailable
 from kvtwist.client.protocol import ConnectionPool
 from kvtwist.logs import LogLimiter
+from kvtwist.nodestats import add_operations_fields
 from kvtwist.proto.kvtwist_pb2 import OpStats
 from kvtwist.proto.kvtwist_pb2 import Stats as StatsMsg
 from kvtwist.tls import TLS_ERRORS, channel_binding, tls_reason
@@ -962,6 +963,7 @@ class NodeFactory(Factory):
         for name, c in sorted((wire.op_name(op), c) for op, c in self.metrics.ops.items()):
             mean = c.total_s / c.count * 1e6 if c.count else 0.0
             stats.ops.append(OpStats(op=name, count=c.count, mean_service_us=mean, errors=c.errors))
+        add_operations_fields(stats, r)
         return wire.reply(wire.OP_STATS, c_type=wire.CT_STATS, stats=stats)
 
 
