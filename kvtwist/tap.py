@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -197,6 +198,7 @@ class Options(usage.Options):
                 f"--advertise must be host:port (IPv6 as [addr]:port), not {self['advertise']!r}"
             )
         if self["zk"]:
+            _check_zk_hosts(self["zk"])
             from kvtwist.membership import validate_root
 
             try:
@@ -271,6 +273,21 @@ class Options(usage.Options):
             raise usage.UsageError("--in-memory and --data-dir exclude each other")
         if not self["in-memory"] and self["data-dir"] is None:
             self["data-dir"] = os.path.join("kvtwist-data", str(self["port"]))
+
+
+def _check_zk_hosts(hosts: str) -> None:
+    """A --zk kazoo cannot parse ends the node at option parsing: one line, exit status 2.
+
+    twistd turns a UsageError into its whole help text and status 1; a typo in
+    a host list deserves the one line that names it.
+    """
+    from kvtwist.zkhosts import USAGE, BadHosts, check_hosts
+
+    try:
+        check_hosts(hosts)
+    except BadHosts as e:
+        print(f"kvtwist: {e}", file=sys.stderr)
+        raise SystemExit(USAGE) from None
 
 
 def _loopback(interface: str) -> bool:

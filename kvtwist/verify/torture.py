@@ -51,7 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from kvtwist import wire
+from kvtwist import __version__, wire
 from kvtwist.procs import (
     NodeProcess,
     RawClient,
@@ -1093,6 +1093,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Run clients against a real chain while a nemesis injects faults; "
         "check liveness, linearizability, durability and convergence.",
     )
+    p.add_argument("--version", action="version", version=f"kvtwist-torture {__version__}")
     p.add_argument("--nodes", type=int, default=3, help="chain length to keep (default 3)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of workload")
