@@ -402,8 +402,11 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     make_zk: Callable[[], Coordinator] | None = None
     lease = 0.0  # the longest read lease this node may hold, told to its neighbours
     if options["zk"]:
+        from kvtwist.kazoolog import limit_repeats
         from kvtwist.lease import LEASE_FRACTION
         from kvtwist.zk import ZooKeeper
+
+        limit_repeats()  # ZooKeeper down: kazoo's retries must not bury our own lines
 
         lease = options["zk-session-timeout"] * LEASE_FRACTION
 
