@@ -33,10 +33,14 @@ def zk_state(replica: Any) -> str:
     """The ZooKeeper session as the node last heard of it; empty when standalone."""
     if replica.standalone or replica.zk is None:
         return ""
+    # a coordinator need not say more than the Coordinator protocol does (or even that)
     state = getattr(replica.zk, "state", None)
     if isinstance(state, str):
         return state
-    return "connected" if replica.zk.connected else "suspended"
+    connected = getattr(replica.zk, "connected", None)
+    if connected is None:
+        return ""
+    return "connected" if connected else "suspended"
 
 
 def add_operations_fields(stats: Stats, replica: Any) -> Stats:

@@ -71,6 +71,11 @@ class StatsFieldsTests(SynchronousTestCase):
         self.assertEqual((s.received, s.applied, s.sent_count, s.sent_bytes), (9, 8, 2, 640))
         self.assertEqual((s.data_dir_bytes, s.zk_state, s.member), (123, "suspended", replica.name))
         self.assertEqual(directory_bytes(os.path.join(directory, "gone")), 0)
+        # a coordinator that tells nothing of its session: STATS still answers
+        replica.zk = object()
+        self.assertEqual(add_operations_fields(Stats(), replica).zk_state, "")
+        replica.zk = SimpleNamespace(connected=True)
+        self.assertEqual(add_operations_fields(Stats(), replica).zk_state, "connected")
 
 
 def stats(**kw: Any) -> Stats:
