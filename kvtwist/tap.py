@@ -467,6 +467,10 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         chain = ChainService(reactor, replica, make_zk)
         chain.setServiceParent(top)
         WatchdogService(reactor, chain, options["zk-session-timeout"]).setServiceParent(top)
+    from kvtwist.sdnotify import ReadinessService
+
+    # the last service added is the first stopped: STOPPING=1 precedes leaving the chain
+    ReadinessService(reactor, lambda: not replica.fenced).setServiceParent(top)
     security = [
         name
         for name, on in (
