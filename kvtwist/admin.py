@@ -1,13 +1,17 @@
-"""``kvtwist-admin``: look at a chain's record, restart an empty chain on purpose,
-copy a store.
+"""``kvtwist-admin``: see a chain's members and health, restart an empty chain on
+purpose, copy a store.
 
-``status`` prints the chain record (epoch, last configuration), the current
-members and the nodes waiting to restart an empty chain.  ``force-start``
+``status`` shows the chain record and one row per member: its role, op
+numbers, lag behind the head, Sent list, uptime, version, disk use and
+ZooKeeper session, from ZooKeeper and each member's STATS reply; it also lists
+the nodes waiting to restart an empty chain.  ``health`` exits 0 only when the
+chain has its members and a head and a tail that answer.  ``force-start``
 accepts the loss of whatever the last configuration's members held and lets
 one waiting node (the one with the most ops, or the one named) restart the
 chain from its own copy.  ``copy`` copies every key and value from a running
 node or chain -- kvtwist or the original C system -- into another
-(docs/migrating.md).
+(docs/migrating.md).  Every command prints text for people, or JSON with
+``-o json``.
 """
 
 from __future__ import annotations
@@ -21,9 +25,21 @@ from typing import Any
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoAuthError, NoNodeError
 
+from kvtwist import __version__
+from kvtwist.adminstatus import (
+    AskStats,
+    ChainStatus,
+    health_json,
+    health_table,
+    member_rows,
+    problems,
+    status_json,
+    status_table,
+)
 from kvtwist.chain.record import ChainRecord
-from kvtwist.membership import parse_address, validate_root
+from kvtwist.membership import Member, format_address, parse_seq, validate_root
 from kvtwist.zk import digest_acl
+from kvtwist.zkhosts import USAGE, BadHosts, check_hosts
 
 #: The two stores of ``copy``; each has its own TLS and token options.
 SIDES = ("source", "target")
@@ -52,27 +68,67 @@ def _waiting(zk: KazooClient, root: str) -> dict[str, dict[str, object]]:
     return out
 
 
-def status(zk: KazooClient, root: str) -> int:
-    record = _record(zk, root)
-    print(f"record      {record.describe() if record.version >= 0 else 'none yet'}")
+def _members(zk: KazooClient, root: str) -> list[Member]:
+    """The member znodes in chain order (head first), as the nodes read them."""
+    if not zk.exists(root):
+        return []
     members = []
-    if zk.exists(root):
-        for name in sorted(zk.get_children(root)):
-            try:
-                address = parse_address(zk.get(f"{root}/{name}")[0])
-            except NoNodeError:
-                continue
-            members.append(f"{name} ({address[0]}:{address[1]})" if address else name)
-    print(f"members     {' -> '.join(members) or 'none'}")
-    for node_id, info in sorted(_waiting(zk, root).items()):
-        print(
-            f"waiting     {node_id} at {info.get('address')}: op {info.get('last_op')}, "
-            f"epoch {info.get('epoch')}, last name {info.get('name') or '-'}"
-        )
+    for name in zk.get_children(root):
+        if parse_seq(name) < 0:
+            continue
+        try:
+            members.append(Member.from_znode(name, zk.get(f"{root}/{name}")[0]))
+        except NoNodeError:
+            continue  # it left meanwhile
+    return sorted(members, key=lambda m: (m.seq, m.name))
+
+
+def stats_asker(timeout: float, secure: Any = None) -> AskStats:
+    """Asks a member for STATS over the client protocol (with the TLS and token given)."""
+    from kvtwist import wire
+    from kvtwist.client.blocking import BlockingClient
+    from kvtwist.client.protocol import KVError
+
+    tls = getattr(secure, "tls", None)
+    token = getattr(secure, "token", None)
+
+    def ask(address: tuple[str, int]) -> Any:
+        spec = format_address(address)
+        with BlockingClient.connect(spec, timeout=timeout, tls=tls, token=token) as c:
+            reply = c.raw(wire.req_stats())
+        if reply.opcode != wire.OP_STATS + 1:
+            raise KVError(reply.error or f"reply opcode {reply.opcode} to STATS")
+        return reply.stats
+
+    return ask
+
+
+def gather(zk: KazooClient, root: str, ask: AskStats) -> ChainStatus:
+    record = _record(zk, root)
+    waiting = [{"node_id": n, **info} for n, info in sorted(_waiting(zk, root).items())]
+    return ChainStatus(
+        root,
+        record if record.version >= 0 else None,
+        member_rows(_members(zk, root), ask),
+        waiting,
+    )
+
+
+def status(zk: KazooClient, root: str, ask: AskStats, output: str = "table") -> int:
+    chain = gather(zk, root, ask)
+    print(status_json(chain) if output == "json" else status_table(chain))
     return 0
 
 
-def force_start(zk: KazooClient, root: str, node_id: str | None) -> int:
+def health(zk: KazooClient, root: str, ask: AskStats, want: int, output: str = "table") -> int:
+    found = problems(gather(zk, root, ask), want)
+    print(health_json(found) if output == "json" else health_table(found))
+    return 1 if found else 0
+
+
+def force_start(
+    zk: KazooClient, root: str, node_id: str | None, output: str = "table"
+) -> int:
     if zk.exists(root) and zk.get_children(root):
         print("kvtwist-admin: the chain has members; nothing to force", file=sys.stderr)
         return 1
@@ -108,7 +164,10 @@ def force_start(zk: KazooClient, root: str, node_id: str | None) -> int:
         return 1
     info = waiting[node_id]
     where, op = info.get("address"), info.get("last_op")
-    print(f"node {node_id} at {where} may restart the chain from op {op}")
+    if output == "json":
+        print(json.dumps({"forced": node_id, "address": where, "op": op}, sort_keys=True))
+    else:
+        print(f"node {node_id} at {where} may restart the chain from op {op}")
     return 0
 
 
@@ -176,7 +235,13 @@ def copy_keys(src: Any, dst: Any, page: int = 1000) -> tuple[int, int]:
     return copied, vanished
 
 
-def copy(source: str, target: str, timeout: float, secure: dict[str, Any] | None = None) -> int:
+def copy(
+    source: str,
+    target: str,
+    timeout: float,
+    secure: dict[str, Any] | None = None,
+    output: str = "table",
+) -> int:
     sides = secure or {}
     with (
         open_store(source, timeout, sides.get("source")) as src,
@@ -185,6 +250,16 @@ def copy(source: str, target: str, timeout: float, secure: dict[str, Any] | None
         started = time.monotonic()
         copied, vanished = copy_keys(src, dst)
         seconds = time.monotonic() - started
+    if output == "json":
+        body = {
+            "copied": copied,
+            "vanished": vanished,
+            "seconds": round(seconds, 3),
+            "source": source,
+            "target": target,
+        }
+        print(json.dumps(body, sort_keys=True))
+        return 0
     print(
         f"copied {copied} keys from {source} to {target} in {seconds:.1f}s"
         + (f" ({vanished} deleted at the source meanwhile)" if vanished else "")
@@ -192,21 +267,86 @@ def copy(source: str, target: str, timeout: float, secure: dict[str, Any] | None
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kvtwist-admin", description=__doc__.split("\n")[0])
-    parser.add_argument("--zk", default="127.0.0.1:2181", help="ZooKeeper hosts")
-    parser.add_argument("--zk-root", default="/chain", help="the chain's znode")
-    parser.add_argument(
+#: The options every command takes, before or after its name.
+OUTPUTS = ("table", "json")
+
+
+def _common(p: argparse.ArgumentParser, top: bool) -> None:
+    """The options shared by every command; on a subcommand they default to nothing, so
+    that one given before the command name is not reset by the subcommand's parser."""
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    p.add_argument(
+        "--zk", default=default("127.0.0.1:2181"), metavar="HOSTS",
+        help="ZooKeeper hosts, HOST:PORT[,HOST:PORT...] (default 127.0.0.1:2181)",
+    )
+    p.add_argument(
+        "--zk-root", default=default("/chain"), metavar="PATH",
+        help="the chain's znode (default /chain)",
+    )
+    p.add_argument(
         "--zk-auth",
+        default=default(None),
         metavar="USER:PASSWORD",
         help="ZooKeeper digest auth, as the nodes use it (needed by force-start "
         "when they run with --zk-auth)",
     )
+    p.add_argument(
+        "-o", "--output", choices=OUTPUTS, default=default("table"),
+        help="table for people (the default) or json for programs",
+    )
+
+
+def _member_options(p: argparse.ArgumentParser) -> None:
+    """How status and health reach the members: TLS, the client token, a timeout."""
+    p.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS",
+        help="how long a member has to answer STATS (default 5)",
+    )
+    p.add_argument(
+        "--tls-ca", metavar="FILE",
+        help="speak TLS to the members, accepting only certificates signed by a CA in FILE",
+    )
+    p.add_argument(
+        "--tls", action="store_true",
+        help="speak TLS to the members, verifying them against the system's trust store",
+    )
+    p.add_argument(
+        "--token-file", metavar="FILE",
+        help="send the client token in FILE (the members' --auth-token-file)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvtwist-admin",
+        description=(__doc__ or "").split("\n\n", 1)[1].strip().replace("``", "'"),
+        epilog="exit status: 0 done (health: healthy); 1 the command failed (health: "
+        "a problem); 2 a usage error or ZooKeeper out of reach",
+    )
+    parser.add_argument("--version", action="version", version=f"kvtwist-admin {__version__}")
+    _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="the chain record, members and waiting nodes")
-    force = sub.add_parser("force-start", help="let a waiting node restart an empty chain")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        _common(p, top=False)
+        return p
+
+    st = command("status", "the chain record, one row per member, and the waiting nodes")
+    _member_options(st)
+    hl = command("health", "exit 0 only if the chain has its members and a head and a tail "
+                 "that answer; otherwise print one line per problem and exit 1")
+    _member_options(hl)
+    hl.add_argument(
+        "--members", type=int, default=1, metavar="N",
+        help="how many members the chain must have (default 1)",
+    )
+    force = command("force-start", "let a waiting node restart an empty chain")
     force.add_argument("node_id", nargs="?", help="the node (default: the one with most ops)")
-    cp = sub.add_parser("copy", help="copy every key and value from one store into another")
+    cp = command("copy", "copy every key and value from one store into another")
     cp.add_argument("source", help="HOST:PORT of a node, or zk://HOSTS/ROOT of a chain")
     cp.add_argument("target", help="HOST:PORT of a node, or zk://HOSTS/ROOT of a chain")
     cp.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
@@ -226,34 +366,69 @@ def main(argv: list[str] | None = None) -> int:
             metavar="FILE",
             help=f"send the client token in FILE to the {side} (its nodes' --auth-token-file)",
         )
+    return parser
+
+
+def _usage(message: str) -> int:
+    print(f"kvtwist-admin: {message}", file=sys.stderr)
+    return USAGE
+
+
+def _copy(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from kvtwist.client.protocol import ConnectionFailed, KVError
+    from kvtwist.client.shell import UsageError, security
+
+    for spec in (args.source, args.target):
+        if spec.startswith("zk://"):
+            try:
+                check_hosts(spec[len("zk://") :].partition("/")[0], f"{spec}:")
+            except BadHosts as e:
+                return _usage(str(e))
+    try:
+        secure = {
+            side: security(
+                argparse.Namespace(
+                    tls_ca=getattr(args, f"{side}_tls_ca"),
+                    tls=getattr(args, f"{side}_tls"),
+                    token_file=getattr(args, f"{side}_token_file"),
+                )
+            )
+            for side in SIDES
+        }
+    except UsageError as e:
+        parser.error(str(e))
+    try:
+        return copy(args.source, args.target, args.timeout, secure, args.output)
+    except (ConnectionFailed, KVError, ValueError) as e:
+        print(f"kvtwist-admin: {e}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "copy":
-        from kvtwist.client.protocol import ConnectionFailed, KVError
-        from kvtwist.client.shell import UsageError, security
-
-        try:
-            secure = {
-                side: security(
-                    argparse.Namespace(
-                        tls_ca=getattr(args, f"{side}_tls_ca"),
-                        tls=getattr(args, f"{side}_tls"),
-                        token_file=getattr(args, f"{side}_token_file"),
-                    )
-                )
-                for side in SIDES
-            }
-        except UsageError as e:
-            parser.error(str(e))
-        try:
-            return copy(args.source, args.target, args.timeout, secure)
-        except (ConnectionFailed, KVError, ValueError) as e:
-            print(f"kvtwist-admin: {e}", file=sys.stderr)
-            return 1
+        return _copy(parser, args)
+    try:
+        check_hosts(args.zk)
+    except BadHosts as e:
+        return _usage(str(e))
     try:
         root = validate_root(args.zk_root)
         acl = digest_acl(args.zk_auth) if args.zk_auth is not None else None
     except ValueError as e:
         parser.error(str(e))
+    ask: AskStats | None = None
+    if args.command in ("status", "health"):
+        from kvtwist.client.shell import UsageError, security
+
+        try:
+            ask = stats_asker(args.timeout, security(args))
+        except UsageError as e:
+            parser.error(str(e))
+    from kvtwist.kazoolog import silence
+
+    silence()  # every retry would be a line; the admin says itself what failed
     if acl is None:
         zk = KazooClient(args.zk)
     else:
@@ -262,11 +437,16 @@ def main(argv: list[str] | None = None) -> int:
         zk.start(timeout=10)
     except Exception as e:
         print(f"kvtwist-admin: cannot reach ZooKeeper at {args.zk}: {e}", file=sys.stderr)
-        return 2
+        # a monitor running health reads any failure as unhealthy: status 1, as documented
+        return 1 if args.command == "health" else USAGE
     try:
         if args.command == "status":
-            return status(zk, root)
-        return force_start(zk, root, args.node_id)
+            assert ask is not None
+            return status(zk, root, ask, args.output)
+        if args.command == "health":
+            assert ask is not None
+            return health(zk, root, ask, args.members, args.output)
+        return force_start(zk, root, args.node_id, args.output)
     finally:
         zk.stop()
         zk.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -199,6 +200,7 @@ class Options(usage.Options):
                 f"--advertise must be host:port (IPv6 as [addr]:port), not {self['advertise']!r}"
             )
         if self["zk"]:
+            _check_zk_hosts(self["zk"])
             from kvtwist.membership import validate_root
 
             try:
@@ -273,6 +275,21 @@ class Options(usage.Options):
             raise usage.UsageError("--in-memory and --data-dir exclude each other")
         if not self["in-memory"] and self["data-dir"] is None:
             self["data-dir"] = os.path.join("kvtwist-data", str(self["port"]))
+
+
+def _check_zk_hosts(hosts: str) -> None:
+    """A --zk kazoo cannot parse ends the node at option parsing: one line, exit status 2.
+
+    twistd turns a UsageError into its whole help text and status 1; a typo in
+    a host list deserves the one line that names it.
+    """
+    from kvtwist.zkhosts import USAGE, BadHosts, check_hosts
+
+    try:
+        check_hosts(hosts)
+    except BadHosts as e:
+        print(f"kvtwist: {e}", file=sys.stderr)
+        raise SystemExit(USAGE) from None
 
 
 def _loopback(interface: str) -> bool:
@@ -387,8 +404,11 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     make_zk: Callable[[], Coordinator] | None = None
     lease = 0.0  # the longest read lease this node may hold, told to its neighbours
     if options["zk"]:
+        from kvtwist.kazoolog import limit_repeats
         from kvtwist.lease import LEASE_FRACTION
         from kvtwist.zk import ZooKeeper
+
+        limit_repeats()  # ZooKeeper down: kazoo's retries must not bury our own lines
 
         lease = options["zk-session-timeout"] * LEASE_FRACTION
 
@@ -452,6 +472,10 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         chain = ChainService(reactor, replica, make_zk)
         chain.setServiceParent(top)
         WatchdogService(reactor, chain, options["zk-session-timeout"]).setServiceParent(top)
+    from kvtwist.sdnotify import ReadinessService
+
+    # the last service added is the first stopped: STOPPING=1 precedes leaving the chain
+    ReadinessService(reactor, lambda: not replica.fenced).setServiceParent(top)
     security = [
         name
         for name, on in (

@@ -11,7 +11,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from kvtwist.client.protocol import ClientProtocol, connect_quietly
-from kvtwist.procs import free_port
+from kvtwist.procs import NodeProcess, free_port, wait_for
 
 
 class QuietConnectTests(unittest.TestCase):
@@ -28,3 +28,21 @@ class QuietConnectTests(unittest.TestCase):
             self.assertEqual([x for x in lines if "factory" in x.lower()], [])
 
         return d.addCallback(check)
+
+
+class NodeWithoutZooKeeperTests(unittest.SynchronousTestCase):
+    """A node whose ZooKeeper is down: its own line is not buried under kazoo's."""
+
+    def test_kazoo_repeats_are_limited(self) -> None:
+        """By the node's first "cannot reach ZooKeeper" line (after kazoo's 15 s of
+        attempts, a score of "Connection dropped" lines unlimited), kazoo's line has
+        appeared once."""
+        node = NodeProcess(args=["--in-memory", "--zk", f"127.0.0.1:{free_port()}"])
+        self.addCleanup(node.cleanup)
+        self.addCleanup(node.stop)
+        node.start()
+        wait_for(lambda: "cannot reach ZooKeeper" in node.log(), 60, "the node's retry line")
+        lines = node.log().splitlines()
+        dropped = [x for x in lines if "Connection dropped" in x]
+        self.assertEqual(len(dropped), 1, dropped)
+        self.assertTrue(any("retrying in 2.0s" in x for x in lines))

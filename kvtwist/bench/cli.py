@@ -32,6 +32,7 @@ import sys
 import time
 from typing import Any
 
+from kvtwist import __version__
 from kvtwist.bench.hist import Histogram
 from kvtwist.bench.loadgen import WorkerSpec, worker_process
 from kvtwist.bench.workload import KEY_DISTS, WORKLOADS
@@ -98,10 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 all replies fine, 1 could not run, 3 ERROR replies or "
         "requests left unanswered.",
     )
+    p.add_argument("--version", action="version", version=f"kvtwist-bench {__version__}")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--target", type=parse_hostport, help="a node's host:port")
     where.add_argument(
-        "--zk", metavar="HOSTS", help="ZooKeeper hosts: writes go to the head, reads to the tail"
+        "--zk",
+        metavar="HOSTS",
+        help="ZooKeeper hosts: writes go to the head, reads to the tail",
     )
     p.add_argument("--zk-root", default="/chain", help="the chain's ZooKeeper path (/chain)")
     p.add_argument("--workload", choices=WORKLOADS, default="get", help="get, put or mixed")
@@ -448,6 +452,14 @@ def summary(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.zk is not None:
+        from kvtwist.zkhosts import USAGE, BadHosts, check_hosts
+
+        try:
+            check_hosts(args.zk)
+        except BadHosts as e:  # one line, before anything connects
+            print(f"kvtwist-bench: {e}", file=sys.stderr)
+            return USAGE
     try:
         report = run(args)
     except BenchError as e:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
+from kvtwist import __version__
 from kvtwist.client.protocol import ConnectionFailed, KVError
 from kvtwist.client.shell_commands import (
     ALIASES,
@@ -340,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument(
+        "--version", action="version", version=f"kvtwist-client {__version__}",
+        help="show kvtwist's version and exit",
+    )
     p.add_argument("address", nargs="?", metavar="HOST:PORT", help="a node to talk to")
     p.add_argument("-h", "--host", help=f"the node's host (default {DEFAULT_HOST})")
     p.add_argument("-p", "--port", type=int, help=f"the node's port (default {DEFAULT_PORT})")
@@ -426,6 +431,12 @@ def target(ns: argparse.Namespace) -> Target:
     if ns.zk is not None:
         if node_given:
             raise UsageError("give either a node (HOST:PORT, -h, -p) or --zk ZKHOSTS, not both")
+        from kvtwist.zkhosts import BadHosts, check_hosts
+
+        try:
+            check_hosts(ns.zk)
+        except BadHosts as e:
+            raise UsageError(str(e)) from None
         return Target(None, ns.zk, ns.zk_root)
     if ns.address is not None:
         if ns.host is not None or ns.port is not None:

@@ -38,7 +38,7 @@ class OpStats(_message.Message):
     def __init__(self, op: _Optional[str] = ..., count: _Optional[int] = ..., mean_service_us: _Optional[float] = ..., errors: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("ops", "keys", "connections", "uptime_s", "last_op", "role", "height")
+    __slots__ = ("ops", "keys", "connections", "uptime_s", "last_op", "role", "height", "received", "applied", "sent_count", "sent_bytes", "version", "data_dir_bytes", "zk_state", "member")
     OPS_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,14 @@ class Stats(_message.Message):
     LAST_OP_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    SENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_DIR_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ZK_STATE_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
     ops: _containers.RepeatedCompositeFieldContainer[OpStats]
     keys: int
     connections: int
@@ -53,7 +61,15 @@ class Stats(_message.Message):
     last_op: int
     role: str
     height: int
-    def __init__(self, ops: _Optional[_Iterable[_Union[OpStats, _Mapping]]] = ..., keys: _Optional[int] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ..., last_op: _Optional[int] = ..., role: _Optional[str] = ..., height: _Optional[int] = ...) -> None: ...
+    received: int
+    applied: int
+    sent_count: int
+    sent_bytes: int
+    version: str
+    data_dir_bytes: int
+    zk_state: str
+    member: str
+    def __init__(self, ops: _Optional[_Iterable[_Union[OpStats, _Mapping]]] = ..., keys: _Optional[int] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ..., last_op: _Optional[int] = ..., role: _Optional[str] = ..., height: _Optional[int] = ..., received: _Optional[int] = ..., applied: _Optional[int] = ..., sent_count: _Optional[int] = ..., sent_bytes: _Optional[int] = ..., version: _Optional[str] = ..., data_dir_bytes: _Optional[int] = ..., zk_state: _Optional[str] = ..., member: _Optional[str] = ...) -> None: ...
 
 class Update(_message.Message):
     __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id", "found", "epoch", "ack_below")

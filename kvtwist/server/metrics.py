@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from kvtwist import wire
 from kvtwist.chain.replica import Replica
+from kvtwist.nodestats import add_operations_fields
 from kvtwist.proto.kvtwist_pb2 import OpStats
 from kvtwist.proto.kvtwist_pb2 import Stats as StatsMsg
 from kvtwist.tree import BTree
@@ -52,4 +53,5 @@ def stats_reply(replica: Replica, metrics: Metrics, connections: int) -> Message
     for name, c in sorted((wire.op_name(op), c) for op, c in metrics.ops.items()):
         mean = c.total_s / c.count * 1e6 if c.count else 0.0
         stats.ops.append(OpStats(op=name, count=c.count, mean_service_us=mean, errors=c.errors))
+    add_operations_fields(stats, replica)
     return wire.reply(wire.OP_STATS, c_type=wire.CT_STATS, stats=stats)

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kvtwist import __version__
 from kvtwist.procs import ZooKeeperProcess, kvnode_options, zookeeper_available
 from kvtwist.verify.campaign import ending, report
 from kvtwist.verify.campaign.clients import Clients
@@ -240,6 +241,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Run clients against a real chain while a nemesis injects faults; "
         "check liveness, linearizability, durability and convergence.",
     )
+    p.add_argument("--version", action="version", version=f"kvtwist-torture {__version__}")
     p.add_argument("--nodes", type=int, default=3, help="chain length to keep (default 3)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of workload")
