@@ -496,6 +496,8 @@ class ReplicaCore:
 
     def _advance(self) -> None:
         """Commit as far as the successor's acknowledgements (or, at the tail, our own) allow."""
+        if self._stopping:
+            return
         state = self.state
         target = state.commit_target(self._waits_for_successor())
         if target <= state.committed_seq:
@@ -585,9 +587,20 @@ class ReplicaCore:
             self._schedule_rejoin()
 
     def stop(self) -> None:
+        """Stop deciding: no commit, answer or record write comes from here any more.
+
+        Writes still waiting for commitment fail as retryable (their outcome
+        is the chain's to decide); timers that fire later find a stopped node.
+        """
         if self.life.is_(State.STOPPED):
             return
         self.life.to(State.STOPPED, "stopping")
+        call = self._tail_hold_call
+        if call is not None and call.active():
+            call.cancel()
+        self._drop_uncommitted(Unavailable("node is stopping; retry"))
+        self._release_claim_waiters(Unavailable("node is stopping; retry"))
+        self._wake_readers()
         self._wake_members()
         self._stop_waiting()
         for link in (self.pred, self.succ):

@@ -67,8 +67,12 @@ class Lifecycle:
         self._era = Era()
 
     def begin(self, what: str) -> Attempt:
-        """An attempt that lasts until it ends, or until the node starts over."""
-        return Attempt(what, self._era)
+        """An attempt that lasts until it ends, or until the node starts over
+        (one begun by a stopped node is over from the start)."""
+        attempt = Attempt(what, self._era)
+        if self.state is State.STOPPED:
+            attempt.end()
+        return attempt
 
     def to(self, state: State, why: str = "") -> int:
         """Move to ``state``; returns the generation the new state belongs to."""

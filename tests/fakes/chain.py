@@ -45,6 +45,7 @@ class Node:
     def __init__(self, net: Net, port: int, link_config: LinkConfig | None = None) -> None:
         self.net = net
         self.address = f"10.0.0.1:{port}"
+        self.address_pair = ("10.0.0.1", port)
         self.port = port
         self.store = Store(net.clock, InlineRunner())
         self.zk = MemoryZooKeeper(net.registry, net.clock)
@@ -78,6 +79,9 @@ class Node:
         target.pumps.append(pump)
         self.net.pumps.append(pump)
         return defer.succeed(protocol)
+
+    def __repr__(self) -> str:
+        return f"<Node :{self.port} {self.replica.name or '-'}>"
 
     @property
     def name(self) -> str | None:
@@ -128,11 +132,15 @@ class Net:
         for p in node.pumps:
             p.serverIO.loseConnection()
             p.clientIO.loseConnection()
-        name = node.name
         node.replica.fence("killed", voluntary=False)
-        if name is not None:
-            self.registry.remove(name)
+        self.expire(node)
         self.settle()
+
+    def expire(self, node: Node) -> None:
+        """ZooKeeper ends ``node``'s session: the znodes it created go."""
+        mine = [m.name for m in self.registry.members if m.address == node.address_pair]
+        for name in mine:
+            self.registry.remove(name)
 
     # partitions
 
@@ -166,6 +174,7 @@ class Net:
         if not node.alive:
             return
         if expired:
+            self.expire(node)
             node.replica.zk_state("lost")
             node.replica.zk_state("connected")
         node.replica.set_view(self.registry.view())
@@ -175,11 +184,8 @@ class Net:
         now = self.clock.seconds()
         for node in self.nodes.values():
             cut = node.zk.cut_at
-            name = node.replica.name
-            if cut is None or name is None or now - cut <= session:
-                continue
-            if name in self.registry.view():
-                self.registry.remove(name)
+            if cut is not None and now - cut > session:
+                self.expire(node)
 
     def chain(self, n: int) -> list[Node]:
         return [self.add() for _ in range(n)]
