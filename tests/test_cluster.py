@@ -153,6 +153,14 @@ class ClusterTests(SynchronousTestCase):
         )
         self.addCleanup(hand.kill)
         wait_for(lambda: port_open(port), 30, "the node added by hand to listen")
+        # the port is bound before the reactor runs: a signal before then ends
+        # twistd without its shutdown; a node in the chain has the reactor running
+        log = self.run_dir / "hand.log"
+        wait_for(
+            lambda: log.exists() and "joined the chain" in log.read_text(),
+            30,
+            "the node added by hand to join the chain",
+        )
         self.assertTrue((self.run_dir / f"node-{port}.pid").exists())
         proc.send_signal(signal.SIGHUP)
         # twistd ends by re-raising the signal it stopped on
