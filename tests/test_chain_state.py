@@ -42,6 +42,7 @@ from hypothesis.stateful import (
 )
 from twisted.trial.unittest import SynchronousTestCase
 
+from kvtwist.chain.holds import Intake, TailHolds
 from kvtwist.chain.outcomes import WriteResult
 from kvtwist.chain.state import ChainState, Mismatch
 from kvtwist.proto.kvtwist_pb2 import Update
@@ -453,3 +454,29 @@ def _imports_of(module: str) -> set[str]:
                 else:
                     seen.add(found)
     return seen
+
+
+class HoldsAndIntakeTests(SynchronousTestCase):
+    """The two small decisions of kvtwist.chain.holds, without a clock."""
+
+    def test_holds_by_reason(self) -> None:
+        """A new hold for one reason replaces that reason's; others stay; ended ones go."""
+        h = TailHolds()
+        self.assertEqual(h.hold(100.0, 10.0, "removed x"), 110.0)
+        self.assertEqual(h.hold(100.0, 30.0, "removed y"), 130.0)
+        self.assertEqual(h.hold(101.0, 1.0, "removed y"), 110.0)
+        self.assertTrue(h.held(109.9))
+        self.assertFalse(h.held(110.0))
+        self.assertEqual(h.hold(120.0, 1.0, "restart"), 121.0)  # x's ended hold is gone
+
+    def test_intake_pauses_past_the_limit_and_resumes_below_half(self) -> None:
+        """Hysteresis: no flapping at the bound; a full link pauses whatever the bytes."""
+        i = Intake(1000)
+        self.assertIsNone(i.decide(1000))
+        self.assertIs(i.decide(1001), True)
+        self.assertIsNone(i.decide(600))
+        self.assertIs(i.decide(500), False)
+        i.link_full = True
+        self.assertIs(i.decide(0), True)
+        i.link_full = False
+        self.assertIs(i.decide(0), False)

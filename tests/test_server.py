@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvtwist import wire
 from kvtwist.chain.replica import Replica
 from kvtwist.server import Limits, NodeFactory, NodeProtocol
+from kvtwist.server.factory import ClientConnections
 from kvtwist.store import InlineRunner, Store
 from kvtwist.wire import Message
 
@@ -21,8 +22,9 @@ class Harness:
     def __init__(self, limits: Limits | None = None) -> None:
         self.reactor = MemoryReactorClock()
         self.store = Store(self.reactor, InlineRunner())
-        self.replica = Replica(self.reactor, self.store)
-        self.factory = NodeFactory(self.reactor, self.replica, limits)
+        clients = ClientConnections()  # as the node's builder wires them
+        self.replica = Replica(self.reactor, self.store, on_congestion=clients.congestion)
+        self.factory = NodeFactory(self.reactor, self.replica, limits, clients=clients)
 
     def connect(self) -> tuple[NodeProtocol, StringTransport]:
         proto = self.factory.buildProtocol(None)
@@ -349,13 +351,14 @@ class FlowControlTests(SynchronousTestCase):
     def test_congested_chain_pauses_all_clients(self) -> None:
         """A congested successor link pauses every client connection, new ones included."""
         first = Conn(self.h)
-        self.h.replica.congested = True
-        self.h.factory.connections.congestion(True)
+        replica = self.h.replica
+        replica.intake.link_full = True  # as a full successor link reports it
+        replica._update_congestion()
         second = Conn(self.h)
         self.assertEqual(first.transport.producerState, "paused")
         self.assertEqual(second.transport.producerState, "paused")
-        self.h.replica.congested = False
-        self.h.factory.connections.congestion(False)
+        replica.intake.link_full = False
+        replica._update_congestion()
         self.assertEqual(first.transport.producerState, "producing")
         self.assertEqual(second.transport.producerState, "producing")
 

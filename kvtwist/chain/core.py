@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist.chain.attempt import Attempt
+from kvtwist.chain.holds import Intake, TailHolds
 from kvtwist.chain.lifecycle import Lifecycle, State
 from kvtwist.chain.link import Link, LinkConfig, Side
 from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
@@ -116,15 +117,14 @@ class ReplicaCore:
         #: holds on commits and reads as tail, by what they wait for (a member
         #: we removed, a restart): each ends at a reactor time on the node's
         #: steady clock (kvtwist.clock), and the latest end rules
-        self._holds: dict[str, float] = {}
+        self.holds = TailHolds()
         #: no read served as tail before committed_seq reaches this (kvtwist.chain.membership)
         self.tail_catch_up = 0
         self._tail_hold_call: Any = None
         self._peer_lease = 0.0  # the longest lease a neighbour told us it holds
         self._claim_waiters: list[Deferred[None]] = []
         # flow control: a slow successor slows the intake of client writes
-        self.congested = False
-        self._link_full = False
+        self.intake = Intake(MAX_SENT_BYTES)
         self.on_congestion: Callable[[bool], None] = on_congestion or (lambda congested: None)
         # membership (kvtwist.chain.membership)
         self._awaiting_handoff = False
@@ -144,7 +144,6 @@ class ReplicaCore:
         # joining (kvtwist.chain.joining)
         self._join_backlog: list[Update] | None = None
         self.backlog_bytes = 0  # of the joiner's backlog, bounded with the Sent list
-        self.max_unsent_bytes = MAX_SENT_BYTES
         self._release_lock: Callable[[], Deferred[None]] | None = None
         self._received = SnapshotReceiver()
         self._loaded: Deferred[BTree] | None = None
@@ -270,29 +269,22 @@ class ReplicaCore:
     @property
     def tail_hold_until(self) -> float:
         """No commit as tail, and no read served, before this reactor time."""
-        return max(self._holds.values(), default=0.0)
+        return self.holds.until
 
     def tail_held(self) -> bool:
         """Whether a member we removed may still serve: we may not commit or read as tail."""
-        return self.reactor.seconds() < self.tail_hold_until
+        return self.holds.held(self.reactor.seconds())
 
     def hold_tail(self, seconds: float, why: str = "") -> None:
-        """No commit or read as tail for ``seconds`` from now, on account of ``why``.
-
-        A new hold for the same ``why`` replaces the old one (the answer to a
-        removal ends the hold that waited for it); holds for other reasons stay.
-        """
+        """No commit or read as tail for ``seconds`` from now, on account of ``why``
+        (:class:`kvtwist.chain.holds.TailHolds`); once the holds end, commits and
+        reads go on."""
         now = self.reactor.seconds()
-        holds = {k: end for k, end in self._holds.items() if end > now}
-        holds[why] = now + seconds
-        self._holds = holds
+        until = self.holds.hold(now, seconds, why)
         call = self._tail_hold_call
         if call is not None and call.active():
             call.cancel()
-        # then what waited for the holds goes on
-        self._tail_hold_call = self.reactor.callLater(
-            self.tail_hold_until - now, self._tail_hold_over
-        )
+        self._tail_hold_call = self.reactor.callLater(until - now, self._tail_hold_over)
 
     def _tail_hold_over(self) -> None:
         self._tail_hold_call = None
@@ -452,7 +444,7 @@ class ReplicaCore:
         self.store.apply_many(writes).addCallbacks(
             self._applied, self._apply_failed, callbackArgs=(gen,), errbackArgs=(gen,)
         )
-        if self.unsent_bytes > self.max_unsent_bytes:
+        if self.unsent_bytes > self.intake.limit:
             self._update_congestion()
 
     def _applied(self, outcomes: list[Applied | Exception], gen: int) -> None:
@@ -513,13 +505,13 @@ class ReplicaCore:
                 wake(result)
         if self.pred is not None and self.pred.ready:
             self.pred.queue_ack(target)
-        if self.congested:
+        if self.intake.paused:
             self._update_congestion()
 
     def link_congested(self, link: Link, full: bool) -> None:
         """A link's send buffer filled up or drained."""
         if link is self.succ:
-            self._link_full = full
+            self.intake.link_full = full
             self._update_congestion()
 
     @property
@@ -527,13 +519,14 @@ class ReplicaCore:
         """Writes held in memory for a neighbour: the Sent list and a joiner's backlog."""
         return self.state.pending_bytes + self.backlog_bytes
 
+    @property
+    def congested(self) -> bool:
+        """Client intake is paused: the successor falls behind."""
+        return self.intake.paused
+
     def _update_congestion(self) -> None:
-        if self.congested:
-            want = self._link_full or self.unsent_bytes > self.max_unsent_bytes // 2
-        else:
-            want = self._link_full or self.unsent_bytes > self.max_unsent_bytes
-        if want != self.congested:
-            self.congested = want
+        want = self.intake.decide(self.unsent_bytes)
+        if want is not None:
             left_out = self._congestion_log.allow()
             if left_out is not None:  # a link that fills and drains by turns says so rarely
                 log.info(
@@ -552,7 +545,7 @@ class ReplicaCore:
             for wake in wakes:
                 wake(why)
         self.state.drop_uncommitted()
-        if self.congested:
+        if self.intake.paused:
             self._update_congestion()
 
     # leaving

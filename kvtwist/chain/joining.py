@@ -156,7 +156,7 @@ class JoiningReplica(LinkedReplica):
         if self._join_backlog is not None:
             self._join_backlog.append(u)
             self.backlog_bytes += update_size(u)
-            if self.unsent_bytes > self.max_unsent_bytes:
+            if self.unsent_bytes > self.intake.limit:
                 self._update_congestion()  # a slow joiner slows the intake, not our memory
 
     def _switch_to_joiner(self, link: Link) -> None:

@@ -509,8 +509,8 @@ class MembershipReplica(ReadingReplica):
     def link_lost(self, link: Link) -> None:
         was_closed = link.closed
         link.closed = True
-        if link is self.succ and self._link_full:
-            self._link_full = False
+        if link is self.succ and self.intake.link_full:
+            self.intake.link_full = False
             self._update_congestion()
         if link is self.pred:
             self.pred = None
