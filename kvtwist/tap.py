@@ -137,6 +137,7 @@ class Options(usage.Options):
             "USER:PASSWORD: ZooKeeper digest auth; the znodes this node creates can be "
             "changed only with it (everyone may read them).",
         ],
+
         [
             "link-timeout",
             None,
@@ -166,6 +167,14 @@ class Options(usage.Options):
             "acknowledged), interval (every --fsync-interval seconds), never (the OS decides).",
         ],
         ["fsync-interval", None, 1.0, "Seconds between fsyncs under --fsync interval.", float],
+        # operations
+        [
+            "metrics-port",
+            None,
+            None,
+            "HTTP port (on --interface) for Prometheus /metrics, /healthz and /readyz (off).",
+            _positive("metrics-port"),
+        ],
     ]
     optFlags = [
         ["in-memory", None, "Keep nothing on disk: a restart starts empty."],
@@ -173,6 +182,9 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self._check_storage_options()
+        metrics_port = self["metrics-port"]
+        if metrics_port is not None and metrics_port > 65535:
+            raise usage.UsageError(f"--metrics-port {metrics_port} is out of range")
         if self["max-value"] is None:
             self["max-value"] = self["max-frame"]
         else:
@@ -318,6 +330,8 @@ class ChainService(service.Service):
         self.make_zk = make_zk
         self.zk: Coordinator | None = None
         self._retry: Any = None
+        #: told every session event of every adapter, besides the replica (the metrics)
+        self.state_watchers: list[Callable[[str], None]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -329,6 +343,8 @@ class ChainService(service.Service):
         zk = zk if zk is not None else self.make_zk()
         self.zk = self.replica.zk = zk
         zk.on_state(self.replica.zk_state)
+        for watch in self.state_watchers:
+            zk.on_state(watch)
         zk.on_gone(self.replica.znode_gone)
         zk.watch_members(self.replica.set_view)
         d = zk.start()
@@ -468,10 +484,20 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
             journal.close()
         raise
     listening.setServiceParent(top)
+    chain: ChainService | None = None
     if make_zk is not None:
         chain = ChainService(reactor, replica, make_zk)
         chain.setServiceParent(top)
         WatchdogService(reactor, chain, options["zk-session-timeout"]).setServiceParent(top)
+    if options.get("metrics-port") is not None:
+        try:
+            add_metrics(top, reactor, options, replica, factory, chain)
+        except SystemExit:
+            listening.port.stopListening()
+            runner.stop()
+            if journal is not None:
+                journal.close()
+            raise
     from kvtwist.sdnotify import ReadinessService
 
     # the last service added is the first stopped: STOPPING=1 precedes leaving the chain
@@ -493,6 +519,26 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         security=", ".join(security) or "plain TCP, no client token",
     )
     return top
+
+
+def add_metrics(
+    top: service.MultiService,
+    reactor: Any,
+    options: Options,
+    replica: Replica,
+    factory: NodeFactory,
+    chain: ChainService | None,
+) -> None:
+    """Serve /metrics, /healthz and /readyz on --metrics-port (kvtwist.monitoring)."""
+    from kvtwist.monitoring import MetricsService, NodeMetrics
+
+    data_dir = None if options["in-memory"] else os.path.abspath(options["data-dir"])
+    metrics = NodeMetrics(replica, factory, data_dir)
+    if chain is not None:
+        chain.state_watchers.append(metrics.zk_state_changed)
+    MetricsService(
+        reactor, options["metrics-port"], options["interface"], metrics
+    ).setServiceParent(top)
 
 
 def client_limits(options: Options) -> Limits:
