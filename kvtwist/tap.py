@@ -7,7 +7,7 @@ import ipaddress
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -137,7 +137,12 @@ class Options(usage.Options):
             "USER:PASSWORD: ZooKeeper digest auth; the znodes this node creates can be "
             "changed only with it (everyone may read them).",
         ],
-
+        [
+            "zk-auth-file",
+            None,
+            None,
+            "File (mode 600) holding --zk-auth's USER:PASSWORD, kept off the command line.",
+        ],
         [
             "link-timeout",
             None,
@@ -175,10 +180,38 @@ class Options(usage.Options):
             "HTTP port (on --interface) for Prometheus /metrics, /healthz and /readyz (off).",
             _positive("metrics-port"),
         ],
+        [
+            "config",
+            None,
+            None,
+            "TOML file of options (the long names as keys); the command line wins over it.",
+        ],
     ]
     optFlags = [
         ["in-memory", None, "Keep nothing on disk: a restart starts empty."],
     ]
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        argv = sys.argv[1:] if options is None else list(options)
+        self._apply_config_file(argv)
+        super().parseOptions(argv)
+
+    def _apply_config_file(self, argv: Sequence[str]) -> None:
+        """Put the --config file's values in place of the defaults, before the command
+        line is parsed over them; a bad file is one line and exit status 2."""
+        from kvtwist import config
+
+        try:
+            path = config.config_path(argv)
+            if path is None:
+                return
+            parameters = {p[0]: (p[4] if len(p) > 4 else None) for p in self.optParameters}
+            flags = [str(f[0]) for f in self.optFlags]
+            values = config.load(path, parameters, flags)
+        except config.ConfigError as e:
+            config.fail(e)
+            return
+        self.opts.update(values)
 
     def postOptions(self) -> None:
         self._check_storage_options()
@@ -253,6 +286,14 @@ class Options(usage.Options):
                 self["token"] = load_secret(self["auth-token-file"], "token")
             except KeyFileError as e:
                 raise usage.UsageError(str(e)) from None
+        if self["zk-auth-file"] is not None:
+            if self["zk-auth"] is not None:
+                raise usage.UsageError("--zk-auth and --zk-auth-file exclude each other")
+            try:
+                secret = load_secret(self["zk-auth-file"], "ZooKeeper auth", min_bytes=1)
+            except KeyFileError as e:
+                raise usage.UsageError(str(e)) from None
+            self["zk-auth"] = secret.decode("utf-8", "replace")
         if self["zk-auth"] is not None:
             from kvtwist.zk import digest_acl
 
