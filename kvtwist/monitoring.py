@@ -167,6 +167,10 @@ class NodeMetrics:
         return generate_latest(self.registry)
 
 
+def links_up(replica: Any) -> int:
+    return sum(1 for link in (replica.pred, replica.succ) if link is not None and link.ready)
+
+
 def op_label(op: int) -> str:
     return wire.op_name(op).lower()
 
@@ -206,7 +210,7 @@ class NodeCollector:
             ("kvtwist_sent_list_length", len(state.pending), "Ops in the Sent list."),
             ("kvtwist_sent_list_bytes", state.pending_bytes, "Bytes of the Sent list."),
             ("kvtwist_connections_open", len(m.factory.connections), "Open client connections."),
-            ("kvtwist_chain_links_open", len(m.factory.acceptor.links), "Accepted chain links."),
+            ("kvtwist_chain_links_open", links_up(replica), "Links to the neighbours up."),
         ):
             yield GaugeMetricFamily(name, what, value=value)
         yield CounterMetricFamily(
