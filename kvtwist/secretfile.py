@@ -17,7 +17,7 @@ class KeyFileError(ValueError):
     """A secret file (cluster key, client token) is unusable; one line for the operator."""
 
 
-def load_secret(path: str, what: str) -> bytes:
+def load_secret(path: str, what: str, min_bytes: int = MIN_SECRET_BYTES) -> bytes:
     """Read a shared secret, refusing files that are missing, short or open to others.
 
     One trailing newline is dropped, so ``openssl rand -hex 32 > FILE`` works.
@@ -37,8 +37,8 @@ def load_secret(path: str, what: str) -> bytes:
     key = data.removesuffix(b"\n").removesuffix(b"\r")
     if not key:
         raise KeyFileError(f"{what} file {path} is empty")
-    if len(key) < MIN_SECRET_BYTES:
+    if len(key) < min_bytes:
         raise KeyFileError(
-            f"{what} file {path} holds {len(key)} bytes; at least {MIN_SECRET_BYTES} needed"
+            f"{what} file {path} holds {len(key)} bytes; at least {min_bytes} needed"
         )
     return key

@@ -14,6 +14,7 @@ disk (under the ALWAYS fsync policy) and a write the disk refused is not applied
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -184,6 +185,8 @@ class Store:
         #: duplicate-suppression rows as of last_applied, for snapshots (writer thread)
         self._clients = ClientTable(max_clients)
         self._snapshotting = False
+        #: told each installed snapshot's seconds, begin to install (the metrics)
+        self.on_snapshot: Callable[[float], None] | None = None
         self._sync_timer: LoopingCall | None = None
         self._writes: list[tuple[Sequence[Write], Deferred[list[Applied | Exception]]]] = []
         self._reads: list[tuple[Callable[[], Any], Deferred[Any]]] = []
@@ -256,6 +259,7 @@ class Store:
         if journal is None or self._snapshotting:
             return defer.succeed(False)
         self._snapshotting = True
+        started = time.perf_counter()
 
         def begin() -> tuple[int, BTree, list[tuple[int, int]], list[ClientRow]]:
             seq = journal.begin_snapshot()
@@ -266,6 +270,8 @@ class Store:
 
         def done(result: Any) -> Any:
             self._snapshotting = False
+            if result is True and self.on_snapshot is not None:
+                self.on_snapshot(time.perf_counter() - started)
             return result
 
         return self.runner.write(begin).addCallback(write).addBoth(done)

@@ -7,7 +7,7 @@ import ipaddress
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -138,6 +138,12 @@ class Options(usage.Options):
             "changed only with it (everyone may read them).",
         ],
         [
+            "zk-auth-file",
+            None,
+            None,
+            "File (mode 600) holding --zk-auth's USER:PASSWORD, kept off the command line.",
+        ],
+        [
             "link-timeout",
             None,
             DEFAULT_LINK_TIMEOUT,
@@ -166,13 +172,52 @@ class Options(usage.Options):
             "acknowledged), interval (every --fsync-interval seconds), never (the OS decides).",
         ],
         ["fsync-interval", None, 1.0, "Seconds between fsyncs under --fsync interval.", float],
+        # operations
+        [
+            "metrics-port",
+            None,
+            None,
+            "HTTP port (on --interface) for Prometheus /metrics, /healthz and /readyz (off).",
+            _positive("metrics-port"),
+        ],
+        [
+            "config",
+            None,
+            None,
+            "TOML file of options (the long names as keys); the command line wins over it.",
+        ],
     ]
     optFlags = [
         ["in-memory", None, "Keep nothing on disk: a restart starts empty."],
     ]
 
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        argv = sys.argv[1:] if options is None else list(options)
+        self._apply_config_file(argv)
+        super().parseOptions(argv)
+
+    def _apply_config_file(self, argv: Sequence[str]) -> None:
+        """Put the --config file's values in place of the defaults, before the command
+        line is parsed over them; a bad file is one line and exit status 2."""
+        from kvtwist import config
+
+        try:
+            path = config.config_path(argv)
+            if path is None:
+                return
+            parameters = {p[0]: (p[4] if len(p) > 4 else None) for p in self.optParameters}
+            flags = [str(f[0]) for f in self.optFlags]
+            values = config.load(path, parameters, flags)
+        except config.ConfigError as e:
+            config.fail(e)
+            return
+        self.opts.update(values)
+
     def postOptions(self) -> None:
         self._check_storage_options()
+        metrics_port = self["metrics-port"]
+        if metrics_port is not None and metrics_port > 65535:
+            raise usage.UsageError(f"--metrics-port {metrics_port} is out of range")
         if self["max-value"] is None:
             self["max-value"] = self["max-frame"]
         else:
@@ -241,6 +286,14 @@ class Options(usage.Options):
                 self["token"] = load_secret(self["auth-token-file"], "token")
             except KeyFileError as e:
                 raise usage.UsageError(str(e)) from None
+        if self["zk-auth-file"] is not None:
+            if self["zk-auth"] is not None:
+                raise usage.UsageError("--zk-auth and --zk-auth-file exclude each other")
+            try:
+                secret = load_secret(self["zk-auth-file"], "ZooKeeper auth", min_bytes=1)
+            except KeyFileError as e:
+                raise usage.UsageError(str(e)) from None
+            self["zk-auth"] = secret.decode("utf-8", "replace")
         if self["zk-auth"] is not None:
             from kvtwist.zk import digest_acl
 
@@ -318,6 +371,8 @@ class ChainService(service.Service):
         self.make_zk = make_zk
         self.zk: Coordinator | None = None
         self._retry: Any = None
+        #: told every session event of every adapter, besides the replica (the metrics)
+        self.state_watchers: list[Callable[[str], None]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -329,6 +384,8 @@ class ChainService(service.Service):
         zk = zk if zk is not None else self.make_zk()
         self.zk = self.replica.zk = zk
         zk.on_state(self.replica.zk_state)
+        for watch in self.state_watchers:
+            zk.on_state(watch)
         zk.on_gone(self.replica.znode_gone)
         zk.watch_members(self.replica.set_view)
         d = zk.start()
@@ -468,10 +525,20 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
             journal.close()
         raise
     listening.setServiceParent(top)
+    chain: ChainService | None = None
     if make_zk is not None:
         chain = ChainService(reactor, replica, make_zk)
         chain.setServiceParent(top)
         WatchdogService(reactor, chain, options["zk-session-timeout"]).setServiceParent(top)
+    if options.get("metrics-port") is not None:
+        try:
+            add_metrics(top, reactor, options, replica, factory, chain)
+        except SystemExit:
+            listening.port.stopListening()
+            runner.stop()
+            if journal is not None:
+                journal.close()
+            raise
     from kvtwist.sdnotify import ReadinessService
 
     # the last service added is the first stopped: STOPPING=1 precedes leaving the chain
@@ -493,6 +560,26 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         security=", ".join(security) or "plain TCP, no client token",
     )
     return top
+
+
+def add_metrics(
+    top: service.MultiService,
+    reactor: Any,
+    options: Options,
+    replica: Replica,
+    factory: NodeFactory,
+    chain: ChainService | None,
+) -> None:
+    """Serve /metrics, /healthz and /readyz on --metrics-port (kvtwist.monitoring)."""
+    from kvtwist.monitoring import MetricsService, NodeMetrics
+
+    data_dir = None if options["in-memory"] else os.path.abspath(options["data-dir"])
+    metrics = NodeMetrics(replica, factory, data_dir)
+    if chain is not None:
+        chain.state_watchers.append(metrics.zk_state_changed)
+    MetricsService(
+        reactor, options["metrics-port"], options["interface"], metrics
+    ).setServiceParent(top)
 
 
 def client_limits(options: Options) -> Limits:

@@ -53,6 +53,7 @@ INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_link_faults": None,
     "test_linksec_proc": frozenset({"KeyedChainProcessTests"}),
     "test_nemesis": frozenset({"ProxyProcess", "WallClockTests"}),
+    "test_monitoring_proc": None,
     "test_node": None,
     "test_partition_proc": None,
     "test_plugin": None,

@@ -16,6 +16,8 @@ chain record) is in :mod:`kvtwist.chain.membership` and joining in
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -109,6 +111,10 @@ class ReplicaCore:
         self.state = ChainState(keep_recent=zk is not None)
         #: who waits for each uncommitted op: called with its outcome or the failure
         self._waiting: dict[int, list[Callable[[WriteResult | Exception], None]]] = {}
+        #: told the seconds from numbering to commit at the head, once per batch
+        #: numbered together (the metrics set it); the batches on their way, by last op
+        self.on_commit_latency: Callable[[float], None] | None = None
+        self._numbered_at: deque[tuple[int, float]] = deque()
 
         self.succ: Link | None = None
         self.pred: Link | None = None
@@ -381,6 +387,7 @@ class ReplicaCore:
             self._claim_waiters.append(d)
             return d.addCallback(lambda _: self.write(*request))
         numbered = self.state.number([request], self.head_epoch)
+        self._note_numbered(numbered.updates)
         outcome = numbered.outcomes[0]
         if isinstance(outcome, int):
             done = self._wait_commit(outcome)
@@ -410,6 +417,7 @@ class ReplicaCore:
                 done.callback(outcomes)  # type: ignore[arg-type]
 
         numbered = self.state.number(writes, self.head_epoch)
+        self._note_numbered(numbered.updates)
         waiting = self._waiting
         for i, outcome in enumerate(numbered.outcomes):
             if isinstance(outcome, int):
@@ -418,6 +426,10 @@ class ReplicaCore:
                 fill(i, outcome)
         self._accept(numbered.updates)
         return done
+
+    def _note_numbered(self, updates: list[Update]) -> None:
+        if self.on_commit_latency is not None and updates:
+            self._numbered_at.append((updates[-1].seq, time.perf_counter()))
 
     def _wait_commit(self, seq: int) -> Deferred[WriteResult]:
         """Fires when ``seq`` (not yet committed) commits."""
@@ -503,10 +515,20 @@ class ReplicaCore:
         for result in done:
             for wake in waiting.pop(result.op_n, ()):
                 wake(result)
+        if self._numbered_at:
+            self._committed_numbered(target)
         if self.pred is not None and self.pred.ready:
             self.pred.queue_ack(target)
         if self.intake.paused:
             self._update_congestion()
+
+    def _committed_numbered(self, target: int) -> None:
+        observe, batches = self.on_commit_latency, self._numbered_at
+        now = time.perf_counter()
+        while batches and batches[0][0] <= target:
+            _, at = batches.popleft()
+            if observe is not None:
+                observe(now - at)
 
     def link_congested(self, link: Link, full: bool) -> None:
         """A link's send buffer filled up or drained."""
@@ -541,6 +563,7 @@ class ReplicaCore:
     def _drop_uncommitted(self, why: Exception) -> None:
         """Fail every write waiting for commitment and forget the Sent list."""
         waiting, self._waiting = self._waiting, {}
+        self._numbered_at.clear()  # their ops may commit under a later head, or never
         for wakes in waiting.values():
             for wake in wakes:
                 wake(why)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvtwist import wire
@@ -25,6 +26,9 @@ class OpCounter:
 class Metrics:
     started: float = field(default_factory=time.monotonic)
     ops: dict[int, OpCounter] = field(default_factory=dict)  # by opcode
+    connections_refused: int = 0  # over --max-connections
+    #: told ``(opcode, seconds, count)`` per answered run (the Prometheus histograms)
+    observe: Callable[[int, float, int], None] | None = None
 
     def record(self, op: int, seconds: float, error: bool) -> None:
         self.record_many(op, seconds, 1, 1 if error else 0)
@@ -37,6 +41,8 @@ class Metrics:
         c.count += count
         c.total_s += seconds * count
         c.errors += errors
+        if self.observe is not None:
+            self.observe(op, seconds, count)
 
 
 def stats_reply(replica: Replica, metrics: Metrics, connections: int) -> Message:

@@ -103,6 +103,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
 
     def refuse_over_limit(self) -> None:
         f = self.factory
+        f.metrics.connections_refused += 1
         log.warn(
             "{peer}: refused, {n} connections already open (limit)",
             peer=self.peerName(),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import os
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from kvtwist.storage import wal
 from kvtwist.storage.disk import Disk, DiskFile, DiskLock, RealDisk
@@ -63,6 +65,10 @@ class DataDir:
         self.epochs: list[tuple[int, int]] = []
         #: log bytes written since the seq of the newest snapshot begun
         self.wal_bytes_since_snapshot = 0
+        #: observers of each appended batch (records) and each fsync (seconds), set by
+        #: the metrics; called on the writer thread, so they must be thread-safe
+        self.on_batch: Callable[[int], None] | None = None
+        self.on_fsync: Callable[[float], None] | None = None
         self._lock = threading.RLock()
         self._meta = MetaFile(self.disk, os.path.join(path, "meta.json"))
         self._segments: list[Segment] = []
@@ -232,7 +238,7 @@ class DataDir:
         try:
             f.write(data)
             if self.fsync is FsyncPolicy.ALWAYS:
-                f.fsync()
+                self._timed_fsync(f)
         except OSError as e:
             try:
                 f.truncate(seg.size)  # no partial batch may stay for later records to follow
@@ -245,6 +251,17 @@ class DataDir:
         for r in records:
             note_epoch(self.epochs, r.seq, r.epoch)
         self.wal_bytes_since_snapshot += len(data)
+        if self.on_batch is not None:
+            self.on_batch(len(records))
+
+    def _timed_fsync(self, f: Any) -> None:
+        observe = self.on_fsync
+        if observe is None:
+            f.fsync()
+            return
+        started = time.perf_counter()
+        f.fsync()
+        observe(time.perf_counter() - started)
 
     def sync(self) -> None:
         """Fsync the current segment now.
@@ -256,7 +273,7 @@ class DataDir:
         f = self._file
         assert f is not None
         try:
-            f.fsync()
+            self._timed_fsync(f)
         except OSError as e:
             self._broken = f"fsync failed: {e}"
             raise DiskError(self._segments[-1].path, "cannot sync", e) from e

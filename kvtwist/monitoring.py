@@ -1,0 +1,350 @@
+"""A node's metrics, health and readiness over HTTP (``--metrics-port``).
+
+Prometheus text comes from ``prometheus-client`` with a registry of the node's
+own (not the process-wide one), so several nodes can live in one test
+process.  The request paths only bump counters (kept by
+:class:`kvtwist.server.metrics.Metrics`, as for STATS) and observe histograms;
+everything else is read from the replica when Prometheus scrapes, by
+:class:`NodeCollector`.
+
+The page is rendered on the reactor thread, not through prometheus-client's
+Twisted ``MetricsResource`` (which renders on a thread pool): the replica's
+state belongs to the reactor, and a scrape must not read it halfway through
+a change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from twisted.application import service
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
+from twisted.web import resource, server
+from twisted.web.resource import IResource
+
+import kvtwist
+from kvtwist import clock, wire
+from kvtwist.nodestats import directory_bytes, zk_state
+
+#: every role a node reports (``Replica.role``): one gauge series each
+ROLES = (
+    "standalone",
+    "head",
+    "middle",
+    "tail",
+    "head+tail",
+    "starting",
+    "joining",
+    "waiting",
+    "registering",
+    "fenced",
+    "stopped",
+)
+ZK_STATES = ("connected", "suspended", "lost")
+
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+#: /healthz fails once the reactor's heartbeat is older than this (seconds)
+HEALTH_LIMIT = 5.0
+HEARTBEAT = 0.5
+
+
+class NodeMetrics:
+    """The registry of one node, its histograms, and what the collector reads.
+
+    ``replica`` is the node's :class:`~kvtwist.chain.replica.Replica`;
+    ``factory`` its :class:`~kvtwist.server.NodeFactory` (request counters,
+    connections); ``data_dir`` the data directory to weigh (None in memory).
+    """
+
+    def __init__(self, replica: Any, factory: Any, data_dir: str | None = None) -> None:
+        self.replica = replica
+        self.factory = factory
+        self.data_dir = data_dir
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.latency = Histogram(
+            "kvtwist_request_duration_seconds",
+            "Time from a request's arrival to its answer, by op.",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fsync = Histogram(
+            "kvtwist_wal_fsync_duration_seconds",
+            "Time of each fsync of the write-ahead log.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch = Histogram(
+            "kvtwist_wal_batch_records",
+            "Records per batch appended to the write-ahead log.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.commit = Histogram(
+            "kvtwist_commit_duration_seconds",
+            "At the head: from numbering a batch of writes to its commitment "
+            "(acknowledged by the whole chain), one observation per batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.snapshot = Histogram(
+            "kvtwist_snapshot_duration_seconds",
+            "Time to write and install a snapshot of the data directory.",
+            buckets=SNAPSHOT_BUCKETS,
+            registry=r,
+        )
+        self._latency_by_op: dict[int, Any] = {}
+        self.role = replica.role
+        self.role_changes = 0
+        self.zk_reconnects = 0
+        self._zk_connected_once = False
+        self._zk_last = ""
+        r.register(NodeCollector(self))
+
+    # hooks: the request path, the writer thread, the chain
+
+    def observe_requests(self, op: int, seconds: float, count: int) -> None:
+        """``count`` requests of opcode ``op`` answered in ``seconds`` each."""
+        child = self._latency_by_op.get(op)
+        if child is None:
+            child = self._latency_by_op[op] = self.latency.labels(op=op_label(op))
+        for _ in range(count):
+            child.observe(seconds)
+
+    def zk_state_changed(self, state: str) -> None:
+        """A ZooKeeper session event: every "connected" after the first is a reconnect."""
+        if state == "connected" and self._zk_last != "connected":
+            if self._zk_connected_once:
+                self.zk_reconnects += 1
+            self._zk_connected_once = True
+        self._zk_last = state
+
+    def sample_role(self) -> str:
+        """Note a change of role; called by the heartbeat and at every scrape."""
+        role = self.replica.role
+        if role != self.role:
+            self.role_changes += 1
+            self.role = role
+        return role
+
+    def attach(self) -> None:
+        """Hook the histograms into the parts that feed them."""
+        self.factory.metrics.observe = self.observe_requests
+        self.replica.on_commit_latency = self.commit.observe
+        store = self.replica.store
+        store.on_snapshot = self.snapshot.observe
+        journal = getattr(store, "journal", None)
+        if journal is not None:
+            journal.on_fsync = self.fsync.observe
+            journal.on_batch = self.batch.observe
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def links_up(replica: Any) -> int:
+    return sum(1 for link in (replica.pred, replica.succ) if link is not None and link.ready)
+
+
+def op_label(op: int) -> str:
+    return wire.op_name(op).lower()
+
+
+class NodeCollector:
+    """Reads counters and state at scrape time: nothing on the request path."""
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        replica = m.replica
+        state = replica.state
+        requests = CounterMetricFamily(
+            "kvtwist_requests", "Requests answered, by op and outcome.", labels=["op", "outcome"]
+        )
+        for op, c in sorted(m.factory.metrics.ops.items()):
+            name = op_label(op)
+            requests.add_metric([name, "ok"], c.count - c.errors)
+            requests.add_metric([name, "error"], c.errors)
+        yield requests
+        role = m.sample_role()
+        gauge = GaugeMetricFamily(
+            "kvtwist_role", "1 for the role the node has now.", labels=["role"]
+        )
+        for name in ROLES if role in ROLES else (*ROLES, role):
+            gauge.add_metric([name], 1.0 if name == role else 0.0)
+        yield gauge
+        yield CounterMetricFamily(
+            "kvtwist_role_changes", "Changes of role seen by the node.", value=m.role_changes
+        )
+        for name, value, what in (
+            ("kvtwist_op_received", state.last_received, "The last op received."),
+            ("kvtwist_op_applied", state.applied_seq, "The last op applied to the tree."),
+            ("kvtwist_op_committed", state.committed_seq, "The last op known committed."),
+            ("kvtwist_sent_list_length", len(state.pending), "Ops in the Sent list."),
+            ("kvtwist_sent_list_bytes", state.pending_bytes, "Bytes of the Sent list."),
+            ("kvtwist_connections_open", len(m.factory.connections), "Open client connections."),
+            ("kvtwist_chain_links_open", links_up(replica), "Links to the neighbours up."),
+        ):
+            yield GaugeMetricFamily(name, what, value=value)
+        yield CounterMetricFamily(
+            "kvtwist_connections_refused",
+            "Client connections refused over --max-connections.",
+            value=m.factory.metrics.connections_refused,
+        )
+        if not replica.standalone:
+            now = zk_state(replica)
+            zk = GaugeMetricFamily(
+                "kvtwist_zookeeper_session",
+                "1 for the ZooKeeper session's state as the node last heard of it.",
+                labels=["state"],
+            )
+            for name in ZK_STATES:
+                zk.add_metric([name], 1.0 if name == now else 0.0)
+            yield zk
+            yield CounterMetricFamily(
+                "kvtwist_zookeeper_reconnects",
+                "ZooKeeper sessions connected again after the first.",
+                value=m.zk_reconnects,
+            )
+        if m.data_dir is not None:
+            yield GaugeMetricFamily(
+                "kvtwist_data_dir_bytes",
+                "Bytes of the files in the data directory.",
+                value=directory_bytes(m.data_dir),
+            )
+        info = GaugeMetricFamily("kvtwist_info", "The node's version.", labels=["version"])
+        info.add_metric([kvtwist.__version__], 1.0)
+        yield info
+
+
+# health and readiness
+
+
+def health(heartbeat_age: float) -> tuple[int, str]:
+    """/healthz: the reactor turns (its heartbeat is recent)."""
+    if heartbeat_age <= HEALTH_LIMIT:
+        return 200, "ok"
+    return 503, f"reactor stalled: last heartbeat {heartbeat_age:.1f}s ago"
+
+
+def readiness(replica: Any) -> tuple[int, str]:
+    """/readyz: serving in its role (standalone, or a member of the chain)."""
+    if replica.life.serving:
+        return 200, f"ready: {replica.role}"
+    return 503, f"not serving: {replica.life.describe()}"
+
+
+class _Text(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, answer: Callable[[], tuple[int, str]]) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def render_GET(self, request: Any) -> bytes:
+        code, text = self.answer()
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return (text + "\n").encode()
+
+
+class _Metrics(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return self.metrics.text()
+
+
+class Heartbeat:
+    """Stamps the steady clock from the reactor every HEARTBEAT seconds."""
+
+    def __init__(self, reactor: Any, tick: Callable[[], Any] = lambda: None) -> None:
+        self.last = clock.now()
+        self.tick = tick
+        self.loop = LoopingCall(self._beat)
+        self.loop.clock = reactor
+
+    def _beat(self) -> None:
+        self.last = clock.now()
+        self.tick()
+
+    def age(self) -> float:
+        return clock.now() - self.last
+
+
+def make_root(metrics: NodeMetrics, heartbeat: Heartbeat) -> resource.Resource:
+    root = resource.Resource()
+    # without mypy-zope, mypy cannot see that a Resource provides IResource
+    root.putChild(b"metrics", cast(IResource, _Metrics(metrics)))
+    root.putChild(b"healthz", cast(IResource, _Text(lambda: health(heartbeat.age()))))
+    root.putChild(b"readyz", cast(IResource, _Text(lambda: readiness(metrics.replica))))
+    return root
+
+
+class MetricsSite(server.Site):
+    """No access-log line per scrape, no "Starting factory" lines."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class MetricsService(service.Service):
+    """The HTTP port of ``--metrics-port``, bound while the node is built (a taken
+    port is one line and a non-zero exit), and the heartbeat behind /healthz."""
+
+    def __init__(self, reactor: Any, port: int, interface: str, metrics: NodeMetrics) -> None:
+        self.metrics = metrics
+        self.heartbeat = Heartbeat(reactor, metrics.sample_role)
+        site = MetricsSite(make_root(metrics, self.heartbeat))
+        try:
+            self.port = reactor.listenTCP(port, site, interface=interface)
+        except CannotListenError as e:
+            raise SystemExit(
+                f"kvtwist: cannot listen on {interface}:{port} for metrics: {e.socketError}"
+            ) from None
+
+    def startService(self) -> None:
+        super().startService()
+        self.metrics.attach()
+        self.heartbeat.loop.start(HEARTBEAT, now=True)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.heartbeat.loop.running:
+            self.heartbeat.loop.stop()
+        return self.port.stopListening()

@@ -1,0 +1,167 @@
+"""kvtwist.monitoring in memory: the collector's values, /healthz and /readyz."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from kvtwist import clock, monitoring, wire
+from kvtwist.chain.lifecycle import State
+from kvtwist.chain.replica import Replica
+from kvtwist.monitoring import Heartbeat, NodeMetrics, health, make_root, readiness
+from kvtwist.server import NodeFactory
+from kvtwist.store import InlineRunner, Store
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+class Node:
+    """A standalone node in memory with its metrics attached."""
+
+    def __init__(self, zk: object = None) -> None:
+        self.reactor = MemoryReactorClock()
+        self.store = Store(self.reactor, InlineRunner())
+        self.replica = Replica(self.reactor, self.store, zk=zk)  # type: ignore[arg-type]
+        self.factory = NodeFactory(self.reactor, self.replica)
+        self.metrics = NodeMetrics(self.replica, self.factory)
+        self.metrics.attach()
+
+    def request(self, *msgs: wire.Message) -> None:
+        conn = self.factory.buildProtocol(None)
+        conn.makeConnection(StringTransport())
+        conn.dataReceived(b"".join(wire.frame(m) for m in msgs))
+        self.reactor.advance(0.01)
+
+    def values(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return samples(self.metrics.text())
+
+
+class CollectorTests(SynchronousTestCase):
+    def test_requests_latency_and_op_numbers(self) -> None:
+        """Answered requests move the counters by op and outcome, the latency
+        histograms, and the op numbers the collector reads from the chain state."""
+        node = Node()
+        node.request(
+            wire.req_put(b"a", b"1"), wire.req_put(b"b", b"2"), wire.req_get(b"a"),
+            wire.req_get(b"zz"),
+        )
+        v = node.values()
+        self.assertEqual(v[("kvtwist_requests_total", (("op", "put"), ("outcome", "ok")))], 2)
+        self.assertEqual(v[("kvtwist_request_duration_seconds_count", (("op", "put"),))], 2)
+        self.assertEqual(v[("kvtwist_request_duration_seconds_count", (("op", "get"),))], 2)
+        self.assertEqual(v[("kvtwist_op_committed", ())], 2)
+        self.assertEqual(v[("kvtwist_op_received", ())], 2)
+        self.assertGreaterEqual(v[("kvtwist_commit_duration_seconds_count", ())], 1)
+        self.assertEqual(v[("kvtwist_role", (("role", "standalone"),))], 1)
+        self.assertEqual(v[("kvtwist_role", (("role", "head"),))], 0)
+        self.assertEqual(v[("kvtwist_connections_open", ())], 1)
+        # standalone: no ZooKeeper series, and no data directory to weigh
+        self.assertNotIn(("kvtwist_zookeeper_reconnects_total", ()), v)
+        self.assertNotIn(("kvtwist_data_dir_bytes", ()), v)
+
+    def test_errors_are_counted_apart(self) -> None:
+        node = Node()
+        node.request(wire.req_put(b"k" * 100_000, b"v"))
+        v = node.values()
+        self.assertEqual(v[("kvtwist_requests_total", (("op", "put"), ("outcome", "error")))], 1)
+        self.assertEqual(v[("kvtwist_requests_total", (("op", "put"), ("outcome", "ok")))], 0)
+
+    def test_refused_connections(self) -> None:
+        node = Node()
+        node.factory.metrics.connections_refused += 3
+        self.assertEqual(node.values()[("kvtwist_connections_refused_total", ())], 3)
+
+    def test_role_changes_and_zookeeper_reconnects(self) -> None:
+        """A chain node's role gauge follows its life; a session connected again counts."""
+        node = Node(zk=object())
+        v = node.values()
+        self.assertEqual(v[("kvtwist_role", (("role", "starting"),))], 1)
+        self.assertEqual(v[("kvtwist_role_changes_total", ())], 0)
+        node.replica.life.to(State.FENCED, "test")
+        v = node.values()
+        self.assertEqual(v[("kvtwist_role", (("role", "fenced"),))], 1)
+        self.assertEqual(v[("kvtwist_role", (("role", "starting"),))], 0)
+        self.assertEqual(v[("kvtwist_role_changes_total", ())], 1)
+        for state in ("connected", "connected", "suspended", "connected", "lost", "connected"):
+            node.metrics.zk_state_changed(state)
+        self.assertEqual(node.values()[("kvtwist_zookeeper_reconnects_total", ())], 2)
+
+    def test_journal_hooks(self) -> None:
+        """attach() hands the data directory's fsync and batch observers their histograms."""
+
+        class Journal:
+            on_fsync = None
+            on_batch = None
+
+        node = Node()
+        journal = Journal()
+        node.store.journal = journal  # type: ignore[assignment]
+        node.metrics.attach()
+        journal.on_fsync(0.002)  # type: ignore[misc]
+        journal.on_batch(7)  # type: ignore[misc]
+        node.store.on_snapshot(1.5)  # type: ignore[misc]
+        v = node.values()
+        self.assertEqual(v[("kvtwist_wal_fsync_duration_seconds_count", ())], 1)
+        self.assertEqual(v[("kvtwist_wal_batch_records_sum", ())], 7)
+        self.assertEqual(v[("kvtwist_snapshot_duration_seconds_sum", ())], 1.5)
+
+    def test_registries_are_per_node(self) -> None:
+        """Two nodes in one process keep apart (no global registry)."""
+        a, b = Node(), Node()
+        a.request(wire.req_put(b"a", b"1"))
+        self.assertEqual(a.values()[("kvtwist_op_committed", ())], 1)
+        self.assertEqual(b.values()[("kvtwist_op_committed", ())], 0)
+
+
+class EndpointTests(SynchronousTestCase):
+    def get(self, node: Node, heartbeat: Heartbeat, path: bytes) -> tuple[int, bytes]:
+        root = make_root(node.metrics, heartbeat)
+        request = DummyRequest([path])
+        child = root.getChildWithDefault(path, request)
+        body = child.render(request)  # type: ignore[attr-defined]
+        return request.responseCode or 200, body
+
+    def test_readyz_follows_the_lifecycle(self) -> None:
+        node = Node(zk=object())
+        beat = Heartbeat(node.reactor)
+        code, body = self.get(node, beat, b"readyz")
+        self.assertEqual((code, body), (503, b"not serving: starting\n"))
+        node.replica.life.to(State.JOINING)
+        node.replica.life.to(State.REGISTERING)
+        node.replica.life.to(State.MEMBER)
+        self.assertEqual(self.get(node, beat, b"readyz")[0], 200)
+        node.replica.life.to(State.FENCED, "ZooKeeper session lost")
+        code, body = self.get(node, beat, b"readyz")
+        self.assertEqual(code, 503)
+        self.assertIn(b"fenced: ZooKeeper session lost", body)
+        self.assertEqual(readiness(Node().replica), (200, "ready: standalone"))
+
+    def test_metrics_page(self) -> None:
+        node = Node()
+        code, body = self.get(node, Heartbeat(node.reactor), b"metrics")
+        self.assertEqual(code, 200)
+        self.assertIn(b'kvtwist_role{role="standalone"} 1.0', body)
+
+    def test_healthz_wants_a_recent_heartbeat(self) -> None:
+        now = [100.0]
+        self.patch(clock, "now", lambda: now[0])
+        node = Node()
+        beat = Heartbeat(node.reactor)
+        beat.loop.start(monitoring.HEARTBEAT, now=True)
+        self.assertEqual(self.get(node, beat, b"healthz"), (200, b"ok\n"))
+        now[0] += 2 * monitoring.HEALTH_LIMIT  # the reactor did not turn meanwhile
+        code, body = self.get(node, beat, b"healthz")
+        self.assertEqual(code, 503)
+        self.assertIn(b"reactor stalled", body)
+        node.reactor.advance(monitoring.HEARTBEAT)  # it turns: the heartbeat is fresh
+        self.assertEqual(self.get(node, beat, b"healthz")[0], 200)
+        beat.loop.stop()
+        self.assertEqual(health(0.0), (200, "ok"))
