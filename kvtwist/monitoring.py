@@ -15,12 +15,19 @@ a change.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.utils import floatToGoString
 from twisted.application import service
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
@@ -86,13 +93,8 @@ class NodeMetrics:
         self.data_dir = data_dir
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.latency = Histogram(
-            "kvtwist_request_duration_seconds",
-            "Time from a request's arrival to its answer, by op.",
-            ["op"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        #: request latency by opcode, fed on the reactor thread a batch at a time
+        self.latency: dict[int, CountedHistogram] = {}
         self.fsync = Histogram(
             "kvtwist_wal_fsync_duration_seconds",
             "Time of each fsync of the write-ahead log.",
@@ -118,7 +120,6 @@ class NodeMetrics:
             buckets=SNAPSHOT_BUCKETS,
             registry=r,
         )
-        self._latency_by_op: dict[int, Any] = {}
         self.role = replica.role
         self.role_changes = 0
         self.zk_reconnects = 0
@@ -129,12 +130,12 @@ class NodeMetrics:
     # hooks: the request path, the writer thread, the chain
 
     def observe_requests(self, op: int, seconds: float, count: int) -> None:
-        """``count`` requests of opcode ``op`` answered in ``seconds`` each."""
-        child = self._latency_by_op.get(op)
-        if child is None:
-            child = self._latency_by_op[op] = self.latency.labels(op=op_label(op))
-        for _ in range(count):
-            child.observe(seconds)
+        """``count`` requests of opcode ``op`` answered in ``seconds`` each: one
+        bucket update for the lot, not one per request."""
+        h = self.latency.get(op)
+        if h is None:
+            h = self.latency[op] = CountedHistogram(LATENCY_BUCKETS)
+        h.observe(seconds, count)
 
     def zk_state_changed(self, state: str) -> None:
         """A ZooKeeper session event: every "connected" after the first is a reconnect."""
@@ -175,6 +176,39 @@ def op_label(op: int) -> str:
     return wire.op_name(op).lower()
 
 
+class CountedHistogram:
+    """A histogram that takes ``count`` equal observations at once.
+
+    Requests answered together (a pipelined batch) share one latency; the
+    library's histogram would take them one call and one lock each, a cost
+    the request path measurably pays.  Used on the reactor thread only, and
+    read there at scrape time.
+    """
+
+    __slots__ = ("bounds", "counts", "total", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound
+        self.total = 0
+        self.sum = 0.0
+
+    def observe(self, value: float, count: int = 1) -> None:
+        self.counts[bisect_left(self.bounds, value)] += count
+        self.total += count
+        self.sum += value * count
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus buckets: observations at most each bound, then ``+Inf``."""
+        out = []
+        running = 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            running += n
+            out.append((floatToGoString(bound), float(running)))
+        out.append(("+Inf", float(self.total)))
+        return out
+
+
 class NodeCollector:
     """Reads counters and state at scrape time: nothing on the request path."""
 
@@ -193,6 +227,14 @@ class NodeCollector:
             requests.add_metric([name, "ok"], c.count - c.errors)
             requests.add_metric([name, "error"], c.errors)
         yield requests
+        latency = HistogramMetricFamily(
+            "kvtwist_request_duration_seconds",
+            "Time from a request's arrival to its answer, by op.",
+            labels=["op"],
+        )
+        for op, h in sorted(m.latency.items()):
+            latency.add_metric([op_label(op)], h.cumulative(), h.sum)
+        yield latency
         role = m.sample_role()
         gauge = GaugeMetricFamily(
             "kvtwist_role", "1 for the role the node has now.", labels=["role"]

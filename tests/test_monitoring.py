@@ -165,3 +165,16 @@ class EndpointTests(SynchronousTestCase):
         self.assertEqual(self.get(node, beat, b"healthz")[0], 200)
         beat.loop.stop()
         self.assertEqual(health(0.0), (200, "ok"))
+
+
+class CountedHistogramTests(SynchronousTestCase):
+    def test_a_batch_is_counted_once_per_request_in_prometheus_buckets(self) -> None:
+        """Observations at a bound count in that bound's bucket; a batch adds its count."""
+        from kvtwist.monitoring import CountedHistogram
+
+        h = CountedHistogram((0.001, 0.01))
+        h.observe(0.001)  # at the bound: in "le=0.001"
+        h.observe(0.005, 3)
+        h.observe(2.0)
+        self.assertEqual(h.cumulative(), [("0.001", 1.0), ("0.01", 4.0), ("+Inf", 5.0)])
+        self.assertAlmostEqual(h.sum, 0.001 + 0.015 + 2.0)
