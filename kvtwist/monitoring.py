@@ -79,18 +79,11 @@ HEALTH_LIMIT = 5.0
 HEARTBEAT = 0.5
 
 
-class NodeMetrics:
-    """The registry of one node, its histograms, and what the collector reads.
+class Histograms:
+    """A node's registry and the histograms its parts feed, made before the parts:
+    each part is handed its observer at construction (:meth:`observers`)."""
 
-    ``replica`` is the node's :class:`~kvtwist.chain.replica.Replica`;
-    ``factory`` its :class:`~kvtwist.server.NodeFactory` (request counters,
-    connections); ``data_dir`` the data directory to weigh (None in memory).
-    """
-
-    def __init__(self, replica: Any, factory: Any, data_dir: str | None = None) -> None:
-        self.replica = replica
-        self.factory = factory
-        self.data_dir = data_dir
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         #: request latency by opcode, fed on the reactor thread a batch at a time
@@ -120,14 +113,6 @@ class NodeMetrics:
             buckets=SNAPSHOT_BUCKETS,
             registry=r,
         )
-        self.role = replica.role
-        self.role_changes = 0
-        self.zk_reconnects = 0
-        self._zk_connected_once = False
-        self._zk_last = ""
-        r.register(NodeCollector(self))
-
-    # hooks: the request path, the writer thread, the chain
 
     def observe_requests(self, op: int, seconds: float, count: int) -> None:
         """``count`` requests of opcode ``op`` answered in ``seconds`` each: one
@@ -136,6 +121,31 @@ class NodeMetrics:
         if h is None:
             h = self.latency[op] = CountedHistogram(LATENCY_BUCKETS)
         h.observe(seconds, count)
+
+
+class NodeMetrics:
+    """What the collector reads at scrape time, and the role and session it follows.
+
+    ``histograms`` were handed to the node's parts as they were built;
+    ``replica`` is the node's :class:`~kvtwist.chain.replica.Replica`;
+    ``factory`` its :class:`~kvtwist.server.NodeFactory` (request counters,
+    connections); ``data_dir`` the data directory to weigh (None in memory).
+    """
+
+    def __init__(
+        self, histograms: Histograms, replica: Any, factory: Any, data_dir: str | None = None
+    ) -> None:
+        self.histograms = histograms
+        self.registry = histograms.registry
+        self.replica = replica
+        self.factory = factory
+        self.data_dir = data_dir
+        self.role = replica.role
+        self.role_changes = 0
+        self.zk_reconnects = 0
+        self._zk_connected_once = False
+        self._zk_last = ""
+        self.registry.register(NodeCollector(self))
 
     def zk_state_changed(self, state: str) -> None:
         """A ZooKeeper session event: every "connected" after the first is a reconnect."""
@@ -152,17 +162,6 @@ class NodeMetrics:
             self.role_changes += 1
             self.role = role
         return role
-
-    def attach(self) -> None:
-        """Hook the histograms into the parts that feed them."""
-        self.factory.metrics.observe = self.observe_requests
-        self.replica.on_commit_latency = self.commit.observe
-        store = self.replica.store
-        store.on_snapshot = self.snapshot.observe
-        journal = getattr(store, "journal", None)
-        if journal is not None:
-            journal.on_fsync = self.fsync.observe
-            journal.on_batch = self.batch.observe
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
@@ -232,7 +231,7 @@ class NodeCollector:
             "Time from a request's arrival to its answer, by op.",
             labels=["op"],
         )
-        for op, h in sorted(m.latency.items()):
+        for op, h in sorted(m.histograms.latency.items()):
             latency.add_metric([op_label(op)], h.cumulative(), h.sum)
         yield latency
         role = m.sample_role()
@@ -382,7 +381,6 @@ class MetricsService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self.metrics.attach()
         self.heartbeat.loop.start(HEARTBEAT, now=True)
 
     def stopService(self) -> Any:

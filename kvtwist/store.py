@@ -175,7 +175,9 @@ class Store:
         journal: DataDir | None = None,
         snapshot_bytes: int = SNAPSHOT_BYTES,
         max_clients: int = 100_000,
+        on_snapshot: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_snapshot`` is told each installed snapshot's seconds (the metrics)."""
         self.reactor: Any = reactor
         self.runner = runner
         self.journal = journal
@@ -185,8 +187,7 @@ class Store:
         #: duplicate-suppression rows as of last_applied, for snapshots (writer thread)
         self._clients = ClientTable(max_clients)
         self._snapshotting = False
-        #: told each installed snapshot's seconds, begin to install (the metrics)
-        self.on_snapshot: Callable[[float], None] | None = None
+        self.on_snapshot = on_snapshot
         self._sync_timer: LoopingCall | None = None
         self._writes: list[tuple[Sequence[Write], Deferred[list[Applied | Exception]]]] = []
         self._reads: list[tuple[Callable[[], Any], Deferred[Any]]] = []

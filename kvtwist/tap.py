@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import reactor as global_reactor
@@ -38,6 +38,9 @@ from kvtwist.storage import CorruptData, DataDir, DiskError, FsyncPolicy, Recove
 from kvtwist.store import Store, ThreadRunner
 from kvtwist.tree import freeze_collector
 from kvtwist.watchdog import ReactorWatchdog
+
+if TYPE_CHECKING:  # prometheus-client is loaded only with --metrics-port
+    from kvtwist.monitoring import Histograms
 
 log = Logger(namespace="kvtwist.node")
 
@@ -452,12 +455,19 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     """Wire the node together; split from makeService so tests can pass a reactor."""
     gc.set_threshold(*GC_THRESHOLDS)
     top = service.MultiService()
-    journal, recovered = open_data_dir(options)
+    # the metrics' histograms first: each part is handed its observer as it is made
+    histograms = new_histograms() if options.get("metrics-port") is not None else None
+    journal, recovered = open_data_dir(options, histograms)
     runner = ThreadRunner(reactor, options["threads"])
     if journal is not None:
         # after the runner's "during" trigger: the writer thread is done with it
         reactor.addSystemEventTrigger("after", "shutdown", journal.close)
-    store = Store(reactor, runner, journal)
+    store = Store(
+        reactor,
+        runner,
+        journal,
+        on_snapshot=histograms.snapshot.observe if histograms is not None else None,
+    )
     make_zk: Callable[[], Coordinator] | None = None
     lease = 0.0  # the longest read lease this node may hold, told to its neighbours
     if options["zk"]:
@@ -497,6 +507,7 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         link_config=link_config,
         link_tls=link_tls,
         on_congestion=clients.congestion,
+        on_commit_latency=histograms.commit.observe if histograms is not None else None,
     )
     if recovered is not None:
         store.restore(recovered)
@@ -510,7 +521,13 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     # the same TLS, and this node's token (members share it)
     forwarder = ConnectionPool(reactor, tls=link_tls, token=token)
     factory = NodeFactory(
-        reactor, replica, limits, token=token, clients=clients, forwarder=forwarder
+        reactor,
+        replica,
+        limits,
+        token=token,
+        clients=clients,
+        forwarder=forwarder,
+        observe=histograms.observe_requests if histograms is not None else None,
     )
     short = check_descriptor_limit(limits)
     if short is not None:
@@ -530,9 +547,9 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         chain = ChainService(reactor, replica, make_zk)
         chain.setServiceParent(top)
         WatchdogService(reactor, chain, options["zk-session-timeout"]).setServiceParent(top)
-    if options.get("metrics-port") is not None:
+    if histograms is not None:
         try:
-            add_metrics(top, reactor, options, replica, factory, chain)
+            add_metrics(top, reactor, options, histograms, replica, factory, chain)
         except SystemExit:
             listening.port.stopListening()
             runner.stop()
@@ -562,10 +579,18 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     return top
 
 
+def new_histograms() -> Histograms:
+    """The metrics' histograms (prometheus-client is imported only when asked for)."""
+    from kvtwist.monitoring import Histograms
+
+    return Histograms()
+
+
 def add_metrics(
     top: service.MultiService,
     reactor: Any,
     options: Options,
+    histograms: Histograms,
     replica: Replica,
     factory: NodeFactory,
     chain: ChainService | None,
@@ -574,7 +599,7 @@ def add_metrics(
     from kvtwist.monitoring import MetricsService, NodeMetrics
 
     data_dir = None if options["in-memory"] else os.path.abspath(options["data-dir"])
-    metrics = NodeMetrics(replica, factory, data_dir)
+    metrics = NodeMetrics(histograms, replica, factory, data_dir)
     if chain is not None:
         chain.state_watchers.append(metrics.zk_state_changed)
     MetricsService(
@@ -602,13 +627,20 @@ def links_tls(options: Options) -> Any:
     return options.get("peer-tls") or tls_module.links()
 
 
-def open_data_dir(options: Options) -> tuple[DataDir | None, Recovered | None]:
+def open_data_dir(
+    options: Options, histograms: Histograms | None = None
+) -> tuple[DataDir | None, Recovered | None]:
     """Open and recover the data directory; a node that cannot exits with one line."""
     if options["in-memory"]:
         log.warn("in-memory: nothing is kept on disk; a restart starts empty")
         return None, None
     path = os.path.abspath(options["data-dir"])
-    journal = DataDir(path, fsync=FsyncPolicy(options["fsync"]))
+    journal = DataDir(
+        path,
+        fsync=FsyncPolicy(options["fsync"]),
+        on_batch=histograms.batch.observe if histograms is not None else None,
+        on_fsync=histograms.fsync.observe if histograms is not None else None,
+    )
     started = time.monotonic()
     try:
         recovered = journal.open()

@@ -88,10 +88,12 @@ class ReplicaCore:
         link_config: LinkConfig | None = None,
         link_tls: Any = None,
         on_congestion: Callable[[bool], None] | None = None,
+        on_commit_latency: Callable[[float], None] | None = None,
     ) -> None:
         """``dial`` opens links instead of TCP (in-memory wiring in unit tests);
         ``link_tls`` (a kvtwist.tls.ClientTLS) when the peers' port speaks TLS;
-        ``on_congestion`` pauses and resumes client intake."""
+        ``on_congestion`` pauses and resumes client intake; ``on_commit_latency``
+        is told, at the head, each batch's seconds from numbering to commitment."""
         self.reactor = reactor
         self.store = store
         self.address = address
@@ -111,9 +113,8 @@ class ReplicaCore:
         self.state = ChainState(keep_recent=zk is not None)
         #: who waits for each uncommitted op: called with its outcome or the failure
         self._waiting: dict[int, list[Callable[[WriteResult | Exception], None]]] = {}
-        #: told the seconds from numbering to commit at the head, once per batch
-        #: numbered together (the metrics set it); the batches on their way, by last op
-        self.on_commit_latency: Callable[[float], None] | None = None
+        #: the batches numbered here on their way to commitment, by last op
+        self.on_commit_latency = on_commit_latency
         self._numbered_at: deque[tuple[int, float]] = deque()
 
         self.succ: Link | None = None

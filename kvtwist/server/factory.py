@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.protocol import Factory
@@ -40,10 +41,12 @@ class NodeFactory(Factory):
         token: bytes | None = None,
         clients: ClientConnections | None = None,
         forwarder: ConnectionPool | None = None,
+        observe: Callable[[int, float, int], None] | None = None,
     ) -> None:
         """``clients``: the set the replica's ``on_congestion`` pauses (a new one if
         none); ``forwarder`` relays requests to the head or tail (by default over
-        the links' TLS, with ``token``: members share it)."""
+        the links' TLS, with ``token``: members share it); ``observe`` is told
+        ``(opcode, seconds, count)`` per run of answered requests (the metrics)."""
         self.reactor = reactor
         self.replica = replica
         self.limits = limits or Limits()
@@ -52,7 +55,7 @@ class NodeFactory(Factory):
         self.token = token  # clients must show it first (--auth-token-file)
         self.token_refusals = LogLimiter(now=reactor.seconds)
         self.tls_refusals = LogLimiter(now=reactor.seconds)
-        self.metrics = Metrics()
+        self.metrics = Metrics(observe=observe)
         self.forwarder = forwarder or ConnectionPool(reactor, tls=replica.link_tls, token=token)
         self.acceptor = ChainAcceptor(reactor, replica, self.link_config, self.connections)
         self.dispatcher = Dispatcher(

@@ -51,7 +51,12 @@ class DataDir:
         disk: Disk | None = None,
         segment_bytes: int = 64 * 2**20,
         max_clients: int = 100_000,
+        on_batch: Callable[[int], None] | None = None,
+        on_fsync: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_batch`` and ``on_fsync`` are told each appended batch's records and
+        each fsync's seconds (the metrics); they run on the writer thread, so
+        they must be thread-safe."""
         self.path = path
         self.fsync = FsyncPolicy(fsync)
         self.disk: Disk = disk if disk is not None else RealDisk()
@@ -65,10 +70,8 @@ class DataDir:
         self.epochs: list[tuple[int, int]] = []
         #: log bytes written since the seq of the newest snapshot begun
         self.wal_bytes_since_snapshot = 0
-        #: observers of each appended batch (records) and each fsync (seconds), set by
-        #: the metrics; called on the writer thread, so they must be thread-safe
-        self.on_batch: Callable[[int], None] | None = None
-        self.on_fsync: Callable[[float], None] | None = None
+        self.on_batch = on_batch
+        self.on_fsync = on_fsync
         self._lock = threading.RLock()
         self._meta = MetaFile(self.disk, os.path.join(path, "meta.json"))
         self._segments: list[Segment] = []
