@@ -64,6 +64,14 @@ class Options(usage.Options):
     optParameters = [
         ["port", "p", 9000, "TCP port for clients and chain links.", _positive("port")],
         ["interface", "i", "127.0.0.1", "Address to listen on (0.0.0.0 exposes the node)."],
+        [
+            "resp-port",
+            None,
+            None,
+            "TCP port for Redis clients (RESP2/RESP3, same interface, TLS and token); off "
+            "unless given.",
+            _positive("resp-port"),
+        ],
         ["threads", "t", 4, "Reader threads for tree work.", _positive("threads")],
         [
             "max-frame",
@@ -468,6 +476,19 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
             journal.close()
         raise
     listening.setServiceParent(top)
+    if options["resp-port"]:
+        from kvtwist.resp import RespFactory
+
+        resp = RespFactory(
+            reactor,
+            factory.dispatcher,
+            token=token,
+            port=options["resp-port"],
+            max_pending=limits.max_pending,
+        )
+        ListeningService(
+            reactor, options["resp-port"], options["interface"], resp, tls=tls
+        ).setServiceParent(top)
     if make_zk is not None:
         chain = ChainService(reactor, replica, make_zk)
         chain.setServiceParent(top)
@@ -486,9 +507,10 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         if on
     ]
     log.info(
-        "kvtwist node on {iface}:{port} ({mode}; {security})",
+        "kvtwist node on {iface}:{port}{resp} ({mode}; {security})",
         iface=options["interface"],
         port=options["port"],
+        resp=f", RESP on port {options['resp-port']}" if options["resp-port"] else "",
         mode=f"chain {options['zk-root']} via {options['zk']}" if zk is not None else "standalone",
         security=", ".join(security) or "plain TCP, no client token",
     )
