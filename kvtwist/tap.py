@@ -67,6 +67,14 @@ class Options(usage.Options):
     optParameters = [
         ["port", "p", 9000, "TCP port for clients and chain links.", _positive("port")],
         ["interface", "i", "127.0.0.1", "Address to listen on (0.0.0.0 exposes the node)."],
+        [
+            "resp-port",
+            None,
+            None,
+            "TCP port for Redis clients (RESP2/RESP3, same interface, TLS and token); off "
+            "unless given.",
+            _positive("resp-port"),
+        ],
         ["threads", "t", 4, "Reader threads for tree work.", _positive("threads")],
         [
             "max-frame",
@@ -532,16 +540,40 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
     short = check_descriptor_limit(limits)
     if short is not None:
         log.warn("{why}", why=short)
+    ports: list[Any] = []
+
+    def abandon() -> None:
+        """A port could not be bound: undo what was started, so the process exits."""
+        for port in ports:
+            port.stopListening()
+        runner.stop()  # its threads would keep the process from exiting
+        if journal is not None:
+            journal.close()
+
     try:
         listening = ListeningService(
             reactor, options["port"], options["interface"], factory, tls=tls
         )
+        ports.append(listening.port)
+        listening.setServiceParent(top)
+        if options["resp-port"]:
+            from kvtwist.resp import RespFactory
+
+            resp = RespFactory(
+                reactor,
+                factory.dispatcher,
+                token=token,
+                port=options["resp-port"],
+                max_pending=limits.max_pending,
+            )
+            resp_listening = ListeningService(
+                reactor, options["resp-port"], options["interface"], resp, tls=tls
+            )
+            ports.append(resp_listening.port)
+            resp_listening.setServiceParent(top)
     except SystemExit:
-        runner.stop()  # its threads would keep the process from exiting
-        if journal is not None:
-            journal.close()
+        abandon()
         raise
-    listening.setServiceParent(top)
     chain: ChainService | None = None
     if make_zk is not None:
         chain = ChainService(reactor, replica, make_zk)
@@ -551,10 +583,7 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         try:
             add_metrics(top, reactor, options, histograms, replica, factory, chain)
         except SystemExit:
-            listening.port.stopListening()
-            runner.stop()
-            if journal is not None:
-                journal.close()
+            abandon()
             raise
     from kvtwist.sdnotify import ReadinessService
 
@@ -570,9 +599,10 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         if on
     ]
     log.info(
-        "kvtwist node on {iface}:{port} ({mode}; {security})",
+        "kvtwist node on {iface}:{port}{resp} ({mode}; {security})",
         iface=options["interface"],
         port=options["port"],
+        resp=f", RESP on port {options['resp-port']}" if options["resp-port"] else "",
         mode=f"chain {options['zk-root']} via {options['zk']}" if zk is not None else "standalone",
         security=", ".join(security) or "plain TCP, no client token",
     )

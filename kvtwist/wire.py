@@ -52,6 +52,9 @@ OP_ERROR = Message.OP_ERROR
 OP_STATS = Message.OP_STATS
 OP_RANGE = Message.OP_RANGE
 OP_AUTH = Message.OP_AUTH
+OP_CAS = Message.OP_CAS
+OP_INCR = Message.OP_INCR
+OP_APPEND = Message.OP_APPEND
 OP_CHAIN_HELLO = Message.OP_CHAIN_HELLO
 OP_CHAIN_UPDATE = Message.OP_CHAIN_UPDATE
 OP_CHAIN_ACK = Message.OP_CHAIN_ACK
@@ -73,7 +76,9 @@ CT_STATS = Message.CT_STATS
 CT_RANGE = Message.CT_RANGE
 CT_CHAIN = Message.CT_CHAIN
 
-WRITE_OPS = frozenset({OP_PUT, OP_DEL})
+#: Writes decided at the head against its latest state.
+RMW_OPS = frozenset({OP_CAS, OP_INCR, OP_APPEND})
+WRITE_OPS = frozenset({OP_PUT, OP_DEL}) | RMW_OPS
 CHAIN_OPS = frozenset(
     {
         OP_CHAIN_HELLO,
@@ -279,6 +284,65 @@ def req_del(key: bytes, client_id: str = "", request_id: int = 0) -> Message:
     return Message(
         opcode=OP_DEL, c_type=CT_KEY, keys=[key], client_id=client_id, request_id=request_id
     )
+
+
+def req_cas(
+    key: bytes,
+    data: bytes = b"",
+    cond: int = 0,
+    expect: bytes = b"",
+    delete: bool = False,
+    want_old: bool = False,
+    client_id: str = "",
+    request_id: int = 0,
+) -> Message:
+    """A compare-and-set: put ``data`` (or delete) when ``cond`` holds (docs/protocol.md)."""
+    return Message(
+        opcode=OP_CAS,
+        c_type=CT_ENTRY,
+        entry=Entry(key=key, data=data),
+        cond=cond,
+        expect=expect,
+        delete=delete,
+        want_old=want_old,
+        client_id=client_id,
+        request_id=request_id,
+    )
+
+
+def req_incr(key: bytes, delta: int = 1, client_id: str = "", request_id: int = 0) -> Message:
+    return Message(
+        opcode=OP_INCR,
+        c_type=CT_KEY,
+        keys=[key],
+        delta=delta,
+        client_id=client_id,
+        request_id=request_id,
+    )
+
+
+def req_append(key: bytes, data: bytes, client_id: str = "", request_id: int = 0) -> Message:
+    return Message(
+        opcode=OP_APPEND,
+        c_type=CT_ENTRY,
+        entry=Entry(key=key, data=data),
+        client_id=client_id,
+        request_id=request_id,
+    )
+
+
+def rmw_reply(request_op: int, op_n: int, applied: bool, found: bool, old: bytes | None,
+              number: int) -> Message:
+    """The RESULT reply to a CAS, INCR or APPEND."""
+    m = result_reply(request_op, op_n)
+    m.found = found
+    if request_op == OP_CAS:
+        m.applied = applied
+        if old is not None:
+            m.values.append(old)
+    else:
+        m.number = number
+    return m
 
 
 def req_getkeys() -> Message:

@@ -26,6 +26,8 @@ if [ "$with_test" = yes ]; then
     # wall-clock steps of one node (tests, kvtwist-torture's clock-step) build
     # a small preload library from kvtwist/verify/wallclock.c
     command -v cc >/dev/null 2>&1 || need="$need gcc libc6-dev"
+    # the RESP port's tests run redis-cli against a chain
+    command -v redis-cli >/dev/null 2>&1 || need="$need redis-tools"
 fi
 if [ -n "$need" ]; then
     echo "installing Debian packages:$need"

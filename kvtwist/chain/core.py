@@ -33,6 +33,7 @@ from kvtwist.chain.lifecycle import Lifecycle, State
 from kvtwist.chain.link import Link, LinkConfig, Side
 from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
+from kvtwist.chain.rmw import Rmw
 from kvtwist.chain.state import ChainState, WriteRequest
 from kvtwist.chain.transfer import SnapshotReceiver
 from kvtwist.client.protocol import connect_quietly, endpoint
@@ -367,13 +368,15 @@ class ReplicaCore:
         request_id: int = 0,
         ack_below: int = 0,
         resend: bool = False,
+        rmw: Rmw | None = None,
         hold: bool = True,
     ) -> Deferred[WriteResult]:
         """Order, apply and commit one client write; fires once committed.
 
+        ``rmw``: a read-modify-write, decided at the head when it is numbered.
         At a node still becoming a member the write waits for it (``hold``).
         """
-        request = (is_put, key, data, client_id, request_id, ack_below, resend)
+        request = (is_put, key, data, client_id, request_id, ack_below, resend, rmw)
         if hold and self.becoming_member:
             return self._wait_member().addCallback(lambda _: self.write(*request, hold=False))
         try:

@@ -35,6 +35,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
 from kvtwist.chain.outcomes import Refused
+from kvtwist.chain.rmw import RmwResult
 
 #: Retried writes remembered, across all clients.
 MAX_ENTRIES = 100_000
@@ -62,11 +63,17 @@ UNKNOWN = (
 
 
 class Entry:
-    __slots__ = ("found", "seq")
+    __slots__ = ("found", "result", "seq")
 
-    def __init__(self, seq: int, found: bool | None) -> None:
+    def __init__(self, seq: int, found: bool | None, result: RmwResult | None = None) -> None:
         self.seq = seq
         self.found = found  # None until applied
+        #: a read-modify-write's answer; rows (snapshots, recovery) do not carry it
+        self.result = result
+
+    @property
+    def size(self) -> int:
+        return ENTRY_OVERHEAD + (self.result.size if self.result is not None else 0)
 
 
 class ClientRecord:
@@ -123,7 +130,13 @@ class DedupTable:
         return row.entries.get(request_id)
 
     def remember(
-        self, client_id: str, request_id: int, seq: int, found: bool | None, ack_below: int = 0
+        self,
+        client_id: str,
+        request_id: int,
+        seq: int,
+        found: bool | None,
+        ack_below: int = 0,
+        result: RmwResult | None = None,
     ) -> None:
         clients = self._clients
         row = clients.get(client_id)
@@ -137,10 +150,13 @@ class DedupTable:
         if request_id < row.floor:
             return  # refused at the head; a retry of it is refused here too
         entries = row.entries
-        if request_id not in entries:
+        old = entries.get(request_id)
+        if old is None:
             self._entries += 1
-            self._bytes += ENTRY_OVERHEAD
-        entries[request_id] = Entry(seq, found)
+        else:
+            self._bytes -= old.size
+        entry = entries[request_id] = Entry(seq, found, result)
+        self._bytes += entry.size
         while len(entries) > self.max_client_entries:
             self._drop_oldest(row)
         self._shrink(client_id)
@@ -153,15 +169,13 @@ class DedupTable:
             oldest = next(iter(entries))
             if oldest >= floor:
                 break
-            del entries[oldest]
+            self._bytes -= entries.pop(oldest).size
             self._entries -= 1
-            self._bytes -= ENTRY_OVERHEAD
 
     def _drop_oldest(self, row: ClientRecord) -> None:
         oldest = next(iter(row.entries))
-        del row.entries[oldest]
+        self._bytes -= row.entries.pop(oldest).size
         self._entries -= 1
-        self._bytes -= ENTRY_OVERHEAD
         if row.floor:  # an acknowledging client: a retry of it is refused, not applied
             row.floor = max(row.floor, oldest + 1)
 
@@ -183,7 +197,7 @@ class DedupTable:
     def _evict(self, client_id: str) -> None:
         row = self._clients.pop(client_id)
         self._entries -= len(row.entries)
-        self._bytes -= len(client_id) + CLIENT_OVERHEAD + ENTRY_OVERHEAD * len(row.entries)
+        self._bytes -= len(client_id) + CLIENT_OVERHEAD + sum(e.size for e in row.entries.values())
         self.evicted += 1
 
     def applied(self, client_id: str, request_id: int, seq: int, found: bool) -> None:
@@ -201,9 +215,8 @@ class DedupTable:
         for client_id, row in list(self._clients.items()):
             gone = [r for r, e in row.entries.items() if e.seq > seq]
             for r in gone:
-                del row.entries[r]
+                self._bytes -= row.entries.pop(r).size
             self._entries -= len(gone)
-            self._bytes -= ENTRY_OVERHEAD * len(gone)
             if not row.entries and not row.floor:
                 del self._clients[client_id]
                 self._bytes -= len(client_id) + CLIENT_OVERHEAD
@@ -242,8 +255,11 @@ class DedupTable:
             if seq == 0:
                 row.floor = max(row.floor, r)
                 continue
-            if r not in row.entries:
+            old = row.entries.get(r)
+            if old is None:
                 self._entries += 1
-                self._bytes += ENTRY_OVERHEAD
+            else:
+                self._bytes -= old.size
             row.entries[r] = Entry(seq, found)
+            self._bytes += ENTRY_OVERHEAD
         self._shrink(None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvtwist.chain.rmw import RmwResult
 from kvtwist.tree import BTree
 
 
@@ -29,6 +30,7 @@ class NotHere(Exception):
 class WriteResult:
     op_n: int
     found: bool
+    rmw: RmwResult | None = None  # a read-modify-write's answer
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kvtwist.chain.dedup import DedupTable
+from kvtwist.chain.dedup import OUTCOME_UNKNOWN, DedupTable
 from kvtwist.chain.epochs import EpochHistory, Mark
 from kvtwist.chain.outcomes import Refused, WriteResult
+from kvtwist.chain.rmw import Rmw, decide, result_of, stamp
 from kvtwist.proto.kvtwist_pb2 import Update
 from kvtwist.tree import BTree
 
@@ -66,8 +67,19 @@ RECENT_BYTES = 64 * 1024 * 1024
 #: the byte bounds on held updates are bounds on memory, not only on payload.
 UPDATE_OVERHEAD = 512
 
-#: A client write: is_put, key, value, client id, request id, ack_below, resend.
-WriteRequest = tuple[bool, bytes, bytes, str, int, int, bool]
+#: A client write: is_put, key, value, client id, request id, ack_below, resend;
+#: and, for a read-modify-write, what it asks (the head decides is_put and value).
+WriteRequest = (
+    tuple[bool, bytes, bytes, str, int, int, bool]
+    | tuple[bool, bytes, bytes, str, int, int, bool, Rmw | None]
+)
+
+#: A retried read-modify-write whose first answer the chain no longer holds
+#: (it came through a snapshot or a restart, whose retry rows carry none).
+RMW_FORGOTTEN = (
+    f"{OUTCOME_UNKNOWN}: the answer of this retried read-modify-write is no longer kept"
+    " (not applied now; the first attempt was)"
+)
 
 
 def update_size(u: Update) -> int:
@@ -123,6 +135,10 @@ class ChainState:
         self.recent_bytes = 0
         self._trees: dict[int, BTree] = {}  # the state after each uncommitted op
         self._found: dict[int, bool] = {}
+        #: per key, its last update in the Sent list (op, value or None when
+        #: deleted): with the committed tree, the latest state a head decides
+        #: a read-modify-write against
+        self._latest: dict[bytes, tuple[int, bytes | None]] = {}
 
     def restore(
         self,
@@ -142,11 +158,29 @@ class ChainState:
         self.next_seq = seq + 1
         if tree is not None:
             self.committed_tree = tree
+        self._relatest()
 
     def truncate(self, seq: int) -> None:
         """Forget what our epoch history and retry table say past ``seq``."""
         self.history.truncate(seq)
         self.dedup.forget_after(seq)
+
+    def _relatest(self) -> None:
+        """Rebuild the per-key latest updates from the Sent list as it stands."""
+        latest = self._latest
+        latest.clear()
+        for seq in sorted(self.pending):
+            if seq > self.last_received:
+                break
+            u = self.pending[seq]
+            latest[u.key] = (seq, u.data if u.is_put else None)
+
+    def latest(self, key: bytes) -> bytes | None:
+        """The value of ``key`` after every update received (numbered, at the head)."""
+        hit = self._latest.get(key)
+        if hit is not None:
+            return hit[1]
+        return self.committed_tree.get(key)
 
     def forget_recent(self) -> None:
         self.recent.clear()
@@ -162,10 +196,15 @@ class ChainState:
         """Number client writes at the head, answering retries from the table.
 
         A retry of a write in this very batch finds it: each is remembered as
-        it is numbered.
+        it is numbered.  A read-modify-write is decided here, against the
+        latest state (each write of the batch sees the ones before it), and
+        numbered as the plain PUT or DEL it comes to.
         """
         out = Numbered()
-        for is_put, key, data, client_id, request_id, ack_below, resend in writes:
+        latest = self._latest
+        for w in writes:
+            is_put, key, data, client_id, request_id, ack_below, resend = w[:7]
+            rmw = w[7] if len(w) > 7 else None
             if client_id:
                 try:
                     entry = self.dedup.check(client_id, request_id, resend)
@@ -173,27 +212,35 @@ class ChainState:
                     out.outcomes.append(e)
                     continue
                 if entry is not None:  # a retry: the first attempt's outcome
-                    if entry.seq <= self.committed_seq:
-                        found = entry.found if entry.found is not None else True
-                        out.outcomes.append(WriteResult(entry.seq, found))
-                    else:
+                    if entry.seq > self.committed_seq:
                         out.outcomes.append(entry.seq)
+                    elif rmw is not None and entry.result is None:
+                        out.outcomes.append(Refused(RMW_FORGOTTEN))
+                    else:
+                        found = entry.found if entry.found is not None else True
+                        out.outcomes.append(WriteResult(entry.seq, found, entry.result))
                     continue
-                self.dedup.remember(client_id, request_id, self.next_seq, None, ack_below)
+            result = None
+            if rmw is not None:
+                is_put, data, result = decide(rmw, self.latest(key))
             seq = self.next_seq
             self.next_seq += 1
-            out.updates.append(
-                Update(
-                    seq=seq,
-                    epoch=epoch,
-                    is_put=is_put,
-                    key=key,
-                    data=data,
-                    client_id=client_id,
-                    request_id=request_id,
-                    ack_below=ack_below,
-                )
+            if client_id:
+                self.dedup.remember(client_id, request_id, seq, None, ack_below, result)
+            u = Update(
+                seq=seq,
+                epoch=epoch,
+                is_put=is_put,
+                key=key,
+                data=data,
+                client_id=client_id,
+                request_id=request_id,
+                ack_below=ack_below,
             )
+            if result is not None:
+                stamp(u, result)
+            latest[key] = (seq, data if is_put else None)
+            out.updates.append(u)
             out.outcomes.append(seq)
         return out
 
@@ -221,14 +268,18 @@ class ChainState:
         if not updates:
             return updates
         pending = self.pending
+        latest = self._latest
         size = 0
         for u in updates:
             seq = u.seq
             self.history.note(seq, u.epoch)
             pending[seq] = u
             size += update_size(u)
+            latest[u.key] = (seq, u.data if u.is_put else None)
             if u.client_id:
-                self.dedup.remember(u.client_id, u.request_id, seq, None, u.ack_below)
+                self.dedup.remember(
+                    u.client_id, u.request_id, seq, None, u.ack_below, result_of(u)
+                )
         self.last_received = updates[-1].seq
         self.pending_bytes += size
         return updates  # the journal logs each Update as it is
@@ -282,17 +333,24 @@ class ChainState:
         self.committed_seq = target
         self.committed_tree = tree
         recent = self.recent if self.keep_recent else None
+        latest = self._latest
         done = []
         for seq in range(old + 1, target + 1):
             u = self.pending.pop(seq, None)
+            result = None
             if u is not None:
                 size = update_size(u)
                 self.pending_bytes -= size
                 if recent is not None:
                     recent.append(u)
                     self.recent_bytes += size
+                hit = latest.get(u.key)
+                if hit is not None and hit[0] == seq:
+                    del latest[u.key]  # the committed tree holds it now
+                if u.rmw:
+                    result = result_of(u)
             self._trees.pop(seq, None)
-            done.append(WriteResult(seq, self._found.pop(seq, True)))
+            done.append(WriteResult(seq, self._found.pop(seq, True), result))
         while self.recent_bytes > RECENT_BYTES and self.recent:
             self.recent_bytes -= update_size(self.recent.popleft())
         return done
@@ -332,6 +390,7 @@ class ChainState:
         self.pending_bytes = 0
         self._trees.clear()
         self._found.clear()
+        self._latest.clear()
 
     def take_back(self) -> None:
         """Nothing after the applied op stands (a write that failed on a node
@@ -339,3 +398,4 @@ class ChainState:
         self.last_received = self.applied_seq
         self.next_seq = self.applied_seq + 1
         self.truncate(self.applied_seq)
+        self._relatest()

@@ -47,6 +47,16 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
+class CasResult:
+    """A committed compare-and-set: whether it wrote, and what was there before."""
+
+    op_n: int
+    applied: bool
+    found: bool
+    old: bytes | None = None  # the value before, when asked for and found
+
+
+@dataclass(frozen=True)
 class OpStat:
     op: str
     count: int
@@ -144,6 +154,47 @@ class Client:
             return WriteResult(_op_n(r), r.found if r.HasField("found") else None)
 
         return self._write(msg).addCallback(done)
+
+    def cas(
+        self,
+        key: Data,
+        value: Data = b"",
+        *,
+        cond: int = 0,
+        expect: Data = b"",
+        delete: bool = False,
+        want_old: bool = False,
+    ) -> Deferred[CasResult]:
+        """Put ``value`` (or delete the key) atomically when ``cond`` holds: 0 always,
+        1 the key is absent, 2 present, 3 its value equals ``expect``."""
+        msg = wire.req_cas(
+            as_bytes(key),
+            as_bytes(value),
+            cond,
+            as_bytes(expect),
+            delete,
+            want_old,
+            self.client_id,
+            next(self._request_ids),
+        )
+
+        def done(r: Message) -> CasResult:
+            old = bytes(r.values[0]) if want_old and r.values else None
+            return CasResult(_op_n(r), r.applied, r.found, old)
+
+        return self._write(msg).addCallback(done)
+
+    def incr(self, key: Data, delta: int = 1) -> Deferred[int]:
+        """Add ``delta`` to the decimal number stored at ``key`` (absent: 0): the new number."""
+        msg = wire.req_incr(as_bytes(key), delta, self.client_id, next(self._request_ids))
+        return self._write(msg).addCallback(lambda r: int(r.number))
+
+    def append(self, key: Data, value: Data) -> Deferred[int]:
+        """Append to the value at ``key`` (absent: empty): the new length."""
+        msg = wire.req_append(
+            as_bytes(key), as_bytes(value), self.client_id, next(self._request_ids)
+        )
+        return self._write(msg).addCallback(lambda r: int(r.number))
 
     # reads
 
@@ -253,5 +304,6 @@ __all__ = [
     "OpStat",
     "Stats",
     "WriteResult",
+    "CasResult",
     "parse_address",
 ]

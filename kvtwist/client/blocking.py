@@ -31,7 +31,15 @@ from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
-from kvtwist.client.api import Client, Data, DirectClient, Stats, WriteResult, parse_address
+from kvtwist.client.api import (
+    CasResult,
+    Client,
+    Data,
+    DirectClient,
+    Stats,
+    WriteResult,
+    parse_address,
+)
 from kvtwist.client.protocol import ConnectionFailed, KVError
 from kvtwist.tls import ClientTLS
 from kvtwist.wire import Message
@@ -348,6 +356,16 @@ class BlockingClient:
 
     def delete(self, key: Data) -> WriteResult:
         return self._call(lambda c: c.delete(key))
+
+    def cas(self, key: Data, value: Data = b"", **how: Any) -> CasResult:
+        """``Client.cas``: cond, expect, delete, want_old as keywords."""
+        return self._call(lambda c: c.cas(key, value, **how))
+
+    def incr(self, key: Data, delta: int = 1) -> int:
+        return self._call(lambda c: c.incr(key, delta))
+
+    def append(self, key: Data, value: Data) -> int:
+        return self._call(lambda c: c.append(key, value))
 
     def get(self, key: Data) -> bytes | None:
         return self._call(lambda c: c.get(key))

@@ -37,6 +37,17 @@ MAX_HOPS = 2
 Handler = Callable[[Message], "Deferred[bytes] | bytes"]
 
 
+def write_reply(op: int, r: WriteResult) -> bytes:
+    """The reply frame to a committed write; a refused read-modify-write raises Refused."""
+    rmw = r.rmw
+    if rmw is None or op not in wire.RMW_OPS:
+        return wire.write_reply_frame(op, r.op_n, r.found if op == wire.OP_DEL else None)
+    if rmw.error:
+        raise Refused(rmw.error)
+    old = rmw.old if rmw.found else None
+    return wire.frame(wire.rmw_reply(op, r.op_n, rmw.applied, rmw.found, old, rmw.number))
+
+
 class Dispatcher:
     """Sends each request to its handler, relays what belongs elsewhere, keeps the counters."""
 
@@ -59,6 +70,8 @@ class Dispatcher:
             wire.OP_DEL: self._write,
             wire.OP_STATS: self._stats,
         }
+        for rmw_op in wire.RMW_OPS:
+            self.table[rmw_op] = self._write
         for op in requests.READERS:
             self.table[op] = self._read
 
@@ -71,9 +84,7 @@ class Dispatcher:
     def _write(self, msg: Message) -> Deferred[bytes]:
         op = msg.opcode
         request = requests.write_request(msg, self.limits)
-        return self.replica.write(*request).addCallback(
-            lambda r: wire.write_reply_frame(op, r.op_n, r.found if op == wire.OP_DEL else None)
-        )
+        return self.replica.write(*request).addCallback(lambda r: write_reply(op, r))
 
     def _stats(self, msg: Message) -> bytes:
         requests.check_ctype(msg, wire.CT_NONE)
@@ -205,8 +216,11 @@ class Dispatcher:
                     frames[i] = self._failed(Failure(o), msg, start, peer)
                     continue
                 op = msg.opcode
-                found = o.found if op == wire.OP_DEL else None
-                frames[i] = wire.write_reply_frame(op, o.op_n, found)
+                try:
+                    frames[i] = write_reply(op, o)
+                except Refused as e:
+                    frames[i] = self._failed(Failure(e), msg, start, peer)
+                    continue
                 metrics.record(op, elapsed, False)
             if any(isinstance(f, Deferred) for f in frames):
                 return defer.gatherResults(

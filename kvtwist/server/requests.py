@@ -13,6 +13,7 @@ from kvtwist import wire
 from kvtwist.chain.core import WriteRequest
 from kvtwist.chain.link import MAX_CLIENT_ID
 from kvtwist.chain.outcomes import ReadView
+from kvtwist.chain.rmw import Cond, Kind, Rmw
 from kvtwist.server.limits import Limits
 from kvtwist.wire import Message
 
@@ -64,17 +65,39 @@ def write_request(msg: Message, limits: Limits) -> WriteRequest:
     dedup = (client_id, msg.request_id, msg.ack_below, msg.resend)
     if client_id and msg.ack_below > msg.request_id:
         raise BadRequest(f"ack_below {msg.ack_below} is above request_id {msg.request_id}")
-    if msg.opcode == wire.OP_PUT:
-        check_ctype(msg, wire.CT_ENTRY)
-        if not msg.HasField("entry"):
-            raise BadRequest("PUT needs an entry")
-        entry = msg.entry
-        key = check_key(msg, wire.CT_ENTRY, entry.key, limits)
-        data = entry.data
-        if len(data) > limits.max_value:
-            raise BadRequest(f"value of {len(data)} bytes exceeds the limit of {limits.max_value}")
+    op = msg.opcode
+    if op == wire.OP_PUT:
+        key, data = _entry(msg, limits)
         return True, key, data, *dedup
-    return False, single_key(msg, limits), b"", *dedup
+    if op == wire.OP_DEL:
+        return False, single_key(msg, limits), b"", *dedup
+    if op == wire.OP_INCR:
+        rmw = Rmw(Kind.INCR, delta=msg.delta)
+        return True, single_key(msg, limits), b"", *dedup, rmw
+    key, data = _entry(msg, limits)
+    if op == wire.OP_APPEND:
+        return True, key, b"", *dedup, Rmw(Kind.APPEND, data, max_value=limits.max_value)
+    try:
+        cond = Cond(msg.cond)
+    except ValueError:
+        raise BadRequest(f"CAS cond {msg.cond} is none of 0-3") from None
+    if len(msg.expect) > limits.max_value:
+        raise BadRequest(f"expect of {len(msg.expect)} bytes exceeds the value limit")
+    rmw = Rmw(Kind.CAS, data, cond, msg.expect, msg.delete, msg.want_old)
+    return True, key, b"", *dedup, rmw
+
+
+def _entry(msg: Message, limits: Limits) -> tuple[bytes, bytes]:
+    """The key and data of a request that carries an entry (PUT, CAS, APPEND)."""
+    check_ctype(msg, wire.CT_ENTRY)
+    if not msg.HasField("entry"):
+        raise BadRequest(f"{wire.op_name(msg.opcode)} needs an entry")
+    entry = msg.entry
+    key = check_key(msg, wire.CT_ENTRY, entry.key, limits)
+    data = entry.data
+    if len(data) > limits.max_value:
+        raise BadRequest(f"value of {len(data)} bytes exceeds the limit of {limits.max_value}")
+    return key, data
 
 
 def not_a_request(msg: Message) -> BadRequest:
