@@ -207,15 +207,12 @@ class ChainRecoveryTests(SynchronousTestCase):
         self.write_all(a, 2)  # the tail records {a, b}
         data, _ = self.net.registry.record
         self.assertEqual(ChainRecord.decode(data, 0).names, {a.name, b.name})
-        write_record = a.zk.write_record
-        a.zk.write_record = lambda data, version: __import__("twisted").internet.defer.succeed(
-            False
-        )  # type: ignore[method-assign]
+        a.zk.overrides["write_record"] = lambda data, version: defer.succeed(False)
         self.net.kill(b)
         d = a.write(b"x", b"1")
         self.net.settle(rounds=20)
         self.assertNoResult(d)  # b might have been the restart source without this write
-        a.zk.write_record = write_record  # type: ignore[method-assign]
+        del a.zk.overrides["write_record"]
         self.net.settle()
         self.assertEqual(self.successResultOf(d).op_n, 3)
         data, _ = self.net.registry.record
@@ -268,14 +265,14 @@ class StalledJoinerTests(SynchronousTestCase):
         own = MemoryReactorClock()
         j.replica.reactor = j.store.reactor = j.factory.reactor = own
         held: list[tuple[defer.Deferred[str], str, int | None]] = []
-        real_register = j.zk.register
+
 
         def register(address: str, record_version: int | None = None) -> defer.Deferred[str]:
             d: defer.Deferred[str] = defer.Deferred()
             held.append((d, address, record_version))  # the create reaches ZooKeeper later
             return d
 
-        j.zk.register = register  # type: ignore[method-assign]
+        j.zk.overrides["register"] = register
         j.replica.join()
         for _ in range(30):
             for p in list(net.pumps):
@@ -298,7 +295,7 @@ class StalledJoinerTests(SynchronousTestCase):
         self.assertIsNone(t.replica._joiner_limbo)
         # the stalled joiner wakes up: its registration reaches ZooKeeper only now
         d, address, version = held[0]
-        real_register(address, version).chainDeferred(d)
+        j.zk.answer("register", address, version).chainDeferred(d)
         self.assertEqual([m.name for m in net.registry.members], [a.name, t.name])
         self.assertNotEqual(j.replica.status, "member")
 

@@ -163,7 +163,7 @@ class TailPartitionTests(SynchronousTestCase):
             registry.remove(name)  # applied, but the answer never came
             return defer.fail(ConnectionRefusedError("connection to ZooKeeper lost"))
 
-        b.zk.remove_member = lost_answer  # type: ignore[method-assign]
+        b.zk.overrides["remove_member"] = lost_answer
         cut_link(self.net, b, c)
         start = self.net.clock.seconds()
         removed_at: list[float] = []
@@ -198,7 +198,7 @@ class TailPartitionTests(SynchronousTestCase):
         def unreachable(data: bytes, version: int) -> defer.Deferred[bool]:
             return defer.fail(ConnectionRefusedError("ZooKeeper unreachable"))
 
-        b.zk.write_record = unreachable  # type: ignore[method-assign]
+        b.zk.overrides["write_record"] = unreachable
         self.net.kill(c)
         self.assertEqual(b.replica.role, "tail")
         self.assertLess(b.replica.committed_seq, b.replica.applied_seq)

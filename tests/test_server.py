@@ -19,9 +19,11 @@ from kvtwist.wire import Message
 class Harness:
     """A node with inline tree work and one in-memory connection per ``connect``."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(
+        self, limits: Limits | None = None, store: type[Store] = Store
+    ) -> None:
         self.reactor = MemoryReactorClock()
-        self.store = Store(self.reactor, InlineRunner())
+        self.store = store(self.reactor, InlineRunner())
         clients = ClientConnections()  # as the node's builder wires them
         self.replica = Replica(self.reactor, self.store, on_congestion=clients.congestion)
         self.factory = NodeFactory(self.reactor, self.replica, limits, clients=clients)
@@ -471,10 +473,14 @@ class BatchTests(SynchronousTestCase):
         tree = BTree()
         tree.put(b"a", b"1")
 
-        def partly(writes: list[Any]) -> defer.Deferred[list[Any]]:
-            return defer.succeed([Applied(1, True, tree.copy()), OutOfOrder("write 2 after 0")])
+        class PartlyApplied(Store):
+            def apply_many(self, writes: Any) -> defer.Deferred[list[Any]]:
+                return defer.succeed(
+                    [Applied(1, True, tree.copy()), OutOfOrder("write 2 after 0")]
+                )
 
-        self.h.store.apply_many = partly  # type: ignore[method-assign]
+        self.h = Harness(store=PartlyApplied)
+        self.c = Conn(self.h)
         replies = self.c.send(wire.req_put(b"a", b"1"), wire.req_put(b"b", b"2"))
         self.assertEqual([r.opcode for r in replies], [51, wire.OP_ERROR])
         self.assertEqual(replies[0].op_n, 1)

@@ -10,6 +10,7 @@ import struct
 import tempfile
 import threading
 import zlib
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -1090,8 +1091,13 @@ class NodeShutdownTests(SynchronousTestCase):
 
         port = str(free_port())
         options.parseOptions(["--data-dir", path, "--fsync", "interval", "--port", port])
-        reactor = MemoryReactorClock()
-        reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore[method-assign]
+        class Reactor(MemoryReactorClock):
+            """A memory reactor whose threads' callbacks run at once."""
+
+            def callFromThread(self, f: Any, *a: Any, **kw: Any) -> None:
+                f(*a, **kw)
+
+        reactor = Reactor()
         tap.build(options, reactor=reactor)
         for phase in ("before", "during", "after"):
             for f, args, kw in reactor.triggers.get(phase, {}).get("shutdown", []):

@@ -39,13 +39,11 @@ class Controlled:
         self.hold_members_of: set[int] = set()
         reg = net.registry
 
-        def changed() -> None:
-            reg.config += 1
-            view = reg.view()
+        def queue(view: Membership) -> None:
             for port in net.nodes:
                 self.queued.setdefault(port, []).append(view)
 
-        reg.changed = changed  # type: ignore[method-assign]
+        reg.deliver = queue
 
     def control(self, node: Node) -> None:
         zk = node.zk
@@ -63,8 +61,8 @@ class Controlled:
             self.held_members.append((d, node))
             return d
 
-        zk.register = register  # type: ignore[method-assign]
-        zk.members = members  # type: ignore[method-assign]
+        zk.overrides["register"] = register
+        zk.overrides["members"] = members
 
     def deliver(self, node: Node) -> None:
         for view in self.queued.pop(node.port, []):

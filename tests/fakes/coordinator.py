@@ -29,6 +29,9 @@ class Registry:
         self.watchers: list[Callable[[Membership], None]] = []
         self.record: tuple[bytes | None, int] = (None, -1)  # the chain record znode
         self.waiting: dict[str, bytes] = {}
+        #: when set, a changed membership goes here instead of to the watchers
+        #: (a test that delivers views itself, late or out of order)
+        self.deliver: Callable[[Membership], None] | None = None
 
     def view(self) -> Membership:
         return Membership(self.config, tuple(self.members))
@@ -48,6 +51,9 @@ class Registry:
     def changed(self) -> None:
         self.config += 1
         view = self.view()
+        if self.deliver is not None:
+            self.deliver(view)
+            return
         for w in list(self.watchers):
             w(view)
 
@@ -75,6 +81,10 @@ class MemoryZooKeeper:
         self.cut_at: float | None = None
         self.failing_reads = 0  # so many members() reads fail first
         self.read_times: list[float] = []  # when each members() read was asked
+        #: a test's own answer to a call, by method name (members, register,
+        #: remove_member, write_record): called with the call's arguments, its
+        #: Deferred is the answer; ``answer`` gives the fake's own
+        self.overrides: dict[str, Callable[..., defer.Deferred[Any]]] = {}
         self.state = "connected"
         self.connected = True
         self.started = False
@@ -115,7 +125,13 @@ class MemoryZooKeeper:
 
     # -- membership ----------------------------------------------------------
 
+    def answer(self, method: str, *args: Any) -> defer.Deferred[Any]:
+        """What the fake itself answers to ``method`` (for an override that defers to it)."""
+        return getattr(type(self), method)(self, *args)  # type: ignore[no-any-return]
+
     def members(self) -> defer.Deferred[Membership]:
+        if (f := self.overrides.get("members")) is not None:
+            return f()
         self.read_times.append(self.clock.seconds() if self.clock is not None else 0.0)
         if self.cut_at is not None:
             return defer.fail(ConnectionRefusedError("ZooKeeper unreachable"))
@@ -144,6 +160,8 @@ class MemoryZooKeeper:
         return defer.fail(ConnectionRefusedError("ZooKeeper unreachable"))
 
     def register(self, address: str, record_version: int | None = None) -> defer.Deferred[str]:
+        if (f := self.overrides.get("register")) is not None:
+            return f(address, record_version)
         if (cut := self._unreachable()) is not None:
             return cut
         if record_version is not None and record_version != self.registry.record[1]:
@@ -158,6 +176,8 @@ class MemoryZooKeeper:
         return defer.succeed(None)
 
     def remove_member(self, name: str) -> defer.Deferred[None]:
+        if (f := self.overrides.get("remove_member")) is not None:
+            return f(name)
         return self.unregister(name)
 
     # -- the chain record ----------------------------------------------------
@@ -168,6 +188,8 @@ class MemoryZooKeeper:
         return defer.succeed(self.registry.record)
 
     def write_record(self, data: bytes, version: int) -> defer.Deferred[bool]:
+        if (f := self.overrides.get("write_record")) is not None:
+            return f(data, version)
         if (cut := self._unreachable()) is not None:
             return cut
         if version != self.registry.record[1]:
