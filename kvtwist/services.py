@@ -1,0 +1,127 @@
+"""The services a node runs under twistd: its ports, its chain membership, its watchdog."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.application import service
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from kvtwist.chain.replica import Replica
+from kvtwist.coordinator import Coordinator
+from kvtwist.port import listen
+from kvtwist.watchdog import ReactorWatchdog
+
+if TYPE_CHECKING:  # prometheus-client is loaded only with --metrics-port
+    pass
+
+log = Logger(namespace="kvtwist.node")
+
+
+class ChainService(service.Service):
+    """Connects to ZooKeeper and joins the chain once the node is listening.
+
+    While ZooKeeper cannot be reached the node keeps running, answering
+    clients with a retryable "not serving (starting)" error, and tries again.
+    """
+
+    retry_delay = 2.0
+
+    def __init__(self, reactor: Any, replica: Replica, make_zk: Callable[[], Coordinator]) -> None:
+        self.reactor = reactor
+        self.replica = replica
+        self.make_zk = make_zk
+        self.zk: Coordinator | None = None
+        self._retry: Any = None
+        #: told every session event of every adapter, besides the replica (the metrics)
+        self.state_watchers: list[Callable[[str], None]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        self._connect(self.replica.zk)
+
+    def _connect(self, zk: Coordinator | None = None) -> None:
+        """Start ``zk``, or a fresh adapter: a failed one cannot be started again."""
+        self._retry = None
+        zk = zk if zk is not None else self.make_zk()
+        self.zk = self.replica.zk = zk
+        zk.on_state(self.replica.zk_state)
+        for watch in self.state_watchers:
+            zk.on_state(watch)
+        zk.on_gone(self.replica.znode_gone)
+        zk.watch_members(self.replica.set_view)
+        d = zk.start()
+        d.addCallbacks(lambda _: self.replica.join(), self._failed)
+        d.addErrback(lambda f: log.failure("joining the chain failed", f))
+
+    def _failed(self, f: Any) -> None:
+        if not self.running or self.zk is None:
+            return
+        log.warn(
+            "cannot reach ZooKeeper at {hosts}: {e}; retrying in {s}s",
+            hosts=self.zk.hosts,
+            e=f.getErrorMessage() or f.type.__name__,
+            s=self.retry_delay,
+        )
+        self.zk.stop()
+        self._retry = self.reactor.callLater(self.retry_delay, self._connect)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self.replica.stop()
+        return self.zk.stop() if self.zk is not None else None
+
+
+class WatchdogService(service.Service):
+    """Closes the ZooKeeper session of a node whose reactor stops turning (kvtwist.watchdog)."""
+
+    def __init__(self, reactor: Any, chain: ChainService, session_timeout: float) -> None:
+        self.chain = chain
+        # three quarters: a loaded machine may stall a reactor for a second now and
+        # then, and leaving the chain for that costs a rejoin
+        self.watchdog = ReactorWatchdog(reactor, session_timeout * 0.75, self._drop, self._resume)
+
+    def _drop(self) -> None:
+        zk = self.chain.zk
+        if zk is not None:
+            zk.drop_session()
+
+    def _resume(self) -> None:
+        zk = self.chain.zk
+        if zk is not None and self.running:
+            zk.resume_session().addErrback(
+                lambda f: log.warn("new ZooKeeper session failed: {e}", e=f.getErrorMessage())
+            )
+
+    def startService(self) -> None:
+        super().startService()
+        self.watchdog.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.watchdog.stop()
+
+
+class ListeningService(service.Service):
+    """Holds the client port, bound while the node is built.
+
+    Binding before the reactor runs turns a taken port into one clear line and
+    a non-zero exit, instead of a logged traceback and a node that never listens.
+    """
+
+    def __init__(
+        self, reactor: Any, port: int, interface: str, factory: Any, tls: Any = None
+    ) -> None:
+        try:
+            self.port = listen(reactor, port, factory, interface, tls)
+        except CannotListenError as e:
+            why = e.socketError
+            raise SystemExit(f"kvtwist: cannot listen on {interface}:{port}: {why}") from None
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.port.stopListening()
