@@ -572,6 +572,7 @@ class ReplicaCore:
             for wake in wakes:
                 wake(why)
         self.state.drop_uncommitted()
+        self._numbered_at.clear()  # those batches never commit: no latency to tell
         if self.intake.paused:
             self._update_congestion()
 
