@@ -63,7 +63,11 @@ class ReadinessService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self._loop.start(self.interval, now=True)
+        # Not now: services start before the reactor runs and installs its
+        # SIGTERM handler.  A supervisor told READY=1 that early may stop the
+        # node at once, and the signal's default action would end it without
+        # STOPPING=1 or a clean leave.  A timed call fires only once it runs.
+        self._loop.start(self.interval, now=False)
 
     def _check(self) -> None:
         if self.ready or not self.serving():

@@ -43,6 +43,17 @@ class NotifyTests(SynchronousTestCase):
         self.assertFalse(notify("READY=1", {}))
         self.assertTrue(notify("READY=1", {"NOTIFY_SOCKET": "/nonexistent/notify"}))
 
+    def test_not_ready_before_the_reactor_turns(self) -> None:
+        """Services start before the reactor installs its signal handlers: READY=1
+        waits for a timed call, so a supervisor's SIGTERM always finds them."""
+        clock = Clock()
+        sent: list[str] = []
+        svc = ReadinessService(clock, lambda: True, 0.2, lambda s: sent.append(s) or True)
+        svc.startService()
+        self.assertEqual(sent, [])
+        clock.advance(0.2)
+        self.assertEqual(sent, ["READY=1"])
+
     def test_ready_once_serving_then_stopping(self) -> None:
         clock = Clock()
         sent: list[str] = []
