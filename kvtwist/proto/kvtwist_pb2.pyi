@@ -114,7 +114,7 @@ class EpochMark(_message.Message):
     def __init__(self, first_seq: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ChainHello(_message.Message):
-    __slots__ = ("sender", "config", "address", "last_op", "epoch", "marks", "max_frame", "max_value", "lease_ms")
+    __slots__ = ("sender", "config", "address", "last_op", "epoch", "marks", "max_frame", "max_value", "lease_ms", "chain")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class ChainHello(_message.Message):
     MAX_FRAME_FIELD_NUMBER: _ClassVar[int]
     MAX_VALUE_FIELD_NUMBER: _ClassVar[int]
     LEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     sender: str
     config: int
     address: str
@@ -133,7 +134,8 @@ class ChainHello(_message.Message):
     max_frame: int
     max_value: int
     lease_ms: int
-    def __init__(self, sender: _Optional[str] = ..., config: _Optional[int] = ..., address: _Optional[str] = ..., last_op: _Optional[int] = ..., epoch: _Optional[int] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ..., max_frame: _Optional[int] = ..., max_value: _Optional[int] = ..., lease_ms: _Optional[int] = ...) -> None: ...
+    chain: str
+    def __init__(self, sender: _Optional[str] = ..., config: _Optional[int] = ..., address: _Optional[str] = ..., last_op: _Optional[int] = ..., epoch: _Optional[int] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ..., max_frame: _Optional[int] = ..., max_value: _Optional[int] = ..., lease_ms: _Optional[int] = ..., chain: _Optional[str] = ...) -> None: ...
 
 class ChainAuth(_message.Message):
     __slots__ = ("step", "identity", "nonce", "config", "mac")
@@ -168,7 +170,7 @@ class SnapshotChunk(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., clients: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., total: _Optional[int] = ..., last_op: _Optional[int] = ..., done: _Optional[bool] = ..., delta: _Optional[bool] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops", "local", "auth", "token", "ack_below", "resend", "cond", "expect", "delete", "want_old", "applied", "delta", "number")
+    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops", "local", "auth", "token", "ack_below", "resend", "cond", "expect", "delete", "want_old", "applied", "delta", "number", "chain", "map_version")
     class Opcode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_BAD: _ClassVar[Message.Opcode]
@@ -273,6 +275,8 @@ class Message(_message.Message):
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     opcode: Message.Opcode
     c_type: Message.CType
     result: int
@@ -303,4 +307,6 @@ class Message(_message.Message):
     applied: bool
     delta: int
     number: int
-    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ..., token: _Optional[bytes] = ..., ack_below: _Optional[int] = ..., resend: _Optional[bool] = ..., cond: _Optional[int] = ..., expect: _Optional[bytes] = ..., delete: _Optional[bool] = ..., want_old: _Optional[bool] = ..., applied: _Optional[bool] = ..., delta: _Optional[int] = ..., number: _Optional[int] = ...) -> None: ...
+    chain: str
+    map_version: int
+    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ..., token: _Optional[bytes] = ..., ack_below: _Optional[int] = ..., resend: _Optional[bool] = ..., cond: _Optional[int] = ..., expect: _Optional[bytes] = ..., delete: _Optional[bool] = ..., want_old: _Optional[bool] = ..., applied: _Optional[bool] = ..., delta: _Optional[int] = ..., number: _Optional[int] = ..., chain: _Optional[str] = ..., map_version: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""A cluster of many chains: the shard map, placement, and routing by key."""
