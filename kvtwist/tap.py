@@ -124,9 +124,11 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         if options["resp-port"]:
             from kvtwist.resp import RespFactory
 
+            lone = factory.dispatcher.only
+            assert lone is not None  # the RESP port is a lone node's
             resp = RespFactory(
                 reactor,
-                factory.dispatcher,
+                lone,
                 token=token,
                 port=options["resp-port"],
                 max_pending=limits.max_pending,

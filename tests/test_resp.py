@@ -75,7 +75,7 @@ class Resp:
 
     def __init__(self, h: Harness, token: bytes | None = None) -> None:
         self.h = h
-        self.factory = RespFactory(h.reactor, h.factory.dispatcher, token, port=6379)
+        self.factory = RespFactory(h.reactor, h.factory.dispatcher.for_chain(""), token, port=6379)
         self.proto: RespConnection = self.factory.buildProtocol(None)
         self.transport = StringTransport()
         self.proto.makeConnection(self.transport)

@@ -55,10 +55,17 @@ def _field(data: bytes) -> bytes:
 
 
 def _transcript(
-    initiator: str, responder: str, ni: bytes, nr: bytes, config: int, binding: bytes = b""
+    initiator: str,
+    responder: str,
+    ni: bytes,
+    nr: bytes,
+    config: int,
+    binding: bytes = b"",
+    chain: str = "",
 ) -> bytes:
     """What both MACs cover; over TLS also the session's exporter value (``binding``),
-    so that a handshake relayed by someone terminating TLS in the middle fails."""
+    so that a handshake relayed by someone terminating TLS in the middle fails, and
+    on a server hosting many chains the chain the link is for."""
     parts = [
         _field(_DOMAIN),
         _field(initiator.encode()),
@@ -69,6 +76,8 @@ def _transcript(
     ]
     if binding:
         parts.append(_field(binding))
+    if chain:
+        parts.append(_field(b"chain:" + chain.encode()))
     return b"".join(parts)
 
 
@@ -86,10 +95,13 @@ def _check_identity(identity: str, own: str) -> None:
 class Initiator:
     """The dialling side's state: step 1 out, step 2 in, step 3 out, step 4 in."""
 
-    def __init__(self, key: bytes, identity: str, config: int, nonce: bytes | None = None):
+    def __init__(
+        self, key: bytes, identity: str, config: int, nonce: bytes | None = None, chain: str = ""
+    ):
         self.key = key
         self.identity = identity
         self.config = config
+        self.chain = chain
         self.nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
         self.binding = b""  # the TLS session's exporter value, once the session is up
         self.peer: str | None = None
@@ -97,7 +109,9 @@ class Initiator:
         self.done = False
 
     def first(self) -> ChainAuth:
-        return ChainAuth(step=1, identity=self.identity, nonce=self.nonce, config=self.config)
+        return ChainAuth(
+            step=1, identity=self.identity, nonce=self.nonce, config=self.config, chain=self.chain
+        )
 
     def receive(self, auth: ChainAuth) -> ChainAuth | None:
         """Answer step 2 with step 3; take step 4 (None back). Raises AuthError."""
@@ -106,7 +120,13 @@ class Initiator:
             if len(auth.nonce) != NONCE_BYTES:
                 raise AuthError("bad responder nonce")
             t = _transcript(
-                self.identity, auth.identity, self.nonce, auth.nonce, self.config, self.binding
+                self.identity,
+                auth.identity,
+                self.nonce,
+                auth.nonce,
+                self.config,
+                self.binding,
+                self.chain,
             )
             if not hmac.compare_digest(auth.mac, _mac(self.key, b"responder", t)):
                 raise AuthError("responder proof does not match (wrong cluster key?)")
@@ -129,6 +149,7 @@ class Responder:
         self.binding = binding  # the TLS session's exporter value (b"" without TLS)
         self.peer: str | None = None  # set once the initiator has proved the key
         self.config = 0
+        self.chain = ""  # the chain the initiator's link is for
         self._claimed = ""
         self._transcript: bytes | None = None
 
@@ -139,11 +160,18 @@ class Responder:
             if len(auth.nonce) != NONCE_BYTES:
                 raise AuthError("bad initiator nonce")
             t = _transcript(
-                auth.identity, self.identity, auth.nonce, self.nonce, auth.config, self.binding
+                auth.identity,
+                self.identity,
+                auth.nonce,
+                self.nonce,
+                auth.config,
+                self.binding,
+                auth.chain,
             )
             self._transcript = t
             self._claimed = auth.identity
             self.config = auth.config
+            self.chain = auth.chain
             mac = _mac(self.key, b"responder", t)
             return ChainAuth(step=2, identity=self.identity, nonce=self.nonce, mac=mac)
         if auth.step == 3 and self._transcript is not None and self.peer is None:
@@ -167,6 +195,7 @@ def authenticate(
     expect: str | None = None,
     clock: Any = None,
     timeout: float = DEFAULT_AUTH_TIMEOUT,
+    chain: str = "",
 ) -> Deferred[str]:
     """Run the initiator's side on a connected ``conn``; fires with the peer's identity.
 
@@ -176,7 +205,7 @@ def authenticate(
     """
     if clock is None:
         from twisted.internet import reactor as clock
-    state = Initiator(key, identity, config)
+    state = Initiator(key, identity, config, chain=chain)
     d: Deferred[str] = Deferred()
 
     def finish(error: str | None) -> None:

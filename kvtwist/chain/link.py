@@ -57,6 +57,8 @@ class LinkConfig:
     client: wire.ClientLimits = field(default_factory=wire.ClientLimits)
     #: the longest read lease this node may hold (LEASE_FRACTION of its session timeout)
     lease: float = 0.0
+    #: the chain the links are for, on a server hosting many ("" for a lone node's)
+    chain: str = ""
 
     @property
     def chain_frame(self) -> int:
@@ -69,6 +71,7 @@ class LinkConfig:
         hello.max_frame = self.chain_frame
         hello.max_value = self.client.max_value
         hello.lease_ms = round(self.lease * 1000)
+        hello.chain = self.chain
 
 
 def limits_problem(own: LinkConfig, peer: ChainHello) -> str | None:
@@ -400,6 +403,7 @@ class ChainConnection(FramedProtocol):
             expect=link.peer or None,
             clock=link.reactor,
             timeout=self.link_config.timeout,
+            chain=self.link_config.chain,
         ).addCallbacks(self._authenticated, lambda _: None)  # it closed the connection
 
     def _authenticated(self, peer: str) -> None:

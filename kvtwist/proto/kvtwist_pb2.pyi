@@ -138,18 +138,20 @@ class ChainHello(_message.Message):
     def __init__(self, sender: _Optional[str] = ..., config: _Optional[int] = ..., address: _Optional[str] = ..., last_op: _Optional[int] = ..., epoch: _Optional[int] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ..., max_frame: _Optional[int] = ..., max_value: _Optional[int] = ..., lease_ms: _Optional[int] = ..., chain: _Optional[str] = ...) -> None: ...
 
 class ChainAuth(_message.Message):
-    __slots__ = ("step", "identity", "nonce", "config", "mac")
+    __slots__ = ("step", "identity", "nonce", "config", "mac", "chain")
     STEP_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     step: int
     identity: str
     nonce: bytes
     config: int
     mac: bytes
-    def __init__(self, step: _Optional[int] = ..., identity: _Optional[str] = ..., nonce: _Optional[bytes] = ..., config: _Optional[int] = ..., mac: _Optional[bytes] = ...) -> None: ...
+    chain: str
+    def __init__(self, step: _Optional[int] = ..., identity: _Optional[str] = ..., nonce: _Optional[bytes] = ..., config: _Optional[int] = ..., mac: _Optional[bytes] = ..., chain: _Optional[str] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
     __slots__ = ("entries", "clients", "total", "last_op", "done", "delta", "marks")

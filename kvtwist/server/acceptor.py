@@ -22,6 +22,7 @@ from kvtwist.chain.auth import AuthError, Responder, auth_message
 from kvtwist.chain.link import ChainConnection, LinkConfig, limits_problem
 from kvtwist.chain.replica import Replica
 from kvtwist.logs import LogLimiter
+from kvtwist.server.chains import Chains
 from kvtwist.server.limits import CHAIN_GRACE, CHAIN_RESERVE, HANDSHAKE_POOL
 from kvtwist.tls import channel_binding
 from kvtwist.wire import Message
@@ -72,6 +73,7 @@ class Proof:
 
     identity: str
     config: int
+    chain: str = ""
 
 
 class ChainAcceptor:
@@ -80,7 +82,7 @@ class ChainAcceptor:
     def __init__(
         self,
         reactor: Any,
-        replica: Replica,
+        chains: Chains,
         config: LinkConfig,
         clients: set[Any],
         pool_size: int = HANDSHAKE_POOL,
@@ -88,7 +90,7 @@ class ChainAcceptor:
     ) -> None:
         """``clients``: the client connections, which a proved or proving link leaves."""
         self.reactor = reactor
-        self.replica = replica
+        self.chains = chains
         self.config = config
         self.clients = clients
         self.pool_size = pool_size
@@ -101,9 +103,10 @@ class ChainAcceptor:
         self._responders: dict[Candidate, tuple[Responder, Any]] = {}  # and their timers
         self._proofs: dict[Candidate, Proof] = {}
 
-    def identity(self) -> str:
-        """Who this node is in a chain-link handshake: its znode name, or a joiner's name."""
-        return self.replica.name or f"join:{self.replica.address}"
+    @staticmethod
+    def identity(replica: Replica) -> str:
+        """Who a replica is in a chain-link handshake: its znode name, or a joiner's name."""
+        return replica.name or f"join:{replica.address}"
 
     def proof(self, conn: Candidate) -> Proof | None:
         return self._proofs.get(conn)
@@ -186,7 +189,7 @@ class ChainAcceptor:
         """A chain opcode (or anything during a handshake) on a connection that is no link yet."""
         op = msg.opcode
         keyed = self.config.key is not None
-        if self.replica.standalone or conn.has_requests:
+        if self.chains.standalone or conn.has_requests:
             self._refuse_in_order(conn, msg)
         elif op == wire.OP_CHAIN_AUTH:
             self._authenticate(conn, msg)
@@ -204,7 +207,18 @@ class ChainAcceptor:
         op = msg.opcode
         hello = msg.hello
         proof = self._proofs.get(conn)
+        if self.chains.get(hello.chain) is None:
+            why = f"{wire.op_name(op)} for chain {hello.chain!r}: not served here"
+            self._refuse(conn, why, retry=True)
+            return False
         if self.config.key is not None and proof is not None:
+            if proof.chain != hello.chain:
+                self._refuse(
+                    conn,
+                    f"{wire.op_name(op)} for chain {hello.chain!r}; "
+                    f"authenticated for chain {proof.chain!r}",
+                )
+                return False
             # a joiner dials before it has a configuration of its own: its
             # handshake binds 0, and only a HELLO's configuration is checked
             is_hello = op == wire.OP_CHAIN_HELLO
@@ -228,14 +242,16 @@ class ChainAcceptor:
     def _link_up(self, conn: Candidate, msg: Message) -> None:
         """Hand the connection to the link protocol, and the link to the replica."""
         proof = self._proofs.get(conn)
+        replica = self.chains.get(msg.hello.chain)
+        assert replica is not None  # _opening_allowed checked it
         link = ChainConnection(
-            self.replica,
-            self.config,
+            replica,
+            replica.link_config,
             peer_identity=proof.identity if proof is not None else None,
             peer_max_frame=msg.hello.max_frame,
         )
         rest = conn.hand_over(link)
-        self.replica.incoming(link, msg)
+        replica.incoming(link, msg)
         if rest:
             link.dataReceived(rest)
 
@@ -250,13 +266,19 @@ class ChainAcceptor:
             return
         responding = self._responders.get(conn)
         if responding is None:
+            replica = self.chains.get(msg.auth.chain)
+            if replica is None:
+                self._refuse(conn, f"chain {msg.auth.chain!r} is not served here", retry=True)
+                return
             if conn in self.clients:
                 # until it proves the key it is a stranger: it leaves the client
                 # connections for the handshake pool, which bounds such strangers
                 self.clients.discard(conn)
                 self._enter_pool(conn)
             # over TLS the proof covers this session: it cannot be relayed
-            responder = Responder(key, self.identity(), binding=channel_binding(conn.transport))
+            responder = Responder(
+                key, self.identity(replica), binding=channel_binding(conn.transport)
+            )
             timer = self.reactor.callLater(
                 self.config.timeout, self._refuse, conn, "authentication timed out"
             )
@@ -269,7 +291,7 @@ class ChainAcceptor:
             return
         conn.sendMessage(auth_message(answer))
         if responder.peer is not None:
-            self._proofs[conn] = Proof(responder.peer, responder.config)
+            self._proofs[conn] = Proof(responder.peer, responder.config, responder.chain)
             del self._responders[conn]
             if timer.active():
                 timer.cancel()
@@ -288,7 +310,7 @@ class ChainAcceptor:
             op=wire.op_name(msg.opcode),
         )
         reason = f"{wire.op_name(msg.opcode)} is chain-internal; refused"
-        if self.replica.standalone:
+        if self.chains.standalone:
             reason += " (a standalone node takes no chain links)"
         conn.answer(wire.error_reply(reason))
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.protocol import Factory
 
+from kvtwist.chain.link import LinkConfig
 from kvtwist.chain.replica import Replica
 from kvtwist.client.protocol import ConnectionPool
 from kvtwist.logs import LogLimiter
 from kvtwist.server.acceptor import ChainAcceptor
+from kvtwist.server.chains import Chains, Router
 from kvtwist.server.dispatch import Dispatcher
 from kvtwist.server.limits import Limits
 from kvtwist.server.metrics import Metrics
@@ -29,38 +32,65 @@ class ClientConnections(set[NodeProtocol]):
 
 class NodeFactory(Factory):
     """Builds the connections of the client port and holds what they share: the
-    request dispatcher, the chain acceptor, the client set and the counters."""
+    request router, the chain acceptor, the client set and the counters.
+
+    A lone node serves one replica; a cluster server many (:class:`Chains`),
+    on this one port, each request and link going to the chain it names.
+    """
 
     protocol = NodeProtocol  # type: ignore[assignment]
 
     def __init__(
         self,
         reactor: Any,
-        replica: Replica,
+        replica: Replica | Chains,
         limits: Limits | None = None,
         token: bytes | None = None,
         clients: ClientConnections | None = None,
         forwarder: ConnectionPool | None = None,
         observe: Callable[[int, float, int], None] | None = None,
+        link_config: LinkConfig | None = None,
     ) -> None:
         """``clients``: the set the replica's ``on_congestion`` pauses (a new one if
         none); ``forwarder`` relays requests to the head or tail (by default over
         the links' TLS, with ``token``: members share it); ``observe`` is told
-        ``(opcode, seconds, count)`` per run of answered requests (the metrics)."""
+        ``(opcode, seconds, count)`` per run of answered requests (the metrics);
+        ``link_config``: what incoming links are judged by (by default, a
+        replica's: a cluster server that serves no chain yet passes its own)."""
         self.reactor = reactor
-        self.replica = replica
+        self.chains = replica if isinstance(replica, Chains) else Chains.lone(replica)
         self.limits = limits or Limits()
-        self.link_config = replica.link_config
         self.connections = clients if clients is not None else ClientConnections()
         self.token = token  # clients must show it first (--auth-token-file)
         self.token_refusals = LogLimiter(now=reactor.seconds)
         self.tls_refusals = LogLimiter(now=reactor.seconds)
         self.metrics = Metrics(observe=observe)
-        self.forwarder = forwarder or ConnectionPool(reactor, tls=replica.link_tls, token=token)
-        self.acceptor = ChainAcceptor(reactor, replica, self.link_config, self.connections)
-        self.dispatcher = Dispatcher(
-            replica, self.limits, self.metrics, self.forwarder, self.count_clients
-        )
+        if link_config is None:
+            link_config = link_settings(self.chains)
+        link_tls = next((r.link_tls for _, r in self.chains), None)
+        self.forwarder = forwarder or ConnectionPool(reactor, tls=link_tls, token=token)
+        self.acceptor = ChainAcceptor(reactor, self.chains, link_config, self.connections)
+        self.dispatcher = Router(self.chains, self._dispatcher)
+
+    def _dispatcher(self, replica: Replica) -> Dispatcher:
+        return Dispatcher(replica, self.limits, self.metrics, self.forwarder, self.count_clients)
+
+    @property
+    def replica(self) -> Replica:
+        """A lone node's replica."""
+        only = self.chains.only
+        if only is None:
+            raise AttributeError("a cluster server has no one replica")
+        return only
 
     def count_clients(self) -> int:
         return len(self.connections)
+
+
+def link_settings(chains: Chains) -> LinkConfig:
+    """What the port's acceptor judges links by: every chain's links share the
+    key, the timeout and the limits, so any chain's settings serve (defaults
+    for a server that serves none yet)."""
+    for _, replica in chains:
+        return replace(replica.link_config, chain="")
+    return LinkConfig()

@@ -91,14 +91,14 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
             self.setTimeout(f.limits.idle_timeout)
         if len(f.connections) >= f.limits.max_connections:
             # chain links do not count: a few more may show that they are one
-            if f.replica.standalone:
+            if f.chains.standalone:
                 self.refuse_over_limit()
                 return
             f.acceptor.beyond_limit(self)
         else:
             f.connections.add(self)
         self.transport.registerProducer(self, True)
-        if f.replica.congested:
+        if f.chains.congested:
             self.pause("chain")
 
     def refuse_over_limit(self) -> None:
@@ -346,13 +346,14 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
     def _take_run(
         self, belongs: Callable[[Message], bool], room: int
     ) -> tuple[list[Message], list[list[Any]]]:
-        """The held requests in front that ``belongs`` accepts, at least one, up to ``room``."""
+        """The held requests in front that ``belongs`` accepts, at least one, up to ``room``,
+        all of one chain (a server hosting many answers each run from one chain)."""
         held = self._held
         msgs: list[Message] = []
         slots: list[list[Any]] = []
         while held and len(msgs) < room:
             msg, slot = held[0]
-            if msgs and not belongs(msg):
+            if msgs and (not belongs(msg) or msg.chain != msgs[0].chain):
                 break
             held.popleft()
             msgs.append(msg)

@@ -1,0 +1,141 @@
+"""The chains one port serves: a lone node's one replica, or a cluster server's many.
+
+A request names its chain in ``Message.chain`` (empty: a lone node's only
+chain); the router sends it to that chain's dispatcher.  A chain this server
+does not serve (moved away, or not placed here yet) gets a retryable ERROR
+carrying the shard map version the server knows, so a client holding an older
+map reads the new one before it retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from kvtwist import wire
+from kvtwist.chain.replica import Replica
+from kvtwist.server.dispatch import Dispatcher
+from kvtwist.wire import Message
+
+__all__ = ["Chains", "Router"]
+
+LONE = ""
+
+
+class Chains:
+    """Replicas by chain id, and what the port asks of all of them together."""
+
+    def __init__(self, replicas: dict[str, Replica] | None = None) -> None:
+        self._replicas: dict[str, Replica] = dict(replicas or {})
+        #: the shard map version this server acts on (0: none, a lone node)
+        self.map_version = 0
+        self._watchers: list[Callable[[str, Replica | None], None]] = []
+
+    @classmethod
+    def lone(cls, replica: Replica) -> Chains:
+        return cls({LONE: replica})
+
+    def get(self, chain: str) -> Replica | None:
+        return self._replicas.get(chain)
+
+    def __iter__(self) -> Iterator[tuple[str, Replica]]:
+        return iter(list(self._replicas.items()))
+
+    def __len__(self) -> int:
+        return len(self._replicas)
+
+    def add(self, chain: str, replica: Replica) -> None:
+        if chain in self._replicas:
+            raise ValueError(f"chain {chain!r} is served here already")
+        self._replicas[chain] = replica
+        for watch in self._watchers:
+            watch(chain, replica)
+
+    def remove(self, chain: str) -> Replica | None:
+        replica = self._replicas.pop(chain, None)
+        if replica is not None:
+            for watch in self._watchers:
+                watch(chain, None)
+        return replica
+
+    def watch(self, callback: Callable[[str, Replica | None], None]) -> None:
+        """Call ``callback(chain, replica)`` when a chain is added (None: removed)."""
+        self._watchers.append(callback)
+
+    @property
+    def only(self) -> Replica | None:
+        """A lone node's replica; None on a cluster server."""
+        return self._replicas.get(LONE) if len(self._replicas) == 1 else None
+
+    @property
+    def standalone(self) -> bool:
+        """A lone node without ZooKeeper: it takes no chain links."""
+        only = self.only
+        return only is not None and only.standalone
+
+    @property
+    def congested(self) -> bool:
+        return any(r.congested for r in self._replicas.values())
+
+    def not_here(self, chain: str) -> Message:
+        """The ERROR for a request of a chain this server does not serve."""
+        if chain == LONE and LONE not in self._replicas:
+            why = "this server is part of a cluster: name the request's chain (a cluster client)"
+        elif chain != LONE and self.map_version == 0:
+            why = f"chain {chain!r}: this node serves a lone chain, not a cluster's"
+        else:
+            why = f"chain {chain!r} is not served here (shard map version {self.map_version})"
+        reply = wire.error_reply(why, retry=self.map_version > 0)
+        reply.map_version = self.map_version
+        return reply
+
+
+class Router:
+    """What a connection asks of "the dispatcher": each request to its chain's."""
+
+    def __init__(self, chains: Chains, make: Callable[[Replica], Dispatcher]) -> None:
+        self.chains = chains
+        self._make = make
+        self._by_chain: dict[str, Dispatcher] = {c: make(r) for c, r in chains}
+        chains.watch(self._changed)
+
+    def _changed(self, chain: str, replica: Replica | None) -> None:
+        if replica is None:
+            self._by_chain.pop(chain, None)
+        else:
+            self._by_chain[chain] = self._make(replica)
+
+    def for_chain(self, chain: str) -> Dispatcher | None:
+        return self._by_chain.get(chain)
+
+    @property
+    def only(self) -> Dispatcher | None:
+        return self._by_chain.get(LONE) if len(self._by_chain) == 1 else None
+
+    def handle(self, msg: Message, peer: Callable[[], str]) -> Deferred[bytes]:
+        d = self._by_chain.get(msg.chain)
+        if d is None:
+            return defer.succeed(wire.frame(self.chains.not_here(msg.chain)))
+        return d.handle(msg, peer)
+
+    def write_many(self, msgs: list[Message], peer: Callable[[], str]) -> Deferred[list[bytes]]:
+        return self._runs(msgs, lambda d, run: d.write_many(run, peer))
+
+    def get_many(
+        self, msgs: list[Message], peer: Callable[[], str], room: int
+    ) -> Deferred[list[Any]]:
+        return self._runs(msgs, lambda d, run: d.get_many(run, peer, room))
+
+    def _runs(
+        self,
+        msgs: list[Message],
+        call: Callable[[Dispatcher, list[Message]], Deferred[list[Any]]],
+    ) -> Deferred[list[Any]]:
+        """A run of requests, all of one chain (a connection's runs end where the chain changes)."""
+        d = self._by_chain.get(msgs[0].chain)
+        if d is None:
+            return defer.succeed([wire.frame(self.chains.not_here(msgs[0].chain))] * len(msgs))
+        return call(d, msgs)
