@@ -1,0 +1,184 @@
+"""Many chains on one port: servers that each host a replica of several chains,
+their links and client requests naming the chain, on one in-memory clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from kvtwist import wire
+from kvtwist.chain.link import LinkConfig
+from kvtwist.chain.replica import Replica
+from kvtwist.server import ClientConnections, NodeFactory
+from kvtwist.server.chains import Chains
+from kvtwist.store import InlineRunner, Store
+from kvtwist.wire import Message
+from tests.fakes.chain import pump_between, results
+from tests.fakes.coordinator import MemoryZooKeeper, Registry
+
+KEY = b"k" * 32
+
+
+class Server:
+    """One port; a replica of each chain it is given, each with its own store."""
+
+    def __init__(self, world: World, port: int) -> None:
+        self.world = world
+        self.port = port
+        self.address = f"10.0.0.1:{port}"
+        self.chains = Chains()
+        self.chains.map_version = 1
+        self.clients = ClientConnections()
+        self.factory = NodeFactory(
+            world.clock, self.chains, clients=self.clients, link_config=world.link_config
+        )
+        self.pumps: list[iosim.IOPump] = []
+
+    def host(self, chain: str) -> Replica:
+        zk = MemoryZooKeeper(self.world.registries[chain], self.world.clock)
+        replica = Replica(
+            self.world.clock,
+            Store(self.world.clock, InlineRunner()),
+            self.address,
+            zk,
+            dial=self._connect,
+            link_config=LinkConfig(key=self.world.link_config.key, chain=chain),
+            on_congestion=self.clients.congestion,
+        )
+        zk.watch_members(replica.set_view)
+        self.chains.add(chain, replica)
+        replica.join()
+        return replica
+
+    def _connect(self, host: str, port: int, protocol: Any) -> defer.Deferred[Any]:
+        target = self.world.servers.get(port)
+        if target is None:
+            return defer.fail(ConnectionRefusedError())
+        server = target.factory.buildProtocol(None)
+        pump = pump_between(server, protocol, self.world.clock)
+        self.world.pumps.append(pump)
+        return defer.succeed(protocol)
+
+    def request(self, msg: Message) -> Message:
+        """Send one request on a fresh client connection; its reply."""
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(wire.frame(msg))
+        self.world.settle()
+        data = transport.value()
+        (size,) = wire.HEADER.unpack(data[: wire.HEADER.size])
+        reply = Message()
+        reply.ParseFromString(data[wire.HEADER.size : wire.HEADER.size + size])
+        return reply
+
+
+class World:
+    def __init__(self, chains: list[str], servers: int, key: bytes | None = None) -> None:
+        self.clock = MemoryReactorClock()
+        self.link_config = LinkConfig(key=key)
+        self.registries = {c: Registry() for c in chains}
+        self.pumps: list[iosim.IOPump] = []
+        self.servers = {9000 + i: Server(self, 9000 + i) for i in range(servers)}
+        for chain in chains:
+            for server in self.servers.values():
+                server.host(chain)
+                self.settle()
+
+    def settle(self, rounds: int = 300) -> None:
+        for _ in range(rounds):
+            moved = False
+            for p in list(self.pumps):
+                moved = p.pump() or moved
+            self.clock.advance(0)
+            if not moved and not self.clock.getDelayedCalls():
+                return
+            if not moved:
+                self.clock.advance(0.2)
+
+    def replica(self, port: int, chain: str) -> Replica:
+        replica = self.servers[port].chains.get(chain)
+        assert replica is not None
+        return replica
+
+
+def put(chain: str, key: bytes, value: bytes) -> Message:
+    return Message(
+        opcode=wire.OP_PUT, c_type=wire.CT_ENTRY, entry={"key": key, "data": value}, chain=chain
+    )
+
+
+def get(chain: str, key: bytes) -> Message:
+    return Message(opcode=wire.OP_GET, c_type=wire.CT_KEY, keys=[key], chain=chain)
+
+
+class HostingTests(SynchronousTestCase):
+    def check_chains_apart(self, key: bytes | None) -> None:
+        world = World(["a", "b"], 3, key)
+        for chain in ("a", "b"):
+            roles = [world.replica(p, chain).role for p in sorted(world.servers)]
+            self.assertEqual(roles, ["head", "middle", "tail"], chain)
+        head = world.replica(9000, "a")
+        d = head.write(True, b"x", b"in-a", "", 0)
+        world.settle()
+        self.assertEqual(results([d])[0].op_n, 1)
+        for port in world.servers:
+            self.assertEqual(world.replica(port, "a").committed_tree.get(b"x"), b"in-a")
+            self.assertIsNone(world.replica(port, "b").committed_tree.get(b"x"))
+
+    def test_two_chains_over_three_servers_stay_apart(self) -> None:
+        """Each chain forms over the same three ports; a write to one reaches only its members."""
+        self.check_chains_apart(None)
+
+    def test_two_chains_with_a_cluster_key(self) -> None:
+        """Authenticated links carry their chain: each handshake proves a peer for one chain."""
+        self.check_chains_apart(KEY)
+        world = World(["a", "b"], 2, KEY)
+        # the joiner dials the tail: its handshakes were proved there, one per chain
+        acceptor = world.servers[9000].factory.acceptor
+        proofs = {acceptor.proof(c) for c in list(acceptor.links)}
+        self.assertEqual(
+            {(p.identity, p.chain) for p in proofs if p is not None},
+            {("join:10.0.0.1:9001", "a"), ("join:10.0.0.1:9001", "b")},
+        )
+
+    def test_requests_go_to_the_chain_they_name(self) -> None:
+        """A PUT to one server's chain is read back from that chain's tail, not the other's."""
+        world = World(["a", "b"], 2)
+        reply = world.servers[9000].request(put("b", b"k", b"v"))
+        self.assertEqual(reply.opcode, wire.OP_PUT + 1, reply.error)
+        self.assertEqual(list(world.servers[9001].request(get("b", b"k")).values), [b"v"])
+        miss = world.servers[9001].request(get("a", b"k"))
+        self.assertEqual((miss.opcode, list(miss.values)), (wire.OP_GET + 1, []))
+
+    def test_a_chain_not_served_here(self) -> None:
+        """A chain this server does not host: a retryable ERROR naming the map version."""
+        world = World(["a"], 1)
+        reply = world.servers[9000].request(get("zz", b"k"))
+        self.assertEqual(reply.opcode, wire.OP_ERROR)
+        self.assertTrue(reply.retry)
+        self.assertEqual(reply.map_version, 1)
+        self.assertIn("not served here", reply.error)
+        lone = world.servers[9000].request(get("", b"k"))
+        self.assertEqual(lone.opcode, wire.OP_ERROR)
+        self.assertIn("name the request's chain", lone.error)
+
+    def test_a_lone_node_refuses_a_cluster_request(self) -> None:
+        """A lone node's port answers requests naming a chain with a clear, final error."""
+        clock = MemoryReactorClock()
+        replica = Replica(clock, Store(clock, InlineRunner()), "10.0.0.1:1", None)
+        factory = NodeFactory(clock, replica)
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(wire.frame(get("c0", b"k")))
+        reply = Message()
+        reply.ParseFromString(transport.value()[wire.HEADER.size :])
+        self.assertEqual(reply.opcode, wire.OP_ERROR)
+        self.assertFalse(reply.retry)
+        self.assertIn("lone chain", reply.error)
