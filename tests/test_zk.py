@@ -297,6 +297,36 @@ class ZooKeeperTests(unittest.TestCase):
         self.assertEqual(gone.members, ())
 
     @inlineCallbacks
+    def test_shared_session(self) -> Generator[Deferred[Any], Any, None]:
+        """Adapters of two chain roots on one session: stopping one deletes only the
+        znodes it made, the session and the other's member stay, and it hears no
+        more session events; the session's loss reaches the one still running."""
+        owner = yield self.adapter()
+        a = ZooKeeper(reactor, self.server.hosts, root=self.root + "-a", session=owner.session)
+        b = ZooKeeper(reactor, self.server.hosts, root=self.root + "-b", session=owner.session)
+        self.addCleanup(a.stop)
+        self.addCleanup(b.stop)
+        yield a.start()
+        yield b.start()
+        a_states: list[str] = []
+        b_states: Recorder[str] = Recorder()
+        a.on_state(a_states.append)
+        b.on_state(b_states)
+        name_a = yield a.register("127.0.0.1:7001")
+        name_b = yield b.register("127.0.0.1:7001")
+        yield a.advertise_waiting("n1", b"x")
+        self.assertIn(name_a, (yield a.members()))
+        yield a.stop()
+        self.assertNotIn(name_a, (yield b.call(b.client.get_children, self.root + "-a")))
+        self.assertEqual((yield a.call(a.client.get_children, a.sibling_path("waiting"))), [])
+        self.assertTrue(owner.connected)
+        self.assertIn(name_b, (yield b.members()))
+        self.assertTrue(b.lease_valid() or not b.connected)
+        owner.drop_session()
+        yield b_states.wait_for(lambda s: s == "lost")
+        self.assertEqual(a_states, [])
+
+    @inlineCallbacks
     def test_lease_lapses_when_our_znode_is_deleted(self) -> Generator[Deferred[Any], Any, None]:
         """Once the lease is tied to our member znode, a probe that finds it deleted (by
         another member, while our session lives) voids the lease and says so."""

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
-from twisted.internet.defer import Deferred
+from kazoo.exceptions import ConnectionClosedError, SessionExpiredError
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from kvtwist.membership import Membership, validate_root
@@ -38,12 +39,19 @@ class ZooKeeper:
         session_timeout: float = 10.0,
         auth: str | None = None,
         create_root: bool = True,
+        session: Session | None = None,
     ) -> None:
         """``auth`` (``USER:PASSWORD``): log in with digest auth, and create every
         znode with :func:`kvtwist.zk.digest_acl`, so only holders of it change the chain.
 
         ``create_root=False`` for readers (the chain client): a root they
         created would carry no ACL, and a missing root reads as no members.
+
+        ``session``: share a session opened elsewhere (a server hosting many
+        chains has one session for all of them): ``start`` then only prepares
+        the root, ``stop`` deletes what this adapter created and leaves the
+        session open, and the session's events reach this adapter's callbacks
+        only until it stops.
         """
         if session_timeout <= 0:
             raise ValueError(f"session_timeout must be positive, not {session_timeout!r}")
@@ -51,21 +59,41 @@ class ZooKeeper:
         self.root = validate_root(root)
         self.protected = auth is not None
         self.create_root = create_root
-        self._session = Session(reactor, hosts, session_timeout, auth)
+        self.shared = session is not None
+        self._stopped = False
+        self._own: set[str] = set()  # ephemeral znodes this adapter made on a shared session
+        self._session = session or Session(reactor, hosts, session_timeout, auth)
         self._members = MembershipWatch(self._session, self.root, create_root)
         self._writes = ChainWrites(self._session, self.root, self.protected, create_root)
         self._locks = Locks(self._session, self.root)
         self._probes = LeaseProbes(self._session, self.root)
         # on reconnecting: renew the lease straight away and re-arm watches
         # that the disconnection may have dropped
-        self._session.when_connected(self._probes.probe)
-        self._session.when_connected(self._members.refresh)
+        self._session.when_connected(self._while_running(self._probes.probe))
+        self._session.when_connected(self._while_running(self._members.refresh))
         # on stopping: pending lock acquisitions fail
-        self._session.when_stopping(self._probes.stop)
-        self._session.when_stopping(self._members.stop)
-        self._session.when_stopping(self._locks.cancel_all)
+        if not self.shared:
+            self._session.when_stopping(self._halt)
+
+    def _while_running(self, f: Callable[[], None]) -> Callable[[], None]:
+        def call() -> None:
+            if not self._stopped:
+                f()
+
+        return call
+
+    def _halt(self) -> None:
+        self._stopped = True
+        self._probes.stop()
+        self._members.stop()
+        self._locks.cancel_all()
 
     # -- the session ------------------------------------------------------------
+
+    @property
+    def session(self) -> Session:
+        """The session, for adapters of other roots to share (see ``session=``)."""
+        return self._session
 
     @property
     def client(self) -> KazooClient:
@@ -110,6 +138,9 @@ class ZooKeeper:
 
         Fails with kazoo's timeout error if no server answers within ``timeout``.
         """
+        if self.shared:
+            self._probes.start()
+            return self._session.call(self._writes.prepare_root).addCallback(lambda _: None)
         self._session.begin()
         self._probes.start()
 
@@ -124,9 +155,25 @@ class ZooKeeper:
         """Close the session cleanly, so our ephemeral nodes vanish at once.
 
         No state callbacks are delivered after stop() (the closing "lost" is
-        ours, not news); pending lock acquisitions fail.
+        ours, not news); pending lock acquisitions fail.  On a shared session
+        the znodes this adapter made are deleted instead, and the session stays.
         """
-        return self._session.stop()
+        if not self.shared:
+            return self._session.stop()
+        if self._stopped:
+            return succeed(None)
+        self._halt()
+        own, self._own = sorted(self._own), set()
+        return self._session.call(self._delete_all, own)
+
+    def _delete_all(self, paths: list[str]) -> None:
+        """Blocking: delete our ephemeral znodes; a session already closed took them along
+        (or will, at its expiry)."""
+        for path in paths:
+            try:
+                self._writes.delete_quietly(path)
+            except (ConnectionClosedError, SessionExpiredError):
+                return
 
     def drop_session(self) -> None:
         """Close the session now, from any thread (the reactor watchdog's).
@@ -151,7 +198,11 @@ class ZooKeeper:
         locks) are gone and must be recreated by the caller once "connected"
         follows (kazoo reconnects with a new session by itself).
         """
-        self._session.on_state(callback)
+        def deliver(state: str) -> None:
+            if not self._stopped:
+                callback(state)
+
+        self._session.on_state(deliver)
 
     # -- membership ------------------------------------------------------------
 
@@ -191,7 +242,7 @@ class ZooKeeper:
         The node is tied to our session: after "lost" it is gone and the caller
         must register again (it will get a new, later, sequence number: tail).
         """
-        return self._writes.register(address, record_version)
+        return self._writes.register(address, record_version).addCallback(self._made, self.root)
 
     def bump_record(self) -> Deferred[int]:
         """Rewrite the chain record unchanged, so its version moves on: any
@@ -201,12 +252,19 @@ class ZooKeeper:
 
     def unregister(self, name: str) -> Deferred[None]:
         """Leave the chain by deleting our member node (already gone is fine)."""
+        self._own.discard(f"{self.root}/{name}")
         return self._writes.unregister(name)
 
     def remove_member(self, name: str) -> Deferred[None]:
         """Delete another member's znode (a successor we cannot reach): it then
         sees itself gone, leaves and joins again."""
         return self._writes.unregister(name)
+
+    def _made(self, name: str, parent: str) -> str:
+        """An ephemeral znode of ours: on a shared session, deleted when we stop."""
+        if self.shared:
+            self._own.add(f"{parent}/{name}")
+        return name
 
     # -- the chain record and the waiting list ------------------------------------
 
@@ -228,7 +286,10 @@ class ZooKeeper:
 
     def advertise_waiting(self, node_id: str, data: bytes) -> Deferred[None]:
         """Say (ephemerally) that this node waits to restart an empty chain, and with what."""
-        return self._writes.advertise_waiting(node_id, data)
+        path = f"{self.sibling_path('waiting')}/{node_id}"
+        return self._writes.advertise_waiting(node_id, data).addCallback(
+            lambda _: self._own.add(path)
+        )
 
     def withdraw_waiting(self, node_id: str) -> Deferred[None]:
         """No longer waiting (already withdrawn is fine)."""
