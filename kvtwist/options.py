@@ -91,6 +91,29 @@ class Options(usage.Options):
         ["zk-root", None, "/chain", "ZooKeeper path of the chain."],
         ["zk-session-timeout", None, 10.0, "ZooKeeper session timeout in seconds.", float],
         ["advertise", None, None, "host:port written into ZooKeeper (default interface:port)."],
+        # a server of a cluster of many chains (kvtwist.cluster)
+        [
+            "cluster",
+            None,
+            None,
+            "Serve the chains the shard map of cluster NAME places here (ZooKeeper "
+            "/kvtwist/NAME), instead of the one chain under --zk-root.",
+        ],
+        [
+            "server-id",
+            None,
+            None,
+            "This server's name in its cluster (default: kept in the data directory, "
+            "made once).",
+        ],
+        ["zone", None, None, "Failure zone of this server: replicas go to distinct zones."],
+        [
+            "replace-after",
+            None,
+            60.0,
+            "Seconds a cluster server may be gone before its chains get a new member.",
+            float,
+        ],
         # chain-link security, liveness and reply bounds
         [
             "cluster-key-file",
@@ -246,6 +269,7 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
             if self["zk-session-timeout"] <= 0:
                 raise usage.UsageError("--zk-session-timeout must be positive")
+        self._check_cluster_options()
         self._check_link_options()
         self._check_client_security()
 
@@ -293,6 +317,28 @@ class Options(usage.Options):
                 digest_acl(self["zk-auth"])
             except ValueError as e:
                 raise usage.UsageError(f"--zk-auth: {e}") from None
+
+    def _check_cluster_options(self) -> None:
+        if self["cluster"] is None:
+            for name in ("server-id", "zone"):
+                if self[name] is not None:
+                    raise usage.UsageError(f"--{name} is for a cluster server (--cluster)")
+            return
+        from kvtwist.cluster.shardmap import BadMap, check_name
+
+        if not self["zk"]:
+            raise usage.UsageError("--cluster needs --zk")
+        for lone in ("resp-port", "metrics-port"):
+            if self[lone]:
+                raise usage.UsageError(f"--{lone} is for a lone chain's node, not a cluster server")
+        try:
+            check_name("cluster", self["cluster"])
+            if self["server-id"] is not None:
+                check_name("server", self["server-id"])
+        except BadMap as e:
+            raise usage.UsageError(str(e)) from None
+        if self["replace-after"] <= 0:
+            raise usage.UsageError("--replace-after must be positive")
 
     def _check_link_options(self) -> None:
         if self["link-timeout"] <= 0:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application import service
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -75,25 +76,43 @@ class ChainService(service.Service):
         self.replica.stop()
         return self.zk.stop() if self.zk is not None else None
 
+    def drop_session(self) -> None:
+        if self.zk is not None:
+            self.zk.drop_session()
+
+    def resume_session(self) -> Deferred[None] | None:
+        return self.zk.resume_session() if self.zk is not None else None
+
+
+class SessionOwner(Protocol):
+    """What the watchdog needs: whoever holds the process's ZooKeeper session."""
+
+    def drop_session(self) -> None:
+        """Close it now, from any thread."""
+
+    def resume_session(self) -> Deferred[None] | None:
+        """Open a new one (None: there is none to resume)."""
+
 
 class WatchdogService(service.Service):
-    """Closes the ZooKeeper session of a node whose reactor stops turning (kvtwist.watchdog)."""
+    """Closes the ZooKeeper session of a node whose reactor stops turning (kvtwist.watchdog):
+    a lone node's, or a cluster server's one session, shared by its chains."""
 
-    def __init__(self, reactor: Any, chain: ChainService, session_timeout: float) -> None:
-        self.chain = chain
+    def __init__(self, reactor: Any, owner: SessionOwner, session_timeout: float) -> None:
+        self.owner = owner
         # three quarters: a loaded machine may stall a reactor for a second now and
         # then, and leaving the chain for that costs a rejoin
         self.watchdog = ReactorWatchdog(reactor, session_timeout * 0.75, self._drop, self._resume)
 
     def _drop(self) -> None:
-        zk = self.chain.zk
-        if zk is not None:
-            zk.drop_session()
+        self.owner.drop_session()
 
     def _resume(self) -> None:
-        zk = self.chain.zk
-        if zk is not None and self.running:
-            zk.resume_session().addErrback(
+        if not self.running:
+            return
+        d = self.owner.resume_session()
+        if d is not None:
+            d.addErrback(
                 lambda f: log.warn("new ZooKeeper session failed: {e}", e=f.getErrorMessage())
             )
 

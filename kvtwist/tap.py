@@ -46,49 +46,32 @@ GC_THRESHOLDS = (50_000, 50, 1000)
 def build(options: Options, reactor: Any = global_reactor) -> service.MultiService:
     """Wire the node together; split from makeService so tests can pass a reactor."""
     gc.set_threshold(*GC_THRESHOLDS)
+    if options.get("cluster"):
+        from kvtwist.cluster.serve import build_server
+
+        return build_server(options, reactor)
     top = service.MultiService()
     # the metrics' histograms first: each part is handed its observer as it is made
     histograms = new_histograms() if options.get("metrics-port") is not None else None
-    journal, recovered = open_data_dir(options, histograms)
     runner = ThreadRunner(reactor, options["threads"])
-    if journal is not None:
-        # after the runner's "during" trigger: the writer thread is done with it
-        reactor.addSystemEventTrigger("after", "shutdown", journal.close)
-    store = Store(
-        reactor,
-        runner,
-        journal,
-        on_snapshot=histograms.snapshot.observe if histograms is not None else None,
-    )
     make_zk, lease = zookeeper_factory(options, reactor)
     zk = make_zk() if make_zk is not None else None
     limits = client_limits(options)
-    link_config = LinkConfig(
-        timeout=options["link-timeout"],
-        lease=lease,
-        key=options.get("cluster-key"),
-        client=limits,
-    )
+    link_config = links_config(options, limits, lease)
     tls = options.get("tls")
     link_tls = links_tls(options) if tls is not None else None
     clients = ClientConnections()  # a congested chain pauses them
-    replica = Replica(
-        reactor,
-        store,
-        options["advertise"],
-        zk,
-        link_config=link_config,
-        link_tls=link_tls,
-        on_congestion=clients.congestion,
-        on_commit_latency=histograms.commit.observe if histograms is not None else None,
-    )
-    if recovered is not None:
-        store.restore(recovered)
-        rows = [(r.client_id, r.request_id, r.seq, r.found) for r in recovered.clients]
-        replica.restore(recovered.tree, recovered.last_seq, recovered.epochs, rows)
-        freeze_collector()  # the recovered tree lives long: never scan it again
-    if journal is not None and options["fsync"] == "interval":
-        store.start_sync_timer(options["fsync-interval"])
+    path = None if options["in-memory"] else os.path.abspath(options["data-dir"])
+    try:
+        replica, journal = open_replica(
+            reactor, options, runner, histograms, path, zk, link_config, link_tls, clients
+        )
+    except SystemExit:
+        runner.stop()  # its threads would keep the process from exiting
+        raise
+    if journal is not None:
+        # after the runner's "during" trigger: the writer thread is done with it
+        reactor.addSystemEventTrigger("after", "shutdown", journal.close)
     token = options.get("token")
     # requests relayed to the head or tail go to the port the links use:
     # the same TLS, and this node's token (members share it)
@@ -207,6 +190,58 @@ def announce(options: Options, chain: bool) -> None:
     )
 
 
+def links_config(options: Options, limits: Limits, lease: float, chain: str = "") -> LinkConfig:
+    return LinkConfig(
+        timeout=options["link-timeout"],
+        lease=lease,
+        key=options.get("cluster-key"),
+        client=limits,
+        chain=chain,
+    )
+
+
+def open_replica(
+    reactor: Any,
+    options: Options,
+    runner: ThreadRunner,
+    histograms: Histograms | None,
+    path: str | None,
+    zk: Coordinator | None,
+    link_config: LinkConfig,
+    link_tls: Any,
+    clients: ClientConnections,
+) -> tuple[Replica, DataDir | None]:
+    """A replica on its store, recovered from the data directory ``path`` (None: in memory).
+
+    A lone node has one; a cluster server one per chain it serves.
+    """
+    journal, recovered = open_data_dir(options, histograms, path)
+    store = Store(
+        reactor,
+        runner,
+        journal,
+        on_snapshot=histograms.snapshot.observe if histograms is not None else None,
+    )
+    replica = Replica(
+        reactor,
+        store,
+        options["advertise"],
+        zk,
+        link_config=link_config,
+        link_tls=link_tls,
+        on_congestion=clients.congestion,
+        on_commit_latency=histograms.commit.observe if histograms is not None else None,
+    )
+    if recovered is not None:
+        store.restore(recovered)
+        rows = [(r.client_id, r.request_id, r.seq, r.found) for r in recovered.clients]
+        replica.restore(recovered.tree, recovered.last_seq, recovered.epochs, rows)
+        freeze_collector()  # the recovered tree lives long: never scan it again
+    if journal is not None and options["fsync"] == "interval":
+        store.start_sync_timer(options["fsync-interval"])
+    return replica, journal
+
+
 def new_histograms() -> Histograms:
     """The metrics' histograms (prometheus-client is imported only when asked for)."""
     from kvtwist.monitoring import Histograms
@@ -256,13 +291,12 @@ def links_tls(options: Options) -> Any:
 
 
 def open_data_dir(
-    options: Options, histograms: Histograms | None = None
+    options: Options, histograms: Histograms | None, path: str | None
 ) -> tuple[DataDir | None, Recovered | None]:
     """Open and recover the data directory; a node that cannot exits with one line."""
-    if options["in-memory"]:
+    if path is None:
         log.warn("in-memory: nothing is kept on disk; a restart starts empty")
         return None, None
-    path = os.path.abspath(options["data-dir"])
     journal = DataDir(
         path,
         fsync=FsyncPolicy(options["fsync"]),

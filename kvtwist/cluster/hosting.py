@@ -1,0 +1,222 @@
+"""A cluster server: one port, one ZooKeeper session, a replica of each chain placed here.
+
+The server registers itself under the cluster's ``servers`` (ephemeral, so it
+is gone with its session), watches the shard map, and serves exactly the
+chains the map places on it: a chain newly placed here gets a replica, on its
+own store and data directory, that joins the chain as any joiner does (as its
+tail, by state transfer); a chain placed elsewhere stops being served here.
+Every replica's coordinator is an adapter of the one session, rooted at its
+chain's root, so the session's loss fences every chain of the server at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.recipe.watchers import DataWatch
+from twisted.application import service
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kvtwist.chain.replica import Replica
+from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
+from kvtwist.server.chains import Chains
+from kvtwist.storage import DataDir
+from kvtwist.zk import ZooKeeper
+from kvtwist.zk.session import Session
+
+__all__ = ["ClusterServer", "Hosted"]
+
+log = Logger(namespace="kvtwist.cluster")
+
+#: Makes the replica of chain ``id`` (store recovered from its data directory) on ``zk``.
+OpenChain = Callable[[str, ZooKeeper], "tuple[Replica, DataDir | None]"]
+
+
+@dataclass
+class Hosted:
+    """One chain served here."""
+
+    replica: Replica
+    zk: ZooKeeper
+    journal: DataDir | None
+
+
+class ClusterServer(service.Service):
+    """Serves what the shard map places here; see the module docstring."""
+
+    retry_delay = 2.0
+
+    def __init__(
+        self,
+        reactor: Any,
+        session: Session,
+        paths: ClusterPaths,
+        me: Server,
+        chains: Chains,
+        open_chain: OpenChain,
+        make_zk: Callable[[str], ZooKeeper],
+    ) -> None:
+        """``make_zk(root)``: an adapter of ``session`` rooted at a chain's root."""
+        self.reactor = reactor
+        self.session = session
+        self.paths = paths
+        self.me = me
+        self.chains = chains
+        self.open_chain = open_chain
+        self.make_zk = make_zk
+        self.hosted: dict[str, Hosted] = {}
+        self.map: ShardMap | None = None
+        self._retry: Any = None
+        self._watch: Any = None
+        self._lost = False
+        session.on_state(self._session_state)
+
+    # -- the session --------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.session.begin()
+        self._open()
+
+    def _open(self) -> None:
+        self._retry = None
+        d = self.session.call(self.session.open, 15.0, self._prepare)
+        d.addCallbacks(self._opened, self._failed)
+
+    def _failed(self, f: Failure) -> None:
+        if not self.running:
+            return
+        log.warn(
+            "cannot reach ZooKeeper at {hosts}: {e}; retrying in {s}s",
+            hosts=self.session.hosts,
+            e=f.getErrorMessage() or repr(f.value),
+            s=self.retry_delay,
+        )
+        self._retry = self.reactor.callLater(self.retry_delay, self._open)
+
+    def _prepare(self) -> None:
+        """Blocking: the cluster's nodes exist, and this server is registered."""
+        client = self.session.client
+        if client.exists(self.paths.map) is None:
+            raise RuntimeError(
+                f"no cluster {self.paths.name!r} in ZooKeeper "
+                f"(kvtwist-admin cluster create {self.paths.name} ...)"
+            )
+        client.ensure_path(self.paths.servers)
+        client.ensure_path(self.paths.chains)
+        self._register()
+
+    def _register(self) -> None:
+        """Blocking: our ephemeral server znode.  One left by our last run (its session
+        not expired yet) is ours to replace."""
+        client = self.session.client
+        path = self.paths.server(self.me.id)
+        try:
+            client.create(path, self.me.encode(), ephemeral=True)
+        except NodeExistsError:
+            try:
+                client.delete(path)
+            except NoNodeError:
+                pass
+            client.create(path, self.me.encode(), ephemeral=True)
+
+    def _opened(self, _: object) -> None:
+        log.info(
+            "cluster {name}: server {id} at {address} registered",
+            name=self.paths.name,
+            id=self.me.id,
+            address=self.me.address,
+        )
+        self._watch = DataWatch(self.session.client, self.paths.map, self._map_in_thread)
+
+    def _session_state(self, state: str) -> None:
+        if state == "lost":
+            self._lost = True
+        elif state == "connected" and self._lost and self.running:
+            # a new session: our server znode went with the old one
+            self._lost = False
+            self.session.call(self._register).addErrback(
+                lambda f: log.warn("cannot register again: {e}", e=f.getErrorMessage())
+            )
+
+    def drop_session(self) -> None:
+        self.session.drop()
+
+    def resume_session(self) -> Deferred[None] | None:
+        return self.session.resume()
+
+    # -- the map -------------------------------------------------------------
+
+    def _map_in_thread(self, data: bytes | None, stat: Any) -> bool:
+        """kazoo's thread: hand the map to the reactor; False ends the watch."""
+        if not self.running and self.map is not None:
+            return False
+        self.reactor.callFromThread(self.map_changed, data)
+        return True
+
+    def map_changed(self, data: bytes | None) -> None:
+        if not self.running or data is None:
+            return
+        try:
+            new = ShardMap.decode(data)
+        except BadMap as e:
+            log.error("cluster {name}: shard map ignored: {e}", name=self.paths.name, e=e)
+            return
+        if self.map is not None and new.version <= self.map.version:
+            return  # a reconnect may read a server that lags the one read before
+        self.map = new
+        self.chains.map_version = new.version
+        wanted = {plan.id for plan in new.chains_of(self.me.id)}
+        for chain in sorted(wanted - set(self.hosted)):
+            self._serve(chain)
+        for chain in sorted(set(self.hosted) - wanted):
+            self._leave(chain)
+
+    def _serve(self, chain: str) -> None:
+        zk = self.make_zk(self.paths.chain(chain))
+        replica, journal = self.open_chain(chain, zk)
+        self.hosted[chain] = Hosted(replica, zk, journal)
+        self.chains.add(chain, replica)
+        zk.on_state(replica.zk_state)
+        zk.on_gone(replica.znode_gone)
+        zk.watch_members(replica.set_view)
+        log.info("cluster {name}: serving chain {chain}", name=self.paths.name, chain=chain)
+
+        def failed(f: Failure) -> None:
+            log.failure("chain {chain}: joining failed", f, chain=chain)
+
+        zk.start().addCallback(lambda _: replica.join()).addErrback(failed)
+
+    def _leave(self, chain: str) -> Deferred[None]:
+        hosted = self.hosted.pop(chain)
+        self.chains.remove(chain)
+        hosted.replica.stop()
+        log.info("cluster {name}: chain {chain} not served here any more",
+                 name=self.paths.name, chain=chain)
+        d = hosted.zk.stop()
+        journal = hosted.journal
+        if journal is not None:
+            store = hosted.replica.store
+            store.stop_sync_timer()
+            # the writer thread takes jobs in order: this one follows the store's last batch
+            d.addBoth(lambda _: store.runner.write(journal.close))
+        return d
+
+    # -- stopping ------------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        for chain in list(self.hosted):
+            hosted = self.hosted.pop(chain)
+            hosted.replica.stop()
+            hosted.zk.stop()
+        if not self.session.started:
+            return succeed(None)
+        return self.session.stop()

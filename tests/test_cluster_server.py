@@ -1,0 +1,135 @@
+"""Cluster servers as real processes: ``twistd -n kvnode --cluster NAME`` serves the
+chains the shard map places on it, all on one port and one ZooKeeper session."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+from kvtwist import wire
+from kvtwist.cluster.shardmap import ClusterPaths, ShardMap
+from kvtwist.membership import MEMBER_PREFIX
+from kvtwist.procs import NodeProcess
+from kvtwist.wire import Message
+from tests.nodes import wait_for
+from tests.zkserver import ZooKeeperCase
+
+SERVERS = ("s1", "s2", "s3")
+PLACEMENT = [("s1", "s2", "s3"), ("s2", "s3", "s1"), ("s3", "s1", "s2")]
+
+
+def request(port: int, msg: Message, timeout: float = 10.0) -> Message:
+    """One request on a new connection to 127.0.0.1:``port``; its reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(wire.frame(msg))
+        data = b""
+        while len(data) < wire.HEADER.size or len(data) < wire.HEADER.size + wire.HEADER.unpack(
+            data[: wire.HEADER.size]
+        )[0]:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed before a reply")
+            data += chunk
+    reply = Message()
+    reply.ParseFromString(data[wire.HEADER.size :])
+    return reply
+
+
+def put(chain: str, key: bytes, value: bytes) -> Message:
+    return Message(
+        opcode=wire.OP_PUT, c_type=wire.CT_ENTRY, entry={"key": key, "data": value}, chain=chain
+    )
+
+
+def get(chain: str, key: bytes) -> Message:
+    return Message(opcode=wire.OP_GET, c_type=wire.CT_KEY, keys=[key], chain=chain)
+
+
+class ClusterServerTests(ZooKeeperCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.name = f"t{uuid.uuid4().hex[:8]}"
+        self.paths = ClusterPaths(self.name)
+        shard_map = ShardMap.initial(3, [b"h", b"p"], PLACEMENT)
+        self.kazoo.ensure_path(self.paths.root)
+        self.kazoo.create(self.paths.map, shard_map.encode())
+        self.servers: dict[str, NodeProcess] = {}
+        for sid in SERVERS:
+            node = NodeProcess(
+                args=[
+                    "--zk", self.zk.hosts, "--cluster", self.name, "--server-id", sid,
+                    "--zk-session-timeout", "4", "--in-memory",
+                ]
+            )
+            self.addCleanup(node.cleanup)
+            self.servers[sid] = node.start()
+
+    def members(self, chain: str) -> list[str]:
+        """The chain's members' addresses, head first."""
+        root = self.paths.chain(chain)
+        if self.kazoo.exists(root) is None:
+            return []
+        names = sorted(n for n in self.kazoo.get_children(root) if n.startswith(MEMBER_PREFIX))
+        out = []
+        for n in names:
+            try:
+                out.append(self.kazoo.get(f"{root}/{n}")[0].rstrip(b"\0").decode())
+            except Exception:
+                pass
+        return out
+
+    def port_of(self, address: str) -> int:
+        return int(address.rsplit(":", 1)[1])
+
+    def wait_formed(self, chain: str, n: int) -> list[str]:
+        wait_for(lambda: len(self.members(chain)) == n, 60, f"chain {chain} of {n}")
+        return self.members(chain)
+
+    def write(self, chain: str, key: bytes, value: bytes) -> Message:
+        """PUT at the chain's head, retried while the chain settles."""
+        box: list[Message] = []
+
+        def done() -> bool:
+            head = self.members(chain)[0]
+            try:
+                reply = request(self.port_of(head), put(chain, key, value))
+            except OSError:
+                return False
+            box[:] = [reply]
+            return reply.opcode == wire.OP_PUT + 1
+
+        wait_for(done, 60, f"a PUT on chain {chain}")
+        return box[0]
+
+    def test_each_server_serves_its_chains_on_one_port(self) -> None:
+        """Every chain forms over the three servers; a value written to one chain is
+        read from its tail, never from another chain at the same port."""
+        for chain in ("c0", "c1", "c2"):
+            self.wait_formed(chain, 3)
+        self.write("c1", b"k", b"in-c1")
+        tail = self.port_of(self.members("c1")[-1])
+        wait_for(
+            lambda: list(request(tail, get("c1", b"k")).values) == [b"in-c1"], 30, "the read"
+        )
+        self.assertEqual(list(request(tail, get("c0", b"k")).values), [])
+        refused = request(tail, get("nope", b"k"))
+        self.assertEqual((refused.opcode, refused.retry), (wire.OP_ERROR, True))
+        self.assertGreaterEqual(refused.map_version, 1)
+        # one process serves all three chains: one port, one registration
+        self.assertEqual(sorted(self.kazoo.get_children(self.paths.servers)), list(SERVERS))
+
+    def test_a_server_crash_leaves_every_chain_serving(self) -> None:
+        """SIGKILL one server: each of its chains drops it and takes writes again."""
+        for chain in ("c0", "c1", "c2"):
+            self.wait_formed(chain, 3)
+            self.write(chain, b"before", chain.encode())
+        self.servers["s1"].kill()
+        for chain in ("c0", "c1", "c2"):
+            left = self.wait_formed(chain, 2)
+            self.assertNotIn(self.servers["s1"].address, left)
+            self.write(chain, b"after", chain.encode())
+            tail = self.port_of(self.members(chain)[-1])
+            reply = request(tail, get(chain, b"before"))
+            self.assertEqual(list(reply.values), [chain.encode()])
