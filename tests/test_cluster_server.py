@@ -105,9 +105,11 @@ class ClusterServerTests(ZooKeeperCase):
 
     def test_each_server_serves_its_chains_on_one_port(self) -> None:
         """Every chain forms over the three servers; a value written to one chain is
-        read from its tail, never from another chain at the same port."""
-        for chain in ("c0", "c1", "c2"):
-            self.wait_formed(chain, 3)
+        read from its tail, never from another chain at the same port.  Each chain's
+        order is its placement's, so every server heads one chain and tails one."""
+        for i, chain in enumerate(("c0", "c1", "c2")):
+            order = self.wait_formed(chain, 3)
+            self.assertEqual(order, [self.servers[s].address for s in PLACEMENT[i]], chain)
         self.write("c1", b"k", b"in-c1")
         tail = self.port_of(self.members("c1")[-1])
         wait_for(

@@ -3,9 +3,11 @@ refuses junk rather than routing by it."""
 
 from __future__ import annotations
 
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.cluster.shardmap import BadMap, ChainPlan, ClusterPaths, Server, Shard, ShardMap
+from kvtwist.options import Options
 
 
 def three() -> ShardMap:
@@ -65,3 +67,32 @@ class ShardMapTests(SynchronousTestCase):
         self.assertEqual(Server.decode("s1", s.encode()), s)
         with self.assertRaises(BadMap):
             Server.decode("s1", b"127.0.0.1:7000")
+
+
+class ClusterOptionTests(SynchronousTestCase):
+    """``--cluster`` and its companions are checked before anything starts."""
+
+    def parse(self, *args: str) -> Options:
+        o = Options()
+        o.parseOptions(list(args))
+        return o
+
+    def test_refused_combinations(self) -> None:
+        for args, why in [
+            (["--cluster", "c", "--in-memory"], "--cluster needs --zk"),
+            (["--zk", "127.0.0.1:1", "--cluster", "a/b", "--in-memory"], "bad cluster name"),
+            (["--server-id", "s1", "--in-memory"], "--server-id is for a cluster server"),
+            (["--zk", "127.0.0.1:1", "--cluster", "c", "--in-memory", "--resp-port", "7"],
+             "--resp-port is for a lone chain"),
+            (["--zk", "127.0.0.1:1", "--cluster", "c", "--in-memory", "--replace-after", "0"],
+             "--replace-after must be positive"),
+        ]:
+            with self.assertRaises(UsageError, msg=args) as caught:
+                self.parse(*args)
+            self.assertIn(why, str(caught.exception))
+
+    def test_a_cluster_server(self) -> None:
+        o = self.parse("--zk", "127.0.0.1:1", "--cluster", "prod", "--server-id", "s1",
+                       "--zone", "z1", "--in-memory")
+        self.assertEqual((o["cluster"], o["server-id"], o["zone"]), ("prod", "s1", "z1"))
+        self.assertEqual(o["replace-after"], 60.0)

@@ -33,6 +33,12 @@ __all__ = ["ClusterServer", "Hosted"]
 
 log = Logger(namespace="kvtwist.cluster")
 
+#: Seconds a server waits for the members placed before it in a chain to register
+#: before it joins anyway: a joiner joins as the tail, so waiting for them makes the
+#: chain's order the placement's (which spreads heads and tails over the servers),
+#: and not waiting for ever keeps a chain whose first server is down serving.
+ORDER_WAIT = 10.0
+
 #: Makes the replica of chain ``id`` (store recovered from its data directory) on ``zk``.
 OpenChain = Callable[[str, ZooKeeper], "tuple[Replica, DataDir | None]"]
 
@@ -184,13 +190,51 @@ class ClusterServer(service.Service):
         self.chains.add(chain, replica)
         zk.on_state(replica.zk_state)
         zk.on_gone(replica.znode_gone)
-        zk.watch_members(replica.set_view)
-        log.info("cluster {name}: serving chain {chain}", name=self.paths.name, chain=chain)
+        assert self.map is not None
+        ahead = self.map.chains[chain].members.index(self.me.id)
+        joined = False
+        ready = False  # the adapter has started: the replica may register
+        timer: Any = None
+        members = 0
+
+        def join() -> None:
+            nonlocal joined
+            hosted = self.hosted.get(chain)
+            if joined or not ready or hosted is None or hosted.replica is not replica:
+                return
+            joined = True
+            if timer is not None and timer.active():
+                timer.cancel()
+            replica.join()
+
+        def view(membership: Any) -> None:
+            nonlocal members
+            members = len(membership.members)
+            replica.set_view(membership)
+            if members >= ahead:
+                join()
+
+        zk.watch_members(view)
+        log.info(
+            "cluster {name}: serving chain {chain} (placed {n} of {r})",
+            name=self.paths.name,
+            chain=chain,
+            n=ahead + 1,
+            r=len(self.map.chains[chain].members),
+        )
+
+        def started(_: object) -> None:
+            nonlocal timer, ready
+            ready = True
+            if members >= ahead:
+                join()
+            else:
+                timer = self.reactor.callLater(ORDER_WAIT, join)
 
         def failed(f: Failure) -> None:
             log.failure("chain {chain}: joining failed", f, chain=chain)
 
-        zk.start().addCallback(lambda _: replica.join()).addErrback(failed)
+        zk.start().addCallback(started).addErrback(failed)
 
     def _leave(self, chain: str) -> Deferred[None]:
         hosted = self.hosted.pop(chain)
