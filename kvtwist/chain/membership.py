@@ -31,6 +31,7 @@ from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.reads import ReadingReplica
 from kvtwist.chain.record import ChainRecord, matches
+from kvtwist.chain.view import LinkState, plan_view
 from kvtwist.lease import LEASE_FRACTION
 from kvtwist.membership import format_address
 
@@ -68,10 +69,12 @@ class MembershipReplica(ReadingReplica):
             self._become_member()
         if self.fenced:
             return
-        if view.index(self.name) is None:
+        plan = plan_view(
+            view, self.name, LinkState.of(self.pred), LinkState.of(self.succ), self._joiner_limbo
+        )
+        if plan.gone:
             self._confirm_gone()
             return
-        pred, succ = self._neighbours()
         log.info(
             "config {config}: {members}; we are {name} ({role})",
             config=view.config,
@@ -80,50 +83,38 @@ class MembershipReplica(ReadingReplica):
             role=self.role,
         )
         # predecessor side
-        if pred is None:
-            if self.pred is not None:
-                self.pred.close()
-                self.pred = None
+        if plan.drop_pred and self.pred is not None:
+            self.pred.close()
+            self.pred = None
+        if plan.head:
             self._awaiting_handoff = False
             self.state.continue_numbering()
             if self.head_epoch is None:
                 self._claim_head()
-        elif self.pred is not None and self.pred.peer != pred.name:
-            self.pred.close()
-            self.pred = None
-        if pred is not None and (self.pred is None or not self.pred.ready):
-            self._watch_predecessor(pred)
+        if plan.await_pred is not None:
+            self._watch_predecessor(plan.await_pred)
         # successor side
-        if succ is not None and self._joiner_limbo == format_address(succ.address):
+        if plan.limbo_over:
             self._joiner_limbo = None  # the joiner did register: it is our successor now
-        if succ is None:
+        if plan.drop_succ and self.succ is not None:
+            self.succ.close()
+            self.succ = None
+        if plan.tail:
             self._succ_down_since = None
-            if self.succ is not None and not self.succ.joining:
-                self.succ.close()
-                self.succ = None
             # the tail before us may have served anything we applied: no read
             # here until we have committed that much too (the record may hold
             # the commit back for a while)
             self.tail_catch_up = max(self.tail_catch_up, self.state.applied_seq)
             self._advance()  # tail now: what we applied is committed
-        elif self.succ is None or self.succ.peer != succ.name:
-            adopt = (
-                self.succ is not None
-                and self.succ.peer == f"join:{format_address(succ.address)}"
-                and self.succ.ready
-            )
-            if adopt:
-                assert self.succ is not None
-                self.succ.peer = succ.name
-                self.succ.joining = False
-                self.succ.joined = True
-                self.succ.hello(self.name, view.config, self.address, self.state.committed_seq)
-            else:
-                if self.succ is not None:
-                    self.succ.close()
-                    self.succ = None
-                self._succ_down_since = self.reactor.seconds()
-                self._connect_successor(succ)
+        elif plan.adopt_succ:
+            assert self.succ is not None
+            self.succ.peer = view.successor(self.name).name  # type: ignore[union-attr]
+            self.succ.joining = False
+            self.succ.joined = True
+            self.succ.hello(self.name, view.config, self.address, self.state.committed_seq)
+        elif plan.connect_succ is not None:
+            self._succ_down_since = self.reactor.seconds()
+            self._connect_successor(plan.connect_succ)
         for link in (self.pred, self.succ):
             if link is not None:
                 self._stamp(link)
