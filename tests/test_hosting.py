@@ -66,16 +66,25 @@ class Server:
 
     def request(self, msg: Message) -> Message:
         """Send one request on a fresh client connection; its reply."""
+        (reply,) = self.pipeline([msg])
+        return reply
+
+    def pipeline(self, msgs: list[Message]) -> list[Message]:
+        """Send requests together on a fresh client connection; their replies, in order."""
         proto = self.factory.buildProtocol(None)
         transport = StringTransport()
         proto.makeConnection(transport)
-        proto.dataReceived(wire.frame(msg))
+        proto.dataReceived(b"".join(wire.frame(m) for m in msgs))
         self.world.settle()
         data = transport.value()
-        (size,) = wire.HEADER.unpack(data[: wire.HEADER.size])
-        reply = Message()
-        reply.ParseFromString(data[wire.HEADER.size : wire.HEADER.size + size])
-        return reply
+        replies = []
+        while data:
+            (size,) = wire.HEADER.unpack(data[: wire.HEADER.size])
+            reply = Message()
+            reply.ParseFromString(data[wire.HEADER.size : wire.HEADER.size + size])
+            replies.append(reply)
+            data = data[wire.HEADER.size + size :]
+        return replies
 
 
 class World:
@@ -182,3 +191,34 @@ class HostingTests(SynchronousTestCase):
         self.assertEqual(reply.opcode, wire.OP_ERROR)
         self.assertFalse(reply.retry)
         self.assertIn("lone chain", reply.error)
+
+    def test_keys_outside_the_chains_shard(self) -> None:
+        """Routed by an older map, a key or scan outside the chain's range is refused
+        (retryable, with the map version) and nothing is written; keys inside pass."""
+        world = World(["a", "b"], 1)
+        server = world.servers[9000]
+        server.chains.ranges = {"a": (b"", b"m"), "b": (b"m", None)}
+        wrong = server.request(put("a", b"x", b"v"))
+        self.assertEqual((wrong.opcode, wrong.retry, wrong.map_version), (wire.OP_ERROR, True, 1))
+        self.assertIn("outside chain 'a'", wrong.error)
+        self.assertIsNone(world.replica(9000, "a").committed_tree.get(b"x"))
+        self.assertEqual(server.request(put("b", b"x", b"v")).opcode, wire.OP_PUT + 1)
+        self.assertEqual(server.request(get("b", b"a")).opcode, wire.OP_ERROR)
+        self.assertEqual(list(server.request(get("b", b"x")).values), [b"v"])
+        scan = Message(opcode=wire.OP_RANGE, c_type=wire.CT_RANGE, chain="a")
+        scan.range.start = b"a"
+        self.assertEqual(server.request(scan).opcode, wire.OP_ERROR)  # no stop: beyond "m"
+        scan.range.stop = b"m"
+        self.assertEqual(server.request(scan).opcode, wire.OP_RANGE + 1)
+        size = Message(opcode=wire.OP_SIZE, c_type=wire.CT_NONE, chain="b")
+        self.assertEqual(server.request(size).result, 1)
+        # pipelined writes: the misplaced one refused in its place, the others applied
+        replies = server.pipeline(
+            [put("a", b"c", b"1"), put("a", b"y", b"2"), put("a", b"d", b"3")]
+        )
+        self.assertEqual(
+            [r.opcode for r in replies], [wire.OP_PUT + 1, wire.OP_ERROR, wire.OP_PUT + 1]
+        )
+        self.assertEqual(
+            world.replica(9000, "a").committed_tree.items(), [(b"c", b"1"), (b"d", b"3")]
+        )

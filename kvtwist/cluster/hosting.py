@@ -177,6 +177,7 @@ class ClusterServer(service.Service):
             return  # a reconnect may read a server that lags the one read before
         self.map = new
         self.chains.map_version = new.version
+        self.chains.ranges = {s.chain: (s.start, s.end) for s in new.shards}
         wanted = {plan.id for plan in new.chains_of(self.me.id)}
         for chain in sorted(wanted - set(self.hosted)):
             self._serve(chain)

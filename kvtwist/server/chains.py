@@ -4,7 +4,9 @@ A request names its chain in ``Message.chain`` (empty: a lone node's only
 chain); the router sends it to that chain's dispatcher.  A chain this server
 does not serve (moved away, or not placed here yet) gets a retryable ERROR
 carrying the shard map version the server knows, so a client holding an older
-map reads the new one before it retries.
+map reads the new one before it retries.  So does a key outside the range of
+the shard the chain serves (a client routing by an older map): no chain ever
+stores a key that is not its shard's.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class Chains:
         self._replicas: dict[str, Replica] = dict(replicas or {})
         #: the shard map version this server acts on (0: none, a lone node)
         self.map_version = 0
+        #: each chain's key range ``[start, end)`` (end None: to the last key), by
+        #: the map of ``map_version``; a lone node's chain has none and takes any key
+        self.ranges: dict[str, tuple[bytes, bytes | None]] = {}
         self._watchers: list[Callable[[str, Replica | None], None]] = []
 
     @classmethod
@@ -92,6 +97,40 @@ class Chains:
         reply.map_version = self.map_version
         return reply
 
+    def misplaced(self, msg: Message) -> Message | None:
+        """The ERROR for a request whose key (or scan) lies outside its chain's shard."""
+        bounds = self.ranges.get(msg.chain)
+        if bounds is None:
+            return None
+        start, end = bounds
+        op = msg.opcode
+        if op == wire.OP_RANGE:
+            spec = msg.range
+            low = spec.start if spec.HasField("start") else None
+            high = spec.stop if spec.HasField("stop") else None
+            inside = (low is not None and low >= start or start == b"") and (
+                end is None or (high is not None and high <= end)
+            )
+            what = "scan"
+        else:
+            if op in wire.WRITE_OPS and op != wire.OP_DEL:
+                key = msg.entry.key
+            elif msg.keys:
+                key = msg.keys[0]
+            else:
+                return None  # SIZE, GETKEYS, ...: the chain's whole content is its shard's
+            inside = start <= key and (end is None or key < end)
+            what = f"key {key[:40]!r}"
+        if inside:
+            return None
+        reply = wire.error_reply(
+            f"{what} is outside chain {msg.chain!r}'s shard "
+            f"(shard map version {self.map_version}): read the map again",
+            retry=True,
+        )
+        reply.map_version = self.map_version
+        return reply
+
 
 class Router:
     """What a connection asks of "the dispatcher": each request to its chain's."""
@@ -119,6 +158,10 @@ class Router:
         d = self._by_chain.get(msg.chain)
         if d is None:
             return defer.succeed(wire.frame(self.chains.not_here(msg.chain)))
+        if self.chains.ranges:
+            wrong = self.chains.misplaced(msg)
+            if wrong is not None:
+                return defer.succeed(wire.frame(wrong))
         return d.handle(msg, peer)
 
     def write_many(self, msgs: list[Message], peer: Callable[[], str]) -> Deferred[list[bytes]]:
@@ -138,4 +181,22 @@ class Router:
         d = self._by_chain.get(msgs[0].chain)
         if d is None:
             return defer.succeed([wire.frame(self.chains.not_here(msgs[0].chain))] * len(msgs))
+        if self.chains.ranges:
+            wrong = [self.chains.misplaced(m) for m in msgs]
+            if any(w is not None for w in wrong):
+                return self._split(msgs, wrong, d, call)
         return call(d, msgs)
+
+    def _split(
+        self,
+        msgs: list[Message],
+        wrong: list[Message | None],
+        d: Dispatcher,
+        call: Callable[[Dispatcher, list[Message]], Deferred[list[Any]]],
+    ) -> Deferred[list[Any]]:
+        """A run with misplaced keys: those refused in their places, the rest one by one."""
+        parts = [
+            defer.succeed([wire.frame(w)]) if w is not None else call(d, [m])
+            for m, w in zip(msgs, wrong, strict=True)
+        ]
+        return defer.gatherResults(parts).addCallback(lambda ls: [f for part in ls for f in part])
