@@ -16,6 +16,8 @@ from tests.zkserver import ZooKeeperCase
 
 SERVERS = ("s1", "s2", "s3")
 PLACEMENT = [("s1", "s2", "s3"), ("s2", "s3", "s1"), ("s3", "s1", "s2")]
+#: a key in each chain's shard (the map cuts at "h" and "p")
+KEYS = {"c0": b"apple", "c1": b"kiwi", "c2": b"quince"}
 
 
 def request(port: int, msg: Message, timeout: float = 10.0) -> Message:
@@ -115,7 +117,9 @@ class ClusterServerTests(ZooKeeperCase):
         wait_for(
             lambda: list(request(tail, get("c1", b"k")).values) == [b"in-c1"], 30, "the read"
         )
-        self.assertEqual(list(request(tail, get("c0", b"k")).values), [])
+        self.assertEqual(list(request(tail, get("c0", b"a")).values), [])
+        misplaced = request(tail, get("c0", b"k"))
+        self.assertEqual((misplaced.opcode, misplaced.retry), (wire.OP_ERROR, True))
         refused = request(tail, get("nope", b"k"))
         self.assertEqual((refused.opcode, refused.retry), (wire.OP_ERROR, True))
         self.assertGreaterEqual(refused.map_version, 1)
@@ -126,12 +130,12 @@ class ClusterServerTests(ZooKeeperCase):
         """SIGKILL one server: each of its chains drops it and takes writes again."""
         for chain in ("c0", "c1", "c2"):
             self.wait_formed(chain, 3)
-            self.write(chain, b"before", chain.encode())
+            self.write(chain, KEYS[chain] + b"-before", chain.encode())
         self.servers["s1"].kill()
         for chain in ("c0", "c1", "c2"):
             left = self.wait_formed(chain, 2)
             self.assertNotIn(self.servers["s1"].address, left)
-            self.write(chain, b"after", chain.encode())
+            self.write(chain, KEYS[chain] + b"-after", chain.encode())
             tail = self.port_of(self.members(chain)[-1])
-            reply = request(tail, get(chain, b"before"))
+            reply = request(tail, get(chain, KEYS[chain] + b"-before"))
             self.assertEqual(list(reply.values), [chain.encode()])
