@@ -7,7 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvtwist.chain.view import LinkState, ViewPlan, plan_view
+from kvtwist.chain.foreign import Verdict
+from kvtwist.chain.record import ChainRecord
+from kvtwist.chain.view import JoinPlan, LinkState, ViewPlan, plan_join, plan_view
 from kvtwist.membership import Member, Membership, format_address
 
 
@@ -34,9 +36,9 @@ links = st.one_of(
 )
 
 
-def apply(plan: ViewPlan, pred: LinkState | None, succ: LinkState | None, v: Membership) -> tuple[
-    str | None, str | None
-]:
+def apply(
+    plan: ViewPlan, pred: LinkState | None, succ: LinkState | None, v: Membership
+) -> tuple[str | None, str | None]:
     """The peers the member's links lead to once the plan is carried out (a link
     dialled or awaited counts as leading to its member)."""
     pred_peer = None if plan.drop_pred or pred is None else pred.peer
@@ -118,3 +120,54 @@ class PlanTests(SynchronousTestCase):
             self.assertTrue(succ_peer is None or (succ is not None and succ.joining))
         if plan.await_pred is not None and pred is not None and pred.peer == before.name:  # type: ignore[union-attr]
             self.assertFalse(pred.ready)  # a ready link to the right member is kept as it is
+
+
+class JoinPlanTests(SynchronousTestCase):
+    """What a joiner does with the membership and record it read under the join lock."""
+
+    def plan(self, v: Membership, record: ChainRecord | None = None, **kw: object) -> JoinPlan:
+        args: dict[str, object] = {
+            "own_address": ("10.0.0.2", 7000),
+            "examined": {},
+            "last_name": None,
+            "node_id": "me",
+        }
+        args.update(kw)
+        return plan_join(v, record or ChainRecord(), **args)  # type: ignore[arg-type]
+
+    def test_an_earlier_registration_of_ours_goes_first(self) -> None:
+        """Our own address in the chain is a dead incarnation: removed, never joined from."""
+        mine = Member("node0000000004", 4, ("10.0.0.2", 7000))
+        v = Membership(3, (member(1), mine))
+        self.assertEqual(self.plan(v), JoinPlan(stale=(mine.name,)))
+        self.assertEqual(self.plan(v, cleaned=True).examine, mine)
+
+    def test_the_tail_is_examined_then_joined(self) -> None:
+        v = view(1, 2)
+        self.assertEqual(self.plan(v), JoinPlan(examine=member(2)))
+        judged = {member(2).name: Verdict.KVTWIST}
+        self.assertEqual(self.plan(v, examined=judged), JoinPlan(transfer_from=member(2)))
+
+    def test_a_foreign_tail_is_passed_over(self) -> None:
+        """The last member that speaks kvtwist is the one to catch up from."""
+        judged = {member(2).name: Verdict.FOREIGN, member(1).name: Verdict.KVTWIST}
+        self.assertEqual(self.plan(view(1, 2), examined=judged), JoinPlan(transfer_from=member(1)))
+
+    def test_an_empty_chain(self) -> None:
+        """A brand-new chain starts at once; one that had members starts only from a
+        member of its last configuration, and as a restart; others wait."""
+        empty = Membership(0, ())
+        self.assertEqual(self.plan(empty), JoinPlan(start=True, restart=False))
+        record = ChainRecord(epoch=3, config=9, members=(("node1", "10.0.0.2:7000"),), version=4)
+        self.assertEqual(
+            self.plan(Membership(12, ()), record, last_name="node1"),
+            JoinPlan(start=True, restart=True),
+        )
+        self.assertEqual(
+            self.plan(Membership(12, ()), record, last_name="node7"), JoinPlan(wait=True)
+        )
+        judged = {member(3).name: Verdict.FOREIGN}
+        self.assertEqual(
+            self.plan(view(3), record, last_name="node7", examined=judged),
+            JoinPlan(wait=True, foreign=(member(3),)),
+        )

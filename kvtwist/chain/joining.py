@@ -45,6 +45,7 @@ from kvtwist.chain.links import LinkedReplica
 from kvtwist.chain.record import ChainRecord, may_start
 from kvtwist.chain.state import update_size
 from kvtwist.chain.transfer import SnapshotReceiver, SnapshotSender
+from kvtwist.chain.view import plan_join
 from kvtwist.membership import format_address
 from kvtwist.proto.kvtwist_pb2 import ChainHello, EpochMark, SnapshotChunk, Update
 from kvtwist.storage import ClientRow
@@ -271,35 +272,39 @@ class JoiningReplica(LinkedReplica):
         if not attempt.live:
             return None
         view, (data, version) = found
-        stale = [m.name for m in view.members if m.address and m.address == self.own_address]
-        if stale and not cleaned:
+        record = ChainRecord.decode(data, version)
+        plan = plan_join(
+            view,
+            record,
+            self.own_address,
+            self._examined,
+            self.store.meta.get("name"),
+            self.store.node_id,
+            cleaned,
+        )
+        if plan.stale:
             # our previous incarnation, whose session has not expired yet: we
             # listen on its address now, so it is dead; its znode goes at once
             # rather than a session timeout later (and we never join from it)
-            log.info("removing {names}: an earlier registration of this node", names=stale)
-            d = together([self.coordinator.unregister(name) for name in stale])
+            log.info("removing {names}: an earlier registration of this node", names=plan.stale)
+            d = together([self.coordinator.unregister(name) for name in plan.stale])
             d.addCallback(lambda _: self._read_chain())
             return d.addCallback(self._join_decide, attempt, True)
         self.view = view
-        self.record = ChainRecord.decode(data, version)
+        self.record = record
         # we register only against this version: a tail that drops us bumps it
         self._join_ticket = version if view.members and version >= 0 else None
-        members = self._kvtwist_members(view)
-        if members:
-            tail = members[-1]
-            if tail.address is None:
-                raise RuntimeError(f"tail {tail.name} has no usable address")
-            if self._examined.get(tail.name) is None:
-                return self._examine(tail).addCallback(self._tail_judged, tail, found, attempt)
-            return self._transfer_from(tail, view)
-        if may_start(self.record, self.store.meta.get("name"), self.store.node_id, view.config):
+        if plan.examine is not None:
+            tail = plan.examine
+            return self._examine(tail).addCallback(self._tail_judged, tail, found, attempt)
+        if plan.transfer_from is not None:
+            return self._transfer_from(plan.transfer_from, view)
+        if plan.start:
             log.info(
                 "the chain is empty; starting it from our copy (op {n})", n=self.state.last_received
             )
-            # a chain that had members (it has a record) may have a removed one
-            # still serving; a brand-new chain has nobody to wait for
-            return self._register(attempt, restart=self.record.version >= 0)
-        self._wait_for_members(attempt, [m for m in view.members if m not in members])
+            return self._register(attempt, restart=plan.restart)
+        self._wait_for_members(attempt, list(plan.foreign))
         return None
 
     def _kvtwist_members(self, view: Any) -> list[Any]:

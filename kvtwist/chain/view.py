@@ -6,17 +6,21 @@ in it: the predecessor it takes updates from, the successor it sends them to.
 links into a :class:`ViewPlan`; the replica carries the plan out (closing and
 dialling links, claiming the head, committing as the tail).  Keeping the
 decision here lets a test enumerate it: every combination of place and link
-state has exactly one plan.
+state has exactly one plan.  :func:`plan_join` is the same for a node about to
+join: what it does with the membership and the chain record it read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kvtwist.chain.foreign import Verdict
+from kvtwist.chain.record import ChainRecord, may_start
 from kvtwist.membership import Member, Membership, format_address
 
-__all__ = ["LinkState", "ViewPlan", "plan_view"]
+__all__ = ["JoinPlan", "LinkState", "ViewPlan", "plan_join", "plan_view"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +102,54 @@ def plan_view(
             plan["drop_succ"] = succ is not None
             plan["connect_succ"] = after
     return ViewPlan(**plan)
+
+
+# -- joining ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JoinPlan:
+    """What a joiner does with the membership and record it read under the join lock.
+
+    Exactly one of: remove ``stale`` (registrations of this node's earlier
+    incarnation, then read again); ``examine`` the tail (does it speak kvtwist?);
+    ``transfer_from`` the tail (catch up, then register behind it); ``start``
+    the empty chain from our own copy (``restart``: it had members once, so a
+    removed one may still serve and the new head holds its reads); or
+    ``wait`` for a member of the last configuration (``foreign``: the members
+    left out as not speaking kvtwist).
+    """
+
+    stale: tuple[str, ...] = ()
+    examine: Member | None = None
+    transfer_from: Member | None = None
+    start: bool = False
+    restart: bool = False
+    wait: bool = False
+    foreign: tuple[Member, ...] = ()
+
+
+def plan_join(
+    view: Membership,
+    record: ChainRecord,
+    own_address: tuple[str, int] | None,
+    examined: Mapping[str, Verdict],
+    last_name: str | None,
+    node_id: str,
+    cleaned: bool = False,
+) -> JoinPlan:
+    """The joiner's decision; ``cleaned``: stale registrations were removed already."""
+    stale = tuple(m.name for m in view.members if m.address and m.address == own_address)
+    if stale and not cleaned:
+        return JoinPlan(stale=stale)
+    members = [m for m in view.members if examined.get(m.name) is not Verdict.FOREIGN]
+    if members:
+        tail = members[-1]
+        if tail.address is None:
+            raise ValueError(f"tail {tail.name} has no usable address")
+        if examined.get(tail.name) is None:
+            return JoinPlan(examine=tail)
+        return JoinPlan(transfer_from=tail)
+    if may_start(record, last_name, node_id, view.config):
+        return JoinPlan(start=True, restart=record.version >= 0)
+    return JoinPlan(wait=True, foreign=tuple(m for m in view.members if m not in members))
