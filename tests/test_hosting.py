@@ -176,6 +176,7 @@ class HostingTests(SynchronousTestCase):
         lone = world.servers[9000].request(get("", b"k"))
         self.assertEqual(lone.opcode, wire.OP_ERROR)
         self.assertIn("name the request's chain", lone.error)
+        self.assertFalse(lone.retry)
 
     def test_a_lone_node_refuses_a_cluster_request(self) -> None:
         """A lone node's port answers requests naming a chain with a clear, final error."""

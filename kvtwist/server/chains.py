@@ -93,7 +93,8 @@ class Chains:
             why = f"chain {chain!r}: this node serves a lone chain, not a cluster's"
         else:
             why = f"chain {chain!r} is not served here (shard map version {self.map_version})"
-        reply = wire.error_reply(why, retry=self.map_version > 0)
+        # a request that names no chain never succeeds here, however often it is sent
+        reply = wire.error_reply(why, retry=chain != LONE and self.map_version > 0)
         reply.map_version = self.map_version
         return reply
 
