@@ -17,11 +17,11 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.chain.core import MEMBER_WAIT
-from kvtwist.chain.joining import LIMBO_RETRY_DELAY
 from kvtwist.chain.link import LinkConfig
 from kvtwist.chain.membership import CLOCK_RATE_BOUND, REMOVAL_MARGIN, VIEW_RETRY_DELAY
 from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
 from kvtwist.chain.reads import READ_WAIT
+from kvtwist.chain.serving import LIMBO_RETRY_DELAY
 from tests.fakes.chain import Net, Node, results
 
 
@@ -271,7 +271,8 @@ class BecomingMemberTests(SynchronousTestCase):
         reads.clear()
         a.zk.failing_reads = 3
         a.replica._joiner_limbo = "10.0.0.9:9"
-        a.replica._end_limbo("10.0.0.9:9", a.replica.life.begin("voiding a dropped joiner"))
+        voiding = a.replica.life.begin("voiding a dropped joiner")
+        a.replica.join_server.end_limbo("10.0.0.9:9", voiding)
         self.assertEqual(len(reads), 1)
         self.net.clock.advance(LIMBO_RETRY_DELAY)
         self.assertEqual(len(reads), 2)

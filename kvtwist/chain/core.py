@@ -35,7 +35,6 @@ from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
 from kvtwist.chain.record import ChainRecord
 from kvtwist.chain.rmw import Rmw
 from kvtwist.chain.state import ChainState, WriteRequest
-from kvtwist.chain.transfer import SnapshotReceiver
 from kvtwist.client.protocol import connect_quietly, endpoint
 from kvtwist.coordinator import Coordinator
 from kvtwist.logs import LogLimiter
@@ -140,7 +139,6 @@ class ReplicaCore:
         self._joiner_limbo: str | None = None
         self._claim: Attempt | None = None  # the head claim on its way (membership)
         self._fix: Attempt | None = None  # the record fix on its way (membership)
-        self._join: Attempt | None = None  # the join on its way (joining)
         self._record_config = -1  # the view config the record was last confirmed for
         self._succ_down_since: float | None = None
         self._unreachable_log = LogLimiter(5.0, lambda: float(self.reactor.seconds()))
@@ -149,19 +147,8 @@ class ReplicaCore:
         self._foreign_log = LogLimiter(5.0, lambda: float(self.reactor.seconds()))
         self._pred_check: Any = None  # an IDelayedCall: is a silent predecessor kvtwist?
         self._congestion_log = LogLimiter(5.0, lambda: float(self.reactor.seconds()))
-        # joining (kvtwist.chain.joining)
-        self._join_backlog: list[Update] | None = None
-        self.backlog_bytes = 0  # of the joiner's backlog, bounded with the Sent list
-        self._release_lock: Callable[[], Deferred[None]] | None = None
-        self._received = SnapshotReceiver()
-        self._loaded: Deferred[BTree] | None = None
-        self._loaded_seq = -1
-        self._catch_up_to = -1
-        self._want_full = False
-        self._join_ticket: int | None = None  # the record version we may register against
-        self.last_catch_up = ""  # "delta" or "full": how the last join caught up
+        # joining (kvtwist.chain.joining, .serving)
         self._rejoin_delay = 0.5
-        self._wait_call: Any = None
 
     def restore(self, tree: BTree, last_seq: int, marks: Any, clients: Any) -> None:
         """Start from a state recovered from disk."""
@@ -539,6 +526,11 @@ class ReplicaCore:
         if link is self.succ:
             self.intake.link_full = full
             self._update_congestion()
+
+    @property
+    def backlog_bytes(self) -> int:
+        """A joiner's backlog held here: the joining layer's (kvtwist.chain.serving)."""
+        return 0
 
     @property
     def unsent_bytes(self) -> int:

@@ -7,8 +7,11 @@
   chain record that a whole-chain restart relies on;
 - :mod:`kvtwist.chain.links` — updates, acknowledgements and hellos as they
   arrive, and the comparison of logs when neighbours link;
-- :mod:`kvtwist.chain.joining` — catching up from the tail (by delta or a
-  full copy), serving a joiner, waiting for the last configuration;
+- :mod:`kvtwist.chain.joining` — this node's join (``Joining``: catching up
+  from the tail by delta or a full copy, waiting for the last configuration)
+  and :mod:`kvtwist.chain.serving` — the tail's side of another's join
+  (``JoinServer``), both composed into the replica rather than layered;
+- :mod:`kvtwist.chain.view` — the pure decisions on a new view and on joining;
 - :mod:`kvtwist.chain.lifecycle` — the states a node goes through.
 
 The replica talks to the outside only through :class:`Link` objects,
