@@ -143,9 +143,6 @@ class ReplicaCore:
         self._succ_down_since: float | None = None
         self._unreachable_log = LogLimiter(5.0, lambda: float(self.reactor.seconds()))
         # members we asked whether they speak kvtwist (kvtwist.chain.foreign), by znode name
-        self._examined: dict[str, Any] = {}
-        self._foreign_log = LogLimiter(5.0, lambda: float(self.reactor.seconds()))
-        self._pred_check: Any = None  # an IDelayedCall: is a silent predecessor kvtwist?
         self._congestion_log = LogLimiter(5.0, lambda: float(self.reactor.seconds()))
         # joining (kvtwist.chain.joining, .serving)
         self._rejoin_delay = 0.5

@@ -40,16 +40,27 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist import wire
+from kvtwist.logs import LogLimiter
+from kvtwist.membership import format_address
 from kvtwist.tls import TLS_ERRORS
 from kvtwist.wire import FramedProtocol, Message
+
+if TYPE_CHECKING:
+    from kvtwist.chain.membership import MembershipReplica
+
+log = Logger(namespace="kvtwist.chain")
+
+#: Seconds between attempts to delete a foreign member's znode.
+LEAVE_OUT_RETRY = 1.0
 
 
 class Verdict(enum.Enum):
@@ -165,3 +176,149 @@ def examine(
         return result
 
     return probe(connect, clock, address, timeout).addCallback(first)
+
+
+class ForeignMembers:
+    """One replica's verdicts on its neighbours, and what it does about foreign ones.
+
+    A successor is asked before any chain frame goes to it; a predecessor that
+    has not linked within a link timeout is asked too (a foreign member before
+    us never links).  A foreign member's znode is deleted.
+    """
+
+    def __init__(self, replica: MembershipReplica) -> None:
+        self.r = replica
+        #: by znode name: what each member we asked answered
+        self.verdicts: dict[str, Verdict] = {}
+        self._log = LogLimiter(5.0, lambda: float(replica.reactor.seconds()))
+        self._pred_check: Any = None  # an IDelayedCall: is a silent predecessor kvtwist?
+
+    def forget_absent(self, present: set[str]) -> None:
+        """Members that left the view: a newcomer of the same name is asked again."""
+        for name in [n for n in self.verdicts if n not in present]:
+            del self.verdicts[name]
+
+    def kvtwist_members(self, view: Any) -> list[Any]:
+        """The members of ``view`` not known to be foreign."""
+        return [m for m in view.members if self.verdicts.get(m.name) is not Verdict.FOREIGN]
+
+    def examine(self, member: Any) -> Deferred[tuple[Verdict, str]]:
+        """Ask ``member`` whether it speaks kvtwist; the verdict is kept by its name."""
+        name = member.name
+        self.verdicts[name] = Verdict.ASKING
+
+        def keep(result: tuple[Verdict, str]) -> tuple[Verdict, str]:
+            if self.verdicts.get(name) is Verdict.ASKING:
+                self.verdicts[name] = result[0]
+            return result
+
+        d = examine(self.r.connect, self.r.reactor, member.address, self.r.link_timeout)
+        return d.addCallback(keep)
+
+    def examine_successor(self, member: Any) -> None:
+        """First contact with a successor: a question before any chain frame."""
+        gen = self.r.life.generation
+
+        def judged(result: tuple[Verdict, str]) -> None:
+            verdict, why = result
+            if gen != self.r.life.generation or self.r.fenced:
+                return
+            _, succ = self.r._neighbours()
+            if succ is None or succ.name != member.name or self.r.succ is not None:
+                return
+            if verdict is Verdict.FOREIGN:
+                self.leave_out(succ, why)
+            else:
+                self.r._connect_successor(succ)
+
+        self.examine(member).addCallback(judged)
+
+    def watch_predecessor(self, pred: Any) -> None:
+        """A predecessor that has not linked: once a link timeout passes, ask it.
+
+        Only a predecessor removes a successor it cannot reach; a foreign
+        member before us (or at the head) never links, so we ask ourselves.
+        """
+        verdict = self.verdicts.get(pred.name)
+        if verdict is Verdict.FOREIGN:
+            self.leave_out(pred)
+            return
+        if verdict is Verdict.KVTWIST or pred.address is None:
+            return  # a kvtwist predecessor links when it can; the unreachable rule is its own
+        call = self._pred_check
+        if call is not None and call.active():
+            if call.args[0] == pred.name:
+                return
+            call.cancel()
+        self._pred_check = self.r.reactor.callLater(
+            self.r.link_timeout, self._check_predecessor, pred.name, self.r.life.generation
+        )
+
+    def _check_predecessor(self, name: str, gen: int) -> None:
+        self._pred_check = None
+        pred, _ = self.r._neighbours()
+        if gen != self.r.life.generation or self.r.fenced or pred is None or pred.name != name:
+            return
+        if (self.r.pred is not None and self.r.pred.ready) or self.verdicts.get(name) in (
+            Verdict.ASKING,
+            Verdict.KVTWIST,
+        ):
+            return
+
+        def judged(result: tuple[Verdict, str]) -> None:
+            verdict, why = result
+            now, _ = self.r._neighbours()
+            if gen != self.r.life.generation or now is None or now.name != name:
+                return
+            if verdict is Verdict.FOREIGN:
+                self.leave_out(now, why)
+            elif verdict is Verdict.UNKNOWN and (self.r.pred is None or not self.r.pred.ready):
+                self.watch_predecessor(now)  # ask again later: it may be restarting
+
+        self.examine(pred).addCallback(judged)
+
+    def in_view(self) -> bool:
+        return self.r.view is not None and any(
+            self.verdicts.get(m.name) is Verdict.FOREIGN for m in self.r.view.members
+        )
+
+    def leave_out(self, member: Any, why: str = "") -> Deferred[None]:
+        """Delete the znode of a member that does not speak kvtwist: one line says so.
+
+        Deleting it through ZooKeeper, rather than skipping it in our own view
+        only, keeps every node, the chain record and every client (the
+        original one included) on the same chain.
+        """
+        name = member.name
+        if why:
+            left_out = self._log.allow()
+            if left_out is not None:
+                log.warn(
+                    "{name} at {address} does not speak kvtwist's chain protocol ({why}): "
+                    "an original server? Leaving it out of the chain (its znode is deleted); "
+                    "see docs/migrating.md{more}",
+                    name=name,
+                    address=format_address(member.address),
+                    why=why,
+                    more=f" ({left_out} more not logged)" if left_out else "",
+                )
+        self.verdicts[name] = Verdict.FOREIGN
+        gen = self.r.life.generation
+
+        def failed(f: Failure) -> None:
+            left_out = self.r._unreachable_log.allow()
+            if left_out is not None:
+                log.warn(
+                    "cannot delete the znode of {name}, which does not speak kvtwist: {e}; "
+                    "retrying",
+                    name=name,
+                    e=f.getErrorMessage(),
+                )
+            self.r.reactor.callLater(LEAVE_OUT_RETRY, again)
+
+        def again() -> None:
+            if gen == self.r.life.generation and self.r.view is not None and name in self.r.view:
+                self.leave_out(member)
+
+        return self.r.coordinator.remove_member(name).addErrback(failed)
+

@@ -147,7 +147,7 @@ class Joining:
             view,
             record,
             self.r.own_address,
-            self.r._examined,
+            self.r.foreign.verdicts,
             self.r.store.meta.get("name"),
             self.r.store.node_id,
             cleaned,
@@ -166,7 +166,7 @@ class Joining:
         self._join_ticket = version if view.members and version >= 0 else None
         if plan.examine is not None:
             tail = plan.examine
-            return self.r._examine(tail).addCallback(self._tail_judged, tail, found, attempt)
+            return self.r.foreign.examine(tail).addCallback(self._tail_judged, tail, found, attempt)
         if plan.transfer_from is not None:
             return self._transfer_from(plan.transfer_from, view)
         if plan.start:
@@ -177,10 +177,6 @@ class Joining:
             return self._register(attempt, restart=plan.restart)
         self._wait_for_members(attempt, list(plan.foreign))
         return None
-
-    def _kvtwist_members(self, view: Any) -> list[Any]:
-        """The members of ``view`` not known to be foreign."""
-        return [m for m in view.members if self.r._examined.get(m.name) is not Verdict.FOREIGN]
 
     def _tail_judged(
         self, result: tuple[Verdict, str], tail: Any, found: list[Any], attempt: Attempt
@@ -200,7 +196,7 @@ class Joining:
                 why=why,
             )
             return self._join_decide(found, attempt, True)
-        d: Deferred[Any] = self.r._leave_out(tail, why)
+        d: Deferred[Any] = self.r.foreign.leave_out(tail, why)
         d.addCallback(lambda _: self._read_chain())
         return d.addCallback(self._join_decide, attempt, True)
 
@@ -423,7 +419,7 @@ class Joining:
             view, (data, version) = found
             record = ChainRecord.decode(data, version)
             last = self.r.store.meta.get("name")
-            members = self._kvtwist_members(view)
+            members = self.r.foreign.kvtwist_members(view)
             if members or may_start(record, last, self.r.store.node_id, view.config):
                 self.stop_waiting()
                 self.start()

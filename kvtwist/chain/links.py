@@ -139,7 +139,7 @@ class LinkedReplica(MembershipReplica):
         self.pred = link
         self._stamp(link)
         link.ready = True
-        self._examined[hello.sender] = Verdict.KVTWIST
+        self.foreign.verdicts[hello.sender] = Verdict.KVTWIST
         self._awaiting_handoff = False
         link.hello(
             self.name,
@@ -188,7 +188,7 @@ class LinkedReplica(MembershipReplica):
             link.refuse("successor's log diverges from ours; it must rejoin", False)
             return
         link.ready = True
-        self._examined[link.peer] = Verdict.KVTWIST
+        self.foreign.verdicts[link.peer] = Verdict.KVTWIST
         self._succ_down_since = None
         resend = self.state.resend_after(last_op)
         if resend:

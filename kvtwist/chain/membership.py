@@ -20,20 +20,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist.chain.attempt import running
-from kvtwist.chain.foreign import Verdict, examine
+from kvtwist.chain.foreign import ForeignMembers, Verdict
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.reads import ReadingReplica
 from kvtwist.chain.record import ChainRecord, matches
 from kvtwist.chain.view import LinkState, plan_view
 from kvtwist.lease import LEASE_FRACTION
-from kvtwist.membership import format_address
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -50,19 +48,21 @@ REMOVAL_MARGIN = 0.25
 #: still lists it, is removed from the chain: it rejoins, and writes go on.
 UNREACHABLE_TIMEOUTS = 1.0
 RECORD_RETRY_DELAY = 0.2
-#: Seconds between attempts to delete a foreign member's znode.
-LEAVE_OUT_RETRY = 1.0
 
 
 class MembershipReplica(ReadingReplica):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: the members we asked whether they speak kvtwist, and what we do about foreign ones
+        self.foreign = ForeignMembers(self)
+
     def set_view(self, view: Any) -> None:
         """A new chain configuration from ZooKeeper."""
         if self.view is not None and view.config < self.view.config:
             return
         self.view = view
         present = {m.name for m in view.members}
-        for name in [n for n in self._examined if n not in present]:
-            del self._examined[name]
+        self.foreign.forget_absent(present)
         if self.name is None:
             return
         if self.life.is_(State.REGISTERING) and view.index(self.name) is not None:
@@ -92,7 +92,7 @@ class MembershipReplica(ReadingReplica):
             if self.head_epoch is None:
                 self._claim_head()
         if plan.await_pred is not None:
-            self._watch_predecessor(plan.await_pred)
+            self.foreign.watch_predecessor(plan.await_pred)
         # successor side
         if plan.limbo_over:
             self._joiner_limbo = None  # the joiner did register: it is our successor now
@@ -182,7 +182,7 @@ class MembershipReplica(ReadingReplica):
             record = ChainRecord.decode(*found)
             if record.config > self.view.config:
                 return self.coordinator.members().addCallback(self.set_view)
-            if self._foreign_in_view():
+            if self.foreign.in_view():
                 return None  # the record lists kvtwist members only: after its removal
             epoch = max(record.epoch, self.state.history.epoch_at(self.state.last_received)) + 1
             new = record.with_view(self.view, epoch)
@@ -215,7 +215,7 @@ class MembershipReplica(ReadingReplica):
         """A tail commits only while the record lists exactly its view's members."""
         if self.standalone or self._neighbours()[1] is not None or self.name is None:
             return True
-        if self._foreign_in_view():
+        if self.foreign.in_view():
             return False  # its removal brings a new view, and _advance with it
         # Confirmed against ZooKeeper for this very view: a cached copy may be
         # older than a member's own rewrite of it.
@@ -238,7 +238,7 @@ class MembershipReplica(ReadingReplica):
             if record.config > self.view.config:
                 return self.coordinator.members().addCallback(self.set_view)
             config = self.view.config
-            if self._foreign_in_view():
+            if self.foreign.in_view():
                 return None
             if matches(record, self.view):
                 self.record = record
@@ -277,14 +277,14 @@ class MembershipReplica(ReadingReplica):
         if member.address is None:
             log.error("successor {name} has no usable address; waiting", name=member.name)
             return
-        verdict = self._examined.get(member.name)
+        verdict = self.foreign.verdicts.get(member.name)
         if verdict is Verdict.FOREIGN:
-            self._leave_out(member)
+            self.foreign.leave_out(member)
             return
         if verdict is Verdict.ASKING:
             return
         if verdict is None:
-            self._examine_successor(member)
+            self.foreign.examine_successor(member)
             return
         conn = ChainConnection(self, self.link_config)
         link = self._new_link(conn, Side.SUCCESSOR, peer=member.name)
@@ -310,128 +310,6 @@ class MembershipReplica(ReadingReplica):
             self._relink_later(link, gen)
 
         self.connect(host, port, conn).addCallbacks(connected, failed)
-
-    # members that do not speak kvtwist
-
-    def _examine(self, member: Any) -> Deferred[tuple[Verdict, str]]:
-        """Ask ``member`` whether it speaks kvtwist; the verdict is kept by its name."""
-        name = member.name
-        self._examined[name] = Verdict.ASKING
-
-        def keep(result: tuple[Verdict, str]) -> tuple[Verdict, str]:
-            if self._examined.get(name) is Verdict.ASKING:
-                self._examined[name] = result[0]
-            return result
-
-        d = examine(self.connect, self.reactor, member.address, self.link_timeout)
-        return d.addCallback(keep)
-
-    def _examine_successor(self, member: Any) -> None:
-        """First contact with a successor: a question before any chain frame."""
-        gen = self.life.generation
-
-        def judged(result: tuple[Verdict, str]) -> None:
-            verdict, why = result
-            if gen != self.life.generation or self.fenced:
-                return
-            _, succ = self._neighbours()
-            if succ is None or succ.name != member.name or self.succ is not None:
-                return
-            if verdict is Verdict.FOREIGN:
-                self._leave_out(succ, why)
-            else:
-                self._connect_successor(succ)
-
-        self._examine(member).addCallback(judged)
-
-    def _watch_predecessor(self, pred: Any) -> None:
-        """A predecessor that has not linked: once a link timeout passes, ask it.
-
-        Only a predecessor removes a successor it cannot reach; a foreign
-        member before us (or at the head) never links, so we ask ourselves.
-        """
-        verdict = self._examined.get(pred.name)
-        if verdict is Verdict.FOREIGN:
-            self._leave_out(pred)
-            return
-        if verdict is Verdict.KVTWIST or pred.address is None:
-            return  # a kvtwist predecessor links when it can; the unreachable rule is its own
-        call = self._pred_check
-        if call is not None and call.active():
-            if call.args[0] == pred.name:
-                return
-            call.cancel()
-        self._pred_check = self.reactor.callLater(
-            self.link_timeout, self._check_predecessor, pred.name, self.life.generation
-        )
-
-    def _check_predecessor(self, name: str, gen: int) -> None:
-        self._pred_check = None
-        pred, _ = self._neighbours()
-        if gen != self.life.generation or self.fenced or pred is None or pred.name != name:
-            return
-        if (self.pred is not None and self.pred.ready) or self._examined.get(name) in (
-            Verdict.ASKING,
-            Verdict.KVTWIST,
-        ):
-            return
-
-        def judged(result: tuple[Verdict, str]) -> None:
-            verdict, why = result
-            now, _ = self._neighbours()
-            if gen != self.life.generation or now is None or now.name != name:
-                return
-            if verdict is Verdict.FOREIGN:
-                self._leave_out(now, why)
-            elif verdict is Verdict.UNKNOWN and (self.pred is None or not self.pred.ready):
-                self._watch_predecessor(now)  # ask again later: it may be restarting
-
-        self._examine(pred).addCallback(judged)
-
-    def _foreign_in_view(self) -> bool:
-        return self.view is not None and any(
-            self._examined.get(m.name) is Verdict.FOREIGN for m in self.view.members
-        )
-
-    def _leave_out(self, member: Any, why: str = "") -> Deferred[None]:
-        """Delete the znode of a member that does not speak kvtwist: one line says so.
-
-        Deleting it through ZooKeeper, rather than skipping it in our own view
-        only, keeps every node, the chain record and every client (the
-        original one included) on the same chain.
-        """
-        name = member.name
-        if why:
-            left_out = self._foreign_log.allow()
-            if left_out is not None:
-                log.warn(
-                    "{name} at {address} does not speak kvtwist's chain protocol ({why}): "
-                    "an original server? Leaving it out of the chain (its znode is deleted); "
-                    "see docs/migrating.md{more}",
-                    name=name,
-                    address=format_address(member.address),
-                    why=why,
-                    more=f" ({left_out} more not logged)" if left_out else "",
-                )
-        self._examined[name] = Verdict.FOREIGN
-        gen = self.life.generation
-
-        def failed(f: Failure) -> None:
-            left_out = self._unreachable_log.allow()
-            if left_out is not None:
-                log.warn(
-                    "cannot delete the znode of {name}, which does not speak kvtwist: {e}; "
-                    "retrying",
-                    name=name,
-                    e=f.getErrorMessage(),
-                )
-            self.reactor.callLater(LEAVE_OUT_RETRY, again)
-
-        def again() -> None:
-            if gen == self.life.generation and self.view is not None and name in self.view:
-                self._leave_out(member)
-
-        return self.coordinator.remove_member(name).addErrback(failed)
 
     def _relink_later(self, link: Link, gen: int) -> None:
         def again() -> None:
