@@ -211,8 +211,12 @@ class HostingTests(SynchronousTestCase):
         self.assertEqual(server.request(scan).opcode, wire.OP_ERROR)  # no stop: beyond "m"
         scan.range.stop = b"m"
         self.assertEqual(server.request(scan).opcode, wire.OP_RANGE + 1)
+        incr = Message(opcode=wire.OP_INCR, c_type=wire.CT_KEY, keys=[b"n"], delta=2, chain="b")
+        self.assertEqual(server.request(incr).number, 2)  # INCR names its key in keys
+        incr.keys[0] = b"a"
+        self.assertEqual(server.request(incr).opcode, wire.OP_ERROR)
         size = Message(opcode=wire.OP_SIZE, c_type=wire.CT_NONE, chain="b")
-        self.assertEqual(server.request(size).result, 1)
+        self.assertEqual(server.request(size).result, 2)
         # pipelined writes: the misplaced one refused in its place, the others applied
         replies = server.pipeline(
             [put("a", b"c", b"1"), put("a", b"y", b"2"), put("a", b"d", b"3")]

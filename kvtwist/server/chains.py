@@ -114,11 +114,9 @@ class Chains:
             )
             what = "scan"
         else:
-            if op in wire.WRITE_OPS and op != wire.OP_DEL:
-                key = msg.entry.key
-            elif msg.keys:
-                key = msg.keys[0]
-            else:
+            # PUT, CAS and APPEND carry their key in the entry; GET, DEL and INCR in keys
+            key = msg.entry.key or (msg.keys[0] if msg.keys else b"")
+            if not key:
                 return None  # SIZE, GETKEYS, ...: the chain's whole content is its shard's
             inside = start <= key and (end is None or key < end)
             what = f"key {key[:40]!r}"
