@@ -193,12 +193,14 @@ def replacements(
 def fill(m: ShardMap, live: Mapping[str, Server]) -> list[Change]:
     """New members for chains naming fewer than ``m.replicas`` servers.
 
-    Chains naming none are placed together by :func:`place` (roles spread);
-    the others get members appended one at a time, least loaded first.
+    Chains naming none are placed together by :func:`place` (roles spread),
+    once at least R servers are live: placing them as servers trickle in
+    would make the first one head of every chain.  The others get members
+    appended one at a time, least loaded first.
     """
     empty = [s.chain for s in m.shards if not m.chains[s.chain].members]
     out: list[Change] = []
-    if empty and live:
+    if empty and len(live) >= m.replicas:
         placed = place(len(empty), live.values(), m.replicas)
         for cid, placement in zip(empty, placed, strict=True):
             out.extend(Change(cid, joining=sid) for sid in placement)
