@@ -1,0 +1,135 @@
+"""The cluster's ZooKeeper store and the controller against a real ZooKeeper
+(tests/zkserver.py): one transaction creates a cluster once, the map is
+compare-and-set, servers re-register after a session loss, the election moves
+to the survivor, and an elected controller fills a cluster created empty."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Generator
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+
+from kvtwist.cluster.controller import ControllerService
+from kvtwist.cluster.shardmap import ClusterPaths, Server, ShardMap
+from kvtwist.zk.cluster import ZooKeeperClusterStore, open_session
+from kvtwist.zk.session import Session
+from tests.test_zk import Recorder, poll_until
+from tests.zkserver import expire_session, shared_zookeeper, zookeeper_available
+
+_UNAVAILABLE = zookeeper_available()
+
+
+def unique_cluster() -> ClusterPaths:
+    return ClusterPaths(f"t{uuid.uuid4().hex}")
+
+
+class ClusterStoreTests(unittest.TestCase):
+    """The kazoo store, each test on a cluster of its own."""
+
+    timeout = 60
+    if _UNAVAILABLE is not None:
+        skip = _UNAVAILABLE
+
+    def setUp(self) -> None:
+        self.server = shared_zookeeper()
+        self.paths = unique_cluster()
+
+    @inlineCallbacks
+    def session(self) -> Generator[Deferred[Any], Any, Session]:
+        session = yield open_session(reactor, self.server.hosts, session_timeout=4.0)
+        self.addCleanup(session.stop)
+        return session
+
+    @inlineCallbacks
+    def store(self) -> Generator[Deferred[Any], Any, ZooKeeperClusterStore]:
+        session = yield self.session()
+        return ZooKeeperClusterStore(session, self.paths)
+
+    @inlineCallbacks
+    def test_create_once_and_compare_and_set(self) -> Generator[Deferred[Any], Any, None]:
+        """create_cluster makes every znode once (a second create changes nothing);
+        write_map succeeds on the version read and fails on a stale one; the watch
+        sees each version."""
+        store = yield self.store()
+        first = ShardMap.initial(1, [b"m"], [(), ()])
+        self.assertTrue((yield store.create_cluster(first.encode())))
+        self.assertFalse((yield store.create_cluster(b"junk")))
+        client = store.session.client
+        for path in (self.paths.servers, self.paths.chains, self.paths.controller):
+            self.assertIsNotNone((yield deferToThread(client.exists, path)))
+        seen: Recorder[tuple[bytes | None, int]] = Recorder()
+        store.watch_map(lambda data, version: seen((data, version)))
+        data, version = yield seen.wait_for(lambda v: v[1] == 0)
+        self.assertEqual(ShardMap.decode(data), first)
+        second = ShardMap(2, 1, first.shards, first.chains)
+        self.assertTrue((yield store.write_map(second.encode(), 0)))
+        self.assertFalse((yield store.write_map(first.encode(), 0)))
+        data, _ = yield seen.wait_for(lambda v: v[1] == 1)
+        self.assertEqual(ShardMap.decode(data), second)
+
+    @inlineCallbacks
+    def test_registration_survives_session_loss(self) -> Generator[Deferred[Any], Any, None]:
+        """A registered server is seen live, and is registered again by itself after
+        its session expires; unregistering removes it for good."""
+        store = yield self.store()
+        yield store.create_cluster(ShardMap.initial(1, [], [()]).encode())
+        watcher = yield self.store()
+        live: Recorder[dict[str, Server]] = Recorder()
+        watcher.watch_servers(live)
+        me = Server("s1", "127.0.0.1:7001", "z1")
+        yield store.register_server(me)
+        yield live.wait_for(lambda s: s == {"s1": me})
+        since = len(live.values)
+        client_id = store.session.client.client_id
+        yield deferToThread(expire_session, self.server.hosts, client_id)
+        yield live.wait_for(lambda s: s == {}, since)
+        yield live.wait_for(lambda s: s == {"s1": me}, since)
+        yield store.unregister_server("s1")
+        yield live.wait_for(lambda s: s == {}, len(live.values) - 1)
+        self.assertEqual((yield store.servers()), {})
+
+    @inlineCallbacks
+    def test_election_moves_to_the_survivor(self) -> Generator[Deferred[Any], Any, None]:
+        """The first candidate wins; when its session expires it is told it lost and
+        the second wins."""
+        a, b = (yield self.store()), (yield self.store())
+        yield a.create_cluster(ShardMap.initial(1, [], [()]).encode())
+        events: Recorder[str] = Recorder()
+        a.elect("a", lambda: events("a won"), lambda: events("a lost"))
+        yield events.wait_for(lambda e: e == "a won")
+        b.elect("b", lambda: events("b won"), lambda: events("b lost"))
+        yield deferToThread(expire_session, self.server.hosts, a.session.client.client_id)
+        yield events.wait_for(lambda e: e == "a lost")
+        yield events.wait_for(lambda e: e == "b won")
+        self.assertEqual(events.values[:1], ["a won"])
+        self.assertNotIn("b lost", events.values)
+
+    @inlineCallbacks
+    def test_controller_fills_a_cluster_created_empty(self) -> Generator[Deferred[Any], Any, None]:
+        """A controller on real ZooKeeper places every chain on R servers once they
+        register, and writes the map under a new version."""
+        store = yield self.store()
+        yield store.create_cluster(ShardMap.initial(2, [b"\x80"], [(), ()]).encode())
+        controller = ControllerService(reactor, store, self.paths, replace_after=60.0)
+        controller.startService()
+        self.addCleanup(controller.stopService)
+        servers = yield self.store()
+        for i in range(3):
+            yield servers.register_server(Server(f"s{i}", f"127.0.0.1:{7000 + i}"))
+
+        @inlineCallbacks
+        def filled() -> Generator[Deferred[Any], Any, bool]:
+            data, _ = yield store.read_map()
+            m = ShardMap.decode(data)
+            return all(len(p.members) == 2 for p in m.chains.values())
+
+        yield poll_until(filled)
+        self.assertTrue(controller.leading)
+        data, version = yield store.read_map()
+        self.assertGreater(ShardMap.decode(data).version, 1)
+        self.assertGreaterEqual(version, 1)
