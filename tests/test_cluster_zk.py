@@ -1,5 +1,5 @@
 """The cluster's ZooKeeper store and the controller against a real ZooKeeper
-(tests/zkserver.py): one transaction creates a cluster once, the map is
+(tests/zkserver.py): a cluster is created once, the map is
 compare-and-set, servers re-register after a session loss, the election moves
 to the survivor, and an elected controller fills a cluster created empty."""
 

@@ -48,8 +48,8 @@ class ClusterStore(Protocol):
         ...
 
     def create_cluster(self, map_data: bytes) -> Deferred[bool]:
-        """Create the root, the map, ``servers`` and ``chains`` in one transaction, only if
-        the cluster does not exist: False (nothing written) when it does."""
+        """Create the root, ``servers``, ``chains``, ``controller`` (those absent) and the
+        map, only if there is no map yet: False (no map written) when there is."""
         ...
 
     def register_server(self, server: Server) -> Deferred[None]:

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvtwist.cluster.shardmap import CLUSTER_BASE, BadMap, ClusterPaths, Server
+from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server
 from kvtwist.cluster.store import ClusterStore, MapCallback, ServersCallback
 from kvtwist.membership import Membership
 from kvtwist.zk.members import MembershipWatch
@@ -47,20 +47,18 @@ CANDIDATE_PREFIX = "n_"
 
 
 def create_cluster_sync(client: KazooClient, paths: ClusterPaths, map_data: bytes) -> bool:
-    """Blocking: the cluster's znodes in one transaction; False if the root exists."""
-    client.ensure_path(CLUSTER_BASE)
-    t = client.transaction()
-    t.create(paths.root, b"")
-    t.create(paths.map, map_data)
-    t.create(paths.servers, b"")
-    t.create(paths.chains, b"")
-    t.create(paths.controller, b"")
-    results = t.commit()
-    if any(isinstance(r, NodeExistsError) for r in results):
+    """Blocking: the cluster's znodes, the map last and only if there is none: False then.
+
+    The map's creation is the one step that decides; the others may exist
+    already (a server that registered before the cluster was created makes
+    ``servers``).
+    """
+    for path in (paths.servers, paths.chains, paths.controller):
+        client.ensure_path(path)
+    try:
+        client.create(paths.map, map_data)
+    except NodeExistsError:
         return False
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
     return True
 
 
