@@ -47,7 +47,7 @@ INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_client_token": frozenset({"ShellTokenTests"}),
     "test_clock_step": None,
     "test_cluster": frozenset({"ClusterTests"}),
-    "test_cluster_zk": frozenset({"ClusterStoreTests"}),
+    "test_cluster_zk": frozenset({"ClusterStoreTests", "ClusterClientTests"}),
     "test_durability": None,
     "test_foreign_chain": None,
     "test_hostile": frozenset({"HostileTests"}),

@@ -14,10 +14,13 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
+from kvtwist import wire
+from kvtwist.client.cluster import ClusterClient
 from kvtwist.cluster.controller import ControllerService
 from kvtwist.cluster.shardmap import ClusterPaths, Server, ShardMap
 from kvtwist.zk.cluster import ZooKeeperClusterStore, open_session
 from kvtwist.zk.session import Session
+from tests.nodes import NodeProcess, RawClient
 from tests.test_zk import Recorder, poll_until
 from tests.zkserver import expire_session, shared_zookeeper, zookeeper_available
 
@@ -133,3 +136,48 @@ class ClusterStoreTests(unittest.TestCase):
         data, version = yield store.read_map()
         self.assertGreater(ShardMap.decode(data).version, 1)
         self.assertGreaterEqual(version, 1)
+
+
+class ClusterClientTests(unittest.TestCase):
+    """ClusterClient.connect on real ZooKeeper, over one lone node per chain root
+    (such a node serves requests whatever chain they name): the map read, each
+    chain found through its members on the one shared session, keys routed."""
+
+    timeout = 120
+    if _UNAVAILABLE is not None:
+        skip = _UNAVAILABLE
+
+    def setUp(self) -> None:
+        self.server = shared_zookeeper()
+        self.paths = unique_cluster()
+        self.nodes: list[NodeProcess] = []
+        self.addCleanup(lambda: [n.stop() for n in self.nodes])
+
+    @inlineCallbacks
+    def test_keys_go_to_their_chains(self) -> Generator[Deferred[Any], Any, None]:
+        """Keys below the cut land on c0's node, the others on c1's; a RANGE over the
+        cut comes back whole and in order from both."""
+        session = yield open_session(reactor, self.server.hosts)
+        self.addCleanup(session.stop)
+        store = ZooKeeperClusterStore(session, self.paths)
+        yield store.create_cluster(ShardMap.initial(1, [b"m"], [("s0",), ("s1",)]).encode())
+        for cid in ("c0", "c1"):
+            node = NodeProcess.member(self.server.hosts, self.paths.chain(cid), 4.0,
+                                      extra_args=["--in-memory"])
+            self.nodes.append(node)
+            yield deferToThread(node.start)
+        client = yield ClusterClient.connect(reactor, self.server.hosts, self.paths.name,
+                                             deadline=30.0)
+        self.addCleanup(client.close)
+        keys = [b"apple", b"kiwi", b"mango", b"zebra"]
+        for k in keys:
+            yield client.put(k, k.upper())
+        for node, held in zip(self.nodes, ([b"apple", b"kiwi"], [b"mango", b"zebra"]),
+                              strict=True):
+            with RawClient(node.port) as raw:
+                self.assertEqual(list(raw.one(wire.req_getkeys()).keys), held)
+        self.assertEqual((yield client.get(b"zebra")), b"ZEBRA")
+        self.assertEqual((yield client.size()), 4)
+        rows = yield client.range(b"b", None, 3)
+        self.assertEqual(rows, [(b"kiwi", b"KIWI"), (b"mango", b"MANGO"), (b"zebra", b"ZEBRA")])
+        self.assertEqual((yield client.keys()), keys)
