@@ -259,3 +259,20 @@ class ChainOptionTests(SynchronousTestCase):
         reply = self.successResultOf(c.raw(wire.req_get(b"k")))
         self.assertEqual(reply.map_version, 7)
         self.assertEqual(len(pool.sent), 1)
+
+
+class ShellTargetTests(SynchronousTestCase):
+    def test_cluster_option(self) -> None:
+        """--cluster NAME with --zk names a cluster; without --zk, or with a name that
+        is no path component, it is a usage error."""
+        from kvtwist.client.shell import UsageError, build_parser, target
+
+        def parse(*argv: str) -> Any:
+            return target(build_parser().parse_args(list(argv)))
+
+        t = parse("--zk", "127.0.0.1:2181", "--cluster", "prod")
+        self.assertEqual((t.zk, t.cluster), ("127.0.0.1:2181", "prod"))
+        self.assertEqual(t.where, "127.0.0.1:2181 cluster prod")
+        self.assertIsNone(parse("--zk", "127.0.0.1:2181").cluster)
+        self.assertRaises(UsageError, parse, "--cluster", "prod")
+        self.assertRaises(UsageError, parse, "--zk", "127.0.0.1:2181", "--cluster", "a/b")

@@ -5,8 +5,10 @@ to the survivor, and an elected controller fills a cluster created empty."""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
@@ -20,7 +22,7 @@ from kvtwist.cluster.controller import ControllerService
 from kvtwist.cluster.shardmap import ClusterPaths, Server, ShardMap
 from kvtwist.zk.cluster import ZooKeeperClusterStore, open_session
 from kvtwist.zk.session import Session
-from tests.nodes import NodeProcess, RawClient
+from tests.nodes import TWISTD, NodeProcess, RawClient, env
 from tests.test_zk import Recorder, poll_until
 from tests.zkserver import expire_session, shared_zookeeper, zookeeper_available
 
@@ -139,9 +141,10 @@ class ClusterStoreTests(unittest.TestCase):
 
 
 class ClusterClientTests(unittest.TestCase):
-    """ClusterClient.connect on real ZooKeeper, over one lone node per chain root
-    (such a node serves requests whatever chain they name): the map read, each
-    chain found through its members on the one shared session, keys routed."""
+    """ClusterClient.connect and ``kvtwist-client --cluster`` on real ZooKeeper, over
+    one lone node per chain root (such a node serves requests whatever chain they
+    name): the map read, each chain found through its members on the one shared
+    session, keys routed."""
 
     timeout = 120
     if _UNAVAILABLE is not None:
@@ -181,3 +184,12 @@ class ClusterClientTests(unittest.TestCase):
         rows = yield client.range(b"b", None, 3)
         self.assertEqual(rows, [(b"kiwi", b"KIWI"), (b"mango", b"MANGO"), (b"zebra", b"ZEBRA")])
         self.assertEqual((yield client.keys()), keys)
+        shell = [str(Path(TWISTD).parent / "kvtwist-client"), "--zk", self.server.hosts,
+                 "--cluster", self.paths.name]
+        done = yield deferToThread(
+            subprocess.run, [*shell, "-c", "range k -"], capture_output=True, text=True,
+            timeout=60, env=env(),
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.splitlines(),
+                         ["kiwi\tKIWI", "mango\tMANGO", "zebra\tZEBRA", "(3 entries)"])
