@@ -17,12 +17,14 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from kvtwist import wire
+from kvtwist.client.blocking import BlockingClient
 from kvtwist.client.cluster import ClusterClient
 from kvtwist.cluster.controller import ControllerService
 from kvtwist.cluster.shardmap import ClusterPaths, Server, ShardMap
 from kvtwist.zk.cluster import ZooKeeperClusterStore, open_session
 from kvtwist.zk.session import Session
 from tests.nodes import TWISTD, NodeProcess, RawClient, env
+from tests.test_blocking import private_reactor
 from tests.test_zk import Recorder, poll_until
 from tests.zkserver import expire_session, shared_zookeeper, zookeeper_available
 
@@ -141,7 +143,8 @@ class ClusterStoreTests(unittest.TestCase):
 
 
 class ClusterClientTests(unittest.TestCase):
-    """ClusterClient.connect and ``kvtwist-client --cluster`` on real ZooKeeper, over
+    """ClusterClient.connect, BlockingClient.cluster and ``kvtwist-client --cluster`` on
+    real ZooKeeper, over
     one lone node per chain root (such a node serves requests whatever chain they
     name): the map read, each chain found through its members on the one shared
     session, keys routed."""
@@ -184,6 +187,14 @@ class ClusterClientTests(unittest.TestCase):
         rows = yield client.range(b"b", None, 3)
         self.assertEqual(rows, [(b"kiwi", b"KIWI"), (b"mango", b"MANGO"), (b"zebra", b"ZEBRA")])
         self.assertEqual((yield client.keys()), keys)
+
+        def blocking() -> list[bytes]:
+            with BlockingClient.cluster(self.server.hosts, self.paths.name, 30.0,
+                                        reactor=private_reactor()) as kv:
+                kv.put(b"banana", b"B")
+                return kv.keys()
+
+        self.assertEqual((yield deferToThread(blocking)), [b"apple", b"banana", *keys[1:]])
         shell = [str(Path(TWISTD).parent / "kvtwist-client"), "--zk", self.server.hosts,
                  "--cluster", self.paths.name]
         done = yield deferToThread(
