@@ -1,7 +1,8 @@
 """The cluster's ZooKeeper store and the controller against a real ZooKeeper
-(tests/zkserver.py): a cluster is created once, the map is
-compare-and-set, servers re-register after a session loss, the election moves
-to the survivor, and an elected controller fills a cluster created empty."""
+(tests/zkserver.py): a cluster is created once, the map is compare-and-set,
+servers re-register after a session loss, the election moves to the survivor,
+an elected controller fills a cluster created empty, and the clients route
+keys to their chains."""
 
 from __future__ import annotations
 
@@ -143,11 +144,10 @@ class ClusterStoreTests(unittest.TestCase):
 
 
 class ClusterClientTests(unittest.TestCase):
-    """ClusterClient.connect, BlockingClient.cluster and ``kvtwist-client --cluster`` on
-    real ZooKeeper, over
-    one lone node per chain root (such a node serves requests whatever chain they
-    name): the map read, each chain found through its members on the one shared
-    session, keys routed."""
+    """ClusterClient.connect, BlockingClient.cluster and ``kvtwist-client --cluster``
+    on real ZooKeeper, over one lone node per chain root (such a node serves
+    requests whatever chain they name): the map read, each chain found through
+    its members on the one shared session, keys routed."""
 
     timeout = 120
     if _UNAVAILABLE is not None:
