@@ -142,6 +142,34 @@ class ClusterStoreTests(unittest.TestCase):
         self.assertGreater(ShardMap.decode(data).version, 1)
         self.assertGreaterEqual(version, 1)
 
+    @inlineCallbacks
+    def test_controller_replaces_a_server_whose_session_expired(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        """A server whose session expires (and that does not come back) leaves its
+        chain after replace_after; the free server joins at the end, and the chain's
+        version moves on."""
+        store = yield self.store()
+        yield store.create_cluster(ShardMap.initial(2, [], [("s0", "s1")]).encode())
+        controller = ControllerService(reactor, store, self.paths, replace_after=1.0)
+        controller.startService()
+        self.addCleanup(controller.stopService)
+        stays = yield self.store()
+        yield stays.register_server(Server("s0", "127.0.0.1:7000"))
+        yield stays.register_server(Server("s2", "127.0.0.1:7002"))
+        goes = yield self.store()
+        yield goes.register_server(Server("s1", "127.0.0.1:7001"))
+        yield goes.session.stop()  # gone for good: its znode goes with the session
+
+        @inlineCallbacks
+        def replaced() -> Generator[Deferred[Any], Any, bool]:
+            data, _ = yield store.read_map()
+            return ShardMap.decode(data).chains["c0"].members == ("s0", "s2")
+
+        yield poll_until(replaced)
+        data, _ = yield store.read_map()
+        self.assertEqual(ShardMap.decode(data).chains["c0"].version, 2)
+
 
 class ClusterClientTests(unittest.TestCase):
     """ClusterClient.connect, BlockingClient.cluster and ``kvtwist-client --cluster``
