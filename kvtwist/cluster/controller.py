@@ -205,12 +205,16 @@ class ControllerService(Service):
                     "cluster {name}: map version {v} written ({what})",
                     name=self.paths.name, v=new.version, what=describe(old, new),
                 )
-            # Written, the watch delivers it; a lost race, the watch delivers the
-            # winner's.  Decide again from what is there once it has arrived.
+            if written and self._map[1] == znode_version:
+                # ours now, at the next znode version: decide on from it without
+                # waiting for the watch (which then brings nothing new)
+                self._map = (new, znode_version + 1)
+                if self.core is not None:
+                    self.core.map_seen(new, self.reactor.seconds())
             if self._map[1] != znode_version:
                 self._step()
-            elif not written:
-                self._step_later(WRITE_RETRY_DELAY)  # in case no change follows
+            else:  # a lost race whose winner the watch has not brought yet
+                self._step_later(WRITE_RETRY_DELAY)
 
         def failed(f: Failure) -> None:
             self._writing = False
