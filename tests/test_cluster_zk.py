@@ -232,3 +232,29 @@ class ClusterClientTests(unittest.TestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(done.stdout.splitlines(),
                          ["kiwi\tKIWI", "mango\tMANGO", "zebra\tZEBRA", "(3 entries)"])
+
+    @inlineCallbacks
+    def test_bench_routes_by_shard(self) -> Generator[Deferred[Any], Any, None]:
+        """kvtwist-bench --cluster writes each key to its shard's chain: with the cut
+        inside the bench's key range, both chains' nodes get their share, no errors."""
+        session = yield open_session(reactor, self.server.hosts)
+        self.addCleanup(session.stop)
+        store = ZooKeeperClusterStore(session, self.paths)
+        cut = b"bench:k000000000000050"
+        yield store.create_cluster(ShardMap.initial(1, [cut], [("s0",), ("s1",)]).encode())
+        for cid in ("c0", "c1"):
+            node = NodeProcess.member(self.server.hosts, self.paths.chain(cid), 4.0,
+                                      extra_args=["--in-memory"])
+            self.nodes.append(node)
+            yield deferToThread(node.start)
+        bench = [str(Path(TWISTD).parent / "kvtwist-bench"), "--zk", self.server.hosts,
+                 "--cluster", self.paths.name, "--workload", "put", "--key-dist", "sequential",
+                 "--keys", "100", "--requests", "100", "--connections", "2",
+                 "--processes", "1", "--progress", "never", "--quiet"]
+        done = yield deferToThread(
+            subprocess.run, bench, capture_output=True, text=True, timeout=120, env=env()
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        for node in self.nodes:
+            with RawClient(node.port) as raw:
+                self.assertEqual(raw.one(wire.req_size()).result, 50)
