@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server
-from kvtwist.cluster.store import ClusterStore, MapCallback, ServersCallback
+from kvtwist.cluster.store import ClusterStore, Election, MapCallback, ServersCallback
 from kvtwist.membership import Membership
 from kvtwist.zk.members import MembershipWatch
 from kvtwist.zk.session import Session
@@ -252,7 +252,6 @@ class ZooKeeperClusterStore:
         self.paths = paths
         self._map_watch = _WatchedRead(session, self._read_map_watched)
         self._servers_watch = _WatchedRead(session, self._servers_watched)
-        self._last_map = -2
         self._registered: dict[str, Server] = {}
         session.on_state(self._state)
 
@@ -356,7 +355,7 @@ class ZooKeeperClusterStore:
 
     def elect(
         self, candidate: str, won: Callable[[], None], lost: Callable[[], None]
-    ) -> _Candidate:
+    ) -> Election:
         return _Candidate(self, candidate, won, lost)
 
 

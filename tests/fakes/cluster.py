@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import defer
 
 from kvtwist.cluster.shardmap import Server
-from kvtwist.cluster.store import ClusterStore, MapCallback, ServersCallback
+from kvtwist.cluster.store import ClusterStore, Election, MapCallback, ServersCallback
 
 __all__ = ["MemoryCluster", "MemoryClusterStore"]
 
@@ -95,7 +94,6 @@ class MemoryClusterStore:
         self.server_callbacks: list[ServersCallback] = []
         self.registered: dict[str, Server] = {}
         self.mine: list[_Candidate] = []
-        self._last_map = -2
         self.failing_writes = 0  # so many write_map calls fail first
         cluster.stores.append(self)
 
@@ -164,7 +162,9 @@ class MemoryClusterStore:
 
     # -- the election
 
-    def elect(self, candidate: str, won: Callable[[], None], lost: Callable[[], None]) -> Any:
+    def elect(
+        self, candidate: str, won: Callable[[], None], lost: Callable[[], None]
+    ) -> Election:
         c = _Candidate(self, won, lost)
         self.mine.append(c)
         self.cluster.candidates.append(c)
