@@ -4,6 +4,8 @@ successor picks up from the map."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -178,3 +180,41 @@ class CoreTests(SynchronousTestCase):
         assert tick is not None
         self.assertAlmostEqual(tick, 5.0, places=2)
         self.assertIsNone(core.decide(105.0))  # gone only 5 s
+
+
+class RandomHistoryTests(SynchronousTestCase):
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(["up", "down", "wait"]), st.integers(0, 5),
+                              st.floats(0.0, 40.0)), max_size=40))
+    def test_every_map_keeps_the_rules(self, events: list[tuple[str, int, float]]) -> None:
+        """Under any history of servers coming and going: every map written is valid,
+        its version grows, no chain names a server twice or more than R servers, a
+        chain's version moves whenever its members do, and a server leaves a chain
+        only once it has been gone longer than replace_after."""
+        h = Harness(self, shards=4, replicas=3)
+        h.controller(replace_after=30.0)
+        gone_at: dict[str, float] = {}
+        up: set[int] = set()
+        last = current(h.cluster)
+        for kind, i, t in events:
+            if kind == "up" and i not in up:
+                up.add(i)
+                gone_at.pop(f"s{i}", None)
+                h.register(i)
+            elif kind == "down" and i in up:
+                up.discard(i)
+                gone_at[f"s{i}"] = h.clock.seconds()
+                h.servers.unregister_server(f"s{i}")
+            else:
+                h.clock.advance(t)
+            m = current(h.cluster)
+            self.assertGreaterEqual(m.version, last.version)
+            for cid, plan in m.chains.items():
+                self.assertLessEqual(len(plan.members), 3)
+                before = last.chains[cid]
+                if plan.members != before.members:
+                    self.assertGreater(plan.version, before.version)
+                for sid in set(before.members) - set(plan.members):
+                    self.assertIn(sid, gone_at, (sid, before, plan))
+                    self.assertGreater(h.clock.seconds() - gone_at[sid], 30.0)
+            last = m
