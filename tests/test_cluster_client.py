@@ -173,7 +173,8 @@ class MapChangeTests(SynchronousTestCase):
         self.assertEqual(h.client.map.version if h.client.map else None, 2)
 
     def test_wrong_shard_until_the_deadline(self) -> None:
-        """A map that never catches up ends in a retryable error at the deadline."""
+        """A map that never catches up ends in a retryable error at the deadline that
+        says what the server said."""
         h = Harness(deadline=2.0)
         h.chain("c0").serving = False
         box: list[Any] = []
@@ -183,7 +184,8 @@ class MapChangeTests(SynchronousTestCase):
         h.clock.pump([0.1] * 2)
         self.assertEqual(len(box), 1)
         box[0].trap(KVError)
-        self.assertIn("gave up after 2s", str(box[0].value))
+        self.assertIn("gave up after 2s: chain c0 is not served here", str(box[0].value))
+        self.assertIn("(this client has map version 1)", str(box[0].value))
         self.assertTrue(box[0].value.retry)
 
     def test_fan_out_redone_after_a_map_change(self) -> None:

@@ -173,30 +173,33 @@ class ClusterClient(Client):
 
     @inlineCallbacks
     def _retrying(
-        self, action: Callable[[ShardMap, int], Deferred[Any]]
+        self, action: Callable[[ShardMap, int], Deferred[Any]], why: list[str]
     ) -> Generator[Deferred[Any], Any, Any]:
         """``action(map, attempt)`` until it does not raise StaleMap, re-reading the map
-        and backing off between attempts."""
+        and backing off between attempts; ``why[0]`` is the last refusal."""
         attempt = 0
         while True:
             m = self.map
             if m is not None:
                 try:
                     return (yield action(m, attempt))
-                except StaleMap:
-                    pass
+                except StaleMap as e:
+                    why[0] = f"{e} (this client has map version {m.version})"
             attempt += 1
             yield self._refresh()
             yield deferLater(self.reactor, min(0.05 * 2 ** min(attempt, 4), 0.5), lambda: None)
 
-    def _bounded(self, d: Deferred[Any], what: str) -> Deferred[Any]:
+    def _bounded(self, d: Deferred[Any], why: list[str]) -> Deferred[Any]:
         if self.deadline is None:
             return d
 
         def gave_up(_: Any, seconds: float) -> Failure:
-            return Failure(KVError(f"gave up after {seconds:g}s: {what}", retry=True))
+            return Failure(KVError(f"gave up after {seconds:g}s: {why[0]}", retry=True))
 
         return d.addTimeout(self.deadline, self.reactor, onTimeoutCancel=gave_up)
+
+    def _why(self) -> list[str]:
+        return [f"no answer from cluster {self.name} in time"]
 
     def _send(self, msg: Message, write: bool) -> Deferred[Message]:
         key = request_key(msg)
@@ -210,8 +213,8 @@ class ClusterClient(Client):
             chain = self.chain(m.shard_for(key).chain)
             return chain.raw(sending).addCallback(_checked)
 
-        what = f"the shard map of cluster {self.name} kept moving"
-        return self._bounded(self._retrying(action), what)
+        why = self._why()
+        return self._bounded(self._retrying(action, why), why)
 
     def _each_shard(self, request: Callable[[], Message]) -> Deferred[list[Message]]:
         """``request()`` sent to every shard's chain at once; the replies in key order."""
@@ -222,8 +225,8 @@ class ClusterClient(Client):
                 sends.append(self.chain(shard.chain).raw(request()).addCallback(_checked))
             return defer.gatherResults(sends, consumeErrors=True).addErrback(_first)
 
-        what = f"the shard map of cluster {self.name} kept moving"
-        return self._bounded(self._retrying(action), what).addCallback(
+        why = self._why()
+        return self._bounded(self._retrying(action, why), why).addCallback(
             lambda replies: [wire_check(r) for r in replies]
         )
 
@@ -257,11 +260,12 @@ class ClusterClient(Client):
         shard after shard; each shard's part is asked for only what is still wanted."""
         lo = None if start is None else as_bytes(start)
         hi = None if stop is None else as_bytes(stop)
-        return self._bounded(self._scan(lo, hi, limit), f"scanning cluster {self.name}")
+        why = self._why()
+        return self._bounded(self._scan(lo, hi, limit, why), why)
 
     @inlineCallbacks
     def _scan(
-        self, start: bytes | None, stop: bytes | None, limit: int
+        self, start: bytes | None, stop: bytes | None, limit: int, why: list[str]
     ) -> Generator[Deferred[Any], Any, list[tuple[bytes, bytes]]]:
         out: list[tuple[bytes, bytes]] = []
         cursor = start
@@ -272,7 +276,7 @@ class ClusterClient(Client):
             if limit and want <= 0:
                 return out
             piece = functools.partial(self._piece, cursor=cursor, stop=stop, want=want)
-            reply, end = yield self._retrying(piece)
+            reply, end = yield self._retrying(piece, why)
             out += [(bytes(k), bytes(v)) for k, v in zip(reply.keys, reply.values, strict=True)]
             if end is None:
                 return out
