@@ -37,7 +37,7 @@ log = Logger(namespace="kvtwist.cluster")
 
 #: Seconds a server may be gone before its chains get new members: long enough
 #: to ride out a restart, short enough that a chain does not run a replica
-#: short for long (the servers' ``--replace-after`` default).
+#: short for long.
 DEFAULT_REPLACE_AFTER = 60.0
 #: Delay before writing again after a write that failed (not a lost race).
 WRITE_RETRY_DELAY = 1.0
