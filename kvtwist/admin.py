@@ -17,6 +17,7 @@ node or chain -- kvtwist or the original C system -- into another
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -25,7 +26,7 @@ from typing import Any
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoAuthError, NoNodeError
 
-from kvtwist import __version__
+from kvtwist import __version__, admincluster
 from kvtwist.adminstatus import (
     AskStats,
     ChainStatus,
@@ -83,8 +84,9 @@ def _members(zk: KazooClient, root: str) -> list[Member]:
     return sorted(members, key=lambda m: (m.seq, m.name))
 
 
-def stats_asker(timeout: float, secure: Any = None) -> AskStats:
-    """Asks a member for STATS over the client protocol (with the TLS and token given)."""
+def stats_asker(timeout: float, secure: Any = None, chain: str | None = None) -> AskStats:
+    """Asks a member for STATS over the client protocol (with the TLS and token given);
+    with ``chain``, of that chain on a server hosting many."""
     from kvtwist import wire
     from kvtwist.client.blocking import BlockingClient
     from kvtwist.client.protocol import KVError
@@ -94,8 +96,11 @@ def stats_asker(timeout: float, secure: Any = None) -> AskStats:
 
     def ask(address: tuple[str, int]) -> Any:
         spec = format_address(address)
+        request = wire.req_stats()
+        if chain:
+            request.chain = chain
         with BlockingClient.connect(spec, timeout=timeout, tls=tls, token=token) as c:
-            reply = c.raw(wire.req_stats())
+            reply = c.raw(request)
         if reply.opcode != wire.OP_STATS + 1:
             raise KVError(reply.error or f"reply opcode {reply.opcode} to STATS")
         return reply.stats
@@ -366,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help=f"send the client token in FILE to the {side} (its nodes' --auth-token-file)",
         )
+    admincluster.add_commands(sub, _common, _member_options)
     return parser
 
 
@@ -418,14 +424,20 @@ def main(argv: list[str] | None = None) -> int:
         acl = digest_acl(args.zk_auth) if args.zk_auth is not None else None
     except ValueError as e:
         parser.error(str(e))
-    ask: AskStats | None = None
-    if args.command in ("status", "health"):
+    if args.command == "cluster" and (problem := admincluster.check_args(args)) is not None:
+        parser.error(problem)
+    ask: Any = None
+    if args.command in ("status", "health") or getattr(args, "verb", None) == "status":
         from kvtwist.client.shell import UsageError, security
 
         try:
-            ask = stats_asker(args.timeout, security(args))
+            secure = security(args)
         except UsageError as e:
             parser.error(str(e))
+        if args.command == "cluster":  # an asker per chain, by its id
+            ask = functools.partial(stats_asker, args.timeout, secure)
+        else:
+            ask = stats_asker(args.timeout, secure)
     from kvtwist.kazoolog import silence
 
     silence()  # every retry would be a line; the admin says itself what failed
@@ -440,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         # a monitor running health reads any failure as unhealthy: status 1, as documented
         return 1 if args.command == "health" else USAGE
     try:
+        if args.command == "cluster":
+            return admincluster.run(zk, args, ask)
         if args.command == "status":
             assert ask is not None
             return status(zk, root, ask, args.output)

@@ -39,6 +39,7 @@ import pytest
 # module -> the classes in it that start processes; None: the whole module.
 INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_admin": None,
+    "test_admin_cluster": frozenset({"AdminClusterTests"}),
     "test_bench": frozenset({"BenchRunTests", "ReferenceServerTests", "ChainTargetTests"}),
     "test_bench_keys": frozenset({"KeyPrefixTests", "HelpTests"}),
     "test_blocking": None,
@@ -47,6 +48,7 @@ INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_client_token": frozenset({"ShellTokenTests"}),
     "test_clock_step": None,
     "test_cluster": frozenset({"ClusterTests"}),
+    "test_cluster_zk": frozenset({"ClusterStoreTests", "ClusterClientTests"}),
     "test_durability": None,
     "test_foreign_chain": None,
     "test_hostile": frozenset({"HostileTests"}),

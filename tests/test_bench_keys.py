@@ -65,3 +65,21 @@ class HelpTests(SynchronousTestCase):
         self.assertIn("WRITES into the target", text)
         self.assertIn("bench:k000000000000000", text)
         self.assertIn("--key-prefix", text)
+
+
+class ClusterFrameTests(SynchronousTestCase):
+    def test_frames_name_their_keys_chain(self) -> None:
+        """With a cluster's routes each frame carries Message.chain of its key's shard,
+        and says which route (head for a write, tail for a read) it goes to."""
+        from kvtwist import wire
+
+        routes = [(b"", "c0", ("127.0.0.1", 1), ("127.0.0.1", 2)),
+                  (b"k000000000000003", "c1", ("127.0.0.1", 3), ("127.0.0.1", 4))]
+        reqs = Requests("mixed", 6, 3, key_dist="sequential", routes=routes)
+        for frame, w in reqs.next(6):
+            msg = wire.decode(frame[4:])
+            key = msg.entry.key if msg.opcode == wire.OP_PUT else msg.keys[0]
+            route = 0 if key < b"k000000000000003" else 1
+            self.assertEqual(w >> 1, route, key)
+            self.assertEqual(msg.chain, routes[route][1])
+            self.assertEqual(w & 1, int(msg.opcode == wire.OP_PUT))

@@ -4,6 +4,7 @@ Examples::
 
     kvtwist-bench --target 127.0.0.1:9000 --workload get --connections 4 --pipeline 32
     kvtwist-bench --zk 127.0.0.1:2181 --zk-root /chain --workload mixed --read-fraction 0.9
+    kvtwist-bench --zk 127.0.0.1:2181 --cluster prod --workload put
     kvtwist-bench --target 127.0.0.1:9000 --workload put --key-dist sequential \\
         --keys 1000000 --requests 1000000 --json load.json
 
@@ -22,6 +23,7 @@ them), which connect first, then start together; their histograms are merged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -30,12 +32,13 @@ import queue
 import re
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from kvtwist import __version__
 from kvtwist.bench.hist import Histogram
 from kvtwist.bench.loadgen import WorkerSpec, worker_process
-from kvtwist.bench.workload import KEY_DISTS, WORKLOADS
+from kvtwist.bench.workload import KEY_DISTS, WORKLOADS, Route
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 DEFAULT_KEY_PREFIX = "bench:"
@@ -108,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="ZooKeeper hosts: writes go to the head, reads to the tail",
     )
     p.add_argument("--zk-root", default="/chain", help="the chain's ZooKeeper path (/chain)")
+    p.add_argument(
+        "--cluster", metavar="NAME",
+        help="with --zk: a cluster of many chains; each request goes to its key's chain",
+    )
     p.add_argument("--workload", choices=WORKLOADS, default="get", help="get, put or mixed")
     p.add_argument(
         "--read-fraction", type=_fraction, default=0.5, help="share of GETs in mixed (0.5)"
@@ -163,9 +170,13 @@ _MEMBER = re.compile(r"node([0-9]+)\Z")
 
 def chain_ends(hosts: str, root: str, timeout: float = 10.0) -> tuple[tuple[str, int], ...]:
     """(head, tail) addresses read from ZooKeeper: lowest and highest ``node<seq>``."""
-    from kazoo.client import KazooClient
+    with _kazoo(hosts, timeout) as zk:
+        return _ends(zk, root)
 
-    from kvtwist.membership import parse_address
+
+@contextlib.contextmanager
+def _kazoo(hosts: str, timeout: float) -> Iterator[Any]:
+    from kazoo.client import KazooClient
 
     zk = KazooClient(hosts=hosts, timeout=timeout)
     try:
@@ -173,27 +184,53 @@ def chain_ends(hosts: str, root: str, timeout: float = 10.0) -> tuple[tuple[str,
     except Exception as e:
         raise BenchError(f"cannot reach ZooKeeper at {hosts}: {e}") from None
     try:
-        if not zk.exists(root):
-            raise BenchError(f"no chain at {root} in ZooKeeper")
-        members = []
-        for name in zk.get_children(root):
-            m = _MEMBER.match(name)
-            if not m:
-                continue
-            try:
-                data, _ = zk.get(f"{root}/{name}")
-            except Exception:
-                continue
-            addr = parse_address(data)
-            if addr is not None:
-                members.append((int(m.group(1)), addr))
-        if not members:
-            raise BenchError(f"the chain at {root} has no members")
-        members.sort()
-        return members[0][1], members[-1][1]
+        yield zk
     finally:
         zk.stop()
         zk.close()
+
+
+def _ends(zk: Any, root: str) -> tuple[tuple[str, int], tuple[str, int]]:
+    from kvtwist.membership import parse_address
+
+    if not zk.exists(root):
+        raise BenchError(f"no chain at {root} in ZooKeeper")
+    members = []
+    for name in zk.get_children(root):
+        m = _MEMBER.match(name)
+        if not m:
+            continue
+        try:
+            data, _ = zk.get(f"{root}/{name}")
+        except Exception:
+            continue
+        addr = parse_address(data)
+        if addr is not None:
+            members.append((int(m.group(1)), addr))
+    if not members:
+        raise BenchError(f"the chain at {root} has no members")
+    members.sort()
+    return members[0][1], members[-1][1]
+
+
+def cluster_routes(hosts: str, name: str, timeout: float = 10.0) -> list[Route]:
+    """Each shard of cluster ``name`` in key order: its start, chain, head and tail."""
+    from kvtwist.cluster.shardmap import BadMap, ClusterPaths, ShardMap
+    from kvtwist.zk.cluster import read_map_sync
+
+    try:
+        paths = ClusterPaths(name)
+    except BadMap as e:
+        raise BenchError(str(e)) from None
+    with _kazoo(hosts, timeout) as zk:
+        data, _ = read_map_sync(zk, paths)
+        if data is None:
+            raise BenchError(f"no cluster {name} in ZooKeeper (no {paths.map})")
+        try:
+            m = ShardMap.decode(data)
+        except BadMap as e:
+            raise BenchError(f"the map of cluster {name} is unreadable: {e}") from None
+        return [(s.start, s.chain, *_ends(zk, paths.chain(s.chain))) for s in m.shards]
 
 
 # ---- running -------------------------------------------------------------
@@ -205,7 +242,10 @@ def _deal(n: int, parts: int) -> list[int]:
 
 
 def make_specs(
-    args: argparse.Namespace, head: tuple[str, int], tail: tuple[str, int]
+    args: argparse.Namespace,
+    head: tuple[str, int],
+    tail: tuple[str, int],
+    routes: list[Route] | None = None,
 ) -> list[WorkerSpec]:
     nproc = args.processes or min(args.connections, os.cpu_count() or 1)
     nproc = max(1, min(nproc, args.connections))
@@ -232,6 +272,7 @@ def make_specs(
                 warmup=args.warmup if not args.requests else 0.0,
                 seed=args.seed,
                 drain_timeout=args.drain_timeout,
+                routes=routes,
             )
         )
     return specs
@@ -266,11 +307,15 @@ class Progress:
 def run(args: argparse.Namespace, stderr: Any = None) -> dict[str, Any]:
     """Run the benchmark described by parsed ``args``; return the report."""
     stderr = stderr or sys.stderr
-    if args.zk:
+    routes = None
+    if args.zk and args.cluster:
+        routes = cluster_routes(args.zk, args.cluster)
+        head, tail = routes[0][2], routes[0][3]
+    elif args.zk:
         head, tail = chain_ends(args.zk, args.zk_root)
     else:
         head = tail = args.target
-    specs = make_specs(args, head, tail)
+    specs = make_specs(args, head, tail, routes)
     ctx = multiprocessing.get_context("spawn")
     progress = ctx.RawArray("q", len(specs))
     start = ctx.Event()
@@ -337,6 +382,8 @@ def run(args: argparse.Namespace, stderr: Any = None) -> dict[str, Any]:
         raise BenchError(f"a load process failed: {fatal[0]}")
     got.sort(key=lambda g: g["worker"])
     report = build_report(args, head, tail, got)
+    if routes:
+        report["shards"] = len(routes)
     report["machine"]["load_before"] = [round(x, 2) for x in load_before]
     report["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
     return report
@@ -428,7 +475,9 @@ def summary(report: dict[str, Any]) -> str:
         f"{c['workload']} x{c['connections']} conn x{c['pipeline']} pipeline, "
         f"{report['processes']} process(es), {c['keys']} keys "
         f"{c.get('key_prefix', '')}k... ({c['key_dist']}), "
-        f"value {c['value_size']} B -> head {report['head']}, tail {report['tail']}",
+        f"value {c['value_size']} B -> "
+        + (f"cluster {c['cluster']}, {report['shards']} shards" if c.get("cluster")
+           else f"head {report['head']}, tail {report['tail']}"),
         f"{r['completed']:,d} replies in {report['elapsed_s']:.2f}s: "
         f"{report['throughput']:,.0f} req/s; errors {r['errors']}, unanswered {r['unanswered']}",
         "latency (us): "
@@ -451,7 +500,10 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cluster is not None and args.zk is None:
+        parser.error("--cluster NAME needs --zk HOSTS")
     if args.zk is not None:
         from kvtwist.zkhosts import USAGE, BadHosts, check_hosts
 

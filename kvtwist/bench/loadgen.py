@@ -3,7 +3,9 @@
 A *slot* is one client connection as the user sees it (``--connections``):
 it keeps up to ``pipeline`` requests outstanding and sends a new one for every
 reply.  Against a chain a slot has two sockets, writes going to the head and
-reads to the tail; against one node it has one.  Replies come back in request
+reads to the tail; against one node it has one; against a cluster one per
+server its shards' heads and tails are on, each request going to its key's
+chain.  Replies come back in request
 order per socket, so send times wait in a FIFO and each reply's latency is the
 time since its request was written.
 """
@@ -21,7 +23,7 @@ from functools import partial
 from typing import Any
 
 from kvtwist.bench.hist import Histogram
-from kvtwist.bench.workload import OP_ERROR, Requests, Zipfian
+from kvtwist.bench.workload import OP_ERROR, Requests, Route, Zipfian
 
 _HEADER = struct.Struct(">I")
 _unpack = _HEADER.unpack_from
@@ -48,6 +50,7 @@ class WorkerSpec:
     seed: int = 0
     drain_timeout: float = 10.0
     connect_timeout: float = 10.0
+    routes: list[Route] | None = None  # a cluster's shards in key order
 
 
 @dataclass
@@ -185,6 +188,8 @@ class _Slot:
         self.inflight = 0
         self.write_conn: _Conn | None = None
         self.read_conn: _Conn | None = None
+        #: against a cluster: per route, its (head, tail) connections
+        self.routed: list[tuple[_Conn, _Conn]] | None = None
         self.dead = False
 
     def fill(self) -> None:
@@ -200,6 +205,9 @@ class _Slot:
         reqs = self.requests.next(n)
         self.inflight += n
         self.run.stats.sent += n
+        if self.routed is not None:
+            self._send_routed(reqs, now)
+            return
         wc, rc = self.write_conn, self.read_conn
         if wc is rc:
             assert wc is not None
@@ -223,6 +231,25 @@ class _Slot:
             assert rc is not None
             rc.send(rf, rs)
 
+    def _send_routed(self, reqs: list[tuple[bytes, int]], now: int) -> None:
+        """Each request to its route's head (a write) or tail (a read)."""
+        assert self.routed is not None
+        batches: dict[_Conn, tuple[list[bytes], list[int]]] = {}
+        for f, w in reqs:
+            write = w & 1
+            conn = self.routed[w >> 1][0 if write else 1]
+            frames, stamps = batches.setdefault(conn, ([], []))
+            frames.append(f)
+            stamps.append(now | write)
+        for conn, (frames, stamps) in batches.items():
+            conn.send(frames, stamps)
+
+    def conns(self) -> set[_Conn]:
+        out = {c for c in (self.write_conn, self.read_conn) if c is not None}
+        for head, tail in self.routed or ():
+            out |= {head, tail}
+        return out
+
     def replied(self, n: int) -> None:
         self.inflight -= n
         self.fill()
@@ -234,8 +261,7 @@ class _Slot:
             return
         self.dead = True
         lost = len(conn.sent)
-        other = self.read_conn if conn is self.write_conn else self.write_conn
-        if other is not None and other is not conn:
+        for other in self.conns() - {conn}:
             lost += len(other.sent)
             other.sent.clear()
             if other.transport is not None:
@@ -290,10 +316,13 @@ class _Run:
                 stride=spec.total_slots,
                 zipf=zipf,
                 key_prefix=spec.key_prefix.encode("utf-8"),
+                routes=spec.routes,
             )
             quota = spec.requests[k] if spec.requests is not None else None
             slot = _Slot(self, reqs, quota)
-            if same:
+            if spec.routes:
+                await self._open_routed(slot, spec.routes)
+            elif same:
                 slot.write_conn = slot.read_conn = await self._open(slot, spec.head)
             else:
                 if need_write:
@@ -303,6 +332,16 @@ class _Run:
                 slot.write_conn = slot.write_conn or slot.read_conn
                 slot.read_conn = slot.read_conn or slot.write_conn
             self.slots.append(slot)
+
+    async def _open_routed(self, slot: _Slot, routes: list[Route]) -> None:
+        """One connection per server the routes' heads and tails are on."""
+        by_address: dict[tuple[str, int], _Conn] = {}
+        for _start, _chain, head, tail in routes:
+            for addr in (head, tail):
+                if addr not in by_address:
+                    by_address[addr] = await self._open(slot, addr)
+        slot.routed = [(by_address[head], by_address[tail]) for _, _, head, tail in routes]
+        slot.write_conn = slot.read_conn = slot.routed[0][0]
 
     async def _open(self, slot: _Slot, addr: tuple[str, int]) -> _Conn:
         loop = asyncio.get_running_loop()

@@ -61,6 +61,27 @@ def encode_put(key: bytes, value: bytes) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+#: ``Message.chain`` (field 33, length-delimited): its tag as a varint
+_CHAIN_TAG = _varint(33 << 3 | 2)
+
+#: A shard of a cluster as the bench routes to it: its first key, its chain,
+#: the chain's head and tail.
+Route = tuple[bytes, str, tuple[str, int], tuple[str, int]]
+
+
+def with_chain(frame: bytes, chain: str) -> bytes:
+    """``frame`` with ``Message.chain`` set, for a server hosting many chains."""
+    raw = chain.encode("ascii")
+    body = frame[4:] + _CHAIN_TAG + _varint(len(raw)) + raw
+    return _HEADER.pack(len(body)) + body
+
+
+def shard_router(routes: list[Route]) -> Callable[[bytes], int]:
+    """A key to the index of its route (``routes`` in key order, the first at b"")."""
+    starts = [r[0] for r in routes]
+    return lambda key: bisect.bisect_right(starts, key) - 1
+
+
 def is_error_reply(payload: bytes | bytearray) -> bool:
     """True for an ERROR reply payload (opcode field first, value 99)."""
     return len(payload) >= 2 and payload[0] == 0x08 and payload[1] == OP_ERROR
@@ -98,6 +119,10 @@ class Requests:
     ``start, start + stride, ...`` modulo ``keys``, so connections with
     different starts and a stride of the connection count cover every key
     exactly once between them.
+
+    With ``routes`` (a cluster's shards) each frame names its key's chain and
+    the second item is ``route << 1 | is_write``: the index of the key's
+    route, and whether the request is a write.
     """
 
     def __init__(
@@ -112,6 +137,7 @@ class Requests:
         stride: int = 1,
         zipf: Zipfian | None = None,
         key_prefix: bytes = b"",
+        routes: list[Route] | None = None,
     ) -> None:
         if workload not in WORKLOADS:
             raise ValueError(f"unknown workload {workload!r}")
@@ -124,6 +150,8 @@ class Requests:
         self.workload = workload
         self.keys = keys
         self.key_prefix = key_prefix
+        self.routes = routes
+        self._route = shard_router(routes) if routes else None
         self.value = bytes((ord("a") + i % 26) for i in range(value_size))
         self.key_dist = key_dist
         self.read_fraction = {"get": 1.0, "put": 0.0}.get(workload, read_fraction)
@@ -139,7 +167,7 @@ class Requests:
             self._pick = z
         else:
             self._pick = self._sequential
-        self._ring: list[tuple[bytes, bool]] | None = None
+        self._ring: list[tuple[bytes, int]] | None = None
         self._pos = 0
         if key_dist != "sequential":
             self._ring = [self._make() for _ in range(min(RING, max(keys * 4, 1024)))]
@@ -149,14 +177,19 @@ class Requests:
         self.next_seq = (i + self.stride) % self.keys
         return i
 
-    def _make(self) -> tuple[bytes, bool]:
+    def _make(self) -> tuple[bytes, int]:
         key = self.key_prefix + key_name(self._pick()).encode("ascii")
         rf = self.read_fraction
         if rf >= 1.0 or (rf > 0.0 and self.rng.random() < rf):
-            return encode_get(key), False
-        return encode_put(key, self.value), True
+            frame, write = encode_get(key), 0
+        else:
+            frame, write = encode_put(key, self.value), 1
+        if self._route is None or self.routes is None:
+            return frame, write
+        r = self._route(key)
+        return with_chain(frame, self.routes[r][1]), r << 1 | write
 
-    def next(self, n: int) -> list[tuple[bytes, bool]]:
+    def next(self, n: int) -> list[tuple[bytes, int]]:
         ring = self._ring
         if ring is None:
             make = self._make

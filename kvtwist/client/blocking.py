@@ -14,6 +14,8 @@ Any async-client factory can be plugged in, e.g. the ZooKeeper-aware one::
 
     BlockingClient(lambda r: ChainClient.connect(r, "zk1:2181", "/chain"))
 
+and a cluster of many chains has its own: ``BlockingClient.cluster("zk1:2181", "prod")``.
+
 Do not use it from the reactor's own thread (a call would wait for itself), nor
 inside a trial test that also runs the global reactor: pass a private reactor
 instead (``reactor=SelectReactor()``).
@@ -273,6 +275,28 @@ class BlockingClient:
             return DirectClient.connect(r, host, port, timeout, tls=tls, token=token)
 
         return cls(make, timeout=timeout, reactor=reactor, description=address)
+
+    @classmethod
+    def cluster(
+        cls,
+        zk_hosts: str,
+        name: str,
+        timeout: float | None = 30.0,
+        *,
+        reactor: Any = None,
+        tls: ClientTLS | None = None,
+        token: bytes | None = None,
+    ) -> BlockingClient:
+        """A client of cluster ``name`` (kvtwist.client.cluster.ClusterClient):
+        ``timeout`` is its deadline for each call, retries included."""
+        from kvtwist.client.cluster import ClusterClient
+
+        def make(r: Any) -> Deferred[Any]:
+            return ClusterClient.connect(r, zk_hosts, name, timeout, tls=tls, token=token)
+
+        backstop = None if timeout is None else timeout + 2.0  # the client's own comes first
+        where = f"cluster {name} via ZooKeeper {zk_hosts}"
+        return cls(make, timeout=backstop, reactor=reactor, description=where)
 
     # ---- connection management --------------------------------------------------
 

@@ -11,7 +11,7 @@ longer tell: see kvtwist.chain.dedup).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -35,26 +35,48 @@ log = Logger(namespace="kvtwist.client")
 DEFAULT_DEADLINE = 30.0
 
 
+class MembershipSource(Protocol):
+    """What the client reads of ZooKeeper: the chain's members (a ZooKeeper adapter,
+    or a chain of a cluster on a shared session, kvtwist.zk.cluster.ChainMembers)."""
+
+    root: str
+    hosts: str
+
+    def members(self) -> Deferred[Membership]: ...
+
+    def watch_members(self, callback: Any) -> None: ...
+
+    def stop(self) -> Deferred[None]: ...
+
+
 class ChainClient(Client):
     """Routes each request to the member that serves it, retrying across failover.
 
     ``deadline`` bounds each request, retries and connection attempts included
     (None: retry for ever).  ``tls`` and ``token`` apply to every member it
     connects to (see DirectClient.connect).
+
+    ``chain`` names the chain in every request (``Message.chain``), for a
+    chain of a cluster whose servers host many.  Such a client does not retry
+    an ERROR that carries a ``map_version`` (the server does not serve that
+    chain under the map it knows): it hands the reply back, for the cluster
+    client to re-read the map and route again.
     """
 
     def __init__(
         self,
         reactor: Any,
-        zk: ZooKeeper,
+        zk: MembershipSource,
         deadline: float | None = DEFAULT_DEADLINE,
         *,
         tls: ClientTLS | None = None,
         token: bytes | None = None,
+        chain: str | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.zk = zk
+        self.chain = chain
         self.deadline = deadline
         self.view: Membership | None = None
         self.pool = ConnectionPool(reactor, timeout=3, tls=tls, token=token)
@@ -113,6 +135,8 @@ class ChainClient(Client):
         return f"the chain at {self.zk.root} has no members (ZooKeeper {self.zk.hosts})"
 
     def _send(self, msg: Message, write: bool) -> Deferred[Message]:
+        if self.chain and msg.chain != self.chain:
+            msg.chain = self.chain
         last_error = [self._no_members()]
         attempt = [0]
         sending = [msg]
@@ -133,7 +157,7 @@ class ChainClient(Client):
             return d
 
         def check(reply: Message) -> Any:
-            if reply.opcode == wire.OP_ERROR and reply.retry:
+            if reply.opcode == wire.OP_ERROR and reply.retry and not reply.map_version:
                 return retry(KVError(reply.error, True))
             return reply
 

@@ -7,6 +7,7 @@
     kvtwist-client --raw get photo > copy.jpg      # the value's exact bytes
     printf 'put a 1\\nget a\\n' | kvtwist-client
     kvtwist-client --zk zk1:2181,zk2:2181 --zk-root /chain
+    kvtwist-client --zk zk1:2181 --cluster prod         # a cluster of many chains
     kvtwist-client --tls-ca ca.pem --token-file token 10.0.0.5:9000
 
 The commands are the original C client's (put, get, del, size, height,
@@ -27,12 +28,9 @@ line becomes words is in ``shell_syntax``; what each command does is in
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
 from kvtwist import __version__
@@ -49,6 +47,13 @@ from kvtwist.client.shell_commands import (
     parse_words,
 )
 from kvtwist.client.shell_syntax import ShellError, UsageError, split_words
+from kvtwist.client.targets import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    security,
+    target,
+)
+from kvtwist.client.targets import maker as _maker
 
 PROMPT = "kvtwist> "
 HISTORY_FILE = "~/.kvtwist_history"
@@ -318,9 +323,6 @@ class _Parser(argparse.ArgumentParser):
         raise _ArgumentError(message)
 
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9000
-NODE_TIMEOUT = 10.0
 
 EXIT_STATUSES = (
     "exit status: 0 the (last) command succeeded; 1 it failed, or get found no such key "
@@ -350,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--port", type=int, help=f"the node's port (default {DEFAULT_PORT})")
     p.add_argument("--zk", metavar="ZKHOSTS", help="ZooKeeper hosts (h1:2181,h2:2181) of a chain")
     p.add_argument("--zk-root", default="/chain", metavar="PATH", help="the chain's znode")
+    p.add_argument(
+        "--cluster", metavar="NAME", help="with --zk: a cluster of many chains (/kvtwist/NAME)"
+    )
     p.add_argument("-c", dest="command", metavar="LINE", help="run one command line and exit")
     p.add_argument(
         "-x", dest="stdin_arg", action="store_true",
@@ -384,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Options taking a value, to find where the command's words begin in argv.
 _VALUE_OPTIONS = frozenset({"-h", "--host", "-p", "--port", "--zk", "--zk-root", "-c",
-                            "--timeout", "--tls-ca", "--token-file"})
+                            "--cluster", "--timeout", "--tls-ca", "--token-file"})
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -408,115 +413,6 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         seen_address = True
         i += 1
     return list(argv), []
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where the shell talks to: one node, or a chain through ZooKeeper."""
-
-    address: str | None  # HOST:PORT of a node
-    zk: str | None
-    zk_root: str
-
-    @property
-    def where(self) -> str:
-        return self.address if self.address is not None else f"{self.zk}{self.zk_root}"
-
-
-def target(ns: argparse.Namespace) -> Target:
-    """The node or chain the options name; UsageError if they contradict each other."""
-    from kvtwist.client.api import parse_address
-
-    node_given = ns.address is not None or ns.host is not None or ns.port is not None
-    if ns.zk is not None:
-        if node_given:
-            raise UsageError("give either a node (HOST:PORT, -h, -p) or --zk ZKHOSTS, not both")
-        from kvtwist.zkhosts import BadHosts, check_hosts
-
-        try:
-            check_hosts(ns.zk)
-        except BadHosts as e:
-            raise UsageError(str(e)) from None
-        return Target(None, ns.zk, ns.zk_root)
-    if ns.address is not None:
-        if ns.host is not None or ns.port is not None:
-            raise UsageError("give either HOST:PORT or -h/-p, not both")
-        address = ns.address
-    else:
-        host = ns.host if ns.host is not None else DEFAULT_HOST
-        port = ns.port if ns.port is not None else DEFAULT_PORT
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        parse_address(address)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    return Target(address, None, ns.zk_root)
-
-
-@dataclass(frozen=True)
-class Security:
-    """TLS and the client token, as the options ask (both None: plain, no token)."""
-
-    tls: Any = None  # kvtwist.tls.ClientTLS
-    token: bytes | None = None
-
-
-def security(ns: argparse.Namespace) -> Security:
-    """Load the CA and token files the options name; UsageError with one line if unusable."""
-    tls = token = None
-    if ns.tls_ca is not None or ns.tls:
-        from kvtwist.tls import ClientTLS, TLSConfigError
-
-        try:
-            tls = ClientTLS(ns.tls_ca)
-        except TLSConfigError as e:
-            raise UsageError(f"--tls-ca: {e}") from None
-    if ns.token_file is not None:
-        from kvtwist.secretfile import KeyFileError, load_secret
-
-        try:
-            token = load_secret(ns.token_file, "token")
-        except KeyFileError as e:
-            raise UsageError(str(e)) from None
-    return Security(tls, token)
-
-
-def _maker(
-    where: Target, seconds: float | None, secure: Security = Security()
-) -> Callable[[], Any]:
-    """A function connecting a BlockingClient to ``where``.
-
-    ``seconds`` bounds connecting and each command (None: the default for a
-    node or a chain; 0: no limit).
-    """
-    from kvtwist.client.blocking import BlockingClient
-
-    tls, token = secure.tls, secure.token
-    if where.address is not None:
-        address = where.address
-        timeout = NODE_TIMEOUT if seconds is None else seconds or None
-        return lambda: BlockingClient.connect(address, timeout, tls=tls, token=token)
-    # kazoo reports every failed connection attempt through logging; the shell
-    # reports the outcome itself, as one line.
-    logging.getLogger("kazoo").addHandler(logging.NullHandler())
-    logging.getLogger("kazoo").propagate = False
-    try:
-        chain = importlib.import_module("kvtwist.client.chain")
-    except Exception as e:
-        raise UsageError(f"ZooKeeper mode is unavailable: {type(e).__name__}: {e}") from None
-    zk_hosts, root = where.zk, where.zk_root
-    deadline = chain.DEFAULT_DEADLINE if seconds is None else seconds or None
-
-    def make(reactor: Any) -> Any:
-        return chain.ChainClient.connect(
-            reactor, zk_hosts, root, deadline=deadline, tls=tls, token=token
-        )
-
-    description = f"the chain {root} via ZooKeeper {zk_hosts}"
-    # The chain client keeps to its deadline and says what went wrong; the
-    # blocking wrapper's own limit is only a backstop, a little later.
-    backstop = None if deadline is None else deadline + 2.0
-    return lambda: BlockingClient(make, timeout=backstop, description=description)
 
 
 def _command(ns: argparse.Namespace, words: list[str]) -> Parsed | None:

@@ -1,0 +1,248 @@
+"""The cluster's controller: the only writer of the shard map.
+
+:class:`ControllerCore` decides (events in: the map, the live servers, the
+time; out: the next map to write) and touches nothing; :class:`ControllerService`
+is its Twisted driver: it stands in the election, and while it holds it feeds
+the core what the store's watches deliver and writes the core's maps with
+compare-and-set.  A controller that loses the election (its session
+suspended or lost) stops deciding at once; its successor starts from the map
+in ZooKeeper and from what it sees itself.
+
+Its jobs for now:
+
+* fill chains whose placement names fewer than R servers, once live servers
+  exist to fill them (a cluster created before its servers registered);
+* replace a server gone longer than ``replace_after`` seconds by a new member
+  of each of its chains, appended at the end (a joiner joins as tail).
+
+Every change bumps the map's version and each changed chain's version
+(:func:`kvtwist.cluster.placement.apply`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kvtwist.cluster import placement
+from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
+from kvtwist.cluster.store import ClusterStore, Election
+
+__all__ = ["DEFAULT_REPLACE_AFTER", "ControllerCore", "ControllerService"]
+
+log = Logger(namespace="kvtwist.cluster")
+
+#: Seconds a server may be gone before its chains get new members: long enough
+#: to ride out a restart, short enough that a chain does not run a replica
+#: short for long.
+DEFAULT_REPLACE_AFTER = 60.0
+#: Delay before writing again after a write that failed (not a lost race).
+WRITE_RETRY_DELAY = 1.0
+
+
+class ControllerCore:
+    """What the controller knows and decides; no I/O, no clock of its own.
+
+    A server named by the map and not live counts as gone from the first
+    moment this core saw it so: a new controller waits a whole
+    ``replace_after`` of its own before replacing, never less.
+    """
+
+    def __init__(self, replace_after: float) -> None:
+        self.replace_after = replace_after
+        self.map: ShardMap | None = None
+        self.live: dict[str, Server] = {}
+        self.gone_since: dict[str, float] = {}
+
+    def map_seen(self, m: ShardMap | None, now: float) -> None:
+        self.map = m
+        self._note_gone(now)
+
+    def servers_seen(self, live: dict[str, Server], now: float) -> None:
+        self.live = dict(live)
+        self._note_gone(now)
+
+    def _note_gone(self, now: float) -> None:
+        named = {s for p in self.map.chains.values() for s in p.members} if self.map else set()
+        gone = named - set(self.live)
+        for sid in gone:
+            self.gone_since.setdefault(sid, now)
+        for sid in set(self.gone_since) - gone:
+            del self.gone_since[sid]
+
+    def decide(self, now: float) -> ShardMap | None:
+        """The next map, or None when the current one needs no change."""
+        m = self.map
+        if m is None:
+            return None
+        gone_for = {sid: now - t for sid, t in self.gone_since.items()}
+        changes = placement.replacements(m, self.live, gone_for, self.replace_after)
+        filled = placement.fill(placement.apply(m, changes), self.live)
+        new = placement.apply(m, [*changes, *filled])
+        return None if new is m else new
+
+    def next_tick(self, now: float) -> float | None:
+        """Seconds until a gone server passes ``replace_after`` (then decide again)."""
+        waits = [t + self.replace_after - now for t in self.gone_since.values()]
+        future = [w for w in waits if w >= 0]
+        return min(future) + 0.001 if future else None
+
+
+class ControllerService(Service):
+    """Runs the election and, while elected, the core; see the module docstring."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        store: ClusterStore,
+        paths: ClusterPaths,
+        replace_after: float = DEFAULT_REPLACE_AFTER,
+        candidate: str = "controller",
+    ) -> None:
+        if replace_after < 0:
+            raise ValueError(f"replace_after must not be negative, not {replace_after!r}")
+        self.reactor = reactor
+        self.store = store
+        self.paths = paths
+        self.replace_after = replace_after
+        self.candidate = candidate
+        self.leading = False
+        self.core: ControllerCore | None = None
+        self._map: tuple[ShardMap | None, int] = (None, -1)
+        self._live: dict[str, Server] = {}
+        self._election: Election | None = None
+        self._writing = False
+        self._timer: Any = None
+        self._watching = False
+
+    # -- the service ------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if not self._watching:
+            self._watching = True
+            self.store.watch_map(self._map_changed)
+            self.store.watch_servers(self._servers_changed)
+        self._election = self.store.elect(self.candidate, self._won, self._lost)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self._lost()
+        election, self._election = self._election, None
+        return election.cancel() if election is not None else None
+
+    # -- the election -----------------------------------------------------------------
+
+    def _won(self) -> None:
+        if self.leading or not self.running:
+            return
+        log.info("controller of cluster {name}: elected", name=self.paths.name)
+        self.leading = True
+        now = self.reactor.seconds()
+        self.core = ControllerCore(self.replace_after)
+        self.core.servers_seen(self._live, now)
+        self.core.map_seen(self._map[0], now)
+        self._step()
+
+    def _lost(self) -> None:
+        if self.leading:
+            log.info("controller of cluster {name}: no longer elected", name=self.paths.name)
+        self.leading = False
+        self.core = None
+        self._cancel_timer()
+
+    # -- what the watches deliver --------------------------------------------------------
+
+    def _map_changed(self, data: bytes | None, version: int) -> None:
+        m: ShardMap | None = None
+        if data is not None:
+            try:
+                m = ShardMap.decode(data)
+            except BadMap as e:
+                log.error("cluster {name}: the map is unreadable: {e}", name=self.paths.name, e=e)
+        self._map = (m, version)
+        if self.core is not None:
+            self.core.map_seen(m, self.reactor.seconds())
+            self._step()
+
+    def _servers_changed(self, live: dict[str, Server]) -> None:
+        self._live = dict(live)
+        if self.core is not None:
+            self.core.servers_seen(self._live, self.reactor.seconds())
+            self._step()
+
+    # -- deciding and writing ---------------------------------------------------------------
+
+    def _step(self) -> None:
+        core = self.core
+        if core is None or not self.leading or self._writing:
+            return
+        now = self.reactor.seconds()
+        self._cancel_timer()
+        new = core.decide(now)
+        if new is not None and self._map[0] is not None:
+            self._write(new, self._map[1])
+            return
+        wait = core.next_tick(now)
+        if wait is not None:
+            self._timer = self.reactor.callLater(wait, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._step()
+
+    def _write(self, new: ShardMap, znode_version: int) -> None:
+        self._writing = True
+        old = self._map[0]
+
+        def done(written: bool) -> None:
+            self._writing = False
+            if written:
+                log.info(
+                    "cluster {name}: map version {v} written ({what})",
+                    name=self.paths.name, v=new.version, what=describe(old, new),
+                )
+            if written and self._map[1] == znode_version:
+                # ours now, at the next znode version: decide on from it without
+                # waiting for the watch (which then brings nothing new)
+                self._map = (new, znode_version + 1)
+                if self.core is not None:
+                    self.core.map_seen(new, self.reactor.seconds())
+            if self._map[1] != znode_version:
+                self._step()
+            else:  # a lost race whose winner the watch has not brought yet
+                self._step_later(WRITE_RETRY_DELAY)
+
+        def failed(f: Failure) -> None:
+            self._writing = False
+            log.warn("cluster {name}: writing the map failed: {e}",
+                     name=self.paths.name, e=f.getErrorMessage())
+            self._step_later(WRITE_RETRY_DELAY)
+
+        self.store.write_map(new.encode(), znode_version).addCallbacks(done, failed)
+
+    def _step_later(self, delay: float) -> None:
+        """Decide again after ``delay`` seconds."""
+        if not self.leading:
+            return
+        self._cancel_timer()
+        self._timer = self.reactor.callLater(delay, self._tick)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+def describe(old: ShardMap | None, new: ShardMap) -> str:
+    """What changed between two maps, one clause per chain, for the log."""
+    parts = []
+    for cid, plan in sorted(new.chains.items()):
+        before = old.chains.get(cid) if old is not None else None
+        if before is None or before.members != plan.members:
+            was = ",".join(before.members) if before is not None else "-"
+            parts.append(f"{cid}: {was or '-'} -> {','.join(plan.members) or '-'}")
+    return "; ".join(parts) or "no member changed"
