@@ -438,6 +438,25 @@ class NodeProcess:
         args = ["--zk", zk_hosts, "--zk-root", root, "--zk-session-timeout", f"{session_timeout:g}"]
         return cls(port, args + list(extra_args or []), directory, env)
 
+    @classmethod
+    def cluster_server(
+        cls,
+        zk_hosts: str,
+        cluster: str,
+        server_id: str,
+        session_timeout: float = 4.0,
+        extra_args: list[str] | None = None,
+    ) -> NodeProcess:
+        """A server of cluster ``cluster`` (``--cluster``), in memory unless told otherwise."""
+        args = [
+            "--zk", zk_hosts, "--cluster", cluster, "--server-id", server_id,
+            "--zk-session-timeout", f"{session_timeout:g}",
+        ]
+        extra = list(extra_args or [])
+        if "--data-dir" not in extra:
+            extra.append("--in-memory")
+        return cls(None, args + extra)
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"

@@ -104,32 +104,33 @@ class AdminClusterTests(ZooKeeperCase):
 
     def test_status_shows_map_servers_and_members(self) -> None:
         """status -o json names every shard with its range, plan and the members that
-        answered STATS (a node in the chain's root), and the live servers; the table
-        shows the same."""
+        answered STATS (a cluster server, whose controller placed both chains on it
+        once it registered), and the live servers; the table shows the same."""
         done = admin("cluster", "create", self.paths.name, "--zk", self.zk.hosts,
                      "--replicas", "1", "--split-at", "m")
         self.assertEqual(done.returncode, 0, done.stderr)
-        node = NodeProcess.member(self.zk.hosts, self.paths.chain("c0"), 4.0)
+        node = NodeProcess.cluster_server(self.zk.hosts, self.paths.name, "s9")
         self.nodes.append(node)
         node.start()
-        wait_for(lambda: len(self.kazoo.get_children(self.paths.chain("c0"))) == 1, 30)
-        me = Server("s9", node.address)
-        self.kazoo.create(self.paths.server("s9"), me.encode(), ephemeral=True)
+        for cid in ("c0", "c1"):
+            root = self.paths.chain(cid)
+            wait_for(lambda root=root: self.kazoo.exists(root) is not None
+                     and len(self.kazoo.get_children(root)) == 1, 30)
         out = admin("--zk", self.zk.hosts, "cluster", "status", self.paths.name, "-o", "json")
         self.assertEqual(out.returncode, 0, out.stderr)
         body = json.loads(out.stdout)
-        self.assertEqual(body["map_version"], 1)
+        self.assertEqual(body["map_version"], 2)  # the controller's placement
         self.assertEqual([s["start_text"] for s in body["shards"]], ["", "m"])
         self.assertEqual(body["servers"], [{"id": "s9", "address": node.address, "zone": None}])
         c0 = body["shards"][0]
         self.assertEqual(len(c0["members"]), 1)
         self.assertTrue(c0["members"][0]["answered"], c0["members"][0])
         self.assertEqual(c0["members"][0]["address"], node.address)
-        self.assertEqual(body["shards"][1]["members"], [])
+        self.assertEqual([m["address"] for m in body["shards"][1]["members"]], [node.address])
         table = admin("cluster", "status", self.paths.name, "--zk", self.zk.hosts)
         self.assertEqual(table.returncode, 0, table.stderr)
         self.assertIn(node.address, table.stdout)
-        self.assertIn("version 1", table.stdout)
+        self.assertIn("version 2", table.stdout)
 
     def test_usage_errors_and_unreachable_zookeeper(self) -> None:
         """Bad arguments and an unreachable ZooKeeper are status 2; a missing cluster 1."""

@@ -4,16 +4,21 @@ chains the shard map places on it, all on one port and one ZooKeeper session."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import uuid
+from pathlib import Path
 
 from kvtwist import wire
+from kvtwist.client.blocking import BlockingClient
 from kvtwist.cluster.shardmap import ClusterPaths, ShardMap
 from kvtwist.membership import MEMBER_PREFIX
 from kvtwist.procs import NodeProcess
 from kvtwist.wire import Message
-from tests.nodes import wait_for
+from tests.nodes import TWISTD, env, wait_for
+from tests.test_blocking import private_reactor
 from tests.zkserver import ZooKeeperCase
 
+ADMIN = str(Path(TWISTD).parent / "kvtwist-admin")
 SERVERS = ("s1", "s2", "s3")
 PLACEMENT = [("s1", "s2", "s3"), ("s2", "s3", "s1"), ("s3", "s1", "s2")]
 #: a key in each chain's shard (the map cuts at "h" and "p")
@@ -139,3 +144,55 @@ class ClusterServerTests(ZooKeeperCase):
             tail = self.port_of(self.members(chain)[-1])
             reply = request(tail, get(chain, KEYS[chain] + b"-before"))
             self.assertEqual(list(reply.values), [chain.encode()])
+
+
+class ControlledClusterTests(ZooKeeperCase):
+    """A cluster made by ``kvtwist-admin cluster create`` before any server runs: the
+    elected controller places the chains once enough servers register, and replaces
+    a server gone longer than ``--replace-after``; a cluster client sees every
+    acknowledged write throughout."""
+
+    timeout = 180
+
+    def test_controller_places_and_replaces(self) -> None:
+        name = f"t{uuid.uuid4().hex[:8]}"
+        paths = ClusterPaths(name)
+        made = subprocess.run(
+            [ADMIN, "cluster", "create", name, "--zk", self.zk.hosts, "--replicas", "2",
+             "--split-at", "m"],
+            capture_output=True, text=True, timeout=60, env=env(),
+        )
+        self.assertEqual(made.returncode, 0, made.stderr)
+        servers = {}
+        for sid in ("s1", "s2", "s3"):
+            node = NodeProcess.cluster_server(
+                self.zk.hosts, name, sid, extra_args=["--replace-after", "3"]
+            )
+            self.addCleanup(node.cleanup)
+            servers[sid] = node.start()
+
+        def plans() -> dict[str, tuple[str, ...]]:
+            data, _ = self.kazoo.get(paths.map)
+            return {c: p.members for c, p in ShardMap.decode(data).chains.items()}
+
+        def formed() -> bool:
+            return all(
+                len(p) == 2 and len(self.kazoo.get_children(paths.chain(c))) == 2
+                for c, p in plans().items()
+            )
+
+        wait_for(formed, 60, "both chains placed and formed")
+        with BlockingClient.cluster(self.zk.hosts, name, 60.0, reactor=private_reactor()) as kv:
+            written = {f"k{i:03d}".encode(): str(i).encode() for i in range(0, 400, 7)}
+            written.update({b"z" + k: v for k, v in written.items()})
+            for k, v in written.items():
+                kv.put(k, v)
+            # the server that is in both chains goes: each chain loses a member
+            victim = next(s for s in servers if all(s in p for p in plans().values()))
+            servers[victim].kill()
+            wait_for(lambda: all(victim not in p for p in plans().values()), 60, "replacement")
+            wait_for(formed, 60, "both chains whole again")
+            for k, v in written.items():
+                self.assertEqual(kv.get(k), v, k)
+            kv.put(b"after", b"1")
+            self.assertEqual(kv.size(), len(written) + 1)

@@ -173,9 +173,8 @@ class ClusterStoreTests(unittest.TestCase):
 
 class ClusterClientTests(unittest.TestCase):
     """ClusterClient.connect, BlockingClient.cluster and ``kvtwist-client --cluster``
-    on real ZooKeeper, over one lone node per chain root (such a node serves
-    requests whatever chain they name): the map read, each chain found through
-    its members on the one shared session, keys routed."""
+    on real ZooKeeper and real cluster servers, one per chain: the map read, each
+    chain found through its members on the one shared session, keys routed."""
 
     timeout = 120
     if _UNAVAILABLE is not None:
@@ -195,9 +194,8 @@ class ClusterClientTests(unittest.TestCase):
         self.addCleanup(session.stop)
         store = ZooKeeperClusterStore(session, self.paths)
         yield store.create_cluster(ShardMap.initial(1, [b"m"], [("s0",), ("s1",)]).encode())
-        for cid in ("c0", "c1"):
-            node = NodeProcess.member(self.server.hosts, self.paths.chain(cid), 4.0,
-                                      extra_args=["--in-memory"])
+        for sid in ("s0", "s1"):
+            node = NodeProcess.cluster_server(self.server.hosts, self.paths.name, sid)
             self.nodes.append(node)
             yield deferToThread(node.start)
         client = yield ClusterClient.connect(reactor, self.server.hosts, self.paths.name,
@@ -206,10 +204,14 @@ class ClusterClientTests(unittest.TestCase):
         keys = [b"apple", b"kiwi", b"mango", b"zebra"]
         for k in keys:
             yield client.put(k, k.upper())
-        for node, held in zip(self.nodes, ([b"apple", b"kiwi"], [b"mango", b"zebra"]),
-                              strict=True):
+        held = zip(
+            ("c0", "c1"), self.nodes, ([b"apple", b"kiwi"], [b"mango", b"zebra"]), strict=True
+        )
+        for cid, node, keys_there in held:
+            ask = wire.req_getkeys()
+            ask.chain = cid
             with RawClient(node.port) as raw:
-                self.assertEqual(list(raw.one(wire.req_getkeys()).keys), held)
+                self.assertEqual(list(raw.one(ask).keys), keys_there)
         self.assertEqual((yield client.get(b"zebra")), b"ZEBRA")
         self.assertEqual((yield client.size()), 4)
         rows = yield client.range(b"b", None, 3)
@@ -242,9 +244,8 @@ class ClusterClientTests(unittest.TestCase):
         store = ZooKeeperClusterStore(session, self.paths)
         cut = b"bench:k000000000000050"
         yield store.create_cluster(ShardMap.initial(1, [cut], [("s0",), ("s1",)]).encode())
-        for cid in ("c0", "c1"):
-            node = NodeProcess.member(self.server.hosts, self.paths.chain(cid), 4.0,
-                                      extra_args=["--in-memory"])
+        for sid in ("s0", "s1"):
+            node = NodeProcess.cluster_server(self.server.hosts, self.paths.name, sid)
             self.nodes.append(node)
             yield deferToThread(node.start)
         bench = [str(Path(TWISTD).parent / "kvtwist-bench"), "--zk", self.server.hosts,
@@ -255,6 +256,8 @@ class ClusterClientTests(unittest.TestCase):
             subprocess.run, bench, capture_output=True, text=True, timeout=120, env=env()
         )
         self.assertEqual(done.returncode, 0, done.stderr)
-        for node in self.nodes:
+        for cid, node in zip(("c0", "c1"), self.nodes, strict=True):
+            ask = wire.req_size()
+            ask.chain = cid
             with RawClient(node.port) as raw:
-                self.assertEqual(raw.one(wire.req_size()).result, 50)
+                self.assertEqual(raw.one(ask).result, 50)

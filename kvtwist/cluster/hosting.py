@@ -15,15 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kazoo.exceptions import NodeExistsError, NoNodeError
-from kazoo.recipe.watchers import DataWatch
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist.chain.replica import Replica
+from kvtwist.cluster.controller import ControllerService
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
+from kvtwist.cluster.store import ClusterStore
 from kvtwist.server.chains import Chains
 from kvtwist.storage import DataDir
 from kvtwist.zk import ZooKeeper
@@ -61,15 +61,21 @@ class ClusterServer(service.Service):
         self,
         reactor: Any,
         session: Session,
+        store: ClusterStore,
         paths: ClusterPaths,
         me: Server,
         chains: Chains,
         open_chain: OpenChain,
         make_zk: Callable[[str], ZooKeeper],
+        replace_after: float = 60.0,
     ) -> None:
-        """``make_zk(root)``: an adapter of ``session`` rooted at a chain's root."""
+        """``store``: the cluster's znodes on ``session``; ``make_zk(root)``: an adapter of
+        ``session`` rooted at a chain's root; ``replace_after``: the controller's, when
+        this server is elected it (every server stands)."""
         self.reactor = reactor
         self.session = session
+        self.store = store
+        self.controller = ControllerService(reactor, store, paths, replace_after, me.id)
         self.paths = paths
         self.me = me
         self.chains = chains
@@ -78,9 +84,7 @@ class ClusterServer(service.Service):
         self.hosted: dict[str, Hosted] = {}
         self.map: ShardMap | None = None
         self._retry: Any = None
-        self._watch: Any = None
-        self._lost = False
-        session.on_state(self._session_state)
+        self._no_map_logged = False
 
     # -- the session --------------------------------------------------------
 
@@ -91,7 +95,7 @@ class ClusterServer(service.Service):
 
     def _open(self) -> None:
         self._retry = None
-        d = self.session.call(self.session.open, 15.0, self._prepare)
+        d = self.session.call(self.session.open, 15.0, lambda: None)
         d.addCallbacks(self._opened, self._failed)
 
     def _failed(self, f: Failure) -> None:
@@ -105,50 +109,20 @@ class ClusterServer(service.Service):
         )
         self._retry = self.reactor.callLater(self.retry_delay, self._open)
 
-    def _prepare(self) -> None:
-        """Blocking: the cluster's nodes exist, and this server is registered."""
-        client = self.session.client
-        if client.exists(self.paths.map) is None:
-            raise RuntimeError(
-                f"no cluster {self.paths.name!r} in ZooKeeper "
-                f"(kvtwist-admin cluster create {self.paths.name} ...)"
-            )
-        client.ensure_path(self.paths.servers)
-        client.ensure_path(self.paths.chains)
-        self._register()
-
-    def _register(self) -> None:
-        """Blocking: our ephemeral server znode.  One left by our last run (its session
-        not expired yet) is ours to replace."""
-        client = self.session.client
-        path = self.paths.server(self.me.id)
-        try:
-            client.create(path, self.me.encode(), ephemeral=True)
-        except NodeExistsError:
-            try:
-                client.delete(path)
-            except NoNodeError:
-                pass
-            client.create(path, self.me.encode(), ephemeral=True)
-
     def _opened(self, _: object) -> None:
-        log.info(
-            "cluster {name}: server {id} at {address} registered",
-            name=self.paths.name,
-            id=self.me.id,
-            address=self.me.address,
+        if not self.running:
+            return
+        self.store.register_server(self.me).addCallbacks(
+            lambda _: log.info(
+                "cluster {name}: server {id} at {address} registered",
+                name=self.paths.name,
+                id=self.me.id,
+                address=self.me.address,
+            ),
+            lambda f: log.failure("cluster {name}: registering failed", f, name=self.paths.name),
         )
-        self._watch = DataWatch(self.session.client, self.paths.map, self._map_in_thread)
-
-    def _session_state(self, state: str) -> None:
-        if state == "lost":
-            self._lost = True
-        elif state == "connected" and self._lost and self.running:
-            # a new session: our server znode went with the old one
-            self._lost = False
-            self.session.call(self._register).addErrback(
-                lambda f: log.warn("cannot register again: {e}", e=f.getErrorMessage())
-            )
+        self.store.watch_map(lambda data, version: self.map_changed(data))
+        self.controller.startService()
 
     def drop_session(self) -> None:
         self.session.drop()
@@ -158,15 +132,17 @@ class ClusterServer(service.Service):
 
     # -- the map -------------------------------------------------------------
 
-    def _map_in_thread(self, data: bytes | None, stat: Any) -> bool:
-        """kazoo's thread: hand the map to the reactor; False ends the watch."""
-        if not self.running and self.map is not None:
-            return False
-        self.reactor.callFromThread(self.map_changed, data)
-        return True
-
     def map_changed(self, data: bytes | None) -> None:
-        if not self.running or data is None:
+        if not self.running:
+            return
+        if data is None:
+            if not self._no_map_logged:
+                self._no_map_logged = True
+                log.warn(
+                    "no cluster {name} in ZooKeeper yet: serving nothing until "
+                    "'kvtwist-admin cluster create {name} ...'",
+                    name=self.paths.name,
+                )
             return
         try:
             new = ShardMap.decode(data)
@@ -258,6 +234,8 @@ class ClusterServer(service.Service):
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        if self.controller.running:
+            self.controller.stopService()
         for chain in list(self.hosted):
             hosted = self.hosted.pop(chain)
             hosted.replica.stop()

@@ -27,6 +27,7 @@ from kvtwist.services import ListeningService, WatchdogService
 from kvtwist.storage import DataDir
 from kvtwist.store import ThreadRunner
 from kvtwist.zk import ZooKeeper
+from kvtwist.zk.cluster import ZooKeeperClusterStore
 from kvtwist.zk.session import Session
 
 __all__ = ["build_server", "server_id"]
@@ -131,7 +132,18 @@ def build_server(options: Options, reactor: Any) -> service.MultiService:
     except SystemExit:
         runner.stop()
         raise
-    cluster = ClusterServer(reactor, session, paths, me, chains, open_chain, make_zk)
+    store = ZooKeeperClusterStore(session, paths)
+    cluster = ClusterServer(
+        reactor,
+        session,
+        store,
+        paths,
+        me,
+        chains,
+        open_chain,
+        make_zk,
+        replace_after=options["replace-after"],
+    )
     cluster.setServiceParent(top)
     WatchdogService(reactor, cluster, options["zk-session-timeout"]).setServiceParent(top)
     log.info(
