@@ -44,7 +44,7 @@ from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.links import LinkedReplica
 from kvtwist.chain.record import ChainRecord, may_start
 from kvtwist.chain.state import update_size
-from kvtwist.chain.transfer import SnapshotReceiver, SnapshotSender
+from kvtwist.chain.transfer import SnapshotReceiver, SnapshotSender, freeze_committed
 from kvtwist.membership import format_address
 from kvtwist.proto.kvtwist_pb2 import ChainHello, EpochMark, SnapshotChunk, Update
 from kvtwist.storage import ClientRow
@@ -130,12 +130,7 @@ class JoiningReplica(LinkedReplica):
             return
         # writes after the snapshot go to the joiner once the snapshot is through
         self._set_backlog(self.state.sent_after(seq))
-        clients = [
-            Update(seq=s, client_id=c, request_id=r, found=found)
-            for c, r, s, found in self.state.dedup.rows(upto=seq)
-        ]
-        history = self.state.history.copy()
-        history.truncate(seq)
+        frozen = freeze_committed(self.state)
 
         def wanted() -> bool:
             return link is self.succ and not link.closed and attempt.live
@@ -144,12 +139,12 @@ class JoiningReplica(LinkedReplica):
             self.reactor,
             self.store.runner,
             link,
-            self.state.committed_tree,
-            seq,
-            clients,
+            frozen.tree,
+            frozen.seq,
+            frozen.clients,
             wanted,
             lambda: self._switch_to_joiner(link),
-            marks=marks_of(history),
+            marks=frozen.marks,
         ).start()
 
     def _backlog_applied(self, u: Update) -> None:

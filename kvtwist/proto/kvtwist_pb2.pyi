@@ -187,6 +187,7 @@ class Message(_message.Message):
         OP_CAS: _ClassVar[Message.Opcode]
         OP_INCR: _ClassVar[Message.Opcode]
         OP_APPEND: _ClassVar[Message.Opcode]
+        OP_BACKUP: _ClassVar[Message.Opcode]
         OP_CHAIN_HELLO: _ClassVar[Message.Opcode]
         OP_CHAIN_UPDATE: _ClassVar[Message.Opcode]
         OP_CHAIN_ACK: _ClassVar[Message.Opcode]
@@ -210,6 +211,7 @@ class Message(_message.Message):
     OP_CAS: Message.Opcode
     OP_INCR: Message.Opcode
     OP_APPEND: Message.Opcode
+    OP_BACKUP: Message.Opcode
     OP_CHAIN_HELLO: Message.Opcode
     OP_CHAIN_UPDATE: Message.Opcode
     OP_CHAIN_ACK: Message.Opcode
@@ -231,6 +233,7 @@ class Message(_message.Message):
         CT_STATS: _ClassVar[Message.CType]
         CT_RANGE: _ClassVar[Message.CType]
         CT_CHAIN: _ClassVar[Message.CType]
+        CT_SNAPSHOT: _ClassVar[Message.CType]
     CT_BAD: Message.CType
     CT_KEY: Message.CType
     CT_VALUE: Message.CType
@@ -243,6 +246,7 @@ class Message(_message.Message):
     CT_STATS: Message.CType
     CT_RANGE: Message.CType
     CT_CHAIN: Message.CType
+    CT_SNAPSHOT: Message.CType
     OPCODE_FIELD_NUMBER: _ClassVar[int]
     C_TYPE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
