@@ -39,6 +39,7 @@ import pytest
 # module -> the classes in it that start processes; None: the whole module.
 INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_admin": None,
+    "test_backup_proc": None,
     "test_bench": frozenset({"BenchRunTests", "ReferenceServerTests", "ChainTargetTests"}),
     "test_bench_keys": frozenset({"KeyPrefixTests", "HelpTests"}),
     "test_blocking": None,
