@@ -39,6 +39,11 @@ class MemberRow:
     applied: int | None = None
     committed: int | None = None
     lag: int | None = None  # ops the head has received that this member has not applied
+    #: seconds, at most, since the head sent on the first op this member lacks (0: none)
+    lag_s: float | None = None
+    unacked_age_s: float | None = None  # its own oldest update not acknowledged downstream
+    succ_rtt_s: float | None = None  # the last round trip on its link to the successor
+    pred_rtt_s: float | None = None
     sent_count: int | None = None
     sent_bytes: int | None = None
     uptime_s: float | None = None
@@ -78,6 +83,10 @@ def _fill(row: MemberRow, stats: Any) -> None:
     row.zk_state = stats.zk_state or None
     row.keys = stats.keys
     row.connections = stats.connections
+    row.unacked_age_s = round(stats.unacked_age_s, 6)
+    for side in ("succ_rtt_s", "pred_rtt_s"):
+        if stats.HasField(side):
+            setattr(row, side, round(getattr(stats, side), 6))
 
 
 def _ask(ask: AskStats, address: tuple[str, int]) -> tuple[Any, str | None]:
@@ -113,7 +122,21 @@ def member_rows(members: Sequence[Member], ask: AskStats) -> list[MemberRow]:
             if row.answered and row.applied is not None:
                 # replies come at slightly different moments: never a negative lag
                 row.lag = max(0, head.received - row.applied)
+                row.lag_s = lag_seconds(row.lag, head.unacked_age_s)
     return rows
+
+
+def lag_seconds(lag: int, head_unacked_age: float | None) -> float | None:
+    """How long, at most, a member has lacked an op the head holds: 0 when it lacks none.
+
+    Every op a member lacks is one the head has not had acknowledged yet (the
+    chain acknowledges an op only once every member applied it), so the age of
+    the head's oldest unacknowledged update bounds how long ago the head sent
+    on the first op the member lacks.
+    """
+    if lag == 0:
+        return 0.0
+    return head_unacked_age
 
 
 def problems(status: ChainStatus, want_members: int = 1) -> list[str]:
@@ -172,6 +195,19 @@ def human_bytes(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def human_seconds(seconds: float | None) -> str:
+    """A short span: ``0``, ``850µs``, ``12.3ms``, ``4.56s``."""
+    if seconds is None:
+        return "-"
+    if seconds == 0:
+        return "0"
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f}µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f}ms"
+    return f"{seconds:.2f}s"
+
+
 def human_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -194,6 +230,8 @@ COLUMNS = (
     "APPLIED",
     "COMMITTED",
     "LAG",
+    "LAG S",
+    "RTT",
     "SENT",
     "SENT BYTES",
     "UPTIME",
@@ -222,6 +260,8 @@ def table_rows(rows: Sequence[MemberRow]) -> list[list[str]]:
                 _cell(r.applied),
                 _cell(r.committed),
                 _cell(r.lag),
+                human_seconds(r.lag_s),
+                human_seconds(r.succ_rtt_s),
                 _cell(r.sent_count),
                 human_bytes(r.sent_bytes),
                 human_duration(r.uptime_s),

@@ -36,7 +36,7 @@ from twisted.web.resource import IResource
 
 import kvtwist
 from kvtwist import clock, wire
-from kvtwist.nodestats import directory_bytes, zk_state
+from kvtwist.nodestats import directory_bytes, unacked_age, zk_state
 
 #: every role a node reports (``Replica.role``): one gauge series each
 ROLES = (
@@ -107,12 +107,23 @@ class Histograms:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.rtt = Histogram(
+            "kvtwist_link_rtt_seconds",
+            "Round trip of a probe on a chain link (a PING the peer echoes), by the "
+            "side the peer is on; both ends' reactor turns included.",
+            labelnames=["side"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.snapshot = Histogram(
             "kvtwist_snapshot_duration_seconds",
             "Time to write and install a snapshot of the data directory.",
             buckets=SNAPSHOT_BUCKETS,
             registry=r,
         )
+
+    def observe_rtt(self, side: str, seconds: float) -> None:
+        self.rtt.labels(side).observe(seconds)
 
     def observe_requests(self, op: int, seconds: float, count: int) -> None:
         """``count`` requests of opcode ``op`` answered in ``seconds`` each: one
@@ -252,8 +263,23 @@ class NodeCollector:
             ("kvtwist_sent_list_bytes", state.pending_bytes, "Bytes of the Sent list."),
             ("kvtwist_connections_open", len(m.factory.connections), "Open client connections."),
             ("kvtwist_chain_links_open", links_up(replica), "Links to the neighbours up."),
+            (
+                "kvtwist_unacked_age_seconds",
+                unacked_age(replica),
+                "Age of the oldest update sent to the successor and not acknowledged "
+                "(at the head: how far the tail trails it); 0 without one.",
+            ),
         ):
             yield GaugeMetricFamily(name, what, value=value)
+        rtt = GaugeMetricFamily(
+            "kvtwist_link_rtt_last_seconds",
+            "The last probe's round trip on each chain link that is up, by side.",
+            labels=["side"],
+        )
+        for link in (replica.pred, replica.succ):
+            if link is not None and not link.closed and link.rtt is not None:
+                rtt.add_metric([link.side.value], link.rtt)
+        yield rtt
         yield CounterMetricFamily(
             "kvtwist_connections_refused",
             "Client connections refused over --max-connections.",

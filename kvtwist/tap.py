@@ -81,6 +81,7 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
         link_tls=link_tls,
         on_congestion=clients.congestion,
         on_commit_latency=histograms.commit.observe if histograms is not None else None,
+        on_link_rtt=histograms.observe_rtt if histograms is not None else None,
     )
     if recovered is not None:
         store.restore(recovered)
