@@ -96,26 +96,42 @@ def _ask(ask: AskStats, address: tuple[str, int]) -> tuple[Any, str | None]:
         return None, str(e) or type(e).__name__
 
 
-def member_rows(members: Sequence[Member], ask: AskStats) -> list[MemberRow]:
-    """One row per member in chain order, with the lag of each behind the head."""
+def blank_rows(members: Sequence[Member]) -> list[MemberRow]:
+    """One row per member in chain order, before any of them answered."""
     rows = [
         MemberRow(
             m.name, format_address(m.address) if m.address else None, position(i, len(members))
         )
         for i, m in enumerate(members)
     ]
-    targets = [(row, m.address) for row, m in zip(rows, members, strict=True) if m.address]
     for row in rows:
         if row.address is None:
             row.error = "no address in its znode"
+    return rows
+
+
+def answered(row: MemberRow, stats: Any, error: str | None) -> None:
+    """Fill in a member's row from its STATS, or say why it gave none."""
+    if stats is None:
+        row.error = error
+    else:
+        _fill(row, stats)
+
+
+def member_rows(members: Sequence[Member], ask: AskStats) -> list[MemberRow]:
+    """One row per member in chain order, with the lag of each behind the head."""
+    rows = blank_rows(members)
+    targets = [(row, m.address) for row, m in zip(rows, members, strict=True) if m.address]
     if targets:
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(targets))) as pool:
             answers = list(pool.map(lambda t: _ask(ask, t[1]), targets))
         for (row, _address), (stats, error) in zip(targets, answers, strict=True):
-            if stats is None:
-                row.error = error
-            else:
-                _fill(row, stats)
+            answered(row, stats, error)
+    return with_lag(rows)
+
+
+def with_lag(rows: list[MemberRow]) -> list[MemberRow]:
+    """Each answering member's lag behind the head, in ops and in seconds."""
     head = rows[0] if rows else None
     if head is not None and head.answered and head.received is not None:
         for row in rows:

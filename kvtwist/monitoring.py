@@ -37,6 +37,13 @@ from twisted.web.resource import IResource
 import kvtwist
 from kvtwist import clock, wire
 from kvtwist.nodestats import directory_bytes, unacked_age, zk_state
+from kvtwist.statuspage import (
+    SAMPLE_EVERY,
+    StatusJSON,
+    StatusPage,
+    Throughput,
+    requests_answered,
+)
 
 #: every role a node reports (``Replica.role``): one gauge series each
 ROLES = (
@@ -157,6 +164,9 @@ class NodeMetrics:
         self._zk_connected_once = False
         self._zk_last = ""
         self.registry.register(NodeCollector(self))
+        #: the status page's throughput of the last minutes
+        self.throughput = Throughput()
+        self._ticks = 0
 
     def zk_state_changed(self, state: str) -> None:
         """A ZooKeeper session event: every "connected" after the first is a reconnect."""
@@ -176,6 +186,16 @@ class NodeMetrics:
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+    def tick(self) -> None:
+        """Every heartbeat: the role; every SAMPLE_EVERY seconds, the throughput."""
+        self.sample_role()
+        self._ticks += 1
+        if self._ticks >= SAMPLE_EVERY / HEARTBEAT:
+            self._ticks = 0
+            self.throughput.sample(
+                clock.now(), self.replica.state.committed_seq, requests_answered(self.factory)
+            )
 
 
 def links_up(replica: Any) -> int:
@@ -372,8 +392,14 @@ class Heartbeat:
         return clock.now() - self.last
 
 
-def make_root(metrics: NodeMetrics, heartbeat: Heartbeat) -> resource.Resource:
+def make_root(
+    metrics: NodeMetrics, heartbeat: Heartbeat, reactor: Any = None
+) -> resource.Resource:
+    """The metrics port's paths; with ``reactor``, the status page and its data too."""
     root = resource.Resource()
+    if reactor is not None:
+        root.putChild(b"", cast(IResource, StatusPage()))
+        root.putChild(b"status.json", cast(IResource, StatusJSON(metrics, reactor)))
     # without mypy-zope, mypy cannot see that a Resource provides IResource
     root.putChild(b"metrics", cast(IResource, _Metrics(metrics)))
     root.putChild(b"healthz", cast(IResource, _Text(lambda: health(heartbeat.age()))))
@@ -396,8 +422,8 @@ class MetricsService(service.Service):
 
     def __init__(self, reactor: Any, port: int, interface: str, metrics: NodeMetrics) -> None:
         self.metrics = metrics
-        self.heartbeat = Heartbeat(reactor, metrics.sample_role)
-        site = MetricsSite(make_root(metrics, self.heartbeat))
+        self.heartbeat = Heartbeat(reactor, metrics.tick)
+        site = MetricsSite(make_root(metrics, self.heartbeat, reactor))
         try:
             self.port = reactor.listenTCP(port, site, interface=interface)
         except CannotListenError as e:
