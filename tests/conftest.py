@@ -51,6 +51,7 @@ INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_foreign_chain": None,
     "test_hostile": frozenset({"HostileTests"}),
     "test_joining_proc": None,
+    "test_jsonlog": frozenset({"NodeJSONLogTests"}),
     "test_link_faults": None,
     "test_linksec_proc": frozenset({"KeyedChainProcessTests"}),
     "test_nemesis": frozenset({"ProxyProcess", "WallClockTests"}),
