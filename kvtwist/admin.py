@@ -302,11 +302,13 @@ def _common(p: argparse.ArgumentParser, top: bool) -> None:
     )
 
 
-def _member_options(p: argparse.ArgumentParser) -> None:
-    """How status and health reach the members: TLS, the client token, a timeout."""
+def _member_options(
+    p: argparse.ArgumentParser, timeout: float = 5.0, what: str = "to answer STATS"
+) -> None:
+    """How status, health and backup reach the members: TLS, the client token, a timeout."""
     p.add_argument(
-        "--timeout", type=float, default=5.0, metavar="SECONDS",
-        help="how long a member has to answer STATS (default 5)",
+        "--timeout", type=float, default=timeout, metavar="SECONDS",
+        help=f"how long a member has {what} (default {timeout:g})",
     )
     p.add_argument(
         "--tls-ca", metavar="FILE",
@@ -355,8 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bk.add_argument("node", nargs="?", metavar="HOST:PORT", help="back up this node instead")
     bk.add_argument("--out", required=True, metavar="FILE", help="the backup file to write")
-    _member_options(bk)
-    bk.set_defaults(timeout=30.0)
+    _member_options(bk, 30.0, "for each chunk")
     rs = command("restore", "check a backup file and make a data directory a node starts from")
     rs.add_argument("file", help="the backup file")
     rs.add_argument("--data-dir", required=True, metavar="DIR", help="the directory to prepare")

@@ -70,11 +70,13 @@ def requests_answered(factory: Any) -> int:
 
 
 def view_members(replica: Any) -> list[Member]:
-    """The members this node knows, head first; a standalone node is its own chain."""
+    """The members this node knows, head first; a standalone node is its own chain,
+    and a chain node that has seen no view yet shows itself alone."""
     view = replica.view
     if replica.standalone or view is None:
         address = parse_address(replica.address.encode()) if replica.address else None
-        return [Member(replica.name or "standalone", -1, address)]
+        name = "standalone" if replica.standalone else replica.name or "this node"
+        return [Member(name, -1, address)]
     return list(view.members)
 
 
@@ -106,7 +108,7 @@ def gather(metrics: Any, reactor: Any) -> Deferred[dict[str, Any]]:
     replica, factory = metrics.replica, metrics.factory
     members = view_members(replica)
     rows = blank_rows(members)
-    own = members[0].name if replica.standalone else replica.name
+    own = members[0].name if replica.standalone or replica.view is None else replica.name
 
     def ask(member: Member) -> Deferred[Any]:
         if member.name == own or replica.standalone:

@@ -120,3 +120,22 @@ class BackupRestoreTests(ChainCase):
         wait_for(lambda: joiner.port in self.member_ports(), 30, "an empty node to join")
         expected = [(b"k%02d" % i, b"%d" % i) for i in range(50)]
         self.assertEqual(wait_for(lambda: dump(joiner.port), 10, "a dump"), expected)
+
+    def test_node_with_a_client_token(self) -> None:
+        """A node with a client token gives a backup only to an admin that shows it;
+        without it the admin says so in one line and exits 1, writing no file."""
+        from tests.test_tls import secret
+
+        token = secret(self.tmp, "token", b"t" * 32)
+        n = NodeProcess(args=["--in-memory", "--auth-token-file", token]).start()
+        self.nodes.append(n)
+        file = self.tmp / "node.kvt"
+        refused = self.admin("backup", n.address, "--out", str(file), "--timeout", "5")
+        self.assertEqual(refused.returncode, 1)
+        self.assertEqual(len(refused.stderr.strip().splitlines()), 1, refused.stderr)
+        self.assertIn("authentication", refused.stderr)
+        self.assertFalse(file.exists())
+        done = self.admin("backup", n.address, "--out", str(file), "--token-file", token)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("backup of 0 keys at op 0", done.stdout)
+        self.assertTrue(file.exists())
