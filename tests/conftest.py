@@ -62,7 +62,7 @@ INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_resp_chain": None,
     "test_quiet_logs": frozenset({"NodeWithoutZooKeeperTests"}),
     "test_sdnotify": frozenset({"NotifyProcessTests"}),
-    "test_statuspage_proc": None,
+    "test_statuspage_proc": frozenset({"StatusPageBrowserTests"}),
     "test_shell": frozenset(
         {"ShellTests", "StdinArgumentTests", "StartupTests", "InteractiveTests"}
     ),

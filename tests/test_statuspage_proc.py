@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from kvtwist import wire
 from kvtwist.procs import free_port
@@ -32,12 +32,12 @@ CHROMIUM_FLAGS = (
 )
 
 
-def chromium() -> str:
+def chromium(which: Any = shutil.which, environ: Any = os.environ) -> str:
     """The browser; a missing one skips the test, or fails it under CI=true."""
-    path = shutil.which("chromium")
+    path = which("chromium")
     if path is None:
         message = "chromium is not installed (sh scripts/setup.sh --test installs it)"
-        if os.environ.get("CI") == "true":
+        if environ.get("CI") == "true":
             raise AssertionError(message)
         raise SkipTest(message)
     return path
@@ -172,3 +172,16 @@ class StatusPageBrowserTests(ChainCase):
         keep = os.environ.get("KVTWIST_STATUS_SCREENSHOT")
         if keep:
             shutil.copyfile(png, keep)
+
+
+class ChromiumRequiredTests(SynchronousTestCase):
+    """In memory: what a machine without chromium does to the browser tests."""
+
+    def test_missing_browser_fails_under_ci(self) -> None:
+        """Under CI=true a missing chromium is a failure, elsewhere a skip."""
+        with self.assertRaises(AssertionError):
+            chromium(lambda name: None, {"CI": "true"})
+        with self.assertRaises(SkipTest):
+            chromium(lambda name: None, {})
+        found = chromium(lambda name: "/usr/bin/" + name, {"CI": "true"})
+        self.assertEqual(found, "/usr/bin/chromium")
