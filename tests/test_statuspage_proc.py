@@ -144,6 +144,10 @@ class StatusPageBrowserTests(ChainCase):
         page = self.shown(middle, "25")
         self.assertEqual([r["received"] for r in page.rows], ["25"] * 3)
         self.assertEqual([r["lag"] for r in page.rows], ["0"] * 3)
+        # the links' probes came back: head and middle show a round trip, the tail none
+        rtts = [r["rtt"] for r in page.rows]
+        self.assertEqual(rtts[2], "-")
+        self.assertTrue(all(x.endswith("s") and x != "-" for x in rtts[:2]), rtts)
 
     def test_screenshot_with_throughput(self) -> None:
         """Under a writer the page's JSON gathers throughput samples, and chromium
