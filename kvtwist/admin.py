@@ -8,7 +8,9 @@ the nodes waiting to restart an empty chain.  ``health`` exits 0 only when the
 chain has its members and a head and a tail that answer.  ``force-start``
 accepts the loss of whatever the last configuration's members held and lets
 one waiting node (the one with the most ops, or the one named) restart the
-chain from its own copy.  ``copy`` copies every key and value from a running
+chain from its own copy.  ``backup`` writes the committed state at one op to
+a checksummed file while the chain serves, and ``restore`` makes a data
+directory of one (docs/operations.md).  ``copy`` copies every key and value from a running
 node or chain -- kvtwist or the original C system -- into another
 (docs/migrating.md).  Every command prints text for people, or JSON with
 ``-o json``.
@@ -27,6 +29,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoAuthError, NoNodeError
 
 from kvtwist import __version__, admincluster
+from kvtwist.adminbackup import backup_command, dial_with, restore_command
 from kvtwist.adminstatus import (
     AskStats,
     ChainStatus,
@@ -304,11 +307,13 @@ def _common(p: argparse.ArgumentParser, top: bool) -> None:
     )
 
 
-def _member_options(p: argparse.ArgumentParser) -> None:
-    """How status and health reach the members: TLS, the client token, a timeout."""
+def _member_options(
+    p: argparse.ArgumentParser, timeout: float = 5.0, what: str = "to answer STATS"
+) -> None:
+    """How status, health and backup reach the members: TLS, the client token, a timeout."""
     p.add_argument(
-        "--timeout", type=float, default=5.0, metavar="SECONDS",
-        help="how long a member has to answer STATS (default 5)",
+        "--timeout", type=float, default=timeout, metavar="SECONDS",
+        help=f"how long a member has {what} (default {timeout:g})",
     )
     p.add_argument(
         "--tls-ca", metavar="FILE",
@@ -351,6 +356,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     force = command("force-start", "let a waiting node restart an empty chain")
     force.add_argument("node_id", nargs="?", help="the node (default: the one with most ops)")
+    bk = command(
+        "backup",
+        "write the committed state of the chain's tail (or of the node HOST:PORT) to a file",
+    )
+    bk.add_argument("node", nargs="?", metavar="HOST:PORT", help="back up this node instead")
+    bk.add_argument("--out", required=True, metavar="FILE", help="the backup file to write")
+    _member_options(bk, 30.0, "for each chunk")
+    rs = command("restore", "check a backup file and make a data directory a node starts from")
+    rs.add_argument("file", help="the backup file")
+    rs.add_argument("--data-dir", required=True, metavar="DIR", help="the directory to prepare")
+    rs.add_argument(
+        "--force", action="store_true", help="replace the log and snapshots DIR holds"
+    )
     cp = command("copy", "copy every key and value from one store into another")
     cp.add_argument("source", help="HOST:PORT of a node, or zk://HOSTS/ROOT of a chain")
     cp.add_argument("target", help="HOST:PORT of a node, or zk://HOSTS/ROOT of a chain")
@@ -410,23 +428,68 @@ def _copy(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 1
 
 
+def _backup(parser: argparse.ArgumentParser, args: argparse.Namespace, root: str | None) -> int:
+    """``backup``: of the node named, else of the chain under ``root``."""
+    from kvtwist.client.shell import UsageError, security
+
+    try:
+        dial = dial_with(args.timeout, security(args))
+    except UsageError as e:
+        parser.error(str(e))
+    if root is None:
+        return backup_command(dial, args.out, args.output, args.node, list)
+    zk = _connect(args)
+    if zk is None:
+        return USAGE
+    try:
+        return backup_command(dial, args.out, args.output, None, lambda: _members(zk, root))
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def _connect(args: argparse.Namespace) -> KazooClient | None:
+    """A started ZooKeeper client, or None (and one line said why)."""
+    from kvtwist.kazoolog import silence
+
+    silence()  # every retry would be a line; the admin says itself what failed
+    if args.zk_auth is None:
+        zk = KazooClient(args.zk)
+    else:
+        acl = digest_acl(args.zk_auth)
+        zk = KazooClient(args.zk, auth_data=[("digest", args.zk_auth)], default_acl=acl)
+    try:
+        zk.start(timeout=10)
+    except Exception as e:
+        print(f"kvtwist-admin: cannot reach ZooKeeper at {args.zk}: {e}", file=sys.stderr)
+        return None
+    return zk
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "copy":
         return _copy(parser, args)
+    if args.command == "restore":
+        return restore_command(args.file, args.data_dir, args.force, args.output)
+    if args.command == "backup" and args.node is not None:
+        return _backup(parser, args, None)
     try:
         check_hosts(args.zk)
     except BadHosts as e:
         return _usage(str(e))
     try:
         root = validate_root(args.zk_root)
-        acl = digest_acl(args.zk_auth) if args.zk_auth is not None else None
+        if args.zk_auth is not None:
+            digest_acl(args.zk_auth)  # a malformed USER:PASSWORD is a usage error
     except ValueError as e:
         parser.error(str(e))
     if args.command == "cluster" and (problem := admincluster.check_args(args)) is not None:
         parser.error(problem)
     ask: Any = None
+    if args.command == "backup":
+        return _backup(parser, args, root)
     if args.command in ("status", "health") or getattr(args, "verb", None) == "status":
         from kvtwist.client.shell import UsageError, security
 
@@ -438,17 +501,8 @@ def main(argv: list[str] | None = None) -> int:
             ask = functools.partial(stats_asker, args.timeout, secure)
         else:
             ask = stats_asker(args.timeout, secure)
-    from kvtwist.kazoolog import silence
-
-    silence()  # every retry would be a line; the admin says itself what failed
-    if acl is None:
-        zk = KazooClient(args.zk)
-    else:
-        zk = KazooClient(args.zk, auth_data=[("digest", args.zk_auth)], default_acl=acl)
-    try:
-        zk.start(timeout=10)
-    except Exception as e:
-        print(f"kvtwist-admin: cannot reach ZooKeeper at {args.zk}: {e}", file=sys.stderr)
+    zk = _connect(args)
+    if zk is None:
         # a monitor running health reads any failure as unhealthy: status 1, as documented
         return 1 if args.command == "health" else USAGE
     try:

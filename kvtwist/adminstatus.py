@@ -39,6 +39,11 @@ class MemberRow:
     applied: int | None = None
     committed: int | None = None
     lag: int | None = None  # ops the head has received that this member has not applied
+    #: seconds, at most, since the head sent on the first op this member lacks (0: none)
+    lag_s: float | None = None
+    unacked_age_s: float | None = None  # its own oldest update not acknowledged downstream
+    succ_rtt_s: float | None = None  # the last round trip on its link to the successor
+    pred_rtt_s: float | None = None
     sent_count: int | None = None
     sent_bytes: int | None = None
     uptime_s: float | None = None
@@ -78,6 +83,10 @@ def _fill(row: MemberRow, stats: Any) -> None:
     row.zk_state = stats.zk_state or None
     row.keys = stats.keys
     row.connections = stats.connections
+    row.unacked_age_s = round(stats.unacked_age_s, 6)
+    for side in ("succ_rtt_s", "pred_rtt_s"):
+        if stats.HasField(side):
+            setattr(row, side, round(getattr(stats, side), 6))
 
 
 def _ask(ask: AskStats, address: tuple[str, int]) -> tuple[Any, str | None]:
@@ -87,33 +96,63 @@ def _ask(ask: AskStats, address: tuple[str, int]) -> tuple[Any, str | None]:
         return None, str(e) or type(e).__name__
 
 
-def member_rows(members: Sequence[Member], ask: AskStats) -> list[MemberRow]:
-    """One row per member in chain order, with the lag of each behind the head."""
+def blank_rows(members: Sequence[Member]) -> list[MemberRow]:
+    """One row per member in chain order, before any of them answered."""
     rows = [
         MemberRow(
             m.name, format_address(m.address) if m.address else None, position(i, len(members))
         )
         for i, m in enumerate(members)
     ]
-    targets = [(row, m.address) for row, m in zip(rows, members, strict=True) if m.address]
     for row in rows:
         if row.address is None:
             row.error = "no address in its znode"
+    return rows
+
+
+def answered(row: MemberRow, stats: Any, error: str | None) -> None:
+    """Fill in a member's row from its STATS, or say why it gave none."""
+    if stats is None:
+        row.error = error
+    else:
+        _fill(row, stats)
+
+
+def member_rows(members: Sequence[Member], ask: AskStats) -> list[MemberRow]:
+    """One row per member in chain order, with the lag of each behind the head."""
+    rows = blank_rows(members)
+    targets = [(row, m.address) for row, m in zip(rows, members, strict=True) if m.address]
     if targets:
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(targets))) as pool:
             answers = list(pool.map(lambda t: _ask(ask, t[1]), targets))
         for (row, _address), (stats, error) in zip(targets, answers, strict=True):
-            if stats is None:
-                row.error = error
-            else:
-                _fill(row, stats)
+            answered(row, stats, error)
+    return with_lag(rows)
+
+
+def with_lag(rows: list[MemberRow]) -> list[MemberRow]:
+    """Each answering member's lag behind the head, in ops and in seconds."""
     head = rows[0] if rows else None
     if head is not None and head.answered and head.received is not None:
         for row in rows:
             if row.answered and row.applied is not None:
                 # replies come at slightly different moments: never a negative lag
                 row.lag = max(0, head.received - row.applied)
+                row.lag_s = lag_seconds(row.lag, head.unacked_age_s)
     return rows
+
+
+def lag_seconds(lag: int, head_unacked_age: float | None) -> float | None:
+    """How long, at most, a member has lacked an op the head holds: 0 when it lacks none.
+
+    Every op a member lacks is one the head has not had acknowledged yet (the
+    chain acknowledges an op only once every member applied it), so the age of
+    the head's oldest unacknowledged update bounds how long ago the head sent
+    on the first op the member lacks.
+    """
+    if lag == 0:
+        return 0.0
+    return head_unacked_age
 
 
 def problems(status: ChainStatus, want_members: int = 1) -> list[str]:
@@ -172,6 +211,19 @@ def human_bytes(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def human_seconds(seconds: float | None) -> str:
+    """A short span: ``0``, ``850µs``, ``12.3ms``, ``4.56s``."""
+    if seconds is None:
+        return "-"
+    if seconds == 0:
+        return "0"
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f}µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f}ms"
+    return f"{seconds:.2f}s"
+
+
 def human_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -194,6 +246,8 @@ COLUMNS = (
     "APPLIED",
     "COMMITTED",
     "LAG",
+    "LAG S",
+    "RTT",
     "SENT",
     "SENT BYTES",
     "UPTIME",
@@ -222,6 +276,8 @@ def table_rows(rows: Sequence[MemberRow]) -> list[list[str]]:
                 _cell(r.applied),
                 _cell(r.committed),
                 _cell(r.lag),
+                human_seconds(r.lag_s),
+                human_seconds(r.succ_rtt_s),
                 _cell(r.sent_count),
                 human_bytes(r.sent_bytes),
                 human_duration(r.uptime_s),

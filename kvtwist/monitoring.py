@@ -36,7 +36,14 @@ from twisted.web.resource import IResource
 
 import kvtwist
 from kvtwist import clock, wire
-from kvtwist.nodestats import directory_bytes, zk_state
+from kvtwist.nodestats import directory_bytes, unacked_age, zk_state
+from kvtwist.statuspage import (
+    SAMPLE_EVERY,
+    StatusJSON,
+    StatusPage,
+    Throughput,
+    requests_answered,
+)
 
 #: every role a node reports (``Replica.role``): one gauge series each
 ROLES = (
@@ -107,12 +114,23 @@ class Histograms:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.rtt = Histogram(
+            "kvtwist_link_rtt_seconds",
+            "Round trip of a probe on a chain link (a PING the peer echoes), by the "
+            "side the peer is on; both ends' reactor turns included.",
+            labelnames=["side"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.snapshot = Histogram(
             "kvtwist_snapshot_duration_seconds",
             "Time to write and install a snapshot of the data directory.",
             buckets=SNAPSHOT_BUCKETS,
             registry=r,
         )
+
+    def observe_rtt(self, side: str, seconds: float) -> None:
+        self.rtt.labels(side).observe(seconds)
 
     def observe_requests(self, op: int, seconds: float, count: int) -> None:
         """``count`` requests of opcode ``op`` answered in ``seconds`` each: one
@@ -146,6 +164,9 @@ class NodeMetrics:
         self._zk_connected_once = False
         self._zk_last = ""
         self.registry.register(NodeCollector(self))
+        #: the status page's throughput of the last minutes
+        self.throughput = Throughput()
+        self._ticks = 0
 
     def zk_state_changed(self, state: str) -> None:
         """A ZooKeeper session event: every "connected" after the first is a reconnect."""
@@ -165,6 +186,16 @@ class NodeMetrics:
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+    def tick(self) -> None:
+        """Every heartbeat: the role; every SAMPLE_EVERY seconds, the throughput."""
+        self.sample_role()
+        self._ticks += 1
+        if self._ticks >= SAMPLE_EVERY / HEARTBEAT:
+            self._ticks = 0
+            self.throughput.sample(
+                clock.now(), self.replica.state.committed_seq, requests_answered(self.factory)
+            )
 
 
 def links_up(replica: Any) -> int:
@@ -252,8 +283,23 @@ class NodeCollector:
             ("kvtwist_sent_list_bytes", state.pending_bytes, "Bytes of the Sent list."),
             ("kvtwist_connections_open", len(m.factory.connections), "Open client connections."),
             ("kvtwist_chain_links_open", links_up(replica), "Links to the neighbours up."),
+            (
+                "kvtwist_unacked_age_seconds",
+                unacked_age(replica),
+                "Age of the oldest update sent to the successor and not acknowledged "
+                "(at the head: how far the tail trails it); 0 without one.",
+            ),
         ):
             yield GaugeMetricFamily(name, what, value=value)
+        rtt = GaugeMetricFamily(
+            "kvtwist_link_rtt_last_seconds",
+            "The last probe's round trip on each chain link that is up, by side.",
+            labels=["side"],
+        )
+        for link in (replica.pred, replica.succ):
+            if link is not None and not link.closed and link.rtt is not None:
+                rtt.add_metric([link.side.value], link.rtt)
+        yield rtt
         yield CounterMetricFamily(
             "kvtwist_connections_refused",
             "Client connections refused over --max-connections.",
@@ -346,8 +392,14 @@ class Heartbeat:
         return clock.now() - self.last
 
 
-def make_root(metrics: NodeMetrics, heartbeat: Heartbeat) -> resource.Resource:
+def make_root(
+    metrics: NodeMetrics, heartbeat: Heartbeat, reactor: Any = None
+) -> resource.Resource:
+    """The metrics port's paths; with ``reactor``, the status page and its data too."""
     root = resource.Resource()
+    if reactor is not None:
+        root.putChild(b"", cast(IResource, StatusPage()))
+        root.putChild(b"status.json", cast(IResource, StatusJSON(metrics, reactor)))
     # without mypy-zope, mypy cannot see that a Resource provides IResource
     root.putChild(b"metrics", cast(IResource, _Metrics(metrics)))
     root.putChild(b"healthz", cast(IResource, _Text(lambda: health(heartbeat.age()))))
@@ -370,8 +422,8 @@ class MetricsService(service.Service):
 
     def __init__(self, reactor: Any, port: int, interface: str, metrics: NodeMetrics) -> None:
         self.metrics = metrics
-        self.heartbeat = Heartbeat(reactor, metrics.sample_role)
-        site = MetricsSite(make_root(metrics, self.heartbeat))
+        self.heartbeat = Heartbeat(reactor, metrics.tick)
+        site = MetricsSite(make_root(metrics, self.heartbeat, reactor))
         try:
             self.port = reactor.listenTCP(port, site, interface=interface)
         except CannotListenError as e:

@@ -43,6 +43,13 @@ def zk_state(replica: Any) -> str:
     return "connected" if connected else "suspended"
 
 
+def unacked_age(replica: Any) -> float:
+    """Seconds the oldest update sent to the successor has waited for the chain's
+    acknowledgement (0 without one): at the head, how far the tail trails it."""
+    succ = replica.succ
+    return float(succ.unacked_age()) if succ is not None and not succ.closed else 0.0
+
+
 def add_operations_fields(stats: Stats, replica: Any) -> Stats:
     """Fill in op numbers, the Sent list, version, disk use and session state."""
     state = replica.state
@@ -56,4 +63,8 @@ def add_operations_fields(stats: Stats, replica: Any) -> Stats:
         stats.data_dir_bytes = directory_bytes(journal.path)
     stats.zk_state = zk_state(replica)
     stats.member = replica.name or ""
+    stats.unacked_age_s = unacked_age(replica)
+    for side, link in (("succ", replica.succ), ("pred", replica.pred)):
+        if link is not None and not link.closed and link.rtt is not None:
+            setattr(stats, f"{side}_rtt_s", link.rtt)
     return stats

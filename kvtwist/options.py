@@ -192,7 +192,8 @@ class Options(usage.Options):
             "metrics-port",
             None,
             None,
-            "HTTP port (on --interface) for Prometheus /metrics, /healthz and /readyz (off).",
+            "HTTP port (on --interface) for Prometheus /metrics, /healthz, /readyz and "
+            "the status page / (off).",
             _positive("metrics-port"),
         ],
         [

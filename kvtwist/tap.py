@@ -231,6 +231,7 @@ def open_replica(
         link_tls=link_tls,
         on_congestion=clients.congestion,
         on_commit_latency=histograms.commit.observe if histograms is not None else None,
+        on_link_rtt=histograms.observe_rtt if histograms is not None else None,
     )
     if recovered is not None:
         store.restore(recovered)

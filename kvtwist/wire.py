@@ -55,6 +55,7 @@ OP_AUTH = Message.OP_AUTH
 OP_CAS = Message.OP_CAS
 OP_INCR = Message.OP_INCR
 OP_APPEND = Message.OP_APPEND
+OP_BACKUP = Message.OP_BACKUP
 OP_CHAIN_HELLO = Message.OP_CHAIN_HELLO
 OP_CHAIN_UPDATE = Message.OP_CHAIN_UPDATE
 OP_CHAIN_ACK = Message.OP_CHAIN_ACK
@@ -75,6 +76,7 @@ CT_ENTRIES = Message.CT_ENTRIES
 CT_STATS = Message.CT_STATS
 CT_RANGE = Message.CT_RANGE
 CT_CHAIN = Message.CT_CHAIN
+CT_SNAPSHOT = Message.CT_SNAPSHOT
 
 #: Writes decided at the head against its latest state.
 RMW_OPS = frozenset({OP_CAS, OP_INCR, OP_APPEND})
@@ -360,6 +362,11 @@ def req_verify(op_n: int) -> Message:
 
 def req_stats() -> Message:
     return Message(opcode=OP_STATS, c_type=CT_NONE)
+
+
+def req_backup(index: int) -> Message:
+    """Chunk ``index`` of a backup; index 0 freezes the node's committed state anew."""
+    return Message(opcode=OP_BACKUP, c_type=CT_NONE, request_id=index)
 
 
 def req_auth(token: bytes) -> Message:

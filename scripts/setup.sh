@@ -28,6 +28,8 @@ if [ "$with_test" = yes ]; then
     command -v cc >/dev/null 2>&1 || need="$need gcc libc6-dev"
     # the RESP port's tests run redis-cli against a chain
     command -v redis-cli >/dev/null 2>&1 || need="$need redis-tools"
+    # the status page's test loads it in a headless browser
+    command -v chromium >/dev/null 2>&1 || need="$need chromium"
 fi
 if [ -n "$need" ]; then
     echo "installing Debian packages:$need"

@@ -40,6 +40,7 @@ import pytest
 INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_admin": None,
     "test_admin_cluster": frozenset({"AdminClusterTests"}),
+    "test_backup_proc": None,
     "test_bench": frozenset({"BenchRunTests", "ReferenceServerTests", "ChainTargetTests"}),
     "test_bench_keys": frozenset({"KeyPrefixTests", "HelpTests"}),
     "test_blocking": None,
@@ -53,6 +54,7 @@ INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_foreign_chain": None,
     "test_hostile": frozenset({"HostileTests"}),
     "test_joining_proc": None,
+    "test_jsonlog": frozenset({"NodeJSONLogTests"}),
     "test_link_faults": None,
     "test_linksec_proc": frozenset({"KeyedChainProcessTests"}),
     "test_nemesis": frozenset({"ProxyProcess", "WallClockTests"}),
@@ -63,6 +65,7 @@ INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_resp_chain": None,
     "test_quiet_logs": frozenset({"NodeWithoutZooKeeperTests"}),
     "test_sdnotify": frozenset({"NotifyProcessTests"}),
+    "test_statuspage_proc": frozenset({"StatusPageBrowserTests"}),
     "test_shell": frozenset(
         {"ShellTests", "StdinArgumentTests", "StartupTests", "InteractiveTests"}
     ),

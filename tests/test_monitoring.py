@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import tempfile
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from kvtwist import clock, monitoring, wire
@@ -15,6 +18,7 @@ from kvtwist.chain.lifecycle import State
 from kvtwist.chain.replica import Replica
 from kvtwist.monitoring import Heartbeat, Histograms, NodeMetrics, health, make_root, readiness
 from kvtwist.server import NodeFactory
+from kvtwist.statuspage import Throughput
 from kvtwist.storage import DataDir
 from kvtwist.store import InlineRunner, Store
 
@@ -190,3 +194,58 @@ class CountedHistogramTests(SynchronousTestCase):
         h.observe(2.0)
         self.assertEqual(h.cumulative(), [("0.001", 1.0), ("0.01", 4.0), ("+Inf", 5.0)])
         self.assertAlmostEqual(h.sum, 0.001 + 0.015 + 2.0)
+
+
+class StatusPageTests(SynchronousTestCase):
+    """/ and /status.json on the metrics port, in memory."""
+
+    def _get(self, node: Node, path: bytes) -> tuple[DummyRequest, bytes]:
+        root = make_root(node.metrics, Heartbeat(node.reactor), node.reactor)
+        request = DummyRequest([path] if path else [b""])
+        result = getChildForRequest(root, request).render(request)
+        body = result if isinstance(result, bytes) else b"".join(request.written)
+        return request, body
+
+    def test_status_json_of_a_standalone_node(self) -> None:
+        """A standalone node is its own chain of one, marked as this node, with its ops."""
+        node = Node()
+        node.request(wire.req_put(b"a", b"1"), wire.req_put(b"b", b"2"))
+        request, body = self._get(node, b"status.json")
+        self.assertTrue(request.finished)
+        data = json.loads(body)
+        [member] = data["members"]
+        self.assertEqual(
+            (member["role"], member["committed"], member["own"]), ("standalone", 2, True)
+        )
+        self.assertEqual(data["node"]["committed"], 2)
+        self.assertEqual(data["throughput"]["every_s"], 2.0)
+
+    def test_page_is_self_contained(self) -> None:
+        """The page loads nothing from elsewhere: no src or href, no URL but the SVG namespace."""
+        _, body = self._get(Node(), b"")
+        page = body.decode()
+        self.assertIn('fetch("status.json"', page)
+        self.assertNotIn("src=", page)
+        self.assertNotIn("href=", page)
+        self.assertEqual(set(re.findall(r"https?://[^\"' ]+", page)), {"http://www.w3.org/2000/svg"})
+
+    def test_throughput_ring(self) -> None:
+        """Samples every tick period become rates per interval; the ring keeps the last N."""
+        t = Throughput(size=3)
+        for i, (committed, requests) in enumerate([(0, 0), (10, 4), (30, 4), (30, 10)]):
+            t.sample(2.0 * i, committed, requests)
+        self.assertEqual(
+            t.rates(),
+            [
+                {"ago_s": 2.0, "writes_per_s": 10.0, "requests_per_s": 0.0},
+                {"ago_s": 0.0, "writes_per_s": 0.0, "requests_per_s": 3.0},
+            ],
+        )
+
+    def test_heartbeat_samples_throughput(self) -> None:
+        """Every SAMPLE_EVERY seconds of heartbeats the node notes its committed op."""
+        node = Node()
+        node.request(wire.req_put(b"a", b"1"))
+        for _ in range(8):
+            node.metrics.tick()
+        self.assertEqual([s[1] for s in node.metrics.throughput.samples], [1, 1])

@@ -68,6 +68,8 @@ class StatsFieldsTests(SynchronousTestCase):
             standalone=False,
             zk=SimpleNamespace(state="suspended", connected=False),
             name="node0000000003",
+            succ=None,
+            pred=None,
         )
         s = add_operations_fields(Stats(), replica)
         self.assertEqual((s.received, s.applied, s.sent_count, s.sent_bytes), (9, 8, 2, 640))
@@ -137,6 +139,7 @@ class MemberRowTests(SynchronousTestCase):
                 "name", "address", "position", "answered", "error", "role", "received",
                 "applied", "committed", "lag", "sent_count", "sent_bytes", "uptime_s",
                 "version", "data_dir_bytes", "zk_state", "keys", "connections",
+                "lag_s", "unacked_age_s", "succ_rtt_s", "pred_rtt_s",
             },
         )
         self.assertEqual(body["members"][0]["role"], "head+tail")

@@ -89,11 +89,13 @@ class ReplicaCore:
         link_tls: Any = None,
         on_congestion: Callable[[bool], None] | None = None,
         on_commit_latency: Callable[[float], None] | None = None,
+        on_link_rtt: Callable[[str, float], None] | None = None,
     ) -> None:
         """``dial`` opens links instead of TCP (in-memory wiring in unit tests);
         ``link_tls`` (a kvtwist.tls.ClientTLS) when the peers' port speaks TLS;
         ``on_congestion`` pauses and resumes client intake; ``on_commit_latency``
-        is told, at the head, each batch's seconds from numbering to commitment."""
+        is told, at the head, each batch's seconds from numbering to commitment;
+        ``on_link_rtt`` each round trip of a link's probe, with the link's side."""
         self.reactor = reactor
         self.store = store
         self.address = address
@@ -116,6 +118,7 @@ class ReplicaCore:
         #: the batches numbered here on their way to commitment, by last op
         self.on_commit_latency = on_commit_latency
         self._numbered_at: deque[tuple[int, float]] = deque()
+        self.on_link_rtt = on_link_rtt
 
         self.succ: Link | None = None
         self.pred: Link | None = None
@@ -181,6 +184,9 @@ class ReplicaCore:
     def _new_link(self, conn: FramedProtocol, side: Side, peer: str) -> Link:
         link = Link(conn, side, self.reactor, peer=peer)
         link.on_dead = self.link_lost
+        if self.on_link_rtt is not None:
+            observe = self.on_link_rtt
+            link.on_rtt = lambda link, rtt: observe(link.side.value, rtt)
         return link
 
     def connect(self, host: str, port: int, protocol: FramedProtocol) -> Deferred[Any]:

@@ -128,6 +128,12 @@ class Link:
         self._last_in = self._last_out = reactor.seconds()
         self._unacked: deque[tuple[int, float]] = deque()  # (last op of a batch, sent at)
         self._watch: Any = None
+        # round trips: a probe (PING with request_id) is echoed (PING with op_n)
+        self.rtt: float | None = None  # seconds, the last probe's round trip
+        self.on_rtt: Callable[[Link, float], None] | None = None
+        self._probe = 0  # the probe in flight, 0: none
+        self._probe_sent = 0.0
+        self._probes = 0
         # backpressure
         self.write_full = False
         self._writable: list[Deferred[None]] = []
@@ -228,6 +234,7 @@ class Link:
         self._last_in = self.reactor.seconds()
         op = msg.opcode
         if op == wire.OP_CHAIN_PING:
+            self._ping(msg)
             return False
         if op == wire.OP_CHAIN_ACK and self.side is Side.SUCCESSOR:
             unacked = self._unacked
@@ -243,6 +250,25 @@ class Link:
                 self.refuse(problem, retry=False)
                 return False
         return True
+
+    def _ping(self, msg: Message) -> None:
+        """Echo a probe at once; time the echo of our own.
+
+        A peer that does not echo (an older kvtwist) leaves ``rtt`` unknown.
+        """
+        if msg.request_id:
+            self._out(Message(opcode=wire.OP_CHAIN_PING, c_type=wire.CT_CHAIN, op_n=msg.request_id))
+        elif msg.op_n and msg.op_n == self._probe:
+            self._probe = 0
+            self.rtt = rtt = self.reactor.seconds() - self._probe_sent
+            if self.on_rtt is not None:
+                self.on_rtt(self, rtt)
+
+    def unacked_age(self) -> float:
+        """Seconds the oldest batch sent here has waited for its acknowledgement (0: none)."""
+        if not self._unacked:
+            return 0.0
+        return max(0.0, self.reactor.seconds() - self._unacked[0][1])
 
     # liveness
 
@@ -279,7 +305,13 @@ class Link:
             )
             self._die()
             return
-        if now - self._last_out >= timeout / 3:
+        if self.ready and (not self._probe or now - self._probe_sent >= timeout):
+            # one probe at a time, every check: it is the heartbeat too
+            self._probes += 1
+            self._probe, self._probe_sent = self._probes, now
+            probe = Message(opcode=wire.OP_CHAIN_PING, c_type=wire.CT_CHAIN, request_id=self._probe)
+            self.send(probe)
+        elif now - self._last_out >= timeout / 3:
             self.send(Message(opcode=wire.OP_CHAIN_PING, c_type=wire.CT_CHAIN))
         self._watch = self.reactor.callLater(timeout / 4, self._check)
 

@@ -20,7 +20,7 @@ from kvtwist.chain.attempt import Attempt
 from kvtwist.chain.epochs import EpochHistory, match_point
 from kvtwist.chain.link import Link, Side
 from kvtwist.chain.state import update_size
-from kvtwist.chain.transfer import SnapshotSender
+from kvtwist.chain.transfer import SnapshotSender, freeze_committed
 from kvtwist.proto.kvtwist_pb2 import EpochMark, SnapshotChunk, Update
 from kvtwist.wire import FramedProtocol, Message
 
@@ -83,12 +83,7 @@ class JoinServer:
             return
         # writes after the snapshot go to the joiner once the snapshot is through
         self.set_backlog(self.r.state.sent_after(seq))
-        clients = [
-            Update(seq=s, client_id=c, request_id=r, found=found)
-            for c, r, s, found in self.r.state.dedup.rows(upto=seq)
-        ]
-        history = self.r.state.history.copy()
-        history.truncate(seq)
+        frozen = freeze_committed(self.r.state)
 
         def wanted() -> bool:
             return link is self.r.succ and not link.closed and attempt.live
@@ -97,12 +92,12 @@ class JoinServer:
             self.r.reactor,
             self.r.store.runner,
             link,
-            self.r.state.committed_tree,
-            seq,
-            clients,
+            frozen.tree,
+            frozen.seq,
+            frozen.clients,
             wanted,
             lambda: self._switch_to_joiner(link),
-            marks=marks_of(history),
+            marks=frozen.marks,
         ).start()
 
     def backlog_applied(self, u: Update) -> None:

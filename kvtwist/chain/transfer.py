@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
@@ -22,6 +23,9 @@ from kvtwist.chain.link import Link
 from kvtwist.proto.kvtwist_pb2 import Entry, EpochMark, SnapshotChunk, Update
 from kvtwist.store import Runner
 from kvtwist.tree import BTree
+
+if TYPE_CHECKING:
+    from kvtwist.chain.state import ChainState
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -33,6 +37,33 @@ ROW_OVERHEAD = 16
 
 def _entry_size(key: bytes, value: bytes) -> int:
     return len(key) + len(value) + ROW_OVERHEAD
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """The committed state at op ``seq``, as a joiner or a backup receives it."""
+
+    tree: BTree
+    seq: int
+    clients: list[Update]  # duplicate-suppression rows up to ``seq``
+    marks: list[EpochMark]  # epoch history up to ``seq``
+
+
+def freeze_committed(state: ChainState) -> Frozen:
+    """The committed tree with the rows and epochs that belong to it, taken at once.
+
+    O(1) in the tree (it is persistent), so it may be taken on the reactor
+    thread while the chain goes on; the parts describe one and the same op.
+    """
+    seq = state.committed_seq
+    clients = [
+        Update(seq=s, client_id=c, request_id=r, found=found)
+        for c, r, s, found in state.dedup.rows(upto=seq)
+    ]
+    history = state.history.copy()
+    history.truncate(seq)
+    marks = [EpochMark(first_seq=s, epoch=e) for s, e in history.marks]
+    return Frozen(state.committed_tree, seq, clients, marks)
 
 
 def chunks(tree: BTree, max_bytes: int = SNAPSHOT_CHUNK_BYTES) -> Iterator[list[Entry]]:

@@ -38,7 +38,7 @@ class OpStats(_message.Message):
     def __init__(self, op: _Optional[str] = ..., count: _Optional[int] = ..., mean_service_us: _Optional[float] = ..., errors: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("ops", "keys", "connections", "uptime_s", "last_op", "role", "height", "received", "applied", "sent_count", "sent_bytes", "version", "data_dir_bytes", "zk_state", "member")
+    __slots__ = ("ops", "keys", "connections", "uptime_s", "last_op", "role", "height", "received", "applied", "sent_count", "sent_bytes", "version", "data_dir_bytes", "zk_state", "member", "unacked_age_s", "succ_rtt_s", "pred_rtt_s")
     OPS_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,9 @@ class Stats(_message.Message):
     DATA_DIR_BYTES_FIELD_NUMBER: _ClassVar[int]
     ZK_STATE_FIELD_NUMBER: _ClassVar[int]
     MEMBER_FIELD_NUMBER: _ClassVar[int]
+    UNACKED_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    SUCC_RTT_S_FIELD_NUMBER: _ClassVar[int]
+    PRED_RTT_S_FIELD_NUMBER: _ClassVar[int]
     ops: _containers.RepeatedCompositeFieldContainer[OpStats]
     keys: int
     connections: int
@@ -69,7 +72,10 @@ class Stats(_message.Message):
     data_dir_bytes: int
     zk_state: str
     member: str
-    def __init__(self, ops: _Optional[_Iterable[_Union[OpStats, _Mapping]]] = ..., keys: _Optional[int] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ..., last_op: _Optional[int] = ..., role: _Optional[str] = ..., height: _Optional[int] = ..., received: _Optional[int] = ..., applied: _Optional[int] = ..., sent_count: _Optional[int] = ..., sent_bytes: _Optional[int] = ..., version: _Optional[str] = ..., data_dir_bytes: _Optional[int] = ..., zk_state: _Optional[str] = ..., member: _Optional[str] = ...) -> None: ...
+    unacked_age_s: float
+    succ_rtt_s: float
+    pred_rtt_s: float
+    def __init__(self, ops: _Optional[_Iterable[_Union[OpStats, _Mapping]]] = ..., keys: _Optional[int] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ..., last_op: _Optional[int] = ..., role: _Optional[str] = ..., height: _Optional[int] = ..., received: _Optional[int] = ..., applied: _Optional[int] = ..., sent_count: _Optional[int] = ..., sent_bytes: _Optional[int] = ..., version: _Optional[str] = ..., data_dir_bytes: _Optional[int] = ..., zk_state: _Optional[str] = ..., member: _Optional[str] = ..., unacked_age_s: _Optional[float] = ..., succ_rtt_s: _Optional[float] = ..., pred_rtt_s: _Optional[float] = ...) -> None: ...
 
 class Update(_message.Message):
     __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id", "found", "epoch", "ack_below", "rmw", "rmw_applied", "rmw_found", "rmw_old", "rmw_number", "rmw_error")
@@ -191,6 +197,7 @@ class Message(_message.Message):
         OP_CAS: _ClassVar[Message.Opcode]
         OP_INCR: _ClassVar[Message.Opcode]
         OP_APPEND: _ClassVar[Message.Opcode]
+        OP_BACKUP: _ClassVar[Message.Opcode]
         OP_CHAIN_HELLO: _ClassVar[Message.Opcode]
         OP_CHAIN_UPDATE: _ClassVar[Message.Opcode]
         OP_CHAIN_ACK: _ClassVar[Message.Opcode]
@@ -214,6 +221,7 @@ class Message(_message.Message):
     OP_CAS: Message.Opcode
     OP_INCR: Message.Opcode
     OP_APPEND: Message.Opcode
+    OP_BACKUP: Message.Opcode
     OP_CHAIN_HELLO: Message.Opcode
     OP_CHAIN_UPDATE: Message.Opcode
     OP_CHAIN_ACK: Message.Opcode
@@ -235,6 +243,7 @@ class Message(_message.Message):
         CT_STATS: _ClassVar[Message.CType]
         CT_RANGE: _ClassVar[Message.CType]
         CT_CHAIN: _ClassVar[Message.CType]
+        CT_SNAPSHOT: _ClassVar[Message.CType]
     CT_BAD: Message.CType
     CT_KEY: Message.CType
     CT_VALUE: Message.CType
@@ -247,6 +256,7 @@ class Message(_message.Message):
     CT_STATS: Message.CType
     CT_RANGE: Message.CType
     CT_CHAIN: Message.CType
+    CT_SNAPSHOT: Message.CType
     OPCODE_FIELD_NUMBER: _ClassVar[int]
     C_TYPE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 
 from kvtwist import wire
 from kvtwist.chain.replica import Replica
-from kvtwist.server.dispatch import Dispatcher
+from kvtwist.server.dispatch import Dispatcher, Handler
 from kvtwist.wire import Message
 
 __all__ = ["Chains", "Router"]
@@ -153,7 +153,9 @@ class Router:
     def only(self) -> Dispatcher | None:
         return self._by_chain.get(LONE) if len(self._by_chain) == 1 else None
 
-    def handle(self, msg: Message, peer: Callable[[], str]) -> Deferred[bytes]:
+    def handle(
+        self, msg: Message, peer: Callable[[], str], handler: Handler | None = None
+    ) -> Deferred[bytes]:
         d = self._by_chain.get(msg.chain)
         if d is None:
             return defer.succeed(wire.frame(self.chains.not_here(msg.chain)))
@@ -161,7 +163,7 @@ class Router:
             wrong = self.chains.misplaced(msg)
             if wrong is not None:
                 return defer.succeed(wire.frame(wrong))
-        return d.handle(msg, peer)
+        return d.handle(msg, peer, handler)
 
     def write_many(self, msgs: list[Message], peer: Callable[[], str]) -> Deferred[list[bytes]]:
         return self._runs(msgs, lambda d, run: d.write_many(run, peer))

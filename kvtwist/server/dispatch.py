@@ -111,11 +111,18 @@ class Dispatcher:
 
     # answering
 
-    def handle(self, msg: Message, peer: Callable[[], str]) -> Deferred[bytes]:
-        """Answer one request with a complete reply frame; never fails."""
+    def handle(
+        self, msg: Message, peer: Callable[[], str], handler: Handler | None = None
+    ) -> Deferred[bytes]:
+        """Answer one request with a complete reply frame; never fails.
+
+        ``handler``: the connection's own (BACKUP keeps its cursor there), else the table's.
+        """
         start = time.perf_counter()
+        if handler is None:
+            handler = self.table.get(msg.opcode, self._not_a_request)
         try:
-            result = self.table.get(msg.opcode, self._not_a_request)(msg)
+            result = handler(msg)
         except Exception:
             answer = self._failed(Failure(), msg, start, peer)
             return answer if isinstance(answer, Deferred) else defer.succeed(answer)

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -23,6 +24,7 @@ from zope.interface import implementer
 
 from kvtwist import wire
 from kvtwist.chain.link import ChainConnection
+from kvtwist.server.backup import BackupCursor, backup_step
 from kvtwist.server.requests import reply_cost
 from kvtwist.tls import TLS_ERRORS, tls_reason
 from kvtwist.wire import FramedProtocol, Message
@@ -77,6 +79,7 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
         self._draining = False
         self._pause_reasons: set[str] = set()
         self.logged_in = False  # showed the client token (or none is needed)
+        self._backup: BackupCursor | None = None  # a BACKUP being read on this connection
 
     def callLater(self, delay: float, f: Callable[..., Any], *args: Any) -> Any:
         """The idle timeout runs on the node's clock."""
@@ -339,9 +342,17 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
                 self._reads += 1
                 cost = reply_cost(op, limits)
                 self._reply_bytes += cost
-                self.factory.dispatcher.handle(msg, self.peerName).addCallback(
+                handler = self._backup_step if op == wire.OP_BACKUP else None
+                self.factory.dispatcher.handle(msg, self.peerName, handler).addCallback(
                     _as_list
                 ).addCallback(self._done_many, [slot], False, cost)
+
+    def _backup_step(self, msg: Message) -> Deferred[bytes]:
+        """BACKUP: the next chunk of this connection's backup (index 0 starts one)."""
+        replica = self.factory.chains.get(msg.chain)
+        assert replica is not None  # the router answered a chain not served here
+        self._backup, d = backup_step(self._backup, msg, replica, replica.store.runner)
+        return d
 
     def _take_run(
         self, belongs: Callable[[Message], bool], room: int
