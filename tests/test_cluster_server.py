@@ -3,16 +3,18 @@ chains the shard map places on it, all on one port and one ZooKeeper session."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
 from kvtwist import wire
 from kvtwist.client.blocking import BlockingClient
-from kvtwist.cluster.shardmap import ClusterPaths, ShardMap
+from kvtwist.cluster.shardmap import ClusterPaths, Server, ShardMap
 from kvtwist.membership import MEMBER_PREFIX
-from kvtwist.procs import NodeProcess
+from kvtwist.procs import NodeProcess, RawClient
 from kvtwist.wire import Message
 from tests.nodes import TWISTD, env, wait_for
 from tests.test_blocking import private_reactor
@@ -196,3 +198,58 @@ class ControlledClusterTests(ZooKeeperCase):
                 self.assertEqual(kv.get(k), v, k)
             kv.put(b"after", b"1")
             self.assertEqual(kv.size(), len(written) + 1)
+
+
+class DurableClusterTests(ZooKeeperCase):
+    """Cluster servers on data directories: a server killed and started again is the
+    same server (its id kept on disk), recovers each of its chains' replicas from
+    its own directories and rejoins them, while the chains kept taking writes."""
+
+    timeout = 180
+
+    def test_a_server_comes_back_with_its_chains(self) -> None:
+        name = f"t{uuid.uuid4().hex[:8]}"
+        paths = ClusterPaths(name)
+        shard_map = ShardMap.initial(3, [b"m"], [("s1", "s2", "s3"), ("s2", "s3", "s1")])
+        self.kazoo.ensure_path(paths.root)
+        self.kazoo.create(paths.map, shard_map.encode())
+        servers = {}
+        for sid in ("s1", "s2", "s3"):
+            # no --server-id: the id the data directory keeps (as a first start leaves it)
+            data = Path(tempfile.mkdtemp(prefix="kvcluster-"))
+            self.addCleanup(shutil.rmtree, data, True)
+            (data / "server-id").write_text(sid + "\n")
+            node = NodeProcess(args=[
+                "--zk", self.zk.hosts, "--cluster", name, "--zk-session-timeout", "4",
+                "--data-dir", str(data),
+            ])
+            self.addCleanup(node.cleanup)
+            servers[sid] = node.start()
+
+        def members(chain: str) -> list[str]:
+            root = paths.chain(chain)
+            if self.kazoo.exists(root) is None:
+                return []
+            return [c for c in self.kazoo.get_children(root) if c.startswith(MEMBER_PREFIX)]
+
+        wait_for(lambda: all(len(members(c)) == 3 for c in ("c0", "c1")), 60, "chains formed")
+        with BlockingClient.cluster(self.zk.hosts, name, 60.0, reactor=private_reactor()) as kv:
+            for i in range(50):
+                kv.put(b"a%02d" % i, b"1")
+                kv.put(b"z%02d" % i, b"1")
+            servers["s1"].kill()
+            for i in range(50, 80):  # written while s1 is down
+                kv.put(b"a%02d" % i, b"2")
+                kv.put(b"z%02d" % i, b"2")
+            servers["s1"].start()
+            wait_for(lambda: all(len(members(c)) == 3 for c in ("c0", "c1")), 60, "s1 back")
+            again = Server.decode("s1", self.kazoo.get(paths.server("s1"))[0])
+            self.assertEqual(again.address, servers["s1"].address)
+            for chain in ("c0", "c1"):
+                # s1 caught up: its own copy of the chain holds every write
+                ask = wire.req_size()
+                ask.chain = chain
+                ask.local = True
+                wait_for(lambda ask=ask: RawClient(servers["s1"].port).one(ask).result == 80,
+                         30, f"s1's copy of {chain}")
+            self.assertEqual(kv.size(), 160)
