@@ -27,7 +27,6 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvtwist.chain.attempt import Attempt
 from kvtwist.chain.holds import Intake, TailHolds
 from kvtwist.chain.lifecycle import Lifecycle, State
 from kvtwist.chain.link import Link, LinkConfig, Side
@@ -140,9 +139,6 @@ class ReplicaCore:
         self._awaiting_handoff = False
         self._early_hello: tuple[Link, Message] | None = None
         self._joiner_limbo: str | None = None
-        self._claim: Attempt | None = None  # the head claim on its way (membership)
-        self._fix: Attempt | None = None  # the record fix on its way (membership)
-        self._record_config = -1  # the view config the record was last confirmed for
         self._succ_down_since: float | None = None
         self._unreachable_log = LogLimiter(5.0, lambda: float(self.reactor.seconds()))
         # members we asked whether they speak kvtwist (kvtwist.chain.foreign), by znode name

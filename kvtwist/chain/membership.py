@@ -24,12 +24,11 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvtwist.chain.attempt import running
 from kvtwist.chain.foreign import ForeignMembers, Verdict
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
 from kvtwist.chain.reads import ReadingReplica
-from kvtwist.chain.record import ChainRecord, matches
+from kvtwist.chain.recording import RecordKeeper
 from kvtwist.chain.view import LinkState, plan_view
 from kvtwist.lease import LEASE_FRACTION
 
@@ -47,7 +46,6 @@ REMOVAL_MARGIN = 0.25
 #: A successor we cannot link to for this many link timeouts, while ZooKeeper
 #: still lists it, is removed from the chain: it rejoins, and writes go on.
 UNREACHABLE_TIMEOUTS = 1.0
-RECORD_RETRY_DELAY = 0.2
 
 
 class MembershipReplica(ReadingReplica):
@@ -55,6 +53,8 @@ class MembershipReplica(ReadingReplica):
         super().__init__(*args, **kwargs)
         #: the members we asked whether they speak kvtwist, and what we do about foreign ones
         self.foreign = ForeignMembers(self)
+        #: the head's claim and the tail's commit gate on the chain record
+        self.records = RecordKeeper(self)
 
     def set_view(self, view: Any) -> None:
         """A new chain configuration from ZooKeeper."""
@@ -168,108 +168,13 @@ class MembershipReplica(ReadingReplica):
         link.local_name = self.name or ""
         link.config = self.view.config if self.view is not None else 0
 
-    # the chain record
+    # the chain record (kvtwist.chain.recording)
 
     def _claim_head(self) -> None:
-        """Take a fresh epoch for the writes we are about to number."""
-        if running(self._claim) or self.zk is None:
-            return
-        claim = self._claim = self.life.begin("head claim")
-
-        def decide(found: tuple[bytes | None, int]) -> Any:
-            if not self.is_head:
-                return None
-            record = ChainRecord.decode(*found)
-            if record.config > self.view.config:
-                return self.coordinator.members().addCallback(self.set_view)
-            if self.foreign.in_view():
-                return None  # the record lists kvtwist members only: after its removal
-            epoch = max(record.epoch, self.state.history.epoch_at(self.state.last_received)) + 1
-            new = record.with_view(self.view, epoch)
-            return self.coordinator.write_record(new.encode(), record.version).addCallback(
-                claim.guard(written), new, record.version
-            )
-
-        def written(ok: bool, new: ChainRecord, version: int) -> None:
-            if ok:
-                self.record = ChainRecord.decode(new.encode(), version + 1)
-                self._record_config = new.config
-                self.head_epoch = new.epoch
-                self.state.continue_numbering()
-                log.info("head of epoch {e} from op {n}", e=new.epoch, n=self.state.next_seq)
-                self._release_claim_waiters()
-                self._advance()
-
-        def done(result: Any) -> None:
-            live = claim.live
-            claim.end()
-            if isinstance(result, Failure):
-                log.warn("claiming the head failed: {e}", e=result.getErrorMessage())
-            if live and self.is_head and self.head_epoch is None:
-                self.reactor.callLater(RECORD_RETRY_DELAY, self._claim_head)
-
-        d = self.zk.read_record().addCallback(claim.guard(decide))
-        d.addBoth(done)
+        self.records.claim_head()
 
     def _record_allows_commit(self) -> bool:
-        """A tail commits only while the record lists exactly its view's members."""
-        if self.standalone or self._neighbours()[1] is not None or self.name is None:
-            return True
-        if self.foreign.in_view():
-            return False  # its removal brings a new view, and _advance with it
-        # Confirmed against ZooKeeper for this very view: a cached copy may be
-        # older than a member's own rewrite of it.
-        if self.tail_held():
-            return False  # a member we removed may still serve; _tail_hold_over looks again
-        if self._record_config == self.view.config and matches(self.record, self.view):
-            return True
-        self._fix_record()
-        return False
-
-    def _fix_record(self) -> None:
-        if running(self._fix) or self.zk is None:
-            return
-        fix = self._fix = self.life.begin("record fix")
-
-        def decide(found: tuple[bytes | None, int]) -> Any:
-            if self.view is None:
-                return None
-            record = ChainRecord.decode(*found)
-            if record.config > self.view.config:
-                return self.coordinator.members().addCallback(self.set_view)
-            config = self.view.config
-            if self.foreign.in_view():
-                return None
-            if matches(record, self.view):
-                self.record = record
-                self._record_config = config
-                return None
-            new = record.with_view(self.view)
-            log.info("recording the chain's members: {m}", m=new.describe())
-
-            def written(ok: bool) -> None:
-                if ok:
-                    self.record = ChainRecord.decode(new.encode(), record.version + 1)
-                    self._record_config = config
-
-            return self.coordinator.write_record(new.encode(), record.version).addCallback(
-                fix.guard(written)
-            )
-
-        def done(result: Any) -> None:
-            live = fix.live
-            fix.end()
-            if isinstance(result, Failure):
-                log.warn("updating the chain record failed: {e}", e=result.getErrorMessage())
-            if not live:
-                return
-            confirmed = self._record_config == self.view.config
-            if isinstance(result, Failure) or not confirmed:
-                self.reactor.callLater(RECORD_RETRY_DELAY, self._advance)
-            else:
-                self._advance()
-
-        self.zk.read_record().addCallback(fix.guard(decide)).addBoth(done)
+        return self.records.allows_commit()
 
     # the successor link
 
