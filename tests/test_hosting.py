@@ -18,7 +18,7 @@ from kvtwist.server import ClientConnections, NodeFactory
 from kvtwist.server.chains import Chains
 from kvtwist.store import InlineRunner, Store
 from kvtwist.wire import Message
-from tests.fakes.chain import pump_between, results
+from tests.fakes.chain import pump_between, results, settle
 from tests.fakes.coordinator import MemoryZooKeeper, Registry
 
 KEY = b"k" * 32
@@ -99,16 +99,8 @@ class World:
                 server.host(chain)
                 self.settle()
 
-    def settle(self, rounds: int = 300) -> None:
-        for _ in range(rounds):
-            moved = False
-            for p in list(self.pumps):
-                moved = p.pump() or moved
-            self.clock.advance(0)
-            if not moved and not self.clock.getDelayedCalls():
-                return
-            if not moved:
-                self.clock.advance(0.2)
+    def settle(self) -> None:
+        settle(self.pumps, self.clock, 300)
 
     def replica(self, port: int, chain: str) -> Replica:
         replica = self.servers[port].chains.get(chain)

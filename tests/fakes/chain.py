@@ -24,7 +24,7 @@ from kvtwist.server import ClientConnections, NodeFactory
 from kvtwist.store import InlineRunner, Store
 from tests.fakes.coordinator import MemoryZooKeeper, Registry
 
-__all__ = ["Net", "Node", "pump_between", "results"]
+__all__ = ["Net", "Node", "pump_between", "results", "settle"]
 
 
 def pump_between(server: Any, client: Any, clock: Any) -> iosim.IOPump:
@@ -37,6 +37,20 @@ def pump_between(server: Any, client: Any, clock: Any) -> iosim.IOPump:
         greet=False,
         clock=clock,
     )
+
+
+def settle(pumps: list[iosim.IOPump], clock: MemoryReactorClock, rounds: int = 200) -> None:
+    """Pump every connection until nothing moves and no timer is due, letting the
+    clock on 0.2 s at a time while only timers (reconnects, link flushes) can act."""
+    for _ in range(rounds):
+        moved = False
+        for p in list(pumps):
+            moved = p.pump() or moved
+        clock.advance(0)
+        if not moved and not clock.getDelayedCalls():
+            return
+        if not moved:
+            clock.advance(0.2)
 
 
 class Node:
@@ -114,16 +128,7 @@ class Net:
         return node
 
     def settle(self, rounds: int = 200) -> None:
-        for _ in range(rounds):
-            moved = False
-            for p in list(self.pumps):
-                moved = p.pump() or moved
-            self.clock.advance(0)
-            if not moved and not self.clock.getDelayedCalls():
-                return
-            if not moved:
-                # let timers (reconnects, link flushes) run
-                self.clock.advance(0.2)
+        settle(self.pumps, self.clock, rounds)
 
     def kill(self, node: Node) -> None:
         """A crash: links drop, the znode goes once the session expires."""
