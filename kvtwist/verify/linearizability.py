@@ -36,8 +36,15 @@ from kvtwist.verify.history import Op
 
 __all__ = ["KeyResult", "Result", "check", "check_key"]
 
-_GET, _PUT, _DEL = 0, 1, 2
-_KINDS = {"get": _GET, "put": _PUT, "del": _DEL}
+_GET, _PUT, _DEL, _INCR, _SETNX, _REFUSED = 0, 1, 2, 3, 4, 5
+_KINDS = {
+    "get": _GET,
+    "put": _PUT,
+    "del": _DEL,
+    "incr": _INCR,
+    "setnx": _SETNX,
+    "setnx_refused": _REFUSED,
+}
 _INF = math.inf
 # How many diagnostic operations to show around a failure.
 _SHOW = 8
@@ -102,10 +109,12 @@ def _prepare(ops: Sequence[Op]) -> list[_Entry]:
     """The operations of one key that constrain the register, with return times."""
     puts_of: dict[str | None, int] = defaultdict(int)
     reads_of: dict[str | None, list[float]] = defaultdict(list)
+    # a refused SET NX saw the key present: an unread put may be why, so none is dropped
+    conditional = any(op.op == "setnx_refused" and op.outcome == "ok" for op in ops)
     for op in ops:
         if op.outcome == "fail":
             continue
-        if op.op == "put":
+        if op.op in ("put", "setnx"):
             puts_of[op.value] += 1
         elif op.op == "get" and op.outcome == "ok":
             assert op.complete is not None
@@ -118,15 +127,18 @@ def _prepare(ops: Sequence[Op]) -> list[_Entry]:
             assert op.complete is not None
             entries.append(_Entry(_KINDS[op.op], op.value, op.invoke, op.complete, op))
             continue
-        if op.op == "get":
+        if op.op in ("get", "setnx_refused"):
             continue  # a read nobody saw the answer of constrains nothing
         ret = _INF
-        if op.op == "put" and puts_of[op.value] == 1:
+        if op.op in ("put", "setnx") and puts_of[op.value] == 1:
             seen = [t for t in reads_of.get(op.value, ()) if t >= op.invoke]
-            if not seen:
+            if seen:
+                ret = min(seen)  # it took effect, before the first read of it completed
+            elif not conditional:
                 continue  # unobserved: taking effect or not is indistinguishable
-            ret = min(seen)  # it took effect, before the first read of it completed
-        entries.append(_Entry(_KINDS[op.op], op.value, op.invoke, ret, op))
+        # an unknown INCR answered nothing: its value says nothing
+        value = None if op.op == "incr" else op.value
+        entries.append(_Entry(_KINDS[op.op], value, op.invoke, ret, op))
     return entries
 
 
@@ -186,9 +198,11 @@ def _search(
             if kind == _GET:
                 ok = values[i] == state
                 new = state
-            else:
+            elif kind == _PUT or kind == _DEL:
                 ok = True
                 new = values[i] if kind == _PUT else None
+            else:
+                ok, new = _conditional(kind, values[i], state, entries[i].ret == _INF)
             if ok:
                 lin = linearized | bits[i]
                 memo = (lin, new)
@@ -231,6 +245,24 @@ def _search(
                 prv[nxt[e]] = e
             e = nxt[e]
     return True, {}
+
+
+def _conditional(
+    kind: int, value: str | None, state: str | None, unknown: bool
+) -> tuple[bool, str | None]:
+    """INCR and SET NX on the register: (may it take effect now, the state after)."""
+    if kind == _INCR:
+        try:
+            n = int(state) + 1 if state is not None else 1
+        except ValueError:
+            return False, state  # an INCR of text is refused, never answered
+        new = str(n)
+        return unknown or value == new, new
+    if kind == _SETNX:
+        if state is None:
+            return True, value
+        return unknown, state  # an unknown SET NX may have found the key there
+    return state is not None, state  # refused: the key was there
 
 
 def _diagnose(
