@@ -46,6 +46,25 @@ class CheckerTests(SynchronousTestCase):
         h = [op(1, "incr", "3", 1, 2)]
         self.assertFalse(check(h).linearizable)
 
+    def test_many_unknowns_stay_fast_and_strict(self) -> None:
+        """Dozens of INCRs and writes of unknown outcome: decided at once, and a
+        violation among them is still found."""
+        unknown = [op(9, "incr", None, i, None, "unknown") for i in range(40)]
+        ok = [op(1, "incr", "41", 50, 51), op(2, "get", "41", 52, 53)]
+        r = check(unknown + ok, timeout=10)
+        self.assertTrue(r.linearizable and r.decided)
+        bad = [op(1, "incr", "42", 50, 51), op(2, "get", "41", 52, 53)]
+        r = check(unknown + bad, timeout=10)
+        self.assertTrue(r.decided)
+        self.assertFalse(r.linearizable, "a read below an acknowledged INCR")
+        writes = [op(9, "put", f"u{i}", i, None, "unknown") for i in range(40)]
+        writes.append(op(1, "setnx_refused", "z", 50, 51))
+        self.assertTrue(check(writes, timeout=10).linearizable, "an unknown put explains it")
+        writes.append(op(2, "get", None, 52, 53))
+        r = check(writes, timeout=10)
+        self.assertTrue(r.decided)
+        self.assertFalse(r.linearizable, "absent after a refusal, and nothing deleted it")
+
     def test_setnx(self) -> None:
         """One SET NX wins an absent key; the loser must find it present."""
         h = [op(0, "setnx", "a", 0, 2), op(1, "setnx_refused", "b", 1, 3), op(2, "get", "a", 4, 5)]

@@ -46,6 +46,8 @@ _KINDS = {
     "setnx_refused": _REFUSED,
 }
 _INF = math.inf
+#: The value of a write nobody read: all such writes of a key leave the same state.
+_UNREAD = "\x00unread"
 # How many diagnostic operations to show around a failure.
 _SHOW = 8
 
@@ -130,14 +132,16 @@ def _prepare(ops: Sequence[Op]) -> list[_Entry]:
         if op.op in ("get", "setnx_refused"):
             continue  # a read nobody saw the answer of constrains nothing
         ret = _INF
+        # an unknown INCR answered nothing: its value says nothing
+        value = None if op.op == "incr" else op.value
         if op.op in ("put", "setnx") and puts_of[op.value] == 1:
             seen = [t for t in reads_of.get(op.value, ()) if t >= op.invoke]
             if seen:
                 ret = min(seen)  # it took effect, before the first read of it completed
             elif not conditional:
                 continue  # unobserved: taking effect or not is indistinguishable
-        # an unknown INCR answered nothing: its value says nothing
-        value = None if op.op == "incr" else op.value
+            else:
+                value = _UNREAD  # only its presence may matter (to a refused SET NX)
         entries.append(_Entry(_KINDS[op.op], value, op.invoke, ret, op))
     return entries
 
@@ -182,7 +186,23 @@ def _search(
     kinds = [x.kind for x in entries]
     values = [x.value for x in entries]
     bits = [1 << i for i in range(n)]
+    # INCRs, DELs and unread writes of unknown outcome are interchangeable within their
+    # class (the same effect, nothing to match, no return): of those whose calls are in
+    # reach, only the earliest is tried, since any linearization using another can swap
+    # the two
+    free = [_free(x) for x in entries]
 
+    def seen_up_to(stop: int) -> int:
+        flags, c = 0, nxt[head]
+        while c != -1:
+            if not c & 1:
+                flags |= free[c >> 1]
+            if c == stop:
+                break
+            c = nxt[c]
+        return flags
+
+    seen = 0
     cache: set[tuple[int, str | None]] = set()
     stack: list[tuple[int, str | None]] = []
     linearized = 0
@@ -194,6 +214,11 @@ def _search(
     while nxt[head] != -1:
         if not e & 1:  # a call: can it take effect now?
             i = e >> 1
+            if free[i]:
+                if seen & free[i]:
+                    e = nxt[e]
+                    continue
+                seen |= free[i]
             kind = kinds[i]
             if kind == _GET:
                 ok = values[i] == state
@@ -222,6 +247,7 @@ def _search(
                     if q != -1:
                         prv[q] = p
                     e = nxt[head]
+                    seen = 0
                     steps += 1
                     if deadline is not None and not steps & 0x3FF and time.monotonic() > deadline:
                         raise _Timeout
@@ -243,8 +269,22 @@ def _search(
             nxt[prv[e]] = e
             if nxt[e] != -1:
                 prv[nxt[e]] = e
+            seen = seen_up_to(e)
             e = nxt[e]
     return True, {}
+
+
+def _free(x: _Entry) -> int:
+    """The class of an interchangeable write of unknown outcome (0: none)."""
+    if x.ret != _INF:
+        return 0
+    if x.kind == _INCR:
+        return 1
+    if x.kind == _DEL:
+        return 2
+    if x.value == _UNREAD:
+        return 4 if x.kind == _PUT else 8
+    return 0
 
 
 def _conditional(
