@@ -119,6 +119,8 @@ class RespConnection(Protocol, TimeoutMixin):
         self._pause_reasons: set[str] = set()
         self._current = _Slot()  # the command a handler is running for
         self._tx: Transaction | None = None  # since MULTI, as commands arrive
+        self._pumping = False  # starting commands: their GETs and writes go as batches
+        self._gets: list[tuple[Message, Deferred[Message]]] = []
 
     # the connection
 
@@ -272,17 +274,24 @@ class RespConnection(Protocol, TimeoutMixin):
     def _pump(self) -> None:
         """Start queued commands in order: reads wait for earlier writes, writes for reads."""
         queue = self._queue
-        while queue:
-            cmd, args, slot = queue[0]
-            if cmd.kind == "write" and self._reads:
-                break
-            if cmd.kind == "read" and self._writes:
-                break
-            queue.popleft()
-            self._start(cmd, args, slot)
+        pumping, self._pumping = self._pumping, True
+        try:
+            while queue:
+                cmd, args, slot = queue[0]
+                if cmd.kind == "write" and self._reads:
+                    break
+                if cmd.kind == "read" and self._writes:
+                    break
+                queue.popleft()
+                self._start(cmd, args, slot)
+        finally:
+            self._pumping = pumping
         batch, self._batch = self._batch, []
         if batch:
             self._send_writes(batch)
+        gets, self._gets = self._gets, []
+        if gets:
+            self._send_gets(gets)
 
     def _start(self, cmd: Command, args: list[bytes], slot: _Slot) -> None:
         if not self.logged_in and not cmd.no_auth:
@@ -347,9 +356,29 @@ class RespConnection(Protocol, TimeoutMixin):
     # what handlers use
 
     def read(self, msg: Message) -> Deferred[Message]:
-        """A native read, answered where the native port answers it."""
+        """A native read, answered where the native port answers it; the GETs one
+        turn of the pump starts are read by one job (as the native port batches them)."""
+        if self._pumping and msg.opcode == wire.OP_GET and not msg.local:
+            got: Deferred[Message] = Deferred()
+            self._gets.append((msg, got))
+            return got
         d = self.factory.dispatcher.handle(msg, self.peer)
         return d.addCallback(_decoded)
+
+    def _send_gets(self, gets: list[tuple[Message, Deferred[Message]]]) -> None:
+        def done(frames: list[bytes]) -> None:
+            for (_, d), frame in zip(gets, frames, strict=True):
+                try:
+                    d.callback(_decoded(frame))
+                except RespError:
+                    d.errback()
+
+        def failed(f: Failure) -> None:
+            for _, d in gets:
+                d.errback(f)
+
+        msgs = [m for m, _ in gets]
+        self.factory.dispatcher.get_many(msgs, self.peer).addCallbacks(done, failed)
 
     def write(self, msg: Message) -> Deferred[Message]:
         """A native write; the writes one turn of the pump starts go as one batch."""
