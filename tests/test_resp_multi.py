@@ -5,13 +5,34 @@ limits and back-pressure on RESP connections."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.resp import RespFactory
 from kvtwist.server.limits import Limits
+from kvtwist.verify.resp_workload import parse_reply
 from tests.test_resp import Resp, cmd
 from tests.test_server import Harness
+
+#: Pieces of commands the garbage test mixes in: MULTI states, arities, groups, bad lengths.
+FRAGMENTS = [
+    cmd("MULTI"),
+    cmd("EXEC"),
+    cmd("DISCARD"),
+    cmd("SET", "k", "v"),
+    cmd("INCR", "k"),
+    cmd("MSET", "a"),
+    cmd("RENAME", "k", "j"),
+    cmd("SETRANGE", "k", "-5", "x"),
+    cmd("GETRANGE", "k", "0"),
+    cmd("INCRBYFLOAT", "k", "nan"),
+    cmd("WATCH", "k"),
+    b"*2\r\n$3\r\nGET\r\n$99999999999\r\n",
+    b"*-1\r\n",
+    b"$3\r\n",
+]
 
 
 class Node:
@@ -189,6 +210,8 @@ class TransactionTests(SynchronousTestCase):
         self.assertEqual(r("EXISTS", "a"), b":0\r\n", "DISCARD drops the queued commands")
         self.assertEqual(r("MULTI") + r("PING") + r("EXEC"), b"+OK\r\n+QUEUED\r\n*1\r\n+PONG\r\n")
         self.assertEqual(r("MULTI") + r("EXEC"), b"+OK\r\n*0\r\n")
+        self.assertEqual(r.send(cmd("MULTI") + cmd("QUIT")), b"+OK\r\n+OK\r\n")
+        self.assertTrue(r.transport.disconnecting, "QUIT inside MULTI still closes")
 
     def test_other_connections_never_see_half(self) -> None:
         """Another connection reading between its commands finds all of EXEC or none."""
@@ -242,3 +265,20 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(r.transport.producerState, "paused")
         node.h.settle()
         self.assertEqual(r.transport.producerState, "producing")
+
+
+class GarbageTests(SynchronousTestCase):
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.binary(max_size=40) | st.sampled_from(FRAGMENTS), max_size=12))
+    def test_garbage_never_raises(self, parts: list[bytes]) -> None:
+        """Any bytes, commands among them: nothing raised out of the connection, every
+        reply well formed, and the node still answers a new connection."""
+        node = Node()
+        r = node.connect()
+        out = r.send(b"".join(parts) + cmd("DISCARD") + cmd("PING"))
+        pos = 0
+        while pos < len(out):  # replies only, each whole
+            got = parse_reply(out, pos)
+            assert got is not None, out
+            pos = got[1]
+        self.assertEqual(node.connect()("PING"), b"+PONG\r\n")

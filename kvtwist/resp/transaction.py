@@ -40,8 +40,8 @@ QUEUEABLE = frozenset(
     "get set setnx getset getdel mget mset del unlink exists strlen type append incr decr"
     " incrby decrby incrbyfloat getrange substr setrange rename ping echo time".split()
 )
-#: Commands that steer a transaction: run at once, never queued.
-CONTROL = frozenset({"multi", "exec", "discard", "watch", "unwatch"})
+#: Commands that steer a transaction, or the connection: run in order, never queued.
+CONTROL = frozenset({"multi", "exec", "discard", "watch", "unwatch", "quit"})
 
 
 def call_error(name: str, cmd: Command | None, args: list[bytes]) -> bytes | None:
