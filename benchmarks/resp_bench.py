@@ -57,8 +57,8 @@ def _rows(run: Run, tool: str, port: int, who: str) -> dict[str, Any]:
 
 def bench_resp(run: Run) -> None:
     """Both servers at both settings; the results under ``resp``."""
-    from benchmarks.run import RedisServer, processes, start_node
-    from kvtwist.procs import free_port
+    from benchmarks.run import RedisServer, processes
+    from kvtwist.procs import NodeProcess, free_port
 
     run.log("RESP: redis-benchmark against redis-server and a node's RESP port")
     tool, server = shutil.which("redis-benchmark"), shutil.which("redis-server")
@@ -69,7 +69,12 @@ def bench_resp(run: Run) -> None:
     out: dict[str, Any] = {"installed": True, "tests": TESTS}
     with processes() as procs:
         resp_port = free_port()
-        start_node(run, procs, ["--in-memory", "--resp-port", str(resp_port)])
+        node = NodeProcess(args=["--in-memory", "--resp-port", str(resp_port)])
+        run.command(
+            node.command(), "twistd -n kvnode --port PORT --in-memory --resp-port NODE_PORT"
+        )
+        node.start(timeout=30)
+        procs.append(node)
         out["node"] = _rows(run, tool, resp_port, "node")
     if server is not None:
         version = subprocess.run([server, "--version"], capture_output=True, text=True).stdout
@@ -87,7 +92,7 @@ def render_resp(page: Page) -> None:
     """The table: requests per second of each test, Redis and the node, and their ratio."""
     r = page.results["resp"]
     add = page.lines.append
-    add("## RESP: redis-benchmark, Redis and a kvtwist node")
+    add("## 9. RESP: redis-benchmark, Redis and a kvtwist node")
     add("")
     if not r.get("installed"):
         add("redis-benchmark was not installed (Debian package redis-tools).")
