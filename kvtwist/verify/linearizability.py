@@ -236,16 +236,7 @@ def _search(
                     stack.append((e, state))
                     state = new
                     linearized = lin
-                    # lift the call and its return out of the list
-                    p, q = prv[e], nxt[e]
-                    nxt[p] = q
-                    if q != -1:
-                        prv[q] = p
-                    r = e + 1
-                    p, q = prv[r], nxt[r]
-                    nxt[p] = q
-                    if q != -1:
-                        prv[q] = p
+                    _lift(nxt, prv, e)
                     e = nxt[head]
                     seen = 0
                     steps += 1
@@ -261,17 +252,27 @@ def _search(
                 return False, info
             e, state = stack.pop()
             linearized ^= bits[e >> 1]
-            # unlift: the return first (it was lifted last), then the call
-            r = e + 1
-            nxt[prv[r]] = r
-            if nxt[r] != -1:
-                prv[nxt[r]] = r
-            nxt[prv[e]] = e
-            if nxt[e] != -1:
-                prv[nxt[e]] = e
+            _unlift(nxt, prv, e)
             seen = seen_up_to(e)
             e = nxt[e]
     return True, {}
+
+
+def _lift(nxt: list[int], prv: list[int], e: int) -> None:
+    """Take call ``e`` and its return out of the event list."""
+    for x in (e, e + 1):
+        p, q = prv[x], nxt[x]
+        nxt[p] = q
+        if q != -1:
+            prv[q] = p
+
+
+def _unlift(nxt: list[int], prv: list[int], e: int) -> None:
+    """Put call ``e`` and its return back: the return first (it was lifted last)."""
+    for x in (e + 1, e):
+        nxt[prv[x]] = x
+        if nxt[x] != -1:
+            prv[nxt[x]] = x
 
 
 def _free(x: _Entry) -> int:
