@@ -136,6 +136,17 @@ class GroupCommandTests(SynchronousTestCase):
         )
         self.assertEqual(self.r("DBSIZE"), b":1\r\n")
 
+    def test_flush_option(self) -> None:
+        """--resp-allow-flush is a flag of the node, off unless given."""
+        from kvtwist.options import Options
+
+        o = Options()
+        o.parseOptions(["--in-memory", "--resp-allow-flush"])
+        self.assertTrue(o["resp-allow-flush"])
+        o = Options()
+        o.parseOptions(["--in-memory"])
+        self.assertFalse(o["resp-allow-flush"])
+
     def test_flush_allowed(self) -> None:
         """With --resp-allow-flush, FLUSHALL deletes every key, page after page."""
         node = Node(allow_flush=True)

@@ -98,6 +98,7 @@ class RespToolsTests(ChainCase):
         self.assertEqual(term.type("EXISTS greeting"), "(integer) 0")
         self.assertEqual(term.type("WAIT 2 0"), "(integer) 2")
         self.assertIn("unknown command 'NOPE'", term.type("NOPE"))
+        self.assertIn("--resp-allow-flush", term.type("FLUSHALL"))
         os.write(term.fd, b"quit\r")
         self.assertEqual(term.proc.wait(30), 0)
 
