@@ -206,3 +206,35 @@ class RespToolsTests(ChainCase):
         self.assertEqual(errors, [])
         self.assertEqual(torn, [], "a reader or an EXEC saw half of a transaction")
         self.assertEqual(r.mget("x", "y"), [b"160", b"160"])
+
+    def test_transactions_across_head_failover(self) -> None:
+        """Killing the head while EXECs are in flight: each EXEC is applied whole or not
+        at all, so the two counters it moves together are equal at every member after."""
+        (head, _), (_, mp), (_, tp) = self.resp_chain()
+        c = redis.Redis(host="127.0.0.1", port=tp, socket_timeout=10)
+        self.addCleanup(c.close)
+        done = failed = 0
+        killed = False
+        deadline = time.monotonic() + 90
+        while done < 60:
+            self.assertLess(time.monotonic(), deadline, f"stuck after {done} EXECs")
+            if done == 20 and not killed:
+                head.kill()
+                killed = True
+            try:
+                with c.pipeline(transaction=True) as p:
+                    a, b = p.incr("x").incr("y").execute()
+                self.assertEqual(a, b, "one EXEC's counters apart")
+                done += 1
+            except (
+                redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError,
+                redis.exceptions.ResponseError,
+            ):
+                failed += 1  # TRYAGAIN or a closed connection: applied whole or not at all
+        self.assertGreater(failed, 0, "the failover went unseen")
+        for port in (mp, tp):
+            x, y = self.client(port).mget("x", "y")
+            self.assertEqual(x, y)
+            self.assertGreaterEqual(int(x or 0), done)
+            self.assertLessEqual(int(x or 0), done + failed)
