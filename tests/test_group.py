@@ -76,6 +76,9 @@ class DecideTests(SynchronousTestCase):
         subs, refusal = decide_group(Group((put(b"a", b"x" * 50),), max_bytes=20), {}.get)
         self.assertEqual(subs, [])
         self.assertIn("over the limit of 20", refusal)
+        tiny = Group(tuple(put(b"k%d" % i, b"") for i in range(200)), max_bytes=1000)
+        subs, refusal = decide_group(tiny, {}.get)
+        self.assertIn("over the limit", refusal, "encoded, 200 small writes exceed 1000 bytes")
 
     def test_setrange_and_incrbyfloat(self) -> None:
         """SETRANGE pads with zero bytes; INCRBYFLOAT writes Redis's positional form."""

@@ -86,7 +86,8 @@ def decide_group(group: Group, latest: Callable[[bytes], bytes | None]) -> tuple
         subs.append(_sub(op.key, is_put, data, result, skip))
         if not skip:
             view[op.key] = data if is_put else None
-    size = sum(len(s.key) + len(s.data) + len(s.rmw_old) for s in subs)
+    # encoded, each with its tag and length: the group field stays within a chain frame
+    size = sum(s.ByteSize() + 6 for s in subs)
     if group.max_bytes and size > group.max_bytes:
         why = f"the group's writes come to {size} bytes, over the limit of {group.max_bytes}"
         return [], why
