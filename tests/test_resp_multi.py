@@ -123,6 +123,16 @@ class GroupCommandTests(SynchronousTestCase):
             b"-ERR increment would produce NaN or Infinity\r\n",
         )
 
+    def test_client_list(self) -> None:
+        """CLIENT LIST: a line per connection of the port, by id."""
+        other = self.node.connect()
+        other("CLIENT", "SETNAME", "second")
+        out = self.r("CLIENT", "LIST")
+        lines = out.split(b"\r\n", 1)[1].rstrip(b"\r\n").split(b"\n")
+        self.assertEqual(len(lines), 2)
+        self.assertTrue(lines[0].startswith(b"id=1 "))
+        self.assertIn(b"name=second", lines[1])
+
     def test_wait_standalone(self) -> None:
         """A standalone node has no other member: WAIT answers 0 at once."""
         self.assertEqual(self.r("WAIT", "1", "0"), b":0\r\n")

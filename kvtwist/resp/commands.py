@@ -243,6 +243,9 @@ def client(c: RespConnection, args: list[bytes]) -> Reply:
         return codec.OK
     if sub == b"INFO" and len(args) == 2:
         return codec.verbatim(c.info_line() + b"\n", c.resp)
+    if sub == b"LIST" and len(args) == 2:
+        conns = sorted(c.factory.connections, key=lambda x: x.id)
+        return codec.verbatim(b"".join(x.info_line() + b"\n" for x in conns), c.resp)
     name = args[1].decode(errors="replace")
     raise RespError(
         f"ERR unknown subcommand or wrong number of arguments for '{name}'. Try CLIENT HELP."
