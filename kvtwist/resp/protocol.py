@@ -120,6 +120,7 @@ class RespConnection(Protocol, TimeoutMixin):
         self._current = _Slot()  # the command a handler is running for
         self._tx: Transaction | None = None  # since MULTI, as commands arrive
         self._pumping = False  # starting commands: their GETs and writes go as batches
+        self._delivering = False  # a batch's replies are being handed out
         self._gets: list[tuple[Message, Deferred[Message]]] = []
 
     # the connection
@@ -325,6 +326,28 @@ class RespConnection(Protocol, TimeoutMixin):
             self._reads -= 1
         if self._closing and self.transport is None:
             return
+        if self._delivering:
+            return  # the batch being answered pumps and flushes once, at its end
+        self._pump()
+        self._flush()
+
+    def _deliver(self, answers: list[tuple[Deferred[Message], Any]]) -> None:
+        """Fire a batch's Deferreds (a reply frame, or a Failure each), then start what
+        waited for them and write every reply ready, at once."""
+        self._delivering = True
+        try:
+            for d, frame in answers:
+                if isinstance(frame, Failure):
+                    d.errback(frame)
+                    continue
+                try:
+                    d.callback(_decoded(frame))
+                except RespError:
+                    d.errback()
+        finally:
+            self._delivering = False
+        if self._closing and self.transport is None:
+            return
         self._pump()
         self._flush()
 
@@ -367,15 +390,10 @@ class RespConnection(Protocol, TimeoutMixin):
 
     def _send_gets(self, gets: list[tuple[Message, Deferred[Message]]]) -> None:
         def done(frames: list[bytes]) -> None:
-            for (_, d), frame in zip(gets, frames, strict=True):
-                try:
-                    d.callback(_decoded(frame))
-                except RespError:
-                    d.errback()
+            self._deliver([(d, frame) for (_, d), frame in zip(gets, frames, strict=True)])
 
         def failed(f: Failure) -> None:
-            for _, d in gets:
-                d.errback(f)
+            self._deliver([(d, f) for _, d in gets])
 
         msgs = [m for m, _ in gets]
         self.factory.dispatcher.get_many(msgs, self.peer).addCallbacks(done, failed)
@@ -395,15 +413,10 @@ class RespConnection(Protocol, TimeoutMixin):
         msgs = [m for m, _ in batch]
 
         def done(frames: list[bytes]) -> None:
-            for (_, d), frame in zip(batch, frames, strict=True):
-                try:
-                    d.callback(_decoded(frame))
-                except RespError:
-                    d.errback()
+            self._deliver([(d, frame) for (_, d), frame in zip(batch, frames, strict=True)])
 
         def failed(f: Failure) -> None:
-            for _, d in batch:
-                d.errback(f)
+            self._deliver([(d, f) for _, d in batch])
 
         self.factory.dispatcher.write_many(msgs, self.peer).addCallbacks(done, failed)
 
