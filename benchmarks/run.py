@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import floors  # noqa: E402
+from benchmarks.resp_bench import bench_resp, render_resp  # noqa: E402
 from kvtwist import wire  # noqa: E402
 from kvtwist.bench.workload import encode_put, key_name  # noqa: E402
 from kvtwist.procs import (  # noqa: E402
@@ -60,7 +61,7 @@ from kvtwist.procs import (  # noqa: E402
 
 PY = sys.executable
 BENCH = [PY, "-m", "kvtwist.bench.cli"]
-ALL = ("tree", "node", "breakdown", "chain", "failover", "join", "memory", "durability")
+ALL = ("tree", "node", "breakdown", "chain", "failover", "join", "memory", "durability", "resp")
 VALUE_SIZE = 32
 ZK_SHOWN = (
     "java ... QuorumPeerMain zoo.cfg  # kvtwist.procs.ZooKeeperProcess: private, 127.0.0.1:ZK_PORT,"
@@ -1504,6 +1505,7 @@ SECTIONS: tuple[tuple[str | None, Callable[[Page], None]], ...] = (
     ("memory", render_memory),
     ("durability", render_durability),
     ("breakdown", render_breakdown),
+    ("resp", render_resp),
     (None, render_errors),
     (None, render_notes),
     (None, render_commands),
@@ -1542,6 +1544,8 @@ def run_all(s: Settings) -> dict[str, Any]:
             bench_join_memory(run, "join" in only, "memory" in only)
         if "durability" in only:
             bench_durability(run)
+        if "resp" in only:
+            bench_resp(run)
         info["load_end"] = load_avg()
         info["elapsed_s"] = time.time() - run.started
         return {

@@ -205,6 +205,11 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["in-memory", None, "Keep nothing on disk: a restart starts empty."],
+        [
+            "resp-allow-flush",
+            None,
+            "Let FLUSHDB and FLUSHALL on the RESP port delete every key (refused otherwise).",
+        ],
     ]
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:

@@ -28,6 +28,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kvtwist.chain.group import apply_group
+from kvtwist.proto.kvtwist_pb2 import Update
 from kvtwist.storage import ClientRow, ClientTable, DataDir, DiskError, Record, Recovered
 from kvtwist.tree import BTree
 
@@ -238,7 +240,10 @@ class Store:
             if w.seq != self.last_applied + 1:
                 out.append(OutOfOrder(f"write {w.seq} after {self.last_applied}"))
                 continue
-            if w.is_put:
+            if isinstance(w, Update) and w.group:
+                apply_group(tree, w)  # its writes as one op
+                found = True
+            elif w.is_put:
                 tree.put(w.key, w.data)
                 found = True
             else:

@@ -114,7 +114,9 @@ def build(options: Options, reactor: Any = global_reactor) -> service.MultiServi
                 lone,
                 token=token,
                 port=options["resp-port"],
-                max_pending=limits.max_pending,
+                allow_flush=bool(options["resp-allow-flush"]),
+                limits=limits,
+                clients=clients,
             )
             resp_listening = ListeningService(
                 reactor, options["resp-port"], options["interface"], resp, tls=tls

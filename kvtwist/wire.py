@@ -56,6 +56,10 @@ OP_CAS = Message.OP_CAS
 OP_INCR = Message.OP_INCR
 OP_APPEND = Message.OP_APPEND
 OP_BACKUP = Message.OP_BACKUP
+OP_MULTI = Message.OP_MULTI
+OP_SETRANGE = Message.OP_SETRANGE
+OP_INCRBYFLOAT = Message.OP_INCRBYFLOAT
+OP_RENAME = Message.OP_RENAME
 OP_CHAIN_HELLO = Message.OP_CHAIN_HELLO
 OP_CHAIN_UPDATE = Message.OP_CHAIN_UPDATE
 OP_CHAIN_ACK = Message.OP_CHAIN_ACK
@@ -80,7 +84,9 @@ CT_SNAPSHOT = Message.CT_SNAPSHOT
 
 #: Writes decided at the head against its latest state.
 RMW_OPS = frozenset({OP_CAS, OP_INCR, OP_APPEND})
-WRITE_OPS = frozenset({OP_PUT, OP_DEL}) | RMW_OPS
+WRITE_OPS = frozenset({OP_PUT, OP_DEL, OP_MULTI}) | RMW_OPS
+#: What an OP_MULTI may hold: these writes and reads, decided together at the head.
+GROUP_OPS = frozenset({OP_PUT, OP_DEL, OP_GET, OP_SETRANGE, OP_INCRBYFLOAT, OP_RENAME}) | RMW_OPS
 CHAIN_OPS = frozenset(
     {
         OP_CHAIN_HELLO,
@@ -345,6 +351,25 @@ def rmw_reply(request_op: int, op_n: int, applied: bool, found: bool, old: bytes
     else:
         m.number = number
     return m
+
+
+def req_multi(ops: list[Message], all_or_nothing: bool = False) -> Message:
+    """Several requests (GROUP_OPS) decided at the head as one write, in order."""
+    return Message(opcode=OP_MULTI, c_type=CT_NONE, ops=ops, all_or_nothing=all_or_nothing)
+
+
+def req_setrange(key: bytes, offset: int, data: bytes) -> Message:
+    return Message(
+        opcode=OP_SETRANGE, c_type=CT_ENTRY, entry=Entry(key=key, data=data), offset=offset
+    )
+
+
+def req_incrbyfloat(key: bytes, delta: str) -> Message:
+    return Message(opcode=OP_INCRBYFLOAT, c_type=CT_KEY, keys=[key], float_delta=delta)
+
+
+def req_rename(key: bytes, dest: bytes) -> Message:
+    return Message(opcode=OP_RENAME, c_type=CT_KEYS, keys=[key, dest])
 
 
 def req_getkeys() -> Message:

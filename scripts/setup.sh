@@ -3,11 +3,14 @@
 # in .venv, and kvtwist installed there (editable, with the twistd plugin).
 #   sh scripts/setup.sh              node and client
 #   sh scripts/setup.sh --test       also the test tools, ZooKeeper and a C compiler
+#   sh scripts/setup.sh --bench      the test tools and redis-server, for benchmarks/run.py
 set -eu
 cd "$(dirname "$0")/.."
 
 with_test=no
+with_bench=no
 [ "${1:-}" = "--test" ] && with_test=yes
+[ "${1:-}" = "--bench" ] && with_test=yes && with_bench=yes
 
 need=""
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -30,6 +33,10 @@ if [ "$with_test" = yes ]; then
     command -v redis-cli >/dev/null 2>&1 || need="$need redis-tools"
     # the status page's test loads it in a headless browser
     command -v chromium >/dev/null 2>&1 || need="$need chromium"
+fi
+# the RESP benchmark compares a node with a private redis-server (not the tests)
+if [ "$with_bench" = yes ]; then
+    command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 fi
 if [ -n "$need" ]; then
     echo "installing Debian packages:$need"

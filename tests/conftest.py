@@ -63,6 +63,7 @@ INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_partition_proc": None,
     "test_plugin": None,
     "test_resp_chain": None,
+    "test_resp_tools": None,
     "test_quiet_logs": frozenset({"NodeWithoutZooKeeperTests"}),
     "test_sdnotify": frozenset({"NotifyProcessTests"}),
     "test_statuspage_proc": frozenset({"StatusPageBrowserTests"}),

@@ -207,8 +207,21 @@ class HostingTests(SynchronousTestCase):
         self.assertEqual(server.request(incr).number, 2)  # INCR names its key in keys
         incr.keys[0] = b"a"
         self.assertEqual(server.request(incr).opcode, wire.OP_ERROR)
+        # a group is refused whole when any of its keys lies elsewhere, RENAME's new name too
+        group = Message(opcode=wire.OP_MULTI, c_type=wire.CT_NONE, chain="b")
+        group.ops.append(put("", b"x1", b"v"))
+        group.ops.append(put("", b"a1", b"v"))
+        self.assertIn("outside chain 'b'", server.request(group).error)
+        rename = Message(opcode=wire.OP_RENAME, c_type=wire.CT_KEYS, keys=[b"x", b"a"])
+        group = Message(opcode=wire.OP_MULTI, c_type=wire.CT_NONE, chain="b", ops=[rename])
+        self.assertIn("outside chain 'b'", server.request(group).error)
+        self.assertIsNone(world.replica(9000, "b").committed_tree.get(b"x1"))
+        inside = Message(opcode=wire.OP_MULTI, c_type=wire.CT_NONE, chain="b")
+        inside.ops.append(put("", b"x1", b"v"))
+        self.assertEqual(server.request(inside).opcode, wire.OP_MULTI + 1)
+        self.assertEqual(world.replica(9000, "b").committed_tree.get(b"x1"), b"v")
         size = Message(opcode=wire.OP_SIZE, c_type=wire.CT_NONE, chain="b")
-        self.assertEqual(server.request(size).result, 2)
+        self.assertEqual(server.request(size).result, 3)
         # pipelined writes: the misplaced one refused in its place, the others applied
         replies = server.pipeline(
             [put("a", b"c", b"1"), put("a", b"y", b"2"), put("a", b"d", b"3")]

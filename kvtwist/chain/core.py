@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kvtwist.chain.group import Group
 from kvtwist.chain.holds import Intake, TailHolds
 from kvtwist.chain.lifecycle import Lifecycle, State
 from kvtwist.chain.link import Link, LinkConfig, Side
@@ -354,7 +355,7 @@ class ReplicaCore:
         request_id: int = 0,
         ack_below: int = 0,
         resend: bool = False,
-        rmw: Rmw | None = None,
+        rmw: Rmw | Group | None = None,
         hold: bool = True,
     ) -> Deferred[WriteResult]:
         """Order, apply and commit one client write; fires once committed.

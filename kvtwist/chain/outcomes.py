@@ -31,6 +31,7 @@ class WriteResult:
     op_n: int
     found: bool
     rmw: RmwResult | None = None  # a read-modify-write's answer
+    group: tuple[RmwResult, ...] | None = None  # a group's answers, one per request
 
 
 @dataclass(frozen=True)

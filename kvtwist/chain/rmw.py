@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from decimal import Decimal
 
 from kvtwist.proto.kvtwist_pb2 import Update
 
 #: Redis's words for these refusals, kept so the RESP port can answer them as Redis does.
 NOT_AN_INTEGER = "value is not an integer or out of range"
 OVERFLOW = "increment or decrement would overflow"
+NOT_A_FLOAT = "value is not a valid float"
+NAN_OR_INFINITY = "increment would produce NaN or Infinity"
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
@@ -40,6 +43,10 @@ class Kind(enum.Enum):
     CAS = "cas"
     INCR = "incr"
     APPEND = "append"
+    # inside a group (kvtwist.chain.group) only
+    READ = "read"  # answers the value (old), writes nothing
+    SETRANGE = "setrange"  # writes data at offset, zero-padded; number: the new length
+    INCRFLOAT = "incrfloat"  # adds fdelta; old: the new value's text
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,9 @@ class Rmw:
     delete: bool = False  # CAS: delete instead of put
     want_old: bool = False  # CAS: answer the value before
     delta: int = 0  # INCR
-    max_value: int = 0  # APPEND: the longest value it may make (0: no limit)
+    max_value: int = 0  # APPEND, SETRANGE: the longest value it may make (0: no limit)
+    offset: int = 0  # SETRANGE
+    fdelta: str = ""  # INCRFLOAT: the increment as decimal text
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,8 @@ def decide(rmw: Rmw, current: bytes | None) -> tuple[bool, bytes, RmwResult]:
         if not INT64_MIN <= n <= INT64_MAX:
             return *keep, RmwResult(found=found, error=OVERFLOW)
         return True, str(n).encode(), RmwResult(found=found, number=n)
+    if rmw.kind in _MORE:
+        return _MORE[rmw.kind](rmw, current)
     # APPEND
     value = (current or b"") + rmw.data
     if rmw.max_value and len(value) > rmw.max_value:
@@ -144,3 +155,61 @@ def result_of(u: Update) -> RmwResult | None:
     if not u.rmw:
         return None
     return RmwResult(u.rmw_applied, u.rmw_found, u.rmw_old, u.rmw_number, u.rmw_error)
+
+
+# the kinds a group decides (kvtwist.chain.group): they never stand alone
+
+
+def _read(rmw: Rmw, current: bytes | None) -> tuple[bool, bytes, RmwResult]:
+    found = current is not None
+    return found, current or b"", RmwResult(found=found, old=current or b"")
+
+
+def _setrange(rmw: Rmw, current: bytes | None) -> tuple[bool, bytes, RmwResult]:
+    """Redis's SETRANGE: an empty write changes nothing (nor creates the key)."""
+    found = current is not None
+    old = current or b""
+    if not rmw.data:
+        return found, old, RmwResult(found=found, number=len(old))
+    value = old.ljust(rmw.offset, b"\x00")
+    value = value[: rmw.offset] + rmw.data + value[rmw.offset + len(rmw.data) :]
+    if rmw.max_value and len(value) > rmw.max_value:
+        error = f"value of {len(value)} bytes exceeds the limit of {rmw.max_value}"
+        return found, old, RmwResult(found=found, error=error)
+    return True, value, RmwResult(found=found, number=len(value))
+
+
+def _incrfloat(rmw: Rmw, current: bytes | None) -> tuple[bool, bytes, RmwResult]:
+    found = current is not None
+    keep = (found, current or b"")
+    try:
+        base = parse_float(current) if found else 0.0
+        delta = parse_float(rmw.fdelta.encode())
+    except ValueError:
+        return *keep, RmwResult(found=found, error=NOT_A_FLOAT)
+    n = base + delta
+    if n != n or n in (float("inf"), float("-inf")):
+        return *keep, RmwResult(found=found, error=NAN_OR_INFINITY)
+    text = format_float(n).encode()
+    return True, text, RmwResult(found=found, old=text)
+
+
+_MORE = {Kind.READ: _read, Kind.SETRANGE: _setrange, Kind.INCRFLOAT: _incrfloat}
+
+
+def parse_float(value: bytes | None) -> float:
+    """A value as Redis reads a float: decimal or exponent notation, no spaces, not NaN."""
+    if not value or len(value) > 5000:
+        raise ValueError("not a float")
+    text = value.decode("ascii", "replace")
+    if text.strip() != text or "_" in text or "nan" in text.lower():
+        raise ValueError("not a float")
+    return float(text)
+
+
+def format_float(n: float) -> str:
+    """A float as Redis writes INCRBYFLOAT's result: positional, no trailing zeros."""
+    text = format(Decimal(repr(n)), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text

@@ -51,8 +51,9 @@ from typing import TYPE_CHECKING
 
 from kvtwist.chain.dedup import OUTCOME_UNKNOWN, DedupTable
 from kvtwist.chain.epochs import EpochHistory, Mark
+from kvtwist.chain.group import Group, answers_of, decide_group, group_size, writes_of
 from kvtwist.chain.outcomes import Refused, WriteResult
-from kvtwist.chain.rmw import Rmw, decide, result_of, stamp
+from kvtwist.chain.rmw import Rmw, RmwResult, decide, result_of, stamp
 from kvtwist.proto.kvtwist_pb2 import Update
 from kvtwist.tree import BTree
 
@@ -68,10 +69,11 @@ RECENT_BYTES = 64 * 1024 * 1024
 UPDATE_OVERHEAD = 512
 
 #: A client write: is_put, key, value, client id, request id, ack_below, resend;
-#: and, for a read-modify-write, what it asks (the head decides is_put and value).
+#: and, for a read-modify-write, what it asks (the head decides is_put and value);
+#: for a group (kvtwist.chain.group), its requests (the key is then empty).
 WriteRequest = (
     tuple[bool, bytes, bytes, str, int, int, bool]
-    | tuple[bool, bytes, bytes, str, int, int, bool, Rmw | None]
+    | tuple[bool, bytes, bytes, str, int, int, bool, Rmw | Group | None]
 )
 
 #: A retried read-modify-write whose first answer the chain no longer holds
@@ -83,7 +85,8 @@ RMW_FORGOTTEN = (
 
 
 def update_size(u: Update) -> int:
-    return len(u.key) + len(u.data) + len(u.client_id) + UPDATE_OVERHEAD
+    size = len(u.key) + len(u.data) + len(u.client_id) + UPDATE_OVERHEAD
+    return size + group_size(u) if u.group else size
 
 
 class Mismatch(enum.Enum):
@@ -172,8 +175,8 @@ class ChainState:
         for seq in sorted(self.pending):
             if seq > self.last_received:
                 break
-            u = self.pending[seq]
-            latest[u.key] = (seq, u.data if u.is_put else None)
+            for w in writes_of(self.pending[seq]):
+                latest[w.key] = (seq, w.data if w.is_put else None)
 
     def latest(self, key: bytes) -> bytes | None:
         """The value of ``key`` after every update received (numbered, at the head)."""
@@ -220,8 +223,14 @@ class ChainState:
                         found = entry.found if entry.found is not None else True
                         out.outcomes.append(WriteResult(entry.seq, found, entry.result))
                     continue
-            result = None
-            if rmw is not None:
+            result: RmwResult | None = None
+            subs: list[Update] = []
+            if isinstance(rmw, Group):
+                subs, refusal = decide_group(rmw, self.latest)
+                is_put, key, data = False, b"", b""
+                if refusal:
+                    result = RmwResult(error=refusal)
+            elif rmw is not None:
                 is_put, data, result = decide(rmw, self.latest(key))
             seq = self.next_seq
             self.next_seq += 1
@@ -239,7 +248,10 @@ class ChainState:
             )
             if result is not None:
                 stamp(u, result)
-            latest[key] = (seq, data if is_put else None)
+            if subs:
+                u.group.extend(subs)
+            for made in writes_of(u):
+                latest[made.key] = (seq, made.data if made.is_put else None)
             out.updates.append(u)
             out.outcomes.append(seq)
         return out
@@ -275,7 +287,8 @@ class ChainState:
             self.history.note(seq, u.epoch)
             pending[seq] = u
             size += update_size(u)
-            latest[u.key] = (seq, u.data if u.is_put else None)
+            for w in writes_of(u):
+                latest[w.key] = (seq, w.data if w.is_put else None)
             if u.client_id:
                 self.dedup.remember(
                     u.client_id, u.request_id, seq, None, u.ack_below, result_of(u)
@@ -344,13 +357,18 @@ class ChainState:
                 if recent is not None:
                     recent.append(u)
                     self.recent_bytes += size
-                hit = latest.get(u.key)
-                if hit is not None and hit[0] == seq:
-                    del latest[u.key]  # the committed tree holds it now
+                for w in writes_of(u):
+                    hit = latest.get(w.key)
+                    if hit is not None and hit[0] == seq:
+                        del latest[w.key]  # the committed tree holds it now
                 if u.rmw:
                     result = result_of(u)
             self._trees.pop(seq, None)
-            done.append(WriteResult(seq, self._found.pop(seq, True), result))
+            found = self._found.pop(seq, True)
+            if u is not None and u.group:
+                done.append(WriteResult(seq, found, result, answers_of(u)))
+                continue
+            done.append(WriteResult(seq, found, result))
         while self.recent_bytes > RECENT_BYTES and self.recent:
             self.recent_bytes -= update_size(self.recent.popleft())
         return done

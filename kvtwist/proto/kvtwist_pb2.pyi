@@ -78,7 +78,7 @@ class Stats(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[OpStats, _Mapping]]] = ..., keys: _Optional[int] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ..., last_op: _Optional[int] = ..., role: _Optional[str] = ..., height: _Optional[int] = ..., received: _Optional[int] = ..., applied: _Optional[int] = ..., sent_count: _Optional[int] = ..., sent_bytes: _Optional[int] = ..., version: _Optional[str] = ..., data_dir_bytes: _Optional[int] = ..., zk_state: _Optional[str] = ..., member: _Optional[str] = ..., unacked_age_s: _Optional[float] = ..., succ_rtt_s: _Optional[float] = ..., pred_rtt_s: _Optional[float] = ...) -> None: ...
 
 class Update(_message.Message):
-    __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id", "found", "epoch", "ack_below", "rmw", "rmw_applied", "rmw_found", "rmw_old", "rmw_number", "rmw_error")
+    __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id", "found", "epoch", "ack_below", "rmw", "rmw_applied", "rmw_found", "rmw_old", "rmw_number", "rmw_error", "group", "skip")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     IS_PUT_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,8 @@ class Update(_message.Message):
     RMW_OLD_FIELD_NUMBER: _ClassVar[int]
     RMW_NUMBER_FIELD_NUMBER: _ClassVar[int]
     RMW_ERROR_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FIELD_NUMBER: _ClassVar[int]
     seq: int
     is_put: bool
     key: bytes
@@ -109,7 +111,9 @@ class Update(_message.Message):
     rmw_old: bytes
     rmw_number: int
     rmw_error: str
-    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[bytes] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., found: _Optional[bool] = ..., epoch: _Optional[int] = ..., ack_below: _Optional[int] = ..., rmw: _Optional[bool] = ..., rmw_applied: _Optional[bool] = ..., rmw_found: _Optional[bool] = ..., rmw_old: _Optional[bytes] = ..., rmw_number: _Optional[int] = ..., rmw_error: _Optional[str] = ...) -> None: ...
+    group: _containers.RepeatedCompositeFieldContainer[Update]
+    skip: bool
+    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[bytes] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., found: _Optional[bool] = ..., epoch: _Optional[int] = ..., ack_below: _Optional[int] = ..., rmw: _Optional[bool] = ..., rmw_applied: _Optional[bool] = ..., rmw_found: _Optional[bool] = ..., rmw_old: _Optional[bytes] = ..., rmw_number: _Optional[int] = ..., rmw_error: _Optional[str] = ..., group: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., skip: _Optional[bool] = ...) -> None: ...
 
 class EpochMark(_message.Message):
     __slots__ = ("first_seq", "epoch")
@@ -178,7 +182,7 @@ class SnapshotChunk(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., clients: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., total: _Optional[int] = ..., last_op: _Optional[int] = ..., done: _Optional[bool] = ..., delta: _Optional[bool] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops", "local", "auth", "token", "ack_below", "resend", "cond", "expect", "delete", "want_old", "applied", "delta", "number", "chain", "map_version")
+    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops", "local", "auth", "token", "ack_below", "resend", "cond", "expect", "delete", "want_old", "applied", "delta", "number", "chain", "map_version", "ops", "all_or_nothing", "offset", "float_delta")
     class Opcode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_BAD: _ClassVar[Message.Opcode]
@@ -198,6 +202,10 @@ class Message(_message.Message):
         OP_INCR: _ClassVar[Message.Opcode]
         OP_APPEND: _ClassVar[Message.Opcode]
         OP_BACKUP: _ClassVar[Message.Opcode]
+        OP_SETRANGE: _ClassVar[Message.Opcode]
+        OP_INCRBYFLOAT: _ClassVar[Message.Opcode]
+        OP_RENAME: _ClassVar[Message.Opcode]
+        OP_MULTI: _ClassVar[Message.Opcode]
         OP_CHAIN_HELLO: _ClassVar[Message.Opcode]
         OP_CHAIN_UPDATE: _ClassVar[Message.Opcode]
         OP_CHAIN_ACK: _ClassVar[Message.Opcode]
@@ -222,6 +230,10 @@ class Message(_message.Message):
     OP_INCR: Message.Opcode
     OP_APPEND: Message.Opcode
     OP_BACKUP: Message.Opcode
+    OP_SETRANGE: Message.Opcode
+    OP_INCRBYFLOAT: Message.Opcode
+    OP_RENAME: Message.Opcode
+    OP_MULTI: Message.Opcode
     OP_CHAIN_HELLO: Message.Opcode
     OP_CHAIN_UPDATE: Message.Opcode
     OP_CHAIN_ACK: Message.Opcode
@@ -289,6 +301,10 @@ class Message(_message.Message):
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    ALL_OR_NOTHING_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_DELTA_FIELD_NUMBER: _ClassVar[int]
     opcode: Message.Opcode
     c_type: Message.CType
     result: int
@@ -321,4 +337,8 @@ class Message(_message.Message):
     number: int
     chain: str
     map_version: int
-    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ..., token: _Optional[bytes] = ..., ack_below: _Optional[int] = ..., resend: _Optional[bool] = ..., cond: _Optional[int] = ..., expect: _Optional[bytes] = ..., delete: _Optional[bool] = ..., want_old: _Optional[bool] = ..., applied: _Optional[bool] = ..., delta: _Optional[int] = ..., number: _Optional[int] = ..., chain: _Optional[str] = ..., map_version: _Optional[int] = ...) -> None: ...
+    ops: _containers.RepeatedCompositeFieldContainer[Message]
+    all_or_nothing: bool
+    offset: int
+    float_delta: str
+    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ..., token: _Optional[bytes] = ..., ack_below: _Optional[int] = ..., resend: _Optional[bool] = ..., cond: _Optional[int] = ..., expect: _Optional[bytes] = ..., delete: _Optional[bool] = ..., want_old: _Optional[bool] = ..., applied: _Optional[bool] = ..., delta: _Optional[int] = ..., number: _Optional[int] = ..., chain: _Optional[str] = ..., map_version: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., all_or_nothing: _Optional[bool] = ..., offset: _Optional[int] = ..., float_delta: _Optional[str] = ...) -> None: ...

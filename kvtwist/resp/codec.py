@@ -23,8 +23,10 @@ class ProtocolError(Exception):
 class RequestParser:
     """Splits a byte stream into commands (lists of arguments), across reads."""
 
-    def __init__(self, max_bulk: int = 512 * 1024 * 1024) -> None:
+    def __init__(self, max_bulk: int = 512 * 1024 * 1024, max_request: int = 0) -> None:
+        """``max_request``: the most bytes one unfinished command may hold (0: no limit)."""
         self.max_bulk = max_bulk
+        self.max_request = max_request
         self._buf = bytearray()
         #: malformed input met: the commands before it stand, nothing after it is read
         self.error: ProtocolError | None = None
@@ -49,6 +51,12 @@ class RequestParser:
                 buf.clear()
                 return out
             if end < 0:
+                if self.max_request and n - pos > self.max_request:
+                    self.error = ProtocolError(
+                        f"Protocol error: request exceeds {self.max_request} bytes"
+                    )
+                    buf.clear()
+                    return out
                 break
             pos = end
             if cmd:

@@ -243,6 +243,9 @@ def client(c: RespConnection, args: list[bytes]) -> Reply:
         return codec.OK
     if sub == b"INFO" and len(args) == 2:
         return codec.verbatim(c.info_line() + b"\n", c.resp)
+    if sub == b"LIST" and len(args) == 2:
+        conns = sorted(c.factory.connections, key=lambda x: x.id)
+        return codec.verbatim(b"".join(x.info_line() + b"\n" for x in conns), c.resp)
     name = args[1].decode(errors="replace")
     raise RespError(
         f"ERR unknown subcommand or wrong number of arguments for '{name}'. Try CLIENT HELP."
@@ -376,13 +379,6 @@ def mget(c: RespConnection, args: list[bytes]) -> Reply:
     return _all(ds).addCallback(lambda rs: codec.bulks([_value(r) for r in rs], c.resp))
 
 
-def mset(c: RespConnection, args: list[bytes]) -> Reply:
-    if len(args) % 2 == 0:
-        raise RespError("ERR wrong number of arguments for 'mset' command")
-    ds = [c.write(wire.req_put(args[i], args[i + 1])) for i in range(1, len(args), 2)]
-    return _all(ds).addCallback(lambda _: codec.OK)
-
-
 def delete(c: RespConnection, args: list[bytes]) -> Reply:
     ds = [c.write(wire.req_del(k)) for k in args[1:]]
     return _all(ds).addCallback(lambda rs: codec.integer(sum(bool(r.found) for r in rs)))
@@ -489,15 +485,12 @@ COMMANDS: dict[str, Command] = {
     "time": Command(time_, 1, "local"),
     "info": Command(info, -1, "read"),
     "dbsize": Command(dbsize, 1, "read"),
-    "flushdb": Command(refused("is not supported by kvtwist"), -1, "local"),
-    "flushall": Command(refused("is not supported by kvtwist"), -1, "local"),
     "get": Command(get, 2, "read"),
     "set": Command(set_, -3, "write"),
     "setnx": Command(setnx, 3, "write"),
     "getset": Command(getset, 3, "write"),
     "getdel": Command(getdel, 2, "write"),
     "mget": Command(mget, -2, "read"),
-    "mset": Command(mset, -3, "write"),
     "del": Command(delete, -2, "write"),
     "unlink": Command(delete, -2, "write"),
     "exists": Command(exists, -2, "read"),
@@ -511,5 +504,11 @@ COMMANDS: dict[str, Command] = {
     "keys": Command(keys, 2, "read"),
     "scan": Command(scan, -2, "read"),
 }
+
+# the groups (MSET, RENAME, ...) and the rest, in a module of their own
+from kvtwist.resp import groups, transaction  # noqa: E402
+
+COMMANDS.update(groups.COMMANDS)
+COMMANDS.update(transaction.COMMANDS)
 
 __all__ = ["COMMANDS", "Command", "RespError", "check_native"]

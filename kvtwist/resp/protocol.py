@@ -20,14 +20,20 @@ from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from kvtwist import __version__, wire
 from kvtwist.resp import codec
 from kvtwist.resp.commands import COMMANDS, REDIS_COMPAT, Command, RespError, check_native
+from kvtwist.resp.transaction import CONTROL, Transaction, call_error, execute
 from kvtwist.server.dispatch import Dispatcher
+from kvtwist.server.factory import ClientConnections
+from kvtwist.server.limits import Limits
 from kvtwist.wire import Message
 
 log = Logger(namespace="kvtwist.resp")
@@ -40,7 +46,8 @@ NO_PASSWORD = (
 
 
 class RespFactory(Factory):
-    """What the RESP port's connections share: the node's dispatcher and token."""
+    """What the RESP port's connections share: the node's dispatcher and token, and
+    the native port's limits and client set (so a congested chain pauses them too)."""
 
     def __init__(
         self,
@@ -48,13 +55,25 @@ class RespFactory(Factory):
         dispatcher: Dispatcher,
         token: bytes | None = None,
         port: int = 0,
-        max_pending: int = 1000,
+        max_pending: int | None = None,
+        allow_flush: bool = False,
+        limits: Limits | None = None,
+        clients: ClientConnections | None = None,
     ) -> None:
+        """``allow_flush``: FLUSHDB and FLUSHALL run (--resp-allow-flush);
+        ``limits``: the native port's (connections, pending requests, sizes,
+        idle timeout); ``clients``: the native port's client set, which the
+        replica pauses while the chain is congested."""
         self.reactor = reactor
+        self.allow_flush = allow_flush
+        self.limits = limits = limits or dispatcher.limits
+        #: the bytes of commands a MULTI may queue: what one update may carry
+        self.max_transaction = limits.max_key + limits.max_value
         self.dispatcher = dispatcher
         self.token = token
         self.port = port
-        self.max_pending = max_pending
+        self.max_pending = max_pending or limits.max_pending
+        self.clients = clients if clients is not None else ClientConnections()
         self.connections: set[RespConnection] = set()
         self.ids = itertools.count(1)
         self.started = time.monotonic()
@@ -75,7 +94,12 @@ class _Slot:
         self.close = False
 
 
-class RespConnection(Protocol):
+@implementer(IPushProducer)
+class RespConnection(Protocol, TimeoutMixin):
+    """One Redis client.  It stops reading while it has --max-pending commands
+    unanswered, while its replies fill the send buffer, or while the chain is
+    congested (the native port's client set is paused as one)."""
+
     factory: RespFactory
     transport: Any
 
@@ -92,21 +116,76 @@ class RespConnection(Protocol):
         self._writes = 0
         self._batch: list[tuple[Message, Deferred[Message]]] = []
         self._closing = False
-        self._paused = False
+        self._pause_reasons: set[str] = set()
         self._current = _Slot()  # the command a handler is running for
+        self._tx: Transaction | None = None  # since MULTI, as commands arrive
+        self._pumping = False  # starting commands: their GETs and writes go as batches
+        self._delivering = False  # a batch's replies are being handed out
+        self._gets: list[tuple[Message, Deferred[Message]]] = []
 
     # the connection
 
+    def callLater(self, delay: float, f: Any, *args: Any) -> Any:
+        """The idle timeout runs on the node's clock."""
+        return self.factory.reactor.callLater(delay, f, *args)
+
     def connectionMade(self) -> None:
         f = self.factory
+        limits = f.limits
         self.id = next(f.ids)
         self.logged_in = f.token is None
+        self.parser = codec.RequestParser(
+            max(limits.max_key, limits.max_value), max(limits.max_frame, f.max_transaction)
+        )
+        if len(f.clients) >= limits.max_connections:
+            log.warn("{peer}: refused, too many connections (limit)", peer=self.peer())
+            self.transport.write(codec.error("ERR max number of clients reached"))
+            self._closing = True
+            self.transport.loseConnection()
+            return
         f.connections.add(self)
+        f.clients.add(self)
+        if limits.idle_timeout:
+            self.setTimeout(limits.idle_timeout)
+        self.transport.registerProducer(self, True)
+        if f.dispatcher.replica.congested:
+            self.pause("chain")
 
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.connections.discard(self)
+        self.factory.clients.discard(self)
+        self.setTimeout(None)
         self._closing = True
         self._queue.clear()
+
+    def timeoutConnection(self) -> None:
+        log.info("{peer}: idle; closing", peer=self.peer())
+        self._closing = True
+        self.transport.loseConnection()
+
+    # flow control: the reasons it stops reading
+
+    def pause(self, reason: str) -> None:
+        if not self._pause_reasons and self.transport is not None:
+            self.transport.pauseProducing()
+        self._pause_reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._pause_reasons:
+            return
+        self._pause_reasons.discard(reason)
+        if not self._pause_reasons and self.transport is not None and not self._closing:
+            self.transport.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        """The transport's send buffer is full: read no more until it drains."""
+        self.pause("output")
+
+    def resumeProducing(self) -> None:
+        self.resume("output")
+
+    def stopProducing(self) -> None:
+        self._closing = True
 
     def peer(self) -> str:
         t = self.transport
@@ -118,6 +197,7 @@ class RespConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        self.resetTimeout()
         commands = self.parser.feed(data)
         error = self.parser.error
         for args in commands:
@@ -136,39 +216,83 @@ class RespConnection(Protocol):
         self._slots.append(slot)
         name = args[0].decode(errors="replace").lower()
         cmd = COMMANDS.get(name)
-        if cmd is None:
-            shown = "".join(f"'{a[:128].decode(errors='replace')}' " for a in args[1:])
+        if name in CONTROL:
+            self._control(name, args, slot)
+            return
+        if self._tx is not None:
+            slot.reply = self._tx.queue(name, cmd, args)
+            return
+        error = call_error(name, cmd, args)
+        if error is not None:
+            slot.reply = error
+            return
+        assert cmd is not None
+        self._later(cmd, args, slot)
+
+    def _control(self, name: str, args: list[bytes], slot: _Slot) -> None:
+        """MULTI, EXEC, DISCARD, WATCH, UNWATCH: decided as they arrive, run in order."""
+        error = call_error(name, COMMANDS[name], args)
+        tx = self._tx
+        if error is not None:
+            slot.reply = error
+            if tx is not None:
+                tx.failed = True
+        elif name == "multi":
+            if tx is not None:
+                slot.reply = codec.error("ERR MULTI calls can not be nested")
+                return
+            f = self.factory
+            self._tx = Transaction(f.max_pending, f.max_transaction)
+            self._later(COMMANDS[name], args, slot)
+        elif name in ("exec", "discard"):
+            if tx is None:
+                slot.reply = codec.error(f"ERR {name.upper()} without MULTI")
+                return
+            self._tx = None
+            if name == "discard":
+                self._later(COMMANDS[name], args, slot)
+                return
+            run = Command(lambda c, a: execute(c, tx), 1, "write")
+            self._later(run, args, slot)
+        elif name == "watch":
+            if tx is not None:
+                slot.reply = codec.error("ERR WATCH inside MULTI is not allowed")
+                return
             slot.reply = codec.error(
-                f"ERR unknown command '{args[0][:128].decode(errors='replace')}', "
-                f"with args beginning with: {shown}"
+                "ERR WATCH is not supported by kvtwist: EXEC is decided at the head"
+                " against the latest state"
             )
-            return
-        n = cmd.arity
-        if (n > 0 and len(args) != n) or (n < 0 and len(args) < -n):
-            slot.reply = codec.error(f"ERR wrong number of arguments for '{name}' command")
-            return
+        else:
+            self._later(COMMANDS[name], args, slot)
+
+    def _later(self, cmd: Command, args: list[bytes], slot: _Slot) -> None:
         self._queue.append((cmd, args, slot))
-        if len(self._slots) > self.factory.max_pending and not self._paused:
-            self._paused = True
-            if self.transport is not None:
-                self.transport.pauseProducing()
+        if len(self._slots) > self.factory.max_pending:
+            self.pause("pending")
 
     # running commands in order
 
     def _pump(self) -> None:
         """Start queued commands in order: reads wait for earlier writes, writes for reads."""
         queue = self._queue
-        while queue:
-            cmd, args, slot = queue[0]
-            if cmd.kind == "write" and self._reads:
-                break
-            if cmd.kind == "read" and self._writes:
-                break
-            queue.popleft()
-            self._start(cmd, args, slot)
+        pumping, self._pumping = self._pumping, True
+        try:
+            while queue:
+                cmd, args, slot = queue[0]
+                if cmd.kind == "write" and self._reads:
+                    break
+                if cmd.kind == "read" and self._writes:
+                    break
+                queue.popleft()
+                self._start(cmd, args, slot)
+        finally:
+            self._pumping = pumping
         batch, self._batch = self._batch, []
         if batch:
             self._send_writes(batch)
+        gets, self._gets = self._gets, []
+        if gets:
+            self._send_gets(gets)
 
     def _start(self, cmd: Command, args: list[bytes], slot: _Slot) -> None:
         if not self.logged_in and not cmd.no_auth:
@@ -202,6 +326,28 @@ class RespConnection(Protocol):
             self._reads -= 1
         if self._closing and self.transport is None:
             return
+        if self._delivering:
+            return  # the batch being answered pumps and flushes once, at its end
+        self._pump()
+        self._flush()
+
+    def _deliver(self, answers: list[tuple[Deferred[Message], Any]]) -> None:
+        """Fire a batch's Deferreds (a reply frame, or a Failure each), then start what
+        waited for them and write every reply ready, at once."""
+        self._delivering = True
+        try:
+            for d, frame in answers:
+                if isinstance(frame, Failure):
+                    d.errback(frame)
+                    continue
+                try:
+                    d.callback(_decoded(frame))
+                except RespError:
+                    d.errback()
+        finally:
+            self._delivering = False
+        if self._closing and self.transport is None:
+            return
         self._pump()
         self._flush()
 
@@ -223,10 +369,8 @@ class RespConnection(Protocol):
         if close and self.transport is not None:
             self._closing = True
             self.transport.loseConnection()
-        elif self._paused and len(slots) <= self.factory.max_pending // 2:
-            self._paused = False
-            if self.transport is not None:
-                self.transport.resumeProducing()
+        elif "pending" in self._pause_reasons and len(slots) <= self.factory.max_pending // 2:
+            self.resume("pending")
 
     def close_after_reply(self) -> None:
         """QUIT: the connection closes once this command's reply is written."""
@@ -235,9 +379,24 @@ class RespConnection(Protocol):
     # what handlers use
 
     def read(self, msg: Message) -> Deferred[Message]:
-        """A native read, answered where the native port answers it."""
+        """A native read, answered where the native port answers it; the GETs one
+        turn of the pump starts are read by one job (as the native port batches them)."""
+        if self._pumping and msg.opcode == wire.OP_GET and not msg.local:
+            got: Deferred[Message] = Deferred()
+            self._gets.append((msg, got))
+            return got
         d = self.factory.dispatcher.handle(msg, self.peer)
         return d.addCallback(_decoded)
+
+    def _send_gets(self, gets: list[tuple[Message, Deferred[Message]]]) -> None:
+        def done(frames: list[bytes]) -> None:
+            self._deliver([(d, frame) for (_, d), frame in zip(gets, frames, strict=True)])
+
+        def failed(f: Failure) -> None:
+            self._deliver([(d, f) for _, d in gets])
+
+        msgs = [m for m, _ in gets]
+        self.factory.dispatcher.get_many(msgs, self.peer).addCallbacks(done, failed)
 
     def write(self, msg: Message) -> Deferred[Message]:
         """A native write; the writes one turn of the pump starts go as one batch."""
@@ -245,19 +404,19 @@ class RespConnection(Protocol):
         self._batch.append((msg, d))
         return d
 
+    def write_now(self, msg: Message) -> Deferred[Message]:
+        """A native write sent at once (a command that writes after it has read)."""
+        d = self.factory.dispatcher.write_many([msg], self.peer)
+        return d.addCallback(lambda frames: _decoded(frames[0]))
+
     def _send_writes(self, batch: list[tuple[Message, Deferred[Message]]]) -> None:
         msgs = [m for m, _ in batch]
 
         def done(frames: list[bytes]) -> None:
-            for (_, d), frame in zip(batch, frames, strict=True):
-                try:
-                    d.callback(_decoded(frame))
-                except RespError:
-                    d.errback()
+            self._deliver([(d, frame) for (_, d), frame in zip(batch, frames, strict=True)])
 
         def failed(f: Failure) -> None:
-            for _, d in batch:
-                d.errback(f)
+            self._deliver([(d, f) for _, d in batch])
 
         self.factory.dispatcher.write_many(msgs, self.peer).addCallbacks(done, failed)
 

@@ -114,12 +114,10 @@ class Chains:
             )
             what = "scan"
         else:
-            # PUT, CAS and APPEND carry their key in the entry; GET, DEL and INCR in keys
-            key = msg.entry.key or (msg.keys[0] if msg.keys else b"")
-            if not key:
-                return None  # SIZE, GETKEYS, ...: the chain's whole content is its shard's
-            inside = start <= key and (end is None or key < end)
-            what = f"key {key[:40]!r}"
+            outside = [k for k in keys_of(msg) if not (start <= k and (end is None or k < end))]
+            # SIZE, GETKEYS, ... name no key: the chain's whole content is its shard's
+            inside = not outside
+            what = f"key {outside[0][:40]!r}" if outside else ""
         if inside:
             return None
         reply = wire.error_reply(
@@ -129,6 +127,16 @@ class Chains:
         )
         reply.map_version = self.map_version
         return reply
+
+
+def keys_of(msg: Message) -> list[bytes]:
+    """The keys a request names: PUT, CAS, APPEND and SETRANGE in the entry; GET, DEL,
+    INCR and RENAME (both names) in ``keys``; a MULTI those of its requests."""
+    keys = [msg.entry.key] if msg.entry.key else []
+    keys.extend(msg.keys)
+    for op in msg.ops:
+        keys.extend(keys_of(op))
+    return keys
 
 
 class Router:

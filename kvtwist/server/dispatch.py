@@ -37,8 +37,15 @@ MAX_HOPS = 2
 Handler = Callable[[Message], "Deferred[bytes] | bytes"]
 
 
-def write_reply(op: int, r: WriteResult) -> bytes:
-    """The reply frame to a committed write; a refused read-modify-write raises Refused."""
+def write_reply(op: int, r: WriteResult, msg: Message | None = None) -> bytes:
+    """The reply frame to a committed write; a refused read-modify-write raises Refused.
+
+    ``msg``: the request, which a group's reply needs (its requests' kinds).
+    """
+    if op == wire.OP_MULTI and msg is not None:
+        if r.rmw is not None and r.rmw.error:
+            raise Refused(r.rmw.error)
+        return wire.frame(group_reply(msg, r))
     rmw = r.rmw
     if rmw is None or op not in wire.RMW_OPS:
         return wire.write_reply_frame(op, r.op_n, r.found if op == wire.OP_DEL else None)
@@ -46,6 +53,31 @@ def write_reply(op: int, r: WriteResult) -> bytes:
         raise Refused(rmw.error)
     old = rmw.old if rmw.found else None
     return wire.frame(wire.rmw_reply(op, r.op_n, rmw.applied, rmw.found, old, rmw.number))
+
+
+def group_reply(msg: Message, r: WriteResult) -> Message:
+    """An OP_MULTI's reply: in ``ops``, each request's own reply, or its ERROR."""
+    out = wire.result_reply(wire.OP_MULTI, r.op_n)
+    answers = r.group or ()
+    for sub, a in zip(msg.ops, answers, strict=False):
+        op = sub.opcode
+        if a.error:
+            one = wire.error_reply(a.error)
+        elif op == wire.OP_GET:
+            one = wire.reply(op, c_type=wire.CT_VALUE, values=[a.old] if a.found else [])
+        elif op in (wire.OP_PUT, wire.OP_RENAME):
+            one = wire.result_reply(op, r.op_n)
+        elif op == wire.OP_DEL:
+            one = wire.result_reply(op, r.op_n)
+            one.found = a.found
+        elif op == wire.OP_INCRBYFLOAT:
+            one = wire.rmw_reply(op, r.op_n, True, a.found, None, 0)
+            one.values.append(a.old)
+        else:  # CAS, INCR, APPEND, SETRANGE
+            old = a.old if a.found and sub.want_old else None
+            one = wire.rmw_reply(op, r.op_n, a.applied, a.found, old, a.number)
+        out.ops.append(one)
+    return out
 
 
 class Dispatcher:
@@ -70,7 +102,7 @@ class Dispatcher:
             wire.OP_DEL: self._write,
             wire.OP_STATS: self._stats,
         }
-        for rmw_op in wire.RMW_OPS:
+        for rmw_op in wire.RMW_OPS | {wire.OP_MULTI}:
             self.table[rmw_op] = self._write
         for op in requests.READERS:
             self.table[op] = self._read
@@ -84,7 +116,7 @@ class Dispatcher:
     def _write(self, msg: Message) -> Deferred[bytes]:
         op = msg.opcode
         request = requests.write_request(msg, self.limits)
-        return self.replica.write(*request).addCallback(lambda r: write_reply(op, r))
+        return self.replica.write(*request).addCallback(lambda r: write_reply(op, r, msg))
 
     def _stats(self, msg: Message) -> bytes:
         requests.check_ctype(msg, wire.CT_NONE)
@@ -224,7 +256,7 @@ class Dispatcher:
                     continue
                 op = msg.opcode
                 try:
-                    frames[i] = write_reply(op, o)
+                    frames[i] = write_reply(op, o, msg)
                 except Refused as e:
                     frames[i] = self._failed(Failure(e), msg, start, peer)
                     continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.protocol import Factory
 
@@ -20,9 +20,18 @@ from kvtwist.server.metrics import Metrics
 from kvtwist.server.protocol import NodeProtocol
 
 
-class ClientConnections(set[NodeProtocol]):
-    """The connections counted as clients (chain links are not): made before the
-    replica, which pauses them through ``congestion``."""
+class Pausable(Protocol):
+    """A client connection: it stops reading for a reason, and resumes."""
+
+    def pause(self, reason: str) -> None: ...
+
+    def resume(self, reason: str) -> None: ...
+
+
+class ClientConnections(set[Pausable]):
+    """The connections counted as clients (chain links are not), of the native port
+    and the RESP port: made before the replica, which pauses them through
+    ``congestion``."""
 
     def congestion(self, congested: bool) -> None:
         """The chain downstream is slow: stop taking requests from clients until it drains."""

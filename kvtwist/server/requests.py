@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 from kvtwist import wire
 from kvtwist.chain.core import WriteRequest
+from kvtwist.chain.group import Group, Op
 from kvtwist.chain.link import MAX_CLIENT_ID
 from kvtwist.chain.outcomes import ReadView
 from kvtwist.chain.rmw import Cond, Kind, Rmw
@@ -66,6 +67,10 @@ def write_request(msg: Message, limits: Limits) -> WriteRequest:
     if client_id and msg.ack_below > msg.request_id:
         raise BadRequest(f"ack_below {msg.ack_below} is above request_id {msg.request_id}")
     op = msg.opcode
+    if op == wire.OP_MULTI:
+        if client_id:
+            raise BadRequest("MULTI takes no client_id: its retries are not deduplicated")
+        return False, b"", b"", "", 0, 0, False, group_request(msg, limits)
     if op == wire.OP_PUT:
         key, data = _entry(msg, limits)
         return True, key, data, *dedup
@@ -85,6 +90,48 @@ def write_request(msg: Message, limits: Limits) -> WriteRequest:
         raise BadRequest(f"expect of {len(msg.expect)} bytes exceeds the value limit")
     rmw = Rmw(Kind.CAS, data, cond, msg.expect, msg.delete, msg.want_old)
     return True, key, b"", *dedup, rmw
+
+
+def group_request(msg: Message, limits: Limits) -> Group:
+    """Validate an OP_MULTI: each of its requests as on its own, decided together."""
+    if not msg.ops:
+        raise BadRequest("MULTI needs at least one request in ops")
+    return Group(
+        tuple(_group_op(sub, limits) for sub in msg.ops),
+        all_or_nothing=msg.all_or_nothing,
+        max_bytes=limits.max_key + limits.max_value,
+    )
+
+
+def _group_op(msg: Message, limits: Limits) -> Op:
+    op = msg.opcode
+    if op not in wire.GROUP_OPS:
+        raise BadRequest(f"MULTI cannot hold {wire.op_name(op)}")
+    if op == wire.OP_GET:
+        return Op(single_key(msg, limits), Rmw(Kind.READ))
+    if op == wire.OP_RENAME:
+        check_ctype(msg, wire.CT_KEYS)
+        if len(msg.keys) != 2:
+            raise BadRequest("RENAME needs two keys")
+        src, dest = (check_key(msg, wire.CT_KEYS, k, limits) for k in msg.keys)
+        return Op(src, Rmw(Kind.CAS), dest)
+    if op == wire.OP_INCRBYFLOAT:
+        return Op(single_key(msg, limits), Rmw(Kind.INCRFLOAT, fdelta=msg.float_delta[:5000]))
+    if op == wire.OP_SETRANGE:
+        key, data = _entry(msg, limits)
+        if msg.offset + len(data) > limits.max_value:
+            raise BadRequest(
+                f"value of {msg.offset + len(data)} bytes exceeds the limit of {limits.max_value}"
+            )
+        return Op(key, Rmw(Kind.SETRANGE, data, offset=msg.offset, max_value=limits.max_value))
+    request = write_request(msg, limits)
+    is_put, key, data = request[:3]
+    rmw = request[7] if len(request) > 7 else None
+    if rmw is None:  # a plain PUT or DEL, answered as a CAS that always holds
+        rmw = Rmw(Kind.CAS, data, delete=not is_put)
+    if isinstance(rmw, Group):
+        raise BadRequest("MULTI cannot hold MULTI")
+    return Op(key, rmw)
 
 
 def _entry(msg: Message, limits: Limits) -> tuple[bytes, bytes]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from kvtwist.chain.group import apply_group
 from kvtwist.storage import snapshot as snapfmt
 from kvtwist.storage import wal
 from kvtwist.storage.disk import Disk
@@ -266,7 +267,10 @@ class Recovery:
                 raise CorruptData(s.path, off, f"record seq {u.seq}, expected {expected}")
             expected += 1
             if u.seq > base_seq:
-                if u.is_put:
+                if u.group:
+                    apply_group(into.tree, u)
+                    found = True
+                elif u.is_put:
                     put(u.key, u.data)
                     found = True
                 else:

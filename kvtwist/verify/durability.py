@@ -46,11 +46,14 @@ def lost_writes(ops: Iterable[Op], final: Mapping[str, str | None]) -> list[Lost
     """
     acked: dict[str, list[Op]] = defaultdict(list)
     maybe: dict[str, set[str | None]] = defaultdict(set)
+    increments: dict[str, int] = defaultdict(int)  # INCRs of unknown outcome, per key
     for op in ops:
-        if op.op == "get":
-            continue
+        if op.op in ("get", "setnx_refused"):
+            continue  # wrote nothing
         if op.outcome == "ok":
             acked[op.key].append(op)
+        elif op.outcome == "unknown" and op.op == "incr":
+            increments[op.key] += 1
         elif op.outcome == "unknown":
             maybe[op.key].add(op.value)
     lost = []
@@ -59,6 +62,9 @@ def lost_writes(ops: Iterable[Op], final: Mapping[str, str | None]) -> list[Lost
         latest_invoke = max(w.invoke for w in writes)
         last = tuple(w for w in writes if w.complete is not None and not latest_invoke > w.complete)
         allowed = {w.value for w in last} | maybe[key]
+        for w in last:  # each unknown INCR may have counted after it
+            if w.op == "incr" and w.value is not None:
+                allowed |= {str(int(w.value) + j) for j in range(1, increments[key] + 1)}
         value = final.get(key)
         if value not in allowed:
             lost.append(LostWrite(key, value, last))

@@ -25,10 +25,12 @@ __all__ = [
     "write_history",
 ]
 
-OPS = ("get", "put", "del")
+#: incr: an increment, ``value`` the number it answered; setnx: a put made only
+#: if the key was absent (``value`` written), setnx_refused: one that found it there
+OPS = ("get", "put", "del", "incr", "setnx", "setnx_refused")
 OUTCOMES = ("ok", "fail", "unknown")
 
-OpName = Literal["get", "put", "del"]
+OpName = Literal["get", "put", "del", "incr", "setnx", "setnx_refused"]
 Outcome = Literal["ok", "fail", "unknown"]
 
 
@@ -107,8 +109,8 @@ def op_from_dict(record: Any, where: str = "record") -> Op:
         complete = _number(record, "complete", where)
         if complete < invoke:
             raise HistoryError(f"{where}: completes ({complete}) before it is invoked ({invoke})")
-    if op == "put" and value is None and outcome != "fail":
-        raise HistoryError(f"{where}: a put needs a value")
+    if op in ("put", "setnx", "setnx_refused") and value is None and outcome != "fail":
+        raise HistoryError(f"{where}: a {op} needs a value")
     if op == "del":
         value = None
     if outcome == "ok" and complete is None:

@@ -36,9 +36,18 @@ from kvtwist.verify.history import Op
 
 __all__ = ["KeyResult", "Result", "check", "check_key"]
 
-_GET, _PUT, _DEL = 0, 1, 2
-_KINDS = {"get": _GET, "put": _PUT, "del": _DEL}
+_GET, _PUT, _DEL, _INCR, _SETNX, _REFUSED = 0, 1, 2, 3, 4, 5
+_KINDS = {
+    "get": _GET,
+    "put": _PUT,
+    "del": _DEL,
+    "incr": _INCR,
+    "setnx": _SETNX,
+    "setnx_refused": _REFUSED,
+}
 _INF = math.inf
+#: The value of a write nobody read: all such writes of a key leave the same state.
+_UNREAD = "\x00unread"
 # How many diagnostic operations to show around a failure.
 _SHOW = 8
 
@@ -102,10 +111,12 @@ def _prepare(ops: Sequence[Op]) -> list[_Entry]:
     """The operations of one key that constrain the register, with return times."""
     puts_of: dict[str | None, int] = defaultdict(int)
     reads_of: dict[str | None, list[float]] = defaultdict(list)
+    # a refused SET NX saw the key present: an unread put may be why, so none is dropped
+    conditional = any(op.op == "setnx_refused" and op.outcome == "ok" for op in ops)
     for op in ops:
         if op.outcome == "fail":
             continue
-        if op.op == "put":
+        if op.op in ("put", "setnx"):
             puts_of[op.value] += 1
         elif op.op == "get" and op.outcome == "ok":
             assert op.complete is not None
@@ -118,15 +129,20 @@ def _prepare(ops: Sequence[Op]) -> list[_Entry]:
             assert op.complete is not None
             entries.append(_Entry(_KINDS[op.op], op.value, op.invoke, op.complete, op))
             continue
-        if op.op == "get":
+        if op.op in ("get", "setnx_refused"):
             continue  # a read nobody saw the answer of constrains nothing
         ret = _INF
-        if op.op == "put" and puts_of[op.value] == 1:
+        # an unknown INCR answered nothing: its value says nothing
+        value = None if op.op == "incr" else op.value
+        if op.op in ("put", "setnx") and puts_of[op.value] == 1:
             seen = [t for t in reads_of.get(op.value, ()) if t >= op.invoke]
-            if not seen:
+            if seen:
+                ret = min(seen)  # it took effect, before the first read of it completed
+            elif not conditional:
                 continue  # unobserved: taking effect or not is indistinguishable
-            ret = min(seen)  # it took effect, before the first read of it completed
-        entries.append(_Entry(_KINDS[op.op], op.value, op.invoke, ret, op))
+            else:
+                value = _UNREAD  # only its presence may matter (to a refused SET NX)
+        entries.append(_Entry(_KINDS[op.op], value, op.invoke, ret, op))
     return entries
 
 
@@ -170,7 +186,23 @@ def _search(
     kinds = [x.kind for x in entries]
     values = [x.value for x in entries]
     bits = [1 << i for i in range(n)]
+    # INCRs, DELs and unread writes of unknown outcome are interchangeable within their
+    # class (the same effect, nothing to match, no return): of those whose calls are in
+    # reach, only the earliest is tried, since any linearization using another can swap
+    # the two
+    free = [_free(x) for x in entries]
 
+    def seen_up_to(stop: int) -> int:
+        flags, c = 0, nxt[head]
+        while c != -1:
+            if not c & 1:
+                flags |= free[c >> 1]
+            if c == stop:
+                break
+            c = nxt[c]
+        return flags
+
+    seen = 0
     cache: set[tuple[int, str | None]] = set()
     stack: list[tuple[int, str | None]] = []
     linearized = 0
@@ -182,13 +214,20 @@ def _search(
     while nxt[head] != -1:
         if not e & 1:  # a call: can it take effect now?
             i = e >> 1
+            if free[i]:
+                if seen & free[i]:
+                    e = nxt[e]
+                    continue
+                seen |= free[i]
             kind = kinds[i]
             if kind == _GET:
                 ok = values[i] == state
                 new = state
-            else:
+            elif kind == _PUT or kind == _DEL:
                 ok = True
                 new = values[i] if kind == _PUT else None
+            else:
+                ok, new = _conditional(kind, values[i], state, entries[i].ret == _INF)
             if ok:
                 lin = linearized | bits[i]
                 memo = (lin, new)
@@ -197,17 +236,9 @@ def _search(
                     stack.append((e, state))
                     state = new
                     linearized = lin
-                    # lift the call and its return out of the list
-                    p, q = prv[e], nxt[e]
-                    nxt[p] = q
-                    if q != -1:
-                        prv[q] = p
-                    r = e + 1
-                    p, q = prv[r], nxt[r]
-                    nxt[p] = q
-                    if q != -1:
-                        prv[q] = p
+                    _lift(nxt, prv, e)
                     e = nxt[head]
+                    seen = 0
                     steps += 1
                     if deadline is not None and not steps & 0x3FF and time.monotonic() > deadline:
                         raise _Timeout
@@ -221,16 +252,58 @@ def _search(
                 return False, info
             e, state = stack.pop()
             linearized ^= bits[e >> 1]
-            # unlift: the return first (it was lifted last), then the call
-            r = e + 1
-            nxt[prv[r]] = r
-            if nxt[r] != -1:
-                prv[nxt[r]] = r
-            nxt[prv[e]] = e
-            if nxt[e] != -1:
-                prv[nxt[e]] = e
+            _unlift(nxt, prv, e)
+            seen = seen_up_to(e)
             e = nxt[e]
     return True, {}
+
+
+def _lift(nxt: list[int], prv: list[int], e: int) -> None:
+    """Take call ``e`` and its return out of the event list."""
+    for x in (e, e + 1):
+        p, q = prv[x], nxt[x]
+        nxt[p] = q
+        if q != -1:
+            prv[q] = p
+
+
+def _unlift(nxt: list[int], prv: list[int], e: int) -> None:
+    """Put call ``e`` and its return back: the return first (it was lifted last)."""
+    for x in (e + 1, e):
+        nxt[prv[x]] = x
+        if nxt[x] != -1:
+            prv[nxt[x]] = x
+
+
+def _free(x: _Entry) -> int:
+    """The class of an interchangeable write of unknown outcome (0: none)."""
+    if x.ret != _INF:
+        return 0
+    if x.kind == _INCR:
+        return 1
+    if x.kind == _DEL:
+        return 2
+    if x.value == _UNREAD:
+        return 4 if x.kind == _PUT else 8
+    return 0
+
+
+def _conditional(
+    kind: int, value: str | None, state: str | None, unknown: bool
+) -> tuple[bool, str | None]:
+    """INCR and SET NX on the register: (may it take effect now, the state after)."""
+    if kind == _INCR:
+        try:
+            n = int(state) + 1 if state is not None else 1
+        except ValueError:
+            return False, state  # an INCR of text is refused, never answered
+        new = str(n)
+        return unknown or value == new, new
+    if kind == _SETNX:
+        if state is None:
+            return True, value
+        return unknown, state  # an unknown SET NX may have found the key there
+    return state is not None, state  # refused: the key was there
 
 
 def _diagnose(

@@ -23,7 +23,7 @@ from kvtwist.verify.nemesis import KINDS
 
 __all__ = ["write_timeline"]
 
-_KINDS = ["get", "put", "del"]
+_KINDS = ["get", "put", "del", "incr", "setnx", "setnx_refused"]
 _OUTCOMES = ["ok", "fail", "unknown"]
 
 _PAGE = """<!DOCTYPE html>
@@ -61,7 +61,8 @@ __DETAILS__
 <script>
 "use strict";
 const DATA = __DATA__;
-const KINDS = ["get", "put", "del"], OUTCOMES = ["ok", "fail", "unknown"];
+const KINDS = ["get", "put", "del", "incr", "setnx", "setnx_refused"];
+const OUTCOMES = ["ok", "fail", "unknown"];
 const COLORS = ["#2e9e44", "#d62728", "#ff9f1c"];
 const EVENT_COLORS = DATA.colors;
 const FAULTS = new Set(DATA.faults);

@@ -189,6 +189,7 @@ class Campaign:
             + (f"link timeout {a.link_timeout:g}s, " if a.link_timeout else "")
             + (f"{self.sticky_clients} of them sticky, " if self.sticky_clients else "")
             + f"nemesis {','.join(self.kinds) or 'none'}"
+            + (", RESP workload" if a.workload == "resp" else "")
             + (f", big values {a.big_values:g} up to {a.max_big_value}" if a.big_values else "")
             + f", ZooKeeper at {self.cluster.zk.hosts}, report in {self.report_dir}"
         )
@@ -282,6 +283,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deadline", type=float, default=8.0, help="client retry deadline")
     p.add_argument(
         "--op-timeout", type=float, default=12.0, help="give up on an operation (unknown)"
+    )
+    p.add_argument(
+        "--workload",
+        choices=("kv", "resp"),
+        default="kv",
+        help="kv: the native chain client (default); resp: Redis commands (GET, SET, SET NX,"
+        " DEL, INCR) on the nodes' RESP ports, checked against a register and counter model",
     )
     p.add_argument("--settle-timeout", type=float, default=90.0, help="seconds to converge")
     p.add_argument(

@@ -170,7 +170,15 @@ class Workload:
                 flush=True,
             )
             self.record(
-                Op(process, kind, key, value if kind == "put" else None, invoke, None, "unknown")  # type: ignore[arg-type]
+                Op(
+                    process,
+                    kind,  # type: ignore[arg-type]
+                    key,
+                    value if kind in ("put", "setnx") else None,
+                    invoke,
+                    None,
+                    "unknown",
+                )
             )
         self.in_flight.clear()
 
@@ -264,12 +272,24 @@ def main(argv: list[str] | None = None) -> None:
     # a second workload process appending to the same history numbers its clients on
     parser.add_argument("--first-client", type=int, default=0)
     parser.add_argument("--get-share", type=float, default=0.5)
+    # --protocol resp: the clients speak RESP to these ports (kvtwist.verify.resp_workload)
+    parser.add_argument("--protocol", choices=("kv", "resp"), default="kv")
+    parser.add_argument("--resp-ports", default="")
+    parser.add_argument("--resp-ports-file", default="")
     args = parser.parse_args(argv)
     epoch = time.monotonic() if args.epoch is None else args.epoch
 
     def go(reactor: Any) -> Deferred[Any]:
         out = open(args.out, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-        w = Workload(
+        kind: Any = Workload
+        extra: dict[str, Any] = {}
+        if args.protocol == "resp":
+            from kvtwist.verify.resp_workload import RespWorkload
+
+            kind = RespWorkload
+            extra["ports"] = [int(p) for p in args.resp_ports.split(",") if p]
+            extra["ports_file"] = args.resp_ports_file
+        w = kind(
             reactor,
             out,
             args.zk,
@@ -286,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
             args.max_big_value,
             args.first_client,
             args.get_share,
+            **extra,
         )
 
         def on_term(*_: object) -> None:

@@ -35,7 +35,12 @@ class Clients:
         """Every client, connected; their history's times count from ``epoch``."""
         assert cluster.zk is not None
         clients = self.args.clients - self.sticky
-        self.workload = self.launch(clients, 0, cluster.zk.hosts, "workload.log", epoch, wait)
+        resp = ["--protocol", "resp", "--resp-ports", ",".join(map(str, cluster.resp_ports))]
+        resp += ["--resp-ports-file", str(self.report_dir / "resp-ports")]
+        first = resp if getattr(self.args, "workload", "kv") == "resp" else None
+        self.workload = self.launch(
+            clients, 0, cluster.zk.hosts, "workload.log", epoch, wait, extra=first
+        )
         if self.sticky:
             assert cluster.proxy is not None and cluster.zk.port is not None
             hosts = f"127.0.0.1:{cluster.proxy.route(STICKY_ZK, cluster.zk.port)}"

@@ -47,6 +47,8 @@ class Cluster:
         self.kazoo: Any = None
         self.nodes: list[Node] = []
         self.key_file: Path | None = None
+        #: with --workload resp: the RESP port of each node started, in order
+        self.resp_ports: list[int] = []
 
     def start(self) -> None:
         """ZooKeeper, the proxy if a fault needs it, the cluster key, our session."""
@@ -128,6 +130,12 @@ class Cluster:
             extra += ["--advertise", f"127.0.0.1:{advertised}"]
         directory = self.report_dir / "nodes" / label
         extra += storage_and_key_args(directory, self.options, self.key_file)
+        if getattr(self.args, "workload", "kv") == "resp":
+            resp_port = free_port()
+            self.resp_ports.append(resp_port)
+            with open(self.report_dir / "resp-ports", "a", encoding="ascii") as f:
+                f.write(f"{resp_port}\n")  # the RESP clients read it to find new nodes
+            extra += ["--resp-port", str(resp_port)]
         if self.args.link_timeout is not None and "link-timeout" in self.options:
             extra += ["--link-timeout", f"{self.args.link_timeout:g}"]
         env = None
