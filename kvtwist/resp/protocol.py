@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist import __version__, wire
+from kvtwist.flow import ReadPauses
 from kvtwist.resp import codec
 from kvtwist.resp.commands import COMMANDS, REDIS_COMPAT, Command, RespError, check_native
 from kvtwist.resp.transaction import CONTROL, Transaction, call_error, execute
@@ -95,7 +96,7 @@ class _Slot:
 
 
 @implementer(IPushProducer)
-class RespConnection(Protocol, TimeoutMixin):
+class RespConnection(ReadPauses, Protocol, TimeoutMixin):
     """One Redis client.  It stops reading while it has --max-pending commands
     unanswered, while its replies fill the send buffer, or while the chain is
     congested (the native port's client set is paused as one)."""
@@ -164,28 +165,6 @@ class RespConnection(Protocol, TimeoutMixin):
         self.transport.loseConnection()
 
     # flow control: the reasons it stops reading
-
-    def pause(self, reason: str) -> None:
-        if not self._pause_reasons and self.transport is not None:
-            self.transport.pauseProducing()
-        self._pause_reasons.add(reason)
-
-    def resume(self, reason: str) -> None:
-        if reason not in self._pause_reasons:
-            return
-        self._pause_reasons.discard(reason)
-        if not self._pause_reasons and self.transport is not None and not self._closing:
-            self.transport.resumeProducing()
-
-    def pauseProducing(self) -> None:
-        """The transport's send buffer is full: read no more until it drains."""
-        self.pause("output")
-
-    def resumeProducing(self) -> None:
-        self.resume("output")
-
-    def stopProducing(self) -> None:
-        self._closing = True
 
     def peer(self) -> str:
         t = self.transport

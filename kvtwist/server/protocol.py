@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from kvtwist import wire
 from kvtwist.chain.link import ChainConnection
+from kvtwist.flow import ReadPauses
 from kvtwist.server.backup import BackupCursor, backup_step
 from kvtwist.server.requests import reply_cost
 from kvtwist.tls import TLS_ERRORS, tls_reason
@@ -49,7 +50,7 @@ def _is_plain_get(msg: Message) -> bool:
 
 
 @implementer(IPushProducer)
-class NodeProtocol(FramedProtocol, TimeoutMixin):
+class NodeProtocol(ReadPauses, FramedProtocol, TimeoutMixin):
     """One client connection, until the node accepts it as a chain link.
 
     Memory per connection is bounded: the connection stops reading while its
@@ -195,32 +196,11 @@ class NodeProtocol(FramedProtocol, TimeoutMixin):
 
     # flow control
 
-    def pause(self, reason: str) -> None:
-        if not self._pause_reasons and self.transport is not None:
-            self.transport.pauseProducing()
-        self._pause_reasons.add(reason)
-
-    def resume(self, reason: str) -> None:
-        if reason in self._pause_reasons:
-            self._pause_reasons.discard(reason)
-            if not self._pause_reasons and self.transport is not None and not self._closing:
-                self.transport.resumeProducing()
-                self.drain()
-            if reason == "output":
-                self._pump()
-
-    def inputPaused(self) -> bool:
-        return bool(self._pause_reasons)
-
-    def pauseProducing(self) -> None:
-        """The transport's send buffer is full."""
-        self.pause("output")
-
-    def resumeProducing(self) -> None:
-        self.resume("output")
-
-    def stopProducing(self) -> None:
-        self._closing = True
+    def resumed(self, reason: str, reading: bool) -> None:
+        if reading:
+            self.drain()
+        if reason == "output":
+            self._pump()
 
     def messageReceived(self, msg: Message) -> None:
         op = msg.opcode

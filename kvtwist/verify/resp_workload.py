@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from kvtwist.resp.codec import encode_command
 from kvtwist.verify.history import Op
-from kvtwist.verify.workload import Workload
+from kvtwist.verify.workload import Workload, log_failed
 
 
 class ReplyError(Exception):
@@ -240,12 +240,7 @@ class RespWorkload(Workload):
                 definite = isinstance(e, ReplyError) and not e.retry and "internal" not in str(e)
                 outcome = "fail" if definite else "unknown"
                 complete = self.now()
-                print(
-                    f"[{complete:8.3f}] client {process} {kind} {key!r} invoked at {invoke:.3f}:"
-                    f" {outcome}: {type(e).__name__}: {e}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                log_failed(complete, process, kind, key, invoke, outcome, e)
                 if not isinstance(e, ReplyError):
                     conn.close()
                     self.conns.pop(process, None)

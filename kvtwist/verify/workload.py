@@ -78,6 +78,18 @@ def value_text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
+
+def log_failed(
+    at: float, process: int, kind: str, key: Any, invoke: float, outcome: str, e: Exception
+) -> None:
+    """One stderr line for an operation that failed (``outcome`` fail or unknown)."""
+    print(
+        f"[{at:8.3f}] client {process} {kind} {key!r} invoked at {invoke:.3f}:"
+        f" {outcome}: {type(e).__name__}: {e}",
+        file=sys.stderr,
+        flush=True,
+    )
+
 class Workload:
     """Logical clients that stop issuing at ``stop_at`` (or on ``stop()``)."""
 
@@ -214,12 +226,7 @@ class Workload:
             except Exception as e:
                 outcome = "fail" if self.definite(e) else "unknown"
                 complete = self.now()
-                print(
-                    f"[{complete:8.3f}] client {process} {kind} {key!r} invoked at {invoke:.3f}:"
-                    f" {outcome}: {type(e).__name__}: {e}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                log_failed(complete, process, kind, key, invoke, outcome, e)
                 if self.in_flight.pop(process, None) is None:
                     return None  # abandoned at shutdown: already recorded
                 self.record(
