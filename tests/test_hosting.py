@@ -232,3 +232,22 @@ class HostingTests(SynchronousTestCase):
         self.assertEqual(
             world.replica(9000, "a").committed_tree.items(), [(b"c", b"1"), (b"d", b"3")]
         )
+
+    def test_backups_of_two_chains_on_one_connection(self) -> None:
+        """A connection reading backups of two chains keeps a cursor for each: the
+        chunks of one never answer for the other."""
+        world = World(["a", "b"], 1)
+        server = world.servers[9000]
+        server.request(put("b", b"x", b"in-b"))
+
+        def backup(chain: str, index: int) -> Message:
+            msg = wire.req_backup(index)
+            msg.chain = chain
+            return msg
+
+        wrong = server.pipeline([backup("a", 0), backup("b", 1)])
+        self.assertEqual(wrong[0].opcode, wire.OP_BACKUP + 1)
+        self.assertIn("chunk 1 asked for, chunk 0 is due", wrong[1].error)
+        both = server.pipeline([backup("a", 0), backup("b", 0)])
+        self.assertEqual([r.opcode for r in both], [wire.OP_BACKUP + 1] * 2)
+        self.assertEqual([[e.key for e in r.snapshot.entries] for r in both], [[], [b"x"]])

@@ -80,7 +80,8 @@ class NodeProtocol(ReadPauses, FramedProtocol, TimeoutMixin):
         self._draining = False
         self._pause_reasons: set[str] = set()
         self.logged_in = False  # showed the client token (or none is needed)
-        self._backup: BackupCursor | None = None  # a BACKUP being read on this connection
+        #: the BACKUPs being read on this connection, by chain (a lone node's is "")
+        self._backups: dict[str, BackupCursor] = {}
 
     def callLater(self, delay: float, f: Callable[..., Any], *args: Any) -> Any:
         """The idle timeout runs on the node's clock."""
@@ -331,7 +332,8 @@ class NodeProtocol(ReadPauses, FramedProtocol, TimeoutMixin):
         """BACKUP: the next chunk of this connection's backup (index 0 starts one)."""
         replica = self.factory.chains.get(msg.chain)
         assert replica is not None  # the router answered a chain not served here
-        self._backup, d = backup_step(self._backup, msg, replica, replica.store.runner)
+        cursor, d = backup_step(self._backups.get(msg.chain), msg, replica, replica.store.runner)
+        self._backups[msg.chain] = cursor
         return d
 
     def _take_run(
