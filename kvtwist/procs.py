@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import random
 import re
 import shutil
 import signal
@@ -97,8 +98,31 @@ def zookeeper_available() -> str | None:
     return None
 
 
+def _ephemeral_start() -> int:
+    """Where the kernel's range of ports for outgoing connections begins."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Taken below the kernel's range for outgoing connections: a port from that
+    range can be handed to some process's outgoing connection between this
+    check and the server's bind ("address already in use"); one below it never is.
+    """
+    top = _ephemeral_start()
+    for _ in range(200):
+        port = random.randrange(10000, top) if top > 11000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
