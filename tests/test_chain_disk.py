@@ -197,7 +197,7 @@ class BacklogBoundTests(SynchronousTestCase):
         a.replica.state.recent.clear()  # too old for a delta: the joiner needs a full copy
         runner = ReadHeldRunner()
         a.store.runner = runner
-        a.replica.intake.limit = 2_000
+        a.replica.writes.intake.limit = 2_000
         j = Node(net, 9100)
         net.nodes[9100] = j
         j.replica.join()

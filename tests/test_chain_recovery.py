@@ -292,7 +292,7 @@ class StalledJoinerTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(w).op_n, 1)
         # dropped after the link timeout (3 s), then committed: no session-long wait
         self.assertLessEqual(net.clock.seconds() - start, 4.5)
-        self.assertIsNone(t.replica._joiner_limbo)
+        self.assertIsNone(t.replica.joiner_limbo)
         # the stalled joiner wakes up: its registration reaches ZooKeeper only now
         d, address, version = held[0]
         j.zk.answer("register", address, version).chainDeferred(d)

@@ -204,11 +204,11 @@ class ChainMachineTests(SynchronousTestCase):
             if b.name is not None:
                 break
         self.assertIsNotNone(b.name)
-        self.assertTrue(b.replica._awaiting_handoff)
+        self.assertTrue(b.replica.awaiting_handoff)
         held = b.replica.read_view()
         self.assertNoResult(held)
         self.net.settle()
-        self.assertFalse(b.replica._awaiting_handoff)
+        self.assertFalse(b.replica.awaiting_handoff)
         self.successResultOf(held)
         self.successResultOf(b.replica.read_view())
 

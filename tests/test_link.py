@@ -218,7 +218,7 @@ class AcceptingReplica(Replica):
         self.messages.append((link, msg))
 
     def incoming(self, conn: FramedProtocol, msg: Message) -> None:
-        self.accepted.append(self._new_link(conn, Side.PREDECESSOR, peer=msg.hello.sender))
+        self.accepted.append(self.new_link(conn, Side.PREDECESSOR, peer=msg.hello.sender))
 
     def link_lost(self, link: Link) -> None:
         self.lost.append(link)

@@ -16,11 +16,11 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvtwist.chain.core import MEMBER_WAIT
 from kvtwist.chain.link import LinkConfig
 from kvtwist.chain.membership import CLOCK_RATE_BOUND, REMOVAL_MARGIN, VIEW_RETRY_DELAY
 from kvtwist.chain.outcomes import NotHere, Unavailable, WriteResult
 from kvtwist.chain.reads import READ_WAIT
+from kvtwist.chain.replica import MEMBER_WAIT
 from kvtwist.chain.serving import LIMBO_RETRY_DELAY
 from tests.fakes.chain import Net, Node, results
 
@@ -94,7 +94,7 @@ class TailPartitionTests(SynchronousTestCase):
         self.assertEqual(c.replica.role, "tail")
         rate = CLOCK_RATE_BOUND
         self.assertGreaterEqual(
-            a.replica._removal_wait(), 9.0 * (1 + rate) / (1 - rate) + REMOVAL_MARGIN
+            a.replica.members.removal_wait(), 9.0 * (1 + rate) / (1 - rate) + REMOVAL_MARGIN
         )
         cut_link(self.net, a, c)
         c.zk.cut()
@@ -148,7 +148,7 @@ class TailPartitionTests(SynchronousTestCase):
         self.assertTrue(a.replica.tail_held())
         read = a.replica.read_view()
         self.assertNoResult(read)
-        self.net.clock.advance(a.replica._removal_wait())
+        self.net.clock.advance(a.replica.members.removal_wait())
         self.successResultOf(read)
 
 
@@ -175,7 +175,7 @@ class TailPartitionTests(SynchronousTestCase):
         run_for(self.net, b.replica.link_timeout + 1.0, 0.05, look)
         self.assertTrue(removed_at, "b never removed its successor")
         held = b.replica.tail_hold_until - removed_at[0]
-        wait = b.replica._removal_wait() + b.replica._session_timeout()
+        wait = b.replica.members.removal_wait() + b.replica.session_timeout()
         self.assertGreaterEqual(held, wait - 0.1)
         self.assertLess(removed_at[0] - start, b.replica.link_timeout + 1.0)
 
@@ -270,7 +270,7 @@ class BecomingMemberTests(SynchronousTestCase):
         reads = a.zk.read_times
         reads.clear()
         a.zk.failing_reads = 3
-        a.replica._joiner_limbo = "10.0.0.9:9"
+        a.replica.joiner_limbo = "10.0.0.9:9"
         voiding = a.replica.life.begin("voiding a dropped joiner")
         a.replica.join_server.end_limbo("10.0.0.9:9", voiding)
         self.assertEqual(len(reads), 1)
@@ -278,7 +278,7 @@ class BecomingMemberTests(SynchronousTestCase):
         self.assertEqual(len(reads), 2)
         for _ in range(3):
             self.net.clock.advance(LIMBO_RETRY_DELAY)
-        self.assertIsNone(a.replica._joiner_limbo)  # it read the view in the end
+        self.assertIsNone(a.replica.joiner_limbo)  # it read the view in the end
 
     def test_held_request_is_refused_after_member_wait(self) -> None:
         """A node that does not become a member within MEMBER_WAIT answers the held

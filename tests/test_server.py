@@ -354,13 +354,13 @@ class FlowControlTests(SynchronousTestCase):
         """A congested successor link pauses every client connection, new ones included."""
         first = Conn(self.h)
         replica = self.h.replica
-        replica.intake.link_full = True  # as a full successor link reports it
-        replica._update_congestion()
+        replica.writes.intake.link_full = True  # as a full successor link reports it
+        replica.writes.update_congestion()
         second = Conn(self.h)
         self.assertEqual(first.transport.producerState, "paused")
         self.assertEqual(second.transport.producerState, "paused")
-        replica.intake.link_full = False
-        replica._update_congestion()
+        replica.writes.intake.link_full = False
+        replica.writes.update_congestion()
         self.assertEqual(first.transport.producerState, "producing")
         self.assertEqual(second.transport.producerState, "producing")
 

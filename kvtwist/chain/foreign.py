@@ -55,7 +55,7 @@ from kvtwist.tls import TLS_ERRORS
 from kvtwist.wire import FramedProtocol, Message
 
 if TYPE_CHECKING:
-    from kvtwist.chain.membership import MembershipReplica
+    from kvtwist.chain.replica import Replica
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -186,7 +186,7 @@ class ForeignMembers:
     us never links).  A foreign member's znode is deleted.
     """
 
-    def __init__(self, replica: MembershipReplica) -> None:
+    def __init__(self, replica: Replica) -> None:
         self.r = replica
         #: by znode name: what each member we asked answered
         self.verdicts: dict[str, Verdict] = {}
@@ -223,13 +223,13 @@ class ForeignMembers:
             verdict, why = result
             if gen != self.r.life.generation or self.r.fenced:
                 return
-            _, succ = self.r._neighbours()
+            _, succ = self.r.neighbours()
             if succ is None or succ.name != member.name or self.r.succ is not None:
                 return
             if verdict is Verdict.FOREIGN:
                 self.leave_out(succ, why)
             else:
-                self.r._connect_successor(succ)
+                self.r.members.connect_successor(succ)
 
         self.examine(member).addCallback(judged)
 
@@ -256,7 +256,7 @@ class ForeignMembers:
 
     def _check_predecessor(self, name: str, gen: int) -> None:
         self._pred_check = None
-        pred, _ = self.r._neighbours()
+        pred, _ = self.r.neighbours()
         if gen != self.r.life.generation or self.r.fenced or pred is None or pred.name != name:
             return
         if (self.r.pred is not None and self.r.pred.ready) or self.verdicts.get(name) in (
@@ -267,7 +267,7 @@ class ForeignMembers:
 
         def judged(result: tuple[Verdict, str]) -> None:
             verdict, why = result
-            now, _ = self.r._neighbours()
+            now, _ = self.r.neighbours()
             if gen != self.r.life.generation or now is None or now.name != name:
                 return
             if verdict is Verdict.FOREIGN:
@@ -306,7 +306,7 @@ class ForeignMembers:
         gen = self.r.life.generation
 
         def failed(f: Failure) -> None:
-            left_out = self.r._unreachable_log.allow()
+            left_out = self.r.members.unreachable_log.allow()
             if left_out is not None:
                 log.warn(
                     "cannot delete the znode of {name}, which does not speak kvtwist: {e}; "

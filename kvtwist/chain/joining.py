@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -40,16 +40,18 @@ from kvtwist.chain.attempt import Attempt
 from kvtwist.chain.foreign import Verdict
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
-from kvtwist.chain.links import LinkedReplica
 from kvtwist.chain.record import ChainRecord, may_start
-from kvtwist.chain.serving import JoinServer, history_of, marks_of
+from kvtwist.chain.serving import history_of, marks_of
 from kvtwist.chain.transfer import SnapshotReceiver
 from kvtwist.chain.view import plan_join
 from kvtwist.membership import format_address
-from kvtwist.proto.kvtwist_pb2 import ChainHello, SnapshotChunk, Update
+from kvtwist.proto.kvtwist_pb2 import ChainHello, SnapshotChunk
 from kvtwist.storage import ClientRow
 from kvtwist.tree import BTree
-from kvtwist.wire import FramedProtocol, Message
+from kvtwist.wire import Message
+
+if TYPE_CHECKING:
+    from kvtwist.chain.replica import Replica
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -72,7 +74,7 @@ def together(ds: list[Deferred[Any]]) -> Deferred[list[Any]]:
 class Joining:
     """This node's join, and its wait for the last configuration; one per replica."""
 
-    def __init__(self, replica: JoiningReplica) -> None:
+    def __init__(self, replica: Replica) -> None:
         self.r = replica
         self._join: Attempt | None = None  # the join on its way
         self._release_lock: Callable[[], Deferred[None]] | None = None
@@ -209,7 +211,7 @@ class Joining:
         self._loaded = None
         self._catch_up_to = -1
         conn = ChainConnection(self.r, self.r.link_config)
-        link = self.r._new_link(conn, Side.PREDECESSOR, peer=tail.name)
+        link = self.r.new_link(conn, Side.PREDECESSOR, peer=tail.name)
         self.r.pred = link
         host, port = tail.address
         full = self._want_full or not self.r.state.last_received
@@ -345,16 +347,16 @@ class Joining:
                 log.info("dropping {name}, registered by an abandoned join", name=name)
                 return self.r.coordinator.unregister(name)
             self.r.name = name
-            self.r._tie_lease(name)
+            self.r.tie_lease(name)
             if restart:
                 # the members before us left no word of whom they removed and
                 # when: any of them may still serve until its lease is out
-                self.r.hold_tail(self.r._removal_wait(), "restart")
+                self.r.hold_tail(self.r.members.removal_wait(), "restart")
             for link in (self.r.pred, self.r.succ):
                 if link is not None:
-                    self.r._stamp(link)  # our acknowledgements carry our name from now on
+                    self.r.members.stamp(link)  # our acknowledgements carry our name from now on
             self._want_full = False
-            self.r._rejoin_delay = 0.5
+            self.r.members.rejoin_delay = 0.5
             log.info(
                 "joined the chain as {name} at op {n}", name=name, n=self.r.state.last_received
             )
@@ -363,7 +365,7 @@ class Joining:
             )
             release, self._release_lock = self._release_lock, None
             d = release() if release else defer.succeed(None)
-            d.addCallback(lambda _: self.r._refresh_view())
+            d.addCallback(lambda _: self.r.members.refresh_view())
             return d
 
         return self.r.zk.register(self.r.address, self._join_ticket).addCallback(registered)
@@ -386,7 +388,7 @@ class Joining:
         else:
             names = "a chain that had members but keeps no kvtwist record (older or foreign nodes)"
         self.r.life.to(State.WAITING, f"the chain is empty; waiting for a node of {names}")
-        self.r._wake_members()  # held requests are refused now: this may take an operator
+        self.r.wake_members()  # held requests are refused now: this may take an operator
         attempt = self.r.life.begin("waiting for the last configuration")
         log.warn(
             "the chain is empty and our copy (op {n}) is not from its last configuration "
@@ -439,54 +441,3 @@ class Joining:
         self._wait_call = None
         if self.r.zk is not None and self.r.life.is_(State.WAITING, State.STOPPED):
             self.r.zk.withdraw_waiting(self.r.store.node_id).addErrback(lambda f: None)
-
-
-class JoiningReplica(LinkedReplica):
-    """The layers below, with a join (:class:`Joining`) and the tail's side of others'
-    joins (:class:`~kvtwist.chain.serving.JoinServer`) composed in."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.joining = Joining(self)
-        self.join_server = JoinServer(self)
-
-    @property
-    def backlog_bytes(self) -> int:
-        return self.join_server.backlog_bytes
-
-    @property
-    def last_catch_up(self) -> str:
-        return self.joining.last_catch_up
-
-    def join(self) -> Deferred[None]:
-        """Join the chain: catch up from the tail, then register as the new tail."""
-        return self.joining.start()
-
-    # what the layers below hand on
-
-    def _serve_join(self, conn: FramedProtocol, msg: Message) -> None:
-        self.join_server.serve(conn, msg)
-
-    def _backlog_applied(self, u: Update) -> None:
-        self.join_server.backlog_applied(u)
-
-    def _joiner_lost(self, link: Link) -> None:
-        self.join_server.lost(link)
-
-    def _snapshot_chunk(self, link: Link, chunk: SnapshotChunk) -> None:
-        self.joining.snapshot_chunk(link, chunk)
-
-    def _join_caught_up_to(self, link: Link, hello: Any) -> None:
-        self.joining.caught_up_to(link, hello)
-
-    def _join_applied(self) -> None:
-        self.joining.applied()
-
-    def _join_failed(self, why: str) -> None:
-        self.joining.failed(why)
-
-    def _reset_join(self) -> None:
-        self.joining.reset()
-
-    def _stop_waiting(self) -> None:
-        self.joining.stop_waiting()

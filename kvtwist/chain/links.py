@@ -9,7 +9,7 @@ never committed and must rejoin, dropping them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
@@ -17,26 +17,33 @@ from kvtwist import wire
 from kvtwist.chain.foreign import Verdict
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import Link, Side
-from kvtwist.chain.membership import MembershipReplica
 from kvtwist.chain.state import Mismatch
 from kvtwist.proto.kvtwist_pb2 import Update
 from kvtwist.wire import FramedProtocol, Message
 
+if TYPE_CHECKING:
+    from kvtwist.chain.replica import Replica
+
 log = Logger(namespace="kvtwist.chain")
 
 
-class LinkedReplica(MembershipReplica):
+class LinkTraffic:
+    """One replica's dealings with what its neighbours send it."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.r = replica
+
     def chain_message(self, link: Link, msg: Message) -> None:
         op = msg.opcode
         if op == wire.OP_CHAIN_HELLO:
-            self._note_lease(msg.hello)
+            self.r.members.note_lease(msg.hello)
         if op == wire.OP_ERROR:
             log.warn("{link} refused: {why}", link=link, why=msg.error)
             link.close()
-            if link.side is Side.SUCCESSOR and link is self.succ and not link.joining:
-                self._relink_later(link, self.life.generation)
-            elif link is self.pred and not msg.retry and self.life.is_(State.MEMBER):
-                self.fence(f"predecessor refused us: {msg.error}")
+            if link.side is Side.SUCCESSOR and link is self.r.succ and not link.joining:
+                self.r.members.relink_later(link, self.r.life.generation)
+            elif link is self.r.pred and not msg.retry and self.r.life.is_(State.MEMBER):
+                self.r.fence(f"predecessor refused us: {msg.error}")
             return
         if link.side is Side.SUCCESSOR:
             if op == wire.OP_CHAIN_HELLO:
@@ -45,22 +52,22 @@ class LinkedReplica(MembershipReplica):
                 # a joiner signs with its znode name once it knows it; until its
                 # registration reply arrives it may still send an empty one
                 expected = {link.peer, ""} if link.joined else {link.peer}
-                if link is not self.succ or (
+                if link is not self.r.succ or (
                     not link.peer.startswith("join:") and msg.hello.sender not in expected
                 ):
                     link.refuse("acknowledgements accepted only from the current successor")
                     return
-                self.state.acknowledged(msg.op_n)
-                self._advance()
+                self.r.state.acknowledged(msg.op_n)
+                self.r.writes.advance()
             else:
                 link.refuse(f"unexpected {wire.op_name(op)} from a successor", retry=False)
             return
         if op == wire.OP_CHAIN_UPDATE:
             sender = msg.hello.sender
-            pred = self._neighbours()[0]
-            member = self.life.is_(State.MEMBER)
+            pred = self.r.neighbours()[0]
+            member = self.r.life.is_(State.MEMBER)
             if (
-                link is not self.pred
+                link is not self.r.pred
                 or sender != link.peer
                 or (member and (pred is None or pred.name != sender))
             ):
@@ -73,7 +80,7 @@ class LinkedReplica(MembershipReplica):
                 return
             self._updates(link, list(msg.updates))
         elif op == wire.OP_CHAIN_SNAPSHOT:
-            self._snapshot_chunk(link, msg.snapshot)
+            self.r.joining.snapshot_chunk(link, msg.snapshot)
         elif op == wire.OP_CHAIN_HELLO:
             self._predecessor_hello(link, msg)
         else:
@@ -81,99 +88,99 @@ class LinkedReplica(MembershipReplica):
 
     def incoming(self, conn: FramedProtocol, msg: Message) -> None:
         """A HELLO or JOIN on a fresh connection: the peer opens a link to us."""
-        self._note_lease(msg.hello)
+        self.r.members.note_lease(msg.hello)
         if msg.opcode == wire.OP_CHAIN_HELLO:
             # with a cluster key the peer is who the handshake proved, and the
             # connection has already refused a hello naming anyone else
             peer = msg.hello.sender
             if getattr(conn, "authenticated", False):
                 peer = conn.peer_identity  # type: ignore[attr-defined]
-            link = self._new_link(conn, Side.PREDECESSOR, peer=peer)
+            link = self.r.new_link(conn, Side.PREDECESSOR, peer=peer)
             self._predecessor_hello(link, msg)
         else:
-            self._serve_join(conn, msg)
+            self.r.join_server.serve(conn, msg)
 
     def _predecessor_hello(self, link: Link, msg: Message) -> None:
         hello = msg.hello
-        if link is self.pred and self.life.is_(State.JOINING):
-            self._join_caught_up_to(link, hello)
+        if link is self.r.pred and self.r.life.is_(State.JOINING):
+            self.r.joining.caught_up_to(link, hello)
             return
-        if link is self.pred and self.life.is_(State.REGISTERING):
-            self._early_hello = (link, msg)  # the handoff, ahead of our own view
+        if link is self.r.pred and self.r.life.is_(State.REGISTERING):
+            self.r.early_hello = (link, msg)  # the handoff, ahead of our own view
             return
-        if self.fenced or self.name is None or self.view is None:
-            link.refuse(f"not a chain member ({self.status})")
+        if self.r.fenced or self.r.name is None or self.r.view is None:
+            link.refuse(f"not a chain member ({self.r.status})")
             return
-        if hello.config > self.view.config:
+        if hello.config > self.r.view.config:
             # our watch has not fired yet: look, then judge the hello again
-            assert self.zk is not None
-            self.zk.members().addCallbacks(
+            assert self.r.zk is not None
+            self.r.zk.members().addCallbacks(
                 self._view_then_hello,
                 lambda f: link.refuse("cannot read the configuration now; retry"),
                 callbackArgs=(link, msg),
             )
             return
-        pred, _ = self._neighbours()
+        pred, _ = self.r.neighbours()
         if pred is None or pred.name != hello.sender:
             log.warn(
                 "link from {sender} refused: our predecessor is {pred}",
                 sender=hello.sender,
                 pred=pred.name if pred else "none",
             )
-            link.refuse(f"{hello.sender} is not our predecessor in config {self.view.config}")
+            link.refuse(f"{hello.sender} is not our predecessor in config {self.r.view.config}")
             return
-        if self.state.last_received < hello.last_op:
+        if self.r.state.last_received < hello.last_op:
             # it committed writes we never got: we cannot be its successor
             log.error(
                 "predecessor {p} committed op {c}, we hold only {n}",
                 p=hello.sender,
                 c=hello.last_op,
-                n=self.state.last_received,
+                n=self.r.state.last_received,
             )
             link.refuse("successor is behind the committed state; it rejoins", retry=False)
-            self.fence("behind the predecessor's committed state")
+            self.r.fence("behind the predecessor's committed state")
             return
-        if self.pred is not None and self.pred is not link:
-            self.pred.close()
+        if self.r.pred is not None and self.r.pred is not link:
+            self.r.pred.close()
         link.peer = hello.sender
-        self.pred = link
-        self._stamp(link)
+        self.r.pred = link
+        self.r.members.stamp(link)
         link.ready = True
-        self.foreign.verdicts[hello.sender] = Verdict.KVTWIST
-        self._awaiting_handoff = False
+        self.r.foreign.verdicts[hello.sender] = Verdict.KVTWIST
+        self.r.awaiting_handoff = False
         link.hello(
-            self.name,
-            self.view.config,
-            self.address,
-            self.state.last_received,
-            epoch=self.state.history.epoch_at(self.state.last_received),
+            self.r.name,
+            self.r.view.config,
+            self.r.address,
+            self.r.state.last_received,
+            epoch=self.r.state.history.epoch_at(self.r.state.last_received),
         )
-        if self.state.committed_seq:
-            link.queue_ack(self.state.committed_seq)
-        self._wake_readers()
+        if self.r.state.committed_seq:
+            link.queue_ack(self.r.state.committed_seq)
+        self.r.reads.wake()
 
     def _view_then_hello(self, view: Any, link: Link, msg: Message) -> None:
-        self.set_view(view)
+        self.r.members.set_view(view)
         if link.closed:
             return
-        if msg.hello.config > self.view.config:
+        if msg.hello.config > self.r.view.config:
             link.refuse("configuration newer than ours; retry")
         else:
             self._predecessor_hello(link, msg)
 
     def _successor_hello(self, link: Link, hello: Any) -> None:
-        if link is not self.succ:
+        if link is not self.r.succ:
             link.close()
             return
         last_op = hello.last_op
-        problem = self.state.successor_problem(last_op, hello.epoch)
+        problem = self.r.state.successor_problem(last_op, hello.epoch)
         if problem is Mismatch.BEHIND:
             # everything we committed went through it to the tail: it lost state
             log.error(
                 "successor {peer} holds op {n}, we committed {c}; refusing it",
                 peer=link.peer,
                 n=last_op,
-                c=self.state.committed_seq,
+                c=self.r.state.committed_seq,
             )
             link.refuse("successor is behind the committed state; it must rejoin", False)
             return
@@ -188,9 +195,9 @@ class LinkedReplica(MembershipReplica):
             link.refuse("successor's log diverges from ours; it must rejoin", False)
             return
         link.ready = True
-        self.foreign.verdicts[link.peer] = Verdict.KVTWIST
-        self._succ_down_since = None
-        resend = self.state.resend_after(last_op)
+        self.r.foreign.verdicts[link.peer] = Verdict.KVTWIST
+        self.r.members.succ_down_since = None
+        resend = self.r.state.resend_after(last_op)
         if resend:
             log.info("resending {n} writes to {peer}", n=len(resend), peer=link.peer)
         for u in resend:
@@ -198,17 +205,17 @@ class LinkedReplica(MembershipReplica):
         log.info("linked to successor {peer} (it holds op {n})", peer=link.peer, n=last_op)
 
     def _updates(self, link: Link, updates: list[Update]) -> None:
-        fresh, gap = self.state.take_in_order(updates)
-        self._accept(fresh)
+        fresh, gap = self.r.state.take_in_order(updates)
+        self.r.writes.accept(fresh)
         if gap is not None:
             log.error(
                 "gap from {peer}: op {n} after {last}; relinking",
                 peer=link.peer,
                 n=gap,
-                last=self.state.last_received,
+                last=self.r.state.last_received,
             )
             link.refuse("gap in op numbers")
 
-    def _replay_hello(self, link: Link, msg: Message) -> None:
+    def replay_hello(self, link: Link, msg: Message) -> None:
         if not link.closed:
             self._predecessor_hello(link, msg)

@@ -9,32 +9,48 @@ At a node that is still becoming a member it first waits for that.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from kvtwist.chain.core import ReplicaCore
 from kvtwist.chain.outcomes import ReadView, Unavailable
+
+if TYPE_CHECKING:
+    from kvtwist.chain.replica import Replica
 
 #: How long a read may wait for this node to become a serving tail.
 READ_WAIT = 5.0
+#: Readiness also depends on the lease, which changes with time: how often a
+#: waiting read looks again.
+READY_POLL = 0.05
 
 
-class ReadingReplica(ReplicaCore):
+class Reads:
+    """One replica's reads, and the reads waiting for it to serve as tail."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.r = replica
+        self._ready_waiters: list[Deferred[None]] = []
+
     def serving_view(self) -> ReadView | None:
         """The committed state if this node serves reads now; None if it should wait.
 
         Raises NotHere or Unavailable when the read belongs elsewhere.
         """
-        if self.becoming_member:
+        r = self.r
+        if r.becoming_member:
             return None
-        self._check_member()
-        if not self.is_tail:
-            raise self._elsewhere("tail", self.tail_address())
-        if self.serving_reads:
-            return ReadView(self.state.committed_tree, self.state.committed_seq)
+        self._check_tail()
+        if r.serving_reads:
+            return ReadView(r.state.committed_tree, r.state.committed_seq)
         return None
+
+    def _check_tail(self) -> None:
+        r = self.r
+        r.check_member()
+        if not r.is_tail:
+            raise r.elsewhere("tail", r.tail_address())
 
     def read_view(self, allow_wait: bool = True, hold: bool = True) -> Deferred[ReadView]:
         """The committed state, when this node is the serving tail.
@@ -42,51 +58,52 @@ class ReadingReplica(ReplicaCore):
         At a node still becoming a member the read waits for it (``hold``),
         then for it to serve as tail (``allow_wait``).
         """
-        if hold and self.becoming_member:
-            return self._wait_member().addCallback(
+        r = self.r
+        if hold and r.becoming_member:
+            return r.wait_member().addCallback(
                 lambda _: self.read_view(allow_wait=allow_wait, hold=False)
             )
         try:
-            self._check_member()
-            if not self.is_tail:
-                raise self._elsewhere("tail", self.tail_address())
+            self._check_tail()
         except Exception as e:
             return defer.fail(e)
-        if self.serving_reads:
-            return defer.succeed(ReadView(self.state.committed_tree, self.state.committed_seq))
+        if r.serving_reads:
+            return defer.succeed(ReadView(r.state.committed_tree, r.state.committed_seq))
         if not allow_wait:
             return defer.fail(Unavailable("tail is not ready to serve reads"))
         return self._wait_ready().addCallback(lambda _: self.read_view(allow_wait=False))
 
     def _wait_ready(self) -> Deferred[None]:
+        reactor = self.r.reactor
         d: Deferred[None] = Deferred()
         self._ready_waiters.append(d)
         # a hold for a removed member has a known end: the read waits it out too
-        held = max(0.0, self.tail_hold_until - self.reactor.seconds())
-        timeout = self.reactor.callLater(
+        held = max(0.0, self.r.tail_hold_until - reactor.seconds())
+        timeout = reactor.callLater(
             READ_WAIT + held,
             lambda: (
                 None if d.called else d.errback(Unavailable("timed out waiting to serve reads"))
             ),
         )
-        poll = self.reactor.callLater(0.05, self._poll_ready)
+        poll = reactor.callLater(READY_POLL, self._poll_ready)
 
-        def done(r: Any) -> Any:
+        def done(result: Any) -> Any:
             for call in (timeout, poll):
                 if call.active():
                     call.cancel()
-            return r
+            return result
 
         return d.addBoth(done)
 
     def _poll_ready(self) -> None:
-        """Readiness also depends on the lease, which changes with time: look again."""
-        if self.serving_reads or self.fenced or not self.is_tail:
-            self._wake_readers()
+        r = self.r
+        if r.serving_reads or r.fenced or not r.is_tail:
+            self.wake()
         elif self._ready_waiters:
-            self.reactor.callLater(0.05, self._poll_ready)
+            r.reactor.callLater(READY_POLL, self._poll_ready)
 
-    def _wake_readers(self) -> None:
+    def wake(self) -> None:
+        """Something that readiness depends on changed: waiting reads look again."""
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             if not d.called:

@@ -19,7 +19,7 @@ from kvtwist.chain.attempt import Attempt, running
 from kvtwist.chain.record import ChainRecord, matches
 
 if TYPE_CHECKING:
-    from kvtwist.chain.membership import MembershipReplica
+    from kvtwist.chain.replica import Replica
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -29,7 +29,7 @@ RECORD_RETRY_DELAY = 0.2
 class RecordKeeper:
     """One replica's dealings with the chain record."""
 
-    def __init__(self, replica: MembershipReplica) -> None:
+    def __init__(self, replica: Replica) -> None:
         self.r = replica
         self._claim: Attempt | None = None  # the head claim on its way
         self._fix: Attempt | None = None  # the record fix on its way
@@ -62,8 +62,8 @@ class RecordKeeper:
                 self.r.head_epoch = new.epoch
                 self.r.state.continue_numbering()
                 log.info("head of epoch {e} from op {n}", e=new.epoch, n=self.r.state.next_seq)
-                self.r._release_claim_waiters()
-                self.r._advance()
+                self.r.writes.release_claim_waiters()
+                self.r.writes.advance()
 
         def done(result: Any) -> None:
             live = claim.live
@@ -78,7 +78,7 @@ class RecordKeeper:
 
     def allows_commit(self) -> bool:
         """A tail commits only while the record lists exactly its view's members."""
-        if self.r.standalone or self.r._neighbours()[1] is not None or self.r.name is None:
+        if self.r.standalone or self.r.neighbours()[1] is not None or self.r.name is None:
             return True
         if self.r.foreign.in_view():
             return False  # its removal brings a new view, and _advance with it
@@ -130,9 +130,9 @@ class RecordKeeper:
                 return
             confirmed = self.confirmed == self.r.view.config
             if isinstance(result, Failure) or not confirmed:
-                self.r.reactor.callLater(RECORD_RETRY_DELAY, self.r._advance)
+                self.r.reactor.callLater(RECORD_RETRY_DELAY, self.r.writes.advance)
             else:
-                self.r._advance()
+                self.r.writes.advance()
 
         self.r.zk.read_record().addCallback(fix.guard(decide)).addBoth(done)
 

@@ -25,7 +25,7 @@ from kvtwist.proto.kvtwist_pb2 import EpochMark, SnapshotChunk, Update
 from kvtwist.wire import FramedProtocol, Message
 
 if TYPE_CHECKING:
-    from kvtwist.chain.joining import JoiningReplica
+    from kvtwist.chain.replica import Replica
 
 log = Logger(namespace="kvtwist.chain")
 
@@ -44,7 +44,7 @@ def history_of(marks: Any) -> EpochHistory:
 class JoinServer:
     """The tail's side of a join; one per replica."""
 
-    def __init__(self, replica: JoiningReplica) -> None:
+    def __init__(self, replica: Replica) -> None:
         self.r = replica
         self._join_backlog: list[Update] | None = None
         self.backlog_bytes = 0  # of the joiner's backlog, bounded with the Sent list
@@ -52,14 +52,14 @@ class JoinServer:
     def set_backlog(self, backlog: list[Update] | None) -> None:
         self._join_backlog = backlog
         self.backlog_bytes = sum(update_size(u) for u in backlog or ())
-        self.r._update_congestion()
+        self.r.writes.update_congestion()
 
     def serve(self, conn: FramedProtocol, msg: Message) -> None:
         hello = msg.hello
-        link = self.r._new_link(conn, Side.SUCCESSOR, peer=f"join:{hello.address}")
-        self.r._stamp(link)
+        link = self.r.new_link(conn, Side.SUCCESSOR, peer=f"join:{hello.address}")
+        self.r.members.stamp(link)
         link.joining = True
-        if not self.r.is_tail or self.r.succ is not None or self.r._joiner_limbo is not None:
+        if not self.r.is_tail or self.r.succ is not None or self.r.joiner_limbo is not None:
             link.refuse("not the tail, or a join is already running; retry")
             return
         self.r.succ = link
@@ -104,8 +104,8 @@ class JoinServer:
         if self._join_backlog is not None:
             self._join_backlog.append(u)
             self.backlog_bytes += update_size(u)
-            if self.r.unsent_bytes > self.r.intake.limit:
-                self.r._update_congestion()  # a slow joiner slows the intake, not our memory
+            if self.r.writes.unsent_bytes > self.r.writes.intake.limit:
+                self.r.writes.update_congestion()  # a slow joiner slows the intake, not our memory
 
     def _switch_to_joiner(self, link: Link) -> None:
         """The joiner has its base: send the backlog, then treat it as our successor."""
@@ -129,7 +129,7 @@ class JoinServer:
         self.set_backlog(None)
         if not link.ready:
             log.info("joiner {peer} went away during the state transfer", peer=link.peer)
-            self.r._advance()
+            self.r.writes.advance()
             return
         # It had our backlog and may be registering: until its fate is known
         # nothing commits here, or it could become tail without our writes.
@@ -138,19 +138,19 @@ class JoinServer:
         # a look at the members settles it.
         address = link.peer.removeprefix("join:")
         attempt = self.r.life.begin("voiding a dropped joiner")
-        self.r._joiner_limbo = address
+        self.r.joiner_limbo = address
         log.info("joiner {a} went away; making sure it cannot register late", a=address)
 
         def bumped(version: int) -> Any:
             if version < 0:  # no record to void against: wait out its session instead
-                wait = 1.5 * self.r._session_timeout()
+                wait = 1.5 * self.r.session_timeout()
                 self.r.reactor.callLater(wait, self.end_limbo, address, attempt)
                 return None
             return self.end_limbo(address, attempt)
 
         def failed(f: Failure) -> None:
             log.warn("voiding the joiner's registration failed: {e}", e=f.getErrorMessage())
-            if attempt.live and self.r._joiner_limbo == address:
+            if attempt.live and self.r.joiner_limbo == address:
                 self.r.reactor.callLater(0.5, self._joiner_retry, link, attempt)
 
         self.r.coordinator.bump_record().addCallbacks(bumped, failed)
@@ -161,15 +161,15 @@ class JoinServer:
 
     def end_limbo(self, address: str, attempt: Attempt) -> None:
         """The dropped joiner can no longer register: read who is in the chain."""
-        if not attempt.live or self.r._joiner_limbo != address or self.r.zk is None:
+        if not attempt.live or self.r.joiner_limbo != address or self.r.zk is None:
             return
 
         def decide(view: Any) -> None:
-            if self.r._joiner_limbo != address or not attempt.live:
+            if self.r.joiner_limbo != address or not attempt.live:
                 return
-            self.r._joiner_limbo = None
+            self.r.joiner_limbo = None
             self.r.set_view(view)
-            self.r._advance()
+            self.r.writes.advance()
 
         def again(f: Failure) -> None:  # ZooKeeper unreachable: look again, not at once
             self.r.reactor.callLater(LIMBO_RETRY_DELAY, self.end_limbo, address, attempt)

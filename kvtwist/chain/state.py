@@ -26,7 +26,7 @@ event (method)              what it returns: the actions for the driver
 ``reset(seq)``              start again from a state that ends at ``seq``
 ==========================  ===================================================
 
-The driver (:class:`kvtwist.chain.core.ReplicaCore` and the layers above it)
+The driver (:class:`kvtwist.chain.replica.Replica` and its parts)
 turns those into I/O: the store's writer thread, the links, the Deferreds
 of waiting clients, the coordinator.  So a test can drive several states as
 a chain, drop and reorder what passes between them, and check the paper's

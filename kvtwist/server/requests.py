@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from kvtwist import wire
-from kvtwist.chain.core import WriteRequest
 from kvtwist.chain.group import Group, Op
 from kvtwist.chain.link import MAX_CLIENT_ID
 from kvtwist.chain.outcomes import ReadView
 from kvtwist.chain.rmw import Cond, Kind, Rmw
+from kvtwist.chain.state import WriteRequest
 from kvtwist.server.limits import Limits
 from kvtwist.wire import Message
 
