@@ -39,7 +39,7 @@ def _positive(name: str) -> Any:
     return convert
 
 
-class Options(usage.Options):
+class NodeOptions(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run a kvtwist node. Without --zk it is a standalone node; with --zk it joins "

@@ -30,7 +30,7 @@ from kvtwist.tree import freeze_collector
 if TYPE_CHECKING:  # prometheus-client is loaded only with --metrics-port
     from kvtwist.monitoring import Histograms
 
-from kvtwist.options import Options
+from kvtwist.options import NodeOptions as Options
 from kvtwist.services import ChainService, ListeningService, WatchdogService
 
 __all__ = ["ChainService", "ListeningService", "Options", "WatchdogService", "build", "makeService"]

@@ -135,10 +135,10 @@ class NodeTokenTests(SynchronousTestCase):
         node = Node()
         for _ in range(5):
             node.connect().send(wire.req_auth(b"wrong-token-0123456789"))
-        self.assertEqual(node.factory.token_refusals.suppressed, 4)
+        self.assertEqual(node.factory.token_check.refusals.suppressed, 4)
         node.clock.advance(11)
         node.connect().send(wire.req_auth(b"wrong-token-0123456789"))
-        self.assertEqual(node.factory.token_refusals.suppressed, 0)
+        self.assertEqual(node.factory.token_check.refusals.suppressed, 0)
 
     def test_chain_links_not_affected(self) -> None:
         """A chain peer authenticates with the cluster key, without the client token."""

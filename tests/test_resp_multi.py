@@ -150,12 +150,12 @@ class GroupCommandTests(SynchronousTestCase):
 
     def test_flush_option(self) -> None:
         """--resp-allow-flush is a flag of the node, off unless given."""
-        from kvtwist.options import Options
+        from kvtwist.options import NodeOptions
 
-        o = Options()
+        o = NodeOptions()
         o.parseOptions(["--in-memory", "--resp-allow-flush"])
         self.assertTrue(o["resp-allow-flush"])
-        o = Options()
+        o = NodeOptions()
         o.parseOptions(["--in-memory"])
         self.assertFalse(o["resp-allow-flush"])
 

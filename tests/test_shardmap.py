@@ -7,7 +7,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.cluster.shardmap import BadMap, ChainPlan, ClusterPaths, Server, Shard, ShardMap
-from kvtwist.options import Options
+from kvtwist.options import NodeOptions
 
 
 def three() -> ShardMap:
@@ -72,8 +72,8 @@ class ShardMapTests(SynchronousTestCase):
 class ClusterOptionTests(SynchronousTestCase):
     """``--cluster`` and its companions are checked before anything starts."""
 
-    def parse(self, *args: str) -> Options:
-        o = Options()
+    def parse(self, *args: str) -> NodeOptions:
+        o = NodeOptions()
         o.parseOptions(list(args))
         return o
 

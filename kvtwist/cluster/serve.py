@@ -20,7 +20,7 @@ from kvtwist.cluster.hosting import ClusterServer
 from kvtwist.cluster.shardmap import ClusterPaths, Server, check_name
 from kvtwist.kazoolog import limit_repeats
 from kvtwist.lease import LEASE_FRACTION
-from kvtwist.options import Options
+from kvtwist.options import NodeOptions
 from kvtwist.server import ClientConnections, NodeFactory
 from kvtwist.server.chains import Chains
 from kvtwist.services import ListeningService, WatchdogService
@@ -37,7 +37,7 @@ log = Logger(namespace="kvtwist.cluster")
 ID_FILE = "server-id"
 
 
-def server_id(options: Options) -> str:
+def server_id(options: NodeOptions) -> str:
     """--server-id, or the one kept in the data directory (made at the first start)."""
     if options["server-id"]:
         return str(options["server-id"])
@@ -63,7 +63,7 @@ def server_id(options: Options) -> str:
     return made
 
 
-def build_server(options: Options, reactor: Any) -> service.MultiService:
+def build_server(options: NodeOptions, reactor: Any) -> service.MultiService:
     from kvtwist import tap  # the lone node's building blocks
 
     top = service.MultiService()

@@ -11,7 +11,6 @@ dispatcher as one batch (numbered and logged together at the head).
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import os
 import time
@@ -35,6 +34,7 @@ from kvtwist.resp.transaction import CONTROL, Transaction, call_error, execute
 from kvtwist.server.dispatch import Dispatcher
 from kvtwist.server.factory import ClientConnections
 from kvtwist.server.limits import Limits
+from kvtwist.server.token import TokenCheck
 from kvtwist.wire import Message
 
 log = Logger(namespace="kvtwist.resp")
@@ -72,6 +72,7 @@ class RespFactory(Factory):
         self.max_transaction = limits.max_key + limits.max_value
         self.dispatcher = dispatcher
         self.token = token
+        self.token_check = TokenCheck(token, reactor.seconds)
         self.port = port
         self.max_pending = max_pending or limits.max_pending
         self.clients = clients if clients is not None else ClientConnections()
@@ -408,7 +409,7 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
             if user != b"default":
                 raise RespError(WRONGPASS)
             return
-        if user in (None, b"default") and hmac.compare_digest(password, token):
+        if user in (None, b"default") and self.factory.token_check.accepts(password, self.peer()):
             self.logged_in = True
             return
         self.close_after_reply()  # as the native port: a wrong token ends the connection

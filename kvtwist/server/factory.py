@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 
 from kvtwist.chain.link import LinkConfig
 from kvtwist.chain.replica import Replica
@@ -18,6 +19,10 @@ from kvtwist.server.dispatch import Dispatcher
 from kvtwist.server.limits import Limits
 from kvtwist.server.metrics import Metrics
 from kvtwist.server.protocol import NodeProtocol
+from kvtwist.server.token import TokenCheck
+from kvtwist.tls import tls_reason
+
+log = Logger(namespace="kvtwist.server")
 
 
 class Pausable(Protocol):
@@ -71,7 +76,7 @@ class NodeFactory(Factory):
         self.limits = limits or Limits()
         self.connections = clients if clients is not None else ClientConnections()
         self.token = token  # clients must show it first (--auth-token-file)
-        self.token_refusals = LogLimiter(now=reactor.seconds)
+        self.token_check = TokenCheck(token, reactor.seconds)
         self.tls_refusals = LogLimiter(now=reactor.seconds)
         self.metrics = Metrics(observe=observe)
         if link_config is None:
@@ -94,6 +99,18 @@ class NodeFactory(Factory):
 
     def count_clients(self) -> int:
         return len(self.connections)
+
+    def tls_failed(self, peer: str, why: BaseException | None) -> None:
+        """A connection that never got through its TLS handshake: a plain client, most
+        likely; said at a bounded rate, so a port scan cannot flood the log."""
+        left_out = self.tls_refusals.allow()
+        if left_out is not None:
+            log.info(
+                "{peer}: TLS handshake failed ({why}): a plain client?{more}",
+                peer=peer,
+                why=tls_reason(why),
+                more=f" ({left_out} more not logged)" if left_out else "",
+            )
 
 
 def link_settings(chains: Chains) -> LinkConfig:

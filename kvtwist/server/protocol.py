@@ -9,7 +9,6 @@ ERROR replies with a reason; nothing a client sends can take the node down.
 
 from __future__ import annotations
 
-import hmac
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ from kvtwist.chain.link import ChainConnection
 from kvtwist.flow import ReadPauses
 from kvtwist.server.backup import BackupCursor, backup_step
 from kvtwist.server.requests import reply_cost
-from kvtwist.tls import TLS_ERRORS, tls_reason
+from kvtwist.tls import TLS_ERRORS
 from kvtwist.wire import FramedProtocol, Message
 
 if TYPE_CHECKING:
@@ -114,24 +113,15 @@ class NodeProtocol(ReadPauses, FramedProtocol, TimeoutMixin):
             peer=self.peerName(),
             n=len(f.connections),
         )
-        self.sendMessage(
+        self.close_with(
             wire.error_reply(f"too many connections (limit {f.limits.max_connections})", retry=True)
         )
-        self._closing = True
-        self.disconnect()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         f = self.factory
         proved = f.acceptor.proof(self) is not None
         if reason.check(*TLS_ERRORS) and self.chain is None and not proved:
-            left_out = f.tls_refusals.allow()
-            if left_out is not None:
-                log.info(
-                    "{peer}: TLS handshake failed ({why}): a plain client?{more}",
-                    peer=self.peerName(),
-                    why=tls_reason(reason.value),
-                    more=f" ({left_out} more not logged)" if left_out else "",
-                )
+            f.tls_failed(str(self.peerName()), reason.value)
         f.connections.discard(self)
         f.acceptor.lost(self)
         self._closing = True
@@ -154,9 +144,7 @@ class NodeProtocol(ReadPauses, FramedProtocol, TimeoutMixin):
             peer=self.peerName(),
             s=self.factory.limits.idle_timeout,
         )
-        self.sendMessage(wire.error_reply("idle timeout; closing"))
-        self._closing = True
-        self.disconnect()
+        self.close_with(wire.error_reply("idle timeout; closing"))
 
     # becoming a chain link (what kvtwist.server.acceptor asks of a connection)
 
@@ -253,20 +241,12 @@ class NodeProtocol(ReadPauses, FramedProtocol, TimeoutMixin):
         works against it too.
         """
         f = self.factory
-        token = f.token
-        if token is None or hmac.compare_digest(bytes(msg.token), token):
+        if f.token_check.accepts(bytes(msg.token), str(self.peerName())):
             self.logged_in = True
             f.metrics.record(wire.OP_AUTH, 0.0, False)
             self.answer(wire.reply(wire.OP_AUTH, c_type=wire.CT_NONE))
             return
         f.metrics.record(wire.OP_AUTH, 0.0, True)
-        left_out = f.token_refusals.allow()
-        if left_out is not None:
-            log.warn(
-                "{peer}: wrong client token; closing{more}",
-                peer=self.peerName(),
-                more=f" ({left_out} more refusals not logged)" if left_out else "",
-            )
         self.logged_in = False
         self.answer(wire.error_reply("authentication failed: wrong token"))
         self._closing = True
