@@ -30,7 +30,7 @@ from kvtwist import procs
 
 # The server itself lives in the package (the torture runner starts one too);
 # these names are re-exported so tests keep importing them from here.
-from kvtwist.procs import (
+from kvtwist.procs.zookeeper import (
     _DEPENDENCY_JARS,
     JAVA_DIR,
     MAIN_CLASS,
