@@ -9,6 +9,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kvtwist.chain.replica import Replica
 from kvtwist.coordinator import Coordinator
@@ -20,6 +21,22 @@ if TYPE_CHECKING:  # prometheus-client is loaded only with --metrics-port
 
 log = Logger(namespace="kvtwist.node")
 
+#: Seconds between attempts to reach ZooKeeper while it does not answer.
+ZK_RETRY_DELAY = 2.0
+
+
+def retry_zookeeper(reactor: Any, hosts: str, f: Failure, again: Callable[[], None]) -> Any:
+    """Say that ZooKeeper did not answer, and call ``again`` a while later: a lone
+    node and a cluster server keep running (refusing requests as "starting")
+    and keep trying for as long as it takes."""
+    log.warn(
+        "cannot reach ZooKeeper at {hosts}: {e}; retrying in {s}s",
+        hosts=hosts,
+        e=f.getErrorMessage() or repr(f.value),
+        s=ZK_RETRY_DELAY,
+    )
+    return reactor.callLater(ZK_RETRY_DELAY, again)
+
 
 class ChainService(service.Service):
     """Connects to ZooKeeper and joins the chain once the node is listening.
@@ -27,8 +44,6 @@ class ChainService(service.Service):
     While ZooKeeper cannot be reached the node keeps running, answering
     clients with a retryable "not serving (starting)" error, and tries again.
     """
-
-    retry_delay = 2.0
 
     def __init__(self, reactor: Any, replica: Replica, make_zk: Callable[[], Coordinator]) -> None:
         self.reactor = reactor
@@ -57,17 +72,11 @@ class ChainService(service.Service):
         d.addCallbacks(lambda _: self.replica.join(), self._failed)
         d.addErrback(lambda f: log.failure("joining the chain failed", f))
 
-    def _failed(self, f: Any) -> None:
+    def _failed(self, f: Failure) -> None:
         if not self.running or self.zk is None:
             return
-        log.warn(
-            "cannot reach ZooKeeper at {hosts}: {e}; retrying in {s}s",
-            hosts=self.zk.hosts,
-            e=f.getErrorMessage() or f.type.__name__,
-            s=self.retry_delay,
-        )
         self.zk.stop()
-        self._retry = self.reactor.callLater(self.retry_delay, self._connect)
+        self._retry = retry_zookeeper(self.reactor, self.zk.hosts, f, self._connect)
 
     def stopService(self) -> Any:
         super().stopService()

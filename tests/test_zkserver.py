@@ -7,13 +7,13 @@ import warnings
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from kvtwist import procs
+from kvtwist.procs import zookeeper
 from tests import zkserver
 
 
 class ZooKeeperGate(SynchronousTestCase):
     def setUp(self) -> None:
-        self.patch(procs, "zookeeper_available", lambda: "java not found (install it)")
+        self.patch(zookeeper, "zookeeper_available", lambda: "java not found (install it)")
         self.patch(zkserver, "_warned", False)
         saved = os.environ.pop("CI", None)
         if saved is not None:

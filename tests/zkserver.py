@@ -26,7 +26,7 @@ import warnings
 from kazoo.client import KazooClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from kvtwist import procs
+from kvtwist.procs import zookeeper
 
 # The server itself lives in the package (the torture runner starts one too);
 # these names are re-exported so tests keep importing them from here.
@@ -80,7 +80,7 @@ def zookeeper_available() -> str | None:
     :func:`shared_zookeeper`).  Elsewhere the reason, and once a warning.
     """
     global _warned
-    reason = procs.zookeeper_available()
+    reason = zookeeper.zookeeper_available()
     if reason is None or under_ci():
         return None
     text = f"ZooKeeper tests SKIPPED: {reason}; with CI set they fail instead"

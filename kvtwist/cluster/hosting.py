@@ -25,6 +25,7 @@ from kvtwist.cluster.controller import ControllerService
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
 from kvtwist.cluster.store import ClusterStore
 from kvtwist.server.chains import Chains
+from kvtwist.services import retry_zookeeper
 from kvtwist.storage import DataDir
 from kvtwist.zk import ZooKeeper
 from kvtwist.zk.session import Session
@@ -54,8 +55,6 @@ class Hosted:
 
 class ClusterServer(service.Service):
     """Serves what the shard map places here; see the module docstring."""
-
-    retry_delay = 2.0
 
     def __init__(
         self,
@@ -101,13 +100,7 @@ class ClusterServer(service.Service):
     def _failed(self, f: Failure) -> None:
         if not self.running:
             return
-        log.warn(
-            "cannot reach ZooKeeper at {hosts}: {e}; retrying in {s}s",
-            hosts=self.session.hosts,
-            e=f.getErrorMessage() or repr(f.value),
-            s=self.retry_delay,
-        )
-        self._retry = self.reactor.callLater(self.retry_delay, self._open)
+        self._retry = retry_zookeeper(self.reactor, self.session.hosts, f, self._open)
 
     def _opened(self, _: object) -> None:
         if not self.running:
