@@ -313,7 +313,7 @@ class ControllerService(Service):
                     self.core.map_seen(new, self.reactor.seconds())
                     self._watch_members()
 
-        self._cas(self.store.write_map(new.encode(), znode_version), znode_version,
+        self._cas(lambda: self.store.write_map(new.encode(), znode_version), znode_version,
                   lambda: self._map[1], adopt, "the map")
 
     def _write_requests(self, left: Requests, znode_version: int) -> None:
@@ -331,12 +331,12 @@ class ControllerService(Service):
                     self.core.requests_seen(left)
                     self._watch_members()
 
-        self._cas(self.store.write_requests(left.encode(), znode_version), znode_version,
+        self._cas(lambda: self.store.write_requests(left.encode(), znode_version), znode_version,
                   lambda: self._requests[1], adopt, "the request record")
 
     def _cas(
         self,
-        written: Deferred[bool],
+        write: Callable[[], Deferred[bool]],
         znode_version: int,
         seen: Callable[[], int],
         adopt: Callable[[], None],
@@ -361,7 +361,7 @@ class ControllerService(Service):
                      name=self.paths.name, what=what, e=f.getErrorMessage())
             self._step_later(WRITE_RETRY_DELAY)
 
-        written.addCallbacks(done, failed)
+        write().addCallbacks(done, failed)
 
     def _step_later(self, delay: float) -> None:
         """Decide again after ``delay`` seconds."""
