@@ -40,6 +40,7 @@ import pytest
 INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_admin": None,
     "test_admin_cluster": frozenset({"AdminClusterTests"}),
+    "test_admin_move": None,
     "test_backup_proc": None,
     "test_bench": frozenset({"BenchRunTests", "ReferenceServerTests", "ChainTargetTests"}),
     "test_bench_keys": frozenset({"KeyPrefixTests", "HelpTests"}),

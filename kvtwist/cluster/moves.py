@@ -81,9 +81,9 @@ def plan(
         touched |= {c.chain for c in appending}
         out.changes += leaving + appending
         for c in leaving:
-            out.progress[c.chain] = f"drain of {server}: {server} leaves"
+            out.progress[c.chain] = f"drain of {server}: {server} leaving"
         for c in appending:
-            out.progress[c.chain] = f"drain of {server}: {c.joining} appended"
+            out.progress[c.chain] = f"drain of {server}: appending {c.joining}"
         for p in m.chains_of(server):
             if p.id not in skip and p.id not in out.progress:
                 out.progress[p.id] = f"drain of {server}: " + _waiting(m, p.id, server, joined)
@@ -107,7 +107,7 @@ def _move_step(
     others = [s for s in members if s != move.source]
     if move.target not in members and len(others) < m.replicas:
         if move.target in live and move.target not in draining:
-            out.progress[move.chain] = f"{what}: {move.target} appended"
+            out.progress[move.chain] = f"{what}: appending {move.target}"
             return Change(move.chain, joining=move.target)
         why = "draining" if move.target in draining else "not live"
         out.progress[move.chain] = f"{what}: waiting, {move.target} is {why}"
@@ -115,7 +115,7 @@ def _move_step(
     now = set(joined.get(move.chain, ()))
     enough = move.target in others or len(others) >= m.replicas
     if others and enough and all(s in now for s in others):
-        out.progress[move.chain] = f"{what}: {move.source} leaves"
+        out.progress[move.chain] = f"{what}: {move.source} leaving"
         return Change(move.chain, leaving=move.source)
     out.progress[move.chain] = f"{what}: " + _waiting(m, move.chain, move.source, joined)
     return None
