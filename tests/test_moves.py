@@ -98,11 +98,15 @@ class CheckTests(SynchronousTestCase):
                          Move("c0", "s0", "s3"))
 
     def test_drain_refusals(self) -> None:
-        """A drain names a known server and leaves at least R servers to place on;
+        """A drain names a known server that no pending move targets, and leaves at
+        least R servers to place on;
         draining twice is the same request; undraining one not draining is refused."""
         m, live = four()
         with self.assertRaises(Refused):
             check_drain(m, live, Requests(), "s9")
+        with self.assertRaises(Refused) as caught:
+            check_drain(m, live, Requests((Move("c0", "s0", "s3"),)), "s3")
+        self.assertIn("pending", str(caught.exception))
         one = check_drain(m, live, Requests(), "s1")
         self.assertEqual(one.draining, ("s1",))
         self.assertEqual(check_drain(m, live, one, "s1"), one)

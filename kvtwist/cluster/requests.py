@@ -211,12 +211,16 @@ def pick_source(
 def check_drain(
     m: ShardMap, live: Mapping[str, Server], requests: Requests, server: str
 ) -> Requests:
-    """The record with ``server`` draining, or :class:`Refused`: an unknown server, or
-    one whose drain would leave fewer than R servers to place its chains on."""
+    """The record with ``server`` draining, or :class:`Refused`: an unknown server, the
+    target of a pending move, or one whose drain would leave fewer than R servers
+    to place its chains on."""
     if server not in live and not m.chains_of(server):
         raise Refused(f"unknown server {server!r}: not live and in no chain")
     if server in requests.draining:
         return requests
+    for mv in requests.moves:
+        if mv.target == server:
+            raise Refused(f"a move of {mv.chain} to {server} is pending: it would never end")
     staying = [s for s in live if s != server and s not in requests.draining]
     if m.chains_of(server) and len(staying) < m.replicas:
         raise Refused(
