@@ -80,9 +80,10 @@ def parse_keys(text: str) -> list[bytes]:
 def add_commands(
     sub: Any, common: Any, member_options: Any
 ) -> None:
-    """``cluster create`` and ``cluster status`` under ``sub``; ``common`` adds the
-    options every command takes, ``member_options`` how status reaches members."""
-    help = "make a cluster of many chains, or show one"
+    """``cluster create``, ``status``, ``move``, ``drain`` and ``undrain`` under ``sub``;
+    ``common`` adds the options every command takes, ``member_options`` how status
+    reaches members."""
+    help = "make a cluster of many chains, show one, or move its shards between servers"
     cluster = sub.add_parser("cluster", help=help, description=help)
     common(cluster, top=False)
     verbs = cluster.add_subparsers(dest="verb", required=True)
