@@ -132,6 +132,28 @@ class ClusterMoveTests(ZooKeeperCase):
         """Every chain's membership lists exactly its planned members."""
         return all(sorted(self.listed(c)) == sorted(p) for c, p in self.plans().items())
 
+    def watch_removals(self) -> list[str]:
+        """At every map change, each server that left a chain since the last map
+        while a server that joined it since the start is not listed by the chain's
+        membership: the removals that came before the join (none, if the rule holds)."""
+        start = self.plans()
+        last = [start]
+        early: list[str] = []
+
+        def changed(data: bytes | None, _stat: object) -> None:
+            if data is None:
+                return
+            now = {c: p.members for c, p in ShardMap.decode(data).chains.items()}
+            for cid, members in now.items():
+                gone = set(last[0][cid]) - set(members)
+                joiners = set(members) - set(start[cid])
+                if gone and not joiners <= set(self.listed(cid)):
+                    early.append(f"{cid}: {sorted(gone)} out before {sorted(joiners)} joined")
+            last[0] = now
+
+        self.kazoo.DataWatch(self.paths.map, changed)
+        return early
+
     def admin(self, *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
         began = time.monotonic()
         done = subprocess.run(
@@ -143,8 +165,8 @@ class ClusterMoveTests(ZooKeeperCase):
     def test_move_and_drain_under_load(self) -> None:
         """Move c0's head s1 to s4, then drain s2 (in both chains; the drain may place
         chains on s1 again), while writing and reading both shards: both commands
-        finish (--wait), s1 is out of c0 once the move is done and s2 in no chain
-        once the drain is,
+        finish (--wait), no map drops a member before the chain lists its joiner,
+        s1 is out of c0 once the move is done and s2 in no chain once the drain is,
         every acknowledged write reads back as its key's latest value, and no read
         returned a value older than one acknowledged before the read began."""
         wait_for(self.settled, 60, "both chains formed")
@@ -160,6 +182,7 @@ class ClusterMoveTests(ZooKeeperCase):
             for t in threads:
                 t.start()
             wait_for(lambda: len(history.acked) == len(KEYS), 30, "writes flowing")
+            early = self.watch_removals()
             moved_at, moved = self.admin("move", "c0", "--to", "s4", "--from", "s1", "--wait",
                                          "--wait-timeout", "120")
             moved_done = time.monotonic()
@@ -182,6 +205,7 @@ class ClusterMoveTests(ZooKeeperCase):
                 self.assertNotIn("s2", self.listed(cid), cid)
                 self.assertEqual(len(members), 3, cid)
             self.check_history(history, wkv)
+            self.assertEqual(early, [])
         report: dict[str, object] = {
             "move": pauses(history.writes, moved_at, moved_done),
             "drain": pauses(history.writes, drained_at, drained_done),
