@@ -1,5 +1,7 @@
 """``kvtwist-admin cluster create`` and ``cluster status``: make a cluster's shard map,
-and show it with its live servers and what each chain's members say of themselves.
+and show it with its live servers, what each chain's members say of themselves
+and the moves and drains pending (``move``, ``drain`` and ``undrain`` are
+:mod:`kvtwist.adminmove`'s).
 
 ``create`` cuts the key space into shards (``--shards N`` evenly over the
 first bytes, or ``--split-at`` given keys) and writes the first map, only if
@@ -20,11 +22,19 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
+from kvtwist import adminmove
 from kvtwist.adminstatus import AskStats, MemberRow, align, member_rows, position
 from kvtwist.client.shell_syntax import escape
+from kvtwist.cluster import moves
 from kvtwist.cluster.placement import place
+from kvtwist.cluster.requests import BadRequests, Requests
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
-from kvtwist.zk.cluster import create_cluster_sync, read_map_sync, servers_sync
+from kvtwist.zk.cluster import (
+    create_cluster_sync,
+    read_map_sync,
+    read_requests_sync,
+    servers_sync,
+)
 
 __all__ = ["add_commands", "even_cuts", "parse_keys", "run"]
 
@@ -70,9 +80,10 @@ def parse_keys(text: str) -> list[bytes]:
 def add_commands(
     sub: Any, common: Any, member_options: Any
 ) -> None:
-    """``cluster create`` and ``cluster status`` under ``sub``; ``common`` adds the
-    options every command takes, ``member_options`` how status reaches members."""
-    help = "make a cluster of many chains, or show one"
+    """``cluster create``, ``status``, ``move``, ``drain`` and ``undrain`` under ``sub``;
+    ``common`` adds the options every command takes, ``member_options`` how status
+    reaches members."""
+    help = "make a cluster of many chains, show one, or move its shards between servers"
     cluster = sub.add_parser("cluster", help=help, description=help)
     common(cluster, top=False)
     verbs = cluster.add_subparsers(dest="verb", required=True)
@@ -96,6 +107,7 @@ def add_commands(
     common(status, top=False)
     member_options(status)
     status.add_argument("name", help="the cluster's name")
+    adminmove.add_commands(verbs, common)
 
 
 def run(zk: KazooClient, args: argparse.Namespace, ask: AskStats | None) -> int:
@@ -103,6 +115,8 @@ def run(zk: KazooClient, args: argparse.Namespace, ask: AskStats | None) -> int:
     paths = ClusterPaths(args.name)
     if args.verb == "create":
         return create(zk, paths, args.replicas, args.cuts, args.output)
+    if args.verb in adminmove.VERBS:
+        return adminmove.run(zk, paths, args)
     assert ask is not None
     return status(zk, paths, ask, args.output)
 
@@ -117,6 +131,8 @@ def check_args(args: argparse.Namespace) -> str | None:
             args.cuts = (
                 even_cuts(args.shards) if args.shards is not None else parse_keys(args.split_at)
             )
+        if args.verb in adminmove.VERBS:
+            adminmove.check_args(args)
     except (BadMap, ValueError) as e:
         return str(e)
     return None
@@ -159,6 +175,11 @@ class ClusterStatus:
     map: ShardMap | None
     servers: dict[str, Server]
     shards: list[ChainRows]
+    requests: Requests = field(default_factory=Requests)
+    #: why the request record could not be read, if it could not
+    requests_error: str | None = None
+    #: chain id -> what its move or drain is doing or waiting for
+    progress: dict[str, str] = field(default_factory=dict)
 
 
 def gather(zk: KazooClient, paths: ClusterPaths, ask_chain: Any) -> ClusterStatus:
@@ -177,7 +198,15 @@ def gather(zk: KazooClient, paths: ClusterPaths, ask_chain: Any) -> ClusterStatu
         members = _members(zk, paths.chain(shard.chain))
         rows.append(ChainRows(shard.start, shard.end, shard.chain, plan.version, plan.members,
                               member_rows(members, ask_chain(shard.chain))))
-    return ClusterStatus(paths.name, m, live, rows)
+    st = ClusterStatus(paths.name, m, live, rows)
+    try:
+        st.requests = Requests.decode(read_requests_sync(zk, paths)[0])
+    except BadRequests as e:
+        st.requests_error = str(e)
+    listed = {r.chain: [row.address for row in r.members if row.address] for r in rows}
+    joined = moves.joined_servers(live, listed)
+    st.progress = moves.plan(m, st.requests, live, joined).progress
+    return st
 
 
 def status(zk: KazooClient, paths: ClusterPaths, ask: Any, output: str = "table") -> int:
@@ -222,6 +251,16 @@ def cluster_json(st: ClusterStatus) -> dict[str, Any]:
         })
     return {
         "cluster": st.name,
+        "moves": [
+            {"chain": mv.chain, "from": mv.source, "to": mv.target,
+             "state": st.progress.get(mv.chain)}
+            for mv in st.requests.moves
+        ],
+        "draining": [
+            {"server": sid, "chains": [p.id for p in m.chains_of(sid)] if m else []}
+            for sid in st.requests.draining
+        ],
+        "requests_error": st.requests_error,
         "map_version": m.version if m else None,
         "replicas": m.replicas if m else None,
         "shards": shards,
@@ -264,4 +303,22 @@ def cluster_table(st: ClusterStatus) -> str:
     if any(s not in st.servers for r in st.shards for s in r.planned):
         lines.append("")
         lines.append("* planned on a server that is not live")
-    return "\n".join(lines)
+    return "\n".join(lines + requests_lines(st))
+
+
+def requests_lines(st: ClusterStatus) -> list[str]:
+    """The pending moves and drains, and what each waits for."""
+    m = st.map
+    assert m is not None
+    out: list[str] = []
+    if st.requests_error is not None:
+        out.append(f"requests    unreadable, none carried out: {st.requests_error}")
+    for mv in st.requests.moves:
+        state = st.progress.get(mv.chain, "")
+        out.append(f"move        {mv.chain} {mv.source} -> {mv.target}: {state or 'pending'}")
+    for sid in st.requests.draining:
+        left = [p.id for p in m.chains_of(sid)]
+        where = f"still in {','.join(left)}" if left else "in no chain (drained)"
+        out.append(f"draining    {sid}: {where}")
+        out += [f"  {cid}: {st.progress[cid]}" for cid in left if cid in st.progress]
+    return ["", *out] if out else []

@@ -1,6 +1,7 @@
 """The cluster's ZooKeeper store and the controller against a real ZooKeeper
 (tests/zkserver.py): a cluster is created once, the map is compare-and-set,
-servers re-register after a session loss, the election moves to the survivor,
+the request record is created once and compare-and-set, a chain's member list
+is watched, servers re-register after a session loss, the election moves to the survivor,
 an elected controller fills a cluster created empty, and the clients route
 keys to their chains."""
 
@@ -79,6 +80,40 @@ class ClusterStoreTests(unittest.TestCase):
         self.assertFalse((yield store.write_map(first.encode(), 0)))
         data, _ = yield seen.wait_for(lambda v: v[1] == 1)
         self.assertEqual(ShardMap.decode(data), second)
+
+    @inlineCallbacks
+    def test_request_record_and_member_watch(self) -> Generator[Deferred[Any], Any, None]:
+        """The request record is watched from its absence on, created only once
+        (version -1) and compare-and-set after; a chain's member watch delivers its
+        member znodes' addresses head first, and nothing more once stopped."""
+        store = yield self.store()
+        yield store.create_cluster(ShardMap.initial(1, [], [()]).encode())
+        seen: Recorder[tuple[bytes | None, int]] = Recorder()
+        store.watch_requests(lambda data, version: seen((data, version)))
+        yield seen.wait_for(lambda v: v == (None, -1))
+        self.assertTrue((yield store.write_requests(b"one", -1)))
+        self.assertFalse((yield store.write_requests(b"again", -1)))
+        yield seen.wait_for(lambda v: v == (b"one", 0))
+        self.assertFalse((yield store.write_requests(b"stale", 1)))
+        self.assertTrue((yield store.write_requests(b"two", 0)))
+        yield seen.wait_for(lambda v: v == (b"two", 1))
+        members: Recorder[tuple[str, ...]] = Recorder()
+        stop = store.watch_members("c0", members)
+        yield members.wait_for(lambda v: v == ())
+        client = store.session.client
+        root = self.paths.chain("c0")
+        for port in (7001, 7002):
+            yield deferToThread(client.create, f"{root}/node", b"127.0.0.1:%d" % port,
+                                ephemeral=True, sequence=True, makepath=True)
+        yield members.wait_for(lambda v: v == ("127.0.0.1:7001", "127.0.0.1:7002"))
+        stop()
+        count = len(members.values)
+        yield deferToThread(client.create, f"{root}/node", b"127.0.0.1:7003",
+                            ephemeral=True, sequence=True)
+        again: Recorder[tuple[str, ...]] = Recorder()
+        store.watch_members("c0", again)  # a later watcher gets the list as it is
+        yield again.wait_for(lambda v: len(v) == 3)
+        self.assertEqual(len(members.values), count)
 
     @inlineCallbacks
     def test_registration_survives_session_loss(self) -> Generator[Deferred[Any], Any, None]:

@@ -8,12 +8,17 @@ compare-and-set.  A controller that loses the election (its session
 suspended or lost) stops deciding at once; its successor starts from the map
 in ZooKeeper and from what it sees itself.
 
-Its jobs for now:
+Its jobs:
 
 * fill chains whose placement names fewer than R servers, once live servers
   exist to fill them (a cluster created before its servers registered);
 * replace a server gone longer than ``replace_after`` seconds by a new member
-  of each of its chains, appended at the end (a joiner joins as tail).
+  of each of its chains, appended at the end (a joiner joins as tail);
+* carry out the moves and drains of the request record
+  (:mod:`kvtwist.cluster.requests`) in two steps through chain membership
+  (:mod:`kvtwist.cluster.moves`), watching the member lists of the chains
+  they wait on, and remove each move from the record once the map shows it
+  over.  A draining server is given nothing new.
 
 Every change bumps the map's version and each changed chain's version
 (:func:`kvtwist.cluster.placement.apply`).
@@ -21,13 +26,17 @@ Every change bumps the map's version and each changed chain's version
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvtwist.cluster import placement
+from kvtwist.cluster import moves, placement
+from kvtwist.cluster.requests import BadRequests, Requests
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
 from kvtwist.cluster.store import ClusterStore, Election
 
@@ -46,6 +55,11 @@ WRITE_RETRY_DELAY = 1.0
 class ControllerCore:
     """What the controller knows and decides; no I/O, no clock of its own.
 
+    Events in: the map, the live servers, the request record, the member
+    lists of the chains :meth:`watched_chains` names, the time.  Out: the next
+    map (:meth:`decide`) and the request record without the moves that are
+    over (:meth:`finished_requests`).
+
     A server named by the map and not live counts as gone from the first
     moment this core saw it so: a new controller waits a whole
     ``replace_after`` of its own before replacing, never less.
@@ -56,6 +70,10 @@ class ControllerCore:
         self.map: ShardMap | None = None
         self.live: dict[str, Server] = {}
         self.gone_since: dict[str, float] = {}
+        #: the request record; None while it is unreadable (then no request is acted on)
+        self.requests: Requests | None = Requests()
+        #: chain id -> its member znodes' addresses, head first, as ZooKeeper lists them
+        self.members: dict[str, tuple[str, ...]] = {}
 
     def map_seen(self, m: ShardMap | None, now: float) -> None:
         self.map = m
@@ -65,6 +83,12 @@ class ControllerCore:
         self.live = dict(live)
         self._note_gone(now)
 
+    def requests_seen(self, requests: Requests | None) -> None:
+        self.requests = requests
+
+    def members_seen(self, chain: str, addresses: Sequence[str]) -> None:
+        self.members[chain] = tuple(addresses)
+
     def _note_gone(self, now: float) -> None:
         named = {s for p in self.map.chains.values() for s in p.members} if self.map else set()
         gone = named - set(self.live)
@@ -73,16 +97,47 @@ class ControllerCore:
         for sid in set(self.gone_since) - gone:
             del self.gone_since[sid]
 
+    def watched_chains(self) -> set[str]:
+        """The chains whose members a move or drain waits on: the driver watches these."""
+        if self.map is None or self.requests is None:
+            return set()
+        out = {mv.chain for mv in self.requests.moves if mv.chain in self.map.chains}
+        for sid in self.requests.draining:
+            out |= {p.id for p in self.map.chains_of(sid)}
+        return out
+
+    def _plan(self, m: ShardMap) -> moves.Plan:
+        requests = self.requests if self.requests is not None else Requests()
+        joined = moves.joined_servers(self.live, self.members)
+        return moves.plan(m, requests, self.live, joined)
+
     def decide(self, now: float) -> ShardMap | None:
-        """The next map, or None when the current one needs no change."""
+        """The next map, or None when the current one needs no change.
+
+        Replacements of gone servers first, then the next step of each move and
+        drain, then filling; a draining server is given nothing by any of them.
+        """
         m = self.map
         if m is None:
             return None
+        draining = self.requests.draining if self.requests is not None else ()
         gone_for = {sid: now - t for sid, t in self.gone_since.items()}
-        changes = placement.replacements(m, self.live, gone_for, self.replace_after)
-        filled = placement.fill(placement.apply(m, changes), self.live)
-        new = placement.apply(m, [*changes, *filled])
+        changes = placement.replacements(m, self.live, gone_for, self.replace_after, draining)
+        moved = self._plan(placement.apply(m, changes)).changes
+        filled = placement.fill(placement.apply(m, [*changes, *moved]), self.live, draining)
+        new = placement.apply(m, [*changes, *moved, *filled])
         return None if new is m else new
+
+    def finished_requests(self) -> Requests | None:
+        """The request record without the moves the map shows over, or None if none is."""
+        if self.map is None or self.requests is None:
+            return None
+        done = self._plan(self.map).finished
+        return self.requests.without_moves(done) if done else None
+
+    def progress(self) -> dict[str, str]:
+        """Chain id -> what its move or drain is doing or waiting for."""
+        return self._plan(self.map).progress if self.map is not None else {}
 
     def next_tick(self, now: float) -> float | None:
         """Seconds until a gone server passes ``replace_after`` (then decide again)."""
@@ -113,6 +168,9 @@ class ControllerService(Service):
         self.core: ControllerCore | None = None
         self._map: tuple[ShardMap | None, int] = (None, -1)
         self._live: dict[str, Server] = {}
+        self._requests: tuple[Requests | None, int] = (Requests(), -1)
+        #: the chains whose members we watch while elected: how to stop each watch
+        self._member_watches: dict[str, Callable[[], None]] = {}
         self._election: Election | None = None
         self._writing = False
         self._timer: Any = None
@@ -126,6 +184,7 @@ class ControllerService(Service):
             self._watching = True
             self.store.watch_map(self._map_changed)
             self.store.watch_servers(self._servers_changed)
+            self.store.watch_requests(self._requests_changed)
         self._election = self.store.elect(self.candidate, self._won, self._lost)
 
     def stopService(self) -> Any:
@@ -145,6 +204,8 @@ class ControllerService(Service):
         self.core = ControllerCore(self.replace_after)
         self.core.servers_seen(self._live, now)
         self.core.map_seen(self._map[0], now)
+        self.core.requests_seen(self._requests[0])
+        self._watch_members()
         self._step()
 
     def _lost(self) -> None:
@@ -153,6 +214,9 @@ class ControllerService(Service):
         self.leading = False
         self.core = None
         self._cancel_timer()
+        for stop in self._member_watches.values():
+            stop()
+        self._member_watches.clear()
 
     # -- what the watches deliver --------------------------------------------------------
 
@@ -166,12 +230,49 @@ class ControllerService(Service):
         self._map = (m, version)
         if self.core is not None:
             self.core.map_seen(m, self.reactor.seconds())
+            self._watch_members()
             self._step()
 
     def _servers_changed(self, live: dict[str, Server]) -> None:
         self._live = dict(live)
         if self.core is not None:
             self.core.servers_seen(self._live, self.reactor.seconds())
+            self._step()
+
+    def _requests_changed(self, data: bytes | None, version: int) -> None:
+        requests: Requests | None
+        try:
+            requests = Requests.decode(data)
+        except BadRequests as e:
+            log.error("cluster {name}: the request record is unreadable, so no move or drain "
+                      "is carried out: {e}", name=self.paths.name, e=e)
+            requests = None
+        self._requests = (requests, version)
+        if self.core is not None:
+            self.core.requests_seen(requests)
+            self._watch_members()
+            self._step()
+
+    def _watch_members(self) -> None:
+        """Watch the member lists of exactly the chains a move or drain waits on."""
+        core = self.core
+        if core is None:
+            return
+        wanted = core.watched_chains()
+        for cid in sorted(set(self._member_watches) - wanted):
+            self._member_watches.pop(cid)()
+            core.members.pop(cid, None)
+        for cid in sorted(wanted - set(self._member_watches)):
+            self._member_watches[cid] = _nothing  # a first delivery may come from inside
+            stop = self.store.watch_members(cid, functools.partial(self._members_changed, cid))
+            if cid in self._member_watches:
+                self._member_watches[cid] = stop
+            else:
+                stop()
+
+    def _members_changed(self, chain: str, addresses: tuple[str, ...]) -> None:
+        if self.core is not None and chain in self._member_watches:
+            self.core.members_seen(chain, addresses)
             self._step()
 
     # -- deciding and writing ---------------------------------------------------------------
@@ -186,6 +287,10 @@ class ControllerService(Service):
         if new is not None and self._map[0] is not None:
             self._write(new, self._map[1])
             return
+        left = core.finished_requests()
+        if left is not None and self._requests[1] >= 0:
+            self._write_requests(left, self._requests[1])
+            return
         wait = core.next_tick(now)
         if wait is not None:
             self._timer = self.reactor.callLater(wait, self._tick)
@@ -195,34 +300,68 @@ class ControllerService(Service):
         self._step()
 
     def _write(self, new: ShardMap, znode_version: int) -> None:
-        self._writing = True
         old = self._map[0]
 
-        def done(written: bool) -> None:
-            self._writing = False
-            if written:
-                log.info(
-                    "cluster {name}: map version {v} written ({what})",
-                    name=self.paths.name, v=new.version, what=describe(old, new),
-                )
-            if written and self._map[1] == znode_version:
+        def adopt() -> None:
+            log.info("cluster {name}: map version {v} written ({what})",
+                     name=self.paths.name, v=new.version, what=describe(old, new))
+            if self._map[1] == znode_version:
                 # ours now, at the next znode version: decide on from it without
                 # waiting for the watch (which then brings nothing new)
                 self._map = (new, znode_version + 1)
                 if self.core is not None:
                     self.core.map_seen(new, self.reactor.seconds())
-            if self._map[1] != znode_version:
+                    self._watch_members()
+
+        self._cas(lambda: self.store.write_map(new.encode(), znode_version), znode_version,
+                  lambda: self._map[1], adopt, "the map")
+
+    def _write_requests(self, left: Requests, znode_version: int) -> None:
+        old = self._requests[0]
+
+        def adopt() -> None:
+            over = [mv for mv in (old.moves if old is not None else ()) if mv not in left.moves]
+            log.info("cluster {name}: request record written ({what} over)",
+                     name=self.paths.name,
+                     what=", ".join(f"move of {mv.chain} {mv.source} -> {mv.target}"
+                                    for mv in over))
+            if self._requests[1] == znode_version:
+                self._requests = (left, znode_version + 1)
+                if self.core is not None:
+                    self.core.requests_seen(left)
+                    self._watch_members()
+
+        self._cas(lambda: self.store.write_requests(left.encode(), znode_version), znode_version,
+                  lambda: self._requests[1], adopt, "the request record")
+
+    def _cas(
+        self,
+        write: Callable[[], Deferred[bool]],
+        znode_version: int,
+        seen: Callable[[], int],
+        adopt: Callable[[], None],
+        what: str,
+    ) -> None:
+        """Wait for a compare-and-set, then decide again (after a lost race, once the
+        watch has brought the winner, or a little later)."""
+        self._writing = True
+
+        def done(ok: bool) -> None:
+            self._writing = False
+            if ok:
+                adopt()
+            if seen() != znode_version:
                 self._step()
             else:  # a lost race whose winner the watch has not brought yet
                 self._step_later(WRITE_RETRY_DELAY)
 
         def failed(f: Failure) -> None:
             self._writing = False
-            log.warn("cluster {name}: writing the map failed: {e}",
-                     name=self.paths.name, e=f.getErrorMessage())
+            log.warn("cluster {name}: writing {what} failed: {e}",
+                     name=self.paths.name, what=what, e=f.getErrorMessage())
             self._step_later(WRITE_RETRY_DELAY)
 
-        self.store.write_map(new.encode(), znode_version).addCallbacks(done, failed)
+        write().addCallbacks(done, failed)
 
     def _step_later(self, delay: float) -> None:
         """Decide again after ``delay`` seconds."""
@@ -235,6 +374,10 @@ class ControllerService(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+
+def _nothing() -> None:
+    pass
 
 
 def describe(old: ShardMap | None, new: ShardMap) -> str:

@@ -21,7 +21,7 @@ the same inputs decide the same thing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from kvtwist.cluster.shardmap import Server, ShardMap
@@ -133,7 +133,10 @@ class _Load:
     """How many chains, heads and tails each live server has, kept up to date
     while a plan is made so that its picks spread."""
 
-    def __init__(self, m: ShardMap, live: Mapping[str, Server]) -> None:
+    def __init__(
+        self, m: ShardMap, live: Mapping[str, Server], exclude: Collection[str] = ()
+    ) -> None:
+        self.exclude = frozenset(exclude)  # live, but to be given nothing (draining)
         self.total: Counter[str] = Counter()
         self.tails: Counter[str] = Counter()
         for plan in m.chains.values():
@@ -145,7 +148,7 @@ class _Load:
     def pick(self, members: Sequence[str], avoid: Iterable[str] = ()) -> str | None:
         """The live server to append to a chain of ``members``: not in it, in a
         zone it holds fewest times, serving fewest chains, then fewest tails."""
-        taken = set(members) | set(avoid)
+        taken = set(members) | set(avoid) | self.exclude
         zones = Counter(zone_of(self.live[s]) for s in members if s in self.live)
         free = [s for s in self.live.values() if s.id not in taken]
         if not free:
@@ -166,15 +169,17 @@ def replacements(
     live: Mapping[str, Server],
     gone_for: Mapping[str, float],
     replace_after: float,
+    exclude: Collection[str] = (),
 ) -> list[Change]:
     """For every chain naming a server gone longer than ``replace_after``
-    seconds (``gone_for``: server id to seconds gone), a new member in its place.
+    seconds (``gone_for``: server id to seconds gone), a new member in its place
+    (never one of ``exclude``, the draining servers).
 
     A chain gets a replacement only when a live server is free for it; until
     then the gone server stays named (its disk may hold the only copy).
     """
     dead = {s for s, t in gone_for.items() if t > replace_after and s not in live}
-    load = _Load(m, live)
+    load = _Load(m, live, exclude)
     out: list[Change] = []
     for shard in m.shards:
         plan = m.chains[shard.chain]
@@ -190,8 +195,11 @@ def replacements(
     return out
 
 
-def fill(m: ShardMap, live: Mapping[str, Server]) -> list[Change]:
-    """New members for chains naming fewer than ``m.replicas`` servers.
+def fill(
+    m: ShardMap, live: Mapping[str, Server], exclude: Collection[str] = ()
+) -> list[Change]:
+    """New members for chains naming fewer than ``m.replicas`` servers (never one
+    of ``exclude``, the draining servers).
 
     Chains naming none are placed together by :func:`place` (roles spread),
     once at least R servers are live: placing them as servers trickle in
@@ -200,11 +208,12 @@ def fill(m: ShardMap, live: Mapping[str, Server]) -> list[Change]:
     """
     empty = [s.chain for s in m.shards if not m.chains[s.chain].members]
     out: list[Change] = []
-    if empty and len(live) >= m.replicas:
-        placed = place(len(empty), live.values(), m.replicas)
+    eligible = [s for s in live.values() if s.id not in exclude]
+    if empty and len(eligible) >= m.replicas:
+        placed = place(len(empty), eligible, m.replicas)
         for cid, placement in zip(empty, placed, strict=True):
             out.extend(Change(cid, joining=sid) for sid in placement)
-    load = _Load(m, live)
+    load = _Load(m, live, exclude)
     for shard in m.shards:
         plan = m.chains[shard.chain]
         if not plan.members:
@@ -219,31 +228,51 @@ def fill(m: ShardMap, live: Mapping[str, Server]) -> list[Change]:
     return out
 
 
-def drain(m: ShardMap, server: str, live: Mapping[str, Server]) -> list[Change]:
-    """The first step of taking ``server`` away: a joiner appended to each of its chains.
+def drain(
+    m: ShardMap,
+    server: str,
+    live: Mapping[str, Server],
+    exclude: Collection[str] = (),
+    skip: Collection[str] = (),
+) -> list[Change]:
+    """The first step of taking ``server`` away: a joiner appended to each of its
+    chains (but those in ``skip``) whose other members number fewer than R; never
+    one of ``exclude`` (the draining servers).
 
     ``server`` stays a member until its joiner has joined (:func:`drain_done`),
-    so the chain never runs short while the new member copies its state.
+    so the chain never runs short while the new member copies its state.  A
+    chain with R other members already (its joiner was appended before) gets
+    none, so the step is the same when decided again from the map it wrote.
     """
     others = {sid: s for sid, s in live.items() if sid != server}
-    load = _Load(m, others)
+    load = _Load(m, others, exclude)
     out = []
     for plan in m.chains_of(server):
+        if plan.id in skip or len(plan.members) - 1 >= m.replicas:
+            continue
         joining = load.pick(plan.members)
         if joining is not None:
             out.append(Change(plan.id, joining=joining))
     return out
 
 
-def drain_done(m: ShardMap, server: str, joined: Mapping[str, Iterable[str]]) -> list[Change]:
-    """The second step: ``server`` out of each of its chains whose other planned
-    members have all joined (``joined``: chain id to the servers that are its
-    members now), so taking it out never leaves a chain shorter than planned."""
+def drain_done(
+    m: ShardMap,
+    server: str,
+    joined: Mapping[str, Iterable[str]],
+    skip: Collection[str] = (),
+) -> list[Change]:
+    """The second step: ``server`` out of each of its chains (but those in ``skip``)
+    that has R other planned members, all of them joined (``joined``: chain id to
+    the servers that are its members now, as the chain's own membership lists
+    them), so taking it out never leaves a chain shorter than planned."""
     out = []
     for plan in m.chains_of(server):
+        if plan.id in skip:
+            continue
         others = [s for s in plan.members if s != server]
         now = set(joined.get(plan.id, ()))
-        if others and all(s in now for s in others):
+        if len(others) >= m.replicas and all(s in now for s in others):
             out.append(Change(plan.id, leaving=server))
     return out
 

@@ -11,6 +11,7 @@ every change, so a client or server that holds an older map knows it.
 ZooKeeper layout of cluster NAME (under :data:`CLUSTER_BASE`)::
 
     /kvtwist/NAME/map              the shard map (this module's encoding)
+    /kvtwist/NAME/requests         moves and drains asked of the controller
     /kvtwist/NAME/servers/ID       ephemeral: a live server, :class:`Server` encoded
     /kvtwist/NAME/chains/CHAIN     a chain's root, laid out as a lone chain's root
     /kvtwist/NAME/controller       the controller election
@@ -68,6 +69,11 @@ class ClusterPaths:
     @property
     def map(self) -> str:
         return f"{self.root}/map"
+
+    @property
+    def requests(self) -> str:
+        """The moves and drains asked of the controller (kvtwist.cluster.requests)."""
+        return f"{self.root}/requests"
 
     @property
     def servers(self) -> str:

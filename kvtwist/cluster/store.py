@@ -15,12 +15,14 @@ from twisted.internet.defer import Deferred
 
 from kvtwist.cluster.shardmap import Server
 
-__all__ = ["ClusterStore", "Election", "MapCallback", "ServersCallback"]
+__all__ = ["ClusterStore", "Election", "MapCallback", "MembersCallback", "ServersCallback"]
 
 #: ``(data, version)`` of the map znode; ``(None, -1)`` when there is none
 MapCallback = Callable[[bytes | None, int], None]
 #: every live server, by id
 ServersCallback = Callable[[dict[str, Server]], None]
+#: a chain's member znodes' ``host:port``, head first
+MembersCallback = Callable[[tuple[str, ...]], None]
 
 
 class Election(Protocol):
@@ -32,7 +34,8 @@ class Election(Protocol):
 
 
 class ClusterStore(Protocol):
-    """One cluster's znodes (``ClusterPaths``): the map, the live servers, the election."""
+    """One cluster's znodes (``ClusterPaths``): the map, the request record, the live
+    servers, the chains' member lists, the election."""
 
     def read_map(self) -> Deferred[tuple[bytes | None, int]]:
         """The map record and its znode version; ``(None, -1)`` before the cluster exists."""
@@ -45,6 +48,21 @@ class ClusterStore(Protocol):
 
     def write_map(self, data: bytes, version: int) -> Deferred[bool]:
         """Compare-and-set the map: False when its znode version is no longer ``version``."""
+        ...
+
+    def watch_requests(self, callback: MapCallback) -> None:
+        """As :meth:`watch_map`, for the request record (``requests``); ``(None, -1)``
+        while there is none."""
+        ...
+
+    def write_requests(self, data: bytes, version: int) -> Deferred[bool]:
+        """Compare-and-set the request record: False when its znode version is no
+        longer ``version`` (or it is gone)."""
+        ...
+
+    def watch_members(self, chain: str, callback: MembersCallback) -> Callable[[], None]:
+        """Call ``callback(addresses)`` with chain ``chain``'s members now (soon) and
+        after every change, until the function returned is called."""
         ...
 
     def create_cluster(self, map_data: bytes) -> Deferred[bool]:

@@ -20,8 +20,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server
-from kvtwist.cluster.store import ClusterStore, Election, MapCallback, ServersCallback
-from kvtwist.membership import Membership
+from kvtwist.cluster.store import (
+    ClusterStore,
+    Election,
+    MapCallback,
+    MembersCallback,
+    ServersCallback,
+)
+from kvtwist.membership import Membership, format_address
 from kvtwist.zk.members import MembershipWatch
 from kvtwist.zk.session import Session
 
@@ -31,7 +37,9 @@ __all__ = [
     "create_cluster_sync",
     "open_session",
     "read_map_sync",
+    "read_requests_sync",
     "servers_sync",
+    "write_requests_sync",
 ]
 
 _log = Logger(namespace="kvtwist.zk")
@@ -74,6 +82,34 @@ def read_map_sync(
             return None, -1
         data, stat = client.get(paths.map, watch=watch)
     return data, stat.version
+
+
+def read_requests_sync(
+    client: KazooClient, paths: ClusterPaths, watch: Callable[[Any], None] | None = None
+) -> tuple[bytes | None, int]:
+    """Blocking: ``(data, version)`` of the request record; ``(None, -1)`` if absent."""
+    try:
+        data, stat = client.get(paths.requests, watch=watch)
+    except NoNodeError:
+        if client.exists(paths.requests, watch=watch) is None:
+            return None, -1
+        data, stat = client.get(paths.requests, watch=watch)
+    return data, stat.version
+
+
+def write_requests_sync(
+    client: KazooClient, paths: ClusterPaths, data: bytes, version: int
+) -> bool:
+    """Blocking: compare-and-set the request record (``version`` -1: create it, only
+    if absent); False when another write came first."""
+    try:
+        if version < 0:
+            client.create(paths.requests, data)
+        else:
+            client.set(paths.requests, data, version=version)
+    except (BadVersionError, NoNodeError, NodeExistsError):
+        return False
+    return True
 
 
 def servers_sync(
@@ -171,6 +207,23 @@ class _WatchedRead:
             self._retry.cancel()
 
 
+def _forward_only(callback: MapCallback) -> Callable[[tuple[bytes | None, int]], None]:
+    """``callback`` for each new ``(data, version)``, never an older version again (a
+    lagging server read after a reconnect) nor the same one twice."""
+    last = [-2]
+
+    def deliver(value: tuple[bytes | None, int]) -> None:
+        data, version = value
+        if version < last[0] and version >= 0:
+            return
+        if version == last[0] and last[0] >= 0:
+            return
+        last[0] = version
+        callback(data, version)
+
+    return deliver
+
+
 class _Candidate:
     """A place in the election: an ephemeral sequential znode; lowest wins."""
 
@@ -252,6 +305,8 @@ class ZooKeeperClusterStore:
         self.paths = paths
         self._map_watch = _WatchedRead(session, self._read_map_watched)
         self._servers_watch = _WatchedRead(session, self._servers_watched)
+        self._requests_watch = _WatchedRead(session, self._read_requests_watched)
+        self._chain_watches: dict[str, MembershipWatch] = {}
         self._registered: dict[str, Server] = {}
         session.on_state(self._state)
 
@@ -264,18 +319,41 @@ class ZooKeeperClusterStore:
         return read_map_sync(self.session.client, self.paths, watch)
 
     def watch_map(self, callback: MapCallback) -> None:
-        last = [-2]
+        self._map_watch.add(_forward_only(callback))
 
-        def deliver(value: tuple[bytes | None, int]) -> None:
-            data, version = value
-            if version < last[0] and version >= 0:
-                return  # a lagging server after a reconnect: never go back
-            if version == last[0] and last[0] >= 0:
-                return
-            last[0] = version
-            callback(data, version)
+    # -- the request record and the chains' members ----------------------------------
 
-        self._map_watch.add(deliver)
+    def _read_requests_watched(self, watch: Callable[[Any], None]) -> tuple[bytes | None, int]:
+        return read_requests_sync(self.session.client, self.paths, watch)
+
+    def watch_requests(self, callback: MapCallback) -> None:
+        self._requests_watch.add(_forward_only(callback))
+
+    def write_requests(self, data: bytes, version: int) -> Deferred[bool]:
+        return self.session.call(
+            write_requests_sync, self.session.client, self.paths, data, version
+        )
+
+    def watch_members(self, chain: str, callback: MembersCallback) -> Callable[[], None]:
+        watch = self._chain_watches.get(chain)
+        if watch is None:  # one per chain, kept: a controller elected again reuses it
+            watch = MembershipWatch(self.session, self.paths.chain(chain), create_root=False)
+            self._chain_watches[chain] = watch
+            self.session.when_connected(watch.refresh)
+            self.session.when_stopping(watch.stop)
+        stopped = [False]
+
+        def deliver(membership: Membership) -> None:
+            if not stopped[0]:
+                callback(tuple(format_address(m.address) for m in membership.members
+                               if m.address is not None))
+
+        def stop() -> None:
+            stopped[0] = True
+            watch.unwatch(deliver)
+
+        watch.watch(deliver)  # reads again, so a later watcher gets the list too
+        return stop
 
     def write_map(self, data: bytes, version: int) -> Deferred[bool]:
         def write() -> bool:

@@ -112,6 +112,10 @@ class MembershipWatch:
         self._watches.append(_Watch(callback))
         self.refresh()  # never calls back synchronously
 
+    def unwatch(self, callback: Callable[[Membership], None]) -> None:
+        """No more calls of ``callback``; with no watcher left, no more reads."""
+        self._watches = [w for w in self._watches if w.callback is not callback]
+
     def refresh(self) -> None:
         """Re-read under the watch (after an event, a reconnect or a failure)."""
         session = self._session

@@ -18,7 +18,13 @@ from collections.abc import Callable
 from twisted.internet import defer
 
 from kvtwist.cluster.shardmap import Server
-from kvtwist.cluster.store import ClusterStore, Election, MapCallback, ServersCallback
+from kvtwist.cluster.store import (
+    ClusterStore,
+    Election,
+    MapCallback,
+    MembersCallback,
+    ServersCallback,
+)
 
 __all__ = ["MemoryCluster", "MemoryClusterStore"]
 
@@ -33,6 +39,9 @@ class MemoryCluster:
         self.seq = itertools.count()
         self.stores: list[MemoryClusterStore] = []
         self.writes = 0  # successful map writes
+        self.requests: tuple[bytes | None, int] = (None, -1)
+        #: chain id -> its members' addresses, head first, as ZooKeeper would list them
+        self.members: dict[str, tuple[str, ...]] = {}
 
     def live(self) -> dict[str, Server]:
         return {sid: s for sid, (s, _) in sorted(self.servers.items())}
@@ -46,6 +55,18 @@ class MemoryCluster:
     def servers_changed(self) -> None:
         for store in list(self.stores):
             store.servers_changed()
+
+    def set_requests(self, data: bytes | None) -> None:
+        """Write the request record (the admin's edit); None deletes it."""
+        self.requests = (data, -1 if data is None else self.requests[1] + 1)
+        for store in list(self.stores):
+            store.requests_changed()
+
+    def set_members(self, chain: str, addresses: tuple[str, ...]) -> None:
+        """A chain's member list changes (a replica registered or left)."""
+        self.members[chain] = tuple(addresses)
+        for store in list(self.stores):
+            store.members_changed(chain)
 
     def elect(self) -> None:
         live = [c for c in self.candidates if c.store.connected and not c.cancelled]
@@ -95,6 +116,8 @@ class MemoryClusterStore:
         self.registered: dict[str, Server] = {}
         self.mine: list[_Candidate] = []
         self.failing_writes = 0  # so many write_map calls fail first
+        self.request_callbacks: list[MapCallback] = []
+        self.member_callbacks: list[tuple[str, MembersCallback]] = []
         cluster.stores.append(self)
 
     # -- the map
@@ -125,6 +148,43 @@ class MemoryClusterStore:
         self.cluster.writes += 1
         self.cluster.set_map(data)
         return defer.succeed(True)
+
+    def watch_requests(self, callback: MapCallback) -> None:
+        self.request_callbacks.append(callback)
+        if self.connected:
+            callback(*self.cluster.requests)
+
+    def requests_changed(self) -> None:
+        if self.connected:
+            for callback in list(self.request_callbacks):
+                callback(*self.cluster.requests)
+
+    def write_requests(self, data: bytes, version: int) -> defer.Deferred[bool]:
+        if not self.connected:
+            return defer.fail(ConnectionError("ZooKeeper unreachable"))
+        if version != self.cluster.requests[1] or (version < 0) != (self.cluster.requests[0]
+                                                                    is None):
+            return defer.succeed(False)
+        self.cluster.set_requests(data)
+        return defer.succeed(True)
+
+    def watch_members(self, chain: str, callback: MembersCallback) -> Callable[[], None]:
+        entry = (chain, callback)
+        self.member_callbacks.append(entry)
+        if self.connected:
+            callback(self.cluster.members.get(chain, ()))
+
+        def stop() -> None:
+            if entry in self.member_callbacks:
+                self.member_callbacks.remove(entry)
+
+        return stop
+
+    def members_changed(self, chain: str) -> None:
+        if self.connected:
+            for cid, callback in list(self.member_callbacks):
+                if cid == chain:
+                    callback(self.cluster.members.get(chain, ()))
 
     def create_cluster(self, map_data: bytes) -> defer.Deferred[bool]:
         if self.cluster.map[0] is not None:
@@ -196,6 +256,7 @@ class MemoryClusterStore:
                 self.cluster.candidates.append(c)
         self.cluster.servers_changed()
         self.map_changed()
+        self.requests_changed()
         self.cluster.elect()
 
 
