@@ -260,6 +260,10 @@ def cluster_json(st: ClusterStatus) -> dict[str, Any]:
             {"server": sid, "chains": [p.id for p in m.chains_of(sid)] if m else []}
             for sid in st.requests.draining
         ],
+        "splits": [
+            {"chain": sp.chain, "at": sp.at.hex(), "at_text": escape(sp.at)}
+            for sp in st.requests.splits
+        ],
         "requests_error": st.requests_error,
         "map_version": m.version if m else None,
         "replicas": m.replicas if m else None,
@@ -307,7 +311,7 @@ def cluster_table(st: ClusterStatus) -> str:
 
 
 def requests_lines(st: ClusterStatus) -> list[str]:
-    """The pending moves and drains, and what each waits for."""
+    """The pending moves, drains and splits, and what each waits for."""
     m = st.map
     assert m is not None
     out: list[str] = []
@@ -321,4 +325,6 @@ def requests_lines(st: ClusterStatus) -> list[str]:
         where = f"still in {','.join(left)}" if left else "in no chain (drained)"
         out.append(f"draining    {sid}: {where}")
         out += [f"  {cid}: {st.progress[cid]}" for cid in left if cid in st.progress]
+    for sp in st.requests.splits:
+        out.append(f"split       {sp.chain} at {escape(sp.at)}: pending")
     return ["", *out] if out else []

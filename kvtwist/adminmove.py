@@ -1,4 +1,4 @@
-"""``kvtwist-admin cluster move``, ``drain`` and ``undrain``: ask the controller.
+"""``kvtwist-admin cluster move``, ``drain``, ``undrain`` and ``split``: ask the controller.
 
 The admin never edits the shard map: the controller is its only writer.  These
 commands check a request against the map and the live servers, add it to the
@@ -7,7 +7,8 @@ with compare-and-set, and exit 0 once it is accepted; the controller carries
 it out.  With ``--wait`` they wait, up to ``--wait-timeout`` seconds, until
 it is done: for a move, the map and the chain's own ZooKeeper membership hold
 the target and not the source; for a drain, the server is in no chain of
-the map nor of any chain's membership.
+the map nor of any chain's membership; for a split, the map has the new
+shard and every live server planned for its chain is a member of it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from kvtwist.cluster.requests import (
     Move,
     Refused,
     Requests,
+    ShardSplit,
     check_drain,
     check_move,
+    check_split,
     check_undrain,
 )
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap, check_name
@@ -35,7 +38,7 @@ from kvtwist.zk.cluster import read_map_sync, read_requests_sync, servers_sync, 
 
 __all__ = ["VERBS", "add_commands", "check_args", "member_addresses", "run"]
 
-VERBS = ("move", "drain", "undrain")
+VERBS = ("move", "drain", "undrain", "split")
 #: how often ``--wait`` looks again
 POLL = 0.25
 #: compare-and-set attempts before giving up on a record others keep writing
@@ -63,7 +66,26 @@ def add_commands(verbs: Any, common: Any) -> None:
         "nothing new on it until undrain"
     )
     undrain = verbs.add_parser("undrain", help="end a drain: the server may be placed on again")
-    for p in (move, drain, undrain):
+    split = verbs.add_parser(
+        "split", help="ask the controller to cut a shard in two: the keys from AT_KEY on go "
+        "to a new chain on the same servers"
+    )
+    common(split, top=False)
+    split.add_argument("name", help="the cluster's name")
+    split.add_argument("shard", help="the shard, by the chain serving it (status: CHAIN)")
+    split.add_argument(
+        "at", nargs="?", metavar="AT_KEY",
+        help="the first key of the new shard (\\xHH is a byte; default: the middle of "
+        "the shard's key range, not of its data)",
+    )
+    for p in (move, drain, undrain, split):
+        if p is split:
+            p.add_argument("--wait", action="store_true", help="wait until it is done")
+            p.add_argument(
+                "--wait-timeout", type=float, default=600.0, metavar="SECONDS",
+                help="how long --wait waits (default 600); exit 1 when it passes",
+            )
+            continue
         if p is not move:
             common(p, top=False)
             p.add_argument("name", help="the cluster's name")
@@ -84,11 +106,24 @@ def check_args(args: argparse.Namespace) -> None:
             check_name("server", server)
     if getattr(args, "wait_timeout", 1.0) <= 0:
         raise ValueError("--wait-timeout must be positive")
+    if args.verb == "split" and args.at is not None:
+        args.at = split_key(args.at)
+
+
+def split_key(text: str) -> bytes:
+    """AT_KEY as bytes; ValueError when it is empty or several keys."""
+    from kvtwist.admincluster import parse_keys
+
+    keys = parse_keys(text)
+    if len(keys) != 1 or not keys[0]:
+        raise ValueError(f"AT_KEY must be one key, not empty: {text!r}")
+    return keys[0]
 
 
 def run(zk: KazooClient, paths: ClusterPaths, args: argparse.Namespace) -> int:
     """One of :data:`VERBS`, on a started client; the exit status."""
     asked: list[Move] = []
+    cut: list[ShardSplit] = []
 
     def move(m: ShardMap, live: dict[str, Server], requests: Requests) -> Requests:
         mv = check_move(m, live, requests, args.shard, args.to, args.source)
@@ -101,7 +136,12 @@ def run(zk: KazooClient, paths: ClusterPaths, args: argparse.Namespace) -> int:
     def undrain(m: ShardMap, live: dict[str, Server], requests: Requests) -> Requests:
         return check_undrain(requests, args.server)
 
-    edit: Edit = {"move": move, "drain": drain, "undrain": undrain}[args.verb]
+    def split(m: ShardMap, live: dict[str, Server], requests: Requests) -> Requests:
+        sp = check_split(m, requests, args.shard, args.at)
+        cut[:] = [sp]
+        return requests if requests.split_of(sp.chain) == sp else requests.with_split(sp)
+
+    edit: Edit = {"move": move, "drain": drain, "undrain": undrain, "split": split}[args.verb]
     try:
         changed = edit_requests(zk, paths, edit)
     except (Refused, BadRequests, BadMap) as e:
@@ -110,12 +150,17 @@ def run(zk: KazooClient, paths: ClusterPaths, args: argparse.Namespace) -> int:
     if args.verb == "move":
         what = f"move of {asked[0].chain} from {asked[0].source} to {asked[0].target}"
         done = lambda: move_done(zk, paths, asked[0])  # noqa: E731
+    elif args.verb == "split":
+        what = f"split of {cut[0].chain} at {cut[0].at!r}"
+        done = lambda: split_done(zk, paths, cut[0])  # noqa: E731
     else:
         what = f"{args.verb} of {args.server}"
         done = lambda: drain_done(zk, paths, args.server)  # noqa: E731
     result: dict[str, Any] = {"cluster": paths.name, "asked": what, "new": changed}
     if asked:
         result["move"] = {"chain": asked[0].chain, "from": asked[0].source, "to": asked[0].target}
+    if cut:
+        result["split"] = {"chain": cut[0].chain, "at": cut[0].at.hex()}
     status = 0
     if getattr(args, "wait", False):
         started = time.monotonic()
@@ -178,6 +223,22 @@ def move_done(zk: KazooClient, paths: ClusterPaths, move: Move) -> bool:
     listed = member_addresses(zk, paths, move.chain)
     source, target = _address(zk, paths, move.source), _address(zk, paths, move.target)
     return target in listed and source not in listed
+
+
+def split_done(zk: KazooClient, paths: ClusterPaths, split: ShardSplit) -> bool:
+    """The map has a shard from the split key on, and every live server planned for
+    its chain is a member of that chain as ZooKeeper lists them."""
+    data, _ = read_map_sync(zk, paths)
+    if data is None:
+        return False
+    m = ShardMap.decode(data)
+    shard = next((s for s in m.shards if s.start == split.at), None)
+    if shard is None:
+        return False
+    live = servers_sync(zk, paths)
+    listed = set(member_addresses(zk, paths, shard.chain))
+    planned = [live[s].address for s in m.chains[shard.chain].members if s in live]
+    return bool(planned) and all(a in listed for a in planned)
 
 
 def drain_done(zk: KazooClient, paths: ClusterPaths, server: str) -> bool:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from kvtwist.chain.link import LinkConfig
@@ -212,10 +213,12 @@ def open_replica(
     link_config: LinkConfig,
     link_tls: Any,
     clients: ClientConnections,
+    before_register: Callable[[], Deferred[None]] | None = None,
 ) -> tuple[Replica, DataDir | None]:
     """A replica on its store, recovered from the data directory ``path`` (None: in memory).
 
-    A lone node has one; a cluster server one per chain it serves.
+    A lone node has one; a cluster server one per chain it serves (``before_register``:
+    the server's fresh look at its map, :class:`~kvtwist.chain.replica.Replica`).
     """
     journal, recovered = open_data_dir(options, histograms, path)
     store = Store(
@@ -234,6 +237,7 @@ def open_replica(
         on_congestion=clients.congestion,
         on_commit_latency=histograms.commit.observe if histograms is not None else None,
         on_link_rtt=histograms.observe_rtt if histograms is not None else None,
+        before_register=before_register,
     )
     if recovered is not None:
         store.restore(recovered)

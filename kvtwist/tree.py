@@ -405,8 +405,12 @@ class BTree:
             out += map(leaf.__getitem__, leaf.order)
         return out
 
-    def listing(self, values: bool, max_bytes: int, overhead: int = 0) -> list[Any] | None:
-        """All keys (or values) in key order; None once their sizes pass ``max_bytes``.
+    def listing(
+        self, values: bool, max_bytes: int, overhead: int = 0, start: Key | None = None,
+        stop: Key | None = None,
+    ) -> list[Any] | None:
+        """Keys (or values) with start <= key < stop, in key order; None once their
+        sizes pass ``max_bytes``.
 
         Each item costs its length plus ``overhead``.  Counted leaf by leaf as
         the list grows, so a refused listing stops having gathered no more
@@ -414,13 +418,31 @@ class BTree:
         """
         out: list[Any] = []
         total = 0
-        for order, leaf, _i in self._leaves(None):
-            items = list(map(leaf.__getitem__, order)) if values else order
+        for order, leaf, i, end in self._spans(start, stop):
+            ks = order if i == 0 and end == len(order) else order[i:end]
+            items = list(map(leaf.__getitem__, ks)) if values else ks
             total += sum(map(len, items)) + overhead * len(items)
             if total > max_bytes:
                 return None
             out += items
         return out
+
+    def count(self, start: Key | None = None, stop: Key | None = None) -> int:
+        """How many keys lie in start <= key < stop (the whole size is ``len``)."""
+        return sum(end - i for _order, _leaf, i, end in self._spans(start, stop))
+
+    def _spans(
+        self, start: Key | None, stop: Key | None
+    ) -> Iterator[tuple[list[Any], _Leaf, int, int]]:
+        """Per leaf, the slice ``order[i:end]`` of its keys within start <= key < stop."""
+        if start is not None and stop is not None and not start < stop:
+            return
+        for order, leaf, i in self._leaves(start):
+            end = len(order)
+            if stop is not None and end and not order[-1] < stop:
+                yield order, leaf, i, bisect_left(order, stop, i)
+                return
+            yield order, leaf, i, end
 
     def items(self) -> list[tuple[Key, bytes]]:
         """All (key, value) pairs in key order."""
@@ -439,24 +461,17 @@ class BTree:
         negative limit means no limit (0 is protobuf's "unset").
         """
         out: list[tuple[Key, bytes]] = []
-        if start is not None and stop is not None and not start < stop:
-            return out
         left = limit if limit is not None and limit > 0 else -1
-        for order, leaf, i in self._leaves(start):
-            end = len(order)
-            last = False
-            if stop is not None and end and not order[-1] < stop:
-                end = bisect_left(order, stop, i)
-                last = True
+        for order, leaf, i, end in self._spans(start, stop):
             if left >= 0 and end - i >= left:
                 end = i + left
-                last = True
+                left = 0
+            elif left > 0:
+                left -= end - i
             ks = order if i == 0 and end == len(order) else order[i:end]
             out += zip(ks, map(leaf.__getitem__, ks), strict=True)
-            if last:
+            if not left:
                 break
-            if left > 0:
-                left -= end - i
         return out
 
     # ---- snapshots and debugging ----------------------------------------

@@ -94,17 +94,24 @@ def pauses(writes: list[tuple[float, float, bool]], start: float, end: float) ->
     }
 
 
-class ClusterMoveTests(ZooKeeperCase):
+class ClusterCase(ZooKeeperCase):
+    """Real cluster servers ``SERVERS`` of a new cluster placed as ``PLACEMENT`` (cut at
+    ``CUTS``), and what the tests read of the map and the chains' membership."""
+
     timeout = 300
+    SERVERS: tuple[str, ...] = SERVERS
+    PLACEMENT: list[tuple[str, ...]] = PLACEMENT
+    CUTS: list[bytes] = [b"m"]
 
     def setUp(self) -> None:
         super().setUp()
         self.name = f"t{uuid.uuid4().hex[:8]}"
         self.paths = ClusterPaths(self.name)
         self.kazoo.ensure_path(self.paths.root)
-        self.kazoo.create(self.paths.map, ShardMap.initial(3, [b"m"], PLACEMENT).encode())
+        first = ShardMap.initial(3, self.CUTS, self.PLACEMENT)
+        self.kazoo.create(self.paths.map, first.encode())
         self.servers: dict[str, NodeProcess] = {}
-        for sid in SERVERS:
+        for sid in self.SERVERS:
             node = NodeProcess.cluster_server(self.zk.hosts, self.name, sid)
             self.addCleanup(node.cleanup)
             self.servers[sid] = node.start()
@@ -162,6 +169,23 @@ class ClusterMoveTests(ZooKeeperCase):
         )
         return began, done
 
+    def check_history(self, history: History, kv: BlockingClient) -> None:
+        self.assertGreater(len(history.reads), 0)
+        for key in KEYS:
+            last, _ = history.acked[key][-1]
+            value = kv.get(key)
+            assert value is not None, key
+            got = int(value)
+            # the latest acknowledged value, or a later attempt whose answer was lost
+            self.assertGreaterEqual(got, last, key)
+            self.assertIn(got, history.tried[key], key)
+        for key, began, got in history.reads:
+            before = [n for n, at in history.acked.get(key, []) if at < began]
+            if before:
+                self.assertGreaterEqual(got, before[-1], (key, began, history.errors[-5:]))
+
+
+class ClusterMoveTests(ClusterCase):
     def test_move_and_drain_under_load(self) -> None:
         """Move c0's head s1 to s4, then drain s2 (in both chains; the drain may place
         chains on s1 again), while writing and reading both shards: both commands
@@ -216,18 +240,3 @@ class ClusterMoveTests(ZooKeeperCase):
         live = {sid: Server.decode(sid, self.kazoo.get(self.paths.server(sid))[0])
                 for sid in SERVERS}
         self.assertEqual(len(live), 4)
-
-    def check_history(self, history: History, kv: BlockingClient) -> None:
-        self.assertGreater(len(history.reads), 0)
-        for key in KEYS:
-            last, _ = history.acked[key][-1]
-            value = kv.get(key)
-            assert value is not None, key
-            got = int(value)
-            # the latest acknowledged value, or a later attempt whose answer was lost
-            self.assertGreaterEqual(got, last, key)
-            self.assertIn(got, history.tried[key], key)
-        for key, began, got in history.reads:
-            before = [n for n, at in history.acked.get(key, []) if at < began]
-            if before:
-                self.assertGreaterEqual(got, before[-1], (key, began, history.errors[-5:]))

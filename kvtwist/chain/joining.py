@@ -171,6 +171,12 @@ class Joining:
             return self.r.foreign.examine(tail).addCallback(self._tail_judged, tail, found, attempt)
         if plan.transfer_from is not None:
             return self._transfer_from(plan.transfer_from, view)
+        if plan.start and not self.r.seeded:
+            # split off another chain and not given its state: starting the chain
+            # from nothing would lose the keys it takes over
+            log.info("the chain is empty; waiting for a member that holds its state")
+            self._wait_for_members(attempt)
+            return None
         if plan.start:
             log.info(
                 "the chain is empty; starting it from our copy (op {n})",
@@ -249,6 +255,7 @@ class Joining:
             rows = [(r.client_id, r.request_id, r.seq, r.found) for r in received.clients]
             self.r.state.dedup.load(rows)
             self.r.state.history = history_of(chunk.marks)
+            self.r.state.bounds.clear()  # the tail's markers are not in the copy
             self.last_catch_up = "full"
             self._based_at(chunk.last_op)
             self._loaded = self.r.store.load(
@@ -339,6 +346,7 @@ class Joining:
         ``restart``: we start an empty chain from our own copy.
         """
         assert self.r.zk is not None
+        zk = self.r.zk
         self.r.life.to(State.REGISTERING, f"at op {self.r.state.last_received}")
 
         def registered(name: str) -> Any:
@@ -360,7 +368,7 @@ class Joining:
             log.info(
                 "joined the chain as {name} at op {n}", name=name, n=self.r.state.last_received
             )
-            self.r.store.save_meta({"name": name}).addErrback(
+            self.r.store.save_meta({**self.r.store.meta, "name": name}).addErrback(
                 lambda f: log.warn("could not record our name: {e}", e=f.getErrorMessage())
             )
             release, self._release_lock = self._release_lock, None
@@ -368,7 +376,14 @@ class Joining:
             d.addCallback(lambda _: self.r.members.refresh_view())
             return d
 
-        return self.r.zk.register(self.r.address, self._join_ticket).addCallback(registered)
+        def register(_: object) -> Any:
+            if not attempt.live:
+                return None
+            return zk.register(self.r.address, self._join_ticket).addCallback(registered)
+
+        first = self.r.before_register  # a cluster server's fresh look at its map
+        d = first() if first is not None else defer.succeed(None)
+        return d.addCallback(register)
 
     def failed(self, why: str) -> None:
         if self.r.life.is_(State.STOPPED, State.FENCED):

@@ -94,6 +94,7 @@ class Membership:
             self.r.state.continue_numbering()
             if self.r.head_epoch is None:
                 self.r.records.claim_head()
+            self.r.mark_split()
         if plan.await_pred is not None:
             self.r.foreign.watch_predecessor(plan.await_pred)
         # successor side

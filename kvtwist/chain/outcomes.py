@@ -36,7 +36,18 @@ class WriteResult:
 
 @dataclass(frozen=True)
 class ReadView:
-    """What a read sees: the committed tree and the op number it includes."""
+    """What a read sees: the committed tree, the op number it includes, and the keys
+    of the tree that are the chain's (a cluster chain's shard, narrowed by its splits
+    up to ``seq``: a split leaves the keys above it in the tree, no longer served)."""
 
     tree: BTree
     seq: int
+    start: bytes = b""
+    end: bytes | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.start == b"" and self.end is None
+
+    def holds(self, key: bytes) -> bool:
+        return self.start <= key and (self.end is None or key < self.end)

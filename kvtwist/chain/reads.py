@@ -43,7 +43,7 @@ class Reads:
             return None
         self._check_tail()
         if r.serving_reads:
-            return ReadView(r.state.committed_tree, r.state.committed_seq)
+            return r.committed_view()
         return None
 
     def _check_tail(self) -> None:
@@ -68,7 +68,7 @@ class Reads:
         except Exception as e:
             return defer.fail(e)
         if r.serving_reads:
-            return defer.succeed(ReadView(r.state.committed_tree, r.state.committed_seq))
+            return defer.succeed(r.committed_view())
         if not allow_wait:
             return defer.fail(Unavailable("tail is not ready to serve reads"))
         return self._wait_ready().addCallback(lambda _: self.read_view(allow_wait=False))

@@ -34,7 +34,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from kvtwist.chain.bounds import Split
 from kvtwist.chain.foreign import ForeignMembers
 from kvtwist.chain.group import Group
 from kvtwist.chain.holds import TailHolds
@@ -69,6 +71,9 @@ MEMBER_WAIT = 5.0
 #: States of a node on its way into the chain: requests wait for it.
 BECOMING = (State.STARTING, State.JOINING, State.REGISTERING)
 
+#: Seconds before a split marker that could not be written is tried again.
+MARK_RETRY = 0.5
+
 #: Opens a link: ``(host, port, protocol)``, firing once ``protocol`` is connected.
 Dial = Callable[[str, int, FramedProtocol], Deferred[Any]]
 
@@ -90,12 +95,16 @@ class Replica:
         on_congestion: Callable[[bool], None] | None = None,
         on_commit_latency: Callable[[float], None] | None = None,
         on_link_rtt: Callable[[str, float], None] | None = None,
+        before_register: Callable[[], Deferred[None]] | None = None,
     ) -> None:
         """``dial`` opens links instead of TCP (in-memory wiring in unit tests);
         ``link_tls`` (a kvtwist.tls.ClientTLS) when the peers' port speaks TLS;
         ``on_congestion`` pauses and resumes client intake; ``on_commit_latency``
         is told, at the head, each batch's seconds from numbering to commitment;
-        ``on_link_rtt`` each round trip of a link's probe, with the link's side."""
+        ``on_link_rtt`` each round trip of a link's probe, with the link's side;
+        ``before_register``, a cluster server's: re-read the shard map before this
+        replica, its state copied or recovered, registers as a member (so it learns
+        of a split its copy holds the marker of, kvtwist.chain.bounds)."""
         self.reactor = reactor
         self.store = store
         self.address = address
@@ -129,6 +138,11 @@ class Replica:
         #: the address of a joiner we handed the state to, until its znode shows
         self.joiner_limbo: str | None = None
         self._member_waiters: list[Deferred[None]] = []
+        self.before_register = before_register
+        #: False for a chain split off another whose state this node has not taken
+        #: yet: it may join the chain, never start it from what it holds
+        self.seeded = True
+        self._marking = False  # a split marker on its way
 
         self.writes = WritePath(self, on_congestion, on_commit_latency)
         self.reads = Reads(self)
@@ -164,6 +178,14 @@ class Replica:
     @property
     def acked(self) -> int:
         return self.state.acked
+
+    def committed_view(self) -> ReadView:
+        """The committed state as a read sees it, with the keys that are still ours."""
+        state = self.state
+        seq, bounds = state.committed_seq, state.bounds
+        if not bounds.limited:
+            return ReadView(state.committed_tree, seq)
+        return ReadView(state.committed_tree, seq, bounds.start, bounds.end(seq))
 
     @property
     def pending(self) -> dict[int, Update]:
@@ -202,7 +224,7 @@ class Replica:
         request_id: int = 0,
         ack_below: int = 0,
         resend: bool = False,
-        rmw: Rmw | Group | None = None,
+        rmw: Rmw | Group | Split | None = None,
         hold: bool = True,
     ) -> Deferred[WriteResult]:
         """Order, apply and commit one client write (:meth:`WritePath.write`)."""
@@ -244,6 +266,30 @@ class Replica:
     def join(self) -> Deferred[None]:
         """Join the chain: catch up from the tail, then register as the new tail."""
         return self.joining.start()
+
+    # a cluster chain's keys (kvtwist.chain.bounds)
+
+    def keep_within(self, start: bytes, end: bytes | None) -> None:
+        """The shard's range by the server's latest map; the head marks a split."""
+        self.state.bounds.set_map(start, end)
+        self.mark_split()
+
+    def mark_split(self) -> None:
+        """At the head, write the split marker the map asks for, unless the log has it."""
+        at = self.state.bounds.marker_due()
+        if at is None or self._marking or not self.is_head:
+            return
+        self._marking = True
+
+        def done(result: Any) -> None:
+            self._marking = False
+            if isinstance(result, Failure):
+                log.info("split marker at {at!r} not written: {e}", at=at, e=result.value)
+                self.reactor.callLater(MARK_RETRY, self.mark_split)
+            else:
+                log.info("split marker at {at!r}: op {n}", at=at, n=result.op_n)
+
+        self.writes.write(False, b"", b"", rmw=Split(at), hold=False).addBoth(done)
 
     # links
 

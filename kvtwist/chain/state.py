@@ -49,6 +49,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kvtwist.chain.bounds import KeyBounds, Moved, Split
 from kvtwist.chain.dedup import OUTCOME_UNKNOWN, DedupTable
 from kvtwist.chain.epochs import EpochHistory, Mark
 from kvtwist.chain.group import Group, answers_of, decide_group, group_size, writes_of
@@ -73,7 +74,7 @@ UPDATE_OVERHEAD = 512
 #: for a group (kvtwist.chain.group), its requests (the key is then empty).
 WriteRequest = (
     tuple[bool, bytes, bytes, str, int, int, bool]
-    | tuple[bool, bytes, bytes, str, int, int, bool, Rmw | Group | None]
+    | tuple[bool, bytes, bytes, str, int, int, bool, Rmw | Group | Split | None]
 )
 
 #: A retried read-modify-write whose first answer the chain no longer holds
@@ -132,6 +133,8 @@ class ChainState:
         self.acked = 0  # the highest op our successor acknowledged
         self.history = EpochHistory()
         self.dedup = DedupTable()
+        #: the keys the chain holds (a cluster's shard, narrowed by splits)
+        self.bounds = KeyBounds()
         self.pending: dict[int, Update] = {}  # the Sent list, by op number
         self.pending_bytes = 0
         self.recent: deque[Update] = deque()  # committed, for catch-up by delta
@@ -167,6 +170,7 @@ class ChainState:
         """Forget what our epoch history and retry table say past ``seq``."""
         self.history.truncate(seq)
         self.dedup.forget_after(seq)
+        self.bounds.truncate(seq)
 
     def _relatest(self) -> None:
         """Rebuild the per-key latest updates from the Sent list as it stands."""
@@ -223,6 +227,13 @@ class ChainState:
                         found = entry.found if entry.found is not None else True
                         out.outcomes.append(WriteResult(entry.seq, found, entry.result))
                     continue
+            if isinstance(rmw, Split):
+                out.updates.append(self._marker(rmw.at, epoch))
+                out.outcomes.append(out.updates[-1].seq)
+                continue
+            if self.bounds.limited and not self._holds(key, rmw):
+                out.outcomes.append(Moved("the key's shard was split off this chain"))
+                continue
             result: RmwResult | None = None
             subs: list[Update] = []
             if isinstance(rmw, Group):
@@ -256,6 +267,21 @@ class ChainState:
             out.outcomes.append(seq)
         return out
 
+    def _holds(self, key: bytes, rmw: Rmw | Group | None) -> bool:
+        """Whether every key the write names is still this chain's."""
+        holds = self.bounds.holds
+        if isinstance(rmw, Group):
+            return all(holds(op.key) and (op.dest is None or holds(op.dest)) for op in rmw.ops)
+        return holds(key)
+
+    def _marker(self, at: bytes, epoch: int) -> Update:
+        """The split marker (kvtwist.chain.bounds): an op that writes nothing, after
+        which the writes that follow in this very batch see the narrower range."""
+        seq = self.next_seq
+        self.next_seq += 1
+        self.bounds.note(seq, at)
+        return Update(seq=seq, epoch=epoch, group=[Update(skip=True)], split_at=at)
+
     # every member
 
     def take_in_order(self, updates: Iterable[Update]) -> tuple[list[Update], int | None]:
@@ -285,6 +311,8 @@ class ChainState:
         for u in updates:
             seq = u.seq
             self.history.note(seq, u.epoch)
+            if u.split_at:
+                self.bounds.note(seq, u.split_at)
             pending[seq] = u
             size += update_size(u)
             for w in writes_of(u):

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kvtwist.chain.bounds import Split
 from kvtwist.chain.group import Group
 from kvtwist.chain.holds import Intake
 from kvtwist.chain.link import Link
@@ -87,7 +88,7 @@ class WritePath:
         request_id: int = 0,
         ack_below: int = 0,
         resend: bool = False,
-        rmw: Rmw | Group | None = None,
+        rmw: Rmw | Group | Split | None = None,
         hold: bool = True,
     ) -> Deferred[WriteResult]:
         """Order, apply and commit one client write; fires once committed.

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist.cluster import moves, placement
-from kvtwist.cluster.requests import BadRequests, Requests
+from kvtwist.cluster.requests import BadRequests, Requests, ShardSplit
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
 from kvtwist.cluster.store import ClusterStore, Election
 
@@ -117,23 +117,37 @@ class ControllerCore:
         Replacements of gone servers first, then the next step of each move and
         drain, then filling; a draining server is given nothing by any of them.
         """
-        m = self.map
-        if m is None:
+        if self.map is None:
             return None
+        m = self._split(self.map)
         draining = self.requests.draining if self.requests is not None else ()
         gone_for = {sid: now - t for sid, t in self.gone_since.items()}
         changes = placement.replacements(m, self.live, gone_for, self.replace_after, draining)
         moved = self._plan(placement.apply(m, changes)).changes
         filled = placement.fill(placement.apply(m, [*changes, *moved]), self.live, draining)
         new = placement.apply(m, [*changes, *moved, *filled])
-        return None if new is m else new
+        return None if new is self.map else new
+
+    def _split(self, m: ShardMap) -> ShardMap:
+        """``m`` with the pending splits made (a chain that is changing members waits)."""
+        for sp in self.requests.splits if self.requests is not None else ():
+            plan = m.chains.get(sp.chain)
+            if plan is None or _split_over(m, sp) or len(plan.members) > m.replicas:
+                continue
+            m = m.split(sp.chain, sp.at, m.free_chain_id())
+        return m
 
     def finished_requests(self) -> Requests | None:
-        """The request record without the moves the map shows over, or None if none is."""
+        """The request record without the moves and splits the map shows over, or None
+        if none is."""
         if self.map is None or self.requests is None:
             return None
-        done = self._plan(self.map).finished
-        return self.requests.without_moves(done) if done else None
+        m = self.map
+        done = self._plan(m).finished
+        split = {sp for sp in self.requests.splits if _split_over(m, sp)}
+        if not done and not split:
+            return None
+        return self.requests.without_moves(done).without_splits(split)
 
     def progress(self) -> dict[str, str]:
         """Chain id -> what its move or drain is doing or waiting for."""
@@ -144,6 +158,14 @@ class ControllerCore:
         waits = [t + self.replace_after - now for t in self.gone_since.values()]
         future = [w for w in waits if w >= 0]
         return min(future) + 0.001 if future else None
+
+
+def _split_over(m: ShardMap, sp: ShardSplit) -> bool:
+    """Made (a shard starts at its key), or moot (its chain gone, its key not inside)."""
+    shard = m.shard_of_chain(sp.chain)
+    if any(s.start == sp.at for s in m.shards):
+        return True
+    return shard is None or not shard.holds(sp.at)
 
 
 class ControllerService(Service):

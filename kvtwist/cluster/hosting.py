@@ -26,11 +26,20 @@ from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
 from kvtwist.cluster.store import ClusterStore
 from kvtwist.server.chains import Chains
 from kvtwist.services import retry_zookeeper
-from kvtwist.storage import DataDir
+from kvtwist.storage import ClientRow, DataDir
+from kvtwist.tree import BTree
 from kvtwist.zk import ZooKeeper
 from kvtwist.zk.session import Session
 
 __all__ = ["ClusterServer", "Hosted"]
+
+
+def _unseeded(replica: Replica) -> bool:
+    """A replica of a split-off chain that never took its state (nothing on disk)."""
+    state = replica.state
+    return not state.last_received and not len(state.committed_tree) and (
+        "split_from" not in replica.store.meta
+    )
 
 log = Logger(namespace="kvtwist.cluster")
 
@@ -40,8 +49,15 @@ log = Logger(namespace="kvtwist.cluster")
 #: and not waiting for ever keeps a chain whose first server is down serving.
 ORDER_WAIT = 10.0
 
-#: Makes the replica of chain ``id`` (store recovered from its data directory) on ``zk``.
-OpenChain = Callable[[str, ZooKeeper], "tuple[Replica, DataDir | None]"]
+#: How often a server placed on a chain split off one it hosts looks whether its
+#: replica of that chain has committed the split marker (then it takes the state).
+SEED_POLL = 0.2
+
+#: Makes the replica of chain ``id`` (store recovered from its data directory) on
+#: ``zk``, re-reading the map (the third argument) before it registers.
+OpenChain = Callable[
+    [str, ZooKeeper, Callable[[], Deferred[None]]], "tuple[Replica, DataDir | None]"
+]
 
 
 @dataclass
@@ -147,20 +163,95 @@ class ClusterServer(service.Service):
         self.map = new
         self.chains.map_version = new.version
         self.chains.ranges = {s.chain: (s.start, s.end) for s in new.shards}
+        for chain, hosted in self.hosted.items():
+            if chain in self.chains.ranges:
+                hosted.replica.keep_within(*self.chains.ranges[chain])
         wanted = {plan.id for plan in new.chains_of(self.me.id)}
         for chain in sorted(wanted - set(self.hosted)):
             self._serve(chain)
         for chain in sorted(set(self.hosted) - wanted):
             self._leave(chain)
 
+    def refresh_map(self) -> Deferred[None]:
+        """Read the map afresh (after a sync) and act on it: a replica does so before it
+        registers, so that it learns of any split its copied state already obeys."""
+        return self.store.read_map(fresh=True).addCallback(lambda found: self.map_changed(found[0]))
+
     def _serve(self, chain: str) -> None:
         zk = self.make_zk(self.paths.chain(chain))
-        replica, journal = self.open_chain(chain, zk)
+        replica, journal = self.open_chain(chain, zk, self.refresh_map)
         self.hosted[chain] = Hosted(replica, zk, journal)
         self.chains.add(chain, replica)
+        if chain in self.chains.ranges:
+            replica.keep_within(*self.chains.ranges[chain])
+        assert self.map is not None
+        parent = self.map.chains[chain].parent
+        if parent is not None and _unseeded(replica):
+            replica.seeded = False
+            if parent in self.hosted:
+                # take the state from our replica of the parent, then go on
+                self._seed(chain, replica, parent).addCallback(lambda _: self._start(chain))
+                return
+        self._start(chain)
+
+    def _seed(self, chain: str, replica: Replica, parent: str) -> Deferred[None]:
+        """Give ``replica`` the keys of its shard from our replica of ``parent``, as
+        committed at or after the parent's split marker (no later op of the parent
+        touches them), with the parent's retry table, so a write acknowledged by the
+        parent and retried here is answered, never applied twice."""
+        done: Deferred[None] = Deferred()
+        shard = self.map.shard_of_chain(chain) if self.map is not None else None
+
+        def look() -> None:
+            mine = self.hosted.get(chain)
+            if mine is None or mine.replica is not replica or shard is None:
+                return  # not served here any more
+            hosted = self.hosted.get(parent)
+            if hosted is None:  # the parent left this server first: join, never start
+                done.callback(None)
+                return
+            state = hosted.replica.state
+            op = state.bounds.marker_op(shard.start)
+            if op is None or state.committed_seq < op:
+                self.reactor.callLater(SEED_POLL, look)
+                return
+            tree, seq = state.committed_tree, state.committed_seq
+            rows = [ClientRow(c, r, 0, f) for c, r, _seq, f in state.dedup.rows(op - 1)]
+            read = hosted.replica.store.read(lambda: tree.range(shard.start, shard.end))
+            read.addCallback(take, rows, seq)
+            read.addErrback(lambda f: log.failure("chain {c}: taking its state failed", f, c=chain))
+
+        def take(items: list[tuple[bytes, bytes]], rows: list[ClientRow], seq: int) -> Any:
+            store = replica.store
+            keys, values = [k for k, _ in items], [v for _, v in items]
+            table = [(r.client_id, r.request_id, r.seq, r.found) for r in rows]
+
+            def loaded(tree: BTree) -> Deferred[None]:
+                replica.restore(tree, 0, (), table)
+                return store.save_meta({**store.meta, "split_from": parent})
+
+            def saved(_: object) -> None:
+                log.info(
+                    "chain {chain}: {n} keys taken from {parent} (its committed op {seq})",
+                    chain=chain, n=len(items), parent=parent, seq=seq,
+                )
+                replica.seeded = True
+                done.callback(None)
+
+            return store.load(keys, values, 0, (), rows).addCallback(loaded).addCallback(saved)
+
+        look()
+        return done
+
+    def _start(self, chain: str) -> None:
+        hosted_now = self.hosted.get(chain)
+        if hosted_now is None or self.map is None or chain not in self.map.chains:
+            return
+        replica, zk = hosted_now.replica, hosted_now.zk
+        if self.me.id not in self.map.chains[chain].members:
+            return
         zk.on_state(replica.zk_state)
         zk.on_gone(replica.znode_gone)
-        assert self.map is not None
         ahead = self.map.chains[chain].members.index(self.me.id)
         joined = False
         ready = False  # the adapter has started: the replica may register
@@ -222,6 +313,7 @@ class ClusterServer(service.Service):
         return d
 
     # -- stopping ------------------------------------------------------------
+
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -38,7 +38,9 @@ __all__ = [
     "Move",
     "Refused",
     "Requests",
+    "ShardSplit",
     "check_drain",
+    "check_split",
     "check_move",
     "check_undrain",
 ]
@@ -65,11 +67,22 @@ class Move:
 
 
 @dataclass(frozen=True)
+class ShardSplit:
+    """Chain ``chain``'s shard is to be cut at ``at``: the keys from ``at`` on go to a new
+    chain on the same servers (:meth:`kvtwist.cluster.shardmap.ShardMap.split`)."""
+
+    chain: str
+    at: bytes
+
+
+@dataclass(frozen=True)
 class Requests:
-    """The pending moves (at most one per chain) and the draining servers (sorted)."""
+    """The pending moves (at most one per chain), the draining servers (sorted), and
+    the pending splits (at most one per chain)."""
 
     moves: tuple[Move, ...] = ()
     draining: tuple[str, ...] = ()
+    splits: tuple[ShardSplit, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -86,12 +99,29 @@ class Requests:
         chains = [move.chain for move in self.moves]
         if len(set(chains)) != len(chains):
             raise BadRequests("two moves of one chain")
+        split = [sp.chain for sp in self.splits]
+        if len(set(split)) != len(split) or any(not sp.at for sp in self.splits):
+            raise BadRequests("two splits of one chain, or a split at the empty key")
+        for sp in self.splits:
+            try:
+                check_name("chain", sp.chain)
+            except BadMap as e:
+                raise BadRequests(str(e)) from None
         if list(self.draining) != sorted(set(self.draining)):
             raise BadRequests("draining servers must be sorted and distinct")
 
     @property
     def empty(self) -> bool:
-        return not self.moves and not self.draining
+        return not self.moves and not self.draining and not self.splits
+
+    def split_of(self, chain: str) -> ShardSplit | None:
+        return next((sp for sp in self.splits if sp.chain == chain), None)
+
+    def with_split(self, split: ShardSplit) -> Requests:
+        return replace(self, splits=(*self.splits, split))
+
+    def without_splits(self, done: set[ShardSplit]) -> Requests:
+        return replace(self, splits=tuple(sp for sp in self.splits if sp not in done))
 
     def move_of(self, chain: str) -> Move | None:
         return next((mv for mv in self.moves if mv.chain == chain), None)
@@ -114,7 +144,12 @@ class Requests:
                     {"chain": mv.chain, "from": mv.source, "to": mv.target} for mv in self.moves
                 ],
                 "draining": list(self.draining),
-            },
+            }
+            | (
+                {"splits": [{"chain": sp.chain, "at": sp.at.hex()} for sp in self.splits]}
+                if self.splits
+                else {}
+            ),
             sort_keys=True,
         ).encode()
 
@@ -130,7 +165,11 @@ class Requests:
             moves = tuple(
                 Move(_text(mv["chain"]), _text(mv["from"]), _text(mv["to"])) for mv in raw["moves"]
             )
-            return cls(moves, tuple(_text(s) for s in raw["draining"]))
+            splits = tuple(
+                ShardSplit(_text(sp["chain"]), bytes.fromhex(_text(sp["at"])))
+                for sp in raw.get("splits", ())
+            )
+            return cls(moves, tuple(_text(s) for s in raw["draining"]), splits)
         except BadRequests:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as e:
@@ -170,6 +209,8 @@ def check_move(
         raise Refused(
             f"{chain} has a move pending already ({pending.source} -> {pending.target})"
         )
+    if requests.split_of(chain) is not None:
+        raise Refused(f"{chain} has a split pending: ask again once it is done")
     if len(plan.members) > m.replicas:
         raise Refused(
             f"{chain} is changing already ({len(plan.members)} members for R = {m.replicas}); "
@@ -228,6 +269,39 @@ def check_drain(
             f"R = {m.replicas}"
         )
     return requests.with_draining(server, True)
+
+
+def check_split(m: ShardMap, requests: Requests, chain: str, at: bytes | None) -> ShardSplit:
+    """The split of ``chain``'s shard at ``at`` (None: the middle of its key range), or
+    :class:`Refused`: an unknown shard, a key outside it, or a chain changing already."""
+    plan = m.chains.get(chain)
+    shard = m.shard_of_chain(chain)
+    if plan is None or shard is None:
+        raise Refused(f"unknown shard {chain!r}: the chains are {', '.join(sorted(m.chains))}")
+    if at is None:
+        at = middle_key(shard.start, shard.end)
+    if not (shard.start < at and (shard.end is None or at < shard.end)):
+        raise Refused(f"{at!r} is not inside {chain}'s shard [{shard.start!r}, {shard.end!r})")
+    pending = requests.split_of(chain)
+    if pending is not None:
+        if pending.at == at:
+            return pending
+        raise Refused(f"{chain} has a split pending already (at {pending.at!r})")
+    if requests.move_of(chain) is not None or len(plan.members) > m.replicas:
+        raise Refused(f"{chain} is changing (a move is under way): ask again once it is done")
+    if plan.parent is not None and plan.parent in m.chains and not plan.members:
+        raise Refused(f"{chain} has no members yet")
+    return ShardSplit(chain, at)
+
+
+def middle_key(start: bytes, end: bytes | None) -> bytes:
+    """A key halfway between ``start`` and ``end`` in the bytewise order, read as numbers
+    of as many bytes as the longer of the two (plus one, so that a key exists between)."""
+    width = max(len(start), len(end) if end is not None else 1) + 1
+    low = int.from_bytes(start.ljust(width, b"\0"), "big")
+    high = int.from_bytes(end.ljust(width, b"\0"), "big") if end is not None else 256**width
+    mid = (low + high) // 2
+    return mid.to_bytes(width, "big").rstrip(b"\0") or b"\0"
 
 
 def check_undrain(requests: Requests, server: str) -> Requests:

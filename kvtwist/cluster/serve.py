@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from kvtwist.chain.replica import Replica
@@ -93,7 +95,9 @@ def build_server(options: NodeOptions, reactor: Any) -> service.MultiService:
     data_dir = None if options["in-memory"] else os.path.abspath(options["data-dir"])
     journals: list[DataDir] = []
 
-    def open_chain(chain: str, zk: ZooKeeper) -> tuple[Replica, DataDir | None]:
+    def open_chain(
+        chain: str, zk: ZooKeeper, before_register: Callable[[], Deferred[None]]
+    ) -> tuple[Replica, DataDir | None]:
         path = None if data_dir is None else os.path.join(data_dir, "chains", chain)
         replica, journal = tap.open_replica(
             reactor,
@@ -105,6 +109,7 @@ def build_server(options: NodeOptions, reactor: Any) -> service.MultiService:
             tap.links_config(options, limits, lease, chain),
             link_tls,
             clients,
+            before_register,
         )
         if journal is not None:
             journals.append(journal)

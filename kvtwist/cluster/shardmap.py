@@ -139,6 +139,9 @@ class ChainPlan:
     id: str
     members: tuple[str, ...]
     version: int = 1
+    #: the chain this one was split off (docs/cluster.md, "Splitting a shard"): its
+    #: members start from that chain's state at its split marker, never from nothing
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,8 @@ class ShardMap:
                 raise BadMap(f"chain {cid!r} names a server twice")
             for sid in plan.members:
                 check_name("server", sid)
+            if plan.parent is not None and plan.parent not in self.chains:
+                raise BadMap(f"chain {cid!r} was split off an unknown chain {plan.parent!r}")
 
     # -- lookups --------------------------------------------------------------
 
@@ -227,6 +232,7 @@ class ShardMap:
                 ],
                 "chains": {
                     cid: {"members": list(p.members), "version": p.version}
+                    | ({"from": p.parent} if p.parent is not None else {})
                     for cid, p in sorted(self.chains.items())
                 },
             },
@@ -248,7 +254,12 @@ class ShardMap:
                 for s in raw["shards"]
             )
             chains = {
-                str(cid): ChainPlan(str(cid), tuple(map(str, p["members"])), int(p["version"]))
+                str(cid): ChainPlan(
+                    str(cid),
+                    tuple(map(str, p["members"])),
+                    int(p["version"]),
+                    None if p.get("from") is None else str(p["from"]),
+                )
                 for cid, p in raw["chains"].items()
             }
             return cls(int(raw["version"]), int(raw["replicas"]), shards, chains)
@@ -276,3 +287,30 @@ class ShardMap:
         pairs = enumerate(zip(starts, ends, strict=True))
         shards = tuple(Shard(s, e, f"c{i}") for i, (s, e) in pairs)
         return cls(1, replicas, shards, chains)
+
+    def split(self, chain: str, at: bytes, new_chain: str) -> ShardMap:
+        """The next map, with ``chain``'s shard cut at ``at``: the keys below stay, those
+        from ``at`` on go to ``new_chain``, placed on the same servers in the same order
+        and split off ``chain`` (its members start from ``chain``'s state)."""
+        shard = self.shard_of_chain(chain)
+        if shard is None:
+            raise BadMap(f"no shard is served by chain {chain!r}")
+        if not (shard.start < at and (shard.end is None or at < shard.end)):
+            raise BadMap(f"{at!r} is not inside chain {chain!r}'s shard")
+        if new_chain in self.chains:
+            raise BadMap(f"chain {new_chain!r} exists already")
+        shards: list[Shard] = []
+        for s in self.shards:
+            if s.chain == chain:
+                shards += [Shard(s.start, at, chain), Shard(at, s.end, new_chain)]
+            else:
+                shards.append(s)
+        plan = self.chains[chain]
+        chains = dict(self.chains)
+        chains[new_chain] = ChainPlan(new_chain, plan.members, 1, chain)
+        return ShardMap(self.version + 1, self.replicas, tuple(shards), chains)
+
+    def free_chain_id(self) -> str:
+        """The next chain name of the ``c0``, ``c1``, ... series not taken yet."""
+        taken = {int(cid[1:]) for cid in self.chains if re.fullmatch(r"c\d{1,9}", cid)}
+        return f"c{max(taken, default=-1) + 1}"

@@ -37,7 +37,7 @@ class ClusterStore(Protocol):
     """One cluster's znodes (``ClusterPaths``): the map, the request record, the live
     servers, the chains' member lists, the election."""
 
-    def read_map(self) -> Deferred[tuple[bytes | None, int]]:
+    def read_map(self, fresh: bool = False) -> Deferred[tuple[bytes | None, int]]:
         """The map record and its znode version; ``(None, -1)`` before the cluster exists."""
         ...
 

@@ -78,7 +78,7 @@ class Stats(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[OpStats, _Mapping]]] = ..., keys: _Optional[int] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ..., last_op: _Optional[int] = ..., role: _Optional[str] = ..., height: _Optional[int] = ..., received: _Optional[int] = ..., applied: _Optional[int] = ..., sent_count: _Optional[int] = ..., sent_bytes: _Optional[int] = ..., version: _Optional[str] = ..., data_dir_bytes: _Optional[int] = ..., zk_state: _Optional[str] = ..., member: _Optional[str] = ..., unacked_age_s: _Optional[float] = ..., succ_rtt_s: _Optional[float] = ..., pred_rtt_s: _Optional[float] = ...) -> None: ...
 
 class Update(_message.Message):
-    __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id", "found", "epoch", "ack_below", "rmw", "rmw_applied", "rmw_found", "rmw_old", "rmw_number", "rmw_error", "group", "skip")
+    __slots__ = ("seq", "is_put", "key", "data", "client_id", "request_id", "found", "epoch", "ack_below", "rmw", "rmw_applied", "rmw_found", "rmw_old", "rmw_number", "rmw_error", "group", "skip", "split_at")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     IS_PUT_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class Update(_message.Message):
     RMW_ERROR_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     SKIP_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_AT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     is_put: bool
     key: bytes
@@ -113,7 +114,8 @@ class Update(_message.Message):
     rmw_error: str
     group: _containers.RepeatedCompositeFieldContainer[Update]
     skip: bool
-    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[bytes] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., found: _Optional[bool] = ..., epoch: _Optional[int] = ..., ack_below: _Optional[int] = ..., rmw: _Optional[bool] = ..., rmw_applied: _Optional[bool] = ..., rmw_found: _Optional[bool] = ..., rmw_old: _Optional[bytes] = ..., rmw_number: _Optional[int] = ..., rmw_error: _Optional[str] = ..., group: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., skip: _Optional[bool] = ...) -> None: ...
+    split_at: bytes
+    def __init__(self, seq: _Optional[int] = ..., is_put: _Optional[bool] = ..., key: _Optional[bytes] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., found: _Optional[bool] = ..., epoch: _Optional[int] = ..., ack_below: _Optional[int] = ..., rmw: _Optional[bool] = ..., rmw_applied: _Optional[bool] = ..., rmw_found: _Optional[bool] = ..., rmw_old: _Optional[bytes] = ..., rmw_number: _Optional[int] = ..., rmw_error: _Optional[str] = ..., group: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., skip: _Optional[bool] = ..., split_at: _Optional[bytes] = ...) -> None: ...
 
 class EpochMark(_message.Message):
     __slots__ = ("first_seq", "epoch")

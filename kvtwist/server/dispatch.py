@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist import wire
+from kvtwist.chain.bounds import Moved
 from kvtwist.chain.outcomes import Refused, WriteResult
 from kvtwist.chain.replica import NotHere, ReadView, Replica, Unavailable
 from kvtwist.client.protocol import ConnectionPool
@@ -90,9 +91,12 @@ class Dispatcher:
         metrics: Metrics,
         forwarder: ConnectionPool,
         connections: Callable[[], int],
+        map_version: Callable[[], int] = lambda: 0,
     ) -> None:
-        """``connections``: how many clients are connected now (for STATS)."""
+        """``connections``: how many clients are connected now (for STATS);
+        ``map_version``: the shard map version the server acts on (a cluster's)."""
         self.replica = replica
+        self.map_version = map_version
         self.limits = limits
         self.metrics = metrics
         self.forwarder = forwarder
@@ -128,7 +132,7 @@ class Dispatcher:
         replica = self.replica
         view: ReadView | None
         if msg.local:
-            view = ReadView(replica.committed_tree, replica.committed_seq)
+            view = replica.committed_view()
         else:
             view = replica.serving_view()
         if view is None:  # this tail is not ready yet: wait for it, bounded
@@ -184,7 +188,7 @@ class Dispatcher:
             view = self.replica.serving_view()
         except Exception:
             view = None
-        if view is None:
+        if view is None or not view.whole:  # (a split chain's reads check their keys)
             return defer.gatherResults([self.handle(m, peer) for m in msgs])
         keys: list[bytes | None] = []
         errors: dict[int, bytes] = {}
@@ -289,6 +293,14 @@ class Dispatcher:
                 "{peer}: bad {op}: {e}", peer=peer(), op=wire.op_name(op), e=f.getErrorMessage()
             )
             reply = wire.error_reply(f.getErrorMessage())
+        elif f.check(Moved):
+            # a client routing by an older map: it reads the map again, then retries
+            reply = wire.error_reply(
+                f"{f.getErrorMessage()} (shard map version {self.map_version()}): "
+                "read the map again",
+                retry=True,
+            )
+            reply.map_version = self.map_version()
         elif f.check(Unavailable, NotHere):
             reply = wire.error_reply(f.getErrorMessage(), retry=True)
         else:

@@ -87,7 +87,14 @@ class NodeFactory(Factory):
         self.dispatcher = Router(self.chains, self._dispatcher)
 
     def _dispatcher(self, replica: Replica) -> Dispatcher:
-        return Dispatcher(replica, self.limits, self.metrics, self.forwarder, self.count_clients)
+        return Dispatcher(
+            replica,
+            self.limits,
+            self.metrics,
+            self.forwarder,
+            self.count_clients,
+            lambda: self.chains.map_version,
+        )
 
     @property
     def replica(self) -> Replica:

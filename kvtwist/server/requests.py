@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from kvtwist import wire
+from kvtwist.chain.bounds import Moved, narrowest
 from kvtwist.chain.group import Group, Op
 from kvtwist.chain.link import MAX_CLIENT_ID
 from kvtwist.chain.outcomes import ReadView
@@ -129,7 +130,7 @@ def _group_op(msg: Message, limits: Limits) -> Op:
     rmw = request[7] if len(request) > 7 else None
     if rmw is None:  # a plain PUT or DEL, answered as a CAS that always holds
         rmw = Rmw(Kind.CAS, data, delete=not is_put)
-    if isinstance(rmw, Group):
+    if not isinstance(rmw, Rmw):
         raise BadRequest("MULTI cannot hold MULTI")
     return Op(key, rmw)
 
@@ -162,12 +163,23 @@ def not_a_request(msg: Message) -> BadRequest:
 
 def _get(msg: Message, limits: Limits) -> Reader:
     key = single_key(msg, limits)
-    return lambda v: wire.get_reply_frame(v.tree.get(key))
+
+    def get(v: ReadView) -> bytes:
+        if not v.whole and not v.holds(key):
+            raise Moved("the key's shard was split off this chain")
+        return wire.get_reply_frame(v.tree.get(key))
+
+    return get
 
 
 def _size(msg: Message, limits: Limits) -> Reader:
     check_ctype(msg, wire.CT_NONE)
-    return lambda v: wire.frame(wire.result_reply(wire.OP_SIZE, len(v.tree)))
+
+    def size(v: ReadView) -> bytes:
+        n = len(v.tree) if v.whole else v.tree.count(v.start, v.end)
+        return wire.frame(wire.result_reply(wire.OP_SIZE, n))
+
+    return size
 
 
 def _height(msg: Message, limits: Limits) -> Reader:
@@ -184,7 +196,7 @@ def _listing(values: bool) -> Callable[[Message, Limits], Reader]:
         max_reply = limits.max_reply
 
         def run(v: ReadView) -> bytes:
-            found = v.tree.listing(values, max_reply, _ELEMENT_OVERHEAD)
+            found = v.tree.listing(values, max_reply, _ELEMENT_OVERHEAD, v.start, v.end)
             if found is None:
                 raise too_big(op, max_reply)
             if values:
@@ -214,7 +226,11 @@ def _range(msg: Message, limits: Limits) -> Reader:
     max_reply = limits.max_reply
 
     def scan(v: ReadView) -> bytes:
-        items = v.tree.range(start, stop, limit)
+        low, high = start, stop
+        if not v.whole:  # only what is still this chain's
+            low = v.start if low is None else max(low, v.start)
+            high = narrowest(high, v.end)
+        items = v.tree.range(low, high, limit)
         _bounded(op, (len(k) + len(d) for k, d in items), max_reply)
         return wire.frame(
             wire.reply(

@@ -71,10 +71,16 @@ def create_cluster_sync(client: KazooClient, paths: ClusterPaths, map_data: byte
 
 
 def read_map_sync(
-    client: KazooClient, paths: ClusterPaths, watch: Callable[[Any], None] | None = None
+    client: KazooClient,
+    paths: ClusterPaths,
+    watch: Callable[[Any], None] | None = None,
+    fresh: bool = False,
 ) -> tuple[bytes | None, int]:
     """Blocking: ``(data, version)`` of the map; ``(None, -1)`` if absent (then
-    ``watch`` waits for its creation)."""
+    ``watch`` waits for its creation).  ``fresh``: after a sync, so the read sees
+    every write ZooKeeper acknowledged before it began."""
+    if fresh:
+        client.sync(paths.map)
     try:
         data, stat = client.get(paths.map, watch=watch)
     except NoNodeError:
@@ -312,8 +318,8 @@ class ZooKeeperClusterStore:
 
     # -- the map -------------------------------------------------------------------
 
-    def read_map(self) -> Deferred[tuple[bytes | None, int]]:
-        return self.session.call(read_map_sync, self.session.client, self.paths)
+    def read_map(self, fresh: bool = False) -> Deferred[tuple[bytes | None, int]]:
+        return self.session.call(read_map_sync, self.session.client, self.paths, None, fresh)
 
     def _read_map_watched(self, watch: Callable[[Any], None]) -> tuple[bytes | None, int]:
         return read_map_sync(self.session.client, self.paths, watch)

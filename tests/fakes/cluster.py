@@ -122,7 +122,7 @@ class MemoryClusterStore:
 
     # -- the map
 
-    def read_map(self) -> defer.Deferred[tuple[bytes | None, int]]:
+    def read_map(self, fresh: bool = False) -> defer.Deferred[tuple[bytes | None, int]]:
         if not self.connected:
             return defer.fail(ConnectionError("ZooKeeper unreachable"))
         return defer.succeed(self.cluster.map)

@@ -1,0 +1,77 @@
+"""A split on real cluster servers under load: ``kvtwist-admin cluster split`` while a
+client writes unique values to keys on both sides of the cut and another reads them;
+the new chain starts from the old one's state, no acknowledged write is lost, no read
+goes back past a write acknowledged before it began, and the shards' sizes add up to
+the keys written (the old chain no longer counts the keys it gave away)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from kvtwist.client.blocking import BlockingClient
+from kvtwist.cluster.shardmap import ShardMap
+from tests.nodes import wait_for
+from tests.test_blocking import private_reactor
+from tests.test_cluster_move import KEYS, ClusterCase, History, pauses, reader, writer
+
+SERVERS = ("s1", "s2", "s3")
+PRELOAD = 600
+
+
+class ClusterSplitTests(ClusterCase):
+    SERVERS = SERVERS
+    PLACEMENT = [SERVERS]
+    CUTS = []
+
+    def test_split_under_load(self) -> None:
+        """Split the one shard at "m" while writing and reading keys on both sides: the
+        command finishes (--wait), the map has c1 from "m" on, split off c0 and placed
+        on c0's servers, c1's membership lists all three, every acknowledged write
+        reads back as its key's latest value, no read returned a value older than one
+        acknowledged before it began, and SIZE over the cluster is the number of keys
+        written (each counted once); a second split of c1 works on the new chain too."""
+        wait_for(self.settled, 60, "the chain formed")
+        history = History()
+        stop = threading.Event()
+        reactor = private_reactor()
+        with BlockingClient.cluster(self.zk.hosts, self.name, 30.0, reactor=reactor) as wkv, \
+                BlockingClient.cluster(self.zk.hosts, self.name, 30.0, reactor=reactor) as rkv:
+            for i in range(PRELOAD):
+                wkv.put(b"%s-bulk%04d" % (b"bz"[i % 2 : i % 2 + 1], i), b"x" * 512)
+            threads = [threading.Thread(target=writer, args=(wkv, history, stop), daemon=True),
+                       threading.Thread(target=reader, args=(rkv, history, stop), daemon=True)]
+            for t in threads:
+                t.start()
+            wait_for(lambda: len(history.acked) == len(KEYS), 30, "writes flowing")
+            split_at, split = self.admin("split", "c0", "m", "--wait", "--wait-timeout", "120")
+            split_done = time.monotonic()
+            self.assertEqual(split.returncode, 0, split.stdout + split.stderr)
+            m = ShardMap.decode(self.kazoo.get(self.paths.map)[0])
+            self.assertEqual([(s.start, s.end, s.chain) for s in m.shards],
+                             [(b"", b"m", "c0"), (b"m", None, "c1")])
+            self.assertEqual(m.chains["c1"].parent, "c0")
+            self.assertEqual(m.chains["c1"].members, SERVERS)
+            self.assertEqual(sorted(self.listed("c1")), list(SERVERS))
+            acked = sum(len(v) for v in history.acked.values())
+            wait_for(lambda: sum(len(v) for v in history.acked.values()) > acked + 20,
+                          30, "writes after the split")
+            again_at, again = self.admin("split", "c1", "t", "--wait", "--wait-timeout", "120")
+            again_done = time.monotonic()
+            self.assertEqual(again.returncode, 0, again.stdout + again.stderr)
+            acked = sum(len(v) for v in history.acked.values())
+            wait_for(lambda: sum(len(v) for v in history.acked.values()) > acked + 20,
+                          30, "writes after the second split")
+            stop.set()
+            for t in threads:
+                t.join(60)
+            self.check_history(history, wkv)
+            self.assertEqual(wkv.size(), PRELOAD + len(KEYS))
+            self.assertEqual(len(wkv.keys()), PRELOAD + len(KEYS))
+        report = {
+            "split": pauses(history.writes, split_at, split_done),
+            "split_s": split_done - split_at,
+            "second": pauses(history.writes, again_at, again_done),
+        }
+        print(f"\ncluster split under load: {report}", file=sys.stderr)
