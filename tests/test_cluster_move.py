@@ -112,9 +112,14 @@ class ClusterCase(ZooKeeperCase):
         self.kazoo.create(self.paths.map, first.encode())
         self.servers: dict[str, NodeProcess] = {}
         for sid in self.SERVERS:
-            node = NodeProcess.cluster_server(self.zk.hosts, self.name, sid)
+            node = NodeProcess.cluster_server(self.zk.hosts, self.name, sid,
+                                              extra_args=self.server_args(sid))
             self.addCleanup(node.cleanup)
             self.servers[sid] = node.start()
+
+    def server_args(self, sid: str) -> list[str]:
+        """Options of server ``sid`` beyond the cluster's (in memory unless given)."""
+        return []
 
     def plans(self) -> dict[str, tuple[str, ...]]:
         return {c: p.members for c, p in

@@ -23,7 +23,6 @@ from kvtwist.tree import BTree
 from kvtwist.wire import Message
 from tests.fakes.chain import Net, results
 
-
 Request = tuple[bool, bytes, bytes, str, int, int, bool]
 
 
@@ -195,11 +194,12 @@ class ReadersTests(SynchronousTestCase):
 
     def test_listings_clip_to_the_range(self) -> None:
         """SIZE, GETKEYS, GETVALUES and RANGE see only the keys in the view's range."""
-        self.assertEqual(self.run_reader(Message(opcode=wire.OP_SIZE, c_type=wire.CT_NONE)).result, 2)
-        self.assertEqual(list(self.run_reader(Message(opcode=wire.OP_GETKEYS, c_type=wire.CT_NONE)).keys), [b"b", b"m"])
-        self.assertEqual(
-            list(self.run_reader(Message(opcode=wire.OP_GETVALUES, c_type=wire.CT_NONE)).values), [b"bb", b"mm"]
-        )
+        def listing(op: int) -> Message:
+            return self.run_reader(Message(opcode=op, c_type=wire.CT_NONE))
+
+        self.assertEqual(listing(wire.OP_SIZE).result, 2)
+        self.assertEqual(list(listing(wire.OP_GETKEYS).keys), [b"b", b"m"])
+        self.assertEqual(list(listing(wire.OP_GETVALUES).values), [b"bb", b"mm"])
         rng = Message(opcode=wire.OP_RANGE, c_type=wire.CT_RANGE)
         rng.range.start = b"a"
         self.assertEqual(list(self.run_reader(rng).keys), [b"b", b"m"])
