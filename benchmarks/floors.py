@@ -195,6 +195,49 @@ def _chain_floors() -> Iterable[Floor]:
         )
 
 
+def _cluster_floors() -> Iterable[Floor]:
+    """Section 10: more servers serve more; the routing of a cluster client costs little."""
+    for setting in ("32×1", "4×32"):
+        for op in ("PUT", "GET"):
+            side = "2 servers, 2 shards, R=1"
+            yield Floor(
+                f"cluster:scale R=1:{op} {setting}:{side}",
+                10,
+                f"cluster R=1, 2 servers / 1 server, {op} {setting} req/s",
+                False,
+                1.4,
+                "×",
+                lambda r, op=op, setting=setting, side=side: _num(
+                    _path(r, "cluster", "scale R=1", f"{op} {setting}", "ratios", side)
+                ),
+            )
+        side = "3 servers, 3 shards, R=3"
+        yield Floor(
+            f"cluster:scale R=3:PUT {setting}:{side}",
+            10,
+            f"cluster of 3 servers, R=3, 3 shards / one chain of 3, PUT {setting} req/s",
+            False,
+            1.5,
+            "×",
+            lambda r, setting=setting, side=side: _num(
+                _path(r, "cluster", "scale R=3", f"PUT {setting}", "ratios", side)
+            ),
+        )
+        for op in ("PUT", "GET"):
+            side = "1 server, 1 shard, R=1"
+            yield Floor(
+                f"cluster:routing:{op} {setting}:{side}",
+                10,
+                f"cluster of one shard / a chain of one, {op} {setting} req/s",
+                False,
+                0.9,
+                "×",
+                lambda r, op=op, setting=setting, side=side: _num(
+                    _path(r, "cluster", "routing", f"{op} {setting}", "ratios", side)
+                ),
+            )
+
+
 #: Every floor, in the report's order.  Sections: 1 tree, 2 node against the
 #: reference server, 3 chain, 4 failover, 5 join, 6 memory, 7 durability.
 FLOORS: tuple[Floor, ...] = (
@@ -299,6 +342,7 @@ FLOORS: tuple[Floor, ...] = (
         " s",
         field("durability", "recovery", "recovery_s"),
     ),
+    *_cluster_floors(),
 )
 
 

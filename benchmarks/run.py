@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import floors  # noqa: E402
+from benchmarks.cluster_bench import bench_cluster, render_cluster  # noqa: E402
 from benchmarks.resp_bench import bench_resp, render_resp  # noqa: E402
 from kvtwist import wire  # noqa: E402
 from kvtwist.bench.workload import encode_put, key_name  # noqa: E402
@@ -61,7 +62,10 @@ from kvtwist.procs import (  # noqa: E402
 
 PY = sys.executable
 BENCH = [PY, "-m", "kvtwist.bench.cli"]
-ALL = ("tree", "node", "breakdown", "chain", "failover", "join", "memory", "durability", "resp")
+ALL = (
+    "tree", "node", "breakdown", "chain", "failover", "join", "memory", "durability", "resp",
+    "cluster",
+)
 VALUE_SIZE = 32
 ZK_SHOWN = (
     "java ... QuorumPeerMain zoo.cfg  # kvtwist.procs.ZooKeeperProcess: private, 127.0.0.1:ZK_PORT,"
@@ -1506,6 +1510,7 @@ SECTIONS: tuple[tuple[str | None, Callable[[Page], None]], ...] = (
     ("durability", render_durability),
     ("breakdown", render_breakdown),
     ("resp", render_resp),
+    ("cluster", render_cluster),
     (None, render_errors),
     (None, render_notes),
     (None, render_commands),
@@ -1546,6 +1551,8 @@ def run_all(s: Settings) -> dict[str, Any]:
             bench_durability(run)
         if "resp" in only:
             bench_resp(run)
+        if "cluster" in only:
+            bench_cluster(run)
         info["load_end"] = load_avg()
         info["elapsed_s"] = time.time() - run.started
         return {

@@ -45,6 +45,8 @@ class KeyBoundsTests(SynchronousTestCase):
         self.assertFalse(b.holds(b"a"))
         self.assertTrue(b.holds(b"z"))
         b.set_map(b"b", b"m")
+        self.assertIsNone(b.marker_due())  # a shard that ends there: nothing split off
+        b.set_map(b"b", b"m", split=True)
         self.assertEqual(b.marker_due(), b"m")
         b.note(7, b"m")
         self.assertIsNone(b.marker_due())
@@ -127,7 +129,7 @@ class ChainSplitTests(SynchronousTestCase):
 
     def narrow(self) -> None:
         for n in self.nodes:
-            n.replica.keep_within(b"", b"m")
+            n.replica.keep_within(b"", b"m", split=True)
         self.net.settle()
 
     def test_head_marks_and_refuses_tail_clips(self) -> None:

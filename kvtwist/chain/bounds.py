@@ -47,14 +47,18 @@ class KeyBounds:
     def __init__(self) -> None:
         self.start = b""
         self.map_end: bytes | None = None
+        #: where the map says a chain was split off this one (its end then)
+        self.split_end: bytes | None = None
         self.limited = False  # a lone chain's: every key
         #: split markers received, in op order: (op, split key)
         self.marks: list[tuple[int, bytes]] = []
 
-    def set_map(self, start: bytes, end: bytes | None) -> None:
-        """The shard's range by the server's latest map."""
+    def set_map(self, start: bytes, end: bytes | None, split: bool = False) -> None:
+        """The shard's range by the server's latest map; ``split``: the shard after it
+        was split off this chain (so its end is a split to mark)."""
         self.limited = True
         self.start, self.map_end = start, end
+        self.split_end = end if split else None
 
     def note(self, seq: int, at: bytes) -> None:
         """A split marker at op ``seq`` (taken in order; noted once)."""
@@ -85,15 +89,16 @@ class KeyBounds:
         return self.start <= key and (end is None or key < end)
 
     def marker_due(self) -> bytes | None:
-        """The split key the head is to mark: the map's end, when no marker narrows to it."""
-        if self.map_end is None:
+        """The split key the head is to mark: where the map split a chain off this one,
+        when no marker in the log narrows the range that far."""
+        if self.split_end is None:
             return None
         logged = None
         for _, at in self.marks:
             logged = narrowest(logged, at)
-        if logged is not None and logged <= self.map_end:
+        if logged is not None and logged <= self.split_end:
             return None
-        return self.map_end
+        return self.split_end
 
     def marker_op(self, at: bytes) -> int | None:
         """The op of the first marker that narrows the range to ``at`` or below."""

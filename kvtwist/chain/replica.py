@@ -269,9 +269,10 @@ class Replica:
 
     # a cluster chain's keys (kvtwist.chain.bounds)
 
-    def keep_within(self, start: bytes, end: bytes | None) -> None:
-        """The shard's range by the server's latest map; the head marks a split."""
-        self.state.bounds.set_map(start, end)
+    def keep_within(self, start: bytes, end: bytes | None, split: bool = False) -> None:
+        """The shard's range by the server's latest map (``split``: the next shard was
+        split off this chain); the head marks the split in the log."""
+        self.state.bounds.set_map(start, end, split)
         self.mark_split()
 
     def mark_split(self) -> None:

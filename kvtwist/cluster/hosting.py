@@ -164,13 +164,22 @@ class ClusterServer(service.Service):
         self.chains.map_version = new.version
         self.chains.ranges = {s.chain: (s.start, s.end) for s in new.shards}
         for chain, hosted in self.hosted.items():
-            if chain in self.chains.ranges:
-                hosted.replica.keep_within(*self.chains.ranges[chain])
+            self._bound(chain, hosted.replica)
         wanted = {plan.id for plan in new.chains_of(self.me.id)}
         for chain in sorted(wanted - set(self.hosted)):
             self._serve(chain)
         for chain in sorted(set(self.hosted) - wanted):
             self._leave(chain)
+
+    def _bound(self, chain: str, replica: Replica) -> None:
+        """Tell the replica its shard's range, and whether the next shard was split off it."""
+        m = self.map
+        shard = m.shard_of_chain(chain) if m is not None else None
+        if m is None or shard is None:
+            return
+        after = m.shard_for(shard.end) if shard.end is not None else None
+        split = after is not None and m.chains[after.chain].parent == chain
+        replica.keep_within(shard.start, shard.end, split)
 
     def refresh_map(self) -> Deferred[None]:
         """Read the map afresh (after a sync) and act on it: a replica does so before it
@@ -182,8 +191,7 @@ class ClusterServer(service.Service):
         replica, journal = self.open_chain(chain, zk, self.refresh_map)
         self.hosted[chain] = Hosted(replica, zk, journal)
         self.chains.add(chain, replica)
-        if chain in self.chains.ranges:
-            replica.keep_within(*self.chains.ranges[chain])
+        self._bound(chain, replica)
         assert self.map is not None
         parent = self.map.chains[chain].parent
         if parent is not None and _unseeded(replica):
