@@ -114,6 +114,21 @@ class NodeOptions(usage.Options):
             "Seconds a cluster server may be gone before its chains get a new member.",
             float,
         ],
+        [
+            "split-keys",
+            None,
+            0,
+            "A cluster's shard is split in two once it holds more keys than this (0: never).",
+            int,
+        ],
+        [
+            "split-bytes",
+            None,
+            0,
+            "A cluster's shard is split in two once its keys and values pass this many "
+            "bytes (0: never).",
+            int,
+        ],
         # chain-link security, liveness and reply bounds
         [
             "cluster-key-file",
@@ -329,6 +344,9 @@ class NodeOptions(usage.Options):
             for name in ("server-id", "zone"):
                 if self[name] is not None:
                     raise usage.UsageError(f"--{name} is for a cluster server (--cluster)")
+            for name in ("split-keys", "split-bytes"):
+                if self[name]:
+                    raise usage.UsageError(f"--{name} is for a cluster server (--cluster)")
             return
         from kvtwist.cluster.shardmap import BadMap, check_name
 
@@ -345,6 +363,9 @@ class NodeOptions(usage.Options):
             raise usage.UsageError(str(e)) from None
         if self["replace-after"] <= 0:
             raise usage.UsageError("--replace-after must be positive")
+        for name in ("split-keys", "split-bytes"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must not be negative (0: never split)")
 
     def _check_link_options(self) -> None:
         if self["link-timeout"] <= 0:

@@ -129,7 +129,9 @@ class ClusterCase(ZooKeeperCase):
         """The servers the chain's ZooKeeper membership lists, head first."""
         root = self.paths.chain(chain)
         by_port = {n.port: sid for sid, n in self.servers.items()}
-        out = []
+        out: list[str] = []
+        if self.kazoo.exists(root) is None:  # a new chain's root, not made yet
+            return out
         for name in sorted(c for c in self.kazoo.get_children(root)
                            if c.startswith(MEMBER_PREFIX)):
             try:

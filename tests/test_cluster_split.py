@@ -125,3 +125,38 @@ class DurableSplitTests(ClusterCase):
                 self.assertEqual(kv.get(b"a%02d" % i), want)
                 self.assertEqual(kv.get(b"z%02d" % i), want)
             self.assertEqual(kv.size(), 120)
+
+
+class AutoSplitTests(ClusterCase):
+    """Servers started with --split-keys: a shard that grows past it is split on its
+    own, at its middle key, and the halves hold every key."""
+
+    SERVERS = SERVERS
+    PLACEMENT = [SERVERS]
+    CUTS = []
+
+    def server_args(self, sid: str) -> list[str]:
+        return ["--split-keys", "100"]
+
+    def test_a_growing_shard_splits_itself(self) -> None:
+        """300 keys into one shard with --split-keys 100: the controller splits it (more
+        than once, as the halves still pass 100) into chains on the same servers, and
+        every key reads back, counted once."""
+        wait_for(self.settled, 60, "the chain formed")
+        with BlockingClient.cluster(self.zk.hosts, self.name, 60.0,
+                                    reactor=private_reactor()) as kv:
+            for i in range(300):
+                kv.put(b"key%03d" % i, b"%d" % i)
+
+            def shards() -> int:
+                return len(ShardMap.decode(self.kazoo.get(self.paths.map)[0]).shards)
+
+            wait_for(lambda: shards() >= 3, 90, "the shard split on its own")
+            wait_for(self.settled, 60, "every chain formed")
+            m = ShardMap.decode(self.kazoo.get(self.paths.map)[0])
+            for shard in m.shards[1:]:
+                self.assertTrue(b"key000" < shard.start < b"key299", shard)
+                self.assertEqual(m.chains[shard.chain].members, SERVERS)
+            for i in range(300):
+                self.assertEqual(kv.get(b"key%03d" % i), b"%d" % i)
+            self.assertEqual(kv.size(), 300)

@@ -32,10 +32,12 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvtwist.cluster import moves, placement
+from kvtwist.cluster import load, moves, placement
+from kvtwist.cluster.load import ChainLoad, Thresholds
 from kvtwist.cluster.requests import BadRequests, Requests, ShardSplit
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
 from kvtwist.cluster.store import ClusterStore, Election
@@ -48,6 +50,9 @@ log = Logger(namespace="kvtwist.cluster")
 #: to ride out a restart, short enough that a chain does not run a replica
 #: short for long.
 DEFAULT_REPLACE_AFTER = 60.0
+#: Seconds a chain this controller split is left alone before it may split again:
+#: its members' measures catch up with the cut meanwhile.
+SPLIT_SETTLE = 3 * load.LOAD_PERIOD
 #: Delay before writing again after a write that failed (not a lost race).
 WRITE_RETRY_DELAY = 1.0
 
@@ -65,8 +70,12 @@ class ControllerCore:
     ``replace_after`` of its own before replacing, never less.
     """
 
-    def __init__(self, replace_after: float) -> None:
+    def __init__(self, replace_after: float, thresholds: Thresholds | None = None) -> None:
         self.replace_after = replace_after
+        #: when a shard splits on its own, and what each server measured of its shards
+        self.thresholds = thresholds or Thresholds()
+        self.loads: dict[str, dict[str, ChainLoad]] = {}
+        self._split_at: dict[str, float] = {}  # chain -> when this core last split it
         self.map: ShardMap | None = None
         self.live: dict[str, Server] = {}
         self.gone_since: dict[str, float] = {}
@@ -85,6 +94,9 @@ class ControllerCore:
 
     def requests_seen(self, requests: Requests | None) -> None:
         self.requests = requests
+
+    def loads_seen(self, loads: dict[str, dict[str, ChainLoad]]) -> None:
+        self.loads = loads
 
     def members_seen(self, chain: str, addresses: Sequence[str]) -> None:
         self.members[chain] = tuple(addresses)
@@ -119,7 +131,7 @@ class ControllerCore:
         """
         if self.map is None:
             return None
-        m = self._split(self.map)
+        m = self._grown(self._split(self.map), now)
         draining = self.requests.draining if self.requests is not None else ()
         gone_for = {sid: now - t for sid, t in self.gone_since.items()}
         changes = placement.replacements(m, self.live, gone_for, self.replace_after, draining)
@@ -135,6 +147,27 @@ class ControllerCore:
             if plan is None or _split_over(m, sp) or len(plan.members) > m.replicas:
                 continue
             m = m.split(sp.chain, sp.at, m.free_chain_id())
+        return m
+
+    def _grown(self, m: ShardMap, now: float) -> ShardMap:
+        """``m`` with one shard past a split threshold split at its middle key
+        (kvtwist.cluster.load), by what its members last measured; a chain split
+        recently, or changing members, waits."""
+        if self.thresholds.off:
+            return m
+        asked = {sp.chain for sp in self.requests.splits} if self.requests is not None else set()
+        for shard in m.shards:
+            plan = m.chains[shard.chain]
+            recent = now - self._split_at.get(shard.chain, -SPLIT_SETTLE) < SPLIT_SETTLE
+            if recent or shard.chain in asked or len(plan.members) > m.replicas:
+                continue
+            reports = [self.loads[s][shard.chain] for s in plan.members
+                       if shard.chain in self.loads.get(s, {})]
+            at = load.split_due(shard, reports, self.thresholds)
+            if at is not None:
+                new = m.free_chain_id()
+                self._split_at[shard.chain] = self._split_at[new] = now
+                return m.split(shard.chain, at, new)
         return m
 
     def finished_requests(self) -> Requests | None:
@@ -178,6 +211,7 @@ class ControllerService(Service):
         paths: ClusterPaths,
         replace_after: float = DEFAULT_REPLACE_AFTER,
         candidate: str = "controller",
+        thresholds: Thresholds | None = None,
     ) -> None:
         if replace_after < 0:
             raise ValueError(f"replace_after must not be negative, not {replace_after!r}")
@@ -185,7 +219,11 @@ class ControllerService(Service):
         self.store = store
         self.paths = paths
         self.replace_after = replace_after
+        self.thresholds = thresholds or Thresholds()
         self.candidate = candidate
+        #: while elected with a split threshold: reads the servers' load records
+        self._loads = LoopingCall(self._poll_loads)
+        self._loads.clock = reactor
         self.leading = False
         self.core: ControllerCore | None = None
         self._map: tuple[ShardMap | None, int] = (None, -1)
@@ -223,7 +261,9 @@ class ControllerService(Service):
         log.info("controller of cluster {name}: elected", name=self.paths.name)
         self.leading = True
         now = self.reactor.seconds()
-        self.core = ControllerCore(self.replace_after)
+        self.core = ControllerCore(self.replace_after, self.thresholds)
+        if not self.thresholds.off and not self._loads.running:
+            self._loads.start(load.LOAD_PERIOD, now=False)
         self.core.servers_seen(self._live, now)
         self.core.map_seen(self._map[0], now)
         self.core.requests_seen(self._requests[0])
@@ -235,10 +275,27 @@ class ControllerService(Service):
             log.info("controller of cluster {name}: no longer elected", name=self.paths.name)
         self.leading = False
         self.core = None
+        if self._loads.running:
+            self._loads.stop()
         self._cancel_timer()
         for stop in self._member_watches.values():
             stop()
         self._member_watches.clear()
+
+    def _poll_loads(self) -> Deferred[None]:
+        def seen(records: dict[str, bytes]) -> None:
+            if self.core is None:
+                return
+            loads = {}
+            for sid, data in records.items():
+                try:
+                    loads[sid] = load.decode(data)
+                except BadMap as e:
+                    log.debug("load of {sid} ignored: {e}", sid=sid, e=e)
+            self.core.loads_seen(loads)
+            self._step()
+
+        return self.store.read_loads().addCallbacks(seen, lambda f: None)
 
     # -- what the watches deliver --------------------------------------------------------
 

@@ -22,6 +22,8 @@ from twisted.python.failure import Failure
 
 from kvtwist.chain.replica import Replica
 from kvtwist.cluster.controller import ControllerService
+from kvtwist.cluster.load import Thresholds
+from kvtwist.cluster.reporting import LoadReporter
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
 from kvtwist.cluster.store import ClusterStore
 from kvtwist.server.chains import Chains
@@ -83,6 +85,7 @@ class ClusterServer(service.Service):
         open_chain: OpenChain,
         make_zk: Callable[[str], ZooKeeper],
         replace_after: float = 60.0,
+        thresholds: Thresholds | None = None,
     ) -> None:
         """``store``: the cluster's znodes on ``session``; ``make_zk(root)``: an adapter of
         ``session`` rooted at a chain's root; ``replace_after``: the controller's, when
@@ -90,7 +93,15 @@ class ClusterServer(service.Service):
         self.reactor = reactor
         self.session = session
         self.store = store
-        self.controller = ControllerService(reactor, store, paths, replace_after, me.id)
+        thresholds = thresholds or Thresholds()
+        self.controller = ControllerService(
+            reactor, store, paths, replace_after, me.id, thresholds
+        )
+        #: this server's measure of the shards it is the tail of, for the controller
+        self.reporter = LoadReporter(
+            reactor, store, me.id, lambda: {c: h.replica for c, h in self.hosted.items()},
+            thresholds,
+        )
         self.paths = paths
         self.me = me
         self.chains = chains
@@ -132,6 +143,7 @@ class ClusterServer(service.Service):
         )
         self.store.watch_map(lambda data, version: self.map_changed(data))
         self.controller.startService()
+        self.reporter.start()
 
     def drop_session(self) -> None:
         self.session.drop()
@@ -325,6 +337,7 @@ class ClusterServer(service.Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self.reporter.stop()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         if self.controller.running:

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from kvtwist.chain.replica import Replica
 from kvtwist.client.protocol import ConnectionPool
 from kvtwist.cluster.hosting import ClusterServer
+from kvtwist.cluster.load import Thresholds
 from kvtwist.cluster.shardmap import ClusterPaths, Server, check_name
 from kvtwist.kazoolog import limit_repeats
 from kvtwist.lease import LEASE_FRACTION
@@ -148,6 +149,7 @@ def build_server(options: NodeOptions, reactor: Any) -> service.MultiService:
         open_chain,
         make_zk,
         replace_after=options["replace-after"],
+        thresholds=Thresholds(options["split-keys"], options["split-bytes"]),
     )
     cluster.setServiceParent(top)
     WatchdogService(reactor, cluster, options["zk-session-timeout"]).setServiceParent(top)

@@ -76,6 +76,14 @@ class ClusterPaths:
         return f"{self.root}/requests"
 
     @property
+    def loads(self) -> str:
+        """Each server's measure of the shards it is the tail of (kvtwist.cluster.load)."""
+        return f"{self.root}/load"
+
+    def load(self, server_id: str) -> str:
+        return f"{self.loads}/{check_name('server', server_id)}"
+
+    @property
     def servers(self) -> str:
         return f"{self.root}/servers"
 

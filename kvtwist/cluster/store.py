@@ -87,6 +87,14 @@ class ClusterStore(Protocol):
         """Call ``callback(servers)`` with the live servers now (soon) and after every change."""
         ...
 
+    def write_load(self, server_id: str, data: bytes) -> Deferred[None]:
+        """Set ``load/ID`` (persistent, made if absent) to ``data``."""
+        ...
+
+    def read_loads(self) -> Deferred[dict[str, bytes]]:
+        """Every server's ``load/ID`` record, by server id (none yet: empty)."""
+        ...
+
     def elect(
         self, candidate: str, won: Callable[[], None], lost: Callable[[], None]
     ) -> Election:

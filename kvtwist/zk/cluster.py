@@ -374,6 +374,35 @@ class ZooKeeperClusterStore:
     def create_cluster(self, map_data: bytes) -> Deferred[bool]:
         return self.session.call(create_cluster_sync, self.session.client, self.paths, map_data)
 
+    # -- the shards' loads -------------------------------------------------------------
+
+    def write_load(self, server_id: str, data: bytes) -> Deferred[None]:
+        path = self.paths.load(server_id)
+
+        def write() -> None:
+            try:
+                self.session.client.set(path, data)
+            except NoNodeError:
+                self.session.client.create(path, data, makepath=True)
+
+        return self.session.call(write)
+
+    def read_loads(self) -> Deferred[dict[str, bytes]]:
+        def read() -> dict[str, bytes]:
+            client, out = self.session.client, {}
+            try:
+                names = client.get_children(self.paths.loads)
+            except NoNodeError:
+                return {}
+            for name in names:
+                try:
+                    out[name] = client.get(f"{self.paths.loads}/{name}")[0]
+                except NoNodeError:
+                    continue
+            return out
+
+        return self.session.call(read)
+
     # -- servers ---------------------------------------------------------------------
 
     def register_server(self, server: Server) -> Deferred[None]:

@@ -35,6 +35,7 @@ class MemoryCluster:
     def __init__(self) -> None:
         self.map: tuple[bytes | None, int] = (None, -1)
         self.servers: dict[str, tuple[Server, MemoryClusterStore]] = {}
+        self.loads: dict[str, bytes] = {}  # load/ID records
         self.candidates: list[_Candidate] = []
         self.seq = itertools.count()
         self.stores: list[MemoryClusterStore] = []
@@ -148,6 +149,17 @@ class MemoryClusterStore:
         self.cluster.writes += 1
         self.cluster.set_map(data)
         return defer.succeed(True)
+
+    def write_load(self, server_id: str, data: bytes) -> defer.Deferred[None]:
+        if not self.connected:
+            return defer.fail(ConnectionError("ZooKeeper unreachable"))
+        self.cluster.loads[server_id] = data
+        return defer.succeed(None)
+
+    def read_loads(self) -> defer.Deferred[dict[str, bytes]]:
+        if not self.connected:
+            return defer.fail(ConnectionError("ZooKeeper unreachable"))
+        return defer.succeed(dict(self.cluster.loads))
 
     def watch_requests(self, callback: MapCallback) -> None:
         self.request_callbacks.append(callback)
