@@ -34,8 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kazoo.client import KazooClient  # noqa: E402
+from kazoo.exceptions import NoNodeError  # noqa: E402
 
 from kvtwist.cluster.shardmap import ClusterPaths, ShardMap  # noqa: E402
+from kvtwist.kazoolog import silence  # noqa: E402
 from kvtwist.membership import MEMBER_PREFIX, parse_address  # noqa: E402
 from kvtwist.procs import TWISTD, node_env  # noqa: E402
 from kvtwist.procs.demo import (  # noqa: E402
@@ -47,6 +49,7 @@ from kvtwist.procs.demo import (  # noqa: E402
     wait,
     zk_ok,
 )
+from kvtwist.zk.cluster import servers_sync  # noqa: E402
 
 __all__ = ["Shards", "main"]
 
@@ -77,6 +80,7 @@ class Shards:
         if not zk_ok(args.zk_port):
             shutil.rmtree(self.dir, ignore_errors=True)
         self.zk.start()
+        silence()  # kazoo's retries would be lines of the transcript
         self.kazoo = KazooClient(hosts=self.zk.hosts, timeout=10.0)
         self.kazoo.start(timeout=15)
         if self.kazoo.exists(self.paths.root):
@@ -86,9 +90,6 @@ class Shards:
             shutil.rmtree(self.dir / sid, ignore_errors=True)
             (self.dir / f"{sid}.log").unlink(missing_ok=True)
         self.dir.mkdir(parents=True, exist_ok=True)
-        say("")
-        self.shell(self.admin("cluster", "create", args.name, "--replicas", str(args.replicas),
-                              "--shards", str(args.shards)))
         for sid in self.ports:
             with open(self.dir / f"{sid}.log", "ab") as out:  # what twistd says before logging
                 self.servers[sid] = subprocess.Popen(
@@ -100,6 +101,10 @@ class Shards:
         for sid, p in self.servers.items():
             say(f"server {sid} on 127.0.0.1:{self.ports[sid]} (pid {p.pid}, "
                 f"log {shown(self.dir / f'{sid}.log')})")
+        # created once every server is registered, so that it places chains on all
+        say("")
+        self.shell(self.admin("cluster", "create", args.name, "--replicas", str(args.replicas),
+                              "--shards", str(args.shards)))
         wait(lambda: self.settled(), 60, "every chain placed and formed")
         if not args.tour:
             self.show_help()
@@ -162,8 +167,7 @@ class Shards:
             if p.poll() is not None:
                 raise Failed(f"server {sid} exited with status {p.returncode}; "
                              f"see {shown(self.dir / f'{sid}.log')}")
-        live = set(self.kazoo.get_children(self.paths.servers))
-        return live >= set(self.servers)
+        return set(servers_sync(self.kazoo, self.paths)) >= set(self.servers)
 
     def listed(self, chain: str) -> set[str]:
         """The servers the chain's own ZooKeeper membership lists."""
@@ -171,11 +175,14 @@ class Shards:
         root = self.paths.chain(chain)
         by_port = {port: sid for sid, port in self.ports.items()}
         out = set()
-        for name in self.kazoo.get_children(root):
-            if name.startswith(MEMBER_PREFIX):
-                address = parse_address(self.kazoo.get(f"{root}/{name}")[0])
-                if address is not None:
-                    out.add(by_port.get(address[1], "?"))
+        try:
+            for name in self.kazoo.get_children(root):
+                if name.startswith(MEMBER_PREFIX):
+                    address = parse_address(self.kazoo.get(f"{root}/{name}")[0])
+                    if address is not None:
+                        out.add(by_port.get(address[1], "?"))
+        except NoNodeError:  # the chain's root not made yet, or a member just gone
+            return set()
         return out
 
     def settled(self, gone: str | None = None) -> bool:

@@ -39,6 +39,7 @@ __all__ = [
     "shown",
     "wait",
     "zk_ok",
+    "zk_serving",
 ]
 
 
@@ -149,6 +150,14 @@ def zk_ok(port: int) -> bool:
         return False
 
 
+def zk_serving(port: int) -> bool:
+    """Whether it serves clients yet: ``ruok`` answers before it does, ``srvr`` not."""
+    try:
+        return zk_ok(port) and "Zxid" in four_letter_word(port, "srvr", 1.0)
+    except OSError:
+        return False
+
+
 def shown(path: Path) -> str:
     """``path`` relative to the working directory when that is shorter."""
     rel = os.path.relpath(path)
@@ -214,7 +223,7 @@ class DemoZooKeeper:
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         zk = self.process
-        wait(lambda: zk.poll() is None and zk_ok(self.port), 30, "ZooKeeper")
+        wait(lambda: zk.poll() is None and zk_serving(self.port), 30, "ZooKeeper")
         say(f"ZooKeeper on {self.hosts} (pid {zk.pid}, log {shown(self.log)})")
 
     @property
