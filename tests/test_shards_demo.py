@@ -19,7 +19,7 @@ from pathlib import Path
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.nodes import ROOT, env, free_port, port_open, wait_for
-from tests.test_cluster import alive
+from tests.test_cluster import alive, read_line
 from tests.zkserver import zookeeper_available
 
 SCRIPT = ROOT / "scripts" / "shards.py"
@@ -111,3 +111,35 @@ class ShardsTourTests(SynchronousTestCase):
         self.assertEqual(leftovers(self.run_dir), [])
         for port in [self.zk_port, *range(self.base, self.base + 4)]:
             self.assertFalse(port_open(port), port)
+
+    def test_foreground_stops_on_hangup_after_the_pipe_closed(self) -> None:
+        """Without --tour it says what to try and stays up; with its output pipe closed
+        (``make shards | tee log``, tee gone) a SIGHUP still stops every server and
+        ZooKeeper, and it exits 0."""
+        self.addCleanup(self.kill_leftovers)
+        proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--servers", "3", "--shards", "2", "--replicas", "2",
+             "--zk-port", str(self.zk_port), "--base-port", str(self.base),
+             "--run-dir", str(self.run_dir)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=env(), cwd=ROOT,
+        )
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        assert proc.stdout is not None
+        pending = bytearray()
+        lines: list[str] = []
+        while not lines or lines[-1] != "Ctrl-C stops everything.":
+            lines.append(read_line(proc.stdout.fileno(), pending, 60))
+        text = "\n".join(lines)
+        self.assertIn(f"--zk 127.0.0.1:{self.zk_port} --cluster demo", text)
+        self.assertIn(" cluster split demo ", text)
+        self.assertIn(" cluster drain demo ", text)
+        pids = [int(p) for p in re.findall(r"\(pid (\d+),", text)]
+        self.assertEqual(len(pids), 4, text)  # ZooKeeper and three servers
+        proc.stdout.close()
+        proc.send_signal(signal.SIGHUP)
+        self.assertEqual(proc.wait(60), 0)
+        for pid in pids:
+            wait_for(lambda pid=pid: not alive(pid), 15, f"pid {pid} to be gone")  # type: ignore[misc]
+        self.assertEqual(leftovers(self.run_dir), [])
