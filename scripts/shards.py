@@ -8,12 +8,15 @@ ZooKeeper listens on 127.0.0.1:2181; ``kvtwist-admin cluster create demo``
 cuts the key space into SHARDS shards of R replicas each, and servers s1..sS
 listen on 127.0.0.1:7001.., each with --data-dir run/shards/sN, a 2 s
 ZooKeeper session timeout and --replace-after 10, so that a server killed
-is replaced in its chains about 12 s later. Logs go to run/shards/ too. The
-directory is emptied first: every run is a new cluster.
+is replaced in its chains about 12 s later. Logs go to run/shards/ too.
+Every run is a new cluster: the servers' data directories are emptied first
+(and ZooKeeper's, when it starts ZooKeeper itself); a ZooKeeper already
+running on the port that holds the cluster is refused.
 
 Without --tour it stays in the foreground, printing the commands to try,
-until Ctrl-C, SIGTERM, SIGHUP or a closed output pipe; then it stops the
-servers, then ZooKeeper (only if it started it). With --tour it runs a
+until Ctrl-C, SIGTERM or SIGHUP (the terminal closed), also once the reader
+of its output has gone (``make shards | tee log``, then Ctrl-C); then it
+stops the servers, then ZooKeeper (only if it started it). With --tour it runs a
 scripted tour instead, printed as a shell transcript (puts and a scan, the
 status, a split, a server killed and replaced, every key read back), and
 then stops everything the same way.
