@@ -108,7 +108,7 @@ class Shards:
         say("")
         self.shell(self.admin("cluster", "create", args.name, "--replicas", str(args.replicas),
                               "--shards", str(args.shards)))
-        wait(lambda: self.settled(), 60, "every chain placed and formed")
+        wait(self.settled, 60, "every chain placed and formed")
         if not args.tour:
             self.show_help()
 
@@ -214,8 +214,8 @@ class Shards:
         feed = None
         if lines is not None:
             feed = "".join(f"{line}\n" for line in lines)
-            shown_cmd = f"printf {shlex.quote(feed.replace(chr(10), chr(92) + 'n'))} \\\n" \
-                        f"    | {shown_cmd}"
+            printf = shlex.quote(feed.replace("\n", "\\n"))
+            shown_cmd = f"printf {printf} \\\n    | {shown_cmd}"
         say(f"$ {shown_cmd}")
         done = subprocess.run(command, input=feed, capture_output=True, text=True,
                               timeout=120, env=node_env())
