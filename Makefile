@@ -1,7 +1,11 @@
 # Conveniences over the scripts the README documents.
 N ?= 3
+# make shards: servers, shards, replicas per chain
+S ?= 4
+SHARDS ?= 4
+R ?= 3
 
-.PHONY: setup test unit node cluster lint
+.PHONY: setup test unit node cluster shards lint
 
 setup:
 	sh scripts/setup.sh
@@ -18,6 +22,10 @@ node: setup
 cluster:
 	sh scripts/setup.sh --test
 	.venv/bin/python scripts/cluster.py --nodes $(N)
+
+shards:
+	sh scripts/setup.sh --test
+	.venv/bin/python scripts/shards.py --servers $(S) --shards $(SHARDS) --replicas $(R)
 
 lint:
 	.venv/bin/ruff check kvtwist tests scripts benchmarks

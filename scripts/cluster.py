@@ -23,78 +23,26 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kvtwist.procs import (  # noqa: E402
-    four_letter_word,
-    java_binary,
-    zookeeper_available,
-    zookeeper_classpath,
+from kvtwist.procs.demo import (  # noqa: E402
+    DemoZooKeeper,
+    Failed,
+    LogWatch,
+    alive,
+    cmdline,
+    run_foreground,
+    say,
+    shown,
+    wait,
 )
+
+__all__ = ["Cluster", "LogWatch", "main", "node_command"]
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 JOINED = "joined the chain"
-
-
-class Stop(Exception):
-    """A signal asked the cluster to stop."""
-
-
-class Failed(Exception):
-    """Starting the cluster went wrong; the message says how."""
-
-
-_quiet = False
-
-
-def say(text: str) -> None:
-    """Print, unless the reader of our output has gone (then print nothing more)."""
-    global _quiet
-    if _quiet:
-        return
-    try:
-        print(text, flush=True)
-    except OSError:  # BrokenPipeError, or a terminal that went away
-        _quiet = True
-        try:  # so that the interpreter's last flush cannot fail either
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except OSError:
-            pass
-
-
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    raise Stop(signal.Signals(signum).name)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise Failed(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-class LogWatch:
-    """Watches a log for a line written after it was created, not by an earlier run."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-
-    def seen(self, text: str) -> bool:
-        try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                f.seek(self.offset if size >= self.offset else 0)  # rotated: a new file
-                return text.encode() in f.read()
-        except FileNotFoundError:
-            return False
 
 
 def _joined(p: subprocess.Popen[bytes], watch: LogWatch) -> Callable[[], bool]:
@@ -108,13 +56,6 @@ def _joined(p: subprocess.Popen[bytes], watch: LogWatch) -> Callable[[], bool]:
     return joined
 
 
-def zk_ok(port: int) -> bool:
-    try:
-        return four_letter_word(port, "ruok", 1.0) == "imok"
-    except OSError:
-        return False
-
-
 def node_command(
     port: int, zk_port: int, session: float, run: str, twistd: str = TWISTD, pidfile: bool = False
 ) -> list[str]:
@@ -124,59 +65,17 @@ def node_command(
             "--zk-session-timeout", f"{session:g}"]
 
 
-def _shown(path: Path) -> str:
-    """``path`` relative to the working directory when that is shorter."""
-    rel = os.path.relpath(path)
-    return str(path) if rel.startswith("..") else rel
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
 class Cluster:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.run = Path(args.run_dir).resolve()
-        self.zk: subprocess.Popen[bytes] | None = None
+        self.zk = DemoZooKeeper(ROOT / "etc" / "zoo.cfg", self.run, args.zk_port)
         self.nodes: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         args, run = self.args, self.run
         run.mkdir(parents=True, exist_ok=True)
-        if zk_ok(args.zk_port):
-            say(f"ZooKeeper already running on 127.0.0.1:{args.zk_port}; "
-                "using it (and leaving it running)")
-        else:
-            java = java_binary()
-            assert java is not None
-            config = (ROOT / "etc" / "zoo.cfg").read_text()
-            config = config.replace("clientPort=2181", f"clientPort={args.zk_port}")
-            (run / "zoo.cfg").write_text(config)
-            with open(run / "zookeeper.log", "ab") as zk_log:
-                self.zk = subprocess.Popen(
-                    [java, "-Xmx256m", "-cp", zookeeper_classpath(),
-                     "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(run / "zoo.cfg")],
-                    cwd=run, stdout=zk_log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True,
-                )
-            zk = self.zk
-            wait(lambda: zk.poll() is None and zk_ok(args.zk_port), 30, "ZooKeeper")
-            say(f"ZooKeeper on 127.0.0.1:{args.zk_port} (pid {zk.pid}, "
-                f"log {_shown(run / 'zookeeper.log')})")
+        self.zk.start()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         for i in range(args.nodes):
             port = args.base_port + i
@@ -188,10 +87,10 @@ class Cluster:
             )
             self.nodes.append(p)
             wait(_joined(p, watch), 30, f"node {port} to join; see {log}")
-            say(f"node 127.0.0.1:{port} joined (pid {p.pid}, log {_shown(log)})")
+            say(f"node 127.0.0.1:{port} joined (pid {p.pid}, log {shown(log)})")
         nxt = args.base_port + args.nodes
-        by_hand = node_command(nxt, args.zk_port, args.session_timeout, _shown(run),
-                               _shown(Path(TWISTD)), pidfile=True)
+        by_hand = node_command(nxt, args.zk_port, args.session_timeout, shown(run),
+                               shown(Path(TWISTD)), pidfile=True)
         say(f"\nchain of {args.nodes} up. Try:\n"
             f"  .venv/bin/kvtwist-client --zk 127.0.0.1:{args.zk_port}\n"
             f"  kill -9 <pid>        # a node fails; the chain heals\n"
@@ -221,18 +120,11 @@ class Cluster:
                 p.wait()
         deadline = time.monotonic() + 10
         for pid in added:
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-        if self.zk is not None:
-            say("stopping ZooKeeper")
-            self.zk.terminate()
-            try:
-                self.zk.wait(10)
-            except subprocess.TimeoutExpired:
-                self.zk.kill()
-                self.zk.wait()
+        self.zk.stop()
 
     def _added_by_hand(self, ours: set[int]) -> list[int]:
         """Live kvnode processes of this ZooKeeper that left a pidfile in run/."""
@@ -242,7 +134,7 @@ class Cluster:
                 pid = int(pidfile.read_text().strip())
             except (OSError, ValueError):
                 continue
-            cmd = _cmdline(pid)
+            cmd = cmdline(pid)
             if pid not in ours and "kvnode" in cmd and f"127.0.0.1:{self.args.zk_port}" in cmd:
                 found.append(pid)
         return found
@@ -256,40 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zk-port", type=int, default=2181)
     ap.add_argument("--run-dir", default=str(ROOT / "run"), help="logs and pid files (run/)")
     args = ap.parse_args(argv)
-    why = zookeeper_available()
+    why = DemoZooKeeper.unavailable()
     if why:
         print(f"cluster: {why}", file=sys.stderr)
         return 1
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _raise_stop)
     cluster = Cluster(args)
-    status = 0
-    try:
-        cluster.start()
-        while True:
-            time.sleep(3600)
-    except Stop:
-        pass
-    except Failed as e:
-        status = 1
-        try:
-            print(f"cluster: {e}", file=sys.stderr, flush=True)
-        except OSError:
-            pass
-    finally:
-        _shield()
-        cluster.stop()
-    return status
-
-
-def _shield() -> None:
-    """From here on nothing may interrupt stopping: not a second Ctrl-C, nor SIGHUP."""
-    try:
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
-    except Stop:  # one more arrived while we were at it
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
+    return run_foreground("cluster", cluster.start, cluster.stop)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_plugin": None,
     "test_resp_chain": None,
     "test_resp_tools": None,
+    "test_shards_demo": None,
     "test_quiet_logs": frozenset({"NodeWithoutZooKeeperTests"}),
     "test_sdnotify": frozenset({"NotifyProcessTests"}),
     "test_statuspage_proc": frozenset({"StatusPageBrowserTests"}),

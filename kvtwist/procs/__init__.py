@@ -4,7 +4,8 @@ One place for them, used by the integration tests, the fault campaigns
 (kvtwist-torture), the demo cluster and the benchmarks.  Everything binds to
 127.0.0.1 on free ports, waits on conditions with deadlines, and leaves the
 system's own ZooKeeper service alone: :mod:`.ports` (free ports, waiting),
-:mod:`.zookeeper` (the private server), :mod:`.node` (nodes and a raw client).
+:mod:`.zookeeper` (the private server), :mod:`.node` (nodes and a raw client),
+:mod:`.demo` (what the foreground demos in scripts/ share).
 """
 
 from __future__ import annotations
