@@ -76,6 +76,8 @@ def cluster_side(
     create = [ADMIN, "cluster", "create", name, "--zk", zk_hosts, "--replicas", str(r)]
     if shards > 1:
         create += ["--split-at", ",".join(cuts(run.settings.keys, shards))]
+    else:
+        create += ["--shards", "1"]
     run.command(create, " ".join(["kvtwist-admin", *create[1:]]).replace(zk_hosts, "ZK"))
     subprocess.run(create, check=True, capture_output=True, env=_env(), timeout=60)
 
