@@ -153,13 +153,16 @@ class NodeMetrics:
     def __init__(
         self, histograms: Histograms, replica: Any, factory: Any, data_dir: str | None = None
     ) -> None:
+        """``replica`` None: a cluster server's, whose chains are the factory's
+        (kvtwist.server.chains): each chain's figures then carry a ``chain`` label."""
         self.histograms = histograms
         self.registry = histograms.registry
         self.replica = replica
         self.factory = factory
         self.data_dir = data_dir
-        self.role = replica.role
+        self.role = replica.role if replica is not None else ""
         self.role_changes = 0
+        self._roles: dict[str, str] = {}  # a cluster server's, by chain
         self.zk_reconnects = 0
         self._zk_connected_once = False
         self._zk_last = ""
@@ -176,13 +179,25 @@ class NodeMetrics:
             self._zk_connected_once = True
         self._zk_last = state
 
+    @property
+    def clustered(self) -> bool:
+        return self.replica is None
+
+    def replicas(self) -> list[tuple[str, Any]]:
+        """The replicas to report, by chain ("" for a lone node's one)."""
+        if self.replica is not None:
+            return [("", self.replica)]
+        return sorted(self.factory.chains, key=lambda cr: str(cr[0]))
+
     def sample_role(self) -> str:
         """Note a change of role; called by the heartbeat and at every scrape."""
-        role = self.replica.role
-        if role != self.role:
-            self.role_changes += 1
-            self.role = role
-        return role
+        for chain, replica in self.replicas():
+            role = replica.role
+            if role != self._roles.get(chain, role):
+                self.role_changes += 1
+            self._roles[chain] = role
+        self.role = self._roles.get("", "")
+        return self.role
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
@@ -191,7 +206,7 @@ class NodeMetrics:
         """Every heartbeat: the role; every SAMPLE_EVERY seconds, the throughput."""
         self.sample_role()
         self._ticks += 1
-        if self._ticks >= SAMPLE_EVERY / HEARTBEAT:
+        if self._ticks >= SAMPLE_EVERY / HEARTBEAT and self.replica is not None:
             self._ticks = 0
             self.throughput.sample(
                 clock.now(), self.replica.state.committed_seq, requests_answered(self.factory)
@@ -247,8 +262,7 @@ class NodeCollector:
 
     def collect(self) -> Iterator[Metric]:
         m = self.m
-        replica = m.replica
-        state = replica.state
+        m.sample_role()
         requests = CounterMetricFamily(
             "kvtwist_requests", "Requests answered, by op and outcome.", labels=["op", "outcome"]
         )
@@ -265,48 +279,22 @@ class NodeCollector:
         for op, h in sorted(m.histograms.latency.items()):
             latency.add_metric([op_label(op)], h.cumulative(), h.sum)
         yield latency
-        role = m.sample_role()
-        gauge = GaugeMetricFamily(
-            "kvtwist_role", "1 for the role the node has now.", labels=["role"]
-        )
-        for name in ROLES if role in ROLES else (*ROLES, role):
-            gauge.add_metric([name], 1.0 if name == role else 0.0)
-        yield gauge
+        yield from self._per_chain()
         yield CounterMetricFamily(
             "kvtwist_role_changes", "Changes of role seen by the node.", value=m.role_changes
         )
-        for name, value, what in (
-            ("kvtwist_op_received", state.last_received, "The last op received."),
-            ("kvtwist_op_applied", state.applied_seq, "The last op applied to the tree."),
-            ("kvtwist_op_committed", state.committed_seq, "The last op known committed."),
-            ("kvtwist_sent_list_length", len(state.pending), "Ops in the Sent list."),
-            ("kvtwist_sent_list_bytes", state.pending_bytes, "Bytes of the Sent list."),
-            ("kvtwist_connections_open", len(m.factory.connections), "Open client connections."),
-            ("kvtwist_chain_links_open", links_up(replica), "Links to the neighbours up."),
-            (
-                "kvtwist_unacked_age_seconds",
-                unacked_age(replica),
-                "Age of the oldest update sent to the successor and not acknowledged "
-                "(at the head: how far the tail trails it); 0 without one.",
-            ),
-        ):
-            yield GaugeMetricFamily(name, what, value=value)
-        rtt = GaugeMetricFamily(
-            "kvtwist_link_rtt_last_seconds",
-            "The last probe's round trip on each chain link that is up, by side.",
-            labels=["side"],
+        yield GaugeMetricFamily(
+            "kvtwist_connections_open", "Open client connections.",
+            value=len(m.factory.connections),
         )
-        for link in (replica.pred, replica.succ):
-            if link is not None and not link.closed and link.rtt is not None:
-                rtt.add_metric([link.side.value], link.rtt)
-        yield rtt
         yield CounterMetricFamily(
             "kvtwist_connections_refused",
             "Client connections refused over --max-connections.",
             value=m.factory.metrics.connections_refused,
         )
-        if not replica.standalone:
-            now = zk_state(replica)
+        replicas = [r for _, r in m.replicas()]
+        if replicas and not replicas[0].standalone:
+            now = zk_state(replicas[0])  # a cluster server's chains share one session
             zk = GaugeMetricFamily(
                 "kvtwist_zookeeper_session",
                 "1 for the ZooKeeper session's state as the node last heard of it.",
@@ -330,6 +318,55 @@ class NodeCollector:
         info.add_metric([kvtwist.__version__], 1.0)
         yield info
 
+    def _per_chain(self) -> Iterator[Metric]:
+        """Each replica's role, op numbers, Sent list and links; a cluster server's
+        labelled by chain."""
+        m = self.m
+        chain = ["chain"] if m.clustered else []
+        gauge = GaugeMetricFamily(
+            "kvtwist_role", "1 for the role the node has now.", labels=[*chain, "role"]
+        )
+        figures = {
+            "kvtwist_op_received": "The last op received.",
+            "kvtwist_op_applied": "The last op applied to the tree.",
+            "kvtwist_op_committed": "The last op known committed.",
+            "kvtwist_sent_list_length": "Ops in the Sent list.",
+            "kvtwist_sent_list_bytes": "Bytes of the Sent list.",
+            "kvtwist_chain_links_open": "Links to the neighbours up.",
+            "kvtwist_unacked_age_seconds": (
+                "Age of the oldest update sent to the successor and not acknowledged "
+                "(at the head: how far the tail trails it); 0 without one."
+            ),
+        }
+        families = {n: GaugeMetricFamily(n, what, labels=chain) for n, what in figures.items()}
+        rtt = GaugeMetricFamily(
+            "kvtwist_link_rtt_last_seconds",
+            "The last probe's round trip on each chain link that is up, by side.",
+            labels=[*chain, "side"],
+        )
+        for cid, replica in m.replicas():
+            label = [cid] if m.clustered else []
+            role = replica.role
+            for name in ROLES if role in ROLES else (*ROLES, role):
+                gauge.add_metric([*label, name], 1.0 if name == role else 0.0)
+            state = replica.state
+            for name, value in (
+                ("kvtwist_op_received", state.last_received),
+                ("kvtwist_op_applied", state.applied_seq),
+                ("kvtwist_op_committed", state.committed_seq),
+                ("kvtwist_sent_list_length", len(state.pending)),
+                ("kvtwist_sent_list_bytes", state.pending_bytes),
+                ("kvtwist_chain_links_open", links_up(replica)),
+                ("kvtwist_unacked_age_seconds", unacked_age(replica)),
+            ):
+                families[name].add_metric(label, value)
+            for link in (replica.pred, replica.succ):
+                if link is not None and not link.closed and link.rtt is not None:
+                    rtt.add_metric([*label, link.side.value], link.rtt)
+        yield gauge
+        yield from families.values()
+        yield rtt
+
 
 # health and readiness
 
@@ -341,11 +378,19 @@ def health(heartbeat_age: float) -> tuple[int, str]:
     return 503, f"reactor stalled: last heartbeat {heartbeat_age:.1f}s ago"
 
 
-def readiness(replica: Any) -> tuple[int, str]:
-    """/readyz: serving in its role (standalone, or a member of the chain)."""
-    if replica.life.serving:
-        return 200, f"ready: {replica.role}"
-    return 503, f"not serving: {replica.life.describe()}"
+def readiness(metrics: NodeMetrics) -> tuple[int, str]:
+    """/readyz: serving in its role (standalone, or a member of the chain); a cluster
+    server: every chain placed on it serving."""
+    if not metrics.clustered:
+        replica = metrics.replica
+        if replica.life.serving:
+            return 200, f"ready: {replica.role}"
+        return 503, f"not serving: {replica.life.describe()}"
+    replicas = metrics.replicas()
+    waiting = [f"{c} {r.life.describe()}" for c, r in replicas if not r.life.serving]
+    if waiting:
+        return 503, "not serving: " + "; ".join(waiting)
+    return 200, "ready: " + (", ".join(f"{c} {r.role}" for c, r in replicas) or "no chains")
 
 
 class _Text(resource.Resource):
@@ -403,7 +448,7 @@ def make_root(
     # without mypy-zope, mypy cannot see that a Resource provides IResource
     root.putChild(b"metrics", cast(IResource, _Metrics(metrics)))
     root.putChild(b"healthz", cast(IResource, _Text(lambda: health(heartbeat.age()))))
-    root.putChild(b"readyz", cast(IResource, _Text(lambda: readiness(metrics.replica))))
+    root.putChild(b"readyz", cast(IResource, _Text(lambda: readiness(metrics))))
     return root
 
 
@@ -423,7 +468,9 @@ class MetricsService(service.Service):
     def __init__(self, reactor: Any, port: int, interface: str, metrics: NodeMetrics) -> None:
         self.metrics = metrics
         self.heartbeat = Heartbeat(reactor, metrics.tick)
-        site = MetricsSite(make_root(metrics, self.heartbeat, reactor))
+        # the status page shows one chain: a lone node's
+        page = reactor if not metrics.clustered else None
+        site = MetricsSite(make_root(metrics, self.heartbeat, page))
         try:
             self.port = reactor.listenTCP(port, site, interface=interface)
         except CannotListenError as e:

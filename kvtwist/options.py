@@ -352,9 +352,8 @@ class NodeOptions(usage.Options):
 
         if not self["zk"]:
             raise usage.UsageError("--cluster needs --zk")
-        for lone in ("resp-port", "metrics-port"):
-            if self[lone]:
-                raise usage.UsageError(f"--{lone} is for a lone chain's node, not a cluster server")
+        if self["resp-port"]:
+            raise usage.UsageError("--resp-port is for a lone chain's node, not a cluster server")
         try:
             check_name("cluster", self["cluster"])
             if self["server-id"] is not None:

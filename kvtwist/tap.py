@@ -261,11 +261,12 @@ def add_metrics(
     reactor: Any,
     options: Options,
     histograms: Histograms,
-    replica: Replica,
+    replica: Replica | None,
     factory: NodeFactory,
     chain: ChainService | None,
 ) -> None:
-    """Serve /metrics, /healthz and /readyz on --metrics-port (kvtwist.monitoring)."""
+    """Serve /metrics, /healthz and /readyz on --metrics-port (kvtwist.monitoring); a
+    cluster server's (``replica`` None) report each of the factory's chains."""
     from kvtwist.monitoring import MetricsService, NodeMetrics
 
     data_dir = None if options["in-memory"] else os.path.abspath(options["data-dir"])

@@ -18,6 +18,7 @@ from kvtwist.chain.lifecycle import State
 from kvtwist.chain.replica import Replica
 from kvtwist.monitoring import Heartbeat, Histograms, NodeMetrics, health, make_root, readiness
 from kvtwist.server import NodeFactory
+from kvtwist.server.chains import Chains
 from kvtwist.statuspage import Throughput
 from kvtwist.storage import DataDir
 from kvtwist.store import InlineRunner, Store
@@ -158,7 +159,25 @@ class EndpointTests(SynchronousTestCase):
         code, body = self.get(node, beat, b"readyz")
         self.assertEqual(code, 503)
         self.assertIn(b"fenced: ZooKeeper session lost", body)
-        self.assertEqual(readiness(Node().replica), (200, "ready: standalone"))
+        self.assertEqual(readiness(Node().metrics), (200, "ready: standalone"))
+
+    def test_cluster_server_labels_each_chain(self) -> None:
+        """A cluster server's metrics give each chain's role and op numbers with a
+        ``chain`` label, and /readyz names the chains that do not serve."""
+        h = Histograms()
+        reactor = MemoryReactorClock()
+        replicas = {c: Replica(reactor, Store(reactor, InlineRunner())) for c in ("c0", "c1")}
+        factory = NodeFactory(reactor, Chains(replicas), observe=h.observe_requests)
+        metrics = NodeMetrics(h, None, factory)
+        replicas["c1"].state.reset(7)
+        body = metrics.text()
+        self.assertIn(b'kvtwist_op_committed{chain="c1"} 7.0', body)
+        self.assertIn(b'kvtwist_role{chain="c0",role="standalone"} 1.0', body)
+        self.assertEqual(readiness(metrics), (200, "ready: c0 standalone, c1 standalone"))
+        replicas["c0"].life.state = State.FENCED
+        code, why = readiness(metrics)
+        self.assertEqual(code, 503)
+        self.assertIn("c0", why)
 
     def test_metrics_page(self) -> None:
         node = Node()

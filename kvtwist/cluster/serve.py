@@ -71,6 +71,8 @@ def build_server(options: NodeOptions, reactor: Any) -> service.MultiService:
 
     top = service.MultiService()
     limit_repeats()
+    # the metrics' histograms first: each part is handed its observer as it is made
+    histograms = tap.new_histograms() if options.get("metrics-port") is not None else None
     paths = ClusterPaths(options["cluster"])
     me = Server(server_id(options), options["advertise"], options["zone"])
     runner = ThreadRunner(reactor, options["threads"])
@@ -89,6 +91,7 @@ def build_server(options: NodeOptions, reactor: Any) -> service.MultiService:
         clients=clients,
         forwarder=ConnectionPool(reactor, tls=link_tls, token=token),
         link_config=tap.links_config(options, limits, lease),
+        observe=histograms.observe_requests if histograms is not None else None,
     )
     session = Session(
         reactor, options["zk"], options["zk-session-timeout"], options.get("zk-auth")
@@ -104,7 +107,7 @@ def build_server(options: NodeOptions, reactor: Any) -> service.MultiService:
             reactor,
             options,
             runner,
-            None,
+            histograms,
             path,
             zk,
             tap.links_config(options, limits, lease, chain),
@@ -132,9 +135,16 @@ def build_server(options: NodeOptions, reactor: Any) -> service.MultiService:
 
     reactor.addSystemEventTrigger("after", "shutdown", close_journals)
     try:
-        ListeningService(
+        listening = ListeningService(
             reactor, options["port"], options["interface"], factory, tls=tls
-        ).setServiceParent(top)
+        )
+        listening.setServiceParent(top)
+        if histograms is not None:
+            try:
+                tap.add_metrics(top, reactor, options, histograms, None, factory, None)
+            except SystemExit:
+                listening.port.stopListening()
+                raise
     except SystemExit:
         runner.stop()
         raise
