@@ -22,6 +22,7 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
+from kvtwist.client.shell_syntax import escape
 from kvtwist.cluster.requests import (
     BadRequests,
     Move,
@@ -151,7 +152,7 @@ def run(zk: KazooClient, paths: ClusterPaths, args: argparse.Namespace) -> int:
         what = f"move of {asked[0].chain} from {asked[0].source} to {asked[0].target}"
         done = lambda: move_done(zk, paths, asked[0])  # noqa: E731
     elif args.verb == "split":
-        what = f"split of {cut[0].chain} at {cut[0].at!r}"
+        what = f"split of {cut[0].chain} at {escape(cut[0].at)}"
         done = lambda: split_done(zk, paths, cut[0])  # noqa: E731
     else:
         what = f"{args.verb} of {args.server}"
