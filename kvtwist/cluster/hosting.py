@@ -54,6 +54,10 @@ ORDER_WAIT = 10.0
 #: How often a server placed on a chain split off one it hosts looks whether its
 #: replica of that chain has committed the split marker (then it takes the state).
 SEED_POLL = 0.2
+#: How long it looks: a replica of the parent that lost its copy of the marker
+#: (it rejoined by a full copy) never sees it; then the server joins the new chain,
+#: as a server that does not host the parent does, and never starts it.
+SEED_WAIT = 30.0
 
 #: Makes the replica of chain ``id`` (store recovered from its data directory) on
 #: ``zk``, re-reading the map (the third argument) before it registers.
@@ -221,13 +225,18 @@ class ClusterServer(service.Service):
         parent and retried here is answered, never applied twice."""
         done: Deferred[None] = Deferred()
         shard = self.map.shard_of_chain(chain) if self.map is not None else None
+        until = self.reactor.seconds() + SEED_WAIT
 
         def look() -> None:
             mine = self.hosted.get(chain)
             if mine is None or mine.replica is not replica or shard is None:
                 return  # not served here any more
             hosted = self.hosted.get(parent)
-            if hosted is None:  # the parent left this server first: join, never start
+            if hosted is None or self.reactor.seconds() > until:
+                # the parent left this server, or its replica never saw the marker:
+                # join the new chain, never start it
+                log.info("chain {chain}: not taking {parent}'s state here; joining", chain=chain,
+                         parent=parent)
                 done.callback(None)
                 return
             state = hosted.replica.state
