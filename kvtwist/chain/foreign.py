@@ -49,6 +49,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist import wire
+from kvtwist.chain.attempt import Attempt
 from kvtwist.logs import LogLimiter
 from kvtwist.membership import format_address
 from kvtwist.tls import TLS_ERRORS
@@ -217,11 +218,11 @@ class ForeignMembers:
 
     def examine_successor(self, member: Any) -> None:
         """First contact with a successor: a question before any chain frame."""
-        gen = self.r.life.generation
+        attempt = self.r.life.begin(f"asking {member.name}")
 
         def judged(result: tuple[Verdict, str]) -> None:
             verdict, why = result
-            if gen != self.r.life.generation or self.r.fenced:
+            if not attempt.live or self.r.fenced:
                 return
             _, succ = self.r.neighbours()
             if succ is None or succ.name != member.name or self.r.succ is not None:
@@ -251,13 +252,16 @@ class ForeignMembers:
                 return
             call.cancel()
         self._pred_check = self.r.reactor.callLater(
-            self.r.link_timeout, self._check_predecessor, pred.name, self.r.life.generation
+            self.r.link_timeout,
+            self._check_predecessor,
+            pred.name,
+            self.r.life.begin(f"watching {pred.name}"),
         )
 
-    def _check_predecessor(self, name: str, gen: int) -> None:
+    def _check_predecessor(self, name: str, attempt: Attempt) -> None:
         self._pred_check = None
         pred, _ = self.r.neighbours()
-        if gen != self.r.life.generation or self.r.fenced or pred is None or pred.name != name:
+        if not attempt.live or self.r.fenced or pred is None or pred.name != name:
             return
         if (self.r.pred is not None and self.r.pred.ready) or self.verdicts.get(name) in (
             Verdict.ASKING,
@@ -268,7 +272,7 @@ class ForeignMembers:
         def judged(result: tuple[Verdict, str]) -> None:
             verdict, why = result
             now, _ = self.r.neighbours()
-            if gen != self.r.life.generation or now is None or now.name != name:
+            if not attempt.live or now is None or now.name != name:
                 return
             if verdict is Verdict.FOREIGN:
                 self.leave_out(now, why)
@@ -303,7 +307,7 @@ class ForeignMembers:
                     more=f" ({left_out} more not logged)" if left_out else "",
                 )
         self.verdicts[name] = Verdict.FOREIGN
-        gen = self.r.life.generation
+        attempt = self.r.life.begin(f"leaving out {name}")
 
         def failed(f: Failure) -> None:
             left_out = self.r.members.unreachable_log.allow()
@@ -317,7 +321,7 @@ class ForeignMembers:
             self.r.reactor.callLater(LEAVE_OUT_RETRY, again)
 
         def again() -> None:
-            if gen == self.r.life.generation and self.r.view is not None and name in self.r.view:
+            if attempt.live and self.r.view is not None and name in self.r.view:
                 self.leave_out(member)
 
         return self.r.coordinator.remove_member(name).addErrback(failed)

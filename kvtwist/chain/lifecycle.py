@@ -88,10 +88,14 @@ class Lifecycle:
         self.state = state
         self.why = why
         if state in _NEW_GENERATION:
-            self.generation += 1
-            self._era.live = False
-            self._era = Era()
+            self.start_over()
         return self.generation
+
+    def start_over(self) -> None:
+        """End every attempt of the present life (its answers, when they come, are void)."""
+        self.generation += 1
+        self._era.live = False
+        self._era = Era()
 
     def is_(self, *states: State) -> bool:
         return self.state in states

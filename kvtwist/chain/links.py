@@ -41,7 +41,7 @@ class LinkTraffic:
             log.warn("{link} refused: {why}", link=link, why=msg.error)
             link.close()
             if link.side is Side.SUCCESSOR and link is self.r.succ and not link.joining:
-                self.r.members.relink_later(link, self.r.life.generation)
+                self.r.members.relink_later(link)
             elif link is self.r.pred and not msg.retry and self.r.life.is_(State.MEMBER):
                 self.r.fence(f"predecessor refused us: {msg.error}")
             return

@@ -24,6 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kvtwist.chain.attempt import Attempt
 from kvtwist.chain.foreign import Verdict
 from kvtwist.chain.lifecycle import State
 from kvtwist.chain.link import ChainConnection, Link, Side
@@ -144,16 +145,16 @@ class Membership:
         """
         if self.r.zk is None:
             return
-        name, gen = self.r.name, self.r.life.generation
+        name, attempt = self.r.name, self.r.life.begin("confirming our znode is gone")
 
         def check(view: Any) -> None:
-            if gen == self.r.life.generation and self.r.name == name and view.index(name) is None:
+            if attempt.live and self.r.name == name and view.index(name) is None:
                 self.r.fence("our znode is gone from the chain", voluntary=False)
-            elif gen == self.r.life.generation:
+            elif attempt.live:
                 self.set_view(view)
 
         def again(f: Failure) -> None:
-            if gen == self.r.life.generation and self.r.name == name:
+            if attempt.live and self.r.name == name:
                 self.r.reactor.callLater(VIEW_RETRY_DELAY, self.confirm_gone)
 
         self.r.zk.members().addCallbacks(check, again)
@@ -191,7 +192,7 @@ class Membership:
         link = self.r.new_link(conn, Side.SUCCESSOR, peer=member.name)
         self.stamp(link)
         self.r.succ = link
-        gen = self.r.life.generation
+        attempt = self.r.life.begin(f"link to {member.name}")
         host, port = member.address
 
         def connected(_: Any) -> None:
@@ -209,13 +210,17 @@ class Membership:
                     e=f.getErrorMessage(),
                     more=f" ({left_out} more attempts failed)" if left_out else "",
                 )
-            self.relink_later(link, gen)
+            self.relink_later(link, attempt)
 
         self.r.connect(host, port, conn).addCallbacks(connected, failed)
 
-    def relink_later(self, link: Link, gen: int) -> None:
+    def relink_later(self, link: Link, attempt: Attempt | None = None) -> None:
+        """Dial the successor again in a moment, unless ``link`` was replaced or the
+        node started over since (``attempt``: the present life's, by default)."""
+        attempt = attempt or self.r.life.begin("relinking")
+
         def again() -> None:
-            if link is not self.r.succ or gen != self.r.life.generation or self.r.fenced:
+            if link is not self.r.succ or not attempt.live or self.r.fenced:
                 return
             self.r.succ = None
             _, succ = self.r.neighbours()
@@ -295,7 +300,7 @@ class Membership:
                     log.info("link to successor {peer} lost; reconnecting", peer=link.peer)
                 if self.succ_down_since is None:
                     self.succ_down_since = self.r.reactor.seconds()
-                self.relink_later(link, self.r.life.generation)
+                self.relink_later(link)
 
     def reset_links(self) -> None:
         for link in (self.r.pred, self.r.succ):
@@ -320,16 +325,14 @@ class Membership:
         """Join again once ZooKeeper is reachable, backing off while attempts fail."""
         if self.r.zk is None or not self.r.life.is_(State.FENCED):
             return
-        gen = self.r.life.generation
+        attempt = self.r.life.begin("rejoining")
         if not self.r.zk.connected:
             # "connected" calls again; look now and then too, since session
             # events from kazoo's threads may arrive out of order
-            self.r.reactor.callLater(
-                1.0, lambda: self.schedule_rejoin() if gen == self.r.life.generation else None
-            )
+            self.r.reactor.callLater(1.0, attempt.guard(self.schedule_rejoin))
             return
         delay = self.rejoin_delay
         self.rejoin_delay = min(self.rejoin_delay * 2, 10.0)
-        deferLater(self.r.reactor, delay, lambda: None).addCallback(
-            lambda _: self.r.join() if gen == self.r.life.generation else None
-        ).addErrback(lambda f: log.failure("rejoin failed", f))
+        deferLater(self.r.reactor, delay, attempt.guard(self.r.join)).addErrback(
+            lambda f: log.failure("rejoin failed", f)
+        )

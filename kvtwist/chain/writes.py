@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kvtwist.chain.attempt import Attempt
 from kvtwist.chain.bounds import Split
 from kvtwist.chain.group import Group
 from kvtwist.chain.holds import Intake
@@ -180,44 +181,46 @@ class WritePath:
         writes = r.state.accept(updates)
         if not writes:
             return
-        gen = r.life.generation
+        attempt = r.life.begin("applying")
         r.store.apply_many(writes).addCallbacks(
-            self._applied, self._apply_failed, callbackArgs=(gen,), errbackArgs=(gen,)
+            self._applied, self._apply_failed, callbackArgs=(attempt,), errbackArgs=(attempt,)
         )
         if self.unsent_bytes > self.intake.limit:
             self.update_congestion()
 
-    def _applied(self, outcomes: list[Applied | Exception], gen: int) -> None:
+    def _applied(self, outcomes: list[Applied | Exception], attempt: Attempt) -> None:
+        """The store's answer to a batch: forward and commit, unless the node started
+        over since it handed the batch over (then its outcomes are another life's)."""
         r = self.r
-        if gen != r.life.generation:
+        if not attempt.live:
             return
         batch = r.state.applied(outcomes)
         serving = r.join_server
         for u in batch.forward:
-            if gen != r.life.generation:
+            if not attempt.live:
                 return
             if r.succ is not None and r.succ.ready:
                 r.succ.queue_update(u)
             serving.backlog_applied(u)
-        if gen != r.life.generation:
+        if not attempt.live:
             return
         self.advance()
         if batch.error is not None:
             # what was applied before it stands (and may commit); the rest fails
-            self._apply_failed(Failure(batch.error), gen)
+            self._apply_failed(Failure(batch.error), attempt)
             return
         r.joining.applied()
 
-    def _apply_failed(self, f: Failure, gen: int) -> None:
+    def _apply_failed(self, f: Failure, attempt: Attempt) -> None:
         r = self.r
-        if gen != r.life.generation:
+        if not attempt.live:
             return
         why = f.getErrorMessage() or repr(f.value)
         log.error("writing to disk failed: {why}", why=why)
         if r.standalone:
             # nothing after the failed write was applied: take those op numbers back
             self.drop_uncommitted(Unavailable(f"write not stored: {why}; retry"))
-            r.life.generation += 1
+            r.life.start_over()  # the answers of batches handed over after it are void
             r.state.take_back()
         else:
             r.fence(f"store failure: {why}")
