@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
@@ -34,6 +34,9 @@ from kvtwist.zk.cluster import ZooKeeperClusterStore
 from kvtwist.zk.session import Session
 
 __all__ = ["build_server", "server_id"]
+
+if TYPE_CHECKING:  # prometheus-client is loaded only with --metrics-port
+    from kvtwist.monitoring import Histograms
 
 log = Logger(namespace="kvtwist.cluster")
 
@@ -64,6 +67,29 @@ def server_id(options: NodeOptions) -> str:
         os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
     return made
+
+
+def listen(
+    top: service.MultiService,
+    reactor: Any,
+    options: NodeOptions,
+    factory: NodeFactory,
+    histograms: Histograms | None,
+) -> None:
+    """The server's one port, and --metrics-port; a port that cannot be bound is
+    SystemExit, with nothing left listening."""
+    from kvtwist import tap
+
+    listening = ListeningService(
+        reactor, options["port"], options["interface"], factory, tls=options.get("tls")
+    )
+    listening.setServiceParent(top)
+    if histograms is not None:
+        try:
+            tap.add_metrics(top, reactor, options, histograms, None, factory, None)
+        except SystemExit:
+            listening.port.stopListening()
+            raise
 
 
 def build_server(options: NodeOptions, reactor: Any) -> service.MultiService:
@@ -135,16 +161,7 @@ def build_server(options: NodeOptions, reactor: Any) -> service.MultiService:
 
     reactor.addSystemEventTrigger("after", "shutdown", close_journals)
     try:
-        listening = ListeningService(
-            reactor, options["port"], options["interface"], factory, tls=tls
-        )
-        listening.setServiceParent(top)
-        if histograms is not None:
-            try:
-                tap.add_metrics(top, reactor, options, histograms, None, factory, None)
-            except SystemExit:
-                listening.port.stopListening()
-                raise
+        listen(top, reactor, options, factory, histograms)
     except SystemExit:
         runner.stop()
         raise
