@@ -54,6 +54,7 @@ from kvtwist.chain.epochs import EpochHistory, Mark
 from kvtwist.chain.group import Group, answers_of, decide_group, group_size, writes_of
 from kvtwist.chain.outcomes import Refused, WriteResult
 from kvtwist.chain.rmw import Rmw, RmwResult, decide, result_of, stamp
+from kvtwist.chain.watch import WriteIndex, changed_keys
 from kvtwist.proto.kvtwist_pb2 import Update
 from kvtwist.tree import BTree
 
@@ -82,6 +83,10 @@ RMW_FORGOTTEN = (
     f"{OUTCOME_UNKNOWN}: the answer of this retried read-modify-write is no longer kept"
     " (not applied now; the first attempt was)"
 )
+
+
+#: A watched group's outcome when a watched key was written after its point.
+ABORTED = RmwResult(applied=False)
 
 
 def update_size(u: Update) -> int:
@@ -142,6 +147,8 @@ class ChainState:
         #: deleted): with the committed tree, the latest state a head decides
         #: a read-modify-write against
         self._latest: dict[bytes, tuple[int, bytes | None]] = {}
+        #: per key, the op of its last write: what a watched group is checked against
+        self.written = WriteIndex()
 
     def restore(
         self,
@@ -161,6 +168,7 @@ class ChainState:
         self.next_seq = seq + 1
         if tree is not None:
             self.committed_tree = tree
+        self.written.reset(seq)
         self._relatest()
 
     def truncate(self, seq: int) -> None:
@@ -226,10 +234,13 @@ class ChainState:
             result: RmwResult | None = None
             subs: list[Update] = []
             if isinstance(rmw, Group):
-                subs, refusal = decide_group(rmw, self.latest)
                 is_put, key, data = False, b"", b""
-                if refusal:
-                    result = RmwResult(error=refusal)
+                if rmw.watch and not self.written.unchanged(rmw.watch, self.next_seq - 1):
+                    result = ABORTED  # a watched key was written: nothing is applied
+                else:
+                    subs, refusal = decide_group(rmw, self.latest)
+                    if refusal:
+                        result = RmwResult(error=refusal)
             elif rmw is not None:
                 is_put, data, result = decide(rmw, self.latest(key))
             seq = self.next_seq
@@ -252,6 +263,7 @@ class ChainState:
                 u.group.extend(subs)
             for made in writes_of(u):
                 latest[made.key] = (seq, made.data if made.is_put else None)
+            self.written.wrote(changed_keys(u), seq)
             out.updates.append(u)
             out.outcomes.append(seq)
         return out
@@ -289,6 +301,7 @@ class ChainState:
             size += update_size(u)
             for w in writes_of(u):
                 latest[w.key] = (seq, w.data if w.is_put else None)
+            self.written.wrote(changed_keys(u), seq)
             if u.client_id:
                 self.dedup.remember(
                     u.client_id, u.request_id, seq, None, u.ack_below, result_of(u)

@@ -34,7 +34,8 @@ SCAN_COUNT = 10
 SYNTAX = "ERR syntax error"
 
 Reply = bytes | Deferred[bytes]
-Kind = Literal["local", "read", "write"]
+#: "barrier" (WATCH) waits for every earlier command, and every later one for it
+Kind = Literal["local", "read", "write", "barrier"]
 
 
 class RespError(Exception):

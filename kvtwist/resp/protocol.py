@@ -120,6 +120,9 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
         self._pause_reasons: set[str] = set()
         self._current = _Slot()  # the command a handler is running for
         self._tx: Transaction | None = None  # since MULTI, as commands arrive
+        #: WATCH: each watched key's watch point, until EXEC, DISCARD or UNWATCH
+        self.watched: dict[bytes, int] = {}
+        self._barrier = False  # a WATCH is running: nothing else starts
         self._pumping = False  # starting commands: their GETs and writes go as batches
         self._delivering = False  # a batch's replies are being handed out
         self._gets: list[tuple[Message, Deferred[Message]]] = []
@@ -233,14 +236,8 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
                 return
             run = Command(lambda c, a: execute(c, tx), 1, "write")
             self._later(run, args, slot)
-        elif name == "watch":
-            if tx is not None:
-                slot.reply = codec.error("ERR WATCH inside MULTI is not allowed")
-                return
-            slot.reply = codec.error(
-                "ERR WATCH is not supported by kvtwist: EXEC is decided at the head"
-                " against the latest state"
-            )
+        elif name == "watch" and tx is not None:
+            slot.reply = codec.error("ERR WATCH inside MULTI is not allowed")
         else:
             self._later(COMMANDS[name], args, slot)
 
@@ -252,15 +249,21 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
     # running commands in order
 
     def _pump(self) -> None:
-        """Start queued commands in order: reads wait for earlier writes, writes for reads."""
+        """Start queued commands in order: reads wait for earlier writes, writes for
+        reads, a WATCH for every earlier command and every later command for it (its
+        watch point is taken after the connection's earlier writes and before its
+        later reads)."""
         queue = self._queue
         pumping, self._pumping = self._pumping, True
         try:
-            while queue:
+            while queue and not self._barrier:
                 cmd, args, slot = queue[0]
-                if cmd.kind == "write" and self._reads:
+                kind = cmd.kind
+                if kind == "write" and self._reads:
                     break
-                if cmd.kind == "read" and self._writes:
+                if kind == "read" and self._writes:
+                    break
+                if kind == "barrier" and (self._reads or self._writes or self._batch):
                     break
                 queue.popleft()
                 self._start(cmd, args, slot)
@@ -291,7 +294,9 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
             slot.reply = result
             return
         kind = cmd.kind
-        if kind == "write":
+        if kind == "barrier":
+            self._barrier = True
+        if kind in ("write", "barrier"):
             self._writes += 1
         else:
             self._reads += 1
@@ -299,7 +304,9 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
 
     def _answered(self, reply: bytes, slot: _Slot, kind: str) -> None:
         slot.reply = reply
-        if kind == "write":
+        if kind == "barrier":
+            self._barrier = False
+        if kind in ("write", "barrier"):
             self._writes -= 1
         else:
             self._reads -= 1

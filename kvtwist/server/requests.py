@@ -94,13 +94,25 @@ def write_request(msg: Message, limits: Limits) -> WriteRequest:
 
 def group_request(msg: Message, limits: Limits) -> Group:
     """Validate an OP_MULTI: each of its requests as on its own, decided together."""
-    if not msg.ops:
+    if not msg.ops and not msg.watch_keys:
         raise BadRequest("MULTI needs at least one request in ops")
     return Group(
         tuple(_group_op(sub, limits) for sub in msg.ops),
         all_or_nothing=msg.all_or_nothing,
         max_bytes=limits.max_key + limits.max_value,
+        watch=_watch(msg, limits),
     )
+
+
+def _watch(msg: Message, limits: Limits) -> tuple[tuple[bytes, int], ...]:
+    """An OP_MULTI's watched keys, each with its watch point."""
+    keys, points = msg.watch_keys, msg.watch_ops
+    if len(keys) != len(points):
+        raise BadRequest(f"MULTI has {len(keys)} watch_keys but {len(points)} watch_ops")
+    if sum(map(len, keys)) > limits.max_key + limits.max_value:
+        raise BadRequest("MULTI's watch_keys exceed --max-key plus --max-value bytes")
+    pairs = zip(keys, points, strict=True)
+    return tuple((check_key(msg, msg.c_type, k, limits), p) for k, p in pairs)
 
 
 def _group_op(msg: Message, limits: Limits) -> Op:
