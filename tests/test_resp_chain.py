@@ -200,3 +200,29 @@ class RespChainTests(ChainCase):
         self.assertGreaterEqual(final, acked[-1])
         self.assertLessEqual(final, len(acked) + failed)
         self.assertEqual(acked[:20], list(range(1, 21)))
+
+    def test_exec_across_a_head_failover_is_whole(self) -> None:
+        """EXECs of two INCRs while the head is killed: each is applied whole or not at
+        all, once per send; one that failed (TRYAGAIN, closed) may have been applied."""
+        (head, _), _, (_, tp) = self.resp_chain()
+        r = self.client(tp)
+        acked = failed = 0
+        killed = False
+        deadline = time.monotonic() + 90
+        while acked < 40:
+            self.assertLess(time.monotonic(), deadline, f"stuck after {acked} acks")
+            if acked == 15 and not killed:
+                head.kill()
+                killed = True
+            try:
+                with r.pipeline() as p:
+                    a, b = p.incr("a").incr("b").execute()
+                self.assertEqual(a, b, "an EXEC's INCRs are one op")
+                acked += 1
+            except (TryAgainError, RedisConnectionError, RedisTimeoutError):
+                failed += 1
+        self.assertGreater(failed, 0, "the failover went unseen")
+        final_a, final_b = (int(v or 0) for v in r.mget("a", "b"))
+        self.assertEqual(final_a, final_b, "no EXEC was applied in part")
+        self.assertGreaterEqual(final_a, acked)
+        self.assertLessEqual(final_a, acked + failed)

@@ -2,12 +2,16 @@
 null array and applies nothing when a watched key was written by anyone
 (even to the same value, or deleted) since its WATCH; UNWATCH, EXEC and
 DISCARD forget the watches; a pipelined WATCH is ordered with the
-connection's other commands; a bad WATCH gets an error, never a crash."""
+connection's other commands; a bad WATCH gets an error, never a crash; and a
+group whose reply was lost is answered TRYAGAIN, never re-sent by the node."""
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
+from kvtwist import wire
+from kvtwist.wire import Message
 from tests.test_resp import cmd
 from tests.test_resp_multi import Node
 
@@ -108,3 +112,27 @@ class WatchTests(SynchronousTestCase):
         self.assertEqual(r("EXEC"), b"*1\r\n+OK\r\n")
         big = "k" * (self.node.factory.limits.max_key * 16)
         self.assertTrue(r("WATCH", big).startswith(b"-ERR a connection may watch at most"))
+
+
+class LostReplyTests(SynchronousTestCase):
+    def test_a_lost_group_is_never_resent(self) -> None:
+        """A group whose head became unreachable is answered TRYAGAIN and not sent again
+        by the node: its outcome is the client's to learn, and each send of it is
+        applied at most once, whole or not at all."""
+        node = Node()
+        sent: list[list[Message]] = []
+        lost = wire.frame(wire.error_reply("the head is unreachable: connection lost", True))
+
+        def write_many(msgs: list[Message], peer: object) -> Deferred[list[bytes]]:
+            sent.append(msgs)
+            return succeed([lost] * len(msgs))
+
+        node.factory.dispatcher.write_many = write_many  # type: ignore[method-assign]
+        r = node.connect()
+        tryagain = b"-TRYAGAIN the head is unreachable: connection lost\r\n"
+        self.assertEqual(r("MSET", "a", "1", "b", "2"), tryagain)
+        out = r.send(cmd("MULTI") + cmd("INCR", "n") + cmd("EXEC"))
+        self.assertEqual(out, b"+OK\r\n+QUEUED\r\n" + tryagain)
+        self.assertEqual([len(m) for m in sent], [1, 1], "each sent once, as one group")
+        self.assertEqual([m[0].opcode for m in sent], [wire.OP_MULTI] * 2)
+        self.assertEqual([m[0].client_id for m in sent], ["", ""], "no retry identity")

@@ -49,7 +49,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kvtwist.chain.dedup import OUTCOME_UNKNOWN, DedupTable
+from kvtwist.chain.dedup import OUTCOME_UNKNOWN, DedupTable, Entry
 from kvtwist.chain.epochs import EpochHistory, Mark
 from kvtwist.chain.group import Group, answers_of, decide_group, group_size, writes_of
 from kvtwist.chain.outcomes import Refused, WriteResult
@@ -223,13 +223,7 @@ class ChainState:
                     out.outcomes.append(e)
                     continue
                 if entry is not None:  # a retry: the first attempt's outcome
-                    if entry.seq > self.committed_seq:
-                        out.outcomes.append(entry.seq)
-                    elif rmw is not None and entry.result is None:
-                        out.outcomes.append(Refused(RMW_FORGOTTEN))
-                    else:
-                        found = entry.found if entry.found is not None else True
-                        out.outcomes.append(WriteResult(entry.seq, found, entry.result))
+                    out.outcomes.append(self._retried(entry, rmw))
                     continue
             result: RmwResult | None = None
             subs: list[Update] = []
@@ -245,8 +239,6 @@ class ChainState:
                 is_put, data, result = decide(rmw, self.latest(key))
             seq = self.next_seq
             self.next_seq += 1
-            if client_id:
-                self.dedup.remember(client_id, request_id, seq, None, ack_below, result)
             u = Update(
                 seq=seq,
                 epoch=epoch,
@@ -261,12 +253,27 @@ class ChainState:
                 stamp(u, result)
             if subs:
                 u.group.extend(subs)
+            if client_id:
+                answers = answers_of(u) if subs else None
+                self.dedup.remember(client_id, request_id, seq, None, ack_below, result, answers)
             for made in writes_of(u):
                 latest[made.key] = (seq, made.data if made.is_put else None)
             self.written.wrote(changed_keys(u), seq)
             out.updates.append(u)
             out.outcomes.append(seq)
         return out
+
+    def _retried(self, entry: Entry, rmw: Rmw | Group | None) -> WriteResult | Exception | int:
+        """A retry's outcome: the op it waits for, or the first attempt's answer."""
+        if entry.seq > self.committed_seq:
+            return entry.seq  # its commitment answers it, from the Sent list
+        if isinstance(rmw, Group):
+            if entry.result is None and entry.group is None:
+                return Refused(RMW_FORGOTTEN)
+        elif rmw is not None and entry.result is None:
+            return Refused(RMW_FORGOTTEN)
+        found = entry.found if entry.found is not None else True
+        return WriteResult(entry.seq, found, entry.result, entry.group)
 
     # every member
 
@@ -303,8 +310,9 @@ class ChainState:
                 latest[w.key] = (seq, w.data if w.is_put else None)
             self.written.wrote(changed_keys(u), seq)
             if u.client_id:
+                answers = answers_of(u) if u.group else None
                 self.dedup.remember(
-                    u.client_id, u.request_id, seq, None, u.ack_below, result_of(u)
+                    u.client_id, u.request_id, seq, None, u.ack_below, result_of(u), answers
                 )
         self.last_received = updates[-1].seq
         self.pending_bytes += size

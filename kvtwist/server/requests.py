@@ -68,9 +68,7 @@ def write_request(msg: Message, limits: Limits) -> WriteRequest:
         raise BadRequest(f"ack_below {msg.ack_below} is above request_id {msg.request_id}")
     op = msg.opcode
     if op == wire.OP_MULTI:
-        if client_id:
-            raise BadRequest("MULTI takes no client_id: its retries are not deduplicated")
-        return False, b"", b"", "", 0, 0, False, group_request(msg, limits)
+        return False, b"", b"", *dedup, group_request(msg, limits)
     if op == wire.OP_PUT:
         key, data = _entry(msg, limits)
         return True, key, data, *dedup
