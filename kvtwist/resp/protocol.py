@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import os
+import struct
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -437,6 +438,7 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
                 ("redis_version", REDIS_COMPAT),
                 ("kvtwist_version", __version__),
                 ("redis_mode", "standalone"),
+                ("arch_bits", struct.calcsize("P") * 8),
                 ("process_id", os.getpid()),
                 ("tcp_port", f.port),
                 ("uptime_in_seconds", int(time.monotonic() - f.started)),
@@ -452,6 +454,7 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
                 ("chain_committed_op", replica.committed_seq),
             ],
         )
+        yield ("Cluster", [("cluster_enabled", 0)])  # a Redis cluster's, which this is not
         if size is not None:
             yield ("Keyspace", [("db0", f"keys={size},expires=0,avg_ttl=0")] if size else [])
 
