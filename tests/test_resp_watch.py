@@ -101,8 +101,9 @@ class WatchTests(SynchronousTestCase):
         )
 
     def test_watch_errors(self) -> None:
-        """WATCH inside MULTI, without keys, or of an empty key: Redis's errors; the
-        transaction goes on."""
+        """WATCH inside MULTI, without keys: Redis's errors, and the transaction goes
+        on; an empty key, one over --max-key, or more keys than a group may carry:
+        refused."""
         r = self.r
         self.assertEqual(r("WATCH"), b"-ERR wrong number of arguments for 'watch' command\r\n")
         self.assertEqual(r("WATCH", ""), b"-ERR the key is empty\r\n")
@@ -110,8 +111,11 @@ class WatchTests(SynchronousTestCase):
         self.assertEqual(r("WATCH", "a"), b"-ERR WATCH inside MULTI is not allowed\r\n")
         self.assertEqual(r("SET", "a", "1"), b"+QUEUED\r\n")
         self.assertEqual(r("EXEC"), b"*1\r\n+OK\r\n")
-        big = "k" * (self.node.factory.limits.max_key * 16)
-        self.assertTrue(r("WATCH", big).startswith(b"-ERR a connection may watch at most"))
+        max_key = self.node.factory.limits.max_key
+        self.assertTrue(r("WATCH", "k" * (max_key + 1)).startswith(b"-ERR key of"))
+        many = [f"{i:0{max_key}d}" for i in range(16)]
+        self.assertTrue(r("WATCH", *many).startswith(b"-ERR a connection may watch at most"))
+        self.assertEqual(r("WATCH", *many[:8]), b"+OK\r\n", "within the bound")
 
 
 class LostReplyTests(SynchronousTestCase):

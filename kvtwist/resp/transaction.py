@@ -173,10 +173,15 @@ def execute(c: RespConnection, tx: Transaction) -> Reply:
 def watch(c: RespConnection, args: list[bytes]) -> Reply:
     """WATCH key...: each key not watched yet is watched from the head's watch point."""
     keys = args[1:]
-    if not all(keys):
-        raise RespError("ERR the key is empty")
+    f = c.factory
+    max_key = f.limits.max_key
+    for k in keys:
+        if not k:
+            raise RespError("ERR the key is empty")
+        if len(k) > max_key:
+            raise RespError(f"ERR key of {len(k)} bytes exceeds the limit of {max_key}")
     size = sum(len(k) + WATCH_OVERHEAD for k in {*keys, *c.watched})
-    limit = c.factory.limits.max_key * 16
+    limit = min(16 * max_key, f.max_transaction)  # the group carries them: within one update
     if size > limit:
         raise RespError(f"ERR a connection may watch at most {limit} bytes of keys")
 
