@@ -57,6 +57,7 @@ OP_INCR = Message.OP_INCR
 OP_APPEND = Message.OP_APPEND
 OP_BACKUP = Message.OP_BACKUP
 OP_MULTI = Message.OP_MULTI
+OP_WATCH = Message.OP_WATCH
 OP_SETRANGE = Message.OP_SETRANGE
 OP_INCRBYFLOAT = Message.OP_INCRBYFLOAT
 OP_RENAME = Message.OP_RENAME
@@ -353,9 +354,23 @@ def rmw_reply(request_op: int, op_n: int, applied: bool, found: bool, old: bytes
     return m
 
 
-def req_multi(ops: list[Message], all_or_nothing: bool = False) -> Message:
-    """Several requests (GROUP_OPS) decided at the head as one write, in order."""
-    return Message(opcode=OP_MULTI, c_type=CT_NONE, ops=ops, all_or_nothing=all_or_nothing)
+def req_multi(
+    ops: list[Message],
+    all_or_nothing: bool = False,
+    watch: list[tuple[bytes, int]] | None = None,
+) -> Message:
+    """Several requests (GROUP_OPS) decided at the head as one write, in order;
+    ``watch``: (key, watch point) pairs, any written after its point aborts it."""
+    m = Message(opcode=OP_MULTI, c_type=CT_NONE, ops=ops, all_or_nothing=all_or_nothing)
+    if watch:
+        m.watch_keys.extend(k for k, _ in watch)
+        m.watch_ops.extend(p for _, p in watch)
+    return m
+
+
+def req_watch() -> Message:
+    """Ask the head for a watch point (op_n of the reply): Redis's WATCH."""
+    return Message(opcode=OP_WATCH, c_type=CT_NONE)
 
 
 def req_setrange(key: bytes, offset: int, data: bytes) -> Message:

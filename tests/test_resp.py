@@ -165,9 +165,13 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(r("DBSIZE"), b":0\r\n")
 
     def test_info(self) -> None:
+        """INFO has the fields clients read to learn the server: redis-py's own test
+        suite reads arch_bits and cluster_enabled before it starts."""
         self.r("SET", "k", "v")
         out = self.r("INFO")
         self.assertIn(b"redis_version:", out)
+        self.assertIn(b"arch_bits:64", out)
+        self.assertIn(b"# Cluster\r\ncluster_enabled:0\r\n", out)
         self.assertIn(b"chain_role:standalone", out)
         self.assertIn(b"db0:keys=1,expires=0,avg_ttl=0", out)
         self.assertNotIn(b"# Keyspace", self.r("INFO", "server"))

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import threading
 import time
 
 import redis
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, TryAgainError
+from redis.exceptions import ResponseError, TryAgainError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kvtwist.resp import codec
@@ -102,6 +103,52 @@ class RespChainTests(ChainCase):
         self.assertEqual(sorted(got), list(range(1, 301)))
         self.assertEqual(final, b"300")
 
+    def test_watch_retry_loop_counts_every_exec(self) -> None:
+        """INCR by WATCH/GET/MULTI/SET/EXEC from clients on every member, retried on
+        WatchError: the counter ends equal to the number of EXECs that succeeded."""
+        ports = [p for _, p in self.resp_chain()]
+        wins = [0] * 6
+        aborts = [0] * 6
+        errors: list[BaseException] = []
+
+        def work(i: int) -> None:
+            r = redis.Redis(host="127.0.0.1", port=ports[i % 3], socket_timeout=30)
+            try:
+                with r.pipeline() as p:
+                    while wins[i] < 12:
+                        try:
+                            p.watch("ctr")
+                            n = int(p.get("ctr") or 0)
+                            p.multi()
+                            p.set("ctr", n + 1)
+                            p.execute()
+                            wins[i] += 1
+                        except WatchError:
+                            aborts[i] += 1
+            except BaseException as e:  # reported below, in the test's thread
+                errors.append(e)
+            finally:
+                r.close()
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(240)
+        self.assertEqual(errors, [])
+        self.assertEqual(wins, [12] * 6)
+        self.assertEqual(self.client(ports[0]).get("ctr"), b"72")
+        # a write of the same value, from another member, aborts a watcher
+        watcher, other = self.client(ports[2]), self.client(ports[0])
+        with watcher.pipeline() as p:
+            p.watch("ctr")
+            other.set("ctr", "72")
+            p.multi()
+            p.incr("ctr")
+            with self.assertRaises(WatchError):
+                p.execute()
+        self.assertEqual(other.get("ctr"), b"72")
+
     def test_redis_cli_one_shot_and_pipe(self) -> None:
         (_, hp), _, (_, tp) = self.resp_chain()
 
@@ -153,3 +200,29 @@ class RespChainTests(ChainCase):
         self.assertGreaterEqual(final, acked[-1])
         self.assertLessEqual(final, len(acked) + failed)
         self.assertEqual(acked[:20], list(range(1, 21)))
+
+    def test_exec_across_a_head_failover_is_whole(self) -> None:
+        """EXECs of two INCRs while the head is killed: each is applied whole or not at
+        all, once per send; one that failed (TRYAGAIN, closed) may have been applied."""
+        (head, _), _, (_, tp) = self.resp_chain()
+        r = self.client(tp)
+        acked = failed = 0
+        killed = False
+        deadline = time.monotonic() + 90
+        while acked < 40:
+            self.assertLess(time.monotonic(), deadline, f"stuck after {acked} acks")
+            if acked == 15 and not killed:
+                head.kill()
+                killed = True
+            try:
+                with r.pipeline() as p:
+                    a, b = p.incr("a").incr("b").execute()
+                self.assertEqual(a, b, "an EXEC's INCRs are one op")
+                acked += 1
+            except (TryAgainError, RedisConnectionError, RedisTimeoutError):
+                failed += 1
+        self.assertGreater(failed, 0, "the failover went unseen")
+        final_a, final_b = (int(v or 0) for v in r.mget("a", "b"))
+        self.assertEqual(final_a, final_b, "no EXEC was applied in part")
+        self.assertGreaterEqual(final_a, acked)
+        self.assertLessEqual(final_a, acked + failed)

@@ -126,7 +126,8 @@ class GroupCommandTests(SynchronousTestCase):
         )
 
     def test_client_list(self) -> None:
-        """CLIENT LIST: a line per connection of the port, by id."""
+        """CLIENT LIST: a line per connection of the port, by id; TYPE and ID filter
+        them as in Redis (every RESP connection is a normal client)."""
         other = self.node.connect()
         other("CLIENT", "SETNAME", "second")
         out = self.r("CLIENT", "LIST")
@@ -134,6 +135,14 @@ class GroupCommandTests(SynchronousTestCase):
         self.assertEqual(len(lines), 2)
         self.assertTrue(lines[0].startswith(b"id=1 "))
         self.assertIn(b"name=second", lines[1])
+        r = self.r
+        self.assertEqual(r("CLIENT", "LIST", "TYPE", "NORMAL"), out)
+        self.assertEqual(r("CLIENT", "LIST", "TYPE", "pubsub"), b"$0\r\n\r\n")
+        self.assertEqual(r("CLIENT", "LIST", "TYPE", "x"), b"-ERR Unknown client type 'x'\r\n")
+        self.assertIn(b"name=second", r("CLIENT", "LIST", "ID", "2", "9"))
+        self.assertNotIn(b"name=second", r("CLIENT", "LIST", "ID", "1"))
+        self.assertEqual(r("CLIENT", "LIST", "ID", "x"), b"-ERR Invalid client ID\r\n")
+        self.assertEqual(r("CLIENT", "LIST", "NOPE"), b"-ERR syntax error\r\n")
 
     def test_wait_standalone(self) -> None:
         """A standalone node has no other member: WAIT answers 0 at once."""
@@ -223,7 +232,7 @@ class TransactionTests(SynchronousTestCase):
         r = self.r
         self.assertEqual(r("EXEC"), b"-ERR EXEC without MULTI\r\n")
         self.assertEqual(r("DISCARD"), b"-ERR DISCARD without MULTI\r\n")
-        self.assertTrue(r("WATCH", "a").startswith(b"-ERR WATCH is not supported"))
+        self.assertEqual(r("WATCH", "a"), b"+OK\r\n")
         self.assertEqual(r("UNWATCH"), b"+OK\r\n")
         self.assertEqual(r("MULTI"), b"+OK\r\n")
         self.assertEqual(r("MULTI"), b"-ERR MULTI calls can not be nested\r\n")

@@ -63,17 +63,28 @@ UNKNOWN = (
 
 
 class Entry:
-    __slots__ = ("found", "result", "seq")
+    __slots__ = ("found", "group", "result", "seq")
 
-    def __init__(self, seq: int, found: bool | None, result: RmwResult | None = None) -> None:
+    def __init__(
+        self,
+        seq: int,
+        found: bool | None,
+        result: RmwResult | None = None,
+        group: tuple[RmwResult, ...] | None = None,
+    ) -> None:
         self.seq = seq
         self.found = found  # None until applied
         #: a read-modify-write's answer; rows (snapshots, recovery) do not carry it
         self.result = result
+        #: a group's answers, one per request (nor do rows carry these)
+        self.group = group
 
     @property
     def size(self) -> int:
-        return ENTRY_OVERHEAD + (self.result.size if self.result is not None else 0)
+        size = ENTRY_OVERHEAD + (self.result.size if self.result is not None else 0)
+        if self.group:
+            size += sum(ENTRY_OVERHEAD // 4 + r.size for r in self.group)
+        return size
 
 
 class ClientRecord:
@@ -137,6 +148,7 @@ class DedupTable:
         found: bool | None,
         ack_below: int = 0,
         result: RmwResult | None = None,
+        group: tuple[RmwResult, ...] | None = None,
     ) -> None:
         clients = self._clients
         row = clients.get(client_id)
@@ -155,7 +167,7 @@ class DedupTable:
             self._entries += 1
         else:
             self._bytes -= old.size
-        entry = entries[request_id] = Entry(seq, found, result)
+        entry = entries[request_id] = Entry(seq, found, result, group)
         self._bytes += entry.size
         while len(entries) > self.max_client_entries:
             self._drop_oldest(row)

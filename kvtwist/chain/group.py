@@ -43,6 +43,9 @@ class Group:
     all_or_nothing: bool = False
     #: the most bytes its writes may come to (0: no limit): it travels as one update
     max_bytes: int = 0
+    #: Redis's WATCH: (key, watch point) pairs; the group aborts, writing nothing,
+    #: if a key was written after its point (kvtwist.chain.watch)
+    watch: tuple[tuple[bytes, int], ...] = ()
 
 
 def _sub(key: bytes, is_put: bool, data: bytes, result: RmwResult | None, skip: bool) -> Update:

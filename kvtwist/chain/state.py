@@ -50,11 +50,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kvtwist.chain.bounds import KeyBounds, Moved, Split
-from kvtwist.chain.dedup import OUTCOME_UNKNOWN, DedupTable
+from kvtwist.chain.dedup import OUTCOME_UNKNOWN, DedupTable, Entry
 from kvtwist.chain.epochs import EpochHistory, Mark
 from kvtwist.chain.group import Group, answers_of, decide_group, group_size, writes_of
 from kvtwist.chain.outcomes import Refused, WriteResult
 from kvtwist.chain.rmw import Rmw, RmwResult, decide, result_of, stamp
+from kvtwist.chain.watch import WriteIndex, changed_keys
 from kvtwist.proto.kvtwist_pb2 import Update
 from kvtwist.tree import BTree
 
@@ -83,6 +84,10 @@ RMW_FORGOTTEN = (
     f"{OUTCOME_UNKNOWN}: the answer of this retried read-modify-write is no longer kept"
     " (not applied now; the first attempt was)"
 )
+
+
+#: A watched group's outcome when a watched key was written after its point.
+ABORTED = RmwResult(applied=False)
 
 
 def update_size(u: Update) -> int:
@@ -145,6 +150,8 @@ class ChainState:
         #: deleted): with the committed tree, the latest state a head decides
         #: a read-modify-write against
         self._latest: dict[bytes, tuple[int, bytes | None]] = {}
+        #: per key, the op of its last write: what a watched group is checked against
+        self.written = WriteIndex()
 
     def restore(
         self,
@@ -164,6 +171,7 @@ class ChainState:
         self.next_seq = seq + 1
         if tree is not None:
             self.committed_tree = tree
+        self.written.reset(seq)
         self._relatest()
 
     def truncate(self, seq: int) -> None:
@@ -219,13 +227,7 @@ class ChainState:
                     out.outcomes.append(e)
                     continue
                 if entry is not None:  # a retry: the first attempt's outcome
-                    if entry.seq > self.committed_seq:
-                        out.outcomes.append(entry.seq)
-                    elif rmw is not None and entry.result is None:
-                        out.outcomes.append(Refused(RMW_FORGOTTEN))
-                    else:
-                        found = entry.found if entry.found is not None else True
-                        out.outcomes.append(WriteResult(entry.seq, found, entry.result))
+                    out.outcomes.append(self._retried(entry, rmw))
                     continue
             if isinstance(rmw, Split):
                 out.updates.append(self._marker(rmw.at, epoch))
@@ -237,16 +239,17 @@ class ChainState:
             result: RmwResult | None = None
             subs: list[Update] = []
             if isinstance(rmw, Group):
-                subs, refusal = decide_group(rmw, self.latest)
                 is_put, key, data = False, b"", b""
-                if refusal:
-                    result = RmwResult(error=refusal)
+                if rmw.watch and not self.written.unchanged(rmw.watch, self.next_seq - 1):
+                    result = ABORTED  # a watched key was written: nothing is applied
+                else:
+                    subs, refusal = decide_group(rmw, self.latest)
+                    if refusal:
+                        result = RmwResult(error=refusal)
             elif rmw is not None:
                 is_put, data, result = decide(rmw, self.latest(key))
             seq = self.next_seq
             self.next_seq += 1
-            if client_id:
-                self.dedup.remember(client_id, request_id, seq, None, ack_below, result)
             u = Update(
                 seq=seq,
                 epoch=epoch,
@@ -261,8 +264,12 @@ class ChainState:
                 stamp(u, result)
             if subs:
                 u.group.extend(subs)
+            if client_id:
+                answers = answers_of(u) if subs else None
+                self.dedup.remember(client_id, request_id, seq, None, ack_below, result, answers)
             for made in writes_of(u):
                 latest[made.key] = (seq, made.data if made.is_put else None)
+            self.written.wrote(changed_keys(u), seq)
             out.updates.append(u)
             out.outcomes.append(seq)
         return out
@@ -270,8 +277,10 @@ class ChainState:
     def _holds(self, key: bytes, rmw: Rmw | Group | None) -> bool:
         """Whether every key the write names is still this chain's."""
         holds = self.bounds.holds
-        if isinstance(rmw, Group):
-            return all(holds(op.key) and (op.dest is None or holds(op.dest)) for op in rmw.ops)
+        if isinstance(rmw, Group):  # its watched keys too: their writes go elsewhere now
+            return all(
+                holds(op.key) and (op.dest is None or holds(op.dest)) for op in rmw.ops
+            ) and all(holds(k) for k, _ in rmw.watch)
         return holds(key)
 
     def _marker(self, at: bytes, epoch: int) -> Update:
@@ -281,6 +290,20 @@ class ChainState:
         self.next_seq += 1
         self.bounds.note(seq, at)
         return Update(seq=seq, epoch=epoch, group=[Update(skip=True)], split_at=at)
+
+    def _retried(
+        self, entry: Entry, rmw: Rmw | Group | Split | None
+    ) -> WriteResult | Exception | int:
+        """A retry's outcome: the op it waits for, or the first attempt's answer."""
+        if entry.seq > self.committed_seq:
+            return entry.seq  # its commitment answers it, from the Sent list
+        if isinstance(rmw, Group):
+            if entry.result is None and entry.group is None:
+                return Refused(RMW_FORGOTTEN)
+        elif rmw is not None and entry.result is None:
+            return Refused(RMW_FORGOTTEN)
+        found = entry.found if entry.found is not None else True
+        return WriteResult(entry.seq, found, entry.result, entry.group)
 
     # every member
 
@@ -317,9 +340,11 @@ class ChainState:
             size += update_size(u)
             for w in writes_of(u):
                 latest[w.key] = (seq, w.data if w.is_put else None)
+            self.written.wrote(changed_keys(u), seq)
             if u.client_id:
+                answers = answers_of(u) if u.group else None
                 self.dedup.remember(
-                    u.client_id, u.request_id, seq, None, u.ack_below, result_of(u)
+                    u.client_id, u.request_id, seq, None, u.ack_below, result_of(u), answers
                 )
         self.last_received = updates[-1].seq
         self.pending_bytes += size

@@ -184,7 +184,7 @@ class SnapshotChunk(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., clients: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., total: _Optional[int] = ..., last_op: _Optional[int] = ..., done: _Optional[bool] = ..., delta: _Optional[bool] = ..., marks: _Optional[_Iterable[_Union[EpochMark, _Mapping]]] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops", "local", "auth", "token", "ack_below", "resend", "cond", "expect", "delete", "want_old", "applied", "delta", "number", "chain", "map_version", "ops", "all_or_nothing", "offset", "float_delta")
+    __slots__ = ("opcode", "c_type", "result", "entry", "keys", "values", "error", "found", "op_n", "range", "stats", "client_id", "request_id", "hello", "updates", "snapshot", "retry", "hops", "local", "auth", "token", "ack_below", "resend", "cond", "expect", "delete", "want_old", "applied", "delta", "number", "chain", "map_version", "ops", "all_or_nothing", "offset", "float_delta", "watch_keys", "watch_ops", "aborted")
     class Opcode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_BAD: _ClassVar[Message.Opcode]
@@ -208,6 +208,7 @@ class Message(_message.Message):
         OP_INCRBYFLOAT: _ClassVar[Message.Opcode]
         OP_RENAME: _ClassVar[Message.Opcode]
         OP_MULTI: _ClassVar[Message.Opcode]
+        OP_WATCH: _ClassVar[Message.Opcode]
         OP_CHAIN_HELLO: _ClassVar[Message.Opcode]
         OP_CHAIN_UPDATE: _ClassVar[Message.Opcode]
         OP_CHAIN_ACK: _ClassVar[Message.Opcode]
@@ -236,6 +237,7 @@ class Message(_message.Message):
     OP_INCRBYFLOAT: Message.Opcode
     OP_RENAME: Message.Opcode
     OP_MULTI: Message.Opcode
+    OP_WATCH: Message.Opcode
     OP_CHAIN_HELLO: Message.Opcode
     OP_CHAIN_UPDATE: Message.Opcode
     OP_CHAIN_ACK: Message.Opcode
@@ -307,6 +309,9 @@ class Message(_message.Message):
     ALL_OR_NOTHING_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     FLOAT_DELTA_FIELD_NUMBER: _ClassVar[int]
+    WATCH_KEYS_FIELD_NUMBER: _ClassVar[int]
+    WATCH_OPS_FIELD_NUMBER: _ClassVar[int]
+    ABORTED_FIELD_NUMBER: _ClassVar[int]
     opcode: Message.Opcode
     c_type: Message.CType
     result: int
@@ -343,4 +348,7 @@ class Message(_message.Message):
     all_or_nothing: bool
     offset: int
     float_delta: str
-    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ..., token: _Optional[bytes] = ..., ack_below: _Optional[int] = ..., resend: _Optional[bool] = ..., cond: _Optional[int] = ..., expect: _Optional[bytes] = ..., delete: _Optional[bool] = ..., want_old: _Optional[bool] = ..., applied: _Optional[bool] = ..., delta: _Optional[int] = ..., number: _Optional[int] = ..., chain: _Optional[str] = ..., map_version: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., all_or_nothing: _Optional[bool] = ..., offset: _Optional[int] = ..., float_delta: _Optional[str] = ...) -> None: ...
+    watch_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    watch_ops: _containers.RepeatedScalarFieldContainer[int]
+    aborted: bool
+    def __init__(self, opcode: _Optional[_Union[Message.Opcode, str]] = ..., c_type: _Optional[_Union[Message.CType, str]] = ..., result: _Optional[int] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., op_n: _Optional[int] = ..., range: _Optional[_Union[RangeSpec, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., hello: _Optional[_Union[ChainHello, _Mapping]] = ..., updates: _Optional[_Iterable[_Union[Update, _Mapping]]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., retry: _Optional[bool] = ..., hops: _Optional[int] = ..., local: _Optional[bool] = ..., auth: _Optional[_Union[ChainAuth, _Mapping]] = ..., token: _Optional[bytes] = ..., ack_below: _Optional[int] = ..., resend: _Optional[bool] = ..., cond: _Optional[int] = ..., expect: _Optional[bytes] = ..., delete: _Optional[bool] = ..., want_old: _Optional[bool] = ..., applied: _Optional[bool] = ..., delta: _Optional[int] = ..., number: _Optional[int] = ..., chain: _Optional[str] = ..., map_version: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., all_or_nothing: _Optional[bool] = ..., offset: _Optional[int] = ..., float_delta: _Optional[str] = ..., watch_keys: _Optional[_Iterable[bytes]] = ..., watch_ops: _Optional[_Iterable[int]] = ..., aborted: _Optional[bool] = ...) -> None: ...

@@ -144,6 +144,11 @@ def null(resp: int = 2) -> bytes:
     return b"_\r\n" if resp == 3 else b"$-1\r\n"
 
 
+def null_array(resp: int = 2) -> bytes:
+    """The null array (an EXEC a watched key aborted)."""
+    return b"_\r\n" if resp == 3 else b"*-1\r\n"
+
+
 def array(items: Sequence[bytes]) -> bytes:
     """An array of already-encoded replies."""
     return b"*%d\r\n" % len(items) + b"".join(items)

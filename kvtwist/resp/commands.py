@@ -34,7 +34,8 @@ SCAN_COUNT = 10
 SYNTAX = "ERR syntax error"
 
 Reply = bytes | Deferred[bytes]
-Kind = Literal["local", "read", "write"]
+#: "barrier" (WATCH) waits for every earlier command, and every later one for it
+Kind = Literal["local", "read", "write", "barrier"]
 
 
 class RespError(Exception):
@@ -243,13 +244,39 @@ def client(c: RespConnection, args: list[bytes]) -> Reply:
         return codec.OK
     if sub == b"INFO" and len(args) == 2:
         return codec.verbatim(c.info_line() + b"\n", c.resp)
-    if sub == b"LIST" and len(args) == 2:
-        conns = sorted(c.factory.connections, key=lambda x: x.id)
+    if sub == b"LIST":
+        conns = sorted(_listed(c, args[2:]), key=lambda x: x.id)
         return codec.verbatim(b"".join(x.info_line() + b"\n" for x in conns), c.resp)
     name = args[1].decode(errors="replace")
     raise RespError(
         f"ERR unknown subcommand or wrong number of arguments for '{name}'. Try CLIENT HELP."
     )
+
+
+#: CLIENT LIST TYPE's types: every RESP connection is a normal client.
+CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
+
+
+def _listed(c: RespConnection, args: list[bytes]) -> list[RespConnection]:
+    """CLIENT LIST's filters, as Redis's: ``[TYPE type] [ID id [id ...]]``."""
+    conns = list(c.factory.connections)
+    if not args:
+        return conns
+    option = args[0].upper()
+    if option == b"TYPE" and len(args) == 2:
+        kind = args[1].lower()
+        if kind not in CLIENT_TYPES:
+            raise RespError(f"ERR Unknown client type '{args[1].decode(errors='replace')}'")
+        return conns if kind == b"normal" else []
+    if option == b"ID" and len(args) > 1:
+        ids = set()
+        for arg in args[1:]:
+            n = to_int(arg) if arg.lstrip(b"-").isdigit() else 0
+            if n <= 0:
+                raise RespError("ERR Invalid client ID")
+            ids.add(n)
+        return [x for x in conns if x.id in ids]
+    raise RespError("ERR syntax error")
 
 
 def command(c: RespConnection, args: list[bytes]) -> Reply:

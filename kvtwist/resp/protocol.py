@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -121,6 +122,9 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
         self._pause_reasons: set[str] = set()
         self._current = _Slot()  # the command a handler is running for
         self._tx: Transaction | None = None  # since MULTI, as commands arrive
+        #: WATCH: each watched key's watch point, until EXEC, DISCARD or UNWATCH
+        self.watched: dict[bytes, int] = {}
+        self._barrier = False  # a WATCH is running: nothing else starts
         self._pumping = False  # starting commands: their GETs and writes go as batches
         self._delivering = False  # a batch's replies are being handed out
         self._gets: list[tuple[Message, Deferred[Message]]] = []
@@ -234,14 +238,8 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
                 return
             run = Command(lambda c, a: execute(c, tx), 1, "write")
             self._later(run, args, slot)
-        elif name == "watch":
-            if tx is not None:
-                slot.reply = codec.error("ERR WATCH inside MULTI is not allowed")
-                return
-            slot.reply = codec.error(
-                "ERR WATCH is not supported by kvtwist: EXEC is decided at the head"
-                " against the latest state"
-            )
+        elif name == "watch" and tx is not None:
+            slot.reply = codec.error("ERR WATCH inside MULTI is not allowed")
         else:
             self._later(COMMANDS[name], args, slot)
 
@@ -253,15 +251,21 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
     # running commands in order
 
     def _pump(self) -> None:
-        """Start queued commands in order: reads wait for earlier writes, writes for reads."""
+        """Start queued commands in order: reads wait for earlier writes, writes for
+        reads, a WATCH for every earlier command and every later command for it (its
+        watch point is taken after the connection's earlier writes and before its
+        later reads)."""
         queue = self._queue
         pumping, self._pumping = self._pumping, True
         try:
-            while queue:
+            while queue and not self._barrier:
                 cmd, args, slot = queue[0]
-                if cmd.kind == "write" and self._reads:
+                kind = cmd.kind
+                if kind == "write" and self._reads:
                     break
-                if cmd.kind == "read" and self._writes:
+                if kind == "read" and self._writes:
+                    break
+                if kind == "barrier" and (self._reads or self._writes or self._batch):
                     break
                 queue.popleft()
                 self._start(cmd, args, slot)
@@ -292,7 +296,9 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
             slot.reply = result
             return
         kind = cmd.kind
-        if kind == "write":
+        if kind == "barrier":
+            self._barrier = True
+        if kind in ("write", "barrier"):
             self._writes += 1
         else:
             self._reads += 1
@@ -300,7 +306,9 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
 
     def _answered(self, reply: bytes, slot: _Slot, kind: str) -> None:
         slot.reply = reply
-        if kind == "write":
+        if kind == "barrier":
+            self._barrier = False
+        if kind in ("write", "barrier"):
             self._writes -= 1
         else:
             self._reads -= 1
@@ -431,6 +439,7 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
                 ("redis_version", REDIS_COMPAT),
                 ("kvtwist_version", __version__),
                 ("redis_mode", "standalone"),
+                ("arch_bits", struct.calcsize("P") * 8),
                 ("process_id", os.getpid()),
                 ("tcp_port", f.port),
                 ("uptime_in_seconds", int(time.monotonic() - f.started)),
@@ -446,6 +455,7 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
                 ("chain_committed_op", replica.committed_seq),
             ],
         )
+        yield ("Cluster", [("cluster_enabled", 0)])  # a Redis cluster's, which this is not
         if size is not None:
             yield ("Keyspace", [("db0", f"keys={size},expires=0,avg_ttl=0")] if size else [])
 

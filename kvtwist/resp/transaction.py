@@ -10,8 +10,11 @@ or none.  When the group commits, each command's own reply is built from its
 requests' answers, so EXEC answers as Redis does: an array of the replies,
 an error in the place of a command that failed, the others applied.
 
-WATCH is refused: kvtwist's EXEC is already decided against the latest
-state, and a WATCH would need the head to compare versions it does not keep.
+WATCH asks the head for a watch point (OP_WATCH: the op it has committed),
+kept per key on the connection; EXEC's group carries the watched keys with
+their points and the head aborts it, writing nothing, if any was written
+after its point (kvtwist.chain.watch): EXEC then answers a null array.
+EXEC, DISCARD and UNWATCH forget the watches.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ QUEUEABLE = frozenset(
 )
 #: Commands that steer a transaction, or the connection: run in order, never queued.
 CONTROL = frozenset({"multi", "exec", "discard", "watch", "unwatch", "quit"})
+#: What one watched key costs beyond its bytes, against the connection's bound.
+WATCH_OVERHEAD = 16
 
 
 def call_error(name: str, cmd: Command | None, args: list[bytes]) -> bytes | None:
@@ -131,7 +136,10 @@ class Recorder:
 
 
 def execute(c: RespConnection, tx: Transaction) -> Reply:
-    """EXEC: run the queued commands as one group; the array of their replies."""
+    """EXEC: run the queued commands as one group; the array of their replies,
+    or a null array when a watched key was written since its WATCH."""
+    watch = list(c.watched.items())
+    c.watched.clear()
     if tx.failed:
         raise RespError(EXECABORT)
     rec = Recorder(c)
@@ -150,14 +158,44 @@ def execute(c: RespConnection, tx: Transaction) -> Reply:
             replies[i] = result
         else:
             result.addErrback(_error).addCallback(partial(replies.__setitem__, i))
-    if not rec.ops:
+    if not rec.ops and not watch:
         return _array(replies)
 
     def done(reply: Message) -> bytes:
+        if reply.aborted:
+            return codec.null_array(c.resp)
         rec.answer(list(reply.ops))
         return _array(replies)
 
-    return c.write(wire.req_multi(rec.ops)).addCallback(done)
+    return c.write(wire.req_multi(rec.ops, watch=watch)).addCallback(done)
+
+
+def watch(c: RespConnection, args: list[bytes]) -> Reply:
+    """WATCH key...: each key not watched yet is watched from the head's watch point."""
+    keys = args[1:]
+    f = c.factory
+    max_key = f.limits.max_key
+    for k in keys:
+        if not k:
+            raise RespError("ERR the key is empty")
+        if len(k) > max_key:
+            raise RespError(f"ERR key of {len(k)} bytes exceeds the limit of {max_key}")
+    size = sum(len(k) + WATCH_OVERHEAD for k in {*keys, *c.watched})
+    limit = min(16 * max_key, f.max_transaction)  # the group carries them: within one update
+    if size > limit:
+        raise RespError(f"ERR a connection may watch at most {limit} bytes of keys")
+
+    def noted(reply: Message) -> bytes:
+        for k in keys:
+            c.watched.setdefault(k, reply.op_n)
+        return codec.OK
+
+    return c.read(wire.req_watch()).addCallback(noted)
+
+
+def unwatch(c: RespConnection, args: list[bytes]) -> Reply:
+    c.watched.clear()
+    return codec.OK
 
 
 def _array(replies: list[bytes | None]) -> bytes:
@@ -180,7 +218,7 @@ def _ok(c: RespConnection, args: list[bytes]) -> Reply:
 COMMANDS: dict[str, Command] = {
     "multi": Command(_ok, 1, "local"),
     "exec": Command(_ok, 1, "write"),
-    "discard": Command(_ok, 1, "local"),
-    "watch": Command(_ok, -2, "local"),
-    "unwatch": Command(_ok, 1, "local"),
+    "discard": Command(unwatch, 1, "local"),
+    "watch": Command(watch, -2, "barrier"),
+    "unwatch": Command(unwatch, 1, "local"),
 }

@@ -131,9 +131,11 @@ class Chains:
 
 def keys_of(msg: Message) -> list[bytes]:
     """The keys a request names: PUT, CAS, APPEND and SETRANGE in the entry; GET, DEL,
-    INCR and RENAME (both names) in ``keys``; a MULTI those of its requests."""
+    INCR and RENAME (both names) in ``keys``; a MULTI those of its requests, and
+    the keys it watches."""
     keys = [msg.entry.key] if msg.entry.key else []
     keys.extend(msg.keys)
+    keys.extend(msg.watch_keys)
     for op in msg.ops:
         keys.extend(keys_of(op))
     return keys

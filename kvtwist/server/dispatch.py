@@ -46,6 +46,10 @@ def write_reply(op: int, r: WriteResult, msg: Message | None = None) -> bytes:
     if op == wire.OP_MULTI and msg is not None:
         if r.rmw is not None and r.rmw.error:
             raise Refused(r.rmw.error)
+        if r.rmw is not None and not r.rmw.applied:  # a watched key was written
+            aborted = wire.result_reply(wire.OP_MULTI, r.op_n)
+            aborted.aborted = True
+            return wire.frame(aborted)
         return wire.frame(group_reply(msg, r))
     rmw = r.rmw
     if rmw is None or op not in wire.RMW_OPS:
@@ -105,6 +109,7 @@ class Dispatcher:
             wire.OP_PUT: self._write,
             wire.OP_DEL: self._write,
             wire.OP_STATS: self._stats,
+            wire.OP_WATCH: self._watch,
         }
         for rmw_op in wire.RMW_OPS | {wire.OP_MULTI}:
             self.table[rmw_op] = self._write
@@ -121,6 +126,20 @@ class Dispatcher:
         op = msg.opcode
         request = requests.write_request(msg, self.limits)
         return self.replica.write(*request).addCallback(lambda r: write_reply(op, r, msg))
+
+    def _watch(self, msg: Message) -> bytes:
+        """Redis's WATCH: the head's watch point (kvtwist.chain.watch); relayed to it."""
+        requests.check_ctype(msg, wire.CT_NONE)
+        replica = self.replica
+        if replica.fenced:
+            raise Unavailable(f"node is not serving ({replica.life.describe()})")
+        if not replica.is_head:
+            head = replica.head_address()
+            if head is not None and head == replica.own_address:
+                raise Unavailable("the head is a stale registration of this node; retry")
+            raise NotHere("head", head)
+        # committed: the connection's later reads see every write up to it
+        return wire.frame(wire.result_reply(wire.OP_WATCH, replica.state.committed_seq))
 
     def _stats(self, msg: Message) -> bytes:
         requests.check_ctype(msg, wire.CT_NONE)

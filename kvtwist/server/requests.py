@@ -69,9 +69,7 @@ def write_request(msg: Message, limits: Limits) -> WriteRequest:
         raise BadRequest(f"ack_below {msg.ack_below} is above request_id {msg.request_id}")
     op = msg.opcode
     if op == wire.OP_MULTI:
-        if client_id:
-            raise BadRequest("MULTI takes no client_id: its retries are not deduplicated")
-        return False, b"", b"", "", 0, 0, False, group_request(msg, limits)
+        return False, b"", b"", *dedup, group_request(msg, limits)
     if op == wire.OP_PUT:
         key, data = _entry(msg, limits)
         return True, key, data, *dedup
@@ -95,13 +93,25 @@ def write_request(msg: Message, limits: Limits) -> WriteRequest:
 
 def group_request(msg: Message, limits: Limits) -> Group:
     """Validate an OP_MULTI: each of its requests as on its own, decided together."""
-    if not msg.ops:
+    if not msg.ops and not msg.watch_keys:
         raise BadRequest("MULTI needs at least one request in ops")
     return Group(
         tuple(_group_op(sub, limits) for sub in msg.ops),
         all_or_nothing=msg.all_or_nothing,
         max_bytes=limits.max_key + limits.max_value,
+        watch=_watch(msg, limits),
     )
+
+
+def _watch(msg: Message, limits: Limits) -> tuple[tuple[bytes, int], ...]:
+    """An OP_MULTI's watched keys, each with its watch point."""
+    keys, points = msg.watch_keys, msg.watch_ops
+    if len(keys) != len(points):
+        raise BadRequest(f"MULTI has {len(keys)} watch_keys but {len(points)} watch_ops")
+    if sum(map(len, keys)) > limits.max_key + limits.max_value:
+        raise BadRequest("MULTI's watch_keys exceed --max-key plus --max-value bytes")
+    pairs = zip(keys, points, strict=True)
+    return tuple((check_key(msg, msg.c_type, k, limits), p) for k, p in pairs)
 
 
 def _group_op(msg: Message, limits: Limits) -> Op:
