@@ -95,6 +95,10 @@ class HeadNumberingTests(SynchronousTestCase):
         rename = Group((Op(b"a", Rmw(Kind.CAS), b"z"),))
         out = self.s.number([(False, b"", b"", "", 0, 0, False, rename)], 1)
         self.assertIsInstance(out.outcomes[0], Moved)
+        # a WATCH of a key given away: its writes happen on the other chain now
+        watched = Group((Op(b"a", Rmw(Kind.CAS)),), watch=((b"z", 2),))
+        out = self.s.number([(False, b"", b"", "", 0, 0, False, watched)], 1)
+        self.assertIsInstance(out.outcomes[0], Moved)
 
     def test_members_learn_the_marker_in_order(self) -> None:
         """A member taking the marker from its predecessor narrows its range at that op."""
