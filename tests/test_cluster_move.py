@@ -176,6 +176,26 @@ class ClusterCase(ZooKeeperCase):
         )
         return began, done
 
+    def start_load(
+        self,
+        wkv: BlockingClient,
+        rkv: BlockingClient,
+        history: History,
+        stop: threading.Event,
+        preload: int,
+        size: int,
+    ) -> list[threading.Thread]:
+        """``preload`` keys of ``size`` bytes on both sides of "m", then a writer and a
+        reader on KEYS, returned once every key has an acknowledged write."""
+        for i in range(preload):
+            wkv.put(b"%s-bulk%04d" % (b"bz"[i % 2 : i % 2 + 1], i), b"x" * size)
+        threads = [threading.Thread(target=writer, args=(wkv, history, stop), daemon=True),
+                   threading.Thread(target=reader, args=(rkv, history, stop), daemon=True)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(history.acked) == len(KEYS), 30, "writes flowing")
+        return threads
+
     def check_history(self, history: History, kv: BlockingClient) -> None:
         self.assertGreater(len(history.reads), 0)
         for key in KEYS:
@@ -206,13 +226,7 @@ class ClusterMoveTests(ClusterCase):
         reactor = private_reactor()
         with BlockingClient.cluster(self.zk.hosts, self.name, 30.0, reactor=reactor) as wkv, \
                 BlockingClient.cluster(self.zk.hosts, self.name, 30.0, reactor=reactor) as rkv:
-            for i in range(PRELOAD):
-                wkv.put(b"%s-bulk%04d" % (b"bz"[i % 2 : i % 2 + 1], i), b"x" * 1024)
-            threads = [threading.Thread(target=writer, args=(wkv, history, stop), daemon=True),
-                       threading.Thread(target=reader, args=(rkv, history, stop), daemon=True)]
-            for t in threads:
-                t.start()
-            wait_for(lambda: len(history.acked) == len(KEYS), 30, "writes flowing")
+            threads = self.start_load(wkv, rkv, history, stop, PRELOAD, 1024)
             early = self.watch_removals()
             moved_at, moved = self.admin("move", "c0", "--to", "s4", "--from", "s1", "--wait",
                                          "--wait-timeout", "120")

@@ -17,7 +17,7 @@ from kvtwist.client.blocking import BlockingClient
 from kvtwist.cluster.shardmap import ShardMap
 from tests.nodes import wait_for
 from tests.test_blocking import private_reactor
-from tests.test_cluster_move import KEYS, ClusterCase, History, pauses, reader, writer
+from tests.test_cluster_move import KEYS, ClusterCase, History, pauses
 
 SERVERS = ("s1", "s2", "s3")
 PRELOAD = 600
@@ -41,13 +41,7 @@ class ClusterSplitTests(ClusterCase):
         reactor = private_reactor()
         with BlockingClient.cluster(self.zk.hosts, self.name, 30.0, reactor=reactor) as wkv, \
                 BlockingClient.cluster(self.zk.hosts, self.name, 30.0, reactor=reactor) as rkv:
-            for i in range(PRELOAD):
-                wkv.put(b"%s-bulk%04d" % (b"bz"[i % 2 : i % 2 + 1], i), b"x" * 512)
-            threads = [threading.Thread(target=writer, args=(wkv, history, stop), daemon=True),
-                       threading.Thread(target=reader, args=(rkv, history, stop), daemon=True)]
-            for t in threads:
-                t.start()
-            wait_for(lambda: len(history.acked) == len(KEYS), 30, "writes flowing")
+            threads = self.start_load(wkv, rkv, history, stop, PRELOAD, 512)
             split_at, split = self.admin("split", "c0", "m", "--wait", "--wait-timeout", "120")
             split_done = time.monotonic()
             self.assertEqual(split.returncode, 0, split.stdout + split.stderr)

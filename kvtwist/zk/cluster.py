@@ -81,25 +81,27 @@ def read_map_sync(
     every write ZooKeeper acknowledged before it began."""
     if fresh:
         client.sync(paths.map)
-    try:
-        data, stat = client.get(paths.map, watch=watch)
-    except NoNodeError:
-        if client.exists(paths.map, watch=watch) is None:
-            return None, -1
-        data, stat = client.get(paths.map, watch=watch)
-    return data, stat.version
+    return _read_record(client, paths.map, watch)
 
 
 def read_requests_sync(
     client: KazooClient, paths: ClusterPaths, watch: Callable[[Any], None] | None = None
 ) -> tuple[bytes | None, int]:
     """Blocking: ``(data, version)`` of the request record; ``(None, -1)`` if absent."""
+    return _read_record(client, paths.requests, watch)
+
+
+def _read_record(
+    client: KazooClient, path: str, watch: Callable[[Any], None] | None
+) -> tuple[bytes | None, int]:
+    """``(data, version)`` of ``path``, or ``(None, -1)`` with ``watch`` set on its
+    creation (a get that finds nothing sets no watch: exists does)."""
     try:
-        data, stat = client.get(paths.requests, watch=watch)
+        data, stat = client.get(path, watch=watch)
     except NoNodeError:
-        if client.exists(paths.requests, watch=watch) is None:
+        if client.exists(path, watch=watch) is None:
             return None, -1
-        data, stat = client.get(paths.requests, watch=watch)
+        data, stat = client.get(path, watch=watch)
     return data, stat.version
 
 
