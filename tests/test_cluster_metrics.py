@@ -3,7 +3,6 @@ chain, and /readyz says ready once every chain placed on it serves."""
 
 from __future__ import annotations
 
-import urllib.request
 import uuid
 
 from kvtwist.client.blocking import BlockingClient
@@ -11,15 +10,8 @@ from kvtwist.cluster.shardmap import ClusterPaths, ShardMap
 from kvtwist.procs import NodeProcess, free_port
 from tests.nodes import wait_for
 from tests.test_blocking import private_reactor
+from tests.test_monitoring_proc import http
 from tests.zkserver import ZooKeeperCase
-
-
-def fetch(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 class ClusterMetricsTests(ZooKeeperCase):
@@ -38,13 +30,13 @@ class ClusterMetricsTests(ZooKeeperCase):
                                           extra_args=["--metrics-port", str(port)])
         self.addCleanup(node.cleanup)
         node.start()
-        wait_for(lambda: fetch(port, "/readyz")[0] == 200, 60, "both chains serving")
-        self.assertIn("c0", fetch(port, "/readyz")[1])
+        wait_for(lambda: http(port, "/readyz")[0] == 200, 60, "both chains serving")
+        self.assertIn("c0", http(port, "/readyz")[1])
         with BlockingClient.cluster(self.zk.hosts, name, 30.0, reactor=private_reactor()) as kv:
             kv.put(b"apple", b"1")
             kv.put(b"zebra", b"1")
             kv.put(b"zoo", b"1")
-        body = fetch(port, "/metrics")[1]
+        body = http(port, "/metrics")[1]
         self.assertIn('kvtwist_op_committed{chain="c0"} 1.0', body)
         self.assertIn('kvtwist_op_committed{chain="c1"} 2.0', body)
         self.assertIn('kvtwist_role{chain="c1",role="head+tail"} 1.0', body)
