@@ -45,6 +45,8 @@ class ClusterNemesis(Nemesis):
         self.admin_results: list[dict[str, Any]] = []
         #: servers kept down that the controller never replaced
         self.not_replaced: list[str] = []
+        #: servers running untouched and registered, as ``healthy`` last saw them
+        self.fine: set[str] = set()
 
     def healthy(self) -> Healthy | None:
         """Servers a fault may take now; None while ZooKeeper cannot say."""
@@ -60,6 +62,7 @@ class ClusterNemesis(Nemesis):
             and id(n) not in busy
             and n.label in s.live
         }
+        self.fine = fine
         out: Healthy = []
         for n in self.cluster.nodes:
             if n.label in fine and all(
@@ -130,8 +133,7 @@ class ClusterNemesis(Nemesis):
         return out
 
     def can_move(self, healthy: Healthy) -> bool:
-        fine = {n.label for _, _, n in healthy}
-        return self.no_kind("move") and bool(self.move_choices(fine))
+        return self.no_kind("move") and bool(self.move_choices(self.fine))
 
 
 #: Every cluster kind, in the order --nemesis lists them and the default takes them.

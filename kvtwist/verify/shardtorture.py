@@ -39,7 +39,6 @@ from kvtwist.verify.campaign.log import Log
 from kvtwist.verify.campaign.shardend import ClusterFindings
 from kvtwist.verify.campaign.shards import NAME, ShardCluster
 from kvtwist.verify.campaign.verdict import Findings
-from kvtwist.verify.durability import lost_writes
 from kvtwist.verify.faults.base import Node
 from kvtwist.verify.history import dumps, read_history
 from kvtwist.verify.linearizability import check
@@ -251,8 +250,6 @@ class ClusterCampaign:
         started = time.monotonic()
         result = check(client_ops + finals, timeout=self.args.check_timeout)
         check_s = time.monotonic() - started
-        state, judged = shardend.final_state(more, self.keys)
-        judged_ops = [op for op in client_ops if op.key in judged]
         statuses = [w.returncode for w in self.clients.running()]
         self.extra = {
             "cluster": {"servers": self.args.servers, "shards": self.args.shards,
@@ -274,7 +271,7 @@ class ClusterCampaign:
             settled=is_settled,
             settle_s=settle_s,
             copies=shardend.flat_copies(more),
-            lost=lost_writes(judged_ops, state),
+            lost=shardend.lost_in(more, self.keys, client_ops),
             outside=[n.label for n in self.nodes if n.state == "running"
                      and n.label not in registered],
             stranded=[],

@@ -21,6 +21,7 @@ from kvtwist.cluster.shardmap import ShardMap
 from kvtwist.procs import RawClient
 from kvtwist.verify.campaign.shards import Copy, Snapshot, keys_in
 from kvtwist.verify.campaign.verdict import IDENTICAL, Check, Findings, checks
+from kvtwist.verify.durability import LostWrite, lost_writes
 from kvtwist.verify.history import Op
 from kvtwist.verify.workload import key_text, value_text
 
@@ -211,6 +212,12 @@ def final_state(x: ClusterFindings, keys: int) -> tuple[dict[str, str | None], s
         for k, v in tail:
             out[key_text(k)] = value_text(v)
     return out, judged
+
+
+def lost_in(x: ClusterFindings, keys: int, ops: list[Op]) -> list[LostWrite]:
+    """The acknowledged writes missing from the shards' tails, of the keys they hold."""
+    state, judged = final_state(x, keys)
+    return lost_writes([op for op in ops if op.key in judged], state)
 
 
 def flat_copies(x: ClusterFindings) -> dict[str, Copy | None]:

@@ -82,7 +82,7 @@ def split(nem: ClusterNemesis, healthy: Healthy) -> Active | None:
 
 def move(nem: ClusterNemesis, healthy: Healthy) -> Active | None:
     """``cluster move`` of a random whole chain from one member to a server outside it."""
-    choices = nem.move_choices({n.label for _, _, n in healthy})
+    choices = nem.move_choices(nem.fine)
     if not choices:
         return None
     chain, members, targets = nem.rng.choice(choices)
