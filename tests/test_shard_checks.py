@@ -165,3 +165,14 @@ class HealthyTests(SynchronousTestCase):
         nodes[3].state = "paused"
         nem.active.append(Active("pause", [nodes[3]], False))
         self.assertEqual([h[1] for h in nem.healthy() or []], ["s1"])
+
+    def test_a_starved_calm_kind_holds_the_others_back(self) -> None:
+        """zk-pause two behind split: split may not start, so calm can come."""
+        snap = Snapshot(map=MAP, live=set(), listed={"c0": [], "c1": []})
+        world: Any = argparse.Namespace(rng=random.Random(1))
+        nem = ClusterNemesis(world, FakeCluster([], snap), ["split", "zk-pause"], 3.0)  # type: ignore[arg-type]
+        nem.last = snap
+        nem.counts = {"split": 1}
+        self.assertTrue(nem.possible("split", []))
+        nem.counts = {"split": 2}
+        self.assertFalse(nem.possible("split", []))

@@ -19,11 +19,13 @@ A server is healthy when it runs untouched and is registered; a server fault
 takes only a healthy server every chain of which keeps two healthy members
 without it, so every chain stays able to recover.  Faults of the whole cluster
 (ZooKeeper, every server, ``replace``) wait until every chain lists exactly its
-R planned members and nothing is in progress.
+R planned members and nothing is in progress; one that falls two behind the
+others holds them back until then.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kvtwist.verify.campaign.shards import ShardCluster, Snapshot, keys_in
@@ -47,6 +49,7 @@ class ClusterNemesis(Nemesis):
         self.not_replaced: list[str] = []
         #: servers running untouched and registered, as ``healthy`` last saw them
         self.fine: set[str] = set()
+        self.tried = 0.0
 
     def healthy(self) -> Healthy | None:
         """Servers a fault may take now; None while ZooKeeper cannot say."""
@@ -82,6 +85,26 @@ class ClusterNemesis(Nemesis):
 
     def member(self, kind: str, healthy: Healthy) -> tuple[str, str, Node]:
         return self.rng.choice(healthy)
+
+    def inject(self) -> bool:
+        """At most twice a second: each try reads every chain's membership."""
+        now = time.monotonic()
+        if now - self.tried < 0.5:
+            return False
+        self.tried = now
+        return super().inject()
+
+    def possible(self, kind: str, healthy: Healthy) -> bool:
+        """As the chain nemesis's, but a kind that waits for calm and has fallen two
+        behind holds every other kind back, so calm comes: splits, moves and pauses
+        overlap so readily that it would never come by chance."""
+        starved = [k for k in self.kinds if k in CALM_KINDS and self.behind(k)]
+        if starved and kind not in starved:
+            return False
+        return super().possible(kind, healthy)
+
+    def behind(self, kind: str) -> bool:
+        return self.counts.get(kind, 0) + 2 <= max(self.counts.values(), default=0)
 
     # -- conditions ------------------------------------------------------------------------
 
@@ -148,6 +171,8 @@ CLUSTER_FAULTS: dict[str, Fault] = {
     "replace": Fault(shards.replace, ClusterNemesis.calm),
 }
 CLUSTER_KINDS = tuple(CLUSTER_FAULTS)
+#: Kinds that start only when all is calm (``ClusterNemesis.calm``).
+CALM_KINDS = tuple(k for k, f in CLUSTER_FAULTS.items() if f.ready is ClusterNemesis.calm)
 
 
 def parse_cluster_kinds(text: str | None) -> list[str]:
