@@ -11,7 +11,8 @@ Kinds (``--nemesis KIND[,KIND...]`` with ``--cluster``):
 - ``split``: ``kvtwist-admin cluster split`` of a random shard at a workload key
   inside it (so both halves hold workload keys).
 - ``move``: ``kvtwist-admin cluster move`` of a random chain from one of its
-  members to a server outside it.
+  members to a server outside it (not while a server is kept down for
+  replacement: the move would take the server free to replace it with).
 - ``replace``: SIGKILL a server and keep it down until the controller has
   replaced it in every chain (``--replace-after``), then start it again.
 
@@ -156,7 +157,12 @@ class ClusterNemesis(Nemesis):
         return out
 
     def can_move(self, healthy: Healthy) -> bool:
-        return self.no_kind("move") and bool(self.move_choices(self.fine))
+        """No move under way, nor a server kept down for replacement: a move fills a
+        chain with R + 1 members, leaving the controller no server free to replace the
+        gone one with, and the move waits for the gone one (docs/cluster.md)."""
+        return self.no_kind("move") and self.no_kind("replace") and bool(
+            self.move_choices(self.fine)
+        )
 
 
 #: Every cluster kind, in the order --nemesis lists them and the default takes them.
