@@ -50,6 +50,7 @@ INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_cluster_move": None,
     "test_cluster_split": None,
     "test_cluster_metrics": None,
+    "test_torture_cluster": None,
     "test_client_token": frozenset({"ShellTokenTests"}),
     "test_clock_step": None,
     "test_cluster": frozenset({"ClusterTests"}),

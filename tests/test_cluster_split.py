@@ -13,8 +13,10 @@ import threading
 import time
 from pathlib import Path
 
+from kvtwist import wire
 from kvtwist.client.blocking import BlockingClient
 from kvtwist.cluster.shardmap import ShardMap
+from kvtwist.procs import RawClient
 from tests.nodes import wait_for
 from tests.test_blocking import private_reactor
 from tests.test_cluster_move import KEYS, ClusterCase, History, pauses
@@ -154,3 +156,58 @@ class AutoSplitTests(ClusterCase):
             for i in range(300):
                 self.assertEqual(kv.get(b"key%03d" % i), b"%d" % i)
             self.assertEqual(kv.size(), 300)
+
+
+class LateJoinerSplitTests(ClusterCase):
+    """A server that joined a chain after its split marker was logged (by state
+    transfer, so its copy has no marker) and is then placed on the chain split off
+    it: it joins the running new chain rather than wait for ever for a marker its
+    copy of the parent will never see (found by ``kvtwist-torture --cluster``)."""
+
+    SERVERS = ("s1", "s2", "s3", "s4")
+    PLACEMENT = [("s1", "s2", "s3")]
+    CUTS = []
+
+    def setUp(self) -> None:
+        self.dirs = {}
+        for sid in self.SERVERS:
+            data = Path(tempfile.mkdtemp(prefix="kvsplit-"))
+            self.addCleanup(shutil.rmtree, data, True)
+            self.dirs[sid] = data
+        super().setUp()
+
+    def server_args(self, sid: str) -> list[str]:
+        return ["--data-dir", str(self.dirs[sid])]
+
+    def test_a_late_member_of_the_parent_joins_the_split_off_chain(self) -> None:
+        """Split c0 at "m", restart every server (their logs in memory start afresh, so
+        a joiner gets a full copy, without the marker), move c0 from s1 to s4, then move
+        c1 from s1 to s4: the move completes, c1 lists s4, and s4's own copy of c1
+        holds every key written above "m"."""
+        wait_for(self.settled, 60, "the chain formed")
+        reactor = private_reactor()
+        with BlockingClient.cluster(self.zk.hosts, self.name, 60.0, reactor=reactor) as kv:
+            for i in range(20):
+                kv.put(b"a%02d" % i, b"1")
+                kv.put(b"z%02d" % i, b"1")
+            _, split = self.admin("split", "c0", "m", "--wait", "--wait-timeout", "60")
+            self.assertEqual(split.returncode, 0, split.stdout + split.stderr)
+            for node in self.servers.values():
+                node.kill()
+            for node in self.servers.values():
+                node.start()
+            wait_for(self.settled, 90, "both chains formed again")
+            kv.put(b"a99", b"2")
+            _, moved = self.admin("move", "c0", "--to", "s4", "--from", "s1",
+                                  "--wait", "--wait-timeout", "60")
+            self.assertEqual(moved.returncode, 0, moved.stdout + moved.stderr)
+            _, moved = self.admin("move", "c1", "--to", "s4", "--from", "s1",
+                                  "--wait", "--wait-timeout", "60")
+            self.assertEqual(moved.returncode, 0, moved.stdout + moved.stderr)
+            self.assertEqual(sorted(self.listed("c1")), ["s2", "s3", "s4"])
+            ask = wire.req_getkeys()
+            ask.chain, ask.local = "c1", True
+            reply = RawClient(self.servers["s4"].port).one(ask)
+            self.assertEqual(sorted(bytes(k) for k in reply.keys),
+                             [b"z%02d" % i for i in range(20)], str(reply))
+            self.assertEqual(kv.size(), 41)

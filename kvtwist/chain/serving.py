@@ -69,7 +69,10 @@ class JoinServer:
             self.r.state.history, self.r.state.last_received, theirs, hello.last_op
         )
         attempt = self.r.life.begin("state transfer to a joiner")
-        delta = self.r.state.catch_up_after(agreed)
+        # Op 0 names no one state: a chain split off another starts at op 0 from the
+        # keys it took over, and a joiner holding op 0 may hold nothing (it never took
+        # them), so a joiner that agrees with us only up to op 0 gets a full copy.
+        delta = self.r.state.catch_up_after(agreed) if agreed > 0 else None
         if delta is not None:
             log.info(
                 "catch-up of {peer} by delta after op {m} (we hold {n})",

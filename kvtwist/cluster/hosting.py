@@ -226,24 +226,49 @@ class ClusterServer(service.Service):
         done: Deferred[None] = Deferred()
         shard = self.map.shard_of_chain(chain) if self.map is not None else None
         until = self.reactor.seconds() + SEED_WAIT
+        running = False  # the chain has members: someone started it
+        unwatch: list[Callable[[], None]] = []
+
+        def join_instead() -> None:
+            """Go on unseeded: the replica joins the chain, never starts it."""
+            for stop in unwatch:
+                stop()
+            if not done.called:
+                done.callback(None)
+
+        def members(addresses: tuple[str, ...]) -> None:
+            nonlocal running
+            running = bool(addresses)
 
         def look() -> None:
             mine = self.hosted.get(chain)
-            if mine is None or mine.replica is not replica or shard is None:
-                return  # not served here any more
+            if done.called or mine is None or mine.replica is not replica or shard is None:
+                for stop in unwatch:
+                    stop()
+                return  # joining instead, or not served here any more
             hosted = self.hosted.get(parent)
             if hosted is None or self.reactor.seconds() > until:
-                # the parent left this server, or its replica never saw the marker:
-                # join the new chain, never start it
-                log.info("chain {chain}: not taking {parent}'s state here; joining", chain=chain,
-                         parent=parent)
-                done.callback(None)
+                # the parent left this server, or our replica of it has not shown the
+                # committed marker in SEED_WAIT: join the new chain, never start it
+                log.info("chain {chain}: not taking {parent}'s state here; joining",
+                         chain=chain, parent=parent)
+                join_instead()
                 return
             state = hosted.replica.state
             op = state.bounds.marker_op(shard.start)
+            if op is None and running:
+                # The chain runs already, and our replica of the parent has no marker:
+                # it may never see one (its state was copied from a member after the
+                # marker was logged), so join the chain by state transfer instead.
+                log.info("chain {chain}: it has members and our {parent} holds no split "
+                         "marker; joining it", chain=chain, parent=parent)
+                join_instead()
+                return
             if op is None or state.committed_seq < op:
                 self.reactor.callLater(SEED_POLL, look)
                 return
+            for stop in unwatch:
+                stop()
             tree, seq = state.committed_tree, state.committed_seq
             rows = [ClientRow(c, r, 0, f) for c, r, _seq, f in state.dedup.rows(op - 1)]
             read = hosted.replica.store.read(lambda: tree.range(shard.start, shard.end))
@@ -269,6 +294,7 @@ class ClusterServer(service.Service):
 
             return store.load(keys, values, 0, (), rows).addCallback(loaded).addCallback(saved)
 
+        unwatch.append(self.store.watch_members(chain, members))
         look()
         return done
 

@@ -95,8 +95,10 @@ class NodeProcess:
         server_id: str,
         session_timeout: float = 4.0,
         extra_args: list[str] | None = None,
+        directory: Path | None = None,
     ) -> NodeProcess:
-        """A server of cluster ``cluster`` (``--cluster``), in memory unless told otherwise."""
+        """A server of cluster ``cluster`` (``--cluster``), in memory unless told otherwise;
+        ``directory`` keeps its log (and is kept) across restarts, as a member's does."""
         args = [
             "--zk", zk_hosts, "--cluster", cluster, "--server-id", server_id,
             "--zk-session-timeout", f"{session_timeout:g}",
@@ -104,7 +106,7 @@ class NodeProcess:
         extra = list(extra_args or [])
         if "--data-dir" not in extra:
             extra.append("--in-memory")
-        return cls(None, args + extra)
+        return cls(None, args + extra, directory)
 
     @property
     def address(self) -> str:

@@ -97,7 +97,7 @@ class ChainAcceptor:
         self.reserve = reserve
         #: unproven, oldest first: pool_size at most (an ordered set)
         self.pool: dict[Candidate, None] = {}
-        self.links: set[Candidate] = set()  # proved chain links: reserve at most
+        self.links: set[Candidate] = set()  # proved chain links: places at most
         self.refusals = LogLimiter(now=reactor.seconds)
         self._grace: dict[Candidate, Any] = {}  # beyond the client limit: IDelayedCall
         self._responders: dict[Candidate, tuple[Responder, Any]] = {}  # and their timers
@@ -141,14 +141,22 @@ class ChainAcceptor:
         else:
             self._refuse(conn, "too many chain handshakes at once", retry=True)
 
+    @property
+    def places(self) -> int:
+        """Chain links the port takes: ``reserve`` for each chain served here.  A cluster
+        server's every chain has its own neighbours and joiners, so one reserve for them
+        all leaves the chains beyond the first few unable to link (and a joiner of one
+        retrying for ever)."""
+        return self.reserve * max(1, len(self.chains))
+
     def _become_chain(self, conn: Candidate) -> bool:
         """``conn`` carries chain traffic: it takes a place in the reserve (False and
         refused when none is left)."""
         self.clients.discard(conn)
         self.pool.pop(conn, None)
         if conn not in self.links:
-            if len(self.links) >= self.reserve:
-                self._refuse(conn, f"{self.reserve} chain links already open", retry=True)
+            if len(self.links) >= self.places:
+                self._refuse(conn, f"{self.places} chain links already open", retry=True)
                 return False
             self.links.add(conn)
         conn.enter_chain(self.config.chain_frame)

@@ -52,7 +52,7 @@ it is a member fault or needs the proxy.  The handlers live in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kvtwist.verify import wallclock
@@ -98,8 +98,16 @@ def parse_kinds(text: str | None, options: frozenset[str]) -> list[str]:
 class Nemesis:
     """Injects faults of the requested kinds at random moments, and heals them."""
 
-    def __init__(self, world: World, kinds: list[str], interval: float) -> None:
+    def __init__(
+        self,
+        world: World,
+        kinds: list[str],
+        interval: float,
+        faults: Mapping[str, Fault] | None = None,
+    ) -> None:
         self.w = world
+        #: the kinds this nemesis knows (``FAULTS``, or a cluster's, kvtwist.verify.shardnemesis)
+        self.faults = FAULTS if faults is None else faults
         self.kinds = kinds
         self.interval = interval
         self.rng = world.rng
@@ -174,7 +182,7 @@ class Nemesis:
 
     def possible(self, kind: str, healthy: Healthy) -> bool:
         """Whether a fault of ``kind`` may start now: never while one holds the whole cluster."""
-        return not any(a.whole for a in self.active) and FAULTS[kind].ready(self, healthy)
+        return not any(a.whole for a in self.active) and self.faults[kind].ready(self, healthy)
 
     def three_healthy(self, healthy: Healthy) -> bool:
         """Two members stay healthy while a third is faulted."""
@@ -212,7 +220,7 @@ class Nemesis:
             return False
         low = min(self.counts.get(k, 0) for k in ready)
         kind = self.rng.choice([k for k in ready if self.counts.get(k, 0) == low])
-        started = FAULTS[kind].start(self, healthy)
+        started = self.faults[kind].start(self, healthy)
         if started is None:
             return False
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -281,7 +289,9 @@ class Fault:
     #: (nemesis, healthy) -> the fault in progress, None if it could not start; a member
     #: fault takes ``tag=``, the prefix of its event labels inside ``combined``, too.
     start: Callable[..., Active | None]
-    ready: Callable[[Nemesis, Healthy], bool]  # may it start now (besides no whole fault)
+    #: (nemesis, healthy) -> may it start now (besides no whole fault); a cluster's
+    #: table (kvtwist.verify.shardnemesis) takes its own nemesis's conditions
+    ready: Callable[..., bool]
     member: bool = False  # touches one member: ``combined`` draws two of these
     proxy: bool = False  # needs the proxy in front of every node
 

@@ -30,6 +30,10 @@ come from that list.  Results go to ``--report DIR``: ``history.jsonl``,
 longest time without an acknowledged write), ``timeline.html``, and every
 process's log (``nodes/``, ``zookeeper.log``, ``workload.log``,
 ``proxy.log``, ``stranger-*.log``).  Exit status 0 only when everything holds.
+
+With ``--cluster`` the campaign is kvtwist.verify.shardtorture's: ``--servers``
+cluster servers, ``--shards`` shards of R = ``--replicas``, cluster clients, and
+a nemesis that also splits, moves and replaces (kvtwist.verify.shardnemesis).
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from kvtwist.verify.campaign.watch import Watch
 from kvtwist.verify.faults.base import Node
 from kvtwist.verify.nemesis import KINDS, Nemesis, parse_kinds
 from kvtwist.verify.proxy import ProxyControl
+from kvtwist.verify.shardnemesis import CLUSTER_KINDS, parse_cluster_kinds
+from kvtwist.verify.shardtorture import ClusterCampaign
 from kvtwist.verify.workload import BIG_MIN
 
 
@@ -122,6 +128,19 @@ class Campaign:
 
     def replace_later(self) -> None:
         self.watch.replace_later()
+
+    # -- what the report needs (kvtwist.verify.campaign.report.Campaign) --------------------
+
+    @property
+    def unexpected_exits(self) -> list[str]:
+        return self.watch.unexpected_exits
+
+    @property
+    def stranded(self) -> list[str]:
+        return self.watch.stranded
+
+    def report_extra(self) -> dict[str, Any]:
+        return {}
 
     def target_nodes(self) -> int:
         return int(self.args.nodes)
@@ -255,7 +274,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"fault kinds ({', '.join(KINDS)}); default: every kind this node build supports",
     )
     p.add_argument(
-        "--session-timeout", type=float, default=2.0, help="nodes' ZooKeeper session timeout"
+        "--session-timeout",
+        type=float,
+        default=None,
+        help="nodes' ZooKeeper session timeout (default 2; 4 with --cluster)",
     )
     p.add_argument(
         "--link-timeout",
@@ -301,7 +323,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--check-timeout", type=float, default=600.0, help="linearizability search limit"
     )
+    add_cluster_options(p)
     args = p.parse_args(argv)
+    if args.session_timeout is None:
+        args.session_timeout = 4.0 if args.cluster else 2.0
+    if args.cluster:
+        check_cluster_options(p, args)
     for name in ("nodes", "clients", "keys"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -316,12 +343,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``--cluster`` (kvtwist.verify.shardtorture)."""
+    cluster = p.add_argument_group(
+        "a cluster of chains (--cluster)",
+        "servers of one cluster, shards cut at the workload's keys, cluster clients; "
+        f"nemesis kinds {', '.join(CLUSTER_KINDS)}",
+    )
+    cluster.add_argument("--cluster", action="store_true", help="torture a cluster of chains")
+    cluster.add_argument("--servers", type=int, default=4, help="cluster servers (default 4)")
+    cluster.add_argument("--shards", type=int, default=4, help="shards at the start (default 4)")
+    cluster.add_argument("--replicas", type=int, default=3, help="members per chain (default 3)")
+    cluster.add_argument(
+        "--replace-after",
+        type=float,
+        default=8.0,
+        help="servers' --replace-after: a server gone this long is replaced (default 8)",
+    )
+
+
+def check_cluster_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors of ``--cluster``; 16 keys unless told (room for splits between keys)."""
+    if args.keys == p.get_default("keys"):
+        args.keys = 16
+    if args.servers < args.replicas or args.replicas < 1:
+        p.error("--servers must be at least --replicas, and --replicas at least 1")
+    if not 1 <= args.shards <= args.keys:
+        p.error("--shards must be between 1 and --keys")
+    if args.replace_after <= 0:
+        p.error("--replace-after must be positive")
+    args.nodes = args.servers
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kvtwist-torture``; returns the exit status."""
     args = parse_args(argv)
     options = kvnode_options()
     try:
-        kinds = parse_kinds(args.nemesis, options)
+        if args.cluster:
+            kinds = parse_cluster_kinds(args.nemesis)
+        else:
+            kinds = parse_kinds(args.nemesis, options)
     except ValueError as e:
         print(f"kvtwist-torture: {e}", file=sys.stderr)
         return 2
@@ -329,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     # clients, proxy and ZooKeeper are stopped, not left running
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupted)
+    if args.cluster:
+        return ClusterCampaign(args, kinds, options).run()
     return Campaign(args, kinds, options).run()
 
 

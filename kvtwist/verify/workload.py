@@ -43,6 +43,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from kvtwist.chain.dedup import OUTCOME_UNKNOWN
+from kvtwist.client.api import Client
 from kvtwist.client.chain import ChainClient
 from kvtwist.client.protocol import KVError
 from kvtwist.verify.history import Op, dumps
@@ -111,8 +112,10 @@ class Workload:
         max_big_value: int = 1 << 20,
         first_client: int = 0,
         get_share: float = 0.5,
+        cluster: str | None = None,
     ) -> None:
         self.reactor = reactor
+        self.cluster = cluster  # a cluster's name: each client a ClusterClient of it
         self.first_client = first_client
         self.get_share = get_share
         self.big_values = big_values
@@ -152,10 +155,7 @@ class Workload:
     def run(self) -> Any:
         clients = []
         for _ in range(self.n_clients):
-            c = yield ChainClient.connect(
-                self.reactor, self.zk_hosts, self.root, deadline=self.deadline
-            )
-            clients.append(c)
+            clients.append((yield self.connect()))
         print("ready", file=sys.stderr, flush=True)
         self.stop_at = time.monotonic() + self.duration
         loops = defer.DeferredList(
@@ -171,6 +171,16 @@ class Workload:
             except Exception:  # closing a session of a dead ZooKeeper: nothing to keep
                 pass
         return None
+
+    def connect(self) -> Deferred[Any]:
+        """One logical client: of the chain at ``root``, or of the cluster named."""
+        if self.cluster is not None:
+            from kvtwist.client.cluster import ClusterClient
+
+            return ClusterClient.connect(
+                self.reactor, self.zk_hosts, self.cluster, deadline=self.deadline
+            )
+        return ChainClient.connect(self.reactor, self.zk_hosts, self.root, deadline=self.deadline)
 
     def abandon(self) -> None:
         """Record whatever is still in flight as unknown (its reply never came)."""
@@ -195,7 +205,7 @@ class Workload:
         self.in_flight.clear()
 
     @defer.inlineCallbacks
-    def client_loop(self, process: int, client: ChainClient) -> Any:
+    def client_loop(self, process: int, client: Client) -> Any:
         rng = random.Random(self.rng.random())
         n = 0
         while not self.stopping and time.monotonic() < self.stop_at:
@@ -279,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     # a second workload process appending to the same history numbers its clients on
     parser.add_argument("--first-client", type=int, default=0)
     parser.add_argument("--get-share", type=float, default=0.5)
+    # --cluster NAME: the clients are cluster clients (kvtwist.client.cluster) of NAME
+    parser.add_argument("--cluster", default=None)
     # --protocol resp: the clients speak RESP to these ports (kvtwist.verify.resp_workload)
     parser.add_argument("--protocol", choices=("kv", "resp"), default="kv")
     parser.add_argument("--resp-ports", default="")
@@ -296,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
             kind = RespWorkload
             extra["ports"] = [int(p) for p in args.resp_ports.split(",") if p]
             extra["ports_file"] = args.resp_ports_file
+        elif args.cluster:
+            extra["cluster"] = args.cluster
         w = kind(
             reactor,
             out,

@@ -30,6 +30,13 @@ class Clients:
         self.sticky_workload: subprocess.Popen[bytes] | None = None
         # every workload process started, ready or not yet: stop() stops each
         self.launched: list[subprocess.Popen[bytes]] = []
+        #: with --cluster: the cluster's name, and the clients are its cluster clients
+        self.cluster_name: str | None = None
+
+    def start_cluster(self, name: str, zk_hosts: str, epoch: float, wait: Wait) -> None:
+        """Every client a cluster client of cluster ``name``."""
+        self.cluster_name = name
+        self.workload = self.launch(self.args.clients, 0, zk_hosts, "workload.log", epoch, wait)
 
     def start(self, cluster: Cluster, epoch: float, wait: Wait) -> None:
         """Every client, connected; their history's times count from ``epoch``."""
@@ -105,6 +112,7 @@ class Clients:
             "--max-big-value",
             str(a.max_big_value),
             *(extra or []),
+            *(["--cluster", self.cluster_name] if self.cluster_name else []),
         ]
         log_path = self.report_dir / log_name
         with open(log_path, "wb") as log:

@@ -4,12 +4,13 @@ line it prints."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kvtwist.verify.campaign.verdict import (
     IDENTICAL,
@@ -24,7 +25,36 @@ from kvtwist.verify.timeline import write_timeline
 from kvtwist.verify.workload import key_text, value_text
 
 if TYPE_CHECKING:
-    from kvtwist.verify.torture import Campaign
+    from kvtwist.verify.campaign.log import Log
+    from kvtwist.verify.faults.base import Node
+    from kvtwist.verify.nemesis import Nemesis
+
+
+class Campaign(Protocol):
+    """What the report reads of a campaign: a chain's (kvtwist.verify.torture) or a
+    cluster's (kvtwist.verify.shardtorture)."""
+
+    args: argparse.Namespace
+    kinds: list[str]
+    options: frozenset[str]
+    report_dir: Path
+    log: Log
+    stranger_results: list[dict[str, Any]]
+
+    @property
+    def nemesis(self) -> Nemesis: ...
+    @property
+    def nodes(self) -> list[Node]: ...
+    @property
+    def sticky_clients(self) -> int: ...
+    @property
+    def unexpected_exits(self) -> list[str]: ...
+    @property
+    def stranded(self) -> list[str]: ...
+
+    def report_extra(self) -> dict[str, Any]:
+        """Fields of report.json only this kind of campaign has."""
+        ...
 
 #: What a campaign writes at the top of its report directory (besides stranger-*.log).
 FILES = (
@@ -143,7 +173,7 @@ def report_fields(c: Campaign, found: Findings, results: list[Check]) -> dict[st
         "link_timeout": a.link_timeout,
         "sticky_clients": c.sticky_clients,
         "node_options": sorted(o for o in ("data-dir", "cluster-key-file") if o in c.options),
-        "nodes_started": len(c.cluster.nodes),
+        "nodes_started": len(c.nodes),
         "final_members": list(copies),
         "running_outside_chain": found.outside,
         "stranded_nodes": found.stranded,
@@ -165,6 +195,7 @@ def report_fields(c: Campaign, found: Findings, results: list[Check]) -> dict[st
             label: None if c is None else {key_text(k): value_text(v)[:80] for k, v in c}
             for label, c in copies.items()
         }
+    report.update(c.report_extra())
     return report
 
 
@@ -176,8 +207,8 @@ def write_error(c: Campaign, error: Exception) -> None:
         "phase": c.log.phase,
         "seed": c.args.seed,
         "events": c.log.events,
-        "unexpected_node_exits": c.watch.unexpected_exits,
-        "stranded_nodes": c.watch.stranded,
+        "unexpected_node_exits": c.unexpected_exits,
+        "stranded_nodes": c.stranded,
     }
     (c.report_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
