@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import ConnectionClosedError, SessionExpiredError
+from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, SessionExpiredError
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
@@ -168,11 +168,13 @@ class ZooKeeper:
 
     def _delete_all(self, paths: list[str]) -> None:
         """Blocking: delete our ephemeral znodes; a session already closed took them along
-        (or will, at its expiry)."""
+        (or will, at its expiry).  With the connection lost meanwhile, the rest are left
+        to the session's end, and a member znode left behind is removed by the chain's
+        own rule for a successor that does not answer (kvtwist.chain.membership)."""
         for path in paths:
             try:
                 self._writes.delete_quietly(path)
-            except (ConnectionClosedError, SessionExpiredError):
+            except (ConnectionClosedError, SessionExpiredError, ConnectionLoss):
                 return
 
     def drop_session(self) -> None:
