@@ -308,3 +308,21 @@ class BecomingMemberTests(SynchronousTestCase):
 
 
 
+
+
+class ReadWaitTests(SynchronousTestCase):
+    def test_a_wake_for_another_change_does_not_refuse_a_waiting_read(self) -> None:
+        """A read waiting for the tail to serve (here: the predecessor's handoff) is
+        woken by an unrelated change first; it waits on, and is answered once the
+        tail serves, instead of being refused as "not ready"."""
+        net = Net()
+        _, tail = net.chain(2)
+        tail.replica.awaiting_handoff = True
+        d = tail.replica.read_view()
+        tail.replica.reads.wake()  # as a new view does, before the handoff
+        net.clock.advance(0.01)
+        self.assertEqual(results([d]), [None])  # still waiting, not refused
+        tail.replica.awaiting_handoff = False
+        tail.replica.reads.wake()
+        [view] = results([d])
+        self.assertEqual(view.seq, tail.replica.committed_seq)

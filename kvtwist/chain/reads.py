@@ -71,16 +71,32 @@ class Reads:
             return defer.succeed(r.committed_view())
         if not allow_wait:
             return defer.fail(Unavailable("tail is not ready to serve reads"))
-        return self._wait_ready().addCallback(lambda _: self.read_view(allow_wait=False))
+        # a hold for a removed member has a known end: the read waits it out too
+        now = r.reactor.seconds()
+        return self._serving_by(now + READ_WAIT + max(0.0, r.tail_hold_until - now))
 
-    def _wait_ready(self) -> Deferred[None]:
+    def _serving_by(self, deadline: float) -> Deferred[ReadView]:
+        """The committed state once this node serves as tail, waiting until ``deadline``:
+        a wake-up for another change (a new view before the predecessor's handoff)
+        waits again rather than refusing the read."""
+
+        def look(_: object) -> Deferred[ReadView] | ReadView:
+            r = self.r
+            self._check_tail()
+            if r.serving_reads:
+                return r.committed_view()
+            if r.reactor.seconds() >= deadline:
+                raise Unavailable("timed out waiting to serve reads")
+            return self._serving_by(deadline)
+
+        return self._wait_ready(deadline).addCallback(look)
+
+    def _wait_ready(self, deadline: float) -> Deferred[None]:
         reactor = self.r.reactor
         d: Deferred[None] = Deferred()
         self._ready_waiters.append(d)
-        # a hold for a removed member has a known end: the read waits it out too
-        held = max(0.0, self.r.tail_hold_until - reactor.seconds())
         timeout = reactor.callLater(
-            READ_WAIT + held,
+            max(0.0, deadline - reactor.seconds()),
             lambda: (
                 None if d.called else d.errback(Unavailable("timed out waiting to serve reads"))
             ),
