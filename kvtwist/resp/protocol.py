@@ -35,6 +35,7 @@ from kvtwist.resp.transaction import CONTROL, Transaction, call_error, execute
 from kvtwist.server.dispatch import Dispatcher
 from kvtwist.server.factory import ClientConnections
 from kvtwist.server.limits import Limits
+from kvtwist.server.sendnow import send_now
 from kvtwist.server.token import TokenCheck
 from kvtwist.wire import Message
 
@@ -353,7 +354,7 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
                 self._queue.clear()
                 break
         if out and self.transport is not None:
-            self.transport.write(b"".join(out))
+            send_now(self.transport, out[0] if len(out) == 1 else b"".join(out))
         if close and self.transport is not None:
             self._closing = True
             self.transport.loseConnection()

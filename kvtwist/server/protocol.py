@@ -26,6 +26,7 @@ from kvtwist.chain.link import ChainConnection
 from kvtwist.flow import ReadPauses
 from kvtwist.server.backup import BackupCursor, backup_step
 from kvtwist.server.requests import reply_cost
+from kvtwist.server.sendnow import send_now
 from kvtwist.tls import TLS_ERRORS
 from kvtwist.wire import FramedProtocol, Message
 
@@ -373,6 +374,6 @@ class NodeProtocol(ReadPauses, FramedProtocol, TimeoutMixin):
             out.append(slots.popleft()[0])
         self._reply_bytes -= sum(map(len, out))
         if out and self.transport is not None and not self._closing:
-            self.transport.writeSequence(out)
+            send_now(self.transport, out[0] if len(out) == 1 else b"".join(out))
         if len(slots) < self.factory.limits.max_pending // 2:
             self.resume("pending")
