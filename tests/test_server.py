@@ -319,12 +319,12 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(c.transport.producerState, "producing")
 
     def test_inflight_window(self) -> None:
-        """No more than max_inflight requests of a connection run at once."""
+        """No more than max_inflight requests of a connection run at once (SIZE: a thread read)."""
         h = Harness(Limits(max_pending=100, max_inflight=4))
         runner = StalledRunner()
         h.store.runner = runner
         c = Conn(h)
-        c.send(*[wire.req_get(f"k{i}".encode()) for i in range(10)])
+        c.send(*[wire.req_size() for _ in range(10)])
         self.assertEqual(c.proto._reads, 4)
         served = 0
         while runner.waiting:
@@ -402,13 +402,24 @@ class BatchTests(SynchronousTestCase):
         self.h.store.runner = self.runner
         self.c = Conn(self.h)
 
-    def test_pipelined_gets_take_one_hop(self) -> None:
-        """Twenty GETs in one read of the socket are answered by one reader job, in order."""
+    def test_pipelined_gets_take_one_batch_on_the_reactor(self) -> None:
+        """Twenty GETs in one read of the socket are answered by one point-read batch, in
+        order, with no hop to a reader thread."""
         self.c.send(*[wire.req_put(b"k%d" % i, b"v%d" % i) for i in range(20)])
         self.runner.reads = 0
+        store = self.h.store
+        looks: list[Any] = []
+        look = store.look
+        self.patch(store, "look", lambda f: (looks.append(f), look(f))[1])
         replies = self.c.send(*[wire.req_get(b"k%d" % i) for i in range(20)])
         self.assertEqual([list(r.values) for r in replies], [[b"v%d" % i] for i in range(20)])
-        self.assertEqual(self.runner.reads, 1)
+        self.assertEqual((len(looks), self.runner.reads), (1, 0))
+
+    def test_listings_still_go_to_a_reader_thread(self) -> None:
+        """A read whose cost grows with the store (SIZE, GETKEYS) hops to a reader thread."""
+        self.runner.reads = 0
+        self.c.send(wire.req_size(), wire.req_getkeys())
+        self.assertEqual(self.runner.reads, 2)
 
     def test_pipelined_puts_take_one_hop(self) -> None:
         """Twenty PUTs in one read are logged and applied by one writer job, numbered in order."""
@@ -474,7 +485,7 @@ class BatchTests(SynchronousTestCase):
         tree.put(b"a", b"1")
 
         class PartlyApplied(Store):
-            def apply_many(self, writes: Any) -> defer.Deferred[list[Any]]:
+            def apply_many(self, writes: Any, now: bool = False) -> defer.Deferred[list[Any]]:
                 return defer.succeed(
                     [Applied(1, True, tree.copy()), OutOfOrder("write 2 after 0")]
                 )
@@ -564,6 +575,8 @@ class ReplyMemoryTests(SynchronousTestCase):
             Conn(h).one(wire.req_put(b"k%d" % i, bytes([i]) * 100_000))
         runner = LifoRunner()
         h.store.runner = runner
+        # point reads held and finished out of order, as reader threads may
+        self.patch(h.store, "look", h.store.read)
         c = Conn(h)
         c.send(*[wire.req_get(b"k%d" % (i % 10)) for i in range(30)])
         peak, replies = drain(runner, h, c)

@@ -54,6 +54,23 @@ def _exception(f: Failure) -> Exception:
     return f.value  # type: ignore[return-value]
 
 
+class _Outcomes:
+    """One caller's batch of writes: an outcome each, and a Deferred for the lot."""
+
+    __slots__ = ("done", "left", "outcomes")
+
+    def __init__(self, n: int) -> None:
+        self.outcomes: list[WriteResult | Exception | None] = [None] * n
+        self.left = n
+        self.done: Deferred[list[WriteResult | Exception]] = Deferred()
+
+    def fill(self, i: int, outcome: WriteResult | Exception) -> None:
+        self.outcomes[i] = outcome
+        self.left -= 1
+        if not self.left:
+            self.done.callback(self.outcomes)  # type: ignore[arg-type]
+
+
 class WritePath:
     """One replica's writes on their way from a client to commitment."""
 
@@ -71,6 +88,8 @@ class WritePath:
         self.on_commit_latency = on_commit_latency
         #: the batches numbered here on their way to commitment, by last op
         self._numbered_at: deque[tuple[int, float]] = deque()
+        #: the head's client writes of this reactor turn, numbered at its end
+        self._turn: list[tuple[list[WriteRequest], _Outcomes]] = []
         #: writes that wait for a new head's epoch claim
         self._claim_waiters: list[Deferred[None]] = []
         # flow control: a slow successor slows the intake of client writes
@@ -125,34 +144,53 @@ class WritePath:
     def write_many(self, writes: list[WriteRequest]) -> Deferred[list[WriteResult | Exception]]:
         """``write`` for requests that arrived together: one outcome each, one Deferred.
 
-        The head numbers and logs them as one batch; anything out of the
-        ordinary (not the head, no epoch yet) takes the one-by-one path.
+        At the head, every caller's writes of one reactor turn are numbered,
+        logged and committed as one batch at the end of the turn: with many
+        connections sending one write each, the chain's bookkeeping then runs
+        once a turn, not once a connection.  The writes keep their order of
+        arrival.  Anything out of the ordinary (not the head, no epoch yet)
+        takes the one-by-one path.
         """
-        r = self.r
         if not writes:
             return defer.succeed([])
-        if r.fenced or not r.is_head or r.head_epoch is None:
-            return defer.gatherResults([self.write(*w).addErrback(_exception) for w in writes])
-        outcomes: list[WriteResult | Exception | None] = [None] * len(writes)
-        done: Deferred[list[WriteResult | Exception]] = Deferred()
-        left = [len(writes)]
+        batch = _Outcomes(len(writes))
+        if not self._fast_path():
+            self._one_by_one(writes, batch)
+            return batch.done
+        if not self._turn:
+            self.r.reactor.callLater(0, self._number_turn)
+        self._turn.append((writes, batch))
+        return batch.done
 
-        def fill(i: int, outcome: WriteResult | Exception) -> None:
-            outcomes[i] = outcome
-            left[0] -= 1
-            if not left[0]:
-                done.callback(outcomes)  # type: ignore[arg-type]
+    def _fast_path(self) -> bool:
+        r = self.r
+        return not r.fenced and r.is_head and r.head_epoch is not None
 
-        numbered = r.state.number(writes, r.head_epoch)
+    def _one_by_one(self, writes: list[WriteRequest], batch: _Outcomes) -> None:
+        for i, w in enumerate(writes):
+            self.write(*w).addErrback(_exception).addCallback(partial(batch.fill, i))
+
+    def _number_turn(self) -> None:
+        """Number the writes of the turn that ended, in their order of arrival."""
+        turn, self._turn = self._turn, []
+        if not self._fast_path():  # the role changed within the turn
+            for writes, batch in turn:
+                self._one_by_one(writes, batch)
+            return
+        r = self.r
+        writes = turn[0][0] if len(turn) == 1 else [w for ws, _ in turn for w in ws]
+        numbered = r.state.number(writes, r.head_epoch)  # type: ignore[arg-type]
         self._note_numbered(numbered.updates)
         waiting = self._waiting
-        for i, outcome in enumerate(numbered.outcomes):
-            if isinstance(outcome, int):
-                waiting.setdefault(outcome, []).append(partial(fill, i))
-            else:
-                fill(i, outcome)
-        self.accept(numbered.updates)
-        return done
+        outcomes = iter(numbered.outcomes)
+        for ws, batch in turn:
+            for i in range(len(ws)):
+                outcome = next(outcomes)
+                if isinstance(outcome, int):
+                    waiting.setdefault(outcome, []).append(partial(batch.fill, i))
+                else:
+                    batch.fill(i, outcome)
+        self.accept(numbered.updates, now=True)
 
     def _note_numbered(self, updates: list[Any]) -> None:
         if self.on_commit_latency is not None and updates:
@@ -175,14 +213,15 @@ class WritePath:
 
     # the write path shared by head, middle and tail
 
-    def accept(self, updates: list[Any]) -> None:
-        """Take the next updates in order: note them, then hand them to the store together."""
+    def accept(self, updates: list[Any], now: bool = False) -> None:
+        """Take the next updates in order: note them, then hand them to the store together
+        (``now``: at the end of a turn, so the store need not wait for one)."""
         r = self.r
         writes = r.state.accept(updates)
         if not writes:
             return
         attempt = r.life.begin("applying")
-        r.store.apply_many(writes).addCallbacks(
+        r.store.apply_many(writes, now).addCallbacks(
             self._applied, self._apply_failed, callbackArgs=(attempt,), errbackArgs=(attempt,)
         )
         if self.unsent_bytes > self.intake.limit:

@@ -271,7 +271,7 @@ class ClusterServer(service.Service):
                 stop()
             tree, seq = state.committed_tree, state.committed_seq
             rows = [ClientRow(c, r, 0, f) for c, r, _seq, f in state.dedup.rows(op - 1)]
-            read = hosted.replica.store.read(lambda: tree.range(shard.start, shard.end))
+            read = hosted.replica.store.read(lambda: tree.range(shard.start, shard.end), big=True)
             read.addCallback(take, rows, seq)
             read.addErrback(lambda f: log.failure("chain {c}: taking its state failed", f, c=chain))
 

@@ -25,7 +25,7 @@ from kvtwist.client.protocol import ConnectionPool
 from kvtwist.server import requests
 from kvtwist.server.limits import Limits
 from kvtwist.server.metrics import Metrics, stats_reply
-from kvtwist.server.requests import BIG_READS, BadRequest
+from kvtwist.server.requests import BIG_READS, POINT_READS, BadRequest
 from kvtwist.store import Store
 from kvtwist.wire import Message
 
@@ -147,7 +147,14 @@ class Dispatcher:
 
     def _read(self, msg: Message) -> Deferred[bytes]:
         reader = requests.reader(msg, self.limits)
-        big = msg.opcode in BIG_READS
+        op = msg.opcode
+        store = self.store
+
+        def run(v: ReadView) -> Deferred[bytes]:
+            if op in POINT_READS:
+                return store.look(lambda: reader(v))
+            return store.read(lambda: reader(v), big=op in BIG_READS)
+
         replica = self.replica
         view: ReadView | None
         if msg.local:
@@ -155,10 +162,8 @@ class Dispatcher:
         else:
             view = replica.serving_view()
         if view is None:  # this tail is not ready yet: wait for it, bounded
-            return replica.read_view().addCallback(
-                lambda v: self.store.read(lambda: reader(v), big=big)
-            )
-        return self.store.read(lambda: reader(view), big=big)
+            return replica.read_view().addCallback(run)
+        return run(view)
 
     @staticmethod
     def _not_a_request(msg: Message) -> bytes:
@@ -246,7 +251,7 @@ class Dispatcher:
                 msgs
             )
 
-        return self.store.read(run).addCallbacks(answered, failed)
+        return self.store.look(run).addCallbacks(answered, failed)
 
     def write_many(self, msgs: list[Message], peer: Callable[[], str]) -> Deferred[list[bytes]]:
         """Answer PUTs and DELs that arrived together: numbered and logged as one batch.

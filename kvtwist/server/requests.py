@@ -21,10 +21,12 @@ from kvtwist.wire import Message
 
 #: Reads whose replies may reach --max-reply: they hold that much of a reply budget.
 BIG_READS = frozenset({wire.OP_GETKEYS, wire.OP_GETVALUES, wire.OP_RANGE})
+#: Reads of one key or one number, whatever the store's size: done on the reactor.
+POINT_READS = frozenset({wire.OP_GET, wire.OP_VERIFY})
 #: Bytes a repeated field's element costs beyond its contents (tag, length), at most.
 _ELEMENT_OVERHEAD = 6
 
-#: The work of one read on a reader thread: a complete reply frame.
+#: The work of one read against a snapshot: a complete reply frame.
 Reader = Callable[[ReadView], bytes]
 
 
@@ -267,7 +269,7 @@ READERS: dict[int, Callable[[Message, Limits], Reader]] = {
 
 
 def reader(msg: Message, limits: Limits) -> Reader:
-    """Validate a read; return the work to do on a reader thread."""
+    """Validate a read; return the work to do against a snapshot."""
     make = READERS.get(msg.opcode)
     if make is None:
         raise not_a_request(msg)
