@@ -56,7 +56,7 @@ class NodeOptions(usage.Options):
             "unless given.",
             _positive("resp-port"),
         ],
-        ["threads", "t", 4, "Reader threads for tree work.", _positive("threads")],
+        ["threads", "t", 4, "Reader threads for listings and counts.", _positive("threads")],
         [
             "max-frame",
             None,

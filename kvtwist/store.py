@@ -340,7 +340,7 @@ class Store:
         lookup costs a few microseconds, and the hop to a reader thread and
         back (two queues, a wake-up of the reactor, the GIL changing hands)
         cost more than the lookups it would spare the reactor; measured, a
-        node served a third more GETs without it.  ``f`` must not grow with
+        node served 1.4 to 2 times as many GETs without it.  ``f`` must not grow with
         the store's size: such reads go to ``read``.
         """
         d: Deferred[T] = Deferred()
