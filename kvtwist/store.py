@@ -42,6 +42,10 @@ log = Logger(namespace="kvtwist.store")
 #: Log bytes after which a snapshot is taken (with a journal).
 SNAPSHOT_BYTES = 64 * 2**20
 
+#: Write batches up to this size are applied on the reactor thread by a store
+#: without a journal whose writer thread is idle (``Store._send_writes``).
+INLINE_WRITES = 256
+
 
 class Runner(Protocol):
     """Where tree work runs: threads in a node, inline in unit tests."""
@@ -180,8 +184,17 @@ class Store:
         snapshot_bytes: int = SNAPSHOT_BYTES,
         max_clients: int = 100_000,
         on_snapshot: Callable[[float], None] | None = None,
+        inline_writes: int = 0,
     ) -> None:
-        """``on_snapshot`` is told each installed snapshot's seconds (the metrics)."""
+        """``on_snapshot`` is told each installed snapshot's seconds (the metrics).
+
+        ``inline_writes`` (without a journal only): write batches up to that
+        size skip the writer thread when it is idle.  The hop there and back (a
+        queue, a thread wake-up, a wake-up of the reactor, the GIL changing
+        hands twice) costs more than applying a small batch to the tree, and a
+        chain write pays it at every member; a larger batch (a joiner's
+        catch-up) still goes to the writer, so the reactor is not held up.
+        """
         self.reactor: Any = reactor
         self.runner = runner
         self.journal = journal
@@ -198,6 +211,8 @@ class Store:
         self._looks: list[tuple[Callable[[], Any], Deferred[Any]]] = []
         self._flush_call: IDelayedCall | None = None
         self._writing = 0  # write batches handed to the writer and not back yet
+        self._writer_jobs = 0  # every job on the writer thread (batches, loads, rewinds)
+        self.inline_writes = inline_writes if journal is None else 0
         self._reading = False  # a batch of small reads is on a reader thread
         self._meta: dict[str, Any] = {}
         self._node_id = uuid.uuid4().hex
@@ -290,7 +305,7 @@ class Store:
                 self.on_snapshot(time.perf_counter() - started)
             return result
 
-        return self.runner.write(begin).addCallback(write).addBoth(done)
+        return self._on_writer(begin).addCallback(write).addBoth(done)
 
     def _maybe_snapshot(self, result: Any) -> Any:
         journal = self.journal
@@ -305,7 +320,7 @@ class Store:
             raise ValueError("no journal to sync")
 
         def tick() -> None:
-            self.runner.write(journal.sync).addErrback(_log_failure, "journal sync failed")
+            self._on_writer(journal.sync).addErrback(_log_failure, "journal sync failed")
 
         call = LoopingCall(tick)
         call.clock = self.reactor
@@ -375,7 +390,7 @@ class Store:
             self._clients = ClientTable(self._clients.limit, clients)
             return tree.copy()
 
-        return self.runner.write(run)
+        return self._on_writer(run)
 
     def current(self) -> Deferred[tuple[BTree, int]]:
         """The state once every write queued so far is through the writer thread."""
@@ -384,7 +399,7 @@ class Store:
         def run() -> tuple[BTree, int]:
             return self._tree.copy(), self.last_applied
 
-        return self.runner.write(run)
+        return self._on_writer(run)
 
     def rewind(self, seq: int) -> Deferred[BTree]:
         """Go back to the state at op ``seq`` (dropping writes the chain never committed).
@@ -407,7 +422,7 @@ class Store:
             self._clients = ClientTable(self._clients.limit, recovered.clients)
             return self._tree.copy()
 
-        return self.runner.write(run)
+        return self._on_writer(run)
 
     @property
     def node_id(self) -> str:
@@ -430,7 +445,7 @@ class Store:
         journal = self.journal
         if journal is None:
             return defer.succeed(None)
-        return self.runner.write(lambda: journal.set_meta(dict(meta)))
+        return self._on_writer(lambda: journal.set_meta(dict(meta)))
 
     def _flush_now(self) -> None:
         """Hand the writer every queued write now: what is queued next runs after them."""
@@ -468,9 +483,30 @@ class Store:
         else:
             batch = [w for ws, _ in writes for w in ws]
         self._writing += 1
-        self.runner.write(lambda: self._apply_batch(batch)).addBoth(_deliver_parts, writes).addBoth(
-            self._writes_done
-        )
+        if len(batch) <= self.inline_writes and not self._writer_jobs:
+            # nothing to log and nothing on the writer to keep order with
+            try:
+                results: Any = self._apply_batch(batch)
+            except Exception:
+                results = Failure()
+            self._writing -= 1
+            _deliver_parts(results, writes)
+            if self._writes:  # queued by those callbacks: the next turn, not deeper here
+                self._schedule()
+            return
+        self._on_writer(lambda: self._apply_batch(batch)).addBoth(
+            _deliver_parts, writes
+        ).addBoth(self._writes_done)
+
+    def _on_writer(self, f: Callable[[], T]) -> Deferred[T]:
+        """Run ``f`` on the writer thread, in order with the writer's other jobs."""
+        self._writer_jobs += 1
+
+        def done(result: Any) -> Any:
+            self._writer_jobs -= 1
+            return result
+
+        return self.runner.write(f).addBoth(done)
 
     def _writes_done(self, result: Any) -> None:
         self._writing -= 1
@@ -533,6 +569,7 @@ def _deliver(results: Any, ds: list[Deferred[Any]]) -> None:
 
 __all__ = [
     "Applied",
+    "INLINE_WRITES",
     "InlineRunner",
     "OutOfOrder",
     "Runner",

@@ -25,7 +25,7 @@ from kvtwist.server import (
     NodeFactory,
 )
 from kvtwist.storage import CorruptData, DataDir, DiskError, FsyncPolicy, Recovered
-from kvtwist.store import Store, ThreadRunner
+from kvtwist.store import INLINE_WRITES, Store, ThreadRunner
 from kvtwist.tree import freeze_collector
 
 if TYPE_CHECKING:  # prometheus-client is loaded only with --metrics-port
@@ -226,6 +226,7 @@ def open_replica(
         runner,
         journal,
         on_snapshot=histograms.snapshot.observe if histograms is not None else None,
+        inline_writes=INLINE_WRITES,
     )
     replica = Replica(
         reactor,

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from kvtwist.proto.kvtwist_pb2 import Entry, Message, RangeSpec
+from kvtwist.sendnow import send_now
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
@@ -499,7 +500,7 @@ class FramedProtocol(Protocol):
             self._held_out.append(data)
             return
         assert self.transport is not None
-        self.transport.write(data)
+        send_now(self.transport, data)
 
     def writeMessage(self, msg: Message) -> None:
         """Send now, past a running handshake (the handshake's own messages)."""

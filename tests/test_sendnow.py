@@ -9,7 +9,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kvtwist.server.sendnow import send_now
+from kvtwist.sendnow import send_now
 
 DEADLINE = 10.0
 

@@ -1105,3 +1105,88 @@ class NodeShutdownTests(SynchronousTestCase):
         again = DataDir(path)
         self.assertEqual(again.open().last_seq, 0)  # the lock was let go
         again.close()
+
+
+class HeldWriter:
+    """A writer thread that runs its jobs only when told: what went to it, in order."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, Any]] = []
+
+    def write(self, f: Any) -> Any:
+        from twisted.internet.defer import Deferred
+
+        d: Deferred[Any] = Deferred()
+        self.jobs.append((f, d))
+        return d
+
+    read = InlineRunner.read
+
+    def release(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        for f, d in jobs:
+            d.callback(f())
+
+
+class InlineWriteTests(SynchronousTestCase):
+    """A store without a journal applies small batches on the reactor, in order with its writer."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.writer = HeldWriter()
+        self.store = Store(self.clock, self.writer, inline_writes=2)  # type: ignore[arg-type]
+
+    def _writes(self, first: int, n: int) -> list[Write]:
+        return [LogRecord(first + i, True, b"k%d" % (first + i), b"v") for i in range(n)]
+
+    def test_small_batch_skips_the_writer(self) -> None:
+        """A batch within the limit is applied at the end of the turn, the writer never asked."""
+        got: list[Any] = []
+        self.store.apply_many(self._writes(1, 2)).addCallback(got.extend)
+        self.clock.advance(0)
+        self.assertEqual([a.seq for a in got], [1, 2])
+        self.assertEqual(self.writer.jobs, [])
+        self.assertEqual(self.store.last_applied, 2)
+
+    def test_big_batch_goes_to_the_writer(self) -> None:
+        """A batch over the limit (a joiner's catch-up) is the writer's, off the reactor."""
+        got: list[Any] = []
+        self.store.apply_many(self._writes(1, 3)).addCallback(got.extend)
+        self.clock.advance(0)
+        self.assertEqual((got, len(self.writer.jobs)), ([], 1))
+        self.writer.release()
+        self.assertEqual([a.seq for a in got], [1, 2, 3])
+
+    def test_small_batch_waits_behind_the_writer(self) -> None:
+        """While the writer holds a job (a load, a big batch), a small batch queues behind it
+        instead of overtaking it on the reactor."""
+        first: list[Any] = []
+        second: list[Any] = []
+        self.store.load([b"a"], [b"1"], 10)
+        self.store.apply_many([LogRecord(11, True, b"b", b"2")]).addCallback(first.extend)
+        self.clock.advance(0)
+        self.assertEqual(first, [])
+        self.writer.release()  # the load, then the batch that waited for it
+        self.clock.advance(0)
+        self.writer.release()
+        self.clock.advance(0)
+        self.assertEqual([a.seq for a in first], [11])
+        self.store.apply_many([LogRecord(12, True, b"c", b"3")]).addCallback(second.extend)
+        self.clock.advance(0)
+        self.assertEqual([a.seq for a in second], [12])
+        self.assertEqual(self.writer.jobs, [])
+        self.assertEqual(
+            self.store._tree.items(), [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")]
+        )
+
+    def test_a_journal_turns_it_off(self) -> None:
+        """With a journal every batch is logged on the writer thread, whatever the setting."""
+        disk = FakeDisk()
+        journal = DataDir(D, disk=disk)  # type: ignore[arg-type]
+        journal.open()
+        store = Store(self.clock, self.writer, journal, inline_writes=100)  # type: ignore[arg-type]
+        store.apply_many(self._writes(1, 1))
+        self.clock.advance(0)
+        self.assertEqual(len(self.writer.jobs), 1)
+        self.writer.release()
+        journal.close()

@@ -32,10 +32,10 @@ from kvtwist.flow import ReadPauses
 from kvtwist.resp import codec
 from kvtwist.resp.commands import COMMANDS, REDIS_COMPAT, Command, RespError, check_native
 from kvtwist.resp.transaction import CONTROL, Transaction, call_error, execute
+from kvtwist.sendnow import send_now
 from kvtwist.server.dispatch import Dispatcher
 from kvtwist.server.factory import ClientConnections
 from kvtwist.server.limits import Limits
-from kvtwist.server.sendnow import send_now
 from kvtwist.server.token import TokenCheck
 from kvtwist.wire import Message
 

@@ -24,9 +24,9 @@ from zope.interface import implementer
 from kvtwist import wire
 from kvtwist.chain.link import ChainConnection
 from kvtwist.flow import ReadPauses
+from kvtwist.sendnow import send_now
 from kvtwist.server.backup import BackupCursor, backup_step
 from kvtwist.server.requests import reply_cost
-from kvtwist.server.sendnow import send_now
 from kvtwist.tls import TLS_ERRORS
 from kvtwist.wire import FramedProtocol, Message
 
