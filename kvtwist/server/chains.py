@@ -128,6 +128,39 @@ class Chains:
         reply.map_version = self.map_version
         return reply
 
+    def misplaced_run(self, msgs: list[Message]) -> list[Message | None] | None:
+        """``misplaced`` of each request of a run of one chain; None when all are inside.
+
+        Every routed GET and PUT batch comes through here, so their one key is
+        checked where it is (``keys[0]``, ``entry.key``: the key the request
+        uses) instead of through ``keys_of``, which cost a cluster server a
+        sixth of its time answering pipelined GETs; any other request, or a key
+        outside, takes the full check.
+        """
+        bounds = self.ranges.get(msgs[0].chain)
+        if bounds is None:
+            return None
+        start, end = bounds
+        if not start and end is None:  # the whole key space
+            return None
+        get, put = wire.OP_GET, wire.OP_PUT
+        for m in msgs:
+            op = m.opcode
+            if op == get:
+                keys = m.keys
+                if len(keys) != 1:
+                    break
+                k: bytes | None = keys[0]
+            elif op == put:
+                k = m.entry.key or None
+            else:
+                break
+            if k is not None and not (start <= k and (end is None or k < end)):
+                break
+        else:
+            return None
+        return [self.misplaced(m) for m in msgs]
+
 
 def keys_of(msg: Message) -> list[bytes]:
     """The keys a request names: PUT, CAS, APPEND and SETRANGE in the entry; GET, DEL,
@@ -193,8 +226,8 @@ class Router:
         if d is None:
             return defer.succeed([wire.frame(self.chains.not_here(msgs[0].chain))] * len(msgs))
         if self.chains.ranges:
-            wrong = [self.chains.misplaced(m) for m in msgs]
-            if any(w is not None for w in wrong):
+            wrong = self.chains.misplaced_run(msgs)
+            if wrong is not None and any(w is not None for w in wrong):
                 return self._split(msgs, wrong, d, call)
         return call(d, msgs)
 
