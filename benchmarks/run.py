@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import floors  # noqa: E402
 from benchmarks.cluster_bench import bench_cluster, render_cluster  # noqa: E402
+from benchmarks.cluster_ops import bench_cluster_ops, render_cluster_ops  # noqa: E402
 from benchmarks.resp_bench import bench_resp, render_resp  # noqa: E402
 from kvtwist import wire  # noqa: E402
 from kvtwist.bench.workload import encode_put, key_name  # noqa: E402
@@ -64,7 +65,7 @@ PY = sys.executable
 BENCH = [PY, "-m", "kvtwist.bench.cli"]
 ALL = (
     "tree", "node", "breakdown", "chain", "failover", "join", "memory", "durability", "resp",
-    "cluster",
+    "cluster", "cluster-ops",
 )
 VALUE_SIZE = 32
 ZK_SHOWN = (
@@ -1511,6 +1512,7 @@ SECTIONS: tuple[tuple[str | None, Callable[[Page], None]], ...] = (
     ("breakdown", render_breakdown),
     ("resp", render_resp),
     ("cluster", render_cluster),
+    ("cluster-ops", render_cluster_ops),
     (None, render_errors),
     (None, render_notes),
     (None, render_commands),
@@ -1553,6 +1555,8 @@ def run_all(s: Settings) -> dict[str, Any]:
             bench_resp(run)
         if "cluster" in only:
             bench_cluster(run)
+        if "cluster-ops" in only:
+            bench_cluster_ops(run)
         info["load_end"] = load_avg()
         info["elapsed_s"] = time.time() - run.started
         return {

@@ -251,3 +251,50 @@ class HostingTests(SynchronousTestCase):
         both = server.pipeline([backup("a", 0), backup("b", 0)])
         self.assertEqual([r.opcode for r in both], [wire.OP_BACKUP + 1] * 2)
         self.assertEqual([[e.key for e in r.snapshot.entries] for r in both], [[], [b"x"]])
+
+    def test_gets_of_two_chains_pipelined_on_one_connection(self) -> None:
+        """GETs alternating between two chains on one connection are answered in order
+        as one run (each chain's stretch looked up in the same turn), and a GET outside
+        its chain's shard is refused in its place."""
+        world = World(["a", "b"], 1)
+        server = world.servers[9000]
+        server.chains.ranges = {"a": (b"", b"m"), "b": (b"m", None)}
+        server.request(put("a", b"c", b"in-a"))
+        server.request(put("b", b"x", b"in-b"))
+        router = server.factory.dispatcher
+        runs: list[list[str]] = []
+        real = router.get_many
+
+        def get_many(msgs: list[Message], *args: Any) -> Any:
+            runs.append([m.chain for m in msgs])
+            return real(msgs, *args)
+
+        self.patch(router, "get_many", get_many)
+        msgs = [get("a", b"c"), get("b", b"x"), get("a", b"nope"), get("b", b"x"),
+                get("a", b"c"), get("b", b"a")]
+        replies = server.pipeline(msgs)
+        self.assertEqual([list(r.values) for r in replies[:5]],
+                         [[b"in-a"], [b"in-b"], [], [b"in-b"], [b"in-a"]])
+        self.assertEqual(replies[5].opcode, wire.OP_ERROR)
+        self.assertIn("outside chain 'b'", replies[5].error)
+        # one run for the lot, not one per chain's stretch, each waiting for the last
+        self.assertEqual(runs, [["a", "b", "a", "b", "a", "b"]])
+
+    def test_pipelined_gets_of_a_split_chain(self) -> None:
+        """Once a chain's split marker is committed its tail answers pipelined GETs of the
+        keys it kept from one lookup and refuses, in place, a key it gave away, whatever
+        map the router acts on."""
+        world = World(["a"], 1)
+        server = world.servers[9000]
+        server.request(put("a", b"c", b"kept"))
+        server.request(put("a", b"x", b"given away"))
+        world.replica(9000, "a").keep_within(b"", b"m", split=True)
+        world.settle()
+        server.chains.ranges = {"a": (b"", None)}  # a server that has not read the cut
+        replies = server.pipeline([get("a", b"c"), get("a", b"x"), get("a", b"c")])
+        self.assertEqual([list(r.values) for r in (replies[0], replies[2])],
+                         [[b"kept"], [b"kept"]])
+        self.assertEqual(replies[1].opcode, wire.OP_ERROR)
+        self.assertTrue(replies[1].retry)
+        alone = server.pipeline([get("a", b"c"), get("a", b"c")])
+        self.assertEqual([list(r.values) for r in alone], [[b"kept"], [b"kept"]])

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvtwist import wire
 from kvtwist.proto.kvtwist_pb2 import Entry
 from kvtwist.server.chains import Chains, Router
+from kvtwist.server.dispatch import Found, answer_gets
 from kvtwist.wire import Message
 
 KEYS = st.sampled_from([b"", b"a", b"b", b"bz", b"c", b"d", b"zz"])
@@ -97,3 +98,35 @@ class RouterRunTests(SynchronousTestCase):
         self.assertEqual(out[2], b"ok:c")
         self.assertEqual(wire.decode(out[1][4:]).opcode, wire.OP_ERROR)
         self.assertEqual(fake.runs, [[b"b"], [b"c"]])
+
+
+class AnswerGetsTests(SynchronousTestCase):
+    """Replies of GETs of several chains are built for the prefix that fits the room."""
+
+    def found(self, *values: bytes | None) -> Found:
+        return Found(len(values), list(values), {}, None, 0.0)
+
+    def test_the_prefix_that_fits_across_chains(self) -> None:
+        """Room for three values of ten bytes: the first chain's two and one of the
+        second's are answered, nothing after the cut, even what would still fit."""
+        out = answer_gets(
+            [self.found(b"a" * 10, b"b" * 10), self.found(b"c" * 10, b"d" * 10),
+             self.found(None)],
+            35,
+        )
+        self.assertEqual([wire.decode(f[4:]).values[0] for f in out], [b"a" * 10, b"b" * 10,
+                                                                        b"c" * 10])
+
+    def test_one_is_answered_alone_only_first(self) -> None:
+        """A first value bigger than the room is still answered (alone); a later chain's
+        first value is not, once the room is spent."""
+        self.assertEqual(len(answer_gets([self.found(b"x" * 100), self.found(b"y")], 10)), 1)
+        self.assertEqual(len(answer_gets([self.found(b"x" * 5), self.found(b"y" * 100)], 10)), 1)
+
+    def test_built_answers_and_bad_gets_keep_their_places(self) -> None:
+        """Answers built already (relayed) and the ERRORs of bad GETs sit where their
+        requests were."""
+        bad = Found(2, [None, b"v"], {0: b"ERR"}, None, 0.0)
+        out = answer_gets([Found.built([b"R1", b"R2"]), bad], None)
+        self.assertEqual(out[:3], [b"R1", b"R2", b"ERR"])
+        self.assertEqual(wire.decode(out[3][4:]).values[0], b"v")

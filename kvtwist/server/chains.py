@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 
 from kvtwist import wire
 from kvtwist.chain.replica import Replica
-from kvtwist.server.dispatch import Dispatcher, Handler
+from kvtwist.server.dispatch import Dispatcher, Found, Handler, answer_gets
 from kvtwist.wire import Message
 
 __all__ = ["Chains", "Router"]
@@ -212,23 +212,48 @@ class Router:
         return self._runs(msgs, lambda d, run: d.write_many(run, peer))
 
     def get_many(
-        self, msgs: list[Message], peer: Callable[[], str], room: int
+        self, msgs: list[Message], peer: Callable[[], str], room: int | None = None
     ) -> Deferred[list[Any]]:
-        return self._runs(msgs, lambda d, run: d.get_many(run, peer, room))
+        """GETs of one or more chains, in the order given, answered together.
+
+        A connection's pipeline to a server that hosts several chains mixes
+        their keys; answered one chain's run at a time, the run claims the
+        connection's reply room and the next waits a turn, so a pipeline of
+        alternating chains was answered a request or two per turn.  Here every
+        chain's run is looked up in the same turn and the replies are built
+        for the prefix that fits ``room``, as for one chain.
+        """
+        groups: list[list[Message]] = [[msgs[0]]]
+        for m in msgs[1:]:
+            if m.chain == groups[-1][0].chain:
+                groups[-1].append(m)
+            else:
+                groups.append([m])
+        if len(groups) == 1:
+            return self._runs(msgs, lambda d, run: d.get_many(run, peer, room))
+        parts = [self._runs(group, lambda d, run: d.find_many(run, peer, room),
+                            lambda d, run: d.get_many(run, peer), Found.built)
+                 for group in groups]
+        return defer.gatherResults(parts).addCallback(answer_gets, room)
 
     def _runs(
         self,
         msgs: list[Message],
-        call: Callable[[Dispatcher, list[Message]], Deferred[list[Any]]],
-    ) -> Deferred[list[Any]]:
-        """A run of requests, all of one chain (a connection's runs end where the chain changes)."""
+        call: Callable[[Dispatcher, list[Message]], Deferred[Any]],
+        answers: Callable[[Dispatcher, list[Message]], Deferred[list[bytes]]] | None = None,
+        built: Callable[[list[bytes]], Any] = list,
+    ) -> Deferred[Any]:
+        """A run of requests, all of one chain, through ``call``; refused here, or with
+        some keys outside the shard, its reply frames (``answers``, by default ``call``,
+        one request at a time) wrapped as ``call``'s result by ``built``."""
         d = self._by_chain.get(msgs[0].chain)
         if d is None:
-            return defer.succeed([wire.frame(self.chains.not_here(msgs[0].chain))] * len(msgs))
+            frames = [wire.frame(self.chains.not_here(msgs[0].chain))] * len(msgs)
+            return defer.succeed(built(frames))
         if self.chains.ranges:
             wrong = self.chains.misplaced_run(msgs)
             if wrong is not None and any(w is not None for w in wrong):
-                return self._split(msgs, wrong, d, call)
+                return self._split(msgs, wrong, d, answers or call).addCallback(built)
         return call(d, msgs)
 
     def _split(

@@ -85,6 +85,81 @@ def group_reply(msg: Message, r: WriteResult) -> Message:
     return out
 
 
+class Found:
+    """GETs looked up and not yet answered: their values (None: no such key), with
+    the ERROR frames of bad ones by position; or answers built already (``built``:
+    relayed to the tail, or waited for)."""
+
+    __slots__ = ("count", "errors", "frames", "metrics", "start", "values")
+
+    def __init__(
+        self,
+        count: int,
+        values: list[bytes | None],
+        errors: dict[int, bytes],
+        metrics: Metrics | None,
+        start: float,
+        frames: list[bytes] | None = None,
+    ) -> None:
+        self.count = count  # the GETs; ``values`` may hold only the first of them
+        self.values = values
+        self.errors = errors
+        self.metrics = metrics
+        self.start = start
+        self.frames = frames
+
+    @classmethod
+    def built(cls, frames: list[bytes]) -> Found:
+        return cls(len(frames), [], {}, None, 0.0, frames)
+
+
+def fit(values: list[bytes | None], room: int, one: bool) -> int:
+    """How many of ``values``, from the first, fit in ``room`` bytes (at least ``one``)."""
+    total = 0
+    for n, v in enumerate(values):
+        total += len(v) if v else 0
+        if total > room:
+            return max(n, int(one))
+    return len(values)
+
+
+def answer_gets(founds: list[Found], room: int | None) -> list[bytes]:
+    """The reply frames of GETs looked up, in order, while their values fit in ``room``
+    (at least one): a prefix of the GETs, the caller asking again for the rest.
+
+    Frames are built only here, once it is known which fit: the values are the
+    tree's own until then, so GETs of several chains answered together cost no
+    more memory than one chain's.
+    """
+    out: list[bytes] = []
+    left = room
+    reply = wire.get_reply_frame
+    for found in founds:
+        if found.frames is not None:
+            out.extend(found.frames)
+            continue
+        values = found.values
+        if left is not None:
+            size = sum(map(len, filter(None, values)))
+            if size > left:
+                values = values[: fit(values, left, not out)]
+                size = sum(map(len, filter(None, values)))
+            left -= size
+        n = len(values)
+        errors = found.errors
+        if not errors:
+            out.extend([reply(v) for v in values])
+            bad = 0
+        else:
+            out.extend([errors[i] if i in errors else reply(v) for i, v in enumerate(values)])
+            bad = sum(i < n for i in errors)
+        if found.metrics is not None:
+            found.metrics.record_many(wire.OP_GET, time.perf_counter() - found.start, n, bad)
+        if n < found.count:
+            break
+    return out
+
+
 class Dispatcher:
     """Sends each request to its handler, relays what belongs elsewhere, keeps the counters."""
 
@@ -198,7 +273,7 @@ class Dispatcher:
     def get_many(
         self, msgs: list[Message], peer: Callable[[], str], room: int | None = None
     ) -> Deferred[list[bytes]]:
-        """Answer GETs that arrived together with one reader job; never fails.
+        """Answer GETs that arrived together with one lookup; never fails.
 
         Each GET is validated on its own (a bad one gets its ERROR in its
         place); when this node does not serve reads now, each goes the way of
@@ -207,13 +282,21 @@ class Dispatcher:
         least one): the answer then covers the first GETs only, and the caller
         asks again for the rest.
         """
+        found = self.find_many(msgs, peer, room)
+        return found.addCallback(lambda found: answer_gets([found], room))
+
+    def find_many(
+        self, msgs: list[Message], peer: Callable[[], str], room: int | None = None
+    ) -> Deferred[Found]:
+        """The values of GETs that arrived together, not yet answered (``answer_gets``);
+        with ``room``, only those of the first GETs whose values fit in it (at least one)."""
         start = time.perf_counter()
         try:
             view = self.replica.serving_view()
         except Exception:
             view = None
-        if view is None or not view.whole:  # (a split chain's reads check their keys)
-            return defer.gatherResults([self.handle(m, peer) for m in msgs])
+        if view is None:
+            return self._one_by_one(msgs, peer)
         keys: list[bytes | None] = []
         errors: dict[int, bytes] = {}
         for i, msg in enumerate(msgs):
@@ -223,35 +306,34 @@ class Dispatcher:
                 keys.append(None)
                 errors[i] = wire.frame(wire.error_reply(str(e)))
                 log.debug("{peer}: bad GET: {e}", peer=peer(), e=e)
+        if not view.whole and not all(k is None or view.holds(k) for k in keys):
+            return self._one_by_one(msgs, peer)  # a key the chain gave away: refused there
         tree = view.tree
-        reply = wire.get_reply_frame
 
-        def run() -> list[bytes]:
+        def run() -> list[bytes | None]:
             get = tree.get
             if not errors:
                 found = [get(k) for k in keys]  # type: ignore[arg-type]
             else:
                 found = [None if k is None else get(k) for k in keys]
             if room is not None and sum(map(len, filter(None, found))) > room:
-                found = found[: requests.within(found, room)]  # values are shared, not copied yet
-            if not errors:
-                return [reply(v) for v in found]
-            return [errors[i] if keys[i] is None else reply(v) for i, v in enumerate(found)]
+                found = found[: fit(found, room, True)]
+            return found
 
-        def answered(frames: list[bytes]) -> list[bytes]:
-            n = len(frames)
-            bad = len(errors) if n == len(msgs) else sum(i < n for i in errors)
-            self.metrics.record_many(wire.OP_GET, time.perf_counter() - start, n, bad)
-            return frames
+        def looked(values: list[bytes | None]) -> Found:
+            return Found(len(msgs), values, errors, self.metrics, start)
 
-        def failed(f: Failure) -> list[bytes]:
+        def failed(f: Failure) -> Found:
             log.failure("{peer}: GET failed", f, peer=peer())
             self.metrics.record_many(wire.OP_GET, time.perf_counter() - start, len(msgs), len(msgs))
-            return [wire.frame(wire.error_reply(f"internal error: {f.getErrorMessage()}"))] * len(
-                msgs
-            )
+            error = wire.frame(wire.error_reply(f"internal error: {f.getErrorMessage()}"))
+            return Found.built([error] * len(msgs))
 
-        return self.store.look(run).addCallbacks(answered, failed)
+        return self.store.look(run).addCallbacks(looked, failed)
+
+    def _one_by_one(self, msgs: list[Message], peer: Callable[[], str]) -> Deferred[Found]:
+        """Each GET the way of any request: relayed, waited for, or refused."""
+        return defer.gatherResults([self.handle(m, peer) for m in msgs]).addCallback(Found.built)
 
     def write_many(self, msgs: list[Message], peer: Callable[[], str]) -> Deferred[list[bytes]]:
         """Answer PUTs and DELs that arrived together: numbered and logged as one batch.

@@ -291,7 +291,8 @@ class NodeProtocol(ReadPauses, FramedProtocol, TimeoutMixin):
                 return
             elif _is_plain_get(msg):
                 # consecutive GETs: one job and one Deferred for all of them
-                msgs, slots = self._take_run(_is_plain_get, window - self._reads)
+                # (of every chain a server hosts: the router answers them together)
+                msgs, slots = self._take_run(_is_plain_get, window - self._reads, True)
                 self._reads += len(msgs)
                 # the run may fill what is left of the budget: nothing else starts meanwhile
                 room = budget - self._reply_bytes
@@ -318,16 +319,17 @@ class NodeProtocol(ReadPauses, FramedProtocol, TimeoutMixin):
         return d
 
     def _take_run(
-        self, belongs: Callable[[Message], bool], room: int
+        self, belongs: Callable[[Message], bool], room: int, chains: bool = False
     ) -> tuple[list[Message], list[list[Any]]]:
         """The held requests in front that ``belongs`` accepts, at least one, up to ``room``,
-        all of one chain (a server hosting many answers each run from one chain)."""
+        all of one chain (a server hosting many answers each run from one chain) unless
+        the run may mix ``chains``."""
         held = self._held
         msgs: list[Message] = []
         slots: list[list[Any]] = []
         while held and len(msgs) < room:
             msg, slot = held[0]
-            if msgs and (not belongs(msg) or msg.chain != msgs[0].chain):
+            if msgs and (not belongs(msg) or (not chains and msg.chain != msgs[0].chain)):
                 break
             held.popleft()
             msgs.append(msg)

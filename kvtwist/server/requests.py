@@ -285,16 +285,6 @@ def reply_cost(op: int, limits: Limits) -> int:
     return 0
 
 
-def within(values: list[bytes | None], room: int) -> int:
-    """How many of ``values``, from the first, fit in ``room`` bytes (at least one)."""
-    total = 0
-    for n, v in enumerate(values, 1):
-        total += len(v) if v else 0
-        if total > room:
-            return max(n - 1, 1)
-    return len(values)
-
-
 def too_big(op: int, max_reply: int) -> BadRequest:
     return BadRequest(
         f"the {wire.op_name(op)} reply would exceed {max_reply} bytes (--max-reply); "
