@@ -33,6 +33,7 @@ from kvtwist.storage import (
 from kvtwist.storage.fakedisk import Crashed, FakeDisk
 from kvtwist.store import InlineRunner, Store, Write
 from kvtwist.tree import BTree
+from tests.test_chain_disk import HeldRunner
 
 D = "/data"
 SEG1 = f"{D}/wal/{1:020d}.log"
@@ -1107,33 +1108,12 @@ class NodeShutdownTests(SynchronousTestCase):
         again.close()
 
 
-class HeldWriter:
-    """A writer thread that runs its jobs only when told: what went to it, in order."""
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Any, Any]] = []
-
-    def write(self, f: Any) -> Any:
-        from twisted.internet.defer import Deferred
-
-        d: Deferred[Any] = Deferred()
-        self.jobs.append((f, d))
-        return d
-
-    read = InlineRunner.read
-
-    def release(self) -> None:
-        jobs, self.jobs = self.jobs, []
-        for f, d in jobs:
-            d.callback(f())
-
-
 class InlineWriteTests(SynchronousTestCase):
     """A store without a journal applies small batches on the reactor, in order with its writer."""
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.writer = HeldWriter()
+        self.writer = HeldRunner()
         self.store = Store(self.clock, self.writer, inline_writes=2)  # type: ignore[arg-type]
 
     def _writes(self, first: int, n: int) -> list[Write]:
