@@ -280,6 +280,11 @@ def req_get(key: bytes) -> Message:
     return Message(opcode=OP_GET, c_type=CT_KEY, keys=[key])
 
 
+def req_get_many(keys: list[bytes]) -> Message:
+    """A GET of several keys, answered from one committed state (Redis's MGET)."""
+    return Message(opcode=OP_GET, c_type=CT_KEYS, keys=keys)
+
+
 def req_put(key: bytes, data: bytes, client_id: str = "", request_id: int = 0) -> Message:
     return Message(
         opcode=OP_PUT,
@@ -341,8 +346,9 @@ def req_append(key: bytes, data: bytes, client_id: str = "", request_id: int = 0
     )
 
 
-def rmw_reply(request_op: int, op_n: int, applied: bool, found: bool, old: bytes | None,
-              number: int) -> Message:
+def rmw_reply(
+    request_op: int, op_n: int, applied: bool, found: bool, old: bytes | None, number: int
+) -> Message:
     """The RESULT reply to a CAS, INCR or APPEND."""
     m = result_reply(request_op, op_n)
     m.found = found

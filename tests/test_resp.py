@@ -3,12 +3,16 @@ reply bytes, AUTH, pipelining and ordering, over a StringTransport."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from kvtwist import wire
 from kvtwist.resp import RespFactory, codec
 from kvtwist.resp.commands import cursor_of, glob_match, key_of
 from kvtwist.resp.protocol import RespConnection
+from kvtwist.wire import Message
 from tests.test_server import Harness
 
 
@@ -145,6 +149,26 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(r("DECRBY", "n", "20"), b":-10\r\n")
         self.assertEqual(r("INCR", "j"), b"-ERR value is not an integer or out of range\r\n")
         self.assertEqual(r("GET", "j"), b"$1\r\nz\r\n")
+
+    def test_mget_and_exists_are_one_read(self) -> None:
+        """MGET and EXISTS of several keys ask the node once, for all their keys: at a
+        member that relays reads to the tail, GETs sent one by one could each be
+        answered after a different write, and an MGET would see half of an EXEC."""
+        r = self.r
+        r("MSET", "a", "1", "b", "2")
+        dispatcher = r.factory.dispatcher
+        asked: list[Message] = []
+        handle = dispatcher.handle
+
+        def spy(msg: Message, *rest: Any) -> Any:
+            asked.append(msg)
+            return handle(msg, *rest)
+
+        self.patch(dispatcher, "handle", spy)
+        self.assertEqual(r("MGET", "a", "x", "b"), b"*3\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n")
+        self.assertEqual(r("EXISTS", "b", "x", "b"), b":2\r\n")
+        self.assertEqual([list(m.keys) for m in asked], [[b"a", b"x", b"b"], [b"b", b"x", b"b"]])
+        self.assertEqual({m.c_type for m in asked}, {wire.CT_KEYS})
 
     def test_keyspace(self) -> None:
         r = self.r

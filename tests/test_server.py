@@ -80,6 +80,33 @@ class RequestTests(SynchronousTestCase):
         r = self.c.one(wire.req_get(b"nope"))
         self.assertEqual((r.opcode, len(r.values)), (41, 0))
 
+    def test_get_of_several_keys(self) -> None:
+        """A GET of KEYS answers ENTRIES: the keys that are there, in the asked order,
+        with their values (a missing key is left out, a repeated one repeated)."""
+        for k in (b"a", b"c"):
+            self.c.one(wire.req_put(k, k.upper()))
+        r = self.c.one(wire.req_get_many([b"c", b"b", b"a", b"c"]))
+        self.assertEqual((r.opcode, r.c_type), (41, wire.CT_ENTRIES))
+        pairs = list(zip(r.keys, r.values, strict=True))
+        self.assertEqual(pairs, [(b"c", b"C"), (b"a", b"A"), (b"c", b"C")])
+        r = self.c.one(wire.req_get_many([b"x", b"y"]))
+        self.assertEqual((r.opcode, list(r.keys)), (41, []))
+
+    def test_get_of_several_keys_refuses_bad_ones(self) -> None:
+        """An empty key, no key at all, or a reply past --max-reply: an ERROR for the lot."""
+        self.c.one(wire.req_put(b"a", b"v" * 600))
+        r = self.c.one(wire.req_get_many([b"a", b""]))
+        self.assertEqual((r.opcode, r.error), (wire.OP_ERROR, "the key is empty"))
+        r = self.c.one(wire.req_get_many([]))
+        self.assertEqual(r.opcode, wire.OP_ERROR)
+        self.assertIn("at least one key", r.error)
+        small = Conn(Harness(Limits(max_reply=1000)))
+        small.one(wire.req_put(b"a", b"v" * 600))
+        r = small.one(wire.req_get_many([b"a", b"a"]))
+        self.assertEqual(r.opcode, wire.OP_ERROR)
+        self.assertIn("--max-reply", r.error)
+        self.assertEqual(len(small.one(wire.req_get_many([b"a"])).values[0]), 600)
+
     def test_op_numbers_increase(self) -> None:
         """Every write gets the next op number, deletes of missing keys included."""
         ops = [

@@ -401,9 +401,24 @@ def getdel(c: RespConnection, args: list[bytes]) -> Reply:
     return c.write(msg).addCallback(lambda r: codec.bulk(_value(r) if r.found else None, c.resp))
 
 
+def _read_keys(c: RespConnection, keys: list[bytes]) -> Deferred[dict[bytes, bytes]]:
+    """The values of ``keys`` that are there, read at one state: one command is
+    one read, as in Redis (separate GETs may each follow a different write)."""
+    msg = wire.req_get(keys[0]) if len(keys) == 1 else wire.req_get_many(keys)
+
+    def found(r: Message) -> dict[bytes, bytes]:
+        if r.c_type == wire.CT_VALUE:  # the one key's reply
+            return {keys[0]: bytes(r.values[0])} if r.values else {}
+        return dict(zip(map(bytes, r.keys), map(bytes, r.values), strict=True))
+
+    return c.read(msg).addCallback(found)
+
+
 def mget(c: RespConnection, args: list[bytes]) -> Reply:
-    ds = [c.read(wire.req_get(k)) for k in args[1:]]
-    return _all(ds).addCallback(lambda rs: codec.bulks([_value(r) for r in rs], c.resp))
+    keys = args[1:]
+    return _read_keys(c, keys).addCallback(
+        lambda got: codec.bulks([got.get(k) for k in keys], c.resp)
+    )
 
 
 def delete(c: RespConnection, args: list[bytes]) -> Reply:
@@ -412,8 +427,8 @@ def delete(c: RespConnection, args: list[bytes]) -> Reply:
 
 
 def exists(c: RespConnection, args: list[bytes]) -> Reply:
-    ds = [c.read(wire.req_get(k)) for k in args[1:]]
-    return _all(ds).addCallback(lambda rs: codec.integer(sum(bool(r.values) for r in rs)))
+    keys = args[1:]
+    return _read_keys(c, keys).addCallback(lambda got: codec.integer(sum(k in got for k in keys)))
 
 
 def strlen(c: RespConnection, args: list[bytes]) -> Reply:

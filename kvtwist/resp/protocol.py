@@ -36,6 +36,7 @@ from kvtwist.sendnow import send_now
 from kvtwist.server.dispatch import Dispatcher
 from kvtwist.server.factory import ClientConnections
 from kvtwist.server.limits import Limits
+from kvtwist.server.requests import batched_get
 from kvtwist.server.token import TokenCheck
 from kvtwist.wire import Message
 
@@ -370,7 +371,7 @@ class RespConnection(ReadPauses, Protocol, TimeoutMixin):
     def read(self, msg: Message) -> Deferred[Message]:
         """A native read, answered where the native port answers it; the GETs one
         turn of the pump starts are read by one job (as the native port batches them)."""
-        if self._pumping and msg.opcode == wire.OP_GET and not msg.local:
+        if self._pumping and batched_get(msg):
             got: Deferred[Message] = Deferred()
             self._gets.append((msg, got))
             return got

@@ -19,6 +19,7 @@ EXEC, DISCARD and UNWATCH forget the watches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -97,8 +98,9 @@ class Recorder:
     def __init__(self, conn: RespConnection) -> None:
         self._conn = conn
         self.ops: list[Message] = []
-        #: per request made: its Deferred, whether it was a group, how many ops it took
-        self._waiting: list[tuple[Deferred[Message], bool, int]] = []
+        #: per request made: its Deferred, how many ops it took, and how their
+        #: replies make its own (None: the one op's reply is its own)
+        self._waiting: list[tuple[Deferred[Message], int, _Join | None]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
@@ -110,29 +112,48 @@ class Recorder:
         return self._record(msg)
 
     def _record(self, msg: Message) -> Deferred[Message]:
+        join: _Join | None = None
         if msg.opcode == wire.OP_MULTI:
             subs = list(msg.ops)  # its requests join the transaction's, in place
+            join = _as_group
+        elif msg.opcode == wire.OP_GET and msg.c_type == wire.CT_KEYS:
+            subs = [wire.req_get(k) for k in msg.keys]  # a group reads them at one state
+            join = partial(_as_entries, list(msg.keys))
         elif msg.opcode in wire.GROUP_OPS:
             subs = [msg]
         else:
             raise RespError(f"ERR {wire.op_name(msg.opcode)} cannot run inside MULTI")
         d: Deferred[Message] = Deferred()
         self.ops.extend(subs)
-        self._waiting.append((d, msg.opcode == wire.OP_MULTI, len(subs)))
+        self._waiting.append((d, len(subs), join))
         return d
 
     def answer(self, replies: list[Message]) -> None:
         """Hand each request its reply (a group its replies), in order."""
         i = 0
-        for d, grouped, n in self._waiting:
+        for d, n, join in self._waiting:
             part, i = replies[i : i + n], i + n
-            if grouped:
-                d.callback(wire.reply(wire.OP_MULTI, ops=part))
-                continue
             try:
-                d.callback(check_native(part[0]))
+                d.callback(check_native(part[0]) if join is None else join(part))
             except RespError:
                 d.errback()
+
+
+_Join = Callable[[list[Message]], Message]
+
+
+def _as_group(replies: list[Message]) -> Message:
+    return wire.reply(wire.OP_MULTI, ops=replies)
+
+
+def _as_entries(keys: list[bytes], replies: list[Message]) -> Message:
+    """The replies of a multi-key GET's GETs as its own: the keys found, with values."""
+    out = wire.reply(wire.OP_GET, c_type=wire.CT_ENTRIES)
+    for k, r in zip(keys, replies, strict=True):
+        if check_native(r).values:
+            out.keys.append(k)
+            out.values.append(r.values[0])
+    return out
 
 
 def execute(c: RespConnection, tx: Transaction) -> Reply:

@@ -231,9 +231,15 @@ class Router:
                 groups.append([m])
         if len(groups) == 1:
             return self._runs(msgs, lambda d, run: d.get_many(run, peer, room))
-        parts = [self._runs(group, lambda d, run: d.find_many(run, peer, room),
-                            lambda d, run: d.get_many(run, peer), Found.built)
-                 for group in groups]
+        parts = [
+            self._runs(
+                group,
+                lambda d, run: d.find_many(run, peer, room),
+                lambda d, run: d.get_many(run, peer),
+                Found.built,
+            )
+            for group in groups
+        ]
         return defer.gatherResults(parts).addCallback(answer_gets, room)
 
     def _runs(

@@ -26,7 +26,7 @@ from kvtwist.chain.link import ChainConnection
 from kvtwist.flow import ReadPauses
 from kvtwist.sendnow import send_now
 from kvtwist.server.backup import BackupCursor, backup_step
-from kvtwist.server.requests import reply_cost
+from kvtwist.server.requests import batched_get, reply_cost
 from kvtwist.tls import TLS_ERRORS
 from kvtwist.wire import FramedProtocol, Message
 
@@ -42,11 +42,6 @@ def _as_list(frame: bytes) -> list[bytes]:
 
 def _is_write(msg: Message) -> bool:
     return msg.opcode in wire.WRITE_OPS
-
-
-def _is_plain_get(msg: Message) -> bool:
-    """A GET of the committed state (not of this node's own copy): the batched read path."""
-    return msg.opcode == wire.OP_GET and not msg.local
 
 
 @implementer(IPushProducer)
@@ -289,10 +284,10 @@ class NodeProtocol(ReadPauses, FramedProtocol, TimeoutMixin):
                 )
             elif self._writes:
                 return
-            elif _is_plain_get(msg):
+            elif batched_get(msg):
                 # consecutive GETs: one job and one Deferred for all of them
                 # (of every chain a server hosts: the router answers them together)
-                msgs, slots = self._take_run(_is_plain_get, window - self._reads, True)
+                msgs, slots = self._take_run(batched_get, window - self._reads, True)
                 self._reads += len(msgs)
                 # the run may fill what is left of the budget: nothing else starts meanwhile
                 room = budget - self._reply_bytes
@@ -303,7 +298,7 @@ class NodeProtocol(ReadPauses, FramedProtocol, TimeoutMixin):
             else:
                 held.popleft()
                 self._reads += 1
-                cost = reply_cost(op, limits)
+                cost = reply_cost(msg, limits)
                 self._reply_bytes += cost
                 handler = self._backup_step if op == wire.OP_BACKUP else None
                 self.factory.dispatcher.handle(msg, self.peerName, handler).addCallback(

@@ -174,12 +174,44 @@ def not_a_request(msg: Message) -> BadRequest:
 
 
 def _get(msg: Message, limits: Limits) -> Reader:
+    if msg.c_type == wire.CT_KEYS:
+        return _get_many(msg, limits)
     key = single_key(msg, limits)
 
     def get(v: ReadView) -> bytes:
         if not v.whole and not v.holds(key):
             raise Moved("the key's shard was split off this chain")
         return wire.get_reply_frame(v.tree.get(key))
+
+    return get
+
+
+def _get_many(msg: Message, limits: Limits) -> Reader:
+    """A GET of several keys: the ones there, with their values, from one state.
+
+    Reading them together is what makes it one read: GETs sent one by one may
+    each be answered after a different write, even in one frame.
+    """
+    keys = [check_key(msg, wire.CT_KEYS, k, limits) for k in msg.keys]
+    if not keys:
+        raise BadRequest("GET of KEYS needs at least one key")
+    op = wire.OP_GET
+    max_reply = limits.max_reply
+
+    def get(v: ReadView) -> bytes:
+        if not v.whole and not all(v.holds(k) for k in keys):
+            raise Moved("a key's shard was split off this chain")
+        tree_get = v.tree.get
+        found = [(k, d) for k in keys if (d := tree_get(k)) is not None]
+        _bounded(op, (len(k) + len(d) for k, d in found), max_reply)
+        return wire.frame(
+            wire.reply(
+                op,
+                c_type=wire.CT_ENTRIES,
+                keys=[k for k, _ in found],
+                values=[d for _, d in found],
+            )
+        )
 
     return get
 
@@ -276,12 +308,19 @@ def reader(msg: Message, limits: Limits) -> Reader:
     return make(msg, limits)
 
 
-def reply_cost(op: int, limits: Limits) -> int:
+def batched_get(msg: Message) -> bool:
+    """A GET of one key of the committed state (not of this node's own copy): the
+    batched read path of a run of them (``Dispatcher.get_many``)."""
+    return msg.opcode == wire.OP_GET and not msg.local and msg.c_type != wire.CT_KEYS
+
+
+def reply_cost(msg: Message, limits: Limits) -> int:
     """The reply bytes a request started alone may build: what it holds of the budget."""
+    op = msg.opcode
     if op in BIG_READS:
         return limits.max_reply
-    if op == wire.OP_GET:  # one read on its own (local, or not served here)
-        return limits.max_value
+    if op == wire.OP_GET:  # one read on its own (local, not served here, several keys)
+        return limits.max_reply if msg.c_type == wire.CT_KEYS else limits.max_value
     return 0
 
 
