@@ -390,8 +390,9 @@ def req_incrbyfloat(key: bytes, delta: str) -> Message:
     return Message(opcode=OP_INCRBYFLOAT, c_type=CT_KEY, keys=[key], float_delta=delta)
 
 
-def req_rename(key: bytes, dest: bytes) -> Message:
-    return Message(opcode=OP_RENAME, c_type=CT_KEYS, keys=[key, dest])
+def req_rename(key: bytes, dest: bytes, nx: bool = False) -> Message:
+    """RENAME; with ``nx`` (Redis's RENAMENX) only while ``dest`` is absent (cond 1)."""
+    return Message(opcode=OP_RENAME, c_type=CT_KEYS, keys=[key, dest], cond=1 if nx else 0)
 
 
 def req_getkeys() -> Message:

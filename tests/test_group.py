@@ -50,6 +50,30 @@ class DecideTests(SynchronousTestCase):
         subs, _ = decide_group(Group((Op(b"x", Rmw(Kind.CAS), b"b"),)), state.get)
         self.assertEqual((subs[0].skip, subs[0].rmw_error), (True, NO_SUCH_KEY))
 
+    def test_renamenx(self) -> None:
+        """RENAMENX moves only to a free name (as the group's earlier writes left it):
+        a taken name, or its own, moves nothing and answers not applied."""
+        nx = Rmw(Kind.CAS, cond=Cond.ABSENT)
+        state = {b"a": b"v", b"t": b"taken"}
+        subs, _ = decide_group(Group((Op(b"a", nx, b"b"),)), state.get)
+        self.assertEqual(
+            [(s.key, s.is_put, s.skip) for s in subs], [(b"b", True, False), (b"a", False, False)]
+        )
+        self.assertTrue(subs[0].rmw_applied)
+        for dest in (b"t", b"a"):
+            subs, _ = decide_group(Group((Op(b"a", nx, dest),)), state.get)
+            self.assertEqual([(s.skip, s.rmw_applied) for s in subs], [(True, False)])
+        freed = Group((Op(b"t", Rmw(Kind.CAS, delete=True)), Op(b"a", nx, b"t")))
+        subs, _ = decide_group(freed, state.get)
+        self.assertEqual(
+            [(s.key, s.is_put, s.data) for s in subs if not s.skip][-2:],
+            [(b"t", True, b"v"), (b"a", False, b"")],
+        )
+        subs, _ = decide_group(Group((Op(b"x", nx, b"b"),)), state.get)
+        self.assertEqual(subs[0].rmw_error, NO_SUCH_KEY)
+        taken = Group((put(b"n", b"1"), Op(b"a", nx, b"t")), all_or_nothing=True)
+        self.assertTrue(all(s.skip for s in decide_group(taken, state.get)[0]))
+
     def test_all_or_nothing(self) -> None:
         """MSETNX: one key present and nothing is written."""
         nx = Group(

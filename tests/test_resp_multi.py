@@ -89,6 +89,21 @@ class GroupCommandTests(SynchronousTestCase):
         self.assertEqual(r("RENAME", "b", "b"), b"+OK\r\n")
         self.assertEqual(r("GET", "b"), b"$1\r\nv\r\n")
 
+    def test_renamenx(self) -> None:
+        """RENAMENX answers 1 when it moved the key, 0 when the new name is taken (or is
+        the same), and Redis's error for a missing key; inside MULTI too."""
+        r = self.r
+        r("MSET", "a", "v", "t", "taken")
+        self.assertEqual(r("RENAMENX", "a", "t"), b":0\r\n")
+        self.assertEqual(r("RENAMENX", "a", "a"), b":0\r\n")
+        self.assertEqual(r("MGET", "a", "t"), b"*2\r\n$1\r\nv\r\n$5\r\ntaken\r\n")
+        self.assertEqual(r("RENAMENX", "a", "b"), b":1\r\n")
+        self.assertEqual(r("MGET", "a", "b"), b"*2\r\n$-1\r\n$1\r\nv\r\n")
+        self.assertEqual(r("RENAMENX", "a", "c"), b"-ERR no such key\r\n")
+        out = r.send(cmd("MULTI") + cmd("DEL", "t") + cmd("RENAMENX", "b", "t") + cmd("EXEC"))
+        self.assertTrue(out.endswith(b"*2\r\n:1\r\n:1\r\n"), out)
+        self.assertEqual(r("GET", "t"), b"$1\r\nv\r\n")
+
     def test_setrange_getrange(self) -> None:
         r = self.r
         self.assertEqual(r("SET", "k", "Hello World"), b"+OK\r\n")

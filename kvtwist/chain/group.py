@@ -31,7 +31,7 @@ class Op:
 
     key: bytes
     rmw: Rmw
-    dest: bytes | None = None  # RENAME: the new name
+    dest: bytes | None = None  # RENAME: the new name (rmw.cond ABSENT: only if it is free)
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def decide_group(group: Group, latest: Callable[[bytes], bytes | None]) -> tuple
 
     ops = group.ops
     if group.all_or_nothing:
-        failed = [op for op in ops if op.rmw.kind is Kind.CAS and not _holds(op.rmw, get(op.key))]
+        failed = [op for op in ops if op.rmw.kind is Kind.CAS and not _holds(op, get)]
         if failed:
             return [_refused(op.key, get(op.key) is not None) for op in ops], ""
         ops = tuple(Op(op.key, _always(op.rmw), op.dest) for op in ops)
@@ -80,7 +80,8 @@ def decide_group(group: Group, latest: Callable[[bytes], bytes | None]) -> tuple
     for op in ops:
         current = get(op.key)
         if op.dest is not None:
-            subs.extend(_rename(op.key, op.dest, current, view))
+            free = op.rmw.cond is not Cond.ABSENT or (op.dest != op.key and get(op.dest) is None)
+            subs.extend(_rename(op.key, op.dest, current, view, free))
             continue
         is_put, data, result = decide(op.rmw, current)
         skip = bool(result.error) or not result.applied or op.rmw.kind is Kind.READ
@@ -97,8 +98,11 @@ def decide_group(group: Group, latest: Callable[[bytes], bytes | None]) -> tuple
     return subs, ""
 
 
-def _holds(rmw: Rmw, current: bytes | None) -> bool:
-    return decide(rmw, current)[2].applied
+def _holds(op: Op, get: Callable[[bytes], bytes | None]) -> bool:
+    """Whether a request's condition holds: a RENAMENX's is that its new name is free."""
+    if op.dest is not None:
+        return op.rmw.cond is not Cond.ABSENT or (op.dest != op.key and get(op.dest) is None)
+    return decide(op.rmw, get(op.key))[2].applied
 
 
 def _always(rmw: Rmw) -> Rmw:
@@ -117,11 +121,21 @@ def _always(rmw: Rmw) -> Rmw:
 
 
 def _rename(
-    src: bytes, dest: bytes, current: bytes | None, view: dict[bytes, bytes | None]
+    src: bytes,
+    dest: bytes,
+    current: bytes | None,
+    view: dict[bytes, bytes | None],
+    free: bool = True,
 ) -> list[Update]:
-    """Redis's RENAME: the value moves to ``dest``; an absent ``src`` is refused."""
+    """Redis's RENAME: the value moves to ``dest``; an absent ``src`` is refused.
+
+    Not ``free`` (a RENAMENX whose new name is taken, or is its own): nothing
+    moves, and the answer says the condition did not hold.
+    """
     if current is None:
         return [_sub(src, False, b"", RmwResult(error=NO_SUCH_KEY), True)]
+    if not free:
+        return [_sub(src, False, b"", RmwResult(applied=False, found=True), True)]
     moved = _sub(dest, True, current, RmwResult(found=True), False)
     if dest == src:
         moved.skip, moved.data = True, b""

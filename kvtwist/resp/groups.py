@@ -1,6 +1,6 @@
 """The Redis commands that are native groups (OP_MULTI), and the rest of the strings.
 
-MSET, MSETNX, RENAME, SETRANGE and INCRBYFLOAT each become one OP_MULTI: the
+MSET, MSETNX, RENAME, RENAMENX, SETRANGE and INCRBYFLOAT each become one OP_MULTI: the
 head decides its requests together against its latest state, in write order,
 and the chain applies them as one op, so a reader sees all of an MSET or
 none of it.  GETRANGE is a read sliced here; WAIT answers from the chain's
@@ -82,6 +82,11 @@ def rename(c: RespConnection, args: list[bytes]) -> Reply:
     return group(c, [wire.req_rename(args[1], args[2])], _all_ok)
 
 
+def renamenx(c: RespConnection, args: list[bytes]) -> Reply:
+    op = wire.req_rename(args[1], args[2], nx=True)
+    return group(c, [op], lambda rs: codec.integer(int(ok(rs[0]).applied)))
+
+
 def setrange(c: RespConnection, args: list[bytes]) -> Reply:
     offset = to_int(args[2])
     if offset < 0:
@@ -156,6 +161,7 @@ COMMANDS: dict[str, Command] = {
     "mset": Command(mset, -3, "write"),
     "msetnx": Command(msetnx, -3, "write"),
     "rename": Command(rename, 3, "write"),
+    "renamenx": Command(renamenx, 3, "write"),
     "setrange": Command(setrange, 4, "write"),
     "incrbyfloat": Command(incrbyfloat, 3, "write"),
     "getrange": Command(getrange, 4, "read"),

@@ -42,7 +42,7 @@ EXECABORT = "EXECABORT Transaction discarded because of previous errors."
 #: Commands a transaction may hold: those whose requests a group may hold, and local ones.
 QUEUEABLE = frozenset(
     "get set setnx getset getdel mget mset del unlink exists strlen type append incr decr"
-    " incrby decrby incrbyfloat getrange substr setrange rename ping echo time".split()
+    " incrby decrby incrbyfloat getrange substr setrange rename renamenx ping echo time".split()
 )
 #: Commands that steer a transaction, or the connection: run in order, never queued.
 CONTROL = frozenset({"multi", "exec", "discard", "watch", "unwatch", "quit"})

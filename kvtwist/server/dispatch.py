@@ -70,8 +70,11 @@ def group_reply(msg: Message, r: WriteResult) -> Message:
             one = wire.error_reply(a.error)
         elif op == wire.OP_GET:
             one = wire.reply(op, c_type=wire.CT_VALUE, values=[a.old] if a.found else [])
-        elif op in (wire.OP_PUT, wire.OP_RENAME):
+        elif op == wire.OP_PUT:
             one = wire.result_reply(op, r.op_n)
+        elif op == wire.OP_RENAME:
+            one = wire.result_reply(op, r.op_n)
+            one.applied = a.applied
         elif op == wire.OP_DEL:
             one = wire.result_reply(op, r.op_n)
             one.found = a.found

@@ -127,7 +127,9 @@ def _group_op(msg: Message, limits: Limits) -> Op:
         if len(msg.keys) != 2:
             raise BadRequest("RENAME needs two keys")
         src, dest = (check_key(msg, wire.CT_KEYS, k, limits) for k in msg.keys)
-        return Op(src, Rmw(Kind.CAS), dest)
+        if msg.cond not in (Cond.ALWAYS, Cond.ABSENT):
+            raise BadRequest(f"RENAME takes cond 0 or 1 (dest absent), got {msg.cond}")
+        return Op(src, Rmw(Kind.CAS, cond=Cond(msg.cond)), dest)
     if op == wire.OP_INCRBYFLOAT:
         return Op(single_key(msg, limits), Rmw(Kind.INCRFLOAT, fdelta=msg.float_delta[:5000]))
     if op == wire.OP_SETRANGE:
