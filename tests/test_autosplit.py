@@ -36,6 +36,7 @@ class MeasureTests(SynchronousTestCase):
         view = ReadView(tree_of(100), 7, b"k0010", b"k0090")
         quiet = load.measure(view, Thresholds(keys=1000))
         self.assertEqual((quiet.keys, quiet.size, quiet.middle, quiet.op), (80, None, None, 7))
+        self.assertEqual(quiet.stray, 20, "the keys outside the view: given away, not swept")
         near = load.measure(view, Thresholds(keys=100))
         self.assertEqual(near.middle, b"k0050")
         sized = load.measure(view, Thresholds(size=1000))
@@ -44,7 +45,7 @@ class MeasureTests(SynchronousTestCase):
 
     def test_record_round_trips_and_junk_is_refused(self) -> None:
         """A server's record decodes to what was measured; junk is BadMap."""
-        loads = {"c0": ChainLoad(5, 100, b"m", 9), "c1": ChainLoad(0)}
+        loads = {"c0": ChainLoad(5, 100, b"m", 9, 3), "c1": ChainLoad(0)}
         self.assertEqual(load.decode(load.encode(loads)), loads)
         self.assertRaises(BadMap, load.decode, b"junk")
         self.assertRaises(BadMap, load.decode, b'{"format": 9, "chains": {}}')

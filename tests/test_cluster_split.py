@@ -2,10 +2,12 @@
 client writes unique values to keys on both sides of the cut and another reads them;
 the new chain starts from the old one's state, no acknowledged write is lost, no read
 goes back past a write acknowledged before it began, and the shards' sizes add up to
-the keys written (the old chain no longer counts the keys it gave away)."""
+the keys written (the old chain no longer counts the keys it gave away, and once
+the split settles deletes them)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import tempfile
@@ -50,9 +52,13 @@ class ClusterSplitTests(ClusterCase):
             m = ShardMap.decode(self.kazoo.get(self.paths.map)[0])
             self.assertEqual([(s.start, s.end, s.chain) for s in m.shards],
                              [(b"", b"m", "c0"), (b"m", None, "c1")])
-            self.assertEqual(m.chains["c1"].parent, "c0")
+            self.assertIn(m.chains["c1"].parent, ("c0", None))  # None: settled already
             self.assertEqual(m.chains["c1"].members, SERVERS)
             self.assertEqual(sorted(self.listed("c1")), list(SERVERS))
+            wait_for(lambda: self.current_map().chains["c1"].parent is None, 30,
+                     "the controller to settle the split")
+            wait_for(lambda: self.swept("c0") is not None, 30, "c0 to sweep what it gave away")
+            self.assertEqual(self.swept("c0"), PRELOAD // 2 + len(KEYS) // 2)
             acked = sum(len(v) for v in history.acked.values())
             wait_for(lambda: sum(len(v) for v in history.acked.values()) > acked + 20,
                           30, "writes after the split")
@@ -74,6 +80,16 @@ class ClusterSplitTests(ClusterCase):
             "second": pauses(history.writes, again_at, again_done),
         }
         print(f"\ncluster split under load: {report}", file=sys.stderr)
+
+
+    def current_map(self) -> ShardMap:
+        return ShardMap.decode(self.kazoo.get(self.paths.map)[0])
+
+    def swept(self, chain: str) -> int | None:
+        """The keys the servers' logs say ``chain``'s sweeps deleted (None: not done)."""
+        text = "\n".join(node.log() for node in self.servers.values())
+        found = re.findall(rf"chain {chain}: swept the (\d+) keys", text)
+        return sum(map(int, found)) if found else None
 
 
 class DurableSplitTests(ClusterCase):

@@ -8,6 +8,10 @@ key at or above ``b``, and once the marker is committed its tail serves no
 read of one.  The new chain above ``b`` starts from the committed state at or
 after the marker, which no later op of this chain changes above ``b``.
 
+What a split leaves behind in the tree above ``b`` is deleted later by
+*sweeps*: ops of plain deletes, written by the head once the new chain no
+longer needs this chain's copy to start from.
+
 The map and the markers both narrow the range; the narrowest end rules.  The
 marker is what every member agrees on (it is an op, in order); the map is what
 a member that never saw the marker (one that copied its state afterwards)
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["KeyBounds", "Moved", "Split", "narrowest"]
+__all__ = ["HeadOp", "KeyBounds", "Moved", "Split", "Sweep", "narrowest"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,19 @@ class Split:
     """A request the head makes of itself: write the split marker at ``at``."""
 
     at: bytes
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A request the head makes of itself: delete ``keys``, which the chain gave away
+    (kvtwist.cluster.sweep says when that is safe).  One op, so every member deletes
+    them at the same point of the log; a key the chain still holds is left alone."""
+
+    keys: tuple[bytes, ...]
+
+
+#: What the head asks of itself, numbered among client writes.
+HeadOp = Split | Sweep
 
 
 class Moved(Exception):

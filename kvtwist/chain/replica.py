@@ -29,14 +29,14 @@ so unit tests drive it with in-memory transports and a fake coordinator.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvtwist.chain.bounds import Split
+from kvtwist.chain.bounds import HeadOp, Split, Sweep
 from kvtwist.chain.foreign import ForeignMembers
 from kvtwist.chain.group import Group
 from kvtwist.chain.holds import TailHolds
@@ -224,7 +224,7 @@ class Replica:
         request_id: int = 0,
         ack_below: int = 0,
         resend: bool = False,
-        rmw: Rmw | Group | Split | None = None,
+        rmw: Rmw | Group | HeadOp | None = None,
         hold: bool = True,
     ) -> Deferred[WriteResult]:
         """Order, apply and commit one client write (:meth:`WritePath.write`)."""
@@ -291,6 +291,11 @@ class Replica:
                 log.info("split marker at {at!r}: op {n}", at=at, n=result.op_n)
 
         self.writes.write(False, b"", b"", rmw=Split(at), hold=False).addBoth(done)
+
+    def sweep(self, keys: Sequence[bytes]) -> Deferred[WriteResult]:
+        """At the head: delete, as one op, keys the chain gave away (kvtwist.cluster.sweep
+        decides which may go); fires once committed."""
+        return self.writes.write(False, b"", b"", rmw=Sweep(tuple(keys)), hold=False)
 
     # links
 

@@ -49,7 +49,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kvtwist.chain.bounds import KeyBounds, Moved, Split
+from kvtwist.chain.bounds import HeadOp, KeyBounds, Moved, Split, Sweep
 from kvtwist.chain.dedup import OUTCOME_UNKNOWN, DedupTable, Entry
 from kvtwist.chain.epochs import EpochHistory, Mark
 from kvtwist.chain.group import Group, answers_of, decide_group, group_size, writes_of
@@ -75,7 +75,7 @@ UPDATE_OVERHEAD = 512
 #: for a group (kvtwist.chain.group), its requests (the key is then empty).
 WriteRequest = (
     tuple[bool, bytes, bytes, str, int, int, bool]
-    | tuple[bool, bytes, bytes, str, int, int, bool, Rmw | Group | Split | None]
+    | tuple[bool, bytes, bytes, str, int, int, bool, Rmw | Group | HeadOp | None]
 )
 
 #: A retried read-modify-write whose first answer the chain no longer holds
@@ -233,6 +233,10 @@ class ChainState:
                 out.updates.append(self._marker(rmw.at, epoch))
                 out.outcomes.append(out.updates[-1].seq)
                 continue
+            if isinstance(rmw, Sweep):
+                out.updates.append(self._sweep(rmw.keys, epoch))
+                out.outcomes.append(out.updates[-1].seq)
+                continue
             if self.bounds.limited and not self._holds(key, rmw):
                 out.outcomes.append(Moved("the key's shard was split off this chain"))
                 continue
@@ -291,8 +295,21 @@ class ChainState:
         self.bounds.note(seq, at)
         return Update(seq=seq, epoch=epoch, group=[Update(skip=True)], split_at=at)
 
+    def _sweep(self, keys: Iterable[bytes], epoch: int) -> Update:
+        """A sweep (kvtwist.chain.bounds): one op deleting keys the chain gave away,
+        never one it still holds (an op that writes nothing if none is left)."""
+        seq = self.next_seq
+        self.next_seq += 1
+        holds = self.bounds.holds
+        gone = [Update(key=k, is_put=False) for k in keys if not holds(k)]
+        u = Update(seq=seq, epoch=epoch, group=gone or [Update(skip=True)])
+        for w in gone:
+            self._latest[w.key] = (seq, None)
+        self.written.wrote(changed_keys(u), seq)
+        return u
+
     def _retried(
-        self, entry: Entry, rmw: Rmw | Group | Split | None
+        self, entry: Entry, rmw: Rmw | Group | HeadOp | None
     ) -> WriteResult | Exception | int:
         """A retry's outcome: the op it waits for, or the first attempt's answer."""
         if entry.seq > self.committed_seq:

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvtwist.chain.attempt import Attempt
-from kvtwist.chain.bounds import Split
+from kvtwist.chain.bounds import HeadOp
 from kvtwist.chain.group import Group
 from kvtwist.chain.holds import Intake
 from kvtwist.chain.link import Link
@@ -108,7 +108,7 @@ class WritePath:
         request_id: int = 0,
         ack_below: int = 0,
         resend: bool = False,
-        rmw: Rmw | Group | Split | None = None,
+        rmw: Rmw | Group | HeadOp | None = None,
         hold: bool = True,
     ) -> Deferred[WriteResult]:
         """Order, apply and commit one client write; fires once committed.

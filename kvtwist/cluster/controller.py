@@ -110,10 +110,12 @@ class ControllerCore:
             del self.gone_since[sid]
 
     def watched_chains(self) -> set[str]:
-        """The chains whose members a move or drain waits on: the driver watches these."""
+        """The chains whose members a move, a drain or a split's end waits on: the
+        driver watches these."""
         if self.map is None or self.requests is None:
             return set()
         out = {mv.chain for mv in self.requests.moves if mv.chain in self.map.chains}
+        out |= {cid for cid, p in self.map.chains.items() if p.parent is not None}
         for sid in self.requests.draining:
             out |= {p.id for p in self.map.chains_of(sid)}
         return out
@@ -131,7 +133,7 @@ class ControllerCore:
         """
         if self.map is None:
             return None
-        m = self._grown(self._split(self.map), now)
+        m = self._grown(self._split(self._settle(self.map)), now)
         draining = self.requests.draining if self.requests is not None else ()
         gone_for = {sid: now - t for sid, t in self.gone_since.items()}
         changes = placement.replacements(m, self.live, gone_for, self.replace_after, draining)
@@ -139,6 +141,19 @@ class ControllerCore:
         filled = placement.fill(placement.apply(m, [*changes, *moved]), self.live, draining)
         new = placement.apply(m, [*changes, *moved, *filled])
         return None if new is self.map else new
+
+    def _settle(self, m: ShardMap) -> ShardMap:
+        """``m`` with each split-off chain whose planned servers are all its members no
+        longer split off its parent (``ShardMap.settled``): the parent may sweep."""
+        joined = moves.joined_servers(self.live, self.members)
+        done = [
+            cid
+            for cid, plan in m.chains.items()
+            if plan.parent is not None
+            and plan.members
+            and set(plan.members) <= joined.get(cid, set())
+        ]
+        return m.settled(*done) if done else m
 
     def _split(self, m: ShardMap) -> ShardMap:
         """``m`` with the pending splits made (a chain that is changing members waits)."""
@@ -333,7 +348,7 @@ class ControllerService(Service):
             self._step()
 
     def _watch_members(self) -> None:
-        """Watch the member lists of exactly the chains a move or drain waits on."""
+        """Watch the member lists of exactly the chains a move, a drain or a split waits on."""
         core = self.core
         if core is None:
             return

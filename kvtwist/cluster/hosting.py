@@ -26,6 +26,7 @@ from kvtwist.cluster.load import Thresholds
 from kvtwist.cluster.reporting import LoadReporter
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
 from kvtwist.cluster.store import ClusterStore
+from kvtwist.cluster.sweeper import Sweeper
 from kvtwist.server.chains import Chains
 from kvtwist.services import retry_zookeeper
 from kvtwist.storage import ClientRow, DataDir
@@ -106,6 +107,10 @@ class ClusterServer(service.Service):
             reactor, store, me.id, lambda: {c: h.replica for c, h in self.hosted.items()},
             thresholds,
         )
+        #: deletes what the chains headed here gave away in splits, once they may
+        self.sweeper = Sweeper(
+            reactor, lambda: {c: h.replica for c, h in self.hosted.items()}, lambda: self.map
+        )
         self.paths = paths
         self.me = me
         self.chains = chains
@@ -148,6 +153,7 @@ class ClusterServer(service.Service):
         self.store.watch_map(lambda data, version: self.map_changed(data))
         self.controller.startService()
         self.reporter.start()
+        self.sweeper.start()
 
     def drop_session(self) -> None:
         self.session.drop()
@@ -373,6 +379,7 @@ class ClusterServer(service.Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self.reporter.stop()
+        self.sweeper.stop()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         if self.controller.running:

@@ -6,12 +6,14 @@ only the keys of the chain's shard) and writes one record per server,
 ``/kvtwist/NAME/load/ID``::
 
     {"format": 1, "chains": {"c0": {"keys": 1200, "bytes": 98304,
-                                    "middle": "6b3031", "op": 5521}}}
+                                    "middle": "6b3031", "op": 5521, "stray": 0}}}
 
 ``middle`` is the key halfway through the shard's keys (hex), measured only
 when the shard is past half of a split threshold.  The controller reads the
 records while elected and splits a shard at its middle key once its keys pass
 ``--split-keys`` or its bytes ``--split-bytes`` (:func:`split_due`).
+``stray`` counts the keys the chain's tree holds outside its shard: what a
+split gave away and no sweep has deleted yet (kvtwist.cluster.sweep).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class ChainLoad:
     size: int | None = None  # bytes of keys and values; None: not measured
     middle: bytes | None = None
     op: int = 0
+    stray: int = 0  # keys held outside the shard (given away, not swept yet)
 
 
 def measure(view: ReadView, limits: Thresholds) -> ChainLoad:
@@ -76,7 +79,8 @@ def measure(view: ReadView, limits: Thresholds) -> ChainLoad:
         if items is None:
             items = tree.range(start, end, keys // 2 + 1)
         middle = items[keys // 2][0]
-    return ChainLoad(keys, size, middle, view.seq)
+    stray = 0 if view.whole else len(tree) - keys
+    return ChainLoad(keys, size, middle, view.seq, stray)
 
 
 def encode(loads: Mapping[str, ChainLoad]) -> bytes:
@@ -84,7 +88,7 @@ def encode(loads: Mapping[str, ChainLoad]) -> bytes:
         {
             "format": FORMAT,
             "chains": {
-                cid: {"keys": c.keys, "bytes": c.size, "op": c.op}
+                cid: {"keys": c.keys, "bytes": c.size, "op": c.op, "stray": c.stray}
                 | ({"middle": c.middle.hex()} if c.middle is not None else {})
                 for cid, c in sorted(loads.items())
             },
@@ -108,6 +112,7 @@ def decode(data: bytes) -> dict[str, ChainLoad]:
                 None if size is None else int(size),
                 None if middle is None else bytes.fromhex(middle),
                 int(c.get("op", 0)),
+                int(c.get("stray", 0)),
             )
         return out
     except BadMap:

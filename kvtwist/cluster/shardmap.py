@@ -23,7 +23,7 @@ import bisect
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = [
@@ -317,6 +317,15 @@ class ShardMap:
         chains = dict(self.chains)
         chains[new_chain] = ChainPlan(new_chain, plan.members, 1, chain)
         return ShardMap(self.version + 1, self.replicas, tuple(shards), chains)
+
+    def settled(self, *chains: str) -> ShardMap:
+        """The next map, with ``chains`` no longer split off their parents: every server
+        planned for one is its member, so none starts from the parent's copy any more,
+        and the parent may delete the keys it gave away (kvtwist.cluster.sweep)."""
+        plans = dict(self.chains)
+        for cid in chains:
+            plans[cid] = replace(plans[cid], parent=None)
+        return ShardMap(self.version + 1, self.replicas, self.shards, plans)
 
     def free_chain_id(self) -> str:
         """The next chain name of the ``c0``, ``c1``, ... series not taken yet."""
