@@ -13,6 +13,7 @@ from twisted.python import usage
 from kvtwist import wire
 from kvtwist.chain.auth import load_key
 from kvtwist.chain.link import DEFAULT_LINK_TIMEOUT
+from kvtwist.cluster.balance import DEFAULT_BALANCE_AFTER
 from kvtwist.secretfile import KeyFileError, load_secret
 from kvtwist.server import (
     DEFAULT_MAX_CONNECTIONS,
@@ -112,6 +113,15 @@ class NodeOptions(usage.Options):
             None,
             60.0,
             "Seconds a cluster server may be gone before its chains get a new member.",
+            float,
+        ],
+        [
+            "balance-after",
+            None,
+            DEFAULT_BALANCE_AFTER,
+            "Seconds a cluster's map must stay unchanged before the controller moves a "
+            "replica from the server holding most chains to the one holding fewest "
+            "(0: never).",
             float,
         ],
         [
@@ -362,6 +372,8 @@ class NodeOptions(usage.Options):
             raise usage.UsageError(str(e)) from None
         if self["replace-after"] <= 0:
             raise usage.UsageError("--replace-after must be positive")
+        if self["balance-after"] < 0:
+            raise usage.UsageError("--balance-after must not be negative (0: never balance)")
         for name in ("split-keys", "split-bytes"):
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must not be negative (0: never split)")

@@ -49,6 +49,7 @@ INTEGRATION: dict[str, frozenset[str] | None] = {
     "test_cluster_server": None,
     "test_cluster_move": None,
     "test_cluster_split": None,
+    "test_cluster_balance": None,
     "test_cluster_metrics": None,
     "test_torture_cluster": None,
     "test_client_token": frozenset({"ShellTokenTests"}),

@@ -36,7 +36,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvtwist.cluster import load, moves, placement
+from kvtwist.cluster import balance, load, moves, placement
 from kvtwist.cluster.load import ChainLoad, Thresholds
 from kvtwist.cluster.requests import BadRequests, Requests, ShardSplit
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
@@ -70,8 +70,18 @@ class ControllerCore:
     ``replace_after`` of its own before replacing, never less.
     """
 
-    def __init__(self, replace_after: float, thresholds: Thresholds | None = None) -> None:
+    def __init__(
+        self,
+        replace_after: float,
+        thresholds: Thresholds | None = None,
+        balance_after: float = 0.0,
+    ) -> None:
+        """``balance_after``: seconds of quiet before a balancing move (0: never)."""
         self.replace_after = replace_after
+        self.balance_after = balance_after
+        #: since when the map has not changed (as this core saw it: a new core waits a
+        #: whole ``balance_after`` of its own)
+        self.quiet_since = 0.0
         #: when a shard splits on its own, and what each server measured of its shards
         self.thresholds = thresholds or Thresholds()
         self.loads: dict[str, dict[str, ChainLoad]] = {}
@@ -85,6 +95,8 @@ class ControllerCore:
         self.members: dict[str, tuple[str, ...]] = {}
 
     def map_seen(self, m: ShardMap | None, now: float) -> None:
+        if m is None or self.map is None or m.version != self.map.version:
+            self.quiet_since = now
         self.map = m
         self._note_gone(now)
 
@@ -197,13 +209,26 @@ class ControllerCore:
             return None
         return self.requests.without_moves(done).without_splits(split)
 
+    def balancing_requests(self, now: float) -> Requests | None:
+        """The request record with a balancing move (kvtwist.cluster.balance) once the map
+        has been quiet for ``balance_after``, or None."""
+        if not self.balance_after or self.map is None or self.requests is None:
+            return None
+        if now - self.quiet_since < self.balance_after:
+            return None
+        move = balance.balance_move(self.map, self.live, self.requests, bool(self.gone_since))
+        return None if move is None else self.requests.with_move(move)
+
     def progress(self) -> dict[str, str]:
         """Chain id -> what its move or drain is doing or waiting for."""
         return self._plan(self.map).progress if self.map is not None else {}
 
     def next_tick(self, now: float) -> float | None:
-        """Seconds until a gone server passes ``replace_after`` (then decide again)."""
+        """Seconds until a gone server passes ``replace_after``, or the quiet before a
+        balancing move ends (then decide again)."""
         waits = [t + self.replace_after - now for t in self.gone_since.values()]
+        if self.balance_after:
+            waits.append(self.quiet_since + self.balance_after - now)
         future = [w for w in waits if w >= 0]
         return min(future) + 0.001 if future else None
 
@@ -227,6 +252,7 @@ class ControllerService(Service):
         replace_after: float = DEFAULT_REPLACE_AFTER,
         candidate: str = "controller",
         thresholds: Thresholds | None = None,
+        balance_after: float = 0.0,
     ) -> None:
         if replace_after < 0:
             raise ValueError(f"replace_after must not be negative, not {replace_after!r}")
@@ -235,6 +261,7 @@ class ControllerService(Service):
         self.paths = paths
         self.replace_after = replace_after
         self.thresholds = thresholds or Thresholds()
+        self.balance_after = balance_after
         self.candidate = candidate
         #: while elected with a split threshold: reads the servers' load records
         self._loads = LoopingCall(self._poll_loads)
@@ -244,6 +271,7 @@ class ControllerService(Service):
         self._map: tuple[ShardMap | None, int] = (None, -1)
         self._live: dict[str, Server] = {}
         self._requests: tuple[Requests | None, int] = (Requests(), -1)
+        self._requests_read = False  # the record was read (absent, at version -1, or not)
         #: the chains whose members we watch while elected: how to stop each watch
         self._member_watches: dict[str, Callable[[], None]] = {}
         self._election: Election | None = None
@@ -276,7 +304,7 @@ class ControllerService(Service):
         log.info("controller of cluster {name}: elected", name=self.paths.name)
         self.leading = True
         now = self.reactor.seconds()
-        self.core = ControllerCore(self.replace_after, self.thresholds)
+        self.core = ControllerCore(self.replace_after, self.thresholds, self.balance_after)
         if not self.thresholds.off and not self._loads.running:
             self._loads.start(load.LOAD_PERIOD, now=False)
         self.core.servers_seen(self._live, now)
@@ -342,6 +370,7 @@ class ControllerService(Service):
                       "is carried out: {e}", name=self.paths.name, e=e)
             requests = None
         self._requests = (requests, version)
+        self._requests_read = True
         if self.core is not None:
             self.core.requests_seen(requests)
             self._watch_members()
@@ -385,6 +414,10 @@ class ControllerService(Service):
         if left is not None and self._requests[1] >= 0:
             self._write_requests(left, self._requests[1])
             return
+        more = core.balancing_requests(now) if self._requests_read else None
+        if more is not None:  # at version -1 the record is made
+            self._write_requests(more, self._requests[1])
+            return
         wait = core.next_tick(now)
         if wait is not None:
             self._timer = self.reactor.callLater(wait, self._tick)
@@ -414,11 +447,13 @@ class ControllerService(Service):
         old = self._requests[0]
 
         def adopt() -> None:
-            over = [mv for mv in (old.moves if old is not None else ()) if mv not in left.moves]
-            log.info("cluster {name}: request record written ({what} over)",
-                     name=self.paths.name,
-                     what=", ".join(f"move of {mv.chain} {mv.source} -> {mv.target}"
-                                    for mv in over))
+            before = old.moves if old is not None else ()
+            over = [f"move of {mv.chain} {mv.source} -> {mv.target} over"
+                    for mv in before if mv not in left.moves]
+            new = [f"balancing: move of {mv.chain} {mv.source} -> {mv.target}"
+                   for mv in left.moves if mv not in before]
+            log.info("cluster {name}: request record written ({what})",
+                     name=self.paths.name, what=", ".join(over + new) or "splits over")
             if self._requests[1] == znode_version:
                 self._requests = (left, znode_version + 1)
                 if self.core is not None:

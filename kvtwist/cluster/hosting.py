@@ -91,6 +91,7 @@ class ClusterServer(service.Service):
         make_zk: Callable[[str], ZooKeeper],
         replace_after: float = 60.0,
         thresholds: Thresholds | None = None,
+        balance_after: float = 0.0,
     ) -> None:
         """``store``: the cluster's znodes on ``session``; ``make_zk(root)``: an adapter of
         ``session`` rooted at a chain's root; ``replace_after``: the controller's, when
@@ -100,7 +101,7 @@ class ClusterServer(service.Service):
         self.store = store
         thresholds = thresholds or Thresholds()
         self.controller = ControllerService(
-            reactor, store, paths, replace_after, me.id, thresholds
+            reactor, store, paths, replace_after, me.id, thresholds, balance_after
         )
         #: this server's measure of the shards it is the tail of, for the controller
         self.reporter = LoadReporter(

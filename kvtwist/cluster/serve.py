@@ -176,6 +176,7 @@ def build_server(options: NodeOptions, reactor: Any) -> service.MultiService:
         open_chain,
         make_zk,
         replace_after=options["replace-after"],
+        balance_after=options["balance-after"],
         thresholds=Thresholds(options["split-keys"], options["split-bytes"]),
     )
     cluster.setServiceParent(top)
