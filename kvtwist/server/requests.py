@@ -204,16 +204,7 @@ def _get_many(msg: Message, limits: Limits) -> Reader:
         if not v.whole and not all(v.holds(k) for k in keys):
             raise Moved("a key's shard was split off this chain")
         tree_get = v.tree.get
-        found = [(k, d) for k in keys if (d := tree_get(k)) is not None]
-        _bounded(op, (len(k) + len(d) for k, d in found), max_reply)
-        return wire.frame(
-            wire.reply(
-                op,
-                c_type=wire.CT_ENTRIES,
-                keys=[k for k, _ in found],
-                values=[d for _, d in found],
-            )
-        )
+        return _entries(op, [(k, d) for k in keys if (d := tree_get(k)) is not None], max_reply)
 
     return get
 
@@ -276,16 +267,7 @@ def _range(msg: Message, limits: Limits) -> Reader:
         if not v.whole:  # only what is still this chain's
             low = v.start if low is None else max(low, v.start)
             high = narrowest(high, v.end)
-        items = v.tree.range(low, high, limit)
-        _bounded(op, (len(k) + len(d) for k, d in items), max_reply)
-        return wire.frame(
-            wire.reply(
-                op,
-                c_type=wire.CT_ENTRIES,
-                keys=[k for k, _ in items],
-                values=[d for _, d in items],
-            )
-        )
+        return _entries(op, v.tree.range(low, high, limit), max_reply)
 
     return scan
 
@@ -330,6 +312,16 @@ def too_big(op: int, max_reply: int) -> BadRequest:
     return BadRequest(
         f"the {wire.op_name(op)} reply would exceed {max_reply} bytes (--max-reply); "
         "page through the keys with RANGE and a smaller limit"
+    )
+
+
+def _entries(op: int, items: list[tuple[bytes, bytes]], max_reply: int) -> bytes:
+    """The ENTRIES reply frame of ``items``, refused past ``max_reply`` before it is built."""
+    _bounded(op, (len(k) + len(d) for k, d in items), max_reply)
+    return wire.frame(
+        wire.reply(
+            op, c_type=wire.CT_ENTRIES, keys=[k for k, _ in items], values=[d for _, d in items]
+        )
     )
 
 
