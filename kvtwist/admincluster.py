@@ -25,12 +25,13 @@ from kazoo.client import KazooClient
 from kvtwist import adminmove
 from kvtwist.adminstatus import AskStats, MemberRow, align, member_rows, position
 from kvtwist.client.shell_syntax import escape
-from kvtwist.cluster import moves
+from kvtwist.cluster import load, moves
 from kvtwist.cluster.placement import place
 from kvtwist.cluster.requests import BadRequests, Requests
 from kvtwist.cluster.shardmap import BadMap, ClusterPaths, Server, ShardMap
 from kvtwist.zk.cluster import (
     create_cluster_sync,
+    loads_sync,
     read_map_sync,
     read_requests_sync,
     servers_sync,
@@ -180,6 +181,8 @@ class ClusterStatus:
     requests_error: str | None = None
     #: chain id -> what its move or drain is doing or waiting for
     progress: dict[str, str] = field(default_factory=dict)
+    #: chain id -> keys its tail last reported holding outside its shard (not swept yet)
+    stray: dict[str, int] = field(default_factory=dict)
 
 
 def gather(zk: KazooClient, paths: ClusterPaths, ask_chain: Any) -> ClusterStatus:
@@ -206,7 +209,23 @@ def gather(zk: KazooClient, paths: ClusterPaths, ask_chain: Any) -> ClusterStatu
     listed = {r.chain: [row.address for row in r.members if row.address] for r in rows}
     joined = moves.joined_servers(live, listed)
     st.progress = moves.plan(m, st.requests, live, joined).progress
+    st.stray = stray_keys(loads_sync(zk, paths))
     return st
+
+
+def stray_keys(records: dict[str, bytes]) -> dict[str, int]:
+    """Per chain, the stray keys of its latest load report (the highest op); a record
+    this code cannot read is left out."""
+    latest: dict[str, tuple[int, int]] = {}
+    for data in records.values():
+        try:
+            loads = load.decode(data)
+        except BadMap:
+            continue
+        for cid, c in loads.items():
+            if cid not in latest or c.op > latest[cid][0]:
+                latest[cid] = (c.op, c.stray)
+    return {cid: stray for cid, (_, stray) in latest.items() if stray}
 
 
 def status(zk: KazooClient, paths: ClusterPaths, ask: Any, output: str = "table") -> int:
@@ -246,6 +265,8 @@ def cluster_json(st: ClusterStatus) -> dict[str, Any]:
             "end_text": None if shard.end is None else escape(shard.end),
             "chain": shard.chain,
             "chain_version": plan.version if plan else None,
+            "split_from": plan.parent if plan else None,
+            "stray_keys": st.stray.get(shard.chain, 0),
             "planned": _roles(plan.members) if plan else [],
             "members": [asdict(r) for r in row.members] if row else [],
         })
@@ -327,4 +348,10 @@ def requests_lines(st: ClusterStatus) -> list[str]:
         out += [f"  {cid}: {st.progress[cid]}" for cid in left if cid in st.progress]
     for sp in st.requests.splits:
         out.append(f"split       {sp.chain} at {escape(sp.at)}: pending")
+    for cid, plan in sorted(m.chains.items()):
+        if plan.parent is not None:
+            out.append(f"settling    {cid} split off {plan.parent}: until every server "
+                       f"planned for it is its member; then {plan.parent} sweeps")
+    for cid, n in sorted(st.stray.items()):
+        out.append(f"sweeping    {cid}: {n} keys given away by splits, not deleted yet")
     return ["", *out] if out else []

@@ -11,7 +11,16 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvtwist.admincluster import ChainRows, ClusterStatus, cluster_table, even_cuts, parse_keys
+from kvtwist.admincluster import (
+    ChainRows,
+    ClusterStatus,
+    cluster_json,
+    cluster_table,
+    even_cuts,
+    parse_keys,
+    stray_keys,
+)
+from kvtwist.cluster import load
 from kvtwist.cluster.shardmap import ClusterPaths, Server, ShardMap
 from tests.nodes import ROOT, TWISTD, NodeProcess, env, free_port, wait_for
 from tests.zkserver import ZooKeeperCase
@@ -56,6 +65,28 @@ class CutTests(SynchronousTestCase):
         self.assertIn("[m, ∞)", text)
         self.assertIn("s1,s2*", text)
         self.assertIn("not live", text)
+
+
+    def test_table_shows_settling_splits_and_stray_keys(self) -> None:
+        """A chain still split off its parent, and a chain holding keys it gave away
+        (its tail's latest report counts), each get a line."""
+        m = ShardMap.initial(2, [], [("s1", "s2")]).split("c0", b"m", "c1")
+        st = ClusterStatus("prod", m, {}, [])
+        records = {
+            "s1": load.encode({"c0": load.ChainLoad(5, op=9, stray=7)}),
+            "s2": load.encode({"c0": load.ChainLoad(5, op=4, stray=40)}),
+            "s3": b"junk",
+        }
+        st.stray = stray_keys(records)
+        self.assertEqual(st.stray, {"c0": 7})
+        text = cluster_table(st)
+        self.assertIn("settling    c1 split off c0", text)
+        self.assertIn("sweeping    c0: 7 keys given away", text)
+        self.assertEqual(cluster_json(st)["shards"][1]["split_from"], "c0")
+        st.map = m.settled("c1")
+        st.stray = {}
+        self.assertNotIn("settling", cluster_table(st))
+        self.assertNotIn("sweeping", cluster_table(st))
 
 
 class AdminClusterTests(ZooKeeperCase):

@@ -120,6 +120,21 @@ def write_requests_sync(
     return True
 
 
+def loads_sync(client: KazooClient, paths: ClusterPaths) -> dict[str, bytes]:
+    """Blocking: every server's load record (kvtwist.cluster.load), by server id."""
+    out = {}
+    try:
+        names = client.get_children(paths.loads)
+    except NoNodeError:
+        return {}
+    for name in names:
+        try:
+            out[name] = client.get(f"{paths.loads}/{name}")[0]
+        except NoNodeError:
+            continue
+    return out
+
+
 def servers_sync(
     client: KazooClient, paths: ClusterPaths, watch: Callable[[Any], None] | None = None
 ) -> dict[str, Server]:
@@ -390,20 +405,7 @@ class ZooKeeperClusterStore:
         return self.session.call(write)
 
     def read_loads(self) -> Deferred[dict[str, bytes]]:
-        def read() -> dict[str, bytes]:
-            client, out = self.session.client, {}
-            try:
-                names = client.get_children(self.paths.loads)
-            except NoNodeError:
-                return {}
-            for name in names:
-                try:
-                    out[name] = client.get(f"{self.paths.loads}/{name}")[0]
-                except NoNodeError:
-                    continue
-            return out
-
-        return self.session.call(read)
+        return self.session.call(lambda: loads_sync(self.session.client, self.paths))
 
     # -- servers ---------------------------------------------------------------------
 
