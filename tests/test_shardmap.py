@@ -86,6 +86,8 @@ class ClusterOptionTests(SynchronousTestCase):
              "--resp-port is for a lone chain"),
             (["--zk", "127.0.0.1:1", "--cluster", "c", "--in-memory", "--replace-after", "0"],
              "--replace-after must be positive"),
+            (["--zk", "127.0.0.1:1", "--cluster", "c", "--in-memory", "--balance-after", "-1"],
+             "--balance-after must not be negative"),
         ]:
             with self.assertRaises(UsageError, msg=args) as caught:
                 self.parse(*args)
@@ -96,3 +98,4 @@ class ClusterOptionTests(SynchronousTestCase):
                        "--zone", "z1", "--in-memory")
         self.assertEqual((o["cluster"], o["server-id"], o["zone"]), ("prod", "s1", "z1"))
         self.assertEqual(o["replace-after"], 60.0)
+        self.assertEqual(o["balance-after"], 300.0)
