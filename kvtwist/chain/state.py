@@ -341,8 +341,12 @@ class ChainState:
             last = u.seq
         return fresh, None
 
-    def accept(self, updates: list[Update]) -> list[Update]:
-        """Take the next updates in order into the Sent list: the writes for the store."""
+    def accept(self, updates: list[Update], numbered: bool = False) -> list[Update]:
+        """Take the next updates in order into the Sent list: the writes for the store.
+
+        ``numbered``: the head numbered them here, and ``number`` noted their
+        latest values, watch index entries and retry-table rows already.
+        """
         if not updates:
             return updates
         pending = self.pending
@@ -355,6 +359,8 @@ class ChainState:
                 self.bounds.note(seq, u.split_at)
             pending[seq] = u
             size += update_size(u)
+            if numbered:
+                continue
             for w in writes_of(u):
                 latest[w.key] = (seq, w.data if w.is_put else None)
             self.written.wrote(changed_keys(u), seq)

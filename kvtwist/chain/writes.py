@@ -138,7 +138,7 @@ class WritePath:
             done = self._wait_commit(outcome)
         else:
             done = defer.fail(outcome) if isinstance(outcome, Exception) else defer.succeed(outcome)
-        self.accept(numbered.updates)
+        self.accept(numbered.updates, numbered=True)
         return done
 
     def write_many(self, writes: list[WriteRequest]) -> Deferred[list[WriteResult | Exception]]:
@@ -190,7 +190,7 @@ class WritePath:
                     waiting.setdefault(outcome, []).append(partial(batch.fill, i))
                 else:
                     batch.fill(i, outcome)
-        self.accept(numbered.updates, now=True)
+        self.accept(numbered.updates, now=True, numbered=True)
 
     def _note_numbered(self, updates: list[Any]) -> None:
         if self.on_commit_latency is not None and updates:
@@ -213,11 +213,12 @@ class WritePath:
 
     # the write path shared by head, middle and tail
 
-    def accept(self, updates: list[Any], now: bool = False) -> None:
+    def accept(self, updates: list[Any], now: bool = False, numbered: bool = False) -> None:
         """Take the next updates in order: note them, then hand them to the store together
-        (``now``: at the end of a turn, so the store need not wait for one)."""
+        (``now``: at the end of a turn, so the store need not wait for one; ``numbered``:
+        this head numbered them)."""
         r = self.r
-        writes = r.state.accept(updates)
+        writes = r.state.accept(updates, numbered)
         if not writes:
             return
         attempt = r.life.begin("applying")
