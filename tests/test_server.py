@@ -12,6 +12,7 @@ from kvtwist import wire
 from kvtwist.chain.replica import Replica
 from kvtwist.server import Limits, NodeFactory, NodeProtocol
 from kvtwist.server.factory import ClientConnections
+from kvtwist.server.requests import LOOK_KEYS
 from kvtwist.store import InlineRunner, Store
 from kvtwist.wire import Message
 
@@ -91,6 +92,23 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual(pairs, [(b"c", b"C"), (b"a", b"A"), (b"c", b"C")])
         r = self.c.one(wire.req_get_many([b"x", b"y"]))
         self.assertEqual((r.opcode, list(r.keys)), (41, []))
+
+    def test_a_get_of_many_keys_is_read_off_the_reactor(self) -> None:
+        """Up to LOOK_KEYS keys are looked up on the reactor; more go to a reader
+        thread, so one request cannot hold every other connection up."""
+        looks: list[object] = []
+        look = self.h.store.look
+
+        def spy(f: Any) -> Any:
+            looks.append(f)
+            return look(f)
+
+        self.patch(self.h.store, "look", spy)
+        few = [b"k%d" % i for i in range(LOOK_KEYS)]
+        self.assertEqual(self.c.one(wire.req_get_many(few)).opcode, 41)
+        self.assertEqual(len(looks), 1)
+        self.assertEqual(self.c.one(wire.req_get_many([*few, b"one more"])).opcode, 41)
+        self.assertEqual(len(looks), 1)
 
     def test_get_of_several_keys_refuses_bad_ones(self) -> None:
         """An empty key, no key at all, or a reply past --max-reply: an ERROR for the lot."""

@@ -228,8 +228,10 @@ class Dispatcher:
         op = msg.opcode
         store = self.store
 
+        point = op in POINT_READS and len(msg.keys) <= requests.LOOK_KEYS
+
         def run(v: ReadView) -> Deferred[bytes]:
-            if op in POINT_READS:
+            if point:
                 return store.look(lambda: reader(v))
             return store.read(lambda: reader(v), big=op in BIG_READS)
 

@@ -23,6 +23,9 @@ from kvtwist.wire import Message
 BIG_READS = frozenset({wire.OP_GETKEYS, wire.OP_GETVALUES, wire.OP_RANGE})
 #: Reads of one key or one number, whatever the store's size: done on the reactor.
 POINT_READS = frozenset({wire.OP_GET, wire.OP_VERIFY})
+#: The most keys a GET of KEYS may name and still be looked up on the reactor; one
+#: naming more goes to a reader thread, so no request holds the reactor up for long.
+LOOK_KEYS = 64
 #: Bytes a repeated field's element costs beyond its contents (tag, length), at most.
 _ELEMENT_OVERHEAD = 6
 
