@@ -29,6 +29,7 @@ from kvtwist.cluster.requests import (
     Refused,
     Requests,
     ShardSplit,
+    check_cancel,
     check_drain,
     check_move,
     check_split,
@@ -56,7 +57,12 @@ def add_commands(verbs: Any, common: Any) -> None:
     common(move, top=False)
     move.add_argument("name", help="the cluster's name")
     move.add_argument("shard", help="the shard, by the chain serving it (status: CHAIN)")
-    move.add_argument("--to", required=True, metavar="SERVER", help="the server to move to")
+    move.add_argument("--to", metavar="SERVER", help="the server to move to")
+    move.add_argument(
+        "--cancel", action="store_true",
+        help="cancel the shard's pending move instead: a target appended already leaves "
+        "the chain again (--wait: until the chain is back at R members)",
+    )
     move.add_argument(
         "--from", dest="source", metavar="SERVER",
         help="the member to take out (default: the one in the target's zone, else the "
@@ -107,6 +113,10 @@ def check_args(args: argparse.Namespace) -> None:
             check_name("server", server)
     if getattr(args, "wait_timeout", 1.0) <= 0:
         raise ValueError("--wait-timeout must be positive")
+    if args.verb == "move" and (args.to is None) == (not args.cancel):
+        raise ValueError("move needs --to SERVER, or --cancel (not both)")
+    if args.verb == "move" and args.cancel and args.source is not None:
+        raise ValueError("--cancel takes no --from: it cancels the shard's pending move")
     if args.verb == "split" and args.at is not None:
         args.at = split_key(args.at)
 
@@ -127,6 +137,10 @@ def run(zk: KazooClient, paths: ClusterPaths, args: argparse.Namespace) -> int:
     cut: list[ShardSplit] = []
 
     def move(m: ShardMap, live: dict[str, Server], requests: Requests) -> Requests:
+        if args.cancel:
+            left, mv = check_cancel(requests, args.shard)
+            asked[:] = [mv]
+            return left
         mv = check_move(m, live, requests, args.shard, args.to, args.source)
         asked[:] = [mv]
         return requests.with_move(mv)
@@ -148,7 +162,11 @@ def run(zk: KazooClient, paths: ClusterPaths, args: argparse.Namespace) -> int:
     except (Refused, BadRequests, BadMap) as e:
         print(f"kvtwist-admin: {e}", file=sys.stderr)
         return 1
-    if args.verb == "move":
+    if args.verb == "move" and args.cancel:
+        what = f"cancel of the move of {asked[0].chain} from {asked[0].source} to " \
+            f"{asked[0].target}"
+        done = lambda: cancel_done(zk, paths, asked[0].chain)  # noqa: E731
+    elif args.verb == "move":
         what = f"move of {asked[0].chain} from {asked[0].source} to {asked[0].target}"
         done = lambda: move_done(zk, paths, asked[0])  # noqa: E731
     elif args.verb == "split":
@@ -224,6 +242,16 @@ def move_done(zk: KazooClient, paths: ClusterPaths, move: Move) -> bool:
     listed = member_addresses(zk, paths, move.chain)
     source, target = _address(zk, paths, move.source), _address(zk, paths, move.target)
     return target in listed and source not in listed
+
+
+def cancel_done(zk: KazooClient, paths: ClusterPaths, chain: str) -> bool:
+    """The chain is back at R members (or gone), so nothing of the move is left."""
+    data, _ = read_map_sync(zk, paths)
+    if data is None:
+        return True
+    m = ShardMap.decode(data)
+    plan = m.chains.get(chain)
+    return plan is None or len(plan.members) <= m.replicas
 
 
 def split_done(zk: KazooClient, paths: ClusterPaths, split: ShardSplit) -> bool:

@@ -55,6 +55,22 @@ class AdminMoveTests(ZooKeeperCase):
         code, out, err = self.run_admin("status", "--timeout", "0.5")
         self.assertIn("move        c0 s0 -> s3", out)
 
+    def test_cancel_takes_the_move_out_of_the_record(self) -> None:
+        """--cancel removes the shard's pending move (the map untouched by the admin);
+        cancelling again, --cancel with --to or --from, and neither: refused."""
+        self.assertEqual(self.run_admin("move", "c0", "--to", "s3", "--from", "s0")[0], 0)
+        code, out, err = self.run_admin("move", "c0", "--cancel")
+        self.assertEqual(code, 0, err)
+        self.assertIn("cancel of the move of c0 from s0 to s3", out)
+        self.assertEqual(self.requests(), Requests())
+        self.assertEqual(ShardMap.decode(self.kazoo.get(self.paths.map)[0]), self.map)
+        code, _, err = self.run_admin("move", "c0", "--cancel")
+        self.assertEqual(code, 1)
+        self.assertIn("no move of c0 is pending", err)
+        for bad in (("--cancel", "--to", "s3"), ("--cancel", "--from", "s0"), ()):
+            code, _, err = self.run_admin("move", "c0", *bad)
+            self.assertEqual(code, 2, (bad, err))
+
     def test_move_refusals(self) -> None:
         """Unknown shard, unknown server, a member already, a source not a member, a
         second move of one chain, and a target sharing a zone with another member:

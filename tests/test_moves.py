@@ -16,6 +16,7 @@ from kvtwist.cluster.requests import (
     Move,
     Refused,
     Requests,
+    check_cancel,
     check_drain,
     check_move,
     check_undrain,
@@ -394,3 +395,43 @@ class DriverTests(SynchronousTestCase):
         d.clock.advance(2.0)
         left = Requests.decode(d.cluster.requests[0])
         self.assertEqual(left, Requests(draining=("s2",)))
+
+
+class TrimTests(SynchronousTestCase):
+    def test_a_cancelled_move_leaves_its_target_out(self) -> None:
+        """c0 with a fourth member and no move wanting it (its move was cancelled): the
+        controller takes the newest member that has not joined out; a chain whose move
+        is pending, or that a drain waits on, is left alone; an unreadable record
+        trims nothing."""
+        m, live = four()
+        grown = ShardMap(m.version + 1, 3, m.shards,
+                         {**m.chains, "c0": ShardMap.initial(3, [], [("s0", "s1", "s2", "s3")])
+                          .chains["c0"]})
+        core = core_of(grown, live, Requests())
+        joined_all(core, m)  # s3 never joined c0
+        new = core.decide(NOW)
+        assert new is not None
+        self.assertEqual(new.chains["c0"].members, ("s0", "s1", "s2"))
+        self.assertEqual(new.chains["c1"], grown.chains["c1"])
+        joined_all(core, grown)  # all four joined: the newest goes
+        new = core.decide(NOW)
+        assert new is not None
+        self.assertEqual(new.chains["c0"].members, ("s0", "s1", "s2"))
+        pending = core_of(grown, live, Requests((Move("c0", "s0", "s3"),)))
+        joined_all(pending, m)
+        after = pending.decide(NOW)
+        self.assertTrue(after is None or len(after.chains["c0"].members) == 4)
+        draining = core_of(grown, live, Requests(draining=("s1",)))
+        joined_all(draining, m)
+        self.assertIn("s3", (draining.decide(NOW) or grown).chains["c0"].members)
+        unread = core_of(grown, live, Requests())
+        unread.requests_seen(None)
+        self.assertIsNone(unread.decide(NOW))
+
+    def test_cancel(self) -> None:
+        """check_cancel: the record without the chain's move; none pending is refused."""
+        mv = Move("c0", "s0", "s3")
+        self.assertEqual(check_cancel(Requests((mv,)), "c0"), (Requests(), mv))
+        with self.assertRaises(Refused):
+            check_cancel(Requests(), "c0")
+

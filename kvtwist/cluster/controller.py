@@ -133,9 +133,10 @@ class ControllerCore:
         return out
 
     def _plan(self, m: ShardMap) -> moves.Plan:
-        requests = self.requests if self.requests is not None else Requests()
+        if self.requests is None:  # unreadable: no step, no trim, until it is read again
+            return moves.Plan()
         joined = moves.joined_servers(self.live, self.members)
-        return moves.plan(m, requests, self.live, joined)
+        return moves.plan(m, self.requests, self.live, joined)
 
     def decide(self, now: float) -> ShardMap | None:
         """The next map, or None when the current one needs no change.

@@ -63,7 +63,8 @@ def plan(
     joined: Mapping[str, Iterable[str]],
 ) -> Plan:
     """The next step of every move and drain in ``requests`` on map ``m`` (at most one
-    change per chain: the next step is decided on the map that step writes)."""
+    change per chain: the next step is decided on the map that step writes), and the
+    trimming of a chain with more members than R that none of them wants."""
     out = Plan()
     draining = set(requests.draining)
     touched: set[str] = set()
@@ -73,6 +74,11 @@ def plan(
             out.changes.append(change)
             touched.add(move.chain)
     moved = {mv.chain for mv in requests.moves} | touched
+    draining_in = {p.id for sid in draining for p in m.chains_of(sid)}
+    for cid, chain in sorted(m.chains.items()):
+        if len(chain.members) > m.replicas and cid not in moved | draining_in:
+            out.changes.append(_trim(cid, chain.members, joined, out))
+            touched.add(cid)
     for server in requests.draining:
         skip = moved | touched
         leaving = placement.drain_done(m, server, joined, skip)
@@ -119,6 +125,18 @@ def _move_step(
         return Change(move.chain, leaving=move.source)
     out.progress[move.chain] = f"{what}: " + _waiting(m, move.chain, move.source, joined)
     return None
+
+
+def _trim(
+    cid: str, members: tuple[str, ...], joined: Mapping[str, Iterable[str]], out: Plan
+) -> Change:
+    """A chain with more members than R and no move or drain that wants them (a move
+    cancelled after its target was appended): the newest member that has not joined
+    leaves, else the newest."""
+    now = set(joined.get(cid, ()))
+    leaving = next((s for s in reversed(members) if s not in now), members[-1])
+    out.progress[cid] = f"{leaving} leaving: no move wants {len(members)} members"
+    return Change(cid, leaving=leaving)
 
 
 def _waiting(m: ShardMap, chain: str, source: str, joined: Mapping[str, Iterable[str]]) -> str:

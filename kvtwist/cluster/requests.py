@@ -39,6 +39,7 @@ __all__ = [
     "Refused",
     "Requests",
     "ShardSplit",
+    "check_cancel",
     "check_drain",
     "check_split",
     "check_move",
@@ -247,6 +248,14 @@ def pick_source(
         return same[0]
     load = {s: len(m.chains_of(s)) for s in members}
     return max(reversed(members), key=lambda s: load[s])
+
+
+def check_cancel(requests: Requests, chain: str) -> tuple[Requests, Move]:
+    """The record without ``chain``'s pending move, and that move; or :class:`Refused`."""
+    pending = requests.move_of(chain)
+    if pending is None:
+        raise Refused(f"no move of {chain} is pending (it may be over already)")
+    return requests.without_moves({pending}), pending
 
 
 def check_drain(
